@@ -1,0 +1,1 @@
+"""The client: verified reads over HTTP with caches, proxies and failover."""

@@ -1,0 +1,53 @@
+"""The one exception tree of rcds.
+
+Every error rcds raises on purpose derives from :class:`RcdsError`, and its message says
+what went wrong *and* what the user can do about it.
+"""
+
+from __future__ import annotations
+
+
+class RcdsError(Exception):
+    """Root of every deliberate rcds error."""
+
+
+class ConfigError(RcdsError):
+    """A setting, argument or configuration file is wrong."""
+
+
+class InputError(RcdsError):
+    """Input given to rcds (a tarball, a directory, a path, a CID) is unacceptable.
+
+    ``member`` names the offending tar member or path when there is one.
+    """
+
+    def __init__(self, message: str, member: str | None = None) -> None:
+        super().__init__(message)
+        self.member = member
+
+
+class IntegrityError(RcdsError):
+    """Data failed verification: a bad hash, signature, size, expiry or structure.
+
+    ``what`` names the broken thing (a path, an object, a file).
+    """
+
+    def __init__(self, message: str, what: str | None = None) -> None:
+        super().__init__(message)
+        self.what = what
+
+
+class NotFoundError(RcdsError):
+    """Something asked for does not exist (a repository, an object, a path)."""
+
+
+class LockedError(RcdsError):
+    """Another writer holds the repository lock."""
+
+
+class StorageError(RcdsError):
+    """The storage backend failed (disk full, permissions, I/O error)."""
+
+
+class NetworkError(RcdsError):
+    """Every host and proxy failed for a request."""

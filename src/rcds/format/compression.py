@@ -1,0 +1,125 @@
+"""zlib object codec (RFC 1950 with header and Adler-32 trailer, level 6 by default).
+
+Stored objects are zlib streams; their content hash covers the compressed bytes.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from rcds.errors import IntegrityError
+from rcds.format.hashes import Algorithm, ContentHash, HashState
+
+DEFAULT_LEVEL = 6
+
+
+@dataclass(frozen=True, slots=True)
+class StoredObject:
+    """Bytes ready to store under ``hash``; ``size`` is the uncompressed length."""
+
+    hash: ContentHash
+    data: bytes
+    size: int
+
+
+def compress(data: bytes | bytearray | memoryview, level: int = DEFAULT_LEVEL) -> bytes:
+    """Compress a whole buffer into one zlib stream."""
+    return zlib.compress(data, level)
+
+
+def make_object(
+    data: bytes | bytearray | memoryview,
+    algorithm: Algorithm = Algorithm.SHA1,
+    level: int = DEFAULT_LEVEL,
+    compressed: bool = True,
+) -> StoredObject:
+    """Compress (unless ``compressed`` is false) and hash a buffer, as the publisher stores it."""
+    stored = zlib.compress(data, level) if compressed else bytes(data)
+    return StoredObject(ContentHash.of(stored, algorithm), stored, len(data))
+
+
+def decompress(data: bytes | bytearray | memoryview, limit: int | None = None, what: str = "object") -> bytes:
+    """Inflate a complete zlib stream; raise IntegrityError if it is corrupt, truncated or too large."""
+    d = zlib.decompressobj()
+    try:
+        out = d.decompress(data, limit + 1 if limit is not None else 0)
+    except zlib.error as exc:
+        raise IntegrityError(f"{what} is not a valid zlib stream ({exc})", what) from None
+    if limit is not None and len(out) > limit:
+        raise IntegrityError(f"{what} inflates beyond the expected {limit} bytes", what)
+    if not d.eof:
+        raise IntegrityError(f"{what} is a truncated zlib stream", what)
+    if d.unused_data:
+        raise IntegrityError(f"{what} has trailing bytes after its zlib stream", what)
+    return out
+
+
+def verify_object(
+    data: bytes | bytearray | memoryview,
+    expected: ContentHash,
+    *,
+    compressed: bool = True,
+    size: int | None = None,
+    what: str = "object",
+) -> bytes:
+    """Check the hash of stored bytes and return their decompressed content.
+
+    ``size``, when given, is the exact uncompressed length the content must have.
+    """
+    found = ContentHash.of(data, expected.algorithm)
+    if found != expected:
+        raise IntegrityError(f"{what}: hash mismatch, expected {expected.hex}, found {found.hex}", what)
+    content = decompress(data, size, what) if compressed else bytes(data)
+    if size is not None and len(content) != size:
+        raise IntegrityError(f"{what}: size mismatch, expected {size} bytes, found {len(content)}", what)
+    return content
+
+
+class StreamVerifier:
+    """Verify and inflate an object as it arrives, chunk by chunk (constant memory)."""
+
+    def __init__(self, expected: ContentHash, *, compressed: bool = True, what: str = "object") -> None:
+        self.expected = expected
+        self.what = what
+        self._hash: HashState = expected.algorithm.new()
+        self._z = zlib.decompressobj() if compressed else None
+        self.size = 0
+
+    def feed(self, data: bytes) -> bytes:
+        """Feed raw stored bytes; return the plain bytes they inflate to."""
+        self._hash.update(data)
+        if self._z is None:
+            self.size += len(data)
+            return data
+        try:
+            out = self._z.decompress(data)
+        except zlib.error as exc:
+            raise IntegrityError(f"{self.what} is not a valid zlib stream ({exc})", self.what) from None
+        self.size += len(out)
+        return out
+
+    def finish(self, size: int | None = None) -> None:
+        """Check the hash, stream end and (if given) the uncompressed size."""
+        found = self._hash.finish()
+        if found != self.expected:
+            raise IntegrityError(
+                f"{self.what}: hash mismatch, expected {self.expected.hex}, found {found.hex}", self.what
+            )
+        if self._z is not None and (not self._z.eof or self._z.unused_data):
+            raise IntegrityError(f"{self.what} is a truncated or padded zlib stream", self.what)
+        if size is not None and self.size != size:
+            raise IntegrityError(
+                f"{self.what}: size mismatch, expected {size} bytes, found {self.size}", self.what
+            )
+
+
+def iter_decompress(chunks: Iterable[bytes], expected: ContentHash, what: str = "object") -> Iterator[bytes]:
+    """Inflate a stream of stored chunks, verifying the hash at the end."""
+    v = StreamVerifier(expected, what=what)
+    for c in chunks:
+        out = v.feed(c)
+        if out:
+            yield out
+    v.finish()

@@ -1,0 +1,1 @@
+"""Job tools: submit side (pack, CID, upload) and job side (wait, link)."""

@@ -1,0 +1,1 @@
+"""HTTP fetching: proxy groups, host failover, retries and a host-vs-proxy failure taxonomy."""

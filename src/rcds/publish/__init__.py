@@ -1,0 +1,1 @@
+"""Stratum 0: create, ingest, sign, remove, garbage-collect."""

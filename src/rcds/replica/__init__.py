@@ -1,0 +1,1 @@
+"""Stratum 1: replicate a repository."""

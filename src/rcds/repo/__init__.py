@@ -1,0 +1,1 @@
+"""Read-only, fully verified view of a repository from any source."""

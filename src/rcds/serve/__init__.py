@@ -1,0 +1,1 @@
+"""Serving a repository tree over HTTP the way a stratum needs."""

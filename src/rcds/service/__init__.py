@@ -1,0 +1,1 @@
+"""The publishing web service (pubapi)."""

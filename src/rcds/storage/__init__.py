@@ -1,0 +1,1 @@
+"""Where objects and root files live: a tiny backend interface and its implementations."""
