@@ -51,3 +51,18 @@ class StorageError(RcdsError):
 
 class NetworkError(RcdsError):
     """Every host and proxy failed for a request."""
+
+
+class AuthError(RcdsError):
+    """Authentication or authorisation failed.
+
+    ``status`` is the HTTP status the failure maps to: 401 when credentials are missing or
+    invalid (the client should present others), 403 when the client is authenticated but not
+    allowed to do what it asked.
+    """
+
+    def __init__(self, message: str, status: int) -> None:
+        if status not in (401, 403):
+            raise ValueError(f"AuthError status must be 401 or 403, not {status!r}")
+        super().__init__(message)
+        self.status = status

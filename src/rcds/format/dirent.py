@@ -1,0 +1,124 @@
+"""Catalog rows: flag bits and the directory entry record."""
+
+from __future__ import annotations
+
+import stat
+from dataclasses import dataclass
+
+from rcds.format.hashes import Algorithm, ContentHash
+
+FLAG_DIR = 1
+FLAG_NESTED_MOUNTPOINT = 2
+FLAG_FILE = 4
+FLAG_LINK = 8
+FLAG_SPECIAL = 16
+FLAG_NESTED_ROOT = 32
+FLAG_CHUNKED = 64
+FLAG_EXTERNAL = 128
+FLAG_BIND_MOUNTPOINT = 0x4000
+FLAG_HIDDEN = 0x8000
+FLAG_DIRECT_IO = 0x10000
+_ALGO_SHIFT = 8
+_COMPRESSION_SHIFT = 11
+
+COMPRESSION_ZLIB = 0
+COMPRESSION_NONE = 1
+
+
+def file_flags(algorithm: Algorithm, *, chunked: bool = False, compression: int = COMPRESSION_ZLIB) -> int:
+    """Flags of a regular file row, composed as the stock writer does."""
+    flags = FLAG_FILE | (compression << _COMPRESSION_SHIFT) | (algorithm.flag_value << _ALGO_SHIFT)
+    return flags | FLAG_CHUNKED if chunked else flags
+
+
+def link_count_field(count: int, group: int = 0) -> int:
+    """The ``hardlinks`` column: ``(group << 32) + linkcount``."""
+    return (group << 32) | count
+
+
+@dataclass(slots=True)
+class Dirent:
+    """One row of the ``catalog`` table, with the full path it was found under."""
+
+    path: str
+    name: str
+    mode: int
+    size: int
+    mtime: int
+    flags: int
+    hardlinks: int = 1
+    hash: ContentHash | None = None
+    symlink: str = ""
+    uid: int = 0
+    gid: int = 0
+    mtimens: int | None = None
+    xattr: bytes | None = None
+
+    @property
+    def is_dir(self) -> bool:
+        """A directory (type from ``mode``, as the client decides)."""
+        return stat.S_ISDIR(self.mode)
+
+    @property
+    def is_regular(self) -> bool:
+        """A regular file."""
+        return stat.S_ISREG(self.mode)
+
+    @property
+    def is_symlink(self) -> bool:
+        """A symbolic link."""
+        return stat.S_ISLNK(self.mode)
+
+    @property
+    def is_chunked(self) -> bool:
+        """A regular file stored as chunks (see the ``chunks`` table)."""
+        return bool(self.flags & FLAG_CHUNKED)
+
+    @property
+    def is_nested_mountpoint(self) -> bool:
+        """The row in a parent catalog where a nested catalog is mounted."""
+        return bool(self.flags & FLAG_NESTED_MOUNTPOINT)
+
+    @property
+    def is_nested_root(self) -> bool:
+        """The root row of a nested catalog."""
+        return bool(self.flags & FLAG_NESTED_ROOT)
+
+    @property
+    def is_hidden(self) -> bool:
+        """Not shown in listings."""
+        return bool(self.flags & FLAG_HIDDEN)
+
+    @property
+    def is_external(self) -> bool:
+        """Content lives outside the repository."""
+        return bool(self.flags & FLAG_EXTERNAL)
+
+    @property
+    def algorithm(self) -> Algorithm:
+        """The content-hash algorithm from flag bits 8-10."""
+        return Algorithm.from_flag_value((self.flags >> _ALGO_SHIFT) & 7)
+
+    @property
+    def compressed(self) -> bool:
+        """True unless the compression bits say 'none'."""
+        return ((self.flags >> _COMPRESSION_SHIFT) & 7) == COMPRESSION_ZLIB
+
+    @property
+    def link_count(self) -> int:
+        """st_nlink (lower 32 bits of ``hardlinks``)."""
+        return self.hardlinks & 0xFFFFFFFF
+
+    @property
+    def hardlink_group(self) -> int:
+        """Hard-link group id (upper 32 bits of ``hardlinks``); 0 = none."""
+        return self.hardlinks >> 32
+
+
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """One piece of a chunked file: uncompressed offset and size, and its ``P`` object hash."""
+
+    offset: int
+    size: int
+    hash: ContentHash

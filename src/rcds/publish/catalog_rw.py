@@ -1,0 +1,198 @@
+"""Writing one file catalog: rows, chunks, nested-catalog links, properties and counters."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from pathlib import Path
+
+from rcds.errors import IntegrityError
+from rcds.format.catalog_schema import (
+    CREATE_STATEMENTS,
+    SCHEMA,
+    SCHEMA_REVISION,
+    SELF_COUNTERS_SQL,
+    Counters,
+    Tally,
+)
+from rcds.format.dirent import FLAG_NESTED_MOUNTPOINT, FLAG_NESTED_ROOT, Chunk, Dirent
+from rcds.format.hashes import ContentHash
+from rcds.format.pathhash import md5_pair, parent_pair
+from rcds.repo.catalog import Catalog
+
+_DIR_LINKS_SQL = """
+UPDATE catalog SET hardlinks = 2 + (
+  SELECT COUNT(*) FROM catalog AS c WHERE c.parent_1 = catalog.md5path_1 AND c.parent_2 = catalog.md5path_2
+  AND (c.mode & 61440) = 16384)
+WHERE (mode & 61440) = 16384 AND (flags & 2) = 0
+"""
+
+
+class WritableCatalog(Catalog):
+    """A catalog file opened for writing (rollback journal, never WAL, as clients require)."""
+
+    def __init__(self, path: Path, mountpoint: str) -> None:
+        self.path = path
+        self.mountpoint = mountpoint
+        self.what = f"catalog {mountpoint or '/'}"
+        self.db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode = DELETE")
+        self.db.execute("PRAGMA synchronous = OFF")  # the file is only a scratch copy until stored
+        self.db.execute("PRAGMA foreign_keys = ON")
+        self.db.execute("BEGIN")
+        self._mtimens = True
+        self.properties = dict(self.db.execute("SELECT key, value FROM properties").fetchall())
+
+    @classmethod
+    def create(cls, path: Path, root: Dirent) -> WritableCatalog:
+        """A new catalog whose root row is ``root`` (its path is the mount point)."""
+        db = sqlite3.connect(str(path), isolation_level=None)
+        db.execute("PRAGMA journal_mode = DELETE")
+        db.execute("BEGIN")
+        for stmt in CREATE_STATEMENTS:
+            db.execute(stmt)
+        props = [("schema", SCHEMA), ("schema_revision", str(SCHEMA_REVISION))]
+        if root.path:
+            props.append(("root_prefix", root.path))
+        db.executemany("INSERT INTO properties (key, value) VALUES (?, ?)", props)
+        db.executemany("INSERT INTO statistics (counter, value) VALUES (?, ?)", Counters().rows())
+        db.execute("COMMIT")
+        db.close()
+        cat = cls(path, root.path)
+        cat.insert(root)
+        return cat
+
+    @classmethod
+    def from_file(cls, path: Path, mountpoint: str) -> WritableCatalog:
+        """Open an existing catalog file (a decompressed copy) for changes."""
+        cat = cls(path, mountpoint)
+        if cat.properties.get("schema") != SCHEMA:
+            raise IntegrityError(f"{cat.what} has schema {cat.properties.get('schema')}, not {SCHEMA}", cat.what)
+        if int(cat.properties.get("schema_revision", "0")) < SCHEMA_REVISION:
+            cat._upgrade()
+        return cat
+
+    def _upgrade(self) -> None:
+        cols = {r[1] for r in self.db.execute("PRAGMA table_info(catalog)")}
+        if "mtimens" not in cols:
+            self.db.execute("ALTER TABLE catalog ADD COLUMN mtimens INTEGER")
+        self.set_property("schema_revision", str(SCHEMA_REVISION))
+
+    # -- rows -------------------------------------------------------------------------
+    def insert(self, d: Dirent) -> None:
+        """Add a row (its path hash and parent hash are derived from ``d.path``)."""
+        a, b = md5_pair(d.path)
+        p1, p2 = parent_pair(d.path)
+        self.db.execute(
+            "INSERT INTO catalog (md5path_1, md5path_2, parent_1, parent_2, hardlinks, hash, size, mode, mtime, "
+            "mtimens, flags, name, symlink, uid, gid, xattr) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                a, b, p1, p2, d.hardlinks, d.hash.digest if d.hash else None, d.size, d.mode, d.mtime,
+                d.mtimens, d.flags, d.name, d.symlink, d.uid, d.gid, d.xattr,
+            ),
+        )
+
+    def update(self, d: Dirent) -> None:
+        """Rewrite the metadata of an existing row."""
+        a, b = md5_pair(d.path)
+        self.db.execute(
+            "UPDATE catalog SET hardlinks=?, hash=?, size=?, mode=?, mtime=?, mtimens=?, flags=?, symlink=?, "
+            "uid=?, gid=?, xattr=? WHERE md5path_1=? AND md5path_2=?",
+            (
+                d.hardlinks, d.hash.digest if d.hash else None, d.size, d.mode, d.mtime, d.mtimens, d.flags,
+                d.symlink, d.uid, d.gid, d.xattr, a, b,
+            ),
+        )
+
+    def set_link_count(self, path: str, hardlinks: int) -> None:
+        """Set the raw ``hardlinks`` column of a row."""
+        a, b = md5_pair(path)
+        self.db.execute("UPDATE catalog SET hardlinks=? WHERE md5path_1=? AND md5path_2=?", (hardlinks, a, b))
+
+    def insert_chunks(self, path: str, chunks: Iterable[Chunk]) -> None:
+        """Add the chunk rows of a chunked file (after its catalog row)."""
+        a, b = md5_pair(path)
+        self.db.executemany(
+            "INSERT INTO chunks (md5path_1, md5path_2, offset, size, hash) VALUES (?,?,?,?,?)",
+            [(a, b, c.offset, c.size, c.hash.digest) for c in chunks],
+        )
+
+    def delete_subtree(self, path: str) -> list[tuple[str, ContentHash, int]]:
+        """Delete ``path`` and everything below it in this catalog; return the nested catalogs dropped."""
+        dropped: list[tuple[str, ContentHash, int]] = []
+        stack = [path]
+        while stack:
+            p = stack.pop()
+            entry = self.lookup(p)
+            if entry is None:
+                continue
+            if entry.is_dir and not entry.is_nested_mountpoint:
+                stack.extend(child.path for child in self.listdir(p))
+            if entry.is_nested_mountpoint:
+                link = self.find_nested(p)
+                if link is not None:
+                    dropped.append(link)
+                self.db.execute("DELETE FROM nested_catalogs WHERE path = ?", (p,))
+            a, b = md5_pair(p)
+            self.db.execute("DELETE FROM chunks WHERE md5path_1=? AND md5path_2=?", (a, b))
+            self.db.execute("DELETE FROM catalog WHERE md5path_1=? AND md5path_2=?", (a, b))
+        return dropped
+
+    def set_nested(self, path: str, h: ContentHash, size: int) -> None:
+        """Point the nested catalog link at ``path`` to a catalog object."""
+        self.db.execute("INSERT OR REPLACE INTO nested_catalogs (path, sha1, size) VALUES (?,?,?)", (path, h.hex, size))
+
+    def mount_row(self, child_root: Dirent) -> Dirent:
+        """The parent-side row of a nested catalog root (same metadata, mount-point flag)."""
+        flags = (child_root.flags & ~FLAG_NESTED_ROOT) | FLAG_NESTED_MOUNTPOINT
+        return Dirent(**{**_fields(child_root), "flags": flags})
+
+    def set_property(self, key: str, value: str) -> None:
+        """Set a ``properties`` row."""
+        self.db.execute("INSERT OR REPLACE INTO properties (key, value) VALUES (?, ?)", (key, value))
+        self.properties[key] = value
+
+    def fix_directory_links(self) -> None:
+        """Set every directory's link count to 2 + its subdirectories (mount points keep their child's)."""
+        self.db.execute(_DIR_LINKS_SQL)
+
+    def self_tally(self) -> Tally:
+        """The ``self_*`` counters recomputed from the rows."""
+        row = self.db.execute(SELF_COUNTERS_SQL).fetchone()
+        reg, sym, special, dirs, chunked, fsize, csize, xattr, ext, extsize = (int(v or 0) for v in row)
+        nested = int(self.db.execute("SELECT COUNT(*) FROM nested_catalogs").fetchone()[0])
+        chunks = int(self.db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0])
+        return Tally(
+            {
+                "regular": reg, "symlink": sym, "special": special, "dir": dirs, "nested": nested,
+                "chunked": chunked, "chunks": chunks, "file_size": fsize, "chunked_size": csize,
+                "xattr": xattr, "external": ext, "external_file_size": extsize,
+            }
+        )
+
+    def finalize(
+        self, *, revision: int, previous: ContentHash | None, last_modified: int, subtree: Tally
+    ) -> Counters:
+        """Write counters and properties, commit and close; the file is then ready to compress."""
+        counters = Counters(self.self_tally(), subtree)
+        self.db.executemany("INSERT OR REPLACE INTO statistics (counter, value) VALUES (?, ?)", counters.rows())
+        self.set_property("revision", str(revision))
+        self.set_property("last_modified", str(last_modified))
+        if previous is not None:
+            self.set_property("previous_revision", previous.hex)
+        self.db.execute("COMMIT")
+        self.db.execute("VACUUM")
+        self.db.close()
+        return counters
+
+    def abort(self) -> None:
+        """Drop uncommitted changes and close."""
+        try:
+            self.db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+        self.db.close()
+
+
+def _fields(d: Dirent) -> dict[str, object]:
+    return {name: getattr(d, name) for name in Dirent.__slots__}  # type: ignore[attr-defined]

@@ -1,0 +1,127 @@
+"""Where a stratum 0 keeps things under its ``--root`` directory.
+
+::
+
+    ROOT/
+      repo.json     settings (hash algorithm, chunk sizes, TTL, whitelist validity...)
+      public/       the served tree: .cvmfspublished, .cvmfswhitelist, data/00..ff, data/txn
+      keys/         NAME.masterkey NAME.pub NAME.key NAME.crt   (0700 directory, 0600 files)
+      lock          the writer lock (flock)
+      work/         scratch space of the current writer (catalog copies); wiped by each writer
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from rcds.errors import ConfigError, NotFoundError
+from rcds.format.chunker import ChunkParams
+from rcds.format.hashes import Algorithm
+
+_FQRN = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,62})(?:\.[a-z0-9](?:[a-z0-9-]{0,62}))+")
+
+
+def check_fqrn(name: str) -> str:
+    """A fully qualified repository name: lowercase DNS labels with at least one dot."""
+    if not _FQRN.fullmatch(name) or len(name) > 253:
+        raise ConfigError(
+            f"{name!r} is not a valid repository name: use a fully qualified name like user1.example.org"
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Per-repository settings, stored in ``repo.json``."""
+
+    name: str
+    hash_algorithm: str = "sha1"
+    compression_level: int = 6
+    chunk_min: int = 4 << 20
+    chunk_avg: int = 8 << 20
+    chunk_max: int = 16 << 20
+    chunking: bool = True
+    ttl: int = 240
+    whitelist_days: int = 30
+    extra: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def algorithm(self) -> Algorithm:
+        """The content hash algorithm."""
+        return Algorithm.from_name(self.hash_algorithm)
+
+    @property
+    def chunk_params(self) -> ChunkParams | None:
+        """Chunker parameters, or None when chunking is off."""
+        return ChunkParams(self.chunk_min, self.chunk_avg, self.chunk_max) if self.chunking else None
+
+    def validate(self) -> Settings:
+        """Check values; return self."""
+        check_fqrn(self.name)
+        self.algorithm  # noqa: B018 - raises on unknown names
+        self.chunk_params  # noqa: B018 - raises on bad sizes
+        if not 1 <= self.compression_level <= 9:
+            raise ConfigError("compression_level must be between 1 and 9")
+        if self.ttl < 1 or self.whitelist_days < 1:
+            raise ConfigError("ttl and whitelist_days must be positive")
+        return self
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Paths of one repository's root directory."""
+
+    root: Path
+    name: str
+
+    @property
+    def settings_file(self) -> Path:
+        """``repo.json``."""
+        return self.root / "repo.json"
+
+    @property
+    def public(self) -> Path:
+        """The served tree."""
+        return self.root / "public"
+
+    @property
+    def keys(self) -> Path:
+        """The key directory (never served)."""
+        return self.root / "keys"
+
+    @property
+    def lock(self) -> Path:
+        """The writer lock file."""
+        return self.root / "lock"
+
+    @property
+    def work(self) -> Path:
+        """Scratch space for the current writer."""
+        return self.root / "work"
+
+    def key(self, suffix: str) -> Path:
+        """``keys/NAME.<suffix>`` (masterkey, pub, key, crt)."""
+        return self.keys / f"{self.name}.{suffix}"
+
+    def load_settings(self) -> Settings:
+        """Read ``repo.json``."""
+        try:
+            data = json.loads(self.settings_file.read_text())
+        except FileNotFoundError:
+            raise NotFoundError(
+                f"no repository at {self.root} (no repo.json); create one with: rcds repo create {self.name} "
+                f"--root {self.root}"
+            ) from None
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot read {self.settings_file}: {exc}") from None
+        settings = Settings(**data)
+        if settings.name != self.name:
+            raise ConfigError(f"{self.root} holds repository {settings.name!r}, not {self.name!r}")
+        return settings.validate()
+
+    def save_settings(self, settings: Settings) -> None:
+        """Write ``repo.json``."""
+        self.settings_file.write_text(json.dumps(asdict(settings), indent=2) + "\n")

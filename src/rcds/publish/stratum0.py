@@ -1,0 +1,188 @@
+"""The stratum 0 of one repository: every change is one new, signed revision.
+
+Order of a change: objects, then catalogs children before parents, then one ``syncfs``, then the
+signed manifest by atomic rename. A crash before the rename leaves the previous revision intact
+(new objects are unreferenced garbage for ``gc``); readers are never blocked.
+"""
+
+from __future__ import annotations
+
+import shutil
+import stat
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from rcds.errors import InputError
+from rcds.format import keys
+from rcds.format import manifest as manifest_fmt
+from rcds.format.catalog_schema import Tally
+from rcds.format.compression import make_object
+from rcds.format.dirent import FLAG_DIR, FLAG_NESTED_ROOT, Dirent
+from rcds.format.hashes import ObjectKind
+from rcds.format.pathhash import parent_path
+from rcds.publish.catalog_rw import WritableCatalog
+from rcds.publish.chain import CatalogChain
+from rcds.publish.create import sign_whitelist
+from rcds.publish.dirsource import iter_directory
+from rcds.publish.layout import Layout, Settings
+from rcds.publish.lock import WriterLock
+from rcds.publish.members import Member
+from rcds.publish.objects import ContentWriter, WriteStats
+from rcds.publish.policy import Limits, normalise_name
+from rcds.publish.tarsource import iter_tar
+from rcds.publish.tree_builder import TreeBuilder
+from rcds.storage.local import LocalStore
+
+
+@dataclass(frozen=True)
+class ChangeResult:
+    """What a change produced."""
+
+    revision: int
+    root_catalog: str
+    path: str
+    stats: WriteStats
+    seconds: float
+
+
+def target_path(path: str) -> str:
+    """A user-given repository path (``/sw/x``) as a catalog path; the root is refused."""
+    rel = normalise_name(path.strip("/"), Limits())
+    if not rel:
+        raise InputError("the target path must be below the repository root, e.g. /sw/mycode", path)
+    return "/" + rel
+
+
+class Stratum0:
+    """Publishing operations on a repository created by :func:`rcds.publish.create.create_repository`."""
+
+    def __init__(self, root: Path, name: str) -> None:
+        self.layout = Layout(Path(root), name)
+        self.settings: Settings = self.layout.load_settings()
+        self.store = LocalStore(self.layout.public)
+        self.name = name
+
+    # -- state ------------------------------------------------------------------------
+    def manifest(self) -> manifest_fmt.Manifest:
+        """The current manifest (our own, so only parsed)."""
+        return manifest_fmt.parse(self.store.get(".cvmfspublished")).manifest
+
+    def lock(self) -> WriterLock:
+        """The writer lock of this repository."""
+        return WriterLock(self.layout.lock, self.name)
+
+    def _prepare_work(self) -> Path:
+        shutil.rmtree(self.layout.work, ignore_errors=True)
+        self.layout.work.mkdir()
+        self.store.clean_temp()
+        return self.layout.work
+
+    # -- changes ----------------------------------------------------------------------
+    def ingest_tar(self, stream: BinaryIO, path: str, *, replace: bool = False, limits: Limits | None = None,
+                   now: int | None = None) -> ChangeResult:
+        """Publish a tar stream (plain, gzip, bzip2, xz, zstd) as a nested catalog at ``path``."""
+        return self.ingest(iter_tar(stream, limits), path, replace=replace, now=now)
+
+    def ingest_dir(self, src: Path, path: str, *, replace: bool = False, limits: Limits | None = None,
+                   now: int | None = None) -> ChangeResult:
+        """Publish a local directory tree as a nested catalog at ``path``."""
+        return self.ingest(iter_directory(src, limits), path, replace=replace, now=now)
+
+    def ingest(self, members: Iterable[Member], path: str, *, replace: bool = False,
+               now: int | None = None) -> ChangeResult:
+        """Publish members as a new nested catalog at ``path`` (one new revision)."""
+        target = target_path(path)
+        start = time.monotonic()
+        with self.lock():
+            work = self._prepare_work()
+            stamp = int(now if now is not None else time.time())
+            old = self.manifest()
+            chain = CatalogChain(self.store, work, self.settings.algorithm, old.root_catalog,
+                                 old.root_catalog_size, target)
+            writer = ContentWriter(self.store, self.settings.algorithm, level=self.settings.compression_level,
+                                   chunking=self.settings.chunk_params)
+            try:
+                existing = chain.deepest.catalog.lookup(target)
+                if existing is not None and not replace:
+                    raise InputError(f"{target} already exists in {self.name}; pass --replace to swap it", target)
+                previous = chain.deepest.catalog.find_nested(target) if existing is not None else None
+                child = self._build_child(work, target, members, writer, stamp, previous)
+                if existing is not None:
+                    chain.drop_subtree(target)
+                chain.ensure_directory(parent_path(target), stamp)
+                chain.touch(parent_path(target), stamp)
+                mount, h, size, root_row, total = child
+                chain.deepest.catalog.insert(chain.deepest.catalog.mount_row(root_row))
+                chain.deepest.catalog.set_nested(mount, h, size)
+                chain.add_subtree(total)
+                return self._commit(chain, old, stamp, target, writer.stats, start)
+            except BaseException:
+                writer.close(wait=False)
+                chain.abort()
+                raise
+            finally:
+                writer.close(wait=False)
+
+    def _build_child(self, work: Path, target: str, members: Iterable[Member], writer: ContentWriter,
+                     now: int, previous: tuple[str, object, int] | None
+                     ) -> tuple[str, object, int, Dirent, Tally]:
+        db = work / "new-child.db"
+        root = Dirent(target, target.rsplit("/", 1)[1], stat.S_IFDIR | 0o755, 4096, now, FLAG_DIR | FLAG_NESTED_ROOT)
+        cat = WritableCatalog.create(db, root)
+        try:
+            builder = TreeBuilder(cat, writer, self.settings.algorithm, now)
+            for member in members:
+                builder.add(member)
+            root_row = builder.finish()
+        except BaseException:
+            cat.abort()
+            raise
+        counters = cat.finalize(revision=1, previous=None, last_modified=now, subtree=Tally())
+        content = db.read_bytes()
+        obj = make_object(content, self.settings.algorithm)
+        self.store.put_if_absent(obj.hash.object_name(ObjectKind.CATALOG), obj.data)
+        db.unlink()
+        return target, obj.hash, len(content), root_row, counters.total()
+
+    def remove(self, path: str, *, now: int | None = None) -> ChangeResult:
+        """Remove a subtree as a new revision."""
+        target = target_path(path)
+        start = time.monotonic()
+        with self.lock():
+            work = self._prepare_work()
+            stamp = int(now if now is not None else time.time())
+            old = self.manifest()
+            chain = CatalogChain(self.store, work, self.settings.algorithm, old.root_catalog,
+                                 old.root_catalog_size, target)
+            try:
+                chain.drop_subtree(target)
+                chain.touch(parent_path(target), stamp)
+                return self._commit(chain, old, stamp, target, WriteStats(), start)
+            except BaseException:
+                chain.abort()
+                raise
+
+    def _commit(self, chain: CatalogChain, old: manifest_fmt.Manifest, now: int, target: str,
+                stats: WriteStats, start: float) -> ChangeResult:
+        root_hash, root_size, revision = chain.commit(now, self.settings.ttl)
+        new = old.evolve(
+            root_catalog=root_hash,
+            root_catalog_size=root_size,
+            revision=old.revision + 1,
+            ttl=self.settings.ttl,
+            timestamp=max(now, old.timestamp),
+        )
+        if revision != new.revision:
+            raise InputError(f"root catalog revision {revision} does not follow manifest revision {old.revision}")
+        key = keys.load_private_key(self.layout.key("key").read_bytes(), str(self.layout.key("key")))
+        self.store.sync()
+        self.store.put(".cvmfspublished", new.sign(key))
+        return ChangeResult(new.revision, root_hash.hex, target, stats, time.monotonic() - start)
+
+    def resign(self) -> None:
+        """Write a fresh whitelist valid for the configured number of days."""
+        with self.lock():
+            sign_whitelist(self.layout, self.settings, self.store)

@@ -1,0 +1,196 @@
+"""Streaming tar input: compression detected from magic bytes, strict parsing, hard limits.
+
+Nothing is unpacked to disk: members are handed out one at a time with a ``read`` callable
+valid until the next member is requested.
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import io
+import lzma
+import tarfile
+import zlib
+from collections.abc import Iterator
+from typing import IO, Any, BinaryIO
+
+import zstandard
+
+from rcds.errors import InputError
+from rcds.publish.members import Kind, Member
+from rcds.publish.policy import Limits, check_symlink, normalise_name, sanitise_mode
+
+_MAGIC = (
+    (b"\x1f\x8b", "gzip"),
+    (b"BZh", "bzip2"),
+    (b"\xfd7zXZ\x00", "xz"),
+    (b"\x28\xb5\x2f\xfd", "zstd"),
+)
+_STREAM_ERRORS: tuple[type[BaseException], ...] = (
+    tarfile.TarError,
+    EOFError,
+    zlib.error,
+    lzma.LZMAError,
+    zstandard.ZstdError,
+    OSError,
+    ValueError,
+)
+
+
+def detect_compression(head: bytes) -> str:
+    """``gzip``, ``bzip2``, ``xz``, ``zstd`` or ``none``, from the first bytes."""
+    for magic, name in _MAGIC:
+        if head.startswith(magic):
+            return name
+    return "none"
+
+
+class _Borrowed(io.RawIOBase):
+    """Reads from the caller's stream without ever closing it."""
+
+    def __init__(self, inner: BinaryIO) -> None:
+        self.inner = inner
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        reader = getattr(self.inner, "readinto", None)
+        if reader is not None:
+            return int(reader(buffer) or 0)
+        data = self.inner.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+class _Counted(io.RawIOBase):
+    """Counts decompressed bytes and stops a decompression bomb at the byte limit."""
+
+    def __init__(self, inner: IO[bytes], limit: int) -> None:
+        self.inner = inner
+        self.limit = limit
+        self.count = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.inner.read(len(buffer))
+        n = len(data)
+        self.count += n
+        if self.count > self.limit:
+            raise InputError(
+                f"the archive inflates beyond the limit of {self.limit} bytes; refusing it (decompression bomb?)"
+            )
+        buffer[:n] = data
+        return n
+
+
+class _StrictTarInfo(tarfile.TarInfo):
+    """Turns headers that tarfile would silently treat as end-of-archive into errors."""
+
+    @classmethod
+    def frombuf(cls, buf: bytes, encoding: str, errors: str) -> tarfile.TarInfo:  # type: ignore[override]
+        if len(buf) == 0:
+            raise InputError("the archive ends without an end-of-archive marker: it is truncated")
+        if len(buf) != tarfile.BLOCKSIZE:
+            raise InputError("the archive ends inside a header block: it is truncated")
+        if buf.count(tarfile.NUL) == tarfile.BLOCKSIZE:
+            return super().frombuf(buf, encoding, errors)  # the real end-of-archive marker
+        try:
+            return super().frombuf(buf, encoding, errors)
+        except tarfile.HeaderError as exc:
+            raise InputError(f"corrupt tar header ({exc})") from None
+
+
+def _open_decompressed(stream: BinaryIO) -> tuple[IO[bytes], str]:
+    buffered = io.BufferedReader(_Borrowed(stream), 1 << 20)
+    kind = detect_compression(buffered.peek(8)[:8])
+    if kind == "gzip":
+        return gzip.GzipFile(fileobj=buffered, mode="rb"), kind
+    if kind == "bzip2":
+        return bz2.BZ2File(buffered, "rb"), kind
+    if kind == "xz":
+        return lzma.LZMAFile(buffered, "rb"), kind
+    if kind == "zstd":
+        return zstandard.ZstdDecompressor().stream_reader(buffered, read_across_frames=True), kind
+    return buffered, kind
+
+
+def iter_tar(stream: BinaryIO, limits: Limits | None = None) -> Iterator[Member]:
+    """Yield the members of a tar stream (plain, gzip, bzip2, xz or zstd) under the input policy."""
+    limits = limits or Limits()
+    current = "(archive start)"
+    count = 0
+    try:
+        raw, _kind = _open_decompressed(stream)
+        counted = io.BufferedReader(_Counted(raw, limits.max_bytes), 1 << 20)
+        tf = tarfile.open(fileobj=counted, mode="r|", tarinfo=_StrictTarInfo, encoding="utf-8")
+        for ti in tf:
+            current = ti.name
+            count += 1
+            if count > limits.max_members:
+                raise InputError(f"the archive has more than {limits.max_members} members", ti.name)
+            member = _member(ti, limits)
+            if member.kind is Kind.FILE:
+                member.read = _reader(tf, ti)
+            yield member
+        tf.close()
+    except InputError as exc:
+        if exc.member is None:
+            exc.member = current
+            exc.args = (f"{exc.args[0]} (at member {current!r})",)
+        raise
+    except _STREAM_ERRORS as exc:
+        raise InputError(
+            f"the archive is corrupt or truncated at member {current!r}: {exc or type(exc).__name__}", current
+        ) from None
+
+
+def _reader(tf: tarfile.TarFile, ti: tarfile.TarInfo) -> Any:
+    f = tf.extractfile(ti)
+    assert f is not None
+    remaining = [ti.size]
+
+    def read(n: int) -> bytes:
+        data = f.read(min(n, remaining[0]))
+        remaining[0] -= len(data)
+        if not data and n > 0 and remaining[0] > 0:
+            raise InputError(f"member {ti.name!r} is truncated: the archive ends inside its data", ti.name)
+        return data
+
+    return read
+
+
+def _member(ti: tarfile.TarInfo, limits: Limits) -> Member:
+    path = normalise_name(ti.name, limits)
+    mtime = int(ti.mtime)
+    mtimens = int(round((float(ti.mtime) - mtime) * 1e9)) if isinstance(ti.mtime, float) else None
+    common = {"mode": sanitise_mode(ti.mode), "mtime": mtime, "mtimens": mtimens, "uid": ti.uid, "gid": ti.gid}
+    if ti.issparse():
+        raise InputError(f"member {ti.name!r} is a sparse file; re-create the archive without --sparse", ti.name)
+    if ti.isreg():
+        if ti.size < 0 or ti.size > limits.max_bytes:
+            raise InputError(f"member {ti.name!r} claims {ti.size} bytes, over the limit of {limits.max_bytes}", ti.name)
+        if not path:
+            raise InputError(f"member {ti.name!r}: a file cannot replace the target directory", ti.name)
+        return Member(path, Kind.FILE, size=ti.size, **common)  # type: ignore[arg-type]
+    if ti.isdir():
+        return Member(path, Kind.DIR, **common)  # type: ignore[arg-type]
+    if ti.issym():
+        check_symlink(path or ".", ti.linkname)
+        if not path:
+            raise InputError(f"member {ti.name!r}: a symlink cannot replace the target directory", ti.name)
+        return Member(path, Kind.SYMLINK, target=ti.linkname, **common)  # type: ignore[arg-type]
+    if ti.islnk():
+        target = normalise_name(ti.linkname, limits)
+        if not target or not path:
+            raise InputError(f"member {ti.name!r}: a hard link to or from the target directory", ti.name)
+        return Member(path, Kind.HARDLINK, target=target, **common)  # type: ignore[arg-type]
+    what = {
+        tarfile.CHRTYPE: "a character device",
+        tarfile.BLKTYPE: "a block device",
+        tarfile.FIFOTYPE: "a FIFO",
+    }.get(ti.type, f"of unsupported type {ti.type!r}")
+    raise InputError(f"member {ti.name!r} is {what}; only files, directories and links can be published", ti.name)

@@ -1,0 +1,169 @@
+"""A store in a local directory, laid out exactly as a stratum 0/1 web server serves it."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from rcds.errors import NotFoundError, StorageError
+from rcds.storage.base import Store
+from rcds.storage.names import check_name, is_object_name
+
+TXN = "data/txn"
+_HEX = [f"{i:02x}" for i in range(256)]
+
+
+def _syncfs(fd: int) -> None:
+    libc_name = ctypes.util.find_library("c")
+    if libc_name:
+        libc = ctypes.CDLL(libc_name, use_errno=True)
+        if hasattr(libc, "syncfs") and libc.syncfs(fd) == 0:
+            return
+    os.sync()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LocalStore(Store):
+    """Files under ``root``: ``.cvmfs*`` root files and ``data/00..ff`` objects; temp files in ``data/txn``."""
+
+    def __init__(self, root: Path, *, create: bool = False) -> None:
+        self.root = Path(root)
+        if create:
+            self.initialise()
+        elif not (self.root / "data").is_dir():
+            raise NotFoundError(f"{self.root} is not a repository store (no data/ directory)")
+        self._txn = self.root / TXN
+        self._counter = 0
+
+    def initialise(self) -> None:
+        """Create ``data/00`` ... ``data/ff`` and ``data/txn``."""
+        try:
+            for h in _HEX:
+                (self.root / "data" / h).mkdir(parents=True, exist_ok=True)
+            (self.root / TXN).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create the store under {self.root}: {exc.strerror}") from None
+
+    def _path(self, name: str) -> Path:
+        return self.root / check_name(name)
+
+    def temp_path(self) -> Path:
+        """A fresh temp file name inside the store's filesystem (for :meth:`put_file`)."""
+        self._counter += 1
+        return self._txn / f"tmp.{os.getpid()}.{id(self):x}.{self._counter}"
+
+    def put(self, name: str, data: bytes) -> None:
+        """Write via a temp file in ``data/txn`` and rename."""
+        final = self._path(name)
+        tmp = self.temp_path()
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                view = memoryview(data)
+                while view:
+                    n = os.write(fd, view)
+                    view = view[n:]
+                if not is_object_name(name):
+                    os.fsync(fd)  # root files are the commit points: make them durable
+            finally:
+                os.close(fd)
+            os.rename(tmp, final)
+            if not is_object_name(name):
+                _fsync_dir(final.parent)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise StorageError(f"cannot write {final}: {exc.strerror}; check free space and permissions") from None
+
+    def put_if_absent(self, name: str, data: bytes) -> bool:
+        """Write an object unless it exists already (content addressed); True if written."""
+        if os.path.exists(self.root / name):
+            return False
+        self.put(name, data)
+        return True
+
+    def put_file(self, name: str, src: Path) -> None:
+        """Rename ``src`` (which must be on the same filesystem) into place."""
+        final = self._path(name)
+        try:
+            os.chmod(src, 0o644)
+            os.rename(src, final)
+        except OSError as exc:
+            raise StorageError(f"cannot move {src} to {final}: {exc.strerror}") from None
+
+    def get(self, name: str) -> bytes:
+        """Read a whole file."""
+        try:
+            return self._path(name).read_bytes()
+        except FileNotFoundError:
+            raise NotFoundError(f"{name} is not in the store {self.root}") from None
+        except OSError as exc:
+            raise StorageError(f"cannot read {name} from {self.root}: {exc.strerror}") from None
+
+    def open(self, name: str) -> BinaryIO:
+        """Open a file for reading."""
+        try:
+            return open(self._path(name), "rb")
+        except FileNotFoundError:
+            raise NotFoundError(f"{name} is not in the store {self.root}") from None
+
+    def has(self, name: str) -> bool:
+        """Existence check."""
+        return self._path(name).is_file()
+
+    def size(self, name: str) -> int:
+        """File size."""
+        try:
+            return self._path(name).stat().st_size
+        except FileNotFoundError:
+            raise NotFoundError(f"{name} is not in the store {self.root}") from None
+
+    def delete(self, name: str) -> bool:
+        """Unlink a file."""
+        try:
+            self._path(name).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+    def list_objects(self) -> Iterator[str]:
+        """Scan ``data/00..ff``."""
+        for h in _HEX:
+            try:
+                names = os.listdir(self.root / "data" / h)
+            except FileNotFoundError:
+                continue
+            for n in names:
+                full = f"data/{h}/{n}"
+                if is_object_name(full):
+                    yield full
+
+    def clean_temp(self) -> int:
+        """Remove leftovers of interrupted writers from ``data/txn``; return how many."""
+        n = 0
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.scandir(self._txn):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+                    n += 1
+        return n
+
+    def sync(self) -> None:
+        """Flush the filesystem holding the store (one ``syncfs`` instead of an fsync per object)."""
+        fd = os.open(self.root, os.O_RDONLY)
+        try:
+            _syncfs(fd)
+        finally:
+            os.close(fd)
