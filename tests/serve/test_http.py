@@ -15,7 +15,6 @@ import pytest
 import urllib3
 
 from rcds.errors import ConfigError, NotFoundError
-from rcds.serve import handler as handler_module
 from rcds.serve.http import AccessRecord, RepositoryServer, make_server
 
 pytestmark = pytest.mark.timeout(120)
@@ -453,7 +452,7 @@ def test_unreadable_file_is_500(server: RepositoryServer, monkeypatch: pytest.Mo
             raise PermissionError(13, "Permission denied", path)
         return real_open(path, flags, *args)
 
-    monkeypatch.setattr(handler_module.os, "open", failing_open)
+    monkeypatch.setattr(os, "open", failing_open)
     resp, got = fetch(server, SMALL)
     assert resp.status == 500 and got == b"500 Internal Server Error\n"
     assert resp.headers["Cache-Control"] == "no-store"

@@ -89,8 +89,11 @@ class CacheWriter:
         self.path: Path | None = None
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
-        """Append bytes to the pending object."""
-        return self.file.write(data)
+        """Append bytes to the pending object (:class:`StorageError` if the disk fails)."""
+        try:
+            return self.file.write(data)
+        except OSError as exc:
+            raise StorageError(f"cannot write cache temp file {self.tmp_path}: {exc}") from exc
 
 
 class LocalCache:
@@ -173,8 +176,9 @@ class LocalCache:
 
     def _touch_or_heal(self, name: str, kind: ObjectKind, present: bool) -> None:
         try:
-            if present and self._db.touch(name):
-                return
+            settled = self._db.touch(name) if present else self._db.get(name) is None
+            if settled:
+                return  # the usual cases: a hit with its row, a miss without one
             with self._flock(), self._db.transaction():
                 st = os.stat(self._path(name)) if self._path(name).is_file() else None
                 if st is None:
@@ -223,10 +227,16 @@ class LocalCache:
             fd, tmp = make_temp(self.txn, 0o600)
         except OSError as exc:
             raise StorageError(f"cannot create a temp file in {self.txn}: {exc.strerror or exc}") from exc
-        w = CacheWriter(os.fdopen(fd, "wb"), tmp)
+        f = os.fdopen(fd, "wb")
+        w = CacheWriter(f, tmp)
         try:
-            with w.file:
-                yield w
+            yield w
+        except BaseException:
+            f.close()
+            tmp.unlink(missing_ok=True)
+            raise
+        try:
+            f.close()
             w.path = self._commit(tmp, h, kind, pin)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
@@ -262,6 +272,8 @@ class LocalCache:
                 src = tmp
             return self._commit(src, h, kind, pin)
         except OSError as exc:
+            if src.parent == self.txn:
+                src.unlink(missing_ok=True)
             raise StorageError(f"cannot insert {src} into {self.dir}: {exc}") from exc
 
     def _commit(self, tmp: Path, h: ContentHash, kind: ObjectKind, pin: bool) -> Path:

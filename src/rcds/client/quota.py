@@ -83,7 +83,10 @@ def compare(rows: Iterable[Entry], files: Iterable[Entry], total: int) -> list[s
 
 
 class QuotaDB:
-    """Access to ``cachedb``; all methods are safe across threads and processes."""
+    """Access to ``cachedb``; all methods are safe across threads and processes.
+
+    Construct with :meth:`open_or_recreate`; the constructor raises raw :mod:`sqlite3` errors.
+    """
 
     @classmethod
     def open_or_recreate(cls, path: Path, busy_timeout: float = 30.0) -> tuple[QuotaDB, bool]:
@@ -99,13 +102,17 @@ class QuotaDB:
             if schema is not None and db._db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
                 raise sqlite3.DatabaseError("quick_check failed")
             return db, schema != SCHEMA
-        except sqlite3.DatabaseError:
+        except sqlite3.OperationalError as exc:  # cannot open, locked, I/O: not a corrupt file
+            if db is not None:
+                db.close()
+            raise StorageError(f"cannot open cache database {path}: {exc}") from exc
+        except sqlite3.DatabaseError:  # not a database, malformed: start afresh
             if db is not None:
                 db.close()
         for suffix in ("", "-wal", "-shm", "-journal"):
             Path(f"{path}{suffix}").unlink(missing_ok=True)
-        db = cls(path, busy_timeout)
         try:
+            db = cls(path, busy_timeout)
             db.schema()
         except sqlite3.Error as exc:
             raise StorageError(f"cannot create cache database {path}: {exc}") from exc
@@ -114,14 +121,9 @@ class QuotaDB:
     def __init__(self, path: Path, busy_timeout: float = 30.0) -> None:
         self.path = path
         self._lock = threading.RLock()
-        try:
-            self._db = sqlite3.connect(
-                path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
-            )
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-        except sqlite3.Error as exc:
-            raise StorageError(f"cannot open cache database {path}: {exc}") from exc
+        self._db = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
 
     def close(self) -> None:
         """Close the connection."""

@@ -90,10 +90,8 @@ class HashState:
 
     def finish(self) -> ContentHash:
         """The content hash of everything fed so far."""
-        if self.algorithm is Algorithm.SHAKE128:
-            digest = self._h.digest(DIGEST_SIZE)  # type: ignore[call-arg]
-        else:
-            digest = self._h.digest()
+        shake = self.algorithm is Algorithm.SHAKE128
+        digest = self._h.digest(DIGEST_SIZE) if shake else self._h.digest()  # type: ignore[call-arg]
         return ContentHash(self.algorithm, digest)
 
 

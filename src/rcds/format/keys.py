@@ -31,7 +31,9 @@ def generate_key() -> rsa.RSAPrivateKey:
 def private_key_pem(key: rsa.RSAPrivateKey) -> bytes:
     """PEM (traditional OpenSSL) encoding of a private key, as ``openssl genrsa`` writes it."""
     return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
     )
 
 

@@ -58,7 +58,9 @@ class Manifest:
 
     def sign(self, key: rsa.RSAPrivateKey) -> bytes:
         """The complete signed ``.cvmfspublished`` bytes."""
-        return signed.join(self.body(), self.root_catalog.algorithm, lambda h: keys.sign_manifest_hash(key, h))
+        return signed.join(
+            self.body(), self.root_catalog.algorithm, lambda h: keys.sign_manifest_hash(key, h)
+        )
 
     def evolve(self, **changes: object) -> Manifest:
         """A copy with some fields changed."""

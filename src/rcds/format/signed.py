@@ -28,7 +28,8 @@ class SignedText:
         found = ContentHash.of(self.body, claimed.algorithm)
         if found != claimed:
             raise IntegrityError(
-                f"{what}: body hash mismatch, the file says {claimed.hex}, the body hashes to {found.hex}", what
+                f"{what}: body hash mismatch, the file says {claimed.hex}, the body hashes to {found.hex}",
+                what,
             )
         return claimed
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
@@ -11,7 +13,6 @@ from rcds.format.catalog_schema import (
     CREATE_STATEMENTS,
     SCHEMA,
     SCHEMA_REVISION,
-    SELF_COUNTERS_SQL,
     Counters,
     Tally,
 )
@@ -67,7 +68,9 @@ class WritableCatalog(Catalog):
         """Open an existing catalog file (a decompressed copy) for changes."""
         cat = cls(path, mountpoint)
         if cat.properties.get("schema") != SCHEMA:
-            raise IntegrityError(f"{cat.what} has schema {cat.properties.get('schema')}, not {SCHEMA}", cat.what)
+            raise IntegrityError(
+                f"{cat.what} has schema {cat.properties.get('schema')}, not {SCHEMA}", cat.what
+            )
         if int(cat.properties.get("schema_revision", "0")) < SCHEMA_REVISION:
             cat._upgrade()
         return cat
@@ -84,11 +87,25 @@ class WritableCatalog(Catalog):
         a, b = md5_pair(d.path)
         p1, p2 = parent_pair(d.path)
         self.db.execute(
-            "INSERT INTO catalog (md5path_1, md5path_2, parent_1, parent_2, hardlinks, hash, size, mode, mtime, "
-            "mtimens, flags, name, symlink, uid, gid, xattr) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "INSERT INTO catalog (md5path_1, md5path_2, parent_1, parent_2, hardlinks, hash, size, mode, "
+            "mtime, mtimens, flags, name, symlink, uid, gid, xattr) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
-                a, b, p1, p2, d.hardlinks, d.hash.digest if d.hash else None, d.size, d.mode, d.mtime,
-                d.mtimens, d.flags, d.name, d.symlink, d.uid, d.gid, d.xattr,
+                a,
+                b,
+                p1,
+                p2,
+                d.hardlinks,
+                d.hash.digest if d.hash else None,
+                d.size,
+                d.mode,
+                d.mtime,
+                d.mtimens,
+                d.flags,
+                d.name,
+                d.symlink,
+                d.uid,
+                d.gid,
+                d.xattr,
             ),
         )
 
@@ -99,8 +116,19 @@ class WritableCatalog(Catalog):
             "UPDATE catalog SET hardlinks=?, hash=?, size=?, mode=?, mtime=?, mtimens=?, flags=?, symlink=?, "
             "uid=?, gid=?, xattr=? WHERE md5path_1=? AND md5path_2=?",
             (
-                d.hardlinks, d.hash.digest if d.hash else None, d.size, d.mode, d.mtime, d.mtimens, d.flags,
-                d.symlink, d.uid, d.gid, d.xattr, a, b,
+                d.hardlinks,
+                d.hash.digest if d.hash else None,
+                d.size,
+                d.mode,
+                d.mtime,
+                d.mtimens,
+                d.flags,
+                d.symlink,
+                d.uid,
+                d.gid,
+                d.xattr,
+                a,
+                b,
             ),
         )
 
@@ -140,12 +168,14 @@ class WritableCatalog(Catalog):
 
     def set_nested(self, path: str, h: ContentHash, size: int) -> None:
         """Point the nested catalog link at ``path`` to a catalog object."""
-        self.db.execute("INSERT OR REPLACE INTO nested_catalogs (path, sha1, size) VALUES (?,?,?)", (path, h.hex, size))
+        self.db.execute(
+            "INSERT OR REPLACE INTO nested_catalogs (path, sha1, size) VALUES (?,?,?)", (path, h.hex, size)
+        )
 
     def mount_row(self, child_root: Dirent) -> Dirent:
         """The parent-side row of a nested catalog root (same metadata, mount-point flag)."""
         flags = (child_root.flags & ~FLAG_NESTED_ROOT) | FLAG_NESTED_MOUNTPOINT
-        return Dirent(**{**_fields(child_root), "flags": flags})
+        return dataclasses.replace(child_root, flags=flags)
 
     def set_property(self, key: str, value: str) -> None:
         """Set a ``properties`` row."""
@@ -156,26 +186,14 @@ class WritableCatalog(Catalog):
         """Set every directory's link count to 2 + its subdirectories (mount points keep their child's)."""
         self.db.execute(_DIR_LINKS_SQL)
 
-    def self_tally(self) -> Tally:
-        """The ``self_*`` counters recomputed from the rows."""
-        row = self.db.execute(SELF_COUNTERS_SQL).fetchone()
-        reg, sym, special, dirs, chunked, fsize, csize, xattr, ext, extsize = (int(v or 0) for v in row)
-        nested = int(self.db.execute("SELECT COUNT(*) FROM nested_catalogs").fetchone()[0])
-        chunks = int(self.db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0])
-        return Tally(
-            {
-                "regular": reg, "symlink": sym, "special": special, "dir": dirs, "nested": nested,
-                "chunked": chunked, "chunks": chunks, "file_size": fsize, "chunked_size": csize,
-                "xattr": xattr, "external": ext, "external_file_size": extsize,
-            }
-        )
-
     def finalize(
         self, *, revision: int, previous: ContentHash | None, last_modified: int, subtree: Tally
     ) -> Counters:
         """Write counters and properties, commit and close; the file is then ready to compress."""
-        counters = Counters(self.self_tally(), subtree)
-        self.db.executemany("INSERT OR REPLACE INTO statistics (counter, value) VALUES (?, ?)", counters.rows())
+        counters = Counters(self.recount_self(), subtree)
+        self.db.executemany(
+            "INSERT OR REPLACE INTO statistics (counter, value) VALUES (?, ?)", counters.rows()
+        )
         self.set_property("revision", str(revision))
         self.set_property("last_modified", str(last_modified))
         if previous is not None:
@@ -187,12 +205,6 @@ class WritableCatalog(Catalog):
 
     def abort(self) -> None:
         """Drop uncommitted changes and close."""
-        try:
+        with contextlib.suppress(sqlite3.Error):
             self.db.execute("ROLLBACK")
-        except sqlite3.Error:
-            pass
         self.db.close()
-
-
-def _fields(d: Dirent) -> dict[str, object]:
-    return {name: getattr(d, name) for name in Dirent.__slots__}  # type: ignore[attr-defined]

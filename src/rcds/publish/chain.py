@@ -40,12 +40,12 @@ def load_catalog_file(store: LocalStore, work: Path, h: ContentHash, size: int |
     return path
 
 
-def read_counters(store: LocalStore, work: Path, h: ContentHash, mountpoint: str) -> Counters:
-    """The statistics of a stored catalog (to subtract a dropped nested catalog)."""
+def read_stats(store: LocalStore, work: Path, h: ContentHash, mountpoint: str) -> tuple[Counters, int]:
+    """The statistics and revision of a stored catalog (to replace or drop a nested catalog)."""
     path = load_catalog_file(store, work, h, None)
     try:
         with Catalog(path, mountpoint) as cat:
-            return cat.counters()
+            return cat.counters(), cat.revision
     finally:
         path.unlink(missing_ok=True)
 
@@ -53,8 +53,15 @@ def read_counters(store: LocalStore, work: Path, h: ContentHash, mountpoint: str
 class CatalogChain:
     """Open for writing every catalog whose mount point lies strictly above ``path``."""
 
-    def __init__(self, store: LocalStore, work: Path, algorithm: Algorithm, root: ContentHash, root_size: int,
-                 path: str) -> None:
+    def __init__(
+        self,
+        store: LocalStore,
+        work: Path,
+        algorithm: Algorithm,
+        root: ContentHash,
+        root_size: int,
+        path: str,
+    ) -> None:
         self.store = store
         self.work = work
         self.algorithm = algorithm
@@ -91,7 +98,7 @@ class CatalogChain:
         if entry is None:
             raise InputError(f"{path} does not exist in the repository", path)
         for mount, h, _size in link.catalog.delete_subtree(path):
-            self.add_subtree(Tally() - read_counters(self.store, self.work, h, mount).total())
+            self.add_subtree(Tally() - read_stats(self.store, self.work, h, mount)[0].total())
         return entry
 
     def ensure_directory(self, path: str, now: int) -> None:

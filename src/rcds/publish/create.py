@@ -34,7 +34,9 @@ def _write_secret(path: Path, data: bytes) -> None:
     os.chmod(path, 0o600)
 
 
-def sign_whitelist(layout: Layout, settings: Settings, store: LocalStore, now: dt.datetime | None = None) -> Whitelist:
+def sign_whitelist(
+    layout: Layout, settings: Settings, store: LocalStore, now: dt.datetime | None = None
+) -> Whitelist:
     """Write a fresh ``.cvmfswhitelist`` valid for ``settings.whitelist_days``, signed by the master key."""
     master = keys.load_private_key(layout.key("masterkey").read_bytes(), str(layout.key("masterkey")))
     cert = keys.load_certificate(layout.key("crt").read_bytes(), str(layout.key("crt")))

@@ -56,7 +56,9 @@ def iter_directory(root: Path, limits: Limits | None = None) -> Iterator[Member]
             stack.extend(f"{rel}/{n}" if rel else n for n in names)
 
 
-def _member(rel: str, full: str, st: os.stat_result, limits: Limits, seen: dict[tuple[int, int], str]) -> Member:
+def _member(
+    rel: str, full: str, st: os.stat_result, limits: Limits, seen: dict[tuple[int, int], str]
+) -> Member:
     path = normalise_name(rel, limits) if rel else ""
     common = {
         "mode": sanitise_mode(st.st_mode),
@@ -78,4 +80,6 @@ def _member(rel: str, full: str, st: os.stat_result, limits: Limits, seen: dict[
         if st.st_nlink > 1:
             seen[key] = path
         return Member(path, Kind.FILE, size=st.st_size, **common)  # type: ignore[arg-type]
-    raise InputError(f"{full} is a device, FIFO or socket; only files, directories and links can be published", rel)
+    raise InputError(
+        f"{full} is a device, FIFO or socket; only files, directories and links can be published", rel
+    )

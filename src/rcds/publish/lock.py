@@ -44,5 +44,7 @@ class WriterLock:
     def __enter__(self) -> WriterLock:
         return self.acquire()
 
-    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.release()

@@ -101,7 +101,9 @@ class ContentWriter:
         self.stats.bytes_in += len(data)
         self.drain()
 
-    def add_stream(self, read: Callable[[int], bytes], size: int, done: Callable[[FileContent], None], name: str) -> None:
+    def add_stream(
+        self, read: Callable[[int], bytes], size: int, done: Callable[[FileContent], None], name: str
+    ) -> None:
         """Read a file's ``size`` bytes through ``read`` and store them (chunked when large)."""
         if self.chunking is None or not should_chunk(size, self.chunking):
             data = _read_exact(read, size, name)
@@ -117,7 +119,9 @@ class ContentWriter:
             nonlocal offset, pending_piece
             for piece in pieces:
                 if pending_piece is not None:
-                    parts.append((offset, len(pending_piece), self._submit(pending_piece, ObjectKind.PARTIAL)))
+                    parts.append(
+                        (offset, len(pending_piece), self._submit(pending_piece, ObjectKind.PARTIAL))
+                    )
                     offset += len(pending_piece)
                 pending_piece = piece
 

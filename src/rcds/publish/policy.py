@@ -41,7 +41,9 @@ def normalise_name(raw: str, limits: Limits) -> str:
         shown = raw.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
         raise InputError(f"member {shown!r}: names must be valid UTF-8", shown) from None
     if raw.startswith("/"):
-        raise InputError(f"member {raw!r}: absolute names are not allowed; create the tar with relative paths", raw)
+        raise InputError(
+            f"member {raw!r}: absolute names are not allowed; create the tar with relative paths", raw
+        )
     parts = [p for p in raw.split("/") if p and p != "."]
     if ".." in parts:
         raise InputError(f"member {raw!r}: '..' components are not allowed", raw)

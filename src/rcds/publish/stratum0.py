@@ -21,12 +21,13 @@ from rcds.format import manifest as manifest_fmt
 from rcds.format.catalog_schema import Tally
 from rcds.format.compression import make_object
 from rcds.format.dirent import FLAG_DIR, FLAG_NESTED_ROOT, Dirent
-from rcds.format.hashes import ObjectKind
+from rcds.format.hashes import ContentHash, ObjectKind
 from rcds.format.pathhash import parent_path
 from rcds.publish.catalog_rw import WritableCatalog
-from rcds.publish.chain import CatalogChain
+from rcds.publish.chain import CatalogChain, read_stats
 from rcds.publish.create import sign_whitelist
 from rcds.publish.dirsource import iter_directory
+from rcds.publish.gc import GcResult, collect
 from rcds.publish.layout import Layout, Settings
 from rcds.publish.lock import WriterLock
 from rcds.publish.members import Member
@@ -81,18 +82,33 @@ class Stratum0:
         return self.layout.work
 
     # -- changes ----------------------------------------------------------------------
-    def ingest_tar(self, stream: BinaryIO, path: str, *, replace: bool = False, limits: Limits | None = None,
-                   now: int | None = None) -> ChangeResult:
+    def ingest_tar(
+        self,
+        stream: BinaryIO,
+        path: str,
+        *,
+        replace: bool = False,
+        limits: Limits | None = None,
+        now: int | None = None,
+    ) -> ChangeResult:
         """Publish a tar stream (plain, gzip, bzip2, xz, zstd) as a nested catalog at ``path``."""
         return self.ingest(iter_tar(stream, limits), path, replace=replace, now=now)
 
-    def ingest_dir(self, src: Path, path: str, *, replace: bool = False, limits: Limits | None = None,
-                   now: int | None = None) -> ChangeResult:
+    def ingest_dir(
+        self,
+        src: Path,
+        path: str,
+        *,
+        replace: bool = False,
+        limits: Limits | None = None,
+        now: int | None = None,
+    ) -> ChangeResult:
         """Publish a local directory tree as a nested catalog at ``path``."""
         return self.ingest(iter_directory(src, limits), path, replace=replace, now=now)
 
-    def ingest(self, members: Iterable[Member], path: str, *, replace: bool = False,
-               now: int | None = None) -> ChangeResult:
+    def ingest(
+        self, members: Iterable[Member], path: str, *, replace: bool = False, now: int | None = None
+    ) -> ChangeResult:
         """Publish members as a new nested catalog at ``path`` (one new revision)."""
         target = target_path(path)
         start = time.monotonic()
@@ -100,23 +116,30 @@ class Stratum0:
             work = self._prepare_work()
             stamp = int(now if now is not None else time.time())
             old = self.manifest()
-            chain = CatalogChain(self.store, work, self.settings.algorithm, old.root_catalog,
-                                 old.root_catalog_size, target)
-            writer = ContentWriter(self.store, self.settings.algorithm, level=self.settings.compression_level,
-                                   chunking=self.settings.chunk_params)
+            chain = CatalogChain(
+                self.store, work, self.settings.algorithm, old.root_catalog, old.root_catalog_size, target
+            )
+            writer = ContentWriter(
+                self.store,
+                self.settings.algorithm,
+                level=self.settings.compression_level,
+                chunking=self.settings.chunk_params,
+            )
             try:
                 existing = chain.deepest.catalog.lookup(target)
                 if existing is not None and not replace:
-                    raise InputError(f"{target} already exists in {self.name}; pass --replace to swap it", target)
-                previous = chain.deepest.catalog.find_nested(target) if existing is not None else None
-                child = self._build_child(work, target, members, writer, stamp, previous)
+                    raise InputError(
+                        f"{target} already exists in {self.name}; pass --replace to swap it", target
+                    )
+                link = chain.deepest.catalog.find_nested(target) if existing is not None else None
+                previous = link[1] if link is not None else None
+                h, size, root_row, total = self._build_child(work, target, members, writer, stamp, previous)
                 if existing is not None:
                     chain.drop_subtree(target)
                 chain.ensure_directory(parent_path(target), stamp)
                 chain.touch(parent_path(target), stamp)
-                mount, h, size, root_row, total = child
                 chain.deepest.catalog.insert(chain.deepest.catalog.mount_row(root_row))
-                chain.deepest.catalog.set_nested(mount, h, size)
+                chain.deepest.catalog.set_nested(target, h, size)
                 chain.add_subtree(total)
                 return self._commit(chain, old, stamp, target, writer.stats, start)
             except BaseException:
@@ -126,11 +149,22 @@ class Stratum0:
             finally:
                 writer.close(wait=False)
 
-    def _build_child(self, work: Path, target: str, members: Iterable[Member], writer: ContentWriter,
-                     now: int, previous: tuple[str, object, int] | None
-                     ) -> tuple[str, object, int, Dirent, Tally]:
+    def _build_child(
+        self,
+        work: Path,
+        target: str,
+        members: Iterable[Member],
+        writer: ContentWriter,
+        now: int,
+        previous: ContentHash | None,
+    ) -> tuple[ContentHash, int, Dirent, Tally]:
+        """Build the new nested catalog at ``target``; return its hash, size, root row and totals."""
+        revision = 1
+        if previous is not None:
+            revision = read_stats(self.store, work, previous, target)[1] + 1
         db = work / "new-child.db"
-        root = Dirent(target, target.rsplit("/", 1)[1], stat.S_IFDIR | 0o755, 4096, now, FLAG_DIR | FLAG_NESTED_ROOT)
+        name = target.rsplit("/", 1)[1]
+        root = Dirent(target, name, stat.S_IFDIR | 0o755, 4096, now, FLAG_DIR | FLAG_NESTED_ROOT)
         cat = WritableCatalog.create(db, root)
         try:
             builder = TreeBuilder(cat, writer, self.settings.algorithm, now)
@@ -140,12 +174,12 @@ class Stratum0:
         except BaseException:
             cat.abort()
             raise
-        counters = cat.finalize(revision=1, previous=None, last_modified=now, subtree=Tally())
+        counters = cat.finalize(revision=revision, previous=previous, last_modified=now, subtree=Tally())
         content = db.read_bytes()
         obj = make_object(content, self.settings.algorithm)
         self.store.put_if_absent(obj.hash.object_name(ObjectKind.CATALOG), obj.data)
         db.unlink()
-        return target, obj.hash, len(content), root_row, counters.total()
+        return obj.hash, len(content), root_row, counters.total()
 
     def remove(self, path: str, *, now: int | None = None) -> ChangeResult:
         """Remove a subtree as a new revision."""
@@ -155,8 +189,9 @@ class Stratum0:
             work = self._prepare_work()
             stamp = int(now if now is not None else time.time())
             old = self.manifest()
-            chain = CatalogChain(self.store, work, self.settings.algorithm, old.root_catalog,
-                                 old.root_catalog_size, target)
+            chain = CatalogChain(
+                self.store, work, self.settings.algorithm, old.root_catalog, old.root_catalog_size, target
+            )
             try:
                 chain.drop_subtree(target)
                 chain.touch(parent_path(target), stamp)
@@ -165,8 +200,15 @@ class Stratum0:
                 chain.abort()
                 raise
 
-    def _commit(self, chain: CatalogChain, old: manifest_fmt.Manifest, now: int, target: str,
-                stats: WriteStats, start: float) -> ChangeResult:
+    def _commit(
+        self,
+        chain: CatalogChain,
+        old: manifest_fmt.Manifest,
+        now: int,
+        target: str,
+        stats: WriteStats,
+        start: float,
+    ) -> ChangeResult:
         root_hash, root_size, revision = chain.commit(now, self.settings.ttl)
         new = old.evolve(
             root_catalog=root_hash,
@@ -176,11 +218,25 @@ class Stratum0:
             timestamp=max(now, old.timestamp),
         )
         if revision != new.revision:
-            raise InputError(f"root catalog revision {revision} does not follow manifest revision {old.revision}")
+            raise InputError(
+                f"root catalog revision {revision} does not follow manifest revision {old.revision}"
+            )
         key = keys.load_private_key(self.layout.key("key").read_bytes(), str(self.layout.key("key")))
         self.store.sync()
         self.store.put(".cvmfspublished", new.sign(key))
         return ChangeResult(new.revision, root_hash.hex, target, stats, time.monotonic() - start)
+
+    def gc(self, keep_revisions: int = 1) -> GcResult:
+        """Delete objects unreachable from the newest ``keep_revisions`` revisions."""
+        with self.lock():
+            work = self._prepare_work()
+            m = self.manifest()
+            extra = [m.certificate.object_name(ObjectKind.CERTIFICATE)]
+            if m.history is not None:
+                extra.append(m.history.object_name(ObjectKind.HISTORY))
+            if m.metainfo is not None:
+                extra.append(m.metainfo.object_name(ObjectKind.METAINFO))
+            return collect(self.store, work, m.root_catalog, extra, keep_revisions)
 
     def resign(self) -> None:
         """Write a fresh whitelist valid for the configured number of days."""

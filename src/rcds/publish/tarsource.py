@@ -81,7 +81,7 @@ class _Counted(io.RawIOBase):
         self.count += n
         if self.count > self.limit:
             raise InputError(
-                f"the archive inflates beyond the limit of {self.limit} bytes; refusing it (decompression bomb?)"
+                f"the archive inflates beyond the limit of {self.limit} bytes (decompression bomb?)"
             )
         buffer[:n] = data
         return n
@@ -107,15 +107,16 @@ class _StrictTarInfo(tarfile.TarInfo):
 def _open_decompressed(stream: BinaryIO) -> tuple[IO[bytes], str]:
     buffered = io.BufferedReader(_Borrowed(stream), 1 << 20)
     kind = detect_compression(buffered.peek(8)[:8])
+    opened: Any = buffered
     if kind == "gzip":
-        return gzip.GzipFile(fileobj=buffered, mode="rb"), kind
-    if kind == "bzip2":
-        return bz2.BZ2File(buffered, "rb"), kind
-    if kind == "xz":
-        return lzma.LZMAFile(buffered, "rb"), kind
-    if kind == "zstd":
-        return zstandard.ZstdDecompressor().stream_reader(buffered, read_across_frames=True), kind
-    return buffered, kind
+        opened = gzip.GzipFile(fileobj=buffered, mode="rb")
+    elif kind == "bzip2":
+        opened = bz2.BZ2File(buffered, "rb")
+    elif kind == "xz":
+        opened = lzma.LZMAFile(buffered, "rb")  # noqa: SIM115 - closed with the tar stream
+    elif kind == "zstd":
+        opened = zstandard.ZstdDecompressor().stream_reader(buffered, read_across_frames=True)
+    return opened, kind
 
 
 def iter_tar(stream: BinaryIO, limits: Limits | None = None) -> Iterator[Member]:
@@ -126,17 +127,16 @@ def iter_tar(stream: BinaryIO, limits: Limits | None = None) -> Iterator[Member]
     try:
         raw, _kind = _open_decompressed(stream)
         counted = io.BufferedReader(_Counted(raw, limits.max_bytes), 1 << 20)
-        tf = tarfile.open(fileobj=counted, mode="r|", tarinfo=_StrictTarInfo, encoding="utf-8")
-        for ti in tf:
-            current = ti.name
-            count += 1
-            if count > limits.max_members:
-                raise InputError(f"the archive has more than {limits.max_members} members", ti.name)
-            member = _member(ti, limits)
-            if member.kind is Kind.FILE:
-                member.read = _reader(tf, ti)
-            yield member
-        tf.close()
+        with tarfile.open(fileobj=counted, mode="r|", tarinfo=_StrictTarInfo, encoding="utf-8") as tf:
+            for ti in tf:
+                current = ti.name
+                count += 1
+                if count > limits.max_members:
+                    raise InputError(f"the archive has more than {limits.max_members} members", ti.name)
+                member = _member(ti, limits)
+                if member.kind is Kind.FILE:
+                    member.read = _reader(tf, ti)
+                yield member
     except InputError as exc:
         if exc.member is None:
             exc.member = current
@@ -166,13 +166,23 @@ def _reader(tf: tarfile.TarFile, ti: tarfile.TarInfo) -> Any:
 def _member(ti: tarfile.TarInfo, limits: Limits) -> Member:
     path = normalise_name(ti.name, limits)
     mtime = int(ti.mtime)
-    mtimens = int(round((float(ti.mtime) - mtime) * 1e9)) if isinstance(ti.mtime, float) else None
-    common = {"mode": sanitise_mode(ti.mode), "mtime": mtime, "mtimens": mtimens, "uid": ti.uid, "gid": ti.gid}
+    mtimens = round((float(ti.mtime) - mtime) * 1e9) if isinstance(ti.mtime, float) else None
+    common = {
+        "mode": sanitise_mode(ti.mode),
+        "mtime": mtime,
+        "mtimens": mtimens,
+        "uid": ti.uid,
+        "gid": ti.gid,
+    }
     if ti.issparse():
-        raise InputError(f"member {ti.name!r} is a sparse file; re-create the archive without --sparse", ti.name)
+        raise InputError(
+            f"member {ti.name!r} is a sparse file; re-create the archive without --sparse", ti.name
+        )
     if ti.isreg():
         if ti.size < 0 or ti.size > limits.max_bytes:
-            raise InputError(f"member {ti.name!r} claims {ti.size} bytes, over the limit of {limits.max_bytes}", ti.name)
+            raise InputError(
+                f"member {ti.name!r} claims {ti.size} bytes, over the limit of {limits.max_bytes}", ti.name
+            )
         if not path:
             raise InputError(f"member {ti.name!r}: a file cannot replace the target directory", ti.name)
         return Member(path, Kind.FILE, size=ti.size, **common)  # type: ignore[arg-type]
@@ -193,4 +203,6 @@ def _member(ti: tarfile.TarInfo, limits: Limits) -> Member:
         tarfile.BLKTYPE: "a block device",
         tarfile.FIFOTYPE: "a FIFO",
     }.get(ti.type, f"of unsupported type {ti.type!r}")
-    raise InputError(f"member {ti.name!r} is {what}; only files, directories and links can be published", ti.name)
+    raise InputError(
+        f"member {ti.name!r} is {what}; only files, directories and links can be published", ti.name
+    )

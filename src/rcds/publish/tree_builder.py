@@ -24,7 +24,9 @@ class TreeBuilder:
     symlink or a file, hard links to missing members or to directories.
     """
 
-    def __init__(self, catalog: WritableCatalog, writer: ContentWriter, algorithm: Algorithm, now: int) -> None:
+    def __init__(
+        self, catalog: WritableCatalog, writer: ContentWriter, algorithm: Algorithm, now: int
+    ) -> None:
         self.catalog = catalog
         self.writer = writer
         self.algorithm = algorithm
@@ -55,8 +57,16 @@ class TreeBuilder:
             p = parent_path(p)
         for d in reversed(missing):
             self.catalog.insert(
-                Dirent(d, d.rsplit("/", 1)[1], stat.S_IFDIR | 0o755, DIR_SIZE, self.now, FLAG_DIR, uid=member.uid,
-                       gid=member.gid)
+                Dirent(
+                    d,
+                    d.rsplit("/", 1)[1],
+                    stat.S_IFDIR | 0o755,
+                    DIR_SIZE,
+                    self.now,
+                    FLAG_DIR,
+                    uid=member.uid,
+                    gid=member.gid,
+                )
             )
             self._dirs.add(d)
 
@@ -71,27 +81,39 @@ class TreeBuilder:
                 raise InputError(f"member {m.display!r} is both a directory and a {m.kind.value}", m.display)
             old = self.catalog.lookup(full)
             assert old is not None
-            self.catalog.update(replace(old, mode=stat.S_IFDIR | m.mode, mtime=m.mtime, mtimens=m.mtimens,
-                                        uid=m.uid, gid=m.gid))
+            self.catalog.update(
+                replace(
+                    old, mode=stat.S_IFDIR | m.mode, mtime=m.mtime, mtimens=m.mtimens, uid=m.uid, gid=m.gid
+                )
+            )
             return
         if full in self._pending or self.catalog.lookup(full) is not None:
             raise InputError(f"member {m.display!r} appears more than once in the input", m.display)
-        meta = {"mtime": m.mtime, "mtimens": m.mtimens, "uid": m.uid, "gid": m.gid}
         if m.kind is Kind.DIR:
-            self.catalog.insert(Dirent(full, name, stat.S_IFDIR | m.mode, DIR_SIZE, flags=FLAG_DIR, **meta))  # type: ignore[arg-type]
-            self._dirs.add(full)
+            mode, size, flags, target = stat.S_IFDIR | m.mode, DIR_SIZE, FLAG_DIR, ""
         elif m.kind is Kind.SYMLINK:
-            size = len(m.target.encode("utf-8"))
-            self.catalog.insert(
-                Dirent(full, name, stat.S_IFLNK | 0o777, size, flags=FLAG_FILE | FLAG_LINK, symlink=m.target, **meta)  # type: ignore[arg-type]
+            mode, size, flags, target = (
+                stat.S_IFLNK | 0o777,
+                len(m.target.encode()),
+                FLAG_FILE | FLAG_LINK,
+                m.target,
             )
         elif m.kind is Kind.FILE:
-            assert m.read is not None
-            self._pending.add(full)
-            row = Dirent(full, name, stat.S_IFREG | m.mode, m.size, flags=0, **meta)  # type: ignore[arg-type]
-            self.writer.add_stream(m.read, m.size, lambda c, row=row: self._file_done(row, c), m.display)
+            mode, size, flags, target = stat.S_IFREG | m.mode, m.size, 0, ""
         else:
             self._hardlink(m, full, name)
+            return
+        row = Dirent(
+            full, name, mode, size, m.mtime, flags, symlink=target, uid=m.uid, gid=m.gid, mtimens=m.mtimens
+        )
+        if m.kind is Kind.FILE:
+            assert m.read is not None
+            self._pending.add(full)
+            self.writer.add_stream(m.read, m.size, lambda c: self._file_done(row, c), m.display)
+        else:
+            self.catalog.insert(row)
+            if m.kind is Kind.DIR:
+                self._dirs.add(full)
 
     def _file_done(self, row: Dirent, content: FileContent) -> None:
         row.flags = file_flags(self.algorithm, chunked=bool(content.chunks))
@@ -107,7 +129,8 @@ class TreeBuilder:
         target = self.catalog.lookup(target_full)
         if target is None:
             raise InputError(
-                f"member {m.display!r} is a hard link to {m.target!r}, which is not an earlier member", m.display
+                f"member {m.display!r} is a hard link to {m.target!r}, which is not an earlier member",
+                m.display,
             )
         if target.is_dir:
             raise InputError(f"member {m.display!r} is a hard link to a directory ({m.target!r})", m.display)

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from rcds.errors import IntegrityError
-from rcds.format.catalog_schema import COUNTER_NAMES, SCHEMA_OBJECTS, Counters
+from rcds.format.catalog_schema import COUNTER_NAMES, SCHEMA_OBJECTS, SELF_COUNTERS_SQL, Counters, Tally
 from rcds.format.dirent import Chunk, Dirent
 from rcds.format.hashes import Algorithm, ContentHash
 from rcds.format.pathhash import md5_pair
@@ -124,7 +124,12 @@ class Catalog:
         rows = self.db.execute(
             f"SELECT {self._cols()} FROM catalog WHERE parent_1 = ? AND parent_2 = ?", (a, b)
         ).fetchall()
-        out = [self._row(r, f"{path}/{r[6]}") for r in rows]
+        out = []
+        for r in rows:
+            child = f"{path}/{r[6]}"
+            if md5_pair(child) != (r[11], r[12]):
+                raise IntegrityError(f"{self.what}: row {child} is stored under the wrong path hash", child)
+            out.append(self._row(r, child))
         out.sort(key=lambda d: d.name.encode("utf-8", "surrogateescape"))
         return out
 
@@ -165,6 +170,29 @@ class Catalog:
             d = self._row(row, "")
             n = len(row)
             yield d, (int(row[11]), int(row[12])), (int(row[n - 2]), int(row[n - 1]))
+
+    def recount_self(self) -> Tally:
+        """The ``self_*`` counters recomputed from the rows."""
+        row = self.db.execute(SELF_COUNTERS_SQL).fetchone()
+        reg, sym, special, dirs, chunked, fsize, csize, xattr, ext, extsize = (int(v or 0) for v in row)
+        nested = int(self.db.execute("SELECT COUNT(*) FROM nested_catalogs").fetchone()[0])
+        chunks = int(self.db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0])
+        return Tally(
+            {
+                "regular": reg,
+                "symlink": sym,
+                "special": special,
+                "dir": dirs,
+                "nested": nested,
+                "chunked": chunked,
+                "chunks": chunks,
+                "file_size": fsize,
+                "chunked_size": csize,
+                "xattr": xattr,
+                "external": ext,
+                "external_file_size": extsize,
+            }
+        )
 
     def count_rows(self) -> int:
         """Number of rows in ``catalog``."""

@@ -28,7 +28,12 @@ class Source(ABC):
         """Fetch an object and return ``check(raw)``; ``check`` raises IntegrityError on bad data."""
 
     def object(
-        self, h: ContentHash, kind: ObjectKind = ObjectKind.FILE, *, size: int | None = None, compressed: bool = True
+        self,
+        h: ContentHash,
+        kind: ObjectKind = ObjectKind.FILE,
+        *,
+        size: int | None = None,
+        compressed: bool = True,
     ) -> bytes:
         """An object's verified, decompressed content (``size`` = expected uncompressed size)."""
         name = h.object_name(kind)

@@ -151,7 +151,9 @@ class RepositoryView:
         path = normalise_path(path)
         entry = self.catalog_for(path).lookup(path)
         if entry is None:
-            raise NotFoundError(f"{path or '/'}: no such file or directory in {self.manifest.repository_name}")
+            raise NotFoundError(
+                f"{path or '/'}: no such file or directory in {self.manifest.repository_name}"
+            )
         return entry
 
     def listdir(self, path: str) -> list[Dirent]:

@@ -194,9 +194,11 @@ class RequestHandler(BaseHTTPRequestHandler):
         self.connection.settimeout(self._srv.idle_timeout)
 
     def version_string(self) -> str:
+        """The ``Server`` header value (no Python version)."""
         return self.server_version
 
     def parse_request(self) -> bool:
+        """Parse the request; answer 405 to anything but GET/HEAD."""
         if not super().parse_request():
             return False
         if self.command not in ("GET", "HEAD"):
@@ -211,9 +213,11 @@ class RequestHandler(BaseHTTPRequestHandler):
         return True
 
     def do_GET(self) -> None:
+        """Send a file with its body."""
         self._serve(body=True)
 
     def do_HEAD(self) -> None:
+        """Send a file's headers only."""
         self._serve(body=False)
 
     def _raw_target(self) -> str:
@@ -302,5 +306,6 @@ class RequestHandler(BaseHTTPRequestHandler):
         self._send_error(HTTPStatus(code), body=self.command != "HEAD")
 
     def log_message(self, format: str, *args: object) -> None:
+        """Route the stdlib's messages to the ``rcds.serve.http`` logger at DEBUG."""
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s %s", self.address_string(), format % args)

@@ -48,5 +48,5 @@ class Store(ABC):
     def list_objects(self) -> Iterator[str]:
         """Every object name (``data/xx/...``) in the store, in no particular order."""
 
-    def sync(self) -> None:
+    def sync(self) -> None:  # noqa: B027 - optional hook
         """Make everything written so far durable (default: nothing to do)."""

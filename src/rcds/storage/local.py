@@ -36,7 +36,7 @@ def _fsync_dir(path: Path) -> None:
 
 
 class LocalStore(Store):
-    """Files under ``root``: ``.cvmfs*`` root files and ``data/00..ff`` objects; temp files in ``data/txn``."""
+    """Files under ``root``: ``.cvmfs*`` root files, ``data/00..ff`` objects, temp files in ``data/txn``."""
 
     def __init__(self, root: Path, *, create: bool = False) -> None:
         self.root = Path(root)
@@ -85,7 +85,9 @@ class LocalStore(Store):
         except OSError as exc:
             with contextlib.suppress(OSError):
                 tmp.unlink()
-            raise StorageError(f"cannot write {final}: {exc.strerror}; check free space and permissions") from None
+            raise StorageError(
+                f"cannot write {final}: {exc.strerror}; check free space and permissions"
+            ) from None
 
     def put_if_absent(self, name: str, data: bytes) -> bool:
         """Write an object unless it exists already (content addressed); True if written."""

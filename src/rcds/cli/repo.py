@@ -1,0 +1,216 @@
+"""``rcds repo ...``: the stratum 0 engine's commands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from rcds.cli.output import human_bytes, print_kv
+from rcds.errors import ConfigError
+from rcds.format.keys import load_public_key_file
+from rcds.publish.create import create_repository
+from rcds.publish.layout import Layout, Settings
+from rcds.publish.policy import Limits
+from rcds.publish.stratum0 import Stratum0
+from rcds.repo.http_source import HttpSource
+from rcds.repo.source import Source, StoreSource
+from rcds.repo.verify import verify_repository
+from rcds.serve.http import make_server
+from rcds.storage.local import LocalStore
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``repo`` and its subcommands."""
+    repo = sub.add_parser("repo", help="create, change, verify, collect and serve a repository (stratum 0)")
+    cmds = repo.add_subparsers(dest="repo_command", metavar="ACTION", required=True)
+
+    def cmd(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = cmds.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("name", metavar="NAME", help="repository name, e.g. user1.example.org")
+        p.add_argument("--root", type=Path, help="directory that holds the repository (default: ./NAME)")
+        return p
+
+    p = cmd("create", "create a new repository with fresh keys (revision 0)")
+    p.add_argument("--hash", default="sha1", choices=["sha1", "rmd160", "shake128"], help="content hash")
+    p.add_argument("--ttl", type=int, default=240, help="seconds clients cache the revision (catalog TTL)")
+    p.add_argument("--whitelist-days", type=int, default=30, help="whitelist validity in days")
+    p.add_argument(
+        "--chunk-sizes", default="4M,8M,16M", help="min,avg,max chunk sizes (K/M suffixes), or 'off'"
+    )
+    p.set_defaults(func=_create)
+
+    p = cmd("ingest", "publish a tarball or a directory under a path, as one new revision")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--tar", metavar="FILE", help="tarball (plain, gzip, bzip2, xz, zstd); '-' reads stdin")
+    src.add_argument("--dir", type=Path, metavar="SRC", help="directory to publish")
+    p.add_argument("--path", required=True, help="where in the repository, e.g. /sw/group/cid")
+    p.add_argument("--replace", action="store_true", help="swap an existing path")
+    p.add_argument(
+        "--max-bytes", type=_size, default=Limits().max_bytes, help="refuse inputs larger than this"
+    )
+    p.set_defaults(func=_ingest)
+
+    p = cmd("rm", "remove a subtree as a new revision")
+    p.add_argument("--path", required=True, help="the subtree to remove")
+    p.set_defaults(func=_rm)
+
+    p = cmds.add_parser("verify", help="verify signatures, every catalog and every object")
+    p.add_argument(
+        "name", metavar="NAME|URL", help="repository name (with --root) or http(s)://host/cvmfs/NAME"
+    )
+    p.add_argument("--root", type=Path, help="directory that holds the repository (for a NAME)")
+    p.add_argument(
+        "--key", type=Path, help="master public key (default for a local repository: its own .pub)"
+    )
+    p.set_defaults(func=_verify)
+
+    p = cmd("gc", "delete objects unreachable from the newest revisions")
+    p.add_argument("--keep-revisions", type=int, default=2, help="how many newest revisions stay readable")
+    p.set_defaults(func=_gc)
+
+    p = cmd("resign", "re-sign the whitelist with the master key (do this before it expires)")
+    p.set_defaults(func=_resign)
+
+    p = cmd("info", "show the current revision")
+    p.set_defaults(func=_info)
+
+    p = cmd("serve", "serve the repository over HTTP at http://HOST:PORT/cvmfs/NAME/")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--host", default="127.0.0.1", help="listen address (default: loopback only)")
+    p.add_argument("--max-age", type=int, default=61, help="Cache-Control max-age of .cvmfs* files")
+    p.set_defaults(func=_serve)
+
+
+def _size(text: str) -> int:
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    t = text.strip().upper().removesuffix("IB").removesuffix("B")
+    try:
+        return int(t[:-1]) * units[t[-1]] if t and t[-1] in units else int(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size like 512M or 4G") from None
+
+
+def _root(args: argparse.Namespace) -> Path:
+    return Path(args.root) if args.root else Path(args.name)
+
+
+def _create(args: argparse.Namespace) -> int:
+    chunking: dict[str, int | bool]
+    if args.chunk_sizes == "off":
+        chunking = {"chunking": False}
+    else:
+        try:
+            lo, avg, hi = (_size(x) for x in args.chunk_sizes.split(","))
+        except (ValueError, argparse.ArgumentTypeError):
+            raise ConfigError(
+                f"--chunk-sizes {args.chunk_sizes!r}: give min,avg,max like 4M,8M,16M"
+            ) from None
+        chunking = {"chunk_min": lo, "chunk_avg": avg, "chunk_max": hi}
+    settings = Settings(
+        name=args.name,
+        hash_algorithm=args.hash,
+        ttl=args.ttl,
+        whitelist_days=args.whitelist_days,
+        **chunking,  # type: ignore[arg-type]
+    )
+    layout = create_repository(_root(args), settings)
+    print(f"created {args.name} at revision 0 in {layout.root}")
+    print(f"master public key for clients: {layout.key('pub')}")
+    return 0
+
+
+def _ingest(args: argparse.Namespace) -> int:
+    s0 = Stratum0(_root(args), args.name)
+    limits = Limits(max_bytes=args.max_bytes)
+    if args.tar is not None:
+        if args.tar == "-":
+            result = s0.ingest_tar(sys.stdin.buffer, args.path, replace=args.replace, limits=limits)
+        else:
+            with open(args.tar, "rb") as f:
+                result = s0.ingest_tar(f, args.path, replace=args.replace, limits=limits)
+    else:
+        result = s0.ingest_dir(args.dir, args.path, replace=args.replace, limits=limits)
+    st = result.stats
+    rate = st.bytes_in / result.seconds if result.seconds else 0.0
+    print(
+        f"published {result.path} as revision {result.revision}: "
+        f"{st.files} files, {human_bytes(st.bytes_in)}, "
+        f"{st.objects_written} new objects ({human_bytes(st.bytes_written)} stored) "
+        f"in {result.seconds:.2f} s ({human_bytes(rate)}/s)"
+    )
+    return 0
+
+
+def _rm(args: argparse.Namespace) -> int:
+    result = Stratum0(_root(args), args.name).remove(args.path)
+    print(f"removed {result.path}; now at revision {result.revision}")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    source: Source
+    if args.name.startswith(("http://", "https://")):
+        if args.key is None:
+            raise ConfigError("verifying a URL needs --key MASTER.pub (the repository's master public key)")
+        url = args.name.rstrip("/")
+        name = url.rsplit("/", 1)[1]
+        source = HttpSource.for_url(url)
+    else:
+        name = args.name
+        layout = Layout(_root(args), name)
+        source = StoreSource(LocalStore(layout.public), str(layout.public))
+    key_file = args.key or Layout(_root(args), name).key("pub")
+    report = verify_repository(source, name, [load_public_key_file(key_file)])
+    print(
+        f"{name} revision {report.revision} is intact: {report.catalogs} catalogs, {report.entries} entries, "
+        f"{report.objects} objects ({human_bytes(report.bytes)}) checked"
+    )
+    return 0
+
+
+def _gc(args: argparse.Namespace) -> int:
+    r = Stratum0(_root(args), args.name).gc(args.keep_revisions)
+    print(
+        f"kept {r.revisions_kept} revision(s), {r.reachable} objects reachable; deleted {r.deleted} objects, "
+        f"freed {human_bytes(r.bytes_freed)} in {r.seconds:.2f} s"
+    )
+    return 0
+
+
+def _resign(args: argparse.Namespace) -> int:
+    s0 = Stratum0(_root(args), args.name)
+    s0.resign()
+    print(f"whitelist of {args.name} re-signed, valid for {s0.settings.whitelist_days} days")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    s0 = Stratum0(_root(args), args.name)
+    m = s0.manifest()
+    print_kv(
+        [
+            ("name", m.repository_name),
+            ("revision", str(m.revision)),
+            ("published", time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(m.timestamp))),
+            ("root catalog", m.root_catalog.hex),
+            ("certificate", m.certificate.hex),
+            ("ttl", f"{m.ttl} s"),
+            ("served tree", str(s0.layout.public)),
+            ("master public key", str(s0.layout.key("pub"))),
+        ]
+    )
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    layout = Layout(_root(args), args.name)
+    layout.load_settings()
+    server = make_server({args.name: layout.public}, args.host, args.port, root_max_age=args.max_age)
+    print(f"serving {args.name} at {server.url_for(args.name)}/ (Ctrl-C stops)", flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+    return 0
