@@ -269,7 +269,7 @@ def test_threads_share_one_instance(cache: LocalCache) -> None:
 
 WORKER = textwrap.dedent(
     """
-    import hashlib, random, sys
+    import hashlib, random, sys, time
     from pathlib import Path
     from rcds.client.cache import LocalCache
     from rcds.format.hashes import ContentHash, ObjectKind
@@ -282,6 +282,8 @@ WORKER = textwrap.dedent(
         return ContentHash.of(data), data
 
     rng = random.Random(proc)
+    while not Path(directory + ".go").exists():  # start together
+        time.sleep(0.01)
     c = LocalCache(Path(directory), quota)
     cat_h, cat = blob("catalog-" + proc, 2000)
     c.insert_bytes(cat_h, ObjectKind.CATALOG, cat, pin=True)
@@ -312,6 +314,7 @@ def test_two_processes_fill_one_cache(tmp_path: Path) -> None:
         )
         for name in ("p1", "p2")
     ]
+    Path(f"{d}.go").touch()
     assert [p.wait(timeout=240) for p in procs] == [0, 0]
     with LocalCache(d, quota) as c:
         assert c.check() == []

@@ -15,7 +15,6 @@ import os
 import pwd
 import shutil
 import socket
-import socketserver
 import subprocess
 import tempfile
 import threading
@@ -110,7 +109,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         # Through a proxy the request line carries an absolute URL.
         if "://" in rel:
             rel = rel.split(prefix, 1)[-1]
-        repo.requests.append(Seen(rel, {k.lower(): v for k, v in self.headers.items()}, self.client_address[1]))
+        repo.requests.append(
+            Seen(rel, {k.lower(): v for k, v in self.headers.items()}, self.client_address[1])
+        )
         fault = repo._take_fault(rel)
         if fault is not None and fault.kind == "close":
             self.close_connection = True
@@ -302,10 +303,9 @@ class Squid:
         os.chmod(self.dir, 0o755)
         conf = self.dir / "squid.conf"
         conf.write_text("\n".join(lines) + "\n")
+        self._stderr = open(self.dir / "stderr.log", "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [SQUID, "-N", "-f", str(conf)],
-            stdout=subprocess.DEVNULL,
-            stderr=open(self.dir / "stderr.log", "wb"),  # noqa: SIM115 - closed with the process
+            [SQUID, "-N", "-f", str(conf)], stdout=subprocess.DEVNULL, stderr=self._stderr
         )
         self._wait_ready()
 
@@ -354,6 +354,7 @@ class Squid:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+        self._stderr.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -393,6 +394,12 @@ def squid_factory() -> Iterator[Callable[[], Squid]]:
     yield make
     for s in started:
         s.stop()
+
+
+@pytest.fixture
+def dead() -> str:
+    """The URL of a loopback port nobody listens on (connection refused)."""
+    return f"http://127.0.0.1:{free_port()}"
 
 
 @pytest.fixture

@@ -106,7 +106,9 @@ def test_bad_data_becomes_a_host_failure() -> None:
 
 def test_fetch_error_lists_every_try_and_says_what_to_check() -> None:
     attempts = [
-        Attempt("http://h1/cvmfs/r", "http://p1:3128", Failure(Outcome.PROXY, "cannot connect (refused)", True)),
+        Attempt(
+            "http://h1/cvmfs/r", "http://p1:3128", Failure(Outcome.PROXY, "cannot connect (refused)", True)
+        ),
         Attempt("http://h1/cvmfs/r", DIRECT, Failure(Outcome.HOST, "HTTP 503", False, 503)),
         Attempt("http://h2/cvmfs/r", DIRECT, Failure(Outcome.BAD_DATA, "bad data: hash mismatch")),
     ]
@@ -118,5 +120,7 @@ def test_fetch_error_lists_every_try_and_says_what_to_check() -> None:
     assert "2. http://h1/cvmfs/r directly: HTTP 503 [host failure]" in text
     assert "CVMFS_HTTP_PROXY" in text and "CVMFS_SERVER_URL" in text and "no-cache" in text
     assert not err.not_found
-    nf = FetchError("x", [Attempt("http://h1/cvmfs/r", DIRECT, Failure(Outcome.HOST, "HTTP 404", False, 404))])
+    nf = FetchError(
+        "x", [Attempt("http://h1/cvmfs/r", DIRECT, Failure(Outcome.HOST, "HTTP 404", False, 404))]
+    )
     assert nf.not_found and "missing on every server" in str(nf)

@@ -63,7 +63,9 @@ def expect(data: bytes) -> Callable[[bytes], int]:
     return validate
 
 
-def servers(make_server: MakeServer, n: int, path: str = "data/ab/obj", data: bytes = BODY) -> list[RepoServer]:
+def servers(
+    make_server: MakeServer, n: int, path: str = "data/ab/obj", data: bytes = BODY
+) -> list[RepoServer]:
     out = [make_server() for _ in range(n)]
     for s in out:
         s.put(path, data)
@@ -124,7 +126,9 @@ def test_404_on_host_1_goes_to_host_2_without_retry(
 
 
 @pytest.mark.parametrize("status", [500, 503, 400])
-def test_server_errors_fail_over(make_server: MakeServer, clock: FakeClock, sleep: FakeSleep, status: int) -> None:
+def test_server_errors_fail_over(
+    make_server: MakeServer, clock: FakeClock, sleep: FakeSleep, status: int
+) -> None:
     h1, h2 = servers(make_server, 2)
     h1.fail("status", status=status)
     f = make_fetcher([h1, h2], clock, sleep)
@@ -178,7 +182,9 @@ def test_validator_errors_that_are_not_integrity_errors_propagate(
         make_fetcher([h1], clock, sleep).fetch("data/ab/obj", validate=broken)
 
 
-def test_truncated_body_is_a_short_transfer(make_server: MakeServer, clock: FakeClock, sleep: FakeSleep) -> None:
+def test_truncated_body_is_a_short_transfer(
+    make_server: MakeServer, clock: FakeClock, sleep: FakeSleep
+) -> None:
     h1, h2 = servers(make_server, 2)
     h1.fail("truncate")
     f = make_fetcher([h1, h2], clock, sleep)
@@ -192,7 +198,9 @@ def test_truncated_body_is_a_short_transfer(make_server: MakeServer, clock: Fake
     assert f"of {len(BODY)}" in reasons[0]
 
 
-def test_stalled_body_times_out_and_fails_over(make_server: MakeServer, clock: FakeClock, sleep: FakeSleep) -> None:
+def test_stalled_body_times_out_and_fails_over(
+    make_server: MakeServer, clock: FakeClock, sleep: FakeSleep
+) -> None:
     h1, h2 = servers(make_server, 2)
     h1.fail("stall", seconds=20)
     f = make_fetcher([h1, h2], clock, sleep, timeout_direct=Timeouts(2, 0.5), max_retries=0)
@@ -203,10 +211,14 @@ def test_stalled_body_times_out_and_fails_over(make_server: MakeServer, clock: F
     assert "stalled" in (rec.last_error or "") and "0.5 s" in (rec.last_error or "")
 
 
-def test_slow_trickle_hits_the_low_speed_limit(make_server: MakeServer, clock: FakeClock, sleep: FakeSleep) -> None:
+def test_slow_trickle_hits_the_low_speed_limit(
+    make_server: MakeServer, clock: FakeClock, sleep: FakeSleep
+) -> None:
     h1, h2 = servers(make_server, 2)
     h1.fail("trickle", seconds=0.1)  # 8 bytes every 0.1 s: never stalls, far too slow
-    f = make_fetcher([h1, h2], clock, sleep, timeout_direct=Timeouts(2, 0.5), low_speed_limit=1000, max_retries=0)
+    f = make_fetcher(
+        [h1, h2], clock, sleep, timeout_direct=Timeouts(2, 0.5), low_speed_limit=1000, max_retries=0
+    )
     t0 = time.monotonic()
     assert f.fetch("data/ab/obj") == BODY
     assert time.monotonic() - t0 < 5
@@ -250,7 +262,9 @@ def test_missing_everywhere_is_not_found(make_server: MakeServer, clock: FakeClo
     assert len(info.value.attempts) == 2
 
 
-def test_sticky_host_failover_and_reset_after(make_server: MakeServer, clock: FakeClock, sleep: FakeSleep) -> None:
+def test_sticky_host_failover_and_reset_after(
+    make_server: MakeServer, clock: FakeClock, sleep: FakeSleep
+) -> None:
     h1, h2 = servers(make_server, 2, "data/common")
     h2.put("data/only-h2", b"2")
     f = make_fetcher([h1, h2], clock, sleep, host_reset_after=100)
@@ -293,7 +307,9 @@ def test_probe_orders_hosts_by_latency_and_reprobes_dead_ones(
     assert {r.url: r.state for r in f.status() if r.role == "host"}[dead.base] == "ok"
 
 
-def test_fetch_to_file_with_a_stream_verifier(make_server: MakeServer, clock: FakeClock, sleep: FakeSleep) -> None:
+def test_fetch_to_file_with_a_stream_verifier(
+    make_server: MakeServer, clock: FakeClock, sleep: FakeSleep
+) -> None:
     content = bytes(range(256)) * 2000
     obj = make_object(content)
     h1, h2 = servers(make_server, 2, obj.hash.object_name(), obj.data)
@@ -304,7 +320,9 @@ def test_fetch_to_file_with_a_stream_verifier(make_server: MakeServer, clock: Fa
     n = f.fetch_to_file(obj.hash.object_name(), out, verifier=lambda: StreamVerifier(obj.hash))
     assert out.getvalue() == b"prefix:" + obj.data and n == len(obj.data)
     plain = io.BytesIO()
-    f.fetch_to_file(obj.hash.object_name(), plain, verifier=lambda: StreamVerifier(obj.hash), store_output=True)
+    f.fetch_to_file(
+        obj.hash.object_name(), plain, verifier=lambda: StreamVerifier(obj.hash), store_output=True
+    )
     assert plain.getvalue() == content
     assert h1.count(obj.hash.object_name()) == 2  # plain + no-cache, then sticky on h2
 
@@ -315,7 +333,9 @@ def test_max_size(make_server: MakeServer, clock: FakeClock, sleep: FakeSleep) -
         make_fetcher([h1], clock, sleep).fetch("data/ab/obj", max_size=10)
 
 
-def test_concurrent_fetches_share_the_fetcher(make_server: MakeServer, clock: FakeClock, sleep: FakeSleep) -> None:
+def test_concurrent_fetches_share_the_fetcher(
+    make_server: MakeServer, clock: FakeClock, sleep: FakeSleep
+) -> None:
     h1, h2 = make_server(), make_server()
     for i in range(40):
         for s in (h1, h2):

@@ -10,7 +10,9 @@ from rcds.net.proxies import check_server_url, normalize_proxy, org_of, parse_pr
 
 
 def test_groups_and_load_balanced_proxies() -> None:
-    cfg = ProxyConfig.parse("http://p1.site:3128|http://p2.site:3128;http://p3.region:3128|http://p4.region:3128")
+    cfg = ProxyConfig.parse(
+        "http://p1.site:3128|http://p2.site:3128;http://p3.region:3128|http://p4.region:3128"
+    )
     assert cfg.groups == (
         ("http://p1.site:3128", "http://p2.site:3128"),
         ("http://p3.region:3128", "http://p4.region:3128"),
@@ -47,7 +49,7 @@ def test_empty_or_blank_fallback_keeps_direct() -> None:
 
 @pytest.mark.parametrize("value", [None, "", "   "])
 def test_empty_proxy_setting_is_a_config_error(value: str | None) -> None:
-    with pytest.raises(ConfigError, match="CVMFS_HTTP_PROXY is empty.*DIRECT"):
+    with pytest.raises(ConfigError, match=r"CVMFS_HTTP_PROXY is empty.*DIRECT"):
         ProxyConfig.parse(value, "http://fb:3128")
 
 
@@ -94,7 +96,9 @@ def test_server_urls_substitute_fqrn_and_org() -> None:
         "http://s1b.example.org:8000/cvmfs/atlas/atlas.cern.ch",
     )
     assert org_of("sft.cern.ch") == "sft"
-    assert parse_server_urls(["http://a/cvmfs/@fqrn@", "http://a/cvmfs/@fqrn@"], "x.y") == ("http://a/cvmfs/x.y",)
+    assert parse_server_urls(["http://a/cvmfs/@fqrn@", "http://a/cvmfs/@fqrn@"], "x.y") == (
+        "http://a/cvmfs/x.y",
+    )
 
 
 @pytest.mark.parametrize("text", [None, "", " ; "])
@@ -103,7 +107,9 @@ def test_empty_server_list_is_an_error(text: str | None) -> None:
         parse_server_urls(text, "x.example.org")
 
 
-@pytest.mark.parametrize("url", ["s1.example.org/cvmfs/x", "ftp://s1/cvmfs/x", "http://s1:port/x", "http://s/x?q=1"])
+@pytest.mark.parametrize(
+    "url", ["s1.example.org/cvmfs/x", "ftp://s1/cvmfs/x", "http://s1:port/x", "http://s/x?q=1"]
+)
 def test_bad_server_urls(url: str) -> None:
     with pytest.raises(ConfigError):
         parse_server_urls(url, "x.example.org")
@@ -152,3 +158,31 @@ def test_bad_settings(params: dict[str, str]) -> None:
         NetSettings.from_params(params)
     with pytest.raises(ConfigError):
         Timeouts(0, 1)
+
+
+def test_fetcher_from_params() -> None:
+    from rcds.net import Fetcher
+
+    f = Fetcher.from_params(
+        {
+            "CVMFS_SERVER_URL": "http://s1.example.org/cvmfs/@fqrn@;http://s2.example.org:8000/cvmfs/@fqrn@",
+            "CVMFS_HTTP_PROXY": "http://p1:3128|http://p2:3128;DIRECT",
+            "CVMFS_MAX_RETRIES": "2",
+        },
+        "sw.example.org",
+    )
+    assert f.servers == (
+        "http://s1.example.org/cvmfs/sw.example.org",
+        "http://s2.example.org:8000/cvmfs/sw.example.org",
+    )
+    assert f.settings.max_retries == 2
+    assert [(r.role, r.url, r.group) for r in f.status()][2:] == [
+        ("proxy", "http://p1:3128", 0),
+        ("proxy", "http://p2:3128", 0),
+        ("proxy", DIRECT, 1),
+    ]
+    assert f.url_for(f.servers[0], "/data/ab/cd") == "http://s1.example.org/cvmfs/sw.example.org/data/ab/cd"
+    with pytest.raises(ConfigError, match="CVMFS_SERVER_URL"):
+        Fetcher.from_params({"CVMFS_HTTP_PROXY": "DIRECT"}, "sw.example.org")
+    with pytest.raises(ConfigError, match="CVMFS_HTTP_PROXY"):
+        Fetcher.from_params({"CVMFS_SERVER_URL": "http://s1/cvmfs/@fqrn@"}, "sw.example.org")

@@ -16,7 +16,9 @@ if TYPE_CHECKING:
 HOSTS = ("http://h1/cvmfs/r", "http://h2/cvmfs/r", "http://h3/cvmfs/r")
 
 
-def make(clock: FakeClock, proxies: str = "DIRECT", fallback: str | None = None, seed: int = 1) -> FailoverState:
+def make(
+    clock: FakeClock, proxies: str = "DIRECT", fallback: str | None = None, seed: int = 1
+) -> FailoverState:
     return FailoverState(
         HOSTS,
         ProxyConfig.parse(proxies, fallback),
@@ -107,4 +109,11 @@ def test_latency_order_and_reprobe_schedule(clock: FakeClock) -> None:
 
 def test_needs_a_server(clock: FakeClock) -> None:
     with pytest.raises(ValueError):
-        FailoverState((), ProxyConfig.direct(), host_reset_after=1, proxy_reset_after=1, clock=clock, rng=random.Random())
+        FailoverState(
+            (),
+            ProxyConfig.direct(),
+            host_reset_after=1,
+            proxy_reset_after=1,
+            clock=clock,
+            rng=random.Random(),
+        )

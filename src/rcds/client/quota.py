@@ -214,9 +214,10 @@ class QuotaDB:
 
     def remove(self, name: str) -> int:
         """Inside a transaction: forget ``name``; return the bytes it accounted for."""
-        row = self._db.execute("DELETE FROM objects WHERE name=? RETURNING size", (name,)).fetchone()
+        row = self._db.execute("SELECT size FROM objects WHERE name=?", (name,)).fetchone()
         if row is None:
             return 0
+        self._db.execute("DELETE FROM objects WHERE name=?", (name,))
         self._set_total(self.total() - int(row[0]))
         return int(row[0])
 

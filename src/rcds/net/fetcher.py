@@ -95,14 +95,27 @@ class Fetcher:
         self._probe_lock = threading.Lock()
 
     @classmethod
-    def from_params(cls, params: Mapping[str, str], fqrn: str, **kwargs: object) -> Fetcher:
-        """Build a fetcher from ``CVMFS_SERVER_URL``, the proxy and the tuning parameters."""
+    def from_params(
+        cls,
+        params: Mapping[str, str],
+        fqrn: str,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], object] = time.sleep,
+        rng: random.Random | None = None,
+    ) -> Fetcher:
+        """Build a fetcher from ``CVMFS_SERVER_URL``, the proxy and the tuning parameters.
+
+        Raises :class:`~rcds.errors.ConfigError` when a parameter is missing or malformed.
+        """
         servers = parse_server_urls(params.get("CVMFS_SERVER_URL"), fqrn)
         return cls(
             servers,
             ProxyConfig.from_params(params),
             NetSettings.from_params(params),
-            **kwargs,  # type: ignore[arg-type]
+            clock=clock,
+            sleep=sleep,
+            rng=rng,
         )
 
     @property
@@ -185,7 +198,8 @@ class Fetcher:
         """Measure each host's round-trip time for ``path`` and order the hosts by it.
 
         Hosts that fail (any error or non-2xx answer) get ``None`` and go last; they are
-        probed again, during a later request, once ``host_reset_after`` has passed.
+        probed again, during a later request, once ``host_reset_after`` has passed. Probes go
+        through the current proxy, once per host, without retries or fail-over.
         ``hosts`` restricts the probe to some hosts. Returns the latencies in seconds.
         """
         targets = list(self._state.hosts if hosts is None else hosts)

@@ -154,7 +154,15 @@ def _reader(tf: tarfile.TarFile, ti: tarfile.TarInfo) -> Any:
     remaining = [ti.size]
 
     def read(n: int) -> bytes:
-        data = f.read(min(n, remaining[0]))
+        try:
+            data = f.read(min(n, remaining[0]))
+        except InputError:
+            raise
+        except _STREAM_ERRORS as exc:
+            raise InputError(
+                f"the archive is corrupt or truncated inside member {ti.name!r}: {exc or type(exc).__name__}",
+                ti.name,
+            ) from None
         remaining[0] -= len(data)
         if not data and n > 0 and remaining[0] > 0:
             raise InputError(f"member {ti.name!r} is truncated: the archive ends inside its data", ti.name)
@@ -179,6 +187,8 @@ def _member(ti: tarfile.TarInfo, limits: Limits) -> Member:
             f"member {ti.name!r} is a sparse file; re-create the archive without --sparse", ti.name
         )
     if ti.isreg():
+        if ti.name.endswith("/"):
+            raise InputError(f"member {ti.name!r} is a regular file whose name ends in '/'", ti.name)
         if ti.size < 0 or ti.size > limits.max_bytes:
             raise InputError(
                 f"member {ti.name!r} claims {ti.size} bytes, over the limit of {limits.max_bytes}", ti.name
@@ -194,7 +204,10 @@ def _member(ti: tarfile.TarInfo, limits: Limits) -> Member:
             raise InputError(f"member {ti.name!r}: a symlink cannot replace the target directory", ti.name)
         return Member(path, Kind.SYMLINK, target=ti.linkname, **common)  # type: ignore[arg-type]
     if ti.islnk():
-        target = normalise_name(ti.linkname, limits)
+        try:
+            target = normalise_name(ti.linkname, limits)
+        except InputError as exc:
+            raise InputError(f"member {ti.name!r} is a hard link to a refused name: {exc}", ti.name) from None
         if not target or not path:
             raise InputError(f"member {ti.name!r}: a hard link to or from the target directory", ti.name)
         return Member(path, Kind.HARDLINK, target=target, **common)  # type: ignore[arg-type]

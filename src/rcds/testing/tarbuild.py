@@ -17,6 +17,7 @@ import os
 import stat
 import tarfile
 import zlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal, Protocol
@@ -27,6 +28,8 @@ Compression = Literal["none", "gzip", "bzip2", "xz", "zstd"]
 """The container formats an upload may use."""
 EntryType = Literal["file", "dir", "symlink", "hardlink"]
 """What a listing entry is."""
+Policy = Literal["reject", "sanitize"]
+"""What the ingest engine must do with a hostile case (see :mod:`rcds.testing.hostile_tars`)."""
 
 COMPRESSIONS: Final[tuple[Compression, ...]] = ("none", "gzip", "bzip2", "xz", "zstd")
 MTIME: Final = 1_600_000_000
@@ -50,6 +53,25 @@ class Expected:
     sha1: str | None = None
     target: str | None = None
     mtime: int = MTIME
+
+
+@dataclass(frozen=True, slots=True)
+class HostileCase:
+    """One hostile tarball: how to ``build`` it and what the engine must do with it.
+
+    ``member`` is the name (or a prefix of a long name) a rejection message must contain,
+    or None; ``sanitized`` is the listing a ``sanitize`` case must produce; ``max_bytes``
+    is the decompressed-size limit to configure for the case, when it needs one.
+    """
+
+    name: str
+    member: str | None
+    policy: Policy
+    reason: str
+    build: Callable[[], bytes]
+    compression: Compression = "none"
+    max_bytes: int | None = None
+    sanitized: Mapping[str, Expected] | None = None
 
 
 def sha1(data: bytes) -> str:
@@ -120,6 +142,18 @@ def raw_header(
     h[257:265] = b"ustar\x0000"
     h[148:156] = b"%06o\0 " % (sum(h) if checksum is None else checksum)
     return bytes(h)
+
+
+def raw_file(name: bytes, data: bytes) -> bytes:
+    """A regular-file member from :func:`raw_header` with its padded data."""
+    return raw_header(name, size=len(data)) + pad(data)
+
+
+def header_only(name: str, size: int) -> bytes:
+    """The header(s) of a regular file claiming ``size`` bytes (pax if needed), without data."""
+    ti = member(name)[0]
+    ti.size = size
+    return ti.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
 
 
 def pad(data: bytes) -> bytes:
@@ -293,9 +327,7 @@ def gzip_zero_bomb(parts: int, part_size: int, name: str = "zeros/part{:02d}.bin
     out: list[bytes] = []
     crc = size = 0
     for i in range(parts):
-        ti = member(name.format(i))[0]
-        ti.size = part_size
-        header = ti.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+        header = header_only(name.format(i), part_size)
         out.append(z.compress(header) + z.flush(zlib.Z_FULL_FLUSH))
         out.append(zero_block * (part_size >> 20))
         crc = crc32_of_zeros(part_size, zlib.crc32(header, crc))

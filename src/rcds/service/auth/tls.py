@@ -88,9 +88,7 @@ def client_context(
 ) -> ssl.SSLContext:
     """A client context presenting ``cert_file`` (a certificate or proxy followed by its chain,
     as in an X509_USER_PROXY file) and trusting ``ca_file``/``ca_data`` for the server."""
-    ctx = ssl.create_default_context(
-        cafile=str(ca_file) if ca_file is not None else None, cadata=ca_data
-    )
+    ctx = ssl.create_default_context(cafile=str(ca_file) if ca_file is not None else None, cadata=ca_data)
     if cert_file is not None:
         ctx.load_cert_chain(str(cert_file), str(key_file) if key_file is not None else None)
     return ctx
@@ -112,6 +110,8 @@ def peer_chain(conn: ssl.SSLSocket | ssl.SSLObject) -> list[x509.Certificate]:
         raw = getter()
     certs: list[x509.Certificate] = []
     for item in raw or ():
+        if item is None:  # Python 3.11/3.12 servers put the (absent) peer certificate first
+            continue
         der = item if isinstance(item, bytes) else item.public_bytes(_DER)
         certs.append(x509.load_der_x509_certificate(der))
     return certs

@@ -30,6 +30,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -89,7 +90,7 @@ def _fail(problem: str) -> AuthError:
     return AuthError(f"client certificate rejected: {problem}", status=401)
 
 
-def _value_bytes(attr: x509.NameAttribute) -> bytes:
+def _value_bytes(attr: x509.NameAttribute[Any]) -> bytes:
     """The attribute value's bytes as encoded in the certificate."""
     value = attr.value if isinstance(attr.value, str) else attr.value.decode("latin-1")
     kind = getattr(getattr(attr, "_type", None), "name", "UTF8String")
@@ -116,9 +117,7 @@ def dn_string(name: x509.Name) -> str:
         parts = []
         for attr in rdn:
             oid = attr.oid.dotted_string
-            value = "".join(
-                chr(b) if 0x20 <= b <= 0x7E else f"\\x{b:02X}" for b in _value_bytes(attr)
-            )
+            value = "".join(chr(b) if 0x20 <= b <= 0x7E else f"\\x{b:02X}" for b in _value_bytes(attr))
             parts.append(f"{_SHORT_NAMES.get(oid, oid)}={value}")
         out.append("/" + "+".join(parts))
     return "".join(out)
@@ -353,7 +352,10 @@ def _check_client_eku(cert: x509.Certificate, what: str) -> None:
     if ext is None:
         return
     usages = list(ext.value) if isinstance(ext.value, x509.ExtendedKeyUsage) else []
-    if ExtendedKeyUsageOID.CLIENT_AUTH not in usages and ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE not in usages:
+    if (
+        ExtendedKeyUsageOID.CLIENT_AUTH not in usages
+        and ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE not in usages
+    ):
         raise _fail(f"{what} {dn_string(cert.subject)} is not allowed for TLS client authentication")
 
 
@@ -398,7 +400,9 @@ def _check_proxy(
     """Check one proxy against the certificate that signed it; return whether it is limited."""
     dn, issuer_dn = dn_string(proxy.subject), dn_string(issuer.subject)
     if proxy.issuer != issuer.subject:
-        raise _fail(f"proxy {dn} was issued by {dn_string(proxy.issuer)}, but the next certificate is {issuer_dn}")
+        raise _fail(
+            f"proxy {dn} was issued by {dn_string(proxy.issuer)}, but the next certificate is {issuer_dn}"
+        )
     rdns = proxy.subject.rdns
     last = list(rdns[-1]) if rdns else []
     if (
@@ -415,11 +419,15 @@ def _check_proxy(
     if _is_ca(proxy)[0]:
         raise _fail(f"proxy {dn} claims to be a CA")
     if _is_ca(issuer)[0]:
-        raise _fail(f"proxy {dn} was signed by a CA certificate; only user certificates and proxies sign proxies")
+        raise _fail(
+            f"proxy {dn} was signed by a CA certificate; only user certificates and proxies sign proxies"
+        )
     ku = _key_usage(issuer)
     if ku is not None and not ku.digital_signature:
         raise _fail(f"{issuer_dn} may not sign proxies (no digitalSignature key usage)")
-    if _ext(proxy, ExtensionOID.SUBJECT_ALTERNATIVE_NAME) or _ext(proxy, ExtensionOID.ISSUER_ALTERNATIVE_NAME):
+    if _ext(proxy, ExtensionOID.SUBJECT_ALTERNATIVE_NAME) or _ext(
+        proxy, ExtensionOID.ISSUER_ALTERNATIVE_NAME
+    ):
         raise _fail(f"proxy {dn} has a subject or issuer alternative name")
     if style == "legacy":
         return last[0].value == "limited proxy"
@@ -455,7 +463,11 @@ def _check_ca(ca: x509.Certificate, when: dt.datetime, cas_below: int) -> None:
 
 
 def _ca_path(
-    ee: x509.Certificate, presented: Sequence[x509.Certificate], trust: TrustStore, when: dt.datetime, limit: int
+    ee: x509.Certificate,
+    presented: Sequence[x509.Certificate],
+    trust: TrustStore,
+    when: dt.datetime,
+    limit: int,
 ) -> tuple[x509.Certificate, ...]:
     path: list[x509.Certificate] = []
     cur = ee

@@ -1,0 +1,67 @@
+"""Small helpers shared by the bench scripts: units, memory figures, machine description, tables."""
+
+from __future__ import annotations
+
+import os
+import platform
+import zlib
+from collections.abc import Sequence
+
+MB = 1_000_000  # throughput and sizes are reported in decimal megabytes
+KiB = 1 << 10
+MiB = 1 << 20
+
+
+def mb_per_s(nbytes: int, seconds: float) -> float:
+    """Decimal megabytes per second (0 when nothing was timed)."""
+    return nbytes / seconds / MB if seconds > 0 else 0.0
+
+
+def proc_status_kib(field: str, pid: str = "self") -> int:
+    """A ``kB`` field of ``/proc/<pid>/status`` (``VmHWM``: peak RSS, ``VmRSS``: current RSS), or 0."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def cpu_model() -> str:
+    """The CPU model name from ``/proc/cpuinfo`` (or the platform's processor string)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def machine() -> str:
+    """One line describing where a bench ran."""
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / (1 << 30)
+    return (
+        f"{os.cpu_count()} cores ({cpu_model()}), {mem:.0f} GiB RAM, Python {platform.python_version()}, "
+        f"zlib {zlib.ZLIB_RUNTIME_VERSION}, {platform.system()} {platform.release()}"
+    )
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]], markdown: bool = False) -> str:
+    """Rows as an aligned text table (first column left-aligned, the others right-aligned)."""
+    cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+
+    def line(r: Sequence[str]) -> str:
+        parts = [c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))]
+        return ("| " + " | ".join(parts) + " |") if markdown else "  ".join(parts)
+
+    sep = (
+        "|" + "|".join("-" * (w + 1) + (":" if i else "-") for i, w in enumerate(widths)) + "|"
+        if markdown
+        else "  ".join("-" * w for w in widths)
+    )
+    return "\n".join([line(cells[0]), sep, *(line(r) for r in cells[1:])])

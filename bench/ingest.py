@@ -1,0 +1,607 @@
+"""Stratum-0 tarball ingest throughput, side by side with the machine's bound measured in the same run.
+
+Run: ``python bench/ingest.py [--quick] [--keep-inputs DIR] [--no-gzip] [--no-large]``.
+
+Inputs are generated deterministically (seeded) as uncompressed tar files, so decompression is not
+measured (except in the one ``.tar.gz`` row):
+
+* ``venv``: a Python-virtualenv-like tree, ~20k files / ~300 MB: many small ``.py`` files of
+  text-like content (zlib -6 ratio ~2.5-3.5), ``__pycache__/*.pyc``, dist-info metadata, empty
+  ``__init__.py`` files, ``.so`` binaries of 100 KB-2 MB with partly random content, symlinks.
+* ``compiled``: a compiled-code tree, ~2k files / ~1 GB: object files, sources and headers,
+  shared libraries of 2-24 MB and five large files of 50-200 MB (alternating 1 MiB stretches of
+  random bytes and of code-like bytes).
+* ``compiled-2x``: the compiled tree with twice the members (another seed), to show whether the
+  ingest's peak memory grows with the tarball size.
+
+The *bound* is what the machine can do at best on the same bytes: every file content (files above
+4 MiB cut in 8 MiB pieces, as the chunker roughly would) compressed with zlib at the repository's
+level and the compressed bytes hashed with SHA-1, on two threads with no other work (zlib and
+hashlib release the GIL). The *ingest* is ``Stratum0.ingest_tar`` into a fresh repository, timed
+end to end (tar parsing, chunking, compression, hashing, object writes, catalog, syncfs, signed
+manifest) in a child process whose peak RSS (``VmHWM``) is reported. ``ratio`` is ingest MB/s over
+bound MB/s; MB are 10^6 bytes of file content.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import gzip
+import hashlib
+import io
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from common import MB, KiB, MiB, format_table, machine, mb_per_s, proc_status_kib
+
+REPO = "bench.example.org"
+MTIME = 1_700_000_000
+CHUNK_THRESHOLD = 4 * MiB  # files above this are chunked by the repository (stock minimum chunk size)
+PIECE = 8 * MiB  # the bound cuts such files in pieces of the average chunk size
+BOUND_BATCH = 256 * MiB  # the bound holds at most this much input in memory at once
+TARGET_RATIO = 0.7
+TARGET_FILES_PER_S = 3000
+
+# -- deterministic content ----------------------------------------------------------------------
+
+
+def _words(text: str) -> list[str]:
+    return text.split()
+
+
+_KEYWORDS = _words(
+    "def class return self if else elif for in while import from as with try except finally raise "
+    "pass None True False and or not is lambda yield assert async await global "
+)
+_SYLLABLES = _words(
+    "get set data value name path config result item key index node buffer stream request response "
+    "handler error message args kwargs options parser token field model user cache file size count "
+    "list dict type state context module object info func param check load save read write open "
+    "close update create delete build parse format init run start stop to from is has max min len "
+    "str int array frame series plot axis dtype shape tensor layer grad loss batch query session "
+    "table column "
+)
+_PUNCT = [
+    "(", ")", ":", ",", ".", " = ", " == ", "[", "]", "\n", "\n    ", "\n        ", "\n            ",
+    " + ", " - ", "'", '"', "  # ", "0", "1", "2", "{", "}", " -> ", "\n\n", '"""',
+]  # fmt: skip
+_HEADER = (
+    b"# Copyright (c) the project authors.\n# SPDX-License-Identifier: BSD-3-Clause\n"
+    b'"""Generated module for the ingest benchmark."""\n\nfrom __future__ import annotations\n\n'
+)
+
+
+class Content:
+    """Byte generators of realistic compressibility, all driven by one seeded generator."""
+
+    TEXT_POOL = 16 * MiB
+
+    def __init__(self, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.pool = self._text_pool(self.TEXT_POOL)
+        self.words = self.rng.integers(0, 1 << 32, 4096, dtype=np.uint32)  # "instructions"
+        q = (np.arange(1 << 16) + 0.5) / (1 << 16)
+        self.skew = np.minimum(-np.log1p(-q) * 300, 4095).astype(np.uint16)  # few frequent, long tail
+
+    def _text_pool(self, size: int) -> bytes:
+        """Pseudo Python source: Zipf-distributed identifiers, keywords and punctuation."""
+        rng = self.rng
+        idents = []
+        for _ in range(3000):
+            parts = [_SYLLABLES[j] for j in rng.integers(0, len(_SYLLABLES), int(rng.integers(1, 4)))]
+            idents.append("_".join(parts) if rng.random() < 0.8 else "".join(p.capitalize() for p in parts))
+        vocab = np.array(_PUNCT + _KEYWORDS + idents, dtype=object)
+        weights = 1.0 / np.arange(1, len(vocab) + 1) ** 1.05
+        weights /= weights.sum()
+        out = bytearray()
+        while len(out) < size:
+            n = 500_000
+            idx = rng.choice(len(vocab), size=n, p=weights)
+            sep = np.where(rng.random(n) < 0.6, " ", "")
+            out += "".join((vocab[idx] + sep).tolist()).encode()
+        return bytes(out[:size])
+
+    def text(self, n: int, header: bool = False) -> bytes:
+        """``n`` bytes of source-like text (zlib -6 ratio ~2.3 at 2 KB, ~3.5 at 200 KB)."""
+        head = _HEADER[:n] if header else b""
+        n -= len(head)
+        parts = [head]
+        while n > 0:
+            take = min(n, len(self.pool) // 2)
+            o = int(self.rng.integers(0, len(self.pool) - take + 1))
+            parts.append(self.pool[o : o + take])
+            n -= take
+        return b"".join(parts)
+
+    def random(self, n: int) -> bytes:
+        """Incompressible bytes (packed data, already compressed resources)."""
+        return self.rng.bytes(n)
+
+    def code(self, n: int) -> bytes:
+        """Machine-code-like bytes: 4-byte words from a skewed table (zlib -6 ratio ~2)."""
+        u = np.frombuffer(self.rng.bytes((n + 3) // 4 * 2), dtype=np.uint16)
+        return np.take(self.words, self.skew[u]).tobytes()[:n]
+
+    def binary(self, n: int, random_frac: float) -> bytes:
+        """An object-file-like mix: code, string tables, zero padding and ``random_frac`` random data."""
+        parts = [b"\x7fELF\x02\x01\x01\x00" + bytes(56)]
+        left = n - len(parts[0])
+        kinds = ("code", "text", "zero", "random")
+        rest = 1 - random_frac
+        p = np.array([0.65 * rest, 0.25 * rest, 0.10 * rest, random_frac])
+        while left > 0:
+            seg = min(left, int(self.rng.integers(4 * KiB, 96 * KiB)))
+            kind = kinds[int(self.rng.choice(4, p=p))]
+            if kind == "code":
+                parts.append(self.code(seg))
+            elif kind == "text":
+                parts.append(self.text(seg))
+            elif kind == "zero":
+                parts.append(bytes(seg))
+            else:
+                parts.append(self.random(seg))
+            left -= seg
+        return b"".join(parts)[:n]
+
+    def large(self, n: int) -> bytes:
+        """A large binary: alternating 1 MiB stretches of random and of code-like bytes (half each)."""
+        out = bytearray()
+        i = 0
+        while len(out) < n:
+            seg = min(MiB, n - len(out))
+            out += self.random(seg) if i % 2 else self.code(seg)
+            i += 1
+        return bytes(out)
+
+    def make(self, kind: str, n: int) -> bytes:
+        """Content of a planned file."""
+        if n == 0:
+            return b""
+        if kind == "py":
+            return self.text(n, header=True)
+        if kind == "text":
+            return self.text(n)
+        if kind == "pyc":
+            return self.binary(n, 0.05)
+        if kind == "so":
+            return self.binary(n, 0.30)
+        if kind == "obj":
+            return self.binary(n, 0.15)
+        if kind == "large":
+            return self.large(n)
+        raise ValueError(kind)
+
+
+# -- input trees --------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Entry:
+    """A planned tar member: a file (``kind`` says which content), or a symlink (``link``)."""
+
+    path: str
+    kind: str
+    size: int = 0
+    link: str = ""
+
+
+def _name(rng: np.random.Generator, parts: int = 2) -> str:
+    return "_".join(_SYLLABLES[j] for j in rng.integers(0, len(_SYLLABLES), parts))
+
+
+def _loguniform(rng: np.random.Generator, lo: float, hi: float, n: int) -> np.ndarray:
+    return np.exp(rng.uniform(np.log(lo), np.log(hi), n))
+
+
+def _rescale(entries: list[Entry], kinds: set[str], target: int) -> None:
+    """Scale the sizes of ``kinds`` so that the whole tree holds about ``target`` bytes."""
+    fixed = sum(e.size for e in entries if e.kind not in kinds)
+    scalable = sum(e.size for e in entries if e.kind in kinds)
+    if scalable <= 0:
+        return
+    f = max(0.05, (target - fixed) / scalable)
+    for e in entries:
+        if e.kind in kinds and e.size > 0:
+            e.size = max(16, int(e.size * f))
+
+
+def plan_venv(rng: np.random.Generator, scale: float) -> list[Entry]:
+    """A virtualenv-like tree: ~20k files / ~300 MB at scale 1."""
+    sp = "lib/python3.11/site-packages"
+    out: list[Entry] = [
+        Entry("pyvenv.cfg", "text", 200),
+        Entry("bin/python3.11", "so", 300 * KiB),
+        Entry("bin/python3", "link", link="python3.11"),
+        Entry("bin/python", "link", link="python3.11"),
+        Entry("lib64", "link", link="lib"),
+    ]
+    out += [Entry(f"bin/{_name(rng, 1)}-{i}", "text", 300) for i in range(int(40 * scale) + 1)]
+    n_pkgs = max(8, int(160 * scale))
+    n_modules = int(11_500 * scale)
+    n_so = max(4, int(150 * scale))
+    shares = 1.0 / np.arange(1, n_pkgs + 1) ** 1.1
+    modules = rng.multinomial(n_modules, shares / shares.sum())
+    sos = rng.multinomial(n_so, shares / shares.sum())
+    for p in range(n_pkgs):
+        pkg = f"{_name(rng)}{p}"
+        dist = f"{sp}/{pkg}-{rng.integers(0, 30)}.{rng.integers(0, 20)}.{rng.integers(0, 9)}.dist-info"
+        record = 100 * int(modules[p]) + 200
+        for fname, size in (("METADATA", 8 * KiB), ("RECORD", record), ("LICENSE", 4 * KiB)):
+            out.append(Entry(f"{dist}/{fname}", "text", size))
+        for fname in ("WHEEL", "INSTALLER", "top_level.txt"):
+            out.append(Entry(f"{dist}/{fname}", "text", 100))
+        dirs = [f"{sp}/{pkg}"]
+        for _ in range(int(modules[p]) // 12):
+            dirs.append(f"{dirs[int(rng.integers(0, len(dirs)))]}/{_name(rng, 1)}{len(dirs)}")
+        for d in dirs:
+            init_size = 0 if rng.random() < 0.5 else int(_loguniform(rng, 200, 8 * KiB, 1)[0])
+            out.append(Entry(f"{d}/__init__.py", "py", init_size))
+        cached = rng.random() < 0.5  # about half the packages ship __pycache__
+        sizes = np.clip(rng.lognormal(np.log(5 * KiB), 1.0, int(modules[p])), 200, 300 * KiB)
+        for i, size in enumerate(sizes):
+            d = dirs[int(rng.integers(0, len(dirs)))]
+            mod = f"{_name(rng)}_{i}"
+            out.append(Entry(f"{d}/{mod}.py", "py", int(size)))
+            if cached:
+                out.append(Entry(f"{d}/__pycache__/{mod}.cpython-311.pyc", "pyc", int(size * 0.8)))
+        for i, size in enumerate(_loguniform(rng, 100 * KiB, 2 * MiB, int(sos[p]))):
+            d = dirs[int(rng.integers(0, len(dirs)))]
+            out.append(Entry(f"{d}/_{_name(rng, 1)}{i}.cpython-311-x86_64-linux-gnu.so", "so", int(size)))
+    _rescale(out, {"py", "pyc", "text"}, int(300 * MB * scale))
+    return out
+
+
+def plan_compiled(rng: np.random.Generator, count_scale: float, large_scale: float) -> list[Entry]:
+    """A compiled-code tree: ~2k files / ~1 GB at scale 1, with five files of 50-200 MB."""
+    out: list[Entry] = []
+    for rep in range(max(1, round(count_scale))):
+        for i, mb in enumerate((200, 150, 100, 75, 50)):
+            out.append(Entry(f"lib/libbig{rep}_{i}.so.{i + 1}.0", "large", int(mb * MB * large_scale)))
+            out.append(Entry(f"lib/libbig{rep}_{i}.so", "link", link=f"libbig{rep}_{i}.so.{i + 1}.0"))
+    n_libs, n_obj, n_src = int(32 * count_scale) + 1, int(1400 * count_scale), int(520 * count_scale)
+    modules = [f"{_name(rng, 1)}{i}" for i in range(max(4, int(40 * count_scale)))]
+    for i, size in enumerate(_loguniform(rng, 2 * MiB, 24 * MiB, n_libs)):
+        out.append(Entry(f"lib/lib{_name(rng, 1)}{i}.so.1", "so", int(size)))
+    for i, size in enumerate(_loguniform(rng, 8 * KiB, 1 * MiB, n_obj)):
+        m = modules[int(rng.integers(0, len(modules)))]
+        out.append(Entry(f"build/{m}/CMakeFiles/{m}.dir/{_name(rng)}{i}.cpp.o", "obj", int(size)))
+    for i, size in enumerate(_loguniform(rng, 1 * KiB, 60 * KiB, n_src)):
+        m = modules[int(rng.integers(0, len(modules)))]
+        ext = ".h" if i % 2 else ".cpp"
+        out.append(Entry(f"{'include' if i % 2 else 'src'}/{m}/{_name(rng)}{i}{ext}", "text", int(size)))
+    for i in range(max(2, int(30 * count_scale))):
+        out.append(Entry(f"bin/{_name(rng, 1)}{i}", "obj", int(_loguniform(rng, 50 * KiB, 3 * MiB, 1)[0])))
+    large = sum(e.size for e in out if e.kind == "large")
+    _rescale(out, {"so", "obj", "text"}, large + int(425 * MB * count_scale))
+    return out
+
+
+@dataclass(slots=True)
+class Input:
+    """A generated tarball and what it holds."""
+
+    name: str
+    tar: Path
+    files: int
+    content_bytes: int
+    bound_of: str = ""  # for the gzip variant: the input whose bound applies
+
+
+def write_tar(path: Path, entries: list[Entry], seed: int) -> tuple[int, int]:
+    """Write the planned tree as a plain tar; return (files, content bytes)."""
+    content = Content(seed)
+    dirs: set[str] = set()
+    files = nbytes = 0
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tf:
+
+        def add_dirs(p: str) -> None:
+            parent = p.rpartition("/")[0]
+            if parent and parent not in dirs:
+                add_dirs(parent)
+                ti = tarfile.TarInfo(parent)
+                ti.type, ti.mode, ti.mtime, ti.uid, ti.gid = tarfile.DIRTYPE, 0o755, MTIME, 1000, 1000
+                tf.addfile(ti)
+                dirs.add(parent)
+
+        for e in entries:
+            add_dirs(e.path)
+            ti = tarfile.TarInfo(e.path)
+            ti.mtime, ti.uid, ti.gid = MTIME, 1000, 1000
+            if e.kind == "link":
+                ti.type, ti.linkname, ti.mode = tarfile.SYMTYPE, e.link, 0o777
+                tf.addfile(ti)
+                continue
+            data = content.make(e.kind, e.size)
+            ti.size = len(data)
+            ti.mode = 0o755 if e.kind in ("so", "large") or e.path.startswith("bin/") else 0o644
+            tf.addfile(ti, io.BytesIO(data))
+            files += 1
+            nbytes += len(data)
+    return files, nbytes
+
+
+def gzip_file(src: Path, dst: Path, level: int = 6) -> None:
+    """``gzip -<level>`` of a file, streaming."""
+    with open(src, "rb") as fin, gzip.GzipFile(dst, "wb", compresslevel=level, mtime=0) as fout:
+        shutil.copyfileobj(fin, fout, MiB)
+
+
+# -- the machine's bound ------------------------------------------------------------------------
+
+
+def _pieces(tar: Path) -> Iterator[bytes]:
+    """File contents of a tar in the order they appear; files above 4 MiB in 8 MiB pieces."""
+    with tarfile.open(tar, "r:") as tf:
+        for ti in tf:
+            if not ti.isreg():
+                continue
+            f = tf.extractfile(ti)
+            assert f is not None
+            if ti.size <= CHUNK_THRESHOLD:
+                yield f.read()
+                continue
+            left = ti.size
+            while left > 0:
+                piece = f.read(min(PIECE, left))
+                left -= len(piece)
+                yield piece
+
+
+def _work(pieces: list[bytes], level: int) -> None:
+    for p in pieces:
+        hashlib.sha1(zlib.compress(p, level)).digest()
+
+
+def bound(tar: Path, level: int, threads: int = 2) -> tuple[float, int, float]:
+    """(seconds, input bytes, compressed bytes / input) of zlib + SHA-1 over the tar's file contents.
+
+    Pieces are read ahead in batches (reading is not timed), each batch split between the threads
+    by size (largest first onto the least loaded thread) so that both cores stay busy.
+    """
+    seconds = 0.0
+    total = 0
+    compressed = 0
+    sample_in = 0
+
+    def run(batch: list[bytes]) -> float:
+        lanes: list[list[bytes]] = [[] for _ in range(threads)]
+        loads = [0] * threads
+        for p in sorted(batch, key=len, reverse=True):
+            i = loads.index(min(loads))
+            lanes[i].append(p)
+            loads[i] += len(p)
+        t0 = time.perf_counter()
+        with cf.ThreadPoolExecutor(threads) as pool:
+            for fut in [pool.submit(_work, lane, level) for lane in lanes]:
+                fut.result()
+        return time.perf_counter() - t0
+
+    batch: list[bytes] = []
+    held = 0
+    for piece in _pieces(tar):
+        batch.append(piece)
+        held += len(piece)
+        total += len(piece)
+        if sample_in < 32 * MiB:  # compression ratio from a sample of the first pieces
+            sample_in += len(piece)
+            compressed += len(zlib.compress(piece, level))
+        if held >= BOUND_BATCH:
+            seconds += run(batch)
+            batch, held = [], 0
+    if batch:
+        seconds += run(batch)
+    return seconds, total, (compressed / sample_in if sample_in else 1.0)
+
+
+# -- the ingest, in a child process ---------------------------------------------------------------
+
+
+def child_ingest(root: str, tar: str, path: str) -> None:
+    """Ingest ``tar`` at ``path`` of the repository at ``root``; print figures as JSON."""
+    from rcds.publish.stratum0 import Stratum0
+
+    s0 = Stratum0(Path(root), REPO)
+    rss0 = proc_status_kib("VmRSS")
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
+    t0 = time.perf_counter()
+    with open(tar, "rb") as f:
+        result = s0.ingest_tar(f, path)
+    seconds = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "engine_seconds": result.seconds,
+                "files": result.stats.files,
+                "bytes_in": result.stats.bytes_in,
+                "objects_written": result.stats.objects_written,
+                "bytes_written": result.stats.bytes_written,
+                "rss_before_kib": rss0,
+                "peak_rss_kib": proc_status_kib("VmHWM"),
+                "cpu_seconds": (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime),
+            }
+        )
+    )
+
+
+def run_ingest(root: Path, tar: Path, path: str) -> dict[str, float]:
+    """One ingest in a fresh interpreter (so that its peak RSS is its own)."""
+    os.sync()  # write back the inputs and earlier repositories first: the ingest's syncfs is its own
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--child", str(root), str(tar), path],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    figures: dict[str, float] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return figures
+
+
+def new_repository(root: Path) -> None:
+    """A fresh repository with default settings (4/8/16 MiB chunks, zlib -6, SHA-1)."""
+    from rcds.publish.create import create_repository
+    from rcds.publish.layout import Settings
+
+    shutil.rmtree(root, ignore_errors=True)
+    create_repository(root, Settings(name=REPO))
+
+
+# -- main ---------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Row:
+    """One line of the result table."""
+
+    label: str
+    files: int
+    nbytes: int
+    bound: float
+    figures: dict[str, float]
+
+    def cells(self) -> list[object]:
+        f = self.figures
+        rate = mb_per_s(self.nbytes, f["seconds"])
+        return [
+            self.label,
+            self.files,
+            f"{self.nbytes / MB:.0f}",
+            f"{self.bound:.1f}",
+            f"{rate:.1f}",
+            f"{rate / self.bound:.2f}" if self.bound else "-",
+            f"{self.files / f['seconds']:.0f}",
+            f"{f['peak_rss_kib'] / 1024:.0f}",
+            f"{f['cpu_seconds'] / f['seconds']:.2f}",
+            int(f["objects_written"]),
+        ]
+
+
+HEADERS = [
+    "input", "files", "MB", "bound MB/s", "ingest MB/s", "ratio", "files/s", "peak RSS MB", "cores",
+    "new objects",
+]  # fmt: skip
+
+
+def generate(work: Path, quick: bool, gz: bool, large: bool) -> list[Input]:
+    """Write the inputs under ``work``."""
+    s = 0.1 if quick else 1.0
+    plans = [
+        ("venv", 11, lambda rng: plan_venv(rng, s)),
+        ("compiled", 21, lambda rng: plan_compiled(rng, s, s)),
+    ]
+    if large:
+        plans.append(("compiled-2x", 22, lambda rng: plan_compiled(rng, 2 * s, s)))
+    inputs = []
+    for name, seed, plan in plans:
+        t0 = time.perf_counter()
+        tar = work / f"{name}.tar"
+        files, nbytes = write_tar(tar, plan(np.random.default_rng(seed)), seed)
+        inputs.append(Input(name, tar, files, nbytes))
+        print(
+            f"  {name}: {files} files, {nbytes / MB:.0f} MB of content, tar {tar.stat().st_size / MB:.0f} MB"
+            f" ({time.perf_counter() - t0:.0f} s)",
+            flush=True,
+        )
+        if gz and name == "venv":
+            t0 = time.perf_counter()
+            gz_path = work / "venv.tar.gz"
+            gzip_file(tar, gz_path)
+            inputs.append(Input("venv.tar.gz", gz_path, files, nbytes, bound_of="venv"))
+            print(f"  venv.tar.gz: {gz_path.stat().st_size / MB:.0f} MB ({time.perf_counter() - t0:.0f} s)")
+    return inputs
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="inputs ~10x smaller (smoke run)")
+    ap.add_argument("--keep-inputs", metavar="DIR", type=Path, help="write the tarballs here and keep them")
+    ap.add_argument("--no-gzip", action="store_true", help="skip the .tar.gz row")
+    ap.add_argument("--no-large", action="store_true", help="skip the 2x compiled input (memory flatness)")
+    ap.add_argument("--level", type=int, default=6, help="zlib level of the bound (the repository's: 6)")
+    ap.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    ap.add_argument("--child", nargs=3, metavar=("ROOT", "TAR", "PATH"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        child_ingest(*args.child)
+        return
+
+    tmp = Path(tempfile.mkdtemp(prefix="rcds-bench-ingest-"))
+    try:
+        inputs_dir = args.keep_inputs or tmp / "inputs"
+        inputs_dir.mkdir(parents=True, exist_ok=True)
+        print(f"machine: {machine()}")
+        print(f"generating inputs in {inputs_dir}{' (quick)' if args.quick else ''}", flush=True)
+        inputs = generate(inputs_dir, args.quick, not args.no_gzip, not args.no_large)
+
+        bounds: dict[str, float] = {}
+        for inp in inputs:
+            if inp.bound_of:
+                continue
+            seconds, nbytes, ratio = bound(inp.tar, args.level)
+            bounds[inp.name] = mb_per_s(nbytes, seconds)
+            print(
+                f"bound {inp.name}: {bounds[inp.name]:.1f} MB/s over {nbytes / MB:.0f} MB"
+                f" (zlib -{args.level} + SHA-1, 2 threads; compressed/input {ratio:.2f})",
+                flush=True,
+            )
+
+        rows: list[Row] = []
+        for inp in inputs:
+            root = tmp / f"repo-{inp.name}"
+            new_repository(root)
+            figures = run_ingest(root, inp.tar, "/sw/bench/cid1")
+            b = bounds[inp.bound_of or inp.name]
+            rows.append(Row(inp.name, inp.files, inp.content_bytes, b, figures))
+            print(f"ingest {inp.name}: {json.dumps(figures)}", flush=True)
+            if inp.name in ("venv", "compiled"):
+                figures = run_ingest(root, inp.tar, "/sw/bench/cid2")
+                rows.append(Row(f"{inp.name} (dedup)", inp.files, inp.content_bytes, b, figures))
+                print(f"ingest {inp.name} again: {json.dumps(figures)}", flush=True)
+            shutil.rmtree(root)
+
+        print()
+        print(f"date: {time.strftime('%Y-%m-%d')}; machine: {machine()}")
+        print(format_table(HEADERS, [r.cells() for r in rows], markdown=args.markdown))
+        print()
+        _verdict(rows)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _verdict(rows: list[Row]) -> None:
+    by = {r.label: r for r in rows}
+    if "compiled" in by:
+        r = by["compiled"]
+        ratio = mb_per_s(r.nbytes, r.figures["seconds"]) / r.bound
+        ok = ratio >= TARGET_RATIO
+        print(f"large files: ratio {ratio:.2f} (target >= {TARGET_RATIO}) {'ok' if ok else 'MISSED'}")
+    if "venv" in by:
+        r = by["venv"]
+        fps = r.files / r.figures["seconds"]
+        ok = fps >= TARGET_FILES_PER_S
+        print(f"small files: {fps:.0f} files/s (target >= {TARGET_FILES_PER_S}) {'ok' if ok else 'MISSED'}")
+    if "compiled" in by and "compiled-2x" in by:
+        a, b = by["compiled"], by["compiled-2x"]
+        growth = b.figures["peak_rss_kib"] / a.figures["peak_rss_kib"]
+        print(
+            f"memory: peak RSS {a.figures['peak_rss_kib'] / 1024:.0f} MB for {a.nbytes / MB:.0f} MB,"
+            f" {b.figures['peak_rss_kib'] / 1024:.0f} MB for {b.nbytes / MB:.0f} MB (x{growth:.2f})"
+        )
+
+
+if __name__ == "__main__":
+    main()

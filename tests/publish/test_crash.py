@@ -1,0 +1,99 @@
+"""SIGKILL an ingest at many different moments: the repository always verifies afterwards."""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import NAME, Entry, make_tar, publish, verify
+
+from rcds.publish.stratum0 import Stratum0
+
+RUNS = 24
+
+INGEST = r"""
+import sys
+from pathlib import Path
+from rcds.publish.stratum0 import Stratum0
+s0 = Stratum0(Path(sys.argv[1]), sys.argv[2])
+with open(sys.argv[3], "rb") as f:
+    s0.ingest_tar(f, sys.argv[4], replace=True)
+print("done", flush=True)
+"""
+
+
+def _payload(tmp_path: Path) -> Path:
+    """A tarball that takes the engine a good fraction of a second: many files and a chunked one."""
+    rng = random.Random(7)
+    entries = [
+        Entry(f"pkg/m{i}.py", (f"# module {i}\n" + "x = %d\n" % i * 200).encode()) for i in range(1500)
+    ]
+    entries.append(Entry("data/big.bin", rng.randbytes(6 << 20)))
+    path = tmp_path / "payload.tar"
+    path.write_bytes(make_tar(entries, "none"))
+    return path
+
+
+@pytest.mark.timeout(600)
+def test_sigkill_at_random_moments_leaves_a_repository_that_verifies(repo: Stratum0, view_factory, tmp_path):
+    publish(repo, [Entry("keep.txt", b"revision one\n")], "/sw/grp/stable")
+    payload = _payload(tmp_path)
+    # how long does a whole ingest take here?
+    t0 = time.monotonic()
+    subprocess.run(
+        [sys.executable, "-c", INGEST, str(repo.layout.root), NAME, str(payload), "/sw/grp/probe"],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    duration = time.monotonic() - t0
+    rng = random.Random(2026)
+    finished = killed = 0
+    for run in range(RUNS):
+        before = repo.manifest().revision
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                INGEST,
+                str(repo.layout.root),
+                NAME,
+                str(payload),
+                f"/sw/grp/cid{run % 3}",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        # moments spread over start-up, object writing, catalog commit and manifest write
+        time.sleep(duration * (run + rng.random()) / RUNS * 1.1)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+        out = proc.stdout.read() if proc.stdout else b""
+        if proc.stdout:
+            proc.stdout.close()
+        if proc.stderr:
+            proc.stderr.close()
+        finished += b"done" in out
+        killed += proc.returncode == -signal.SIGKILL
+        after = repo.manifest().revision
+        assert after in (before, before + 1), f"run {run}: revision jumped from {before} to {after}"
+        report = verify(repo)
+        assert report.revision == after
+        v = view_factory(repo)
+        assert v.read("/sw/grp/stable/keep.txt") == b"revision one\n"
+    assert killed >= RUNS // 2, f"only {killed} of {RUNS} runs were killed before finishing"
+    # a re-run of the ingest succeeds after all that, and leaves no garbage in the work areas
+    result = repo.ingest_tar(io.BytesIO(payload.read_bytes()), "/sw/grp/cid0", replace=True)
+    assert result.revision == repo.manifest().revision
+    assert os.listdir(repo.layout.public / "data" / "txn") == []
+    verify(repo)
+    gc = repo.gc(keep_revisions=1)
+    assert gc.deleted > 0  # objects of killed runs and old revisions
+    verify(repo)

@@ -1,0 +1,56 @@
+"""Fixtures for the service tests: a throw-away PKI and token issuers (see pki.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pki
+import pytest
+
+from rcds.service.auth.x509 import TrustStore
+
+ISSUER = "https://issuer.example.org/rcds"
+OTHER_ISSUER = "https://other-issuer.example.org"
+AUDIENCE = "https://rcds.example.org"
+
+
+@pytest.fixture(scope="session")
+def ca() -> pki.CA:
+    """The trusted root CA."""
+    return pki.CA("/DC=org/DC=example/CN=Example Test CA")
+
+
+@pytest.fixture(scope="session")
+def other_ca() -> pki.CA:
+    """A CA nobody trusts."""
+    return pki.CA("/DC=org/DC=other/CN=Other CA")
+
+
+@pytest.fixture(scope="session")
+def alice(ca: pki.CA) -> pki.Credential:
+    """A user certificate issued by ``ca``."""
+    return ca.issue("/DC=org/DC=example/O=Test/CN=Alice Smith")
+
+
+@pytest.fixture(scope="session")
+def trust(ca: pki.CA) -> TrustStore:
+    """A trust store holding only ``ca``."""
+    return TrustStore([ca.cert])
+
+
+@pytest.fixture(scope="session")
+def rsa_key() -> pki.TokenKey:
+    """An RS256 issuer key."""
+    return pki.TokenKey("RS256")
+
+
+@pytest.fixture(scope="session")
+def ec_key() -> pki.TokenKey:
+    """An ES256 issuer key."""
+    return pki.TokenKey("ES256")
+
+
+@pytest.fixture
+def ca_dir(tmp_path: Path, ca: pki.CA) -> Path:
+    """A grid-security style directory trusting ``ca``."""
+    return pki.write_ca_dir(tmp_path / "certificates", ca)
