@@ -12,9 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import NAME, Entry, make_tar, publish, verify
 
 from rcds.publish.stratum0 import Stratum0
+
+from conftest import NAME, Entry, make_tar, publish, verify
 
 RUNS = 24
 
@@ -33,7 +34,7 @@ def _payload(tmp_path: Path) -> Path:
     """A tarball that takes the engine a good fraction of a second: many files and a chunked one."""
     rng = random.Random(7)
     entries = [
-        Entry(f"pkg/m{i}.py", (f"# module {i}\n" + "x = %d\n" % i * 200).encode()) for i in range(1500)
+        Entry(f"pkg/m{i}.py", (f"# module {i}\n" + f"x = {i}\n" * 200).encode()) for i in range(1500)
     ]
     entries.append(Entry("data/big.bin", rng.randbytes(6 << 20)))
     path = tmp_path / "payload.tar"
@@ -90,7 +91,7 @@ def test_sigkill_at_random_moments_leaves_a_repository_that_verifies(repo: Strat
         assert v.read("/sw/grp/stable/keep.txt") == b"revision one\n"
     assert killed >= RUNS // 2, f"only {killed} of {RUNS} runs were killed before finishing"
     # a re-run of the ingest succeeds after all that, and leaves no garbage in the work areas
-    result = repo.ingest_tar(io.BytesIO(payload.read_bytes()), "/sw/grp/cid0", replace=True)
+    result = repo.ingest_tar(io.BytesIO(payload.read_bytes()), "/sw/grp/c0", replace=True)
     assert result.revision == repo.manifest().revision
     assert os.listdir(repo.layout.public / "data" / "txn") == []
     verify(repo)

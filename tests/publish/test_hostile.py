@@ -6,11 +6,12 @@ import io
 import stat
 
 import pytest
-from conftest import verify
 
 from rcds.errors import InputError
 from rcds.publish.policy import Limits
 from rcds.testing.hostile_tars import CASES
+
+from conftest import verify
 
 TARGET = "/sw/grp/cid"
 

@@ -8,7 +8,6 @@ import stat
 from pathlib import Path
 
 import pytest
-from conftest import Entry, make_tar, publish, verify
 
 from rcds.errors import ConfigError, InputError, LockedError
 from rcds.format.chunker import ChunkParams, find_cuts
@@ -17,6 +16,8 @@ from rcds.publish.create import create_repository
 from rcds.publish.layout import Settings
 from rcds.publish.lock import WriterLock
 from rcds.publish.stratum0 import Stratum0
+
+from conftest import Entry, make_tar, publish, verify
 
 RICH = [
     Entry("pkg", kind="dir", mode=0o755, mtime=1_600_000_000),
@@ -305,7 +306,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
 def test_truncated_stream_changes_nothing(repo):
     data = make_tar([Entry("a.txt", b"a" * 100_000), Entry("b.txt", b"b" * 100_000)], "none")
     before = repo.store.get(".cvmfspublished")
-    with pytest.raises(InputError, match="truncated|corrupt"):
+    with pytest.raises(InputError, match=r"truncated|corrupt"):
         repo.ingest_tar(io.BytesIO(data[:70_000]), "/sw/x")
     assert repo.store.get(".cvmfspublished") == before
     verify(repo)
