@@ -9,10 +9,6 @@ import pytest
 
 from rcds.service.auth.x509 import TrustStore
 
-ISSUER = "https://issuer.example.org/rcds"
-OTHER_ISSUER = "https://other-issuer.example.org"
-AUDIENCE = "https://rcds.example.org"
-
 
 @pytest.fixture(scope="session")
 def ca() -> pki.CA:

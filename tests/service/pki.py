@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import ipaddress
 import json
 import secrets
 from collections.abc import Iterable, Sequence
@@ -30,6 +31,11 @@ PROXY_CERT_INFO_OID = x509.ObjectIdentifier("1.3.6.1.5.5.7.1.14")
 PPL_INHERIT_ALL = "1.3.6.1.5.5.7.21.1"
 PPL_INDEPENDENT = "1.3.6.1.5.5.7.21.2"
 PPL_LIMITED = "1.3.6.1.4.1.3536.1.1.1.9"
+
+#: Token issuers and audience used across the tests.
+ISSUER = "https://issuer.example.org/rcds"
+OTHER_ISSUER = "https://other-issuer.example.org"
+AUDIENCE = "https://rcds.example.org"
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 KeyType = Literal["ec", "rsa"]
@@ -260,8 +266,6 @@ class CA:
 
 
 def _general_name(s: str) -> x509.GeneralName:
-    import ipaddress
-
     try:
         return x509.IPAddress(ipaddress.ip_address(s))
     except ValueError:

@@ -77,9 +77,10 @@ def server(server_files: tuple[Path, Path, Path], trust: TrustStore) -> Iterator
 
 
 def ask(port: int, ctx: ssl.SSLContext) -> str:
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, ctx.wrap_socket(
-        raw, server_hostname="localhost"
-    ) as conn:
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        ctx.wrap_socket(raw, server_hostname="localhost") as conn,
+    ):
         return conn.makefile("rb").readline().decode().strip()
 
 
@@ -103,7 +104,10 @@ def test_plain_certificate_and_intermediate(
     inter = ca.intermediate("/DC=org/DC=example/CN=TLS Issuing CA")
     bob = inter.issue("/DC=org/DC=example/O=Test/CN=Bob")
     assert ask(server.port, client(tmp_path, bob, server_files[2])) == "DN /DC=org/DC=example/O=Test/CN=Bob"
-    assert ask(server.port, client(tmp_path, pki.proxy(bob), server_files[2])) == "DN /DC=org/DC=example/O=Test/CN=Bob"
+    assert (
+        ask(server.port, client(tmp_path, pki.proxy(bob), server_files[2]))
+        == "DN /DC=org/DC=example/O=Test/CN=Bob"
+    )
 
 
 def test_no_client_certificate_is_allowed_by_tls(
@@ -123,7 +127,9 @@ def test_untrusted_and_bad_chains_fail_the_handshake(
     bad = [
         other_ca.issue(ALICE),  # wrong CA
         pki.proxy(alice, signing_key=pki.new_key()),  # proxy with a bad signature
-        pki.proxy(alice, subject_name=pki.name("/DC=org/DC=example/O=Test/CN=Carol/CN=1")),  # bad proxy subject
+        pki.proxy(
+            alice, subject_name=pki.name("/DC=org/DC=example/O=Test/CN=Carol/CN=1")
+        ),  # bad proxy subject
         pki.proxy(alice, style="legacy"),  # OpenSSL 3 knows no legacy proxies
     ]
     for i, cred in enumerate(bad):
@@ -153,7 +159,10 @@ def test_without_trust_no_certificate_is_requested(
     cert, key, ca_file = server_files
     srv = OneShotServer(server_context(cert, key, None), trust)
     try:
-        assert ask(srv.port, client(tmp_path, pki.proxy(alice), ca_file)) == "401 no client certificate presented"
+        assert (
+            ask(srv.port, client(tmp_path, pki.proxy(alice), ca_file))
+            == "401 no client certificate presented"
+        )
     finally:
         srv.close()
 
@@ -176,7 +185,9 @@ def test_asyncio_server_gets_chain(
         server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=server_context(cert, key, trust))
         port = server.sockets[0].getsockname()[1]
         ctx = client(tmp_path, proxy, ca_file)
-        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname="localhost")
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1", port, ssl=ctx, server_hostname="localhost"
+        )
         line = await asyncio.wait_for(reader.readline(), 10)
         writer.close()
         server.close()

@@ -119,7 +119,11 @@ def test_expired_proxy(alice: pki.Credential, trust: TrustStore) -> None:
 
 def test_expired_ca(trust: TrustStore) -> None:
     t = pki.now()
-    old_ca = pki.CA("/DC=org/DC=example/CN=Old CA", not_before=t - dt.timedelta(days=9), not_after=t - dt.timedelta(days=1))
+    old_ca = pki.CA(
+        "/DC=org/DC=example/CN=Old CA",
+        not_before=t - dt.timedelta(days=9),
+        not_after=t - dt.timedelta(days=1),
+    )
     user = old_ca.issue(ALICE, not_after=t + dt.timedelta(days=1))
     rejected([user.cert], TrustStore([old_ca.cert]), r"CA certificate .*Old CA expired")
 
@@ -150,7 +154,10 @@ def test_proxy_subject_must_extend_issuer(alice: pki.Credential, trust: TrustSto
     two_more = pki.append_cn(pki.append_cn(alice.cert.subject, "1"), "2")
     rejected(pki.proxy(alice, subject_name=two_more).presented, trust, "is not its issuer's subject")
     not_cn = x509.Name(
-        [*alice.cert.subject.rdns, x509.RelativeDistinguishedName([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "x")])]
+        [
+            *alice.cert.subject.rdns,
+            x509.RelativeDistinguishedName([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "x")]),
+        ]
     )
     rejected(pki.proxy(alice, subject_name=not_cn).presented, trust, "plus one CN")
 
@@ -274,8 +281,9 @@ def test_dn_string_matches_openssl_legacy_oneline(tmp_path: Path) -> None:
         ]
     )
     expected = (
-        "/DC=org/C=US/OU=People+O=Fermi National Accelerator Laboratory/CN=Jos\\xC3\\xA9 \\xC3\\x9Cn\\xC3\\xAF"
-        "/CN=UID:jose/emailAddress=jose@example.org/UID=jose/1.2.3.4=x/CN=host/a+b.example.org"
+        "/DC=org/C=US/OU=People+O=Fermi National Accelerator Laboratory"
+        "/CN=Jos\\xC3\\xA9 \\xC3\\x9Cn\\xC3\\xAF/CN=UID:jose/emailAddress=jose@example.org"
+        "/UID=jose/1.2.3.4=x/CN=host/a+b.example.org"
     )
     # A multi-valued RDN is a DER SET: its attributes come out sorted by encoding (OU before O).
     cert = pki.CA.issue(_fake_ca(pki.new_key()), subject_name=name)
@@ -309,7 +317,9 @@ def test_short_name_uid(ca: pki.CA, trust: TrustStore) -> None:
 # --- trust store -----------------------------------------------------------------------------
 
 
-def test_trust_store_from_directory(tmp_path: Path, ca: pki.CA, other_ca: pki.CA, alice: pki.Credential) -> None:
+def test_trust_store_from_directory(
+    tmp_path: Path, ca: pki.CA, other_ca: pki.CA, alice: pki.Credential
+) -> None:
     inter = ca.intermediate("/DC=org/DC=example/CN=Dir Issuing CA")
     d = pki.write_ca_dir(
         tmp_path / "certificates",

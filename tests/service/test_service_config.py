@@ -83,7 +83,10 @@ def test_full_file(tmp_path: Path) -> None:
     assert cfg.auth.require_auth_on_loopback is True
     assert cfg.auth.token_issuers == (
         TokenIssuerConfig(
-            "https://cilogon.org/fermilab", (tmp_path / "fermilab.jwks",), ("https://rcds01.fnal.gov",), "compute.create"
+            "https://cilogon.org/fermilab",
+            (tmp_path / "fermilab.jwks",),
+            ("https://rcds01.fnal.gov",),
+            "compute.create",
         ),
         TokenIssuerConfig(
             "https://wlcg.example.org",
@@ -190,11 +193,23 @@ def test_parse_size_errors(text: int | str) -> None:
         ("[auth]\ntoken_issuers = 'x'", "auth.token_issuers", "array of tables"),
         ("[[auth.token_issuers]]\nkeys = 'k'\naudience = 'a'", "auth.token_issuers[0].issuer", "required"),
         ("[[auth.token_issuers]]\nissuer = 'http://x'\nkeys = 'k'\naudience = 'a'", "issuer", "https://"),
-        ("[[auth.token_issuers]]\nissuer = 'https://x'\naudience = 'a'", "auth.token_issuers[0].keys", "required"),
+        (
+            "[[auth.token_issuers]]\nissuer = 'https://x'\naudience = 'a'",
+            "auth.token_issuers[0].keys",
+            "required",
+        ),
         ("[[auth.token_issuers]]\nissuer = 'https://x'\nkeys = []\naudience = 'a'", "keys", "non-empty"),
         ("[[auth.token_issuers]]\nissuer = 'https://x'\nkeys = 'k'", "audience", "required"),
-        ("[[auth.token_issuers]]\nissuer = 'https://x'\nkeys = 'k'\naudience = 'a'\nscope = 'a b'", "scope", "single"),
-        ("[[auth.token_issuers]]\nissuer = 'https://x'\nkeys = 'k'\naudience = 'a'\nkid = 1", "[0].kid", "unknown"),
+        (
+            "[[auth.token_issuers]]\nissuer = 'https://x'\nkeys = 'k'\naudience = 'a'\nscope = 'a b'",
+            "scope",
+            "single",
+        ),
+        (
+            "[[auth.token_issuers]]\nissuer = 'https://x'\nkeys = 'k'\naudience = 'a'\nkid = 1",
+            "[0].kid",
+            "unknown",
+        ),
         (
             "[[auth.token_issuers]]\nissuer = 'https://x'\nkeys = 'k'\naudience = 'a'\n"
             "[[auth.token_issuers]]\nissuer = 'https://x'\nkeys = 'k'\naudience = 'a'",

@@ -129,9 +129,9 @@ class TokenIssuerConfig:
 class AuthConfig:
     """Authentication sources and the group ACL.
 
-    ``acl`` maps a principal (a grid-mapfile account, a token group without its leading
-    ``/``, a full DN or token identity name, or ``*`` for any authenticated identity) to the
-    CID groups it may publish under (``*`` for all).  Independently of the ACL a principal
+    ``acl`` maps a principal (a grid-mapfile account, a token group with or without its
+    leading ``/``, a full DN or token identity ``<iss>#<sub>``, or ``*`` for any authenticated
+    identity) to the CID groups it may publish under (``*`` for all).  Independently of the ACL a principal
     equal to a CID group may publish under that group.
     """
 

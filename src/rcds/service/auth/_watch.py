@@ -47,6 +47,7 @@ class WatchedFile(Generic[T]):
         self._loaded = False
         self._signature: tuple[int, int, int, int] | None = None
         self._checked = 0.0
+        self._error: str | None = None
         self.get()
 
     def get(self) -> T:
@@ -60,16 +61,24 @@ class WatchedFile(Generic[T]):
                 st = os.stat(self.path)
                 signature = (st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)
                 if signature != self._signature:
+                    # Set first: a broken file is parsed (and logged) once per change, not per call.
+                    self._signature = signature
                     value = self._parse(self.path.read_bytes())
-                    self._value, self._signature, self._loaded = value, signature, True
+                    self._value, self._loaded, self._error = value, True, None
                     log.info("loaded %s %s", self._what, self.path)
             except (OSError, ValueError, RcdsError) as e:
                 reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
                 if not self._loaded:
+                    self._signature = None
                     raise ConfigError(f"{self.path}: cannot load {self._what}: {reason}") from e
-                log.error(
-                    "%s %s: cannot reload, keeping the previous contents: %s", self._what, self.path, reason
-                )
+                if reason != self._error:
+                    self._error = reason
+                    log.error(
+                        "%s %s: cannot reload, keeping the previous contents: %s",
+                        self._what,
+                        self.path,
+                        reason,
+                    )
             return self._current()
 
     def _current(self) -> T:

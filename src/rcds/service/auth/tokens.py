@@ -211,7 +211,9 @@ class TokenVerifier:
                 f"token algorithm {str(alg)[:20]!r} is not accepted (allowed: {', '.join(self._algorithms)})"
             )
         iss = unverified.get("iss")
-        issuer = self._issuers.get(iss) if isinstance(iss, str) else None
+        if not isinstance(iss, str):
+            raise _invalid("token has no issuer (iss) claim")
+        issuer = self._issuers.get(iss)
         if issuer is None:
             raise _invalid(f"untrusted token issuer {str(iss)[:200]!r}")
 
@@ -242,6 +244,8 @@ class TokenVerifier:
                 break
             except jwt.InvalidSignatureError:
                 continue
+            except jwt.InvalidAudienceError:
+                raise _invalid(f"token audience is not one of {', '.join(issuer.cfg.audiences)}") from None
             except jwt.PyJWTError as e:
                 raise _invalid(str(e)) from None
         if claims is None:
