@@ -1,68 +1,19 @@
-"""Shared fixtures: repositories created in temporary directories, tar builders."""
+"""Shared fixtures: repositories created in temporary directories, verified views."""
 
 from __future__ import annotations
 
-import io
-import tarfile
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import zstandard
 
 from rcds.format.keys import load_public_key_file
 from rcds.publish.create import create_repository
 from rcds.publish.layout import Settings
 from rcds.publish.stratum0 import Stratum0
-from rcds.repo.source import StoreSource
-from rcds.repo.verify import VerifyReport, verify_repository
 from rcds.repo.view import RepositoryView, open_view
-from rcds.storage.local import LocalStore
 
-NAME = "test.example.org"
-SMALL_CHUNKS = {"chunk_min": 64 << 10, "chunk_avg": 128 << 10, "chunk_max": 256 << 10}
-
-
-@dataclass
-class Entry:
-    """One member for :func:`make_tar`."""
-
-    name: str
-    data: bytes = b""
-    kind: str = "file"  # file, dir, symlink, hardlink
-    target: str = ""
-    mode: int = 0o644
-    mtime: int = 1_700_000_000
-
-
-def make_tar(entries: Sequence[Entry], compression: str = "gz") -> bytes:
-    """Build a tarball in memory (compression: none, gz, bz2, xz, zst)."""
-    buf = io.BytesIO()
-    mode = {"none": "w", "gz": "w:gz", "bz2": "w:bz2", "xz": "w:xz", "zst": "w"}[compression]
-    with tarfile.open(fileobj=buf, mode=mode, format=tarfile.PAX_FORMAT) as tf:  # type: ignore[call-overload]
-        for e in entries:
-            ti = tarfile.TarInfo(e.name)
-            ti.mode = e.mode
-            ti.mtime = e.mtime
-            if e.kind == "file":
-                ti.size = len(e.data)
-                tf.addfile(ti, io.BytesIO(e.data))
-                continue
-            ti.type = {"dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE, "hardlink": tarfile.LNKTYPE}[
-                e.kind
-            ]
-            ti.linkname = e.target
-            tf.addfile(ti)
-    data = buf.getvalue()
-    if compression == "zst":
-        data = zstandard.ZstdCompressor().compress(data)
-    return data
-
-
-def publish(s0: Stratum0, entries: Sequence[Entry], path: str, **kw: object) -> int:
-    """Ingest a gzip tarball of ``entries``; return the new revision."""
-    return s0.ingest_tar(io.BytesIO(make_tar(entries)), path, **kw).revision  # type: ignore[arg-type]
+from testkit import NAME, SMALL_CHUNKS, source_of
 
 
 @pytest.fixture
@@ -73,18 +24,8 @@ def repo(tmp_path: Path) -> Stratum0:
     return Stratum0(root, NAME)
 
 
-def source_of(s0: Stratum0) -> StoreSource:
-    """A local source reading the served tree."""
-    return StoreSource(LocalStore(s0.layout.public))
-
-
-def verify(s0: Stratum0) -> VerifyReport:
-    """Full verification with the repository's own master key."""
-    return verify_repository(source_of(s0), s0.name, [load_public_key_file(s0.layout.key("pub"))])
-
-
 @pytest.fixture
-def view_factory() -> Iterator[object]:
+def view_factory() -> Iterator[Callable[[Stratum0], RepositoryView]]:
     """Open verified views of a repository's current revision; closed at teardown."""
     opened: list[RepositoryView] = []
 

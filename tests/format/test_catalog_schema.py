@@ -26,14 +26,32 @@ from rcds.publish.catalog_rw import WritableCatalog
 from rcds.repo.catalog import Catalog
 
 # Reference section 5.4, in its order.
-REFERENCE_COUNTERS = """
-self_regular     self_symlink     self_special      self_dir
-self_nested      self_chunked     self_chunks       self_file_size
-self_chunked_size self_xattr      self_external     self_external_file_size
-subtree_regular  subtree_symlink  subtree_special   subtree_dir
-subtree_nested   subtree_chunked  subtree_chunks    subtree_file_size
-subtree_chunked_size subtree_xattr subtree_external subtree_external_file_size
-""".split()
+REFERENCE_COUNTERS = [
+    "self_regular",
+    "self_symlink",
+    "self_special",
+    "self_dir",
+    "self_nested",
+    "self_chunked",
+    "self_chunks",
+    "self_file_size",
+    "self_chunked_size",
+    "self_xattr",
+    "self_external",
+    "self_external_file_size",
+    "subtree_regular",
+    "subtree_symlink",
+    "subtree_special",
+    "subtree_dir",
+    "subtree_nested",
+    "subtree_chunked",
+    "subtree_chunks",
+    "subtree_file_size",
+    "subtree_chunked_size",
+    "subtree_xattr",
+    "subtree_external",
+    "subtree_external_file_size",
+]
 
 EXPECTED_OBJECTS = {
     ("table", "properties"),
@@ -48,7 +66,9 @@ EXPECTED_OBJECTS = {
 
 def _root(path: str = "") -> Dirent:
     flags = FLAG_DIR | (FLAG_NESTED_ROOT if path else 0)
-    return Dirent(path, path.rsplit("/", 1)[-1], stat.S_IFDIR | 0o755, 4096, 1_700_000_000, flags, hardlinks=2)
+    return Dirent(
+        path, path.rsplit("/", 1)[-1], stat.S_IFDIR | 0o755, 4096, 1_700_000_000, flags, hardlinks=2
+    )
 
 
 def _finalize(cat: WritableCatalog, revision: int = 0) -> None:
@@ -83,7 +103,9 @@ def test_created_catalog_schema(tmp_path: Path, mountpoint: str) -> None:
         stats = dict(db.execute("SELECT counter, value FROM statistics").fetchall())
         props = dict(db.execute("SELECT key, value FROM properties").fetchall())
         cols = [r[1] for r in db.execute("PRAGMA table_info(catalog)")]
-        rows = db.execute("SELECT md5path_1, md5path_2, parent_1, parent_2, name, symlink FROM catalog").fetchall()
+        rows = db.execute(
+            "SELECT md5path_1, md5path_2, parent_1, parent_2, name, symlink FROM catalog"
+        ).fetchall()
     assert sorted(stats) == sorted(REFERENCE_COUNTERS)
     assert len(stats) == 24
     assert stats["self_dir"] == 1
@@ -124,7 +146,9 @@ def test_catalog_with_rows_keeps_rowids_and_counts(tmp_path: Path) -> None:
     h = ContentHash.of(b"x")
     cat.insert(Dirent("/sw/a.txt", "a.txt", stat.S_IFREG | 0o644, 10, 1, file_flags(Algorithm.SHA1), hash=h))
     cat.insert(Dirent("/sw/bin", "bin", stat.S_IFDIR | 0o755, 4096, 1, FLAG_DIR, hardlinks=2))
-    cat.insert(Dirent("/sw/big", "big", stat.S_IFREG | 0o644, 30, 1, file_flags(Algorithm.SHA1, chunked=True)))
+    cat.insert(
+        Dirent("/sw/big", "big", stat.S_IFREG | 0o644, 30, 1, file_flags(Algorithm.SHA1, chunked=True))
+    )
     cat.insert_chunks("/sw/big", [Chunk(0, 20, h), Chunk(20, 10, h)])
     cat.insert(Dirent("/sw/l", "l", stat.S_IFLNK | 0o777, 5, 1, 12, symlink="a.txt"))
     cat.fix_directory_links()

@@ -49,9 +49,12 @@ def _manifest(**changes: object) -> manifest.Manifest:
 
 
 def test_body_minimal_matches_reference_example() -> None:
-    assert _manifest().body() == (
-        f"C{C.hex}\nB1445888\nR{R}\nD240\nS42\nGno\nAno\nNrepo.example.org\nX{X.hex}\nT1729238467\n"
-    ).encode()
+    assert (
+        _manifest().body()
+        == (
+            f"C{C.hex}\nB1445888\nR{R}\nD240\nS42\nGno\nAno\nNrepo.example.org\nX{X.hex}\nT1729238467\n"
+        ).encode()
+    )
 
 
 def test_body_all_optional_keys_in_stock_order() -> None:
@@ -162,7 +165,9 @@ def test_whitelist_style_signature_refused(key: rsa.RSAPrivateKey) -> None:
 @pytest.mark.parametrize("letter", list("CRDSNX"))
 def test_missing_required_key(key: rsa.RSAPrivateKey, letter: str) -> None:
     body = b"".join(
-        line + b"\n" for line in _manifest().body().split(b"\n") if line and not line.startswith(letter.encode())
+        line + b"\n"
+        for line in _manifest().body().split(b"\n")
+        if line and not line.startswith(letter.encode())
     )
     data = signed.join(body, Algorithm.SHA1, lambda h: keys.sign_manifest_hash(key, h))
     with pytest.raises(IntegrityError, match="incomplete") as exc:
@@ -200,6 +205,10 @@ def test_bad_root_path_hash(key: rsa.RSAPrivateKey, bad_r: str) -> None:
         (f"C{C.hex}\n".encode(), f"C{C.hex.upper()}\n".encode()),
         (f"X{X.hex}\n".encode(), b"Xnothex\n"),
         (b"T1729238467\n", b"T17292.38467\n"),
+        (b"S42\n", "S4\u00b2\n".encode()),  # superscript two: str.isdigit() says yes, int() says no
+        (b"S42\n", "S\u0664\u0662\n".encode()),  # Arabic-Indic digits: no other script's digits
+        (b"B1445888\n", "B\uff11\n".encode()),  # fullwidth one
+        (b"D240\n", b"D 240\n"),
     ],
 )
 def test_malformed_values(key: rsa.RSAPrivateKey, old: bytes, new: bytes) -> None:

@@ -15,7 +15,7 @@ import pytest
 
 from rcds.publish.stratum0 import Stratum0
 
-from conftest import NAME, Entry, make_tar, publish, verify
+from testkit import NAME, Entry, make_tar, publish, verify
 
 RUNS = 24
 

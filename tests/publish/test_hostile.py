@@ -11,7 +11,7 @@ from rcds.errors import InputError
 from rcds.publish.policy import Limits
 from rcds.testing.hostile_tars import CASES
 
-from conftest import verify
+from testkit import verify
 
 TARGET = "/sw/grp/cid"
 

@@ -17,7 +17,7 @@ from rcds.publish.layout import Settings
 from rcds.publish.lock import WriterLock
 from rcds.publish.stratum0 import Stratum0
 
-from conftest import Entry, make_tar, publish, verify
+from testkit import Entry, make_tar, publish, verify
 
 RICH = [
     Entry("pkg", kind="dir", mode=0o755, mtime=1_600_000_000),
@@ -327,3 +327,17 @@ def test_settings_mismatch_is_reported(tmp_path, repo):
 
     with pytest.raises(NotFoundError, match="rcds repo create"):
         Stratum0(Path(tmp_path / "none"), "x.example.org")
+
+
+def test_remove_many_in_one_revision(repo, view_factory):
+    for cid in ("a", "b", "c"):
+        publish(repo, [Entry("f", cid.encode())], f"/sw/grp/{cid}")
+    publish(repo, [Entry("g", b"g")], "/sw/grp/c/inner")
+    results = repo.remove_many(["/sw/grp/a", "/sw/grp/b", "/sw/grp/gone", "/sw/grp/c/inner/g"], missing_ok=True)
+    assert [r.revision for r in results] == [5, 6]  # root-held paths in one revision, the nested one apart
+    v = view_factory(repo)
+    assert [d.name for d in v.listdir("/sw/grp")] == ["c"]
+    assert [d.name for d in v.listdir("/sw/grp/c/inner")] == [".cvmfscatalog"]
+    with pytest.raises(InputError):
+        repo.remove_many(["/sw/grp/gone"])
+    verify(repo)

@@ -136,7 +136,9 @@ class Tamper:
         """The current whitelist (parsed only)."""
         return whitelist_fmt.parse(self.store.get(".cvmfswhitelist")).whitelist
 
-    def resign_manifest(self, key: rsa.RSAPrivateKey | None = None, **changes: object) -> manifest_fmt.Manifest:
+    def resign_manifest(
+        self, key: rsa.RSAPrivateKey | None = None, **changes: object
+    ) -> manifest_fmt.Manifest:
         """Rewrite ``.cvmfspublished`` with ``changes``, signed by ``key`` (default: the repository key)."""
         m = self.manifest().evolve(**changes)
         self.store.put(".cvmfspublished", m.sign(key or self.repo_key))
@@ -278,4 +280,3 @@ def _counters(path: Path, mountpoint: str) -> Counters:
 
 def _write_counters(db: sqlite3.Connection, counters: Counters) -> None:
     db.executemany("UPDATE statistics SET value = ? WHERE counter = ?", [(v, k) for k, v in counters.rows()])
-

@@ -409,4 +409,3 @@ def test_stock_repository_over_http() -> None:
             source.close()
     finally:
         server.stop()
-

@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from rcds.errors import AuthError, ConfigError
+from rcds.service.auth._der import parse_proxy_cert_info
 from rcds.service.auth.x509 import TrustStore, dn_string, load_certificates, verify_chain
 
 ALICE = "/DC=org/DC=example/O=Test/CN=Alice Smith"
@@ -178,6 +179,22 @@ def test_proxy_path_length(alice: pki.Credential, trust: TrustStore) -> None:
     p1 = pki.proxy(alice, path_length=1)
     p3 = pki.proxy(pki.proxy(p1))
     rejected(p3.presented, trust, "allows 1 proxies below it, the chain has 2")
+
+
+def test_malformed_proxy_cert_info(alice: pki.Credential, trust: TrustStore) -> None:
+    for raw in [b"\x30\x00", b"\x04\x00", b"\x30\x03\x02\x01\xff", b"\x30\x80", b""]:
+        ext = x509.UnrecognizedExtension(pki.PROXY_CERT_INFO_OID, raw)
+        p = pki.proxy(alice, style="legacy", cn="12345", extra_extensions=[(ext, True)])
+        rejected(p.presented, trust, "malformed proxyCertInfo")
+
+
+@pytest.mark.parametrize(
+    ("path_length", "policy", "policy_bytes"),
+    [(None, pki.PPL_INHERIT_ALL, None), (0, pki.PPL_LIMITED, None), (300, "1.2.840.113549.1.1", b"x" * 200)],
+)
+def test_parse_proxy_cert_info(path_length: int | None, policy: str, policy_bytes: bytes | None) -> None:
+    der = pki.proxy_cert_info(path_length, policy, policy_bytes)
+    assert parse_proxy_cert_info(der) == (path_length, policy)
 
 
 def test_proxy_extension_must_be_critical(alice: pki.Credential, trust: TrustStore) -> None:

@@ -398,6 +398,11 @@ def test_local_store_layout(tmp_path: Path) -> None:
     other = make_object(b"other")
     assert store.put_if_absent(other.hash.object_name(), other.data) is True
     assert store.get(other.hash.object_name()) == other.data
+    # names are checked even when the path exists on disk
+    (tmp_path / "s" / "data" / "exists").write_bytes(b"x")
+    for bad in ("../s/data/exists", "data/exists", "/etc/hostname"):
+        with pytest.raises(InputError):
+            store.put_if_absent(bad, b"x")
 
 
 def test_local_store_reads_stock_layout() -> None:

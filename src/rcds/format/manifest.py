@@ -89,7 +89,7 @@ def _flag(value: str, letter: str, what: str) -> bool:
 
 
 def _int(value: str, letter: str, what: str) -> int:
-    if not value.isdigit():
+    if not (value.isascii() and value.isdigit()):  # str.isdigit alone accepts '²' and other scripts' digits
         raise IntegrityError(f"{what}: key {letter} must be a decimal number, not {value!r}", what)
     return int(value)
 

@@ -87,6 +87,19 @@ class CatalogChain:
         """The catalog that holds (or will hold) the row of ``path``."""
         return self.links[-1]
 
+    def holds(self, path: str) -> bool:
+        """True if the row of ``path`` lives in the deepest catalog of this chain."""
+        mount = self.deepest.mountpoint
+        if not path.startswith(mount + "/"):
+            return False
+        cat = self.deepest.catalog
+        prefix = mount
+        for part in path[len(mount) :].split("/")[1:-1]:
+            prefix = f"{prefix}/{part}"
+            if cat.find_nested(prefix) is not None:
+                return False
+        return True
+
     def add_subtree(self, delta: Tally) -> None:
         """Account for a nested catalog added below the deepest catalog (or removed: negative delta)."""
         self.deepest.subtree = self.deepest.subtree + delta

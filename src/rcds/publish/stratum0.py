@@ -10,7 +10,7 @@ from __future__ import annotations
 import shutil
 import stat
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -183,22 +183,49 @@ class Stratum0:
 
     def remove(self, path: str, *, now: int | None = None) -> ChangeResult:
         """Remove a subtree as a new revision."""
-        target = target_path(path)
-        start = time.monotonic()
+        return self.remove_many([path], now=now)[0]
+
+    def remove_many(
+        self, paths: Sequence[str], *, missing_ok: bool = False, now: int | None = None
+    ) -> list[ChangeResult]:
+        """Remove several subtrees; paths held by the same catalog go into one revision.
+
+        With ``missing_ok`` absent paths are skipped (a cleanup racing with another remover).
+        """
+        pending = [target_path(p) for p in paths]
+        results: list[ChangeResult] = []
         with self.lock():
-            work = self._prepare_work()
-            stamp = int(now if now is not None else time.time())
-            old = self.manifest()
-            chain = CatalogChain(
-                self.store, work, self.settings.algorithm, old.root_catalog, old.root_catalog_size, target
-            )
-            try:
-                chain.drop_subtree(target)
-                chain.touch(parent_path(target), stamp)
-                return self._commit(chain, old, stamp, target, WriteStats(), start)
-            except BaseException:
-                chain.abort()
-                raise
+            while pending:
+                start = time.monotonic()
+                work = self._prepare_work()
+                stamp = int(now if now is not None else time.time())
+                old = self.manifest()
+                chain = CatalogChain(
+                    self.store,
+                    work,
+                    self.settings.algorithm,
+                    old.root_catalog,
+                    old.root_catalog_size,
+                    pending[0],
+                )
+                try:
+                    here = [p for p in pending if chain.holds(p)] or pending[:1]
+                    pending = [p for p in pending if p not in here]
+                    removed = []
+                    for target in here:
+                        if missing_ok and chain.deepest.catalog.lookup(target) is None:
+                            continue
+                        chain.drop_subtree(target)
+                        chain.touch(parent_path(target), stamp)
+                        removed.append(target)
+                    if not removed:
+                        chain.abort()
+                        continue
+                    results.append(self._commit(chain, old, stamp, ", ".join(removed), WriteStats(), start))
+                except BaseException:
+                    chain.abort()
+                    raise
+        return results
 
     def _commit(
         self,

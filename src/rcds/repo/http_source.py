@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
+from rcds.errors import IntegrityError, NotFoundError
+from rcds.net.failures import FetchError, Outcome
 from rcds.net.fetcher import Fetcher
 from rcds.repo.source import Source
 
@@ -32,8 +34,21 @@ class HttpSource(Source):
         return self.fetcher.fetch(name, max_size=64 << 20)
 
     def fetch_checked(self, name: str, check: Callable[[bytes], T]) -> T:
-        """GET an object and validate it inside the failover loop."""
-        return self.fetcher.fetch(name, validate=check)
+        """GET an object and validate it inside the failover loop.
+
+        As with a local store, an object missing on every server is a NotFoundError and an object
+        that failed the check everywhere is an IntegrityError; other failures stay network errors.
+        """
+        try:
+            return self.fetcher.fetch(name, validate=check)
+        except FetchError as exc:
+            if exc.not_found:
+                raise NotFoundError(f"{name} is not on any server ({self.location})") from exc
+            if exc.attempts and all(a.failure.outcome is Outcome.BAD_DATA for a in exc.attempts):
+                raise IntegrityError(
+                    f"{name}: every server sent bad data ({exc.attempts[-1].failure.reason})", name
+                ) from exc
+            raise
 
     def close(self) -> None:
         """Drop pooled connections."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from rcds.errors import IntegrityError
+from rcds.errors import IntegrityError, NotFoundError
 from rcds.format.catalog_schema import SCHEMA, Tally
 from rcds.format.dirent import Dirent
 from rcds.format.hashes import ContentHash, ObjectKind
@@ -65,6 +65,8 @@ class _ObjectChecker:
                 data = self.source.object(h, kind, size=size, compressed=compressed)
             except IntegrityError as exc:
                 raise _fail(where, str(exc)) from None
+            except NotFoundError:
+                raise _fail(where, f"object {h.object_name(kind)} is missing") from None
             with self.lock:
                 self.bytes += len(data)
 
@@ -163,7 +165,12 @@ def _check_catalog(
                     raise _fail(c.path, "marked as a nested mount point but missing from nested_catalogs")
                 seen_mounts.add(c.path)
                 h, size = nested_links[c.path]
-                child = view.catalog(h, c.path, size)
+                try:
+                    child = view.catalog(h, c.path, size)
+                except NotFoundError:
+                    raise _fail(
+                        c.path, f"nested catalog {h.object_name(ObjectKind.CATALOG)} is missing"
+                    ) from None
                 subtree = subtree + _check_catalog(view, child, c, report, checker, progress)
             elif c.is_dir:
                 stack.append(c)

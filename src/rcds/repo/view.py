@@ -11,7 +11,7 @@ import datetime as dt
 import os
 import tempfile
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,12 +77,28 @@ def establish_trust(
     return Trust(m, cert, signed_whitelist.whitelist)
 
 
-class RepositoryView:
-    """Verified read access to the revision named by a trusted manifest."""
+CatalogOpener = Callable[[ContentHash, str, "int | None"], Catalog]
+"""Opens a verified catalog ``(hash, mount point, uncompressed size)``; e.g. from a local cache."""
 
-    def __init__(self, source: Source, trust: Trust, workdir: Path | None = None) -> None:
+
+class RepositoryView:
+    """Verified read access to the revision named by a trusted manifest.
+
+    ``open_catalog`` replaces the default way of loading a catalog (fetch it from ``source``,
+    verify it and write it into ``workdir``), e.g. to open catalogs kept in a client cache.
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        trust: Trust,
+        workdir: Path | None = None,
+        *,
+        open_catalog: CatalogOpener | None = None,
+    ) -> None:
         self.source = source
         self.trust = trust
+        self._open_catalog = open_catalog
         self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="rcds-view-")
         self.workdir = Path(workdir) if workdir else Path(self._tmp.name)  # type: ignore[union-attr]
         self._catalogs: dict[tuple[ContentHash, str], Catalog] = {}
@@ -116,12 +132,18 @@ class RepositoryView:
             found = self._catalogs.get(key)
         if found is not None:
             return found
-        content = self.source.object(h, ObjectKind.CATALOG, size=size or None)
-        path = self.workdir / f"{h.hex}.{os.getpid()}.{threading.get_ident()}.db"
-        path.write_bytes(content)
-        cat = Catalog(path, mountpoint, what=f"catalog {mountpoint or '/'} ({h.hex})")
+        if self._open_catalog is not None:
+            cat = self._open_catalog(h, mountpoint, size or None)
+        else:
+            content = self.source.object(h, ObjectKind.CATALOG, size=size or None)
+            path = self.workdir / f"{h.hex}.{os.getpid()}.{threading.get_ident()}.db"
+            path.write_bytes(content)
+            cat = Catalog(path, mountpoint, what=f"catalog {mountpoint or '/'} ({h.hex})")
         with self._lock:
-            return self._catalogs.setdefault(key, cat)
+            kept = self._catalogs.setdefault(key, cat)
+        if kept is not cat:  # another thread loaded it meanwhile
+            cat.close()
+        return kept
 
     def root_catalog(self) -> Catalog:
         """The root catalog of this revision."""

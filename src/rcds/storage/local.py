@@ -91,7 +91,7 @@ class LocalStore(Store):
 
     def put_if_absent(self, name: str, data: bytes) -> bool:
         """Write an object unless it exists already (content addressed); True if written."""
-        if os.path.exists(self.root / name):
+        if os.path.exists(self._path(name)):
             return False
         self.put(name, data)
         return True

@@ -22,7 +22,8 @@ from rcds.errors import AuthError
 from rcds.service.auth.gridmap import GridMap
 from rcds.service.auth.identity import ANONYMOUS_LOOPBACK, Identity
 from rcds.service.auth.tokens import TokenVerifier
-from rcds.service.auth.x509 import TrustStore, verify_chain
+from rcds.service.auth.truststore import TrustStore
+from rcds.service.auth.x509 import verify_chain
 from rcds.service.config import ServiceConfig
 
 __all__ = ["Authenticator", "is_loopback"]

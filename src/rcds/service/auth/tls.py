@@ -49,7 +49,8 @@ from typing import Any
 from cryptography import x509
 
 from rcds.errors import AuthError
-from rcds.service.auth.x509 import TrustStore, VerifiedChain, verify_chain
+from rcds.service.auth.truststore import TrustStore
+from rcds.service.auth.x509 import VerifiedChain, verify_chain
 
 __all__ = ["authenticate_peer", "client_context", "peer_chain", "server_context"]
 

@@ -14,8 +14,8 @@ one more ``CN``.  Two kinds exist:
 :func:`verify_chain` takes the chain as the client presented it (leaf first: proxies, then the
 user certificate, then any intermediate CAs), checks every certificate's validity period,
 signature and role, the proxy rules, and a path from the user certificate to a CA of a
-:class:`TrustStore`, and returns the user's DN in the OpenSSL/Globus slash form used by
-grid-mapfiles (``/DC=org/DC=example/O=Test/CN=Alice``).
+:class:`~rcds.service.auth.truststore.TrustStore`, and returns the user's DN in the
+OpenSSL/Globus slash form used by grid-mapfiles (``/DC=org/DC=example/O=Test/CN=Alice``).
 
 Not done here: CRLs and IGTF ``.signing_policy``/``.namespaces`` files.  Name constraints are
 not enforced here either; when the chain comes through :mod:`rcds.service.auth.tls`, OpenSSL
@@ -25,19 +25,17 @@ has already verified it (including name constraints) during the handshake.
 from __future__ import annotations
 
 import datetime as dt
-import logging
-import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
 
-from rcds.errors import AuthError, ConfigError
+from rcds.errors import AuthError
+from rcds.service.auth._der import parse_proxy_cert_info
+from rcds.service.auth.dn import dn_string
+from rcds.service.auth.truststore import TrustStore, load_certificates
 
 __all__ = [
     "PROXY_CERT_INFO_OID",
@@ -47,8 +45,6 @@ __all__ = [
     "load_certificates",
     "verify_chain",
 ]
-
-log = logging.getLogger(__name__)
 
 PROXY_CERT_INFO_OID = x509.ObjectIdentifier("1.3.6.1.5.5.7.1.14")
 _GT3_PROXY_OID = x509.ObjectIdentifier("1.3.6.1.4.1.3536.1.222")
@@ -71,154 +67,10 @@ _KNOWN_CRITICAL = {
 }
 
 #: OpenSSL short names of name attributes, as ``X509_NAME_oneline`` prints them.
-_SHORT_NAMES = {
-    "2.5.4.3": "CN", "2.5.4.4": "SN", "2.5.4.5": "serialNumber", "2.5.4.6": "C", "2.5.4.7": "L",
-    "2.5.4.8": "ST", "2.5.4.9": "street", "2.5.4.10": "O", "2.5.4.11": "OU", "2.5.4.12": "title",
-    "2.5.4.13": "description", "2.5.4.15": "businessCategory", "2.5.4.17": "postalCode",
-    "2.5.4.41": "name", "2.5.4.42": "GN", "2.5.4.43": "initials", "2.5.4.44": "generationQualifier",
-    "2.5.4.46": "dnQualifier", "2.5.4.65": "pseudonym", "2.5.4.97": "organizationIdentifier",
-    "0.9.2342.19200300.100.1.1": "UID", "0.9.2342.19200300.100.1.25": "DC",
-    "1.2.840.113549.1.9.1": "emailAddress",
-    "1.3.6.1.4.1.311.60.2.1.1": "jurisdictionL", "1.3.6.1.4.1.311.60.2.1.2": "jurisdictionST",
-    "1.3.6.1.4.1.311.60.2.1.3": "jurisdictionC",
-}  # fmt: skip
-
-_CA_FILE_RE = re.compile(r"\.(pem|crt|\d+)$")
 
 
 def _fail(problem: str) -> AuthError:
     return AuthError(f"client certificate rejected: {problem}", status=401)
-
-
-def _value_bytes(attr: x509.NameAttribute[Any]) -> bytes:
-    """The attribute value's bytes as encoded in the certificate."""
-    value = attr.value if isinstance(attr.value, str) else attr.value.decode("latin-1")
-    kind = getattr(getattr(attr, "_type", None), "name", "UTF8String")
-    if kind == "BMPString":
-        return value.encode("utf-16-be")
-    if kind == "UniversalString":
-        return value.encode("utf-32-be")
-    if kind in ("PrintableString", "IA5String", "NumericString", "VisibleString", "T61String"):
-        return value.encode("latin-1", errors="replace")
-    return value.encode("utf-8")
-
-
-def dn_string(name: x509.Name) -> str:
-    """The OpenSSL/Globus one-line form of a name: ``/DC=org/DC=example/O=Test/CN=Alice``.
-
-    Like OpenSSL's ``X509_NAME_oneline`` before 3.0 (and mod_ssl's LegacyDNStringFormat, which
-    grid-mapfiles are written against): attributes of a multi-valued RDN are joined with
-    ``+``, bytes outside printable ASCII are written ``\\xHH``, and ``/`` and ``+`` inside
-    values are not escaped (OpenSSL 3.0 escapes them; :mod:`~rcds.service.auth.gridmap`
-    accepts both forms).
-    """
-    out: list[str] = []
-    for rdn in name.rdns:
-        parts = []
-        for attr in rdn:
-            oid = attr.oid.dotted_string
-            value = "".join(chr(b) if 0x20 <= b <= 0x7E else f"\\x{b:02X}" for b in _value_bytes(attr))
-            parts.append(f"{_SHORT_NAMES.get(oid, oid)}={value}")
-        out.append("/" + "+".join(parts))
-    return "".join(out)
-
-
-def load_certificates(items: Iterable[x509.Certificate | bytes]) -> list[x509.Certificate]:
-    """Turn certificates given as objects, DER or PEM bytes into objects (order kept).
-
-    PEM bytes may hold several certificates.  Raises :class:`AuthError` (401) for anything
-    that does not parse.
-    """
-    certs: list[x509.Certificate] = []
-    for item in items:
-        if isinstance(item, x509.Certificate):
-            certs.append(item)
-            continue
-        try:
-            if item.lstrip().startswith(b"-----BEGIN"):
-                certs.extend(x509.load_pem_x509_certificates(item))
-            else:
-                certs.append(x509.load_der_x509_certificate(item))
-        except ValueError as e:
-            raise _fail(f"unparsable certificate: {e}") from None
-    return certs
-
-
-class TrustStore:
-    """The CA certificates trusted to issue client certificates."""
-
-    def __init__(self, certificates: Iterable[x509.Certificate]) -> None:
-        self._certs: list[x509.Certificate] = []
-        self._by_subject: dict[x509.Name, list[x509.Certificate]] = {}
-        seen: set[bytes] = set()
-        for cert in certificates:
-            der = cert.public_bytes(serialization.Encoding.DER)
-            if der in seen:
-                continue
-            seen.add(der)
-            self._certs.append(cert)
-            self._by_subject.setdefault(cert.subject, []).append(cert)
-
-    @classmethod
-    def from_directory(cls, directory: str | Path) -> TrustStore:
-        """Load every ``*.pem``, ``*.crt`` and ``*.<digits>`` file (e.g. ``1a2b3c4d.0``) of a
-        directory such as ``/etc/grid-security/certificates``.
-
-        Other files (``.signing_policy``, ``.namespaces``, ``.r0`` CRLs, ...) are ignored;
-        unparsable certificate files are logged and skipped.  Raises :class:`ConfigError` if
-        the directory cannot be read or holds no certificate.
-        """
-        d = Path(directory)
-        try:
-            names = sorted(p for p in d.iterdir() if _CA_FILE_RE.search(p.name) and p.is_file())
-        except OSError as e:
-            raise ConfigError(f"{d}: cannot read CA directory: {e.strerror or e}") from e
-        certs: list[x509.Certificate] = []
-        for p in names:
-            try:
-                certs.extend(x509.load_pem_x509_certificates(p.read_bytes()))
-            except (OSError, ValueError) as e:
-                log.warning("skipping CA file %s: %s", p, e)
-        if not certs:
-            raise ConfigError(f"{d}: no CA certificates (*.pem, *.crt, *.0) found")
-        return cls(certs)
-
-    @classmethod
-    def from_pem_file(cls, path: str | Path) -> TrustStore:
-        """Load all certificates of a PEM bundle; raises :class:`ConfigError` on failure."""
-        try:
-            certs = x509.load_pem_x509_certificates(Path(path).read_bytes())
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"{path}: cannot load CA certificates: {e}") from e
-        return cls(certs)
-
-    @classmethod
-    def load(cls, ca_dir: str | Path | None = None, ca_file: str | Path | None = None) -> TrustStore:
-        """Combine a CA directory and a CA bundle (either may be omitted, not both)."""
-        if ca_dir is None and ca_file is None:
-            raise ConfigError("no CA directory or CA file given for client certificates")
-        certs: list[x509.Certificate] = []
-        if ca_dir is not None:
-            certs += cls.from_directory(ca_dir).certificates
-        if ca_file is not None:
-            certs += cls.from_pem_file(ca_file).certificates
-        return cls(certs)
-
-    @property
-    def certificates(self) -> tuple[x509.Certificate, ...]:
-        """All trusted certificates."""
-        return tuple(self._certs)
-
-    def pem(self) -> str:
-        """All trusted certificates as one PEM string (for ``SSLContext.load_verify_locations``)."""
-        return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in self._certs).decode("ascii")
-
-    def by_subject(self, name: x509.Name) -> list[x509.Certificate]:
-        """The trusted certificates whose subject is ``name``."""
-        return list(self._by_subject.get(name, ()))
-
-    def __len__(self) -> int:
-        return len(self._certs)
 
 
 @dataclass(frozen=True)
@@ -248,62 +100,6 @@ class VerifiedChain:
             if cn.startswith("UID:"):
                 return cn[4:]
         return cns[-1] if cns else self.dn
-
-
-# --- DER reading for proxyCertInfo ---------------------------------------------------------------
-
-
-def _der_item(data: bytes, pos: int) -> tuple[int, bytes, int]:
-    """Read one DER TLV at ``pos``: (tag, value, next position)."""
-    if pos + 2 > len(data):
-        raise ValueError("truncated DER")
-    tag, first = data[pos], data[pos + 1]
-    pos += 2
-    if first & 0x80:
-        n = first & 0x7F
-        if n == 0 or n > 4 or pos + n > len(data):
-            raise ValueError("bad DER length")
-        length = int.from_bytes(data[pos : pos + n], "big")
-        pos += n
-    else:
-        length = first
-    if pos + length > len(data):
-        raise ValueError("truncated DER")
-    return tag, data[pos : pos + length], pos + length
-
-
-def _der_oid(body: bytes) -> str:
-    if not body:
-        raise ValueError("empty OID")
-    parts = [body[0] // 40, body[0] % 40] if body[0] < 80 else [2, body[0] - 80]
-    n = 0
-    for b in body[1:]:
-        n = (n << 7) | (b & 0x7F)
-        if not b & 0x80:
-            parts.append(n)
-            n = 0
-    return ".".join(map(str, parts))
-
-
-def _parse_proxy_cert_info(der: bytes) -> tuple[int | None, str]:
-    """ProxyCertInfo ::= SEQUENCE { pCPathLenConstraint INTEGER OPTIONAL,
-    proxyPolicy SEQUENCE { policyLanguage OID, policy OCTET STRING OPTIONAL } }."""
-    tag, body, end = _der_item(der, 0)
-    if tag != 0x30 or end != len(der):
-        raise ValueError("not a SEQUENCE")
-    pos, path_len = 0, None
-    tag, value, pos = _der_item(body, pos)
-    if tag == 0x02:
-        path_len = int.from_bytes(value, "big", signed=True)
-        if path_len < 0:
-            raise ValueError("negative path length")
-        tag, value, pos = _der_item(body, pos)
-    if tag != 0x30 or pos != len(body):
-        raise ValueError("bad proxyPolicy")
-    tag, oid, _ = _der_item(value, 0)
-    if tag != 0x06:
-        raise ValueError("bad policyLanguage")
-    return path_len, _der_oid(oid)
 
 
 # --- checks ----------------------------------------------------------------------------------------
@@ -437,7 +233,7 @@ def _check_proxy(
     raw = ext.value
     assert isinstance(raw, x509.UnrecognizedExtension)
     try:
-        path_len, language = _parse_proxy_cert_info(raw.value)
+        path_len, language = parse_proxy_cert_info(raw.value)
     except ValueError as e:
         raise _fail(f"proxy {dn}: malformed proxyCertInfo: {e}") from None
     if path_len is not None and proxies_below > path_len:

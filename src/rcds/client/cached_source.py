@@ -1,0 +1,249 @@
+"""A :class:`~rcds.repo.source.Source` that reads through the client caches.
+
+Lookup order for an object: the local cache (plain bytes, verified before they were inserted),
+then the alien cache (raw stored bytes, re-verified on every read), then the network through a
+:class:`~rcds.net.fetcher.Fetcher` (verified inside the fetcher's validation, so a corrupt object
+is re-fetched without caches and then from another host). What came from the alien cache or the
+network is inserted into the local cache (catalogs pinned) and, raw, into the alien cache.
+Nothing unverified is ever cached or returned.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO, TypeVar
+
+from rcds.client.alien_cache import AlienCache
+from rcds.client.cache import LocalCache
+from rcds.errors import IntegrityError, NotFoundError, StorageError
+from rcds.format.compression import StreamVerifier, verify_object
+from rcds.format.hashes import ContentHash, ObjectKind
+from rcds.net.failures import FetchError, Outcome
+from rcds.net.fetcher import Fetcher
+from rcds.repo.catalog import Catalog
+from rcds.repo.source import Source
+
+log = logging.getLogger("rcds.client")
+
+T = TypeVar("T")
+
+STREAM_THRESHOLD = 64 << 20
+"""Objects whose plain size is above this are streamed into the cache file instead of memory."""
+
+ROOT_FILE_MAX_SIZE = 16 << 20
+
+
+class CachedSource(Source):
+    """Objects from local cache -> alien cache -> network; see the module docstring.
+
+    ``stats`` counts where objects came from (``local``, ``alien``, ``network``). Thread safe.
+    """
+
+    def __init__(self, fetcher: Fetcher, cache: LocalCache, alien: AlienCache | None = None) -> None:
+        self.fetcher = fetcher
+        self.cache = cache
+        self.alien = alien
+        self.location = ";".join(fetcher.servers)
+        self._lock = threading.Lock()
+        self.stats = {"local": 0, "alien": 0, "network": 0}
+
+    def _count(self, where: str) -> None:
+        with self._lock:
+            self.stats[where] += 1
+
+    # -- Source API -----------------------------------------------------------------------------
+
+    def root_file(self, name: str) -> bytes:
+        """Download a root file such as ``.cvmfswhitelist`` (never cached)."""
+        return self.fetcher.fetch(name, max_size=ROOT_FILE_MAX_SIZE)
+
+    def fetch_checked(self, name: str, check: Callable[[bytes], T]) -> T:
+        """Download an object and check it inside the fail-over loop (no caching)."""
+        try:
+            return self.fetcher.fetch(name, validate=check)
+        except FetchError as exc:
+            raise _translate(name, exc) from exc
+
+    def object(
+        self,
+        h: ContentHash,
+        kind: ObjectKind = ObjectKind.FILE,
+        *,
+        size: int | None = None,
+        compressed: bool = True,
+    ) -> bytes:
+        """An object's verified plain content, through the caches."""
+        with self.open_object(h, kind, size=size, compressed=compressed) as f:
+            return f.read()
+
+    # -- cache-aware API ------------------------------------------------------------------------
+
+    def open_object(
+        self,
+        h: ContentHash,
+        kind: ObjectKind = ObjectKind.FILE,
+        *,
+        size: int | None = None,
+        compressed: bool = True,
+        pin: bool = False,
+        keep: bool = True,
+    ) -> BinaryIO:
+        """A readable file with the object's verified plain content (usually the cache file).
+
+        ``pin`` protects the object from eviction (catalogs of mounted revisions); with
+        ``keep`` false an object that is not cached yet is not added to the local cache.
+        """
+        f = self._open_cached(h, kind, size, pin)
+        if f is not None:
+            self._count("local")
+            return f
+        if self.alien is not None:
+            plain = self.alien.get_verified(h, kind, size, compressed=compressed)
+            if plain is not None:
+                self._count("alien")
+                return self._keep(h, kind, plain, pin) if keep else io.BytesIO(plain)
+        self._count("network")
+        name = h.object_name(kind)
+        if keep and self.alien is None and size is not None and size > STREAM_THRESHOLD:
+            return self._stream(h, kind, size, compressed, pin)
+        raw, plain = self.fetch_checked(
+            name, lambda raw: (raw, verify_object(raw, h, compressed=compressed, size=size, what=name))
+        )
+        if self.alien is not None:
+            try:
+                self.alien.put_raw(h, kind, raw, verify=False)
+            except (StorageError, OSError) as exc:
+                log.warning("cannot add %s to the alien cache: %s", name, exc)
+        return self._keep(h, kind, plain, pin) if keep else io.BytesIO(plain)
+
+    def _open_cached(self, h: ContentHash, kind: ObjectKind, size: int | None, pin: bool) -> BinaryIO | None:
+        f = self.cache.open(h, kind)
+        if f is None:
+            return None
+        if size is not None and os.fstat(f.fileno()).st_size != size:
+            f.close()
+            self.cache.quarantine(h, kind, f"size differs from the expected {size} bytes")
+            log.warning("cache object %s had a wrong size; quarantined", h.object_name(kind))
+            return None
+        if pin:
+            self._pin(h, kind)
+        return f
+
+    def _pin(self, h: ContentHash, kind: ObjectKind) -> None:
+        self.cache.pin(h, kind)
+
+    def _keep(self, h: ContentHash, kind: ObjectKind, plain: bytes, pin: bool) -> BinaryIO:
+        """Insert verified plain bytes into the local cache; return them as a file."""
+        try:
+            self.cache.insert_bytes(h, kind, plain, pin=pin)
+        except StorageError as exc:
+            if pin:
+                raise
+            log.warning("serving %s without caching it: %s", h.object_name(kind), exc)
+        return io.BytesIO(plain)
+
+    def _stream(self, h: ContentHash, kind: ObjectKind, size: int, compressed: bool, pin: bool) -> BinaryIO:
+        """Download a large object straight into a cache file (constant memory)."""
+        name = h.object_name(kind)
+        try:
+            with self.cache.writer(h, kind, pin=pin) as w:
+                self.fetcher.fetch_to_file(
+                    name,
+                    w.file,
+                    verifier=lambda: _SizedVerifier(h, compressed, size, name),
+                    store_output=True,
+                )
+        except FetchError as exc:
+            raise _translate(name, exc) from exc
+        f = self.cache.open(h, kind)
+        if f is None:  # evicted by another process already: fetch it once more into memory
+            return io.BytesIO(
+                self.fetch_checked(
+                    name, lambda raw: verify_object(raw, h, compressed=compressed, size=size, what=name)
+                )
+            )
+        return f
+
+    def open_catalog(self, h: ContentHash, mountpoint: str, size: int | None) -> Catalog:
+        """Open a catalog from its (pinned) cache file, fetching it first if needed.
+
+        A cache file that is not a readable catalog is quarantined and fetched again, once.
+        """
+        what = f"catalog {mountpoint or '/'} ({h.hex})"
+        for attempt in range(3):
+            with self.open_object(h, ObjectKind.CATALOG, size=size, pin=True) as f:
+                path = self.cache.dir / h.object_name(ObjectKind.CATALOG).removeprefix("data/")
+                in_cache = isinstance(f, io.BufferedReader) and _same_file(f, path)
+                if in_cache:
+                    try:
+                        return Catalog(path, mountpoint, what=what)
+                    except IntegrityError:
+                        if not path.exists():
+                            continue  # evicted between open and connect: try again
+                        if attempt:
+                            raise
+                        self.cache.quarantine(h, ObjectKind.CATALOG, "not a readable catalog")
+                        continue
+                data = f.read()
+            # The catalog could not be kept in the cache (quota): use a private copy.
+            return _private_catalog(self.cache.txn, h, mountpoint, data, what)
+        raise StorageError(
+            f"{what} keeps vanishing from the cache {self.cache.dir}; is the cache quota too small?"
+        )
+
+    def close(self) -> None:
+        """Drop pooled connections."""
+        self.fetcher.close()
+
+
+class _SizedVerifier(StreamVerifier):
+    """A stream verifier that also checks the plain size at the end."""
+
+    def __init__(self, h: ContentHash, compressed: bool, size: int, what: str) -> None:
+        super().__init__(h, compressed=compressed, what=what)
+        self._expected_size = size
+
+    def finish(self, size: int | None = None) -> None:
+        """Check hash, stream end and plain size."""
+        super().finish(self._expected_size if size is None else size)
+
+
+def _same_file(f: BinaryIO, path: Path) -> bool:
+    try:
+        a, b = os.fstat(f.fileno()), os.stat(path)
+    except OSError:
+        return False
+    return (a.st_ino, a.st_dev) == (b.st_ino, b.st_dev)
+
+
+def _private_catalog(directory: Path, h: ContentHash, mountpoint: str, data: bytes, what: str) -> Catalog:
+    path = directory / f"catalog.{h.hex}.{os.getpid()}.{threading.get_ident()}.db"
+    path.write_bytes(data)
+    try:
+        cat = Catalog(path, mountpoint, what=what)
+    finally:
+        path.unlink()  # the open connection keeps the file readable
+    return cat
+
+
+def _translate(name: str, exc: FetchError) -> Exception:
+    """A FetchError as the error a caller should see: missing everywhere, corrupt everywhere, or network."""
+    if exc.not_found:
+        return NotFoundError(
+            f"{name} is missing on every server: the repository is damaged or garbage-collected "
+            f"under this revision; try again after the next revision is published\n{exc}"
+        )
+    if exc.attempts and all(
+        a.failure.outcome is Outcome.BAD_DATA or a.failure.reason.startswith("bad data") for a in exc.attempts
+    ):
+        return IntegrityError(
+            f"{name}: every server sent corrupt data, nothing was used; report this to the "
+            f"repository operators\n{exc}",
+            name,
+        )
+    return exc

@@ -1,0 +1,192 @@
+"""One mounted revision: its verified view, path resolution across nested catalogs, walking.
+
+Path resolution goes component by component from the root catalog; when a component is a
+nested catalog mount point, the nested catalog is loaded (lazily, once) and the walk continues
+in it, so only the catalogs on the path are ever loaded. Symbolic links are followed in the
+middle of a path (and at its end when asked), relative ones against their directory and
+absolute ones only when they point into the same repository (``/cvmfs/<fqrn>/...``).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from rcds.errors import IntegrityError, NotFoundError
+from rcds.format.dirent import Dirent
+from rcds.format.hashes import ContentHash
+from rcds.repo.catalog import Catalog
+from rcds.repo.view import RepositoryView, Trust
+
+MAX_SYMLINKS = 40
+
+
+@dataclass(frozen=True, slots=True)
+class Located:
+    """An entry and the catalog its row was read from."""
+
+    entry: Dirent
+    catalog: Catalog
+
+
+class Mounted:
+    """A revision in use: view, pinned catalogs and a count of users (walks, downloads).
+
+    ``pinned`` collects the hashes of the catalogs loaded so far (they are pinned in the cache).
+    A retired revision is closed once its last user is done (see :meth:`release`).
+    """
+
+    def __init__(self, trust: Trust, make_view: Callable[[Mounted], RepositoryView]) -> None:
+        self.trust = trust
+        self.pinned: set[ContentHash] = set()
+        self.users = 0
+        self.retired = False
+        self.closed = False
+        self._lock = threading.Lock()
+        self.view = make_view(self)
+
+    @property
+    def revision(self) -> int:
+        """The manifest revision ``S``."""
+        return self.trust.manifest.revision
+
+    @property
+    def fqrn(self) -> str:
+        """The repository name."""
+        return self.trust.manifest.repository_name
+
+    def add_pin(self, h: ContentHash) -> None:
+        """Record that catalog ``h`` is pinned for this revision."""
+        with self._lock:
+            self.pinned.add(h)
+
+    def acquire(self) -> None:
+        """Count one more user."""
+        with self._lock:
+            self.users += 1
+
+    def release(self) -> bool:
+        """Count one user less; True if the revision is retired and now unused (close it)."""
+        with self._lock:
+            self.users -= 1
+            return self.retired and self.users <= 0 and not self.closed
+
+    def retire(self) -> bool:
+        """Mark as replaced; True if nobody uses it (close it now)."""
+        with self._lock:
+            self.retired = True
+            return self.users <= 0 and not self.closed
+
+    def close(self) -> None:
+        """Close the view's catalogs."""
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = True
+        self.view.close()
+
+    # -- resolution ---------------------------------------------------------------------------
+
+    def root(self) -> Located:
+        """The repository root."""
+        cat = self.view.root_catalog()
+        entry = cat.lookup("")
+        if entry is None or not entry.is_dir:
+            raise IntegrityError(f"the root catalog of {self.fqrn} has no root directory row", "/")
+        return Located(entry, cat)
+
+    def child(self, parent: Located, name: str) -> Located | None:
+        """The entry ``name`` in directory ``parent`` (entering a nested catalog), or None."""
+        path = f"{parent.entry.path}/{name}"
+        cat = parent.catalog
+        row = cat.lookup(path)
+        if row is None:
+            return None
+        if row.is_nested_mountpoint:
+            return self.enter(Located(row, cat))
+        return Located(row, cat)
+
+    def enter(self, mountpoint: Located) -> Located:
+        """The root row of the nested catalog mounted at a mount point row (loading it)."""
+        path = mountpoint.entry.path
+        found = mountpoint.catalog.find_nested(path)
+        if found is None:
+            raise IntegrityError(f"{path} is a nested catalog mount point missing from nested_catalogs", path)
+        cat = self.view.catalog(found[1], path, found[2])
+        row = cat.lookup(path)
+        if row is None or not row.is_dir:
+            raise IntegrityError(f"the nested catalog at {path} has no root directory row", path)
+        return Located(row, cat)
+
+    def resolve(self, path: str, *, follow: bool = True) -> Located:
+        """The entry at ``path``; symlinks are followed inside the path and, if ``follow``, at its end."""
+        todo = list(reversed(path.split("/")))
+        stack = [self.root()]
+        links = 0
+        while todo:
+            name = todo.pop()
+            if name in ("", "."):
+                continue
+            if name == "..":
+                if len(stack) > 1:
+                    stack.pop()
+                continue
+            here = stack[-1]
+            if not here.entry.is_dir:
+                raise NotFoundError(f"{path}: {here.entry.path or '/'} is not a directory")
+            found = self.child(here, name)
+            if found is None:
+                where = f"{here.entry.path}/{name}"
+                shown = f" (in {path})" if where != _normal(path) else ""
+                raise NotFoundError(f"{where}: no such file or directory in {self.fqrn}{shown}")
+            if found.entry.is_symlink and (follow or any(t not in ("", ".") for t in todo)):
+                links += 1
+                if links > MAX_SYMLINKS:
+                    raise NotFoundError(f"{path}: too many levels of symbolic links")
+                target = found.entry.symlink
+                if target.startswith("/"):
+                    prefix = f"/cvmfs/{self.fqrn}"
+                    if target != prefix and not target.startswith(prefix + "/"):
+                        raise NotFoundError(
+                            f"{path}: the symbolic link {found.entry.path} points outside the "
+                            f"repository ({target})"
+                        )
+                    target = target[len(prefix) :]
+                    del stack[1:]
+                todo.extend(reversed(target.split("/")))
+                continue
+            stack.append(found)
+        return stack[-1]
+
+    def listdir(self, directory: Located) -> list[Located]:
+        """The visible entries of a directory, sorted by name; nested catalogs are not loaded."""
+        if not directory.entry.is_dir:
+            raise NotFoundError(f"{directory.entry.path or '/'} is not a directory")
+        rows = directory.catalog.listdir(directory.entry.path)
+        return [Located(r, directory.catalog) for r in rows if not r.is_hidden]
+
+    def walk(self, top: Located) -> Iterator[Located]:
+        """``top`` and everything below it, parents before children, in name order.
+
+        Nested catalogs are entered (loaded) as the walk reaches them; directory entries are
+        yielded as the nested catalog's root row.
+        """
+        yield top
+        if not top.entry.is_dir:
+            return
+        stack = [iter(self.listdir(top))]
+        while stack:
+            item = next(stack[-1], None)
+            if item is None:
+                stack.pop()
+                continue
+            if item.entry.is_nested_mountpoint:
+                item = self.enter(item)
+            yield item
+            if item.entry.is_dir:
+                stack.append(iter(self.listdir(item)))
+
+
+def _normal(path: str) -> str:
+    return "".join("/" + p for p in path.split("/") if p and p != ".")

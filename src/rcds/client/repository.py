@@ -1,0 +1,532 @@
+"""The client library facade: :class:`Repository`.
+
+Open a repository by name with a CernVM-FS style configuration (:meth:`Repository.open_name`)
+or by server URLs and master public key(s) (:meth:`Repository.open_urls`), then use it like a
+read-only file system::
+
+    with Repository.open_urls(["http://s1.example.org/cvmfs/sw.example.org"], ["sw.example.org.pub"]) as repo:
+        print(repo.revision, repo.listdir("/"))
+        with repo.open("/sw/lib/libfoo.so") as f:
+            f.seek(1 << 20)
+            head = f.read(4096)
+
+Everything handed out was verified first: the manifest against the certificate listed in the
+whitelist signed by a master key, every catalog and object against its content hash. Only
+verified data enters the caches.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Literal, overload
+
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from rcds.client.alien_cache import AlienCache
+from rcds.client.cache import LocalCache
+from rcds.client.cached_source import CachedSource
+from rcds.client.config import ClientConfig, load_client_config
+from rcds.client.files import RepoFile, pieces_of
+from rcds.client.mounted import Located, Mounted
+from rcds.client.stat import device_of, make_stat
+from rcds.client.trust import MANIFEST, MANIFEST_MAX_SIZE, Breadcrumb, BreadcrumbFile, fetch_trusted
+from rcds.errors import ConfigError, IntegrityError, NetworkError, NotFoundError, RcdsError
+from rcds.format import keys as keys_fmt
+from rcds.format.hashes import ContentHash, ObjectKind
+from rcds.net.fetcher import Fetcher
+from rcds.net.proxies import ProxyConfig
+from rcds.net.settings import NetSettings
+from rcds.net.state import EndpointStatus
+from rcds.repo.catalog import Catalog
+from rcds.repo.view import RepositoryView, Trust
+
+log = logging.getLogger("rcds.client")
+
+OFFLINE_RETRY = 180.0
+"""Seconds between revision checks after a failed one (stock's short TTL)."""
+
+DEFAULT_QUOTA = 4000 << 20
+
+KeySpec = Path | str | bytes | rsa.RSAPublicKey
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/rcds``, else ``~/.cache/rcds``."""
+    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "rcds"
+
+
+def load_master_keys(specs: Sequence[KeySpec]) -> list[rsa.RSAPublicKey]:
+    """Master public keys from files (paths), PEM bytes or key objects."""
+    out: list[rsa.RSAPublicKey] = []
+    for spec in specs:
+        if isinstance(spec, rsa.RSAPublicKey):
+            out.append(spec)
+        elif isinstance(spec, bytes):
+            out.append(keys_fmt.load_public_key(spec, "master public key"))
+        else:
+            path = Path(spec)
+            if not path.is_file():
+                raise ConfigError(f"master public key {path} does not exist; give the repository's .pub file")
+            out.append(keys_fmt.load_public_key_file(path))
+    if not out:
+        raise ConfigError("no master public key given; the repository's .pub file is needed to trust it")
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class RepoInfo:
+    """What :meth:`Repository.info` reports."""
+
+    fqrn: str
+    revision: int
+    root_hash: str
+    published: int
+    age: float
+    ttl: float
+    next_check_in: float
+    offline: bool
+    last_error: str | None
+    endpoints: tuple[EndpointStatus, ...]
+    cache_dir: Path
+    cache_bytes: int
+    cache_quota: int | None
+    alien_cache: Path | None
+    sources: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class DirEntry:
+    """One entry of :meth:`Repository.scandir`."""
+
+    name: str
+    path: str
+    stat: os.stat_result
+    symlink: str
+
+    def is_dir(self) -> bool:
+        """A directory (symlinks are not followed)."""
+        return (self.stat.st_mode & 0o170000) == 0o040000
+
+    def is_file(self) -> bool:
+        """A regular file."""
+        return (self.stat.st_mode & 0o170000) == 0o100000
+
+    def is_symlink(self) -> bool:
+        """A symbolic link."""
+        return (self.stat.st_mode & 0o170000) == 0o120000
+
+
+class Repository:
+    """A mounted, verified repository (see the module docstring). Thread safe.
+
+    ``max_ttl`` caps the catalog TTL in seconds; ``ttl_override`` replaces it (tests).
+    ``clock`` is monotonic seconds, ``now`` the wall clock for whitelist expiry (tests).
+    With ``auto_update`` every call first does :meth:`refresh` (a no-op until the TTL expired).
+    """
+
+    def __init__(
+        self,
+        fqrn: str,
+        fetcher: Fetcher,
+        cache: LocalCache,
+        master_keys: Sequence[rsa.RSAPublicKey],
+        *,
+        alien: AlienCache | None = None,
+        max_ttl: float | None = None,
+        ttl_override: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        now: Callable[[], dt.datetime] | None = None,
+        probe: bool = True,
+        auto_update: bool = False,
+    ) -> None:
+        self.fqrn = fqrn
+        self.fetcher = fetcher
+        self.cache = cache
+        self.alien = alien
+        self.source = CachedSource(fetcher, cache, alien)
+        self.master_keys = list(master_keys)
+        self.max_ttl = max_ttl
+        self.ttl_override = ttl_override
+        self.auto_update = auto_update
+        self._clock = clock
+        self._now = now
+        self._dev = device_of(fqrn)
+        self._crumb = BreadcrumbFile(cache.dir, fqrn)
+        self._lock = threading.RLock()
+        self._live: list[Mounted] = []
+        self.last_error: str | None = None
+        self.offline = False
+        if probe and len(fetcher.servers) > 1:
+            fetcher.probe()
+        self._current = self._mount(self._fetch_trust())
+        self._next_check = self._clock() + self.ttl
+
+    # -- opening ------------------------------------------------------------------------------
+
+    @classmethod
+    def open_urls(
+        cls,
+        urls: Sequence[str],
+        master_keys: Sequence[KeySpec],
+        *,
+        fqrn: str | None = None,
+        cache_dir: Path | None = None,
+        quota_bytes: int | None = DEFAULT_QUOTA,
+        alien_cache: Path | None = None,
+        proxies: str = "DIRECT",
+        fallback_proxies: str | None = None,
+        net_settings: NetSettings | None = None,
+        **kw: object,
+    ) -> Repository:
+        """Open by server base URLs (``http://host/cvmfs/<fqrn>``) and master key(s).
+
+        ``fqrn`` defaults to the last component of the first URL; ``cache_dir`` to
+        :func:`default_cache_dir`; ``proxies`` uses ``CVMFS_HTTP_PROXY`` syntax. Other keywords
+        go to the constructor (``max_ttl``, ``ttl_override``, ``clock``, ``now``, ``probe``...).
+        """
+        if not urls:
+            raise ConfigError("no server URL given; pass http://host/cvmfs/<repository name>")
+        name = fqrn or urls[0].rstrip("/").rsplit("/", 1)[-1]
+        fetcher = Fetcher(urls, ProxyConfig.parse(proxies, fallback_proxies), net_settings)
+        return cls._assemble(name, fetcher, master_keys, cache_dir, quota_bytes, alien_cache, kw)
+
+    @classmethod
+    def open_name(
+        cls,
+        fqrn: str,
+        config: ClientConfig | None = None,
+        *,
+        etc_dir: Path | None = None,
+        cache_dir: Path | None = None,
+        **kw: object,
+    ) -> Repository:
+        """Open by name with the client configuration (``/etc/cvmfs`` layers unless ``config``).
+
+        Read: ``CVMFS_SERVER_URL``, ``CVMFS_HTTP_PROXY``/``CVMFS_FALLBACK_PROXY``, the
+        ``CVMFS_PUBLIC_KEY``/``CVMFS_KEYS_DIR`` keys, ``CVMFS_QUOTA_LIMIT``,
+        ``CVMFS_ALIEN_CACHE``, ``CVMFS_MAX_TTL``, ``CVMFS_AUTO_UPDATE`` and the network
+        tunables. The cache directory is ``cache_dir``, else ``RCDS_CACHE_DIR``, else
+        :func:`default_cache_dir` (never the stock client's cache).
+        """
+        if config is None:
+            config = (
+                load_client_config(fqrn) if etc_dir is None else load_client_config(fqrn, etc_dir=etc_dir)
+            )
+        settings = config.settings()
+        if not settings.public_keys:
+            raise ConfigError(
+                f"no master public key for {fqrn}: set CVMFS_PUBLIC_KEY or put {fqrn}.pub into "
+                f"CVMFS_KEYS_DIR ({config.get('CVMFS_KEYS_DIR')})"
+            )
+        fetcher = Fetcher.from_params(config.as_dict(), fqrn)
+        directory = cache_dir or Path((config.get("RCDS_CACHE_DIR") or "").strip() or default_cache_dir())
+        kw.setdefault("max_ttl", settings.max_ttl_seconds)
+        kw.setdefault(
+            "auto_update", config._bool("CVMFS_AUTO_UPDATE") if "CVMFS_AUTO_UPDATE" in config else False
+        )
+        return cls._assemble(
+            fqrn,
+            fetcher,
+            list(settings.public_keys),
+            directory,
+            settings.quota_bytes,
+            settings.alien_cache,
+            kw,
+        )
+
+    @classmethod
+    def _assemble(
+        cls,
+        fqrn: str,
+        fetcher: Fetcher,
+        master_keys: Sequence[KeySpec],
+        cache_dir: Path | None,
+        quota_bytes: int | None,
+        alien_cache: Path | None,
+        kw: dict[str, object],
+    ) -> Repository:
+        keys = load_master_keys(master_keys)
+        cache = LocalCache(Path(cache_dir) if cache_dir else default_cache_dir(), quota_bytes)
+        try:
+            alien = AlienCache(alien_cache) if alien_cache else None
+            return cls(fqrn, fetcher, cache, keys, alien=alien, **kw)  # type: ignore[arg-type]
+        except BaseException:
+            cache.close()
+            fetcher.close()
+            raise
+
+    # -- revisions ----------------------------------------------------------------------------
+
+    def _fetch_trust(self) -> Trust:
+        now = self._now() if self._now else None
+
+        def fetch(validate: Callable[[bytes], Trust]) -> Trust:
+            return self.fetcher.fetch(MANIFEST, validate=validate, max_size=MANIFEST_MAX_SIZE)
+
+        return fetch_trusted(
+            self.source, fetch, self.fqrn, self.master_keys, seen=self._crumb.read(), now=now
+        )
+
+    def _mount(self, trust: Trust) -> Mounted:
+        def make_view(m: Mounted) -> RepositoryView:
+            def open_catalog(h: ContentHash, mountpoint: str, size: int | None) -> Catalog:
+                cat = self.source.open_catalog(h, mountpoint, size)
+                m.add_pin(h)
+                return cat
+
+            return RepositoryView(self.source, trust, self.cache.txn, open_catalog=open_catalog)
+
+        mounted = Mounted(trust, make_view)
+        try:
+            root = mounted.view.root_catalog()
+            if root.revision != trust.manifest.revision:
+                raise IntegrityError(
+                    f"the root catalog has revision {root.revision}, the manifest {trust.manifest.revision}; "
+                    "the repository is inconsistent, report this to its operators",
+                    "root catalog",
+                )
+        except BaseException:
+            self._close_mounted(mounted)
+            raise
+        self._crumb.advance(Breadcrumb.of(trust.manifest))
+        with self._lock:
+            self._live.append(mounted)
+        return mounted
+
+    @property
+    def ttl(self) -> float:
+        """Seconds between revision checks: the root catalog's TTL, capped by ``max_ttl``."""
+        if self.ttl_override is not None:
+            return self.ttl_override
+        ttl = float(self._current_mounted().view.root_catalog().ttl)
+        return min(ttl, self.max_ttl) if self.max_ttl else ttl
+
+    def _current_mounted(self) -> Mounted:
+        with self._lock:
+            if getattr(self, "_closed", False):
+                raise NotFoundError(f"the repository {self.fqrn} was closed; open it again")
+            return self._current
+
+    @property
+    def revision(self) -> int:
+        """The mounted revision (manifest ``S``)."""
+        return self._current_mounted().revision
+
+    @property
+    def trust(self) -> Trust:
+        """The verified manifest, certificate and whitelist of the mounted revision."""
+        return self._current_mounted().trust
+
+    def refresh(self, *, force: bool = False) -> bool:
+        """Switch to a newer revision if the TTL expired (or ``force``); True if switched.
+
+        A failed check (network, or no trustworthy manifest) keeps the current revision
+        ("offline"), records :attr:`last_error` and is retried after at most 180 s. Files open
+        on the old revision stay readable.
+        """
+        with self._lock:
+            if not force and self._clock() < self._next_check:
+                return False
+            old = self._current_mounted()
+            try:
+                trust = self._fetch_trust()
+                if trust.manifest.revision <= old.revision:
+                    switched = False
+                else:
+                    new = self._mount(trust)
+                    self._current = new
+                    switched = True
+            except (NetworkError, IntegrityError) as exc:
+                self.offline = True
+                self.last_error = str(exc)
+                self._next_check = self._clock() + min(OFFLINE_RETRY, self.ttl)
+                log.warning(
+                    "revision check of %s failed, staying on revision %d: %s", self.fqrn, old.revision, exc
+                )
+                return False
+            self.offline = False
+            self.last_error = None
+            self._next_check = self._clock() + self.ttl
+        if switched:
+            log.info("%s: switched from revision %d to %d", self.fqrn, old.revision, self.revision)
+            if old.retire():
+                self._close_mounted(old)
+        return switched
+
+    def _close_mounted(self, m: Mounted) -> None:
+        with self._lock:
+            if m in self._live:
+                self._live.remove(m)
+            still: set[ContentHash] = set()
+            for x in self._live:
+                still |= x.pinned
+        m.close()
+        for h in m.pinned - still:
+            with suppress(RcdsError):
+                self.cache.unpin(h, ObjectKind.CATALOG)
+
+    @contextmanager
+    def using(self) -> Iterator[Mounted]:
+        """The current revision, kept open (not closed by a switch) until the block ends."""
+        if self.auto_update:
+            self.refresh()
+        m = self._current_mounted()
+        m.acquire()
+        try:
+            yield m
+        finally:
+            if m.release():
+                self._close_mounted(m)
+
+    # -- file system API ----------------------------------------------------------------------
+
+    def _lookup(self, path: str, follow: bool) -> tuple[os.stat_result, str, bool]:
+        with self.using() as m:
+            loc = m.resolve(path, follow=follow)
+            e = loc.entry
+            return make_stat(e, loc.catalog.mountpoint, self._dev), e.symlink, e.is_symlink
+
+    def stat(self, path: str) -> os.stat_result:
+        """Like :func:`os.stat` (symlinks followed); :class:`NotFoundError` if absent."""
+        return self._lookup(path, True)[0]
+
+    def lstat(self, path: str) -> os.stat_result:
+        """Like :func:`os.lstat` (a final symlink is not followed)."""
+        return self._lookup(path, False)[0]
+
+    def exists(self, path: str) -> bool:
+        """True if ``path`` exists (symlinks followed)."""
+        try:
+            self._lookup(path, True)
+        except NotFoundError:
+            return False
+        return True
+
+    def readlink(self, path: str) -> str:
+        """The target of a symbolic link."""
+        _, target, is_link = self._lookup(path, False)
+        if not is_link:
+            raise NotFoundError(f"{path} is not a symbolic link")
+        return target
+
+    def listdir(self, path: str = "/") -> list[str]:
+        """Names in a directory (sorted; symlinks followed to reach it)."""
+        return [e.name for e in self.scandir(path)]
+
+    def scandir(self, path: str = "/") -> list[DirEntry]:
+        """Entries of a directory with their ``lstat`` results (nested catalogs are not loaded)."""
+        with self.using() as m:
+            loc = m.resolve(path, follow=True)
+            return [self._dir_entry(c) for c in m.listdir(loc)]
+
+    def _dir_entry(self, loc: Located) -> DirEntry:
+        e = loc.entry
+        return DirEntry(e.name, e.path or "/", make_stat(e, loc.catalog.mountpoint, self._dev), e.symlink)
+
+    def walk(self, top: str = "/") -> Iterator[tuple[str, list[str], list[str]]]:
+        """Like :func:`os.walk` (top-down): ``(dirpath, dirnames, filenames)``.
+
+        Symlinks are listed under ``filenames`` and never followed. The walk stays on the
+        revision it started on, even if the repository switches meanwhile.
+        """
+        with self.using() as m:
+            start = m.resolve(top, follow=True)
+            if not start.entry.is_dir:
+                return
+            todo = [start]
+            while todo:
+                here = todo.pop()
+                children = m.listdir(here)
+                dirs = [c for c in children if c.entry.is_dir]
+                yield (
+                    here.entry.path or "/",
+                    [c.entry.name for c in dirs],
+                    [c.entry.name for c in children if not c.entry.is_dir],
+                )
+                for d in reversed(dirs):
+                    todo.append(m.enter(d) if d.entry.is_nested_mountpoint else d)
+
+    @overload
+    def open(self, path: str, mode: Literal["rb"] = "rb", encoding: None = None) -> RepoFile: ...
+
+    @overload
+    def open(self, path: str, mode: Literal["r", "rt"], encoding: str | None = None) -> io.TextIOWrapper: ...
+
+    def open(self, path: str, mode: str = "rb", encoding: str | None = None) -> RepoFile | io.TextIOWrapper:
+        """Open a regular file: ``rb`` gives a seekable :class:`~rcds.client.files.RepoFile`
+        (chunks loaded on demand), ``r``/``rt`` a text stream."""
+        if mode not in ("rb", "r", "rt"):
+            raise ConfigError(f"mode {mode!r}: repository files are read-only; use 'rb' or 'r'")
+        with self.using() as m:
+            loc = m.resolve(path, follow=True)
+            pieces = pieces_of(loc.entry, loc.catalog)
+
+        def open_object(h: ContentHash, kind: ObjectKind, size: int, compressed: bool) -> BinaryIO:
+            return self.source.open_object(h, kind, size=size, compressed=compressed)
+
+        raw = RepoFile(path, loc.entry.size, pieces, open_object, compressed=loc.entry.compressed)
+        if mode == "rb":
+            return raw
+        return io.TextIOWrapper(io.BufferedReader(raw), encoding=encoding)
+
+    def read_bytes(self, path: str) -> bytes:
+        """The whole content of a regular file."""
+        with self.open(path) as f:
+            return f.readall()
+
+    # -- state --------------------------------------------------------------------------------
+
+    def info(self) -> RepoInfo:
+        """Revision, age, TTL, offline state, hosts and proxies, cache figures."""
+        m = self._current_mounted().trust.manifest
+        return RepoInfo(
+            fqrn=self.fqrn,
+            revision=m.revision,
+            root_hash=m.root_catalog.hex,
+            published=m.timestamp,
+            age=max(0.0, time.time() - m.timestamp),
+            ttl=self.ttl,
+            next_check_in=max(0.0, self._next_check - self._clock()),
+            offline=self.offline,
+            last_error=self.last_error,
+            endpoints=tuple(self.fetcher.status()),
+            cache_dir=self.cache.dir,
+            cache_bytes=self.cache.size(),
+            cache_quota=self.cache.quota_bytes,
+            alien_cache=self.alien.dir if self.alien else None,
+            sources=dict(self.source.stats),
+        )
+
+    def close(self) -> None:
+        """Unpin this process's catalogs, close catalogs, connections and the cache database.
+
+        Close files opened from the repository first.
+        """
+        with self._lock:
+            if getattr(self, "_closed", False):
+                return
+            self._closed = True
+            live = list(self._live)
+        for m in live:
+            self._close_mounted(m)
+        self.fetcher.close()
+        self.cache.close()
+
+    def __enter__(self) -> Repository:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Repository {self.fqrn} revision {self._current.revision}>"

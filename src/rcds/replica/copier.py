@@ -1,0 +1,167 @@
+"""Pieces of a snapshot: a source that remembers what it handed out, and a pool that copies objects.
+
+Objects are copied as their *raw stored bytes* (hash-verified, never re-compressed), so the replica
+is byte-identical to the upstream for every object it holds.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import itertools
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from rcds.errors import IntegrityError, NotFoundError, StorageError
+from rcds.format.hashes import ContentHash, ObjectKind
+from rcds.repo.source import Source
+from rcds.storage.local import TXN, LocalStore
+
+T = TypeVar("T")
+
+_temp_counter = itertools.count()
+
+
+class RecordingSource(Source):
+    """Wraps a source and keeps the exact bytes of every root file and object it returned.
+
+    Used around :func:`rcds.repo.view.establish_trust` so that the replica receives byte-identical
+    copies of the manifest, whitelist and certificate that were verified (not a second download).
+    """
+
+    def __init__(self, inner: Source) -> None:
+        self.inner = inner
+        self.location = inner.location
+        self.root_files: dict[str, bytes] = {}
+        self.objects: dict[str, bytes] = {}
+
+    def root_file(self, name: str) -> bytes:
+        """Fetch a root file through the wrapped source and remember it."""
+        data = self.inner.root_file(name)
+        self.root_files[name] = data
+        return data
+
+    def fetch_checked(self, name: str, check: Callable[[bytes], T]) -> T:
+        """Fetch and check an object through the wrapped source; remember the raw bytes that passed."""
+
+        def remember(raw: bytes) -> T:
+            out = check(raw)
+            self.objects[name] = raw
+            return out
+
+        return self.inner.fetch_checked(name, remember)
+
+
+def write_temp(store: LocalStore, data: bytes) -> Path:
+    """Write ``data`` to a fresh temp file in the store's ``data/txn`` (thread safe naming).
+
+    :meth:`LocalStore.temp_path` is not meant for concurrent callers, so worker threads use this.
+    """
+    tmp = store.root / TXN / f"snap.{os.getpid()}.{threading.get_ident()}.{next(_temp_counter)}"
+    try:
+        with open(tmp, "xb") as f:
+            f.write(data)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise StorageError(f"cannot write {tmp}: {exc.strerror}; check free space and permissions") from None
+    return tmp
+
+
+def fetch_raw(source: Source, h: ContentHash, kind: ObjectKind, referrer: str) -> bytes:
+    """The verified raw bytes of an object; a missing object is an incomplete upstream (IntegrityError)."""
+    try:
+        return source.raw_object(h, kind)
+    except NotFoundError as exc:
+        name = h.object_name(kind)
+        raise IntegrityError(
+            f"{name}, referenced by {referrer}, is missing on the upstream {source.location}; "
+            "the upstream repository is incomplete (ask its operators to check it)",
+            name,
+        ) from exc
+
+
+class ObjectCopier:
+    """Copies objects from ``source`` to ``dest`` on a pool of threads.
+
+    :meth:`enqueue` returns the future of the copy (an object already queued by another catalog
+    shares its future, so every catalog can wait for *all* its objects). Objects already in
+    ``dest`` are skipped by the workers. At most ``8 * workers`` copies are queued at once;
+    after the first failure further :meth:`enqueue` calls raise it.
+    """
+
+    def __init__(self, source: Source, dest: LocalStore, workers: int) -> None:
+        if workers < 1:
+            raise ValueError("workers must be at least 1")
+        self.source = source
+        self.dest = dest
+        self.fetched = 0
+        self.present = 0
+        self.bytes = 0
+        self.dirty = False  # something was written since the last sync()
+        self._pool = cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rcds-snapshot")
+        self._slots = threading.BoundedSemaphore(8 * workers)
+        self._lock = threading.Lock()
+        self._inflight: dict[str, cf.Future[None]] = {}
+        self._error: BaseException | None = None
+
+    def enqueue(self, h: ContentHash, kind: ObjectKind, referrer: str) -> cf.Future[None]:
+        """Schedule the copy of one object (unless it is already scheduled)."""
+        name = h.object_name(kind)
+        with self._lock:
+            if self._error is not None:
+                raise self._error
+            found = self._inflight.get(name)
+        if found is not None:
+            return found
+        self._slots.acquire()
+        try:
+            future = self._pool.submit(self._copy, h, kind, referrer)
+        except BaseException:
+            self._slots.release()
+            raise
+        with self._lock:
+            self._inflight[name] = future
+        future.add_done_callback(lambda f: self._done(name, f))
+        return future
+
+    def _done(self, name: str, future: cf.Future[None]) -> None:
+        with self._lock:
+            if self._inflight.get(name) is future:
+                del self._inflight[name]
+            if not future.cancelled() and future.exception() is not None and self._error is None:
+                self._error = future.exception()
+        self._slots.release()
+
+    def _copy(self, h: ContentHash, kind: ObjectKind, referrer: str) -> None:
+        name = h.object_name(kind)
+        if self.dest.has(name):
+            with self._lock:
+                self.present += 1
+            return
+        raw = fetch_raw(self.source, h, kind, referrer)
+        tmp = write_temp(self.dest, raw)
+        try:
+            self.dest.put_file(name, tmp)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        with self._lock:
+            self.fetched += 1
+            self.bytes += len(raw)
+            self.dirty = True
+
+    def sync_if_dirty(self) -> None:
+        """Make the objects written so far durable (before a catalog that refers to them is stored)."""
+        with self._lock:
+            dirty, self.dirty = self.dirty, False
+        if dirty:
+            self.dest.sync()
+
+    def close(self) -> None:
+        """Cancel what is still queued and wait for running copies."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
