@@ -61,8 +61,18 @@ def test_create_ingest_info_verify_rm_gc(root: Path, tmp_path: Path) -> None:
     (src / "d").mkdir(parents=True)
     (src / "d" / "x").write_text("x\n")
     rcds("repo", "ingest", NAME, "--root", str(root), "--dir", str(src), "--path", "/sw/g/two")
-    rcds("repo", "ingest", NAME, "--root", str(root), "--tar", "-", "--path", "/sw/g/three",
-         stdin=tarball({"c.txt": b"gamma\n"}))
+    rcds(
+        "repo",
+        "ingest",
+        NAME,
+        "--root",
+        str(root),
+        "--tar",
+        "-",
+        "--path",
+        "/sw/g/three",
+        stdin=tarball({"c.txt": b"gamma\n"}),
+    )
     info = rcds("repo", "info", NAME, "--root", str(root)).stdout
     assert "revision:" in info and " 3" in info
     out = rcds("repo", "verify", NAME, "--root", str(root))
@@ -79,8 +89,18 @@ def test_errors_have_clear_messages_and_exit_codes(root: Path, tmp_path: Path) -
     bad.write_bytes(b"this is not a tarball at all" * 50)
     out = rcds("repo", "ingest", NAME, "--root", str(root), "--tar", str(bad), "--path", "/sw/x", check=False)
     assert out.returncode == 2 and "rcds: error:" in out.stderr
-    out = rcds("repo", "ingest", NAME, "--root", str(tmp_path / "nowhere"), "--tar", str(bad), "--path", "/x",
-               check=False)
+    out = rcds(
+        "repo",
+        "ingest",
+        NAME,
+        "--root",
+        str(tmp_path / "nowhere"),
+        "--tar",
+        str(bad),
+        "--path",
+        "/x",
+        check=False,
+    )
     assert out.returncode == 5 and "rcds repo create" in out.stderr
     out = rcds("repo", "create", NAME, "--root", str(root), check=False)
     assert out.returncode == 2 and "already holds a repository" in out.stderr
@@ -103,8 +123,21 @@ def test_serve_and_verify_over_http(root: Path, tmp_path: Path) -> None:
     rcds("repo", "ingest", NAME, "--root", str(root), "--tar", str(tar), "--path", "/sw/g/c")
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "rcds.cli.main", "repo", "serve", NAME, "--root", str(root), "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "rcds.cli.main",
+            "repo",
+            "serve",
+            NAME,
+            "--root",
+            str(root),
+            "--port",
+            str(port),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         url = f"http://127.0.0.1:{port}/cvmfs/{NAME}"
@@ -143,5 +176,7 @@ def test_demo_runs_on_embedded_defaults(tmp_path: Path) -> None:
 
 
 def test_keys_are_not_served(root: Path) -> None:
-    assert not any("key" in p.name for p in (root / "public").rglob("*") if p.is_file() and "data" not in p.parts)
+    assert not any(
+        "key" in p.name for p in (root / "public").rglob("*") if p.is_file() and "data" not in p.parts
+    )
     assert oct(os.stat(root / "keys" / f"{NAME}.masterkey").st_mode & 0o777) == "0o600"

@@ -33,9 +33,7 @@ print("done", flush=True)
 def _payload(tmp_path: Path) -> Path:
     """A tarball that takes the engine a good fraction of a second: many files and a chunked one."""
     rng = random.Random(7)
-    entries = [
-        Entry(f"pkg/m{i}.py", (f"# module {i}\n" + f"x = {i}\n" * 200).encode()) for i in range(1500)
-    ]
+    entries = [Entry(f"pkg/m{i}.py", (f"# module {i}\n" + f"x = {i}\n" * 200).encode()) for i in range(1500)]
     entries.append(Entry("data/big.bin", rng.randbytes(6 << 20)))
     path = tmp_path / "payload.tar"
     path.write_bytes(make_tar(entries, "none"))

@@ -333,7 +333,9 @@ def test_remove_many_in_one_revision(repo, view_factory):
     for cid in ("a", "b", "c"):
         publish(repo, [Entry("f", cid.encode())], f"/sw/grp/{cid}")
     publish(repo, [Entry("g", b"g")], "/sw/grp/c/inner")
-    results = repo.remove_many(["/sw/grp/a", "/sw/grp/b", "/sw/grp/gone", "/sw/grp/c/inner/g"], missing_ok=True)
+    results = repo.remove_many(
+        ["/sw/grp/a", "/sw/grp/b", "/sw/grp/gone", "/sw/grp/c/inner/g"], missing_ok=True
+    )
     assert [r.revision for r in results] == [5, 6]  # root-held paths in one revision, the nested one apart
     v = view_factory(repo)
     assert [d.name for d in v.listdir("/sw/grp")] == ["c"]

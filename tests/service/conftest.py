@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pki
 import pytest
 
 from rcds.service.auth.x509 import TrustStore
+
+import pki
 
 
 @pytest.fixture(scope="session")

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pki
 import pytest
-from pki import AUDIENCE, ISSUER
 
 from rcds.errors import AuthError
 from rcds.service.auth import (
@@ -21,6 +19,9 @@ from rcds.service.auth import (
 )
 from rcds.service.cid import validate_cid
 from rcds.service.config import ServiceConfig, TokenIssuerConfig
+
+import pki
+from pki import AUDIENCE, ISSUER
 
 ALICE = "/DC=org/DC=example/O=Test/CN=Alice Smith"
 alice_x509 = Identity("x509", ALICE, account="dune", label="Alice Smith")

@@ -9,12 +9,13 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import pki
 import pytest
 
 from rcds.errors import AuthError
 from rcds.service.auth.tls import authenticate_peer, client_context, peer_chain, server_context
 from rcds.service.auth.x509 import TrustStore
+
+import pki
 
 ALICE = "/DC=org/DC=example/O=Test/CN=Alice Smith"
 

@@ -9,9 +9,7 @@ import logging
 from pathlib import Path
 
 import jwt
-import pki
 import pytest
-from pki import AUDIENCE, ISSUER, OTHER_ISSUER
 
 from rcds.errors import AuthError, ConfigError
 from rcds.service.auth.tokens import (
@@ -22,6 +20,9 @@ from rcds.service.auth.tokens import (
     scope_grants,
 )
 from rcds.service.config import ServiceConfig, TokenIssuerConfig
+
+import pki
+from pki import AUDIENCE, ISSUER, OTHER_ISSUER
 
 
 @pytest.fixture

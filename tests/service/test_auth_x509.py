@@ -6,7 +6,6 @@ import datetime as dt
 import subprocess
 from pathlib import Path
 
-import pki
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -15,6 +14,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from rcds.errors import AuthError, ConfigError
 from rcds.service.auth._der import parse_proxy_cert_info
 from rcds.service.auth.x509 import TrustStore, dn_string, load_certificates, verify_chain
+
+import pki
 
 ALICE = "/DC=org/DC=example/O=Test/CN=Alice Smith"
 

@@ -131,7 +131,9 @@ class _State:
         with self._lock:
             if not self._dirty:
                 return
-            text = json.dumps({"version": STATE_VERSION, "fqrn": self.fqrn, "revision": revision, "files": self.done})
+            text = json.dumps(
+                {"version": STATE_VERSION, "fqrn": self.fqrn, "revision": revision, "files": self.done}
+            )
             self._dirty = False
         tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
         try:
@@ -342,7 +344,9 @@ class _Plan:
         except OSError:
             return False
         return (
-            stat_mod.S_ISREG(st.st_mode) and st.st_size == f.entry.size and st.st_mtime_ns == _mtime_ns(f.entry)
+            stat_mod.S_ISREG(st.st_mode)
+            and st.st_size == f.entry.size
+            and st.st_mtime_ns == _mtime_ns(f.entry)
         )
 
     def _write_file(self, f: _File, keep: bool) -> None:
@@ -362,7 +366,8 @@ class _Plan:
                     ) as obj:
                         if _copy_into(obj, fd, p.size) != p.size:
                             raise IntegrityError(
-                                f"{f.entry.path}: object {p.hash.hex} is shorter than {p.size} bytes", f.entry.path
+                                f"{f.entry.path}: object {p.hash.hex} is shorter than {p.size} bytes",
+                                f.entry.path,
                             )
                 os.fchmod(fd, f.entry.mode & 0o777)
                 ns = _mtime_ns(f.entry)
@@ -394,7 +399,9 @@ class _Plan:
                     _replace(tmp, final)
                 except OSError as exc:
                     tmp.unlink(missing_ok=True)
-                    raise StorageError(f"cannot hard-link {final} to {primary}: {exc.strerror or exc}") from exc
+                    raise StorageError(
+                        f"cannot hard-link {final} to {primary}: {exc.strerror or exc}"
+                    ) from exc
                 count += 1
         return count
 
