@@ -8,7 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from rcds import __version__
-from rcds.cli import demo, repo
+from rcds.cli import client, demo, repo, server
 from rcds.errors import (
     ConfigError,
     InputError,
@@ -32,7 +32,7 @@ EXIT_CODES: tuple[tuple[type[RcdsError], int], ...] = (
 """Exit status by error class (anything else from rcds: 1). Documented in docs/cli.md."""
 
 Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
-COMMAND_GROUPS: tuple[Registrar, ...] = (repo.register, demo.register)
+COMMAND_GROUPS: tuple[Registrar, ...] = (repo.register, server.register, client.register, demo.register)
 
 
 def build_parser() -> argparse.ArgumentParser:

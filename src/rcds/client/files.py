@@ -164,6 +164,22 @@ class RepoFile(io.RawIOBase):
         self._pos += int(n)
         return int(n)
 
+    def read(self, size: int | None = -1) -> bytes:
+        """Up to ``size`` bytes (all the rest if negative); short only at the end of the file."""
+        if size is None or size < 0:
+            return self.readall()
+        out = bytearray(min(size, max(0, self.size - self.tell())))
+        view = memoryview(out)
+        got = 0
+        while got < len(out):
+            n = self.readinto(view[got:])
+            if not n:
+                break
+            got += n
+        view.release()
+        del out[got:]
+        return bytes(out)
+
     def readall(self) -> bytes:
         """The rest of the file."""
         out = bytearray(max(0, self.size - self.tell()))

@@ -97,15 +97,18 @@ class Mounted:
         return Located(entry, cat)
 
     def child(self, parent: Located, name: str) -> Located | None:
-        """The entry ``name`` in directory ``parent`` (entering a nested catalog), or None."""
-        path = f"{parent.entry.path}/{name}"
-        cat = parent.catalog
-        row = cat.lookup(path)
-        if row is None:
-            return None
-        if row.is_nested_mountpoint:
-            return self.enter(Located(row, cat))
-        return Located(row, cat)
+        """The entry ``name`` in directory ``parent``, or None.
+
+        A nested catalog mount point is returned as the parent catalog's row: the nested
+        catalog is loaded only when something below it is needed (:meth:`inside`).
+        """
+        parent = self.inside(parent)
+        row = parent.catalog.lookup(f"{parent.entry.path}/{name}")
+        return None if row is None else Located(row, parent.catalog)
+
+    def inside(self, directory: Located) -> Located:
+        """``directory`` itself, or the root row of the nested catalog mounted there."""
+        return self.enter(directory) if directory.entry.is_nested_mountpoint else directory
 
     def enter(self, mountpoint: Located) -> Located:
         """The root row of the nested catalog mounted at a mount point row (loading it)."""
@@ -163,15 +166,17 @@ class Mounted:
         """The visible entries of a directory, sorted by name; nested catalogs are not loaded."""
         if not directory.entry.is_dir:
             raise NotFoundError(f"{directory.entry.path or '/'} is not a directory")
+        directory = self.inside(directory)
         rows = directory.catalog.listdir(directory.entry.path)
         return [Located(r, directory.catalog) for r in rows if not r.is_hidden]
 
     def walk(self, top: Located) -> Iterator[Located]:
         """``top`` and everything below it, parents before children, in name order.
 
-        Nested catalogs are entered (loaded) as the walk reaches them; directory entries are
+        Nested catalogs are entered (loaded) as the walk reaches them; their mount points are
         yielded as the nested catalog's root row.
         """
+        top = self.inside(top)
         yield top
         if not top.entry.is_dir:
             return

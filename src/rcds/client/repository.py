@@ -35,12 +35,13 @@ from rcds.client.alien_cache import AlienCache
 from rcds.client.cache import LocalCache
 from rcds.client.cached_source import CachedSource
 from rcds.client.config import ClientConfig, load_client_config
-from rcds.client.files import RepoFile, pieces_of
+from rcds.client.files import Piece, RepoFile, pieces_of
 from rcds.client.mounted import Located, Mounted
 from rcds.client.stat import device_of, make_stat
 from rcds.client.trust import MANIFEST, MANIFEST_MAX_SIZE, Breadcrumb, BreadcrumbFile, fetch_trusted
 from rcds.errors import ConfigError, IntegrityError, NetworkError, NotFoundError, RcdsError
 from rcds.format import keys as keys_fmt
+from rcds.format.dirent import Dirent
 from rcds.format.hashes import ContentHash, ObjectKind
 from rcds.net.fetcher import Fetcher
 from rcds.net.proxies import ProxyConfig
@@ -419,6 +420,17 @@ class Repository:
             raise NotFoundError(f"{path} is not a symbolic link")
         return target
 
+    def entry(self, path: str, *, follow: bool = False) -> Dirent:
+        """The catalog entry (row) of ``path``: flags, content hash, link target..."""
+        with self.using() as m:
+            return m.resolve(path, follow=follow).entry
+
+    def pieces(self, path: str) -> list[Piece]:
+        """The objects a regular file is made of (one, or its chunks), with their offsets."""
+        with self.using() as m:
+            loc = m.resolve(path, follow=True)
+            return pieces_of(loc.entry, loc.catalog)
+
     def listdir(self, path: str = "/") -> list[str]:
         """Names in a directory (sorted; symlinks followed to reach it)."""
         return [e.name for e in self.scandir(path)]
@@ -453,8 +465,7 @@ class Repository:
                     [c.entry.name for c in dirs],
                     [c.entry.name for c in children if not c.entry.is_dir],
                 )
-                for d in reversed(dirs):
-                    todo.append(m.enter(d) if d.entry.is_nested_mountpoint else d)
+                todo.extend(reversed(dirs))
 
     @overload
     def open(self, path: str, mode: Literal["rb"] = "rb", encoding: None = None) -> RepoFile: ...

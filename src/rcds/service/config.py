@@ -32,7 +32,9 @@ __all__ = [
     "CleanupConfig",
     "ListenConfig",
     "ReplicaConfig",
+    "ServeConfig",
     "ServiceConfig",
+    "StampsConfig",
     "TlsConfig",
     "TokenIssuerConfig",
     "example_toml",
@@ -143,10 +145,31 @@ class AuthConfig:
 
 @dataclass(frozen=True)
 class ReplicaConfig:
-    """The partner server whose repositories this one replicates."""
+    """The partner server whose repositories this one replicates.
+
+    ``partner_repository_url`` is where the partner serves its repositories (``@fqrn@`` is
+    replaced by each name); ``partner_keys_dir`` holds their master public keys ``<fqrn>.pub``.
+    """
 
     partner_url: str | None = None
     pull_interval: float = 30.0
+    partner_repository_url: str | None = None
+    partner_keys_dir: Path | None = None
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Where the repositories (own and replicas) are served over HTTP for clients and proxies."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+
+@dataclass(frozen=True)
+class StampsConfig:
+    """How often pending "last used" stamps are written into the repositories."""
+
+    flush_interval: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -166,6 +189,8 @@ class ServiceConfig:
     tls: TlsConfig | None
     auth: AuthConfig
     replica: ReplicaConfig
+    serve: ServeConfig = field(default_factory=ServeConfig)
+    stamps: StampsConfig = field(default_factory=StampsConfig)
 
     @classmethod
     def load(cls, path: str | Path) -> ServiceConfig:
@@ -285,7 +310,7 @@ class _Builder:
     def build(self, data: Mapping[str, Any], base_default: Path | None) -> ServiceConfig:
         top = self.table(data, "", {
             "base_dir", "repositories", "prefix", "stamp_prefix", "state_dir", "spool_dir",
-            "max_upload_size", "cleanup", "listen", "tls", "auth", "acl", "replica",
+            "max_upload_size", "cleanup", "listen", "tls", "auth", "acl", "replica", "serve", "stamps",
         })  # fmt: skip
         base = self.opt_path(top.get("base_dir"), "base_dir") or base_default or DEFAULT_BASE_DIR
         repos = self.str_list(top.get("repositories", list(DEFAULT_REPOSITORIES)), "repositories")
@@ -327,7 +352,23 @@ class _Builder:
             tls=self.tls(top.get("tls")),
             auth=self.auth(top.get("auth"), top.get("acl")),
             replica=self.replica(top.get("replica")),
+            serve=self.serve(top.get("serve")),
+            stamps=self.stamps(top.get("stamps")),
         )
+
+    def serve(self, value: object) -> ServeConfig:
+        t = self.table(value, "serve", {"host", "port"})
+        return ServeConfig(
+            host=self.str_(t.get("host", "127.0.0.1"), "serve.host"),
+            port=self.int_(t.get("port", 8000), "serve.port", 0, 65535),
+        )
+
+    def stamps(self, value: object) -> StampsConfig:
+        t = self.table(value, "stamps", {"flush_interval"})
+        interval = t.get("flush_interval", 10)
+        if isinstance(interval, bool) or not isinstance(interval, int | float) or not 0 < interval <= 3600:
+            raise self.fail("stamps.flush_interval", f"must be seconds in (0, 3600], got {interval!r}")
+        return StampsConfig(float(interval))
 
     def tls(self, value: object) -> TlsConfig | None:
         if value is None:
@@ -408,7 +449,9 @@ class _Builder:
         return MappingProxyType(acl)
 
     def replica(self, value: object) -> ReplicaConfig:
-        r = self.table(value, "replica", {"partner_url", "pull_interval"})
+        r = self.table(
+            value, "replica", {"partner_url", "pull_interval", "partner_repository_url", "partner_keys_dir"}
+        )
         url = r.get("partner_url")
         if url is not None and not (isinstance(url, str) and re.match(r"^https?://[^\s/]+(/\S*)?$", url)):
             raise self.fail("replica.partner_url", f"must be an http:// or https:// URL, got {url!r}")
@@ -417,7 +460,20 @@ class _Builder:
             raise self.fail(
                 "replica.pull_interval", f"must be a number of seconds in (0, 86400], got {interval!r}"
             )
-        return ReplicaConfig(url.rstrip("/") if url else None, float(interval))
+        repo_url = r.get("partner_repository_url")
+        if repo_url is not None and not (
+            isinstance(repo_url, str) and re.match(r"^https?://[^\s/]+/\S*@fqrn@", repo_url)
+        ):
+            raise self.fail(
+                "replica.partner_repository_url",
+                f"must be an http(s):// URL containing @fqrn@, got {repo_url!r}",
+            )
+        return ReplicaConfig(
+            url.rstrip("/") if url else None,
+            float(interval),
+            repo_url.rstrip("/") if repo_url else None,
+            self.opt_path(r.get("partner_keys_dir"), "replica.partner_keys_dir"),
+        )
 
 
 def _tname(value: object) -> str:
@@ -513,4 +569,17 @@ alice = ["dune", "mu2e"]
 # The partner server whose repositories are replicated here, and how often to pull.
 partner_url = "https://rcds02.example.org"
 pull_interval = 30
+# Where the partner serves its repositories, and their master public keys (<fqrn>.pub).
+partner_repository_url = "http://rcds02.example.org:8000/cvmfs/@fqrn@"
+partner_keys_dir = "/etc/rcds/partner-keys"
+
+[serve]
+# Repositories (own and replicas) are served at http://<host>:<port>/cvmfs/<fqrn>/ for clients,
+# stratum 1s and proxies.
+host = "0.0.0.0"
+port = 8000
+
+[stamps]
+# Seconds between writes of pending "last used" stamps (each write is one revision per repository).
+flush_interval = 10
 """

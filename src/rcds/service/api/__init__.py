@@ -1,0 +1,1 @@
+"""The pubapi resources, one module each: publish, exists, update, status, config, ping."""

@@ -1,0 +1,25 @@
+"""``GET /pubapi/status?cid=C``: queued, publishing, published (with path) or failed (with why)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from rcds.service.api.context import cid_param, context
+from rcds.service.api.replies import reply
+from rcds.service.status import State
+
+
+async def handle(request: web.Request) -> web.Response:
+    """What this server knows of the CID; 404 if nothing."""
+    ctx = context(request)
+    await ctx.identity(request)
+    cid = cid_param(request, "status")
+    st = ctx.service.status_of(cid.value)
+    data = st.as_json()
+    if st.state is State.PUBLISHED and st.repository:
+        path = ctx.service.path_of(st.repository, cid.value)
+        data["path"] = path
+        return reply(request, f"PUBLISHED:{path}", data)
+    if st.state is State.FAILED:
+        return reply(request, f"FAILED:{st.reason}", data)
+    return reply(request, st.state.value.upper(), data)

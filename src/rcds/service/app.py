@@ -1,0 +1,127 @@
+"""The pubapi web application: routes, error mapping, TLS, and running it with the service."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from rcds.errors import AuthError, InputError, LockedError, NotFoundError, RcdsError, StorageError
+from rcds.service.api import config, exists, ping, publish, status, update
+from rcds.service.api.context import APP_KEY, ApiContext
+from rcds.service.api.replies import error
+from rcds.service.auth.authenticator import Authenticator
+from rcds.service.auth.identity import Authorizer
+from rcds.service.auth.tls import server_context
+from rcds.service.auth.truststore import TrustStore
+from rcds.service.core import Service
+from rcds.service.spool import NoSpaceError, TooLargeError
+
+log = logging.getLogger("rcds.service.app")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+ROUTES: dict[str, tuple[tuple[str, ...], Handler]] = {
+    "ping": (("GET", "HEAD"), ping.handle),
+    "config": (("GET", "HEAD"), config.handle),
+    "exists": (("GET", "HEAD"), exists.handle),
+    "update": (("GET", "POST"), update.handle),
+    "status": (("GET", "HEAD"), status.handle),
+    "publish": (("POST", "PUT"), publish.handle),
+}
+
+
+def _status_of(exc: RcdsError) -> int:
+    if isinstance(exc, AuthError):
+        return exc.status
+    for cls, code in (
+        (TooLargeError, 413),
+        (NoSpaceError, 507),
+        (InputError, 400),
+        (NotFoundError, 404),
+        (LockedError, 503),
+        (StorageError, 507),
+    ):
+        if isinstance(exc, cls):
+            return code
+    return 500
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn rcds errors into status codes with a one-line reason."""
+    try:
+        return await handler(request)
+    except RcdsError as exc:
+        code = _status_of(exc)
+        headers = {"WWW-Authenticate": 'Bearer realm="rcds"'} if code == 401 else None
+        if code >= 500:
+            log.error("%s %s: %s", request.method, request.path, exc)
+        resp = error(request, code, str(exc), headers)
+        if code in (413, 507):
+            resp.force_close()  # do not read the rest of a refused upload
+        return resp
+
+
+async def dispatch(request: web.Request) -> web.StreamResponse:
+    """Route ``/pubapi/<verb>`` with today's rules, plus correct methods."""
+    verb = request.match_info["verb"]
+    route = ROUTES.get(verb)
+    if route is None:
+        return error(request, 404, "Unrecognized api")
+    methods, handler = route
+    if request.method not in methods:
+        return error(request, 405, f"{verb} takes {' or '.join(methods)}", {"Allow": ", ".join(methods)})
+    return await handler(request)
+
+
+def make_app(service: Service, authenticator: Authenticator | None = None) -> web.Application:
+    """The aiohttp application for a service."""
+    app = web.Application(middlewares=[errors], client_max_size=1 << 20)
+    app[APP_KEY] = ApiContext(
+        service,
+        authenticator or Authenticator.from_config(service.config),
+        Authorizer(service.config.auth.acl),
+    )
+    app.router.add_route("*", "/pubapi/{verb}", dispatch)
+    return app
+
+
+def tls_context(service: Service) -> object | None:
+    """The server TLS context from the configuration (None for plain HTTP)."""
+    tls = service.config.tls
+    if tls is None:
+        return None
+    trust = TrustStore.load(tls.ca_dir, tls.ca_file) if (tls.ca_dir or tls.ca_file) else None
+    return server_context(tls.cert_file, tls.key_file, trust)
+
+
+async def serve(
+    service: Service, *, ready: Callable[[str], None] | None = None, stop: asyncio.Event | None = None
+) -> None:
+    """Run the web API until ``stop`` is set (or SIGINT/SIGTERM)."""
+    app = make_app(service)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    listen = service.config.listen
+    ctx = tls_context(service)
+    site = web.TCPSite(runner, listen.host, listen.port, ssl_context=ctx)  # type: ignore[arg-type]
+    await site.start()
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    server = site._server
+    sockets = getattr(server, "sockets", None) or []
+    port = sockets[0].getsockname()[1] if sockets else listen.port
+    scheme = "https" if ctx is not None else "http"
+    if ready is not None:
+        ready(f"{scheme}://{listen.host}:{port}")
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,202 @@
+"""The publishing service without its web layer: repositories, spool, queue, stamps, cleanup, replicas.
+
+Web handlers call the methods here; tests can drive them directly with an injected clock.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from rcds.errors import NotFoundError
+from rcds.publish.create import create_repository
+from rcds.publish.layout import Settings
+from rcds.publish.stratum0 import Stratum0
+from rcds.serve.http import RepositoryServer, make_server
+from rcds.service.cleanup import Cleaner
+from rcds.service.config import ServiceConfig
+from rcds.service.partner import PartnerReplicas
+from rcds.service.presence import Presence
+from rcds.service.publisher import Job, PublishQueue
+from rcds.service.slots import RepoSlot
+from rcds.service.spool import Spool, Upload
+from rcds.service.stamps import StampBook
+from rcds.service.status import CidStatus, State, StatusBook
+
+log = logging.getLogger("rcds.service")
+REPOSITORY_TTL = 15
+"""Catalog TTL of service repositories: clients look for new revisions every 15 s, as today."""
+
+
+@dataclass(frozen=True)
+class Found:
+    """Where a CID is published."""
+
+    repository: str
+    path: str  # /cvmfs/<repo>/<prefix>/<cid>
+
+
+def init_repositories(config: ServiceConfig) -> list[str]:
+    """Create the configured repositories that do not exist yet; return their names."""
+    created = []
+    for name in config.repositories:
+        root = config.state_dir / name
+        if not (root / "repo.json").exists():
+            create_repository(root, Settings(name=name, ttl=REPOSITORY_TTL))
+            created.append(name)
+    return created
+
+
+class Service:
+    """Everything of one publishing server except HTTP request handling."""
+
+    def __init__(self, config: ServiceConfig, *, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.clock = clock
+        missing = [n for n in config.repositories if not (config.state_dir / n / "repo.json").exists()]
+        if missing:
+            raise NotFoundError(
+                f"repositories {', '.join(missing)} do not exist under {config.state_dir}; "
+                "create them with: rcds server init --config FILE"
+            )
+        self.slots = [RepoSlot(n, Stratum0(config.state_dir / n, n)) for n in config.repositories]
+        self.presence = Presence(config.prefix)
+        for s in self.slots:
+            self.presence.add_repository(s.name, s.public, own=True)
+        self.partner = PartnerReplicas(config, self.presence)
+        self.status = StatusBook(config.spool_dir / "failed")
+        self.spool = Spool(config.spool_dir, config.max_upload_size)
+        self.stamps = StampBook(self.slots, self.presence, config.stamp_prefix, clock)
+        self.queue = PublishQueue(
+            self.slots, self.presence, self.status, self.stamps, self.spool, config.prefix, clock
+        )
+        self.cleaner = Cleaner(
+            self.slots,
+            self.presence,
+            self.stamps,
+            self.status,
+            prefix=config.prefix,
+            maxdays=config.cleanup.maxdays,
+            start_hour=config.cleanup.start_hour,
+            clock=clock,
+            replica_publics=self.partner.publics,
+            wake=self.queue.wake,
+        )
+        self.repo_server: RepositoryServer | None = None
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    # -- life cycle -------------------------------------------------------------------
+    def start(self, *, serve_repositories: bool = True, background: bool = True) -> None:
+        """Requeue spooled uploads, start workers, and (optionally) the periodic threads."""
+        self.spool.clean_incoming()
+        self.presence.refresh()
+        for item in self.spool.pending():
+            self.status.claim(item.cid)
+            self.queue.submit(Job(item, "requeued"))
+        self.queue.start()
+        if serve_repositories:
+            repos = {s.name: s.public for s in self.slots}
+            self.repo_server = make_server(repos, self.config.serve.host, self.config.serve.port)
+            for name, public in self.partner.publics().items():
+                self.repo_server.add_repository(name, public)
+            self.partner.on_new_replica = self.repo_server.add_repository
+            self.repo_server.start_background()
+        if background:
+            self._every(0.5, self.presence.refresh, "presence")
+            self._every(self.config.stamps.flush_interval, self.stamps.flush, "stamps")
+            self._every(60.0, self.cleaner.tick, "cleanup")
+            if self.partner.enabled:
+                self._every(self.config.replica.pull_interval, self.partner.pull, "partner")
+
+    def _every(self, seconds: float, fn: Callable[[], object], name: str) -> None:
+        def loop() -> None:
+            while not self._stop.wait(seconds):
+                try:
+                    fn()
+                except Exception:  # a periodic task must survive its own failures
+                    log.exception("periodic task %s failed", name)
+
+        t = threading.Thread(target=loop, name=f"rcds-{name}", daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def stop(self) -> None:
+        """Stop threads, write pending stamps, stop serving."""
+        self._stop.set()
+        self.queue.stop()
+        for t in self._threads:
+            t.join(10)
+        self.stamps.flush()
+        if self.repo_server is not None:
+            self.repo_server.stop()
+
+    # -- API operations ---------------------------------------------------------------
+    def path_of(self, repository: str, cid: str) -> str:
+        """The path jobs see: ``/cvmfs/<repo>/<prefix>/<cid>``."""
+        return f"/cvmfs/{repository}/{self.config.prefix}/{cid}"
+
+    def exists(self, cid: str) -> Found | None:
+        """Where ``cid`` is published, in any own or replicated repository."""
+        repo = self.presence.where(cid)
+        return Found(repo, self.path_of(repo, cid)) if repo else None
+
+    def update(self, cid: str) -> Found | None:
+        """Like :meth:`exists`, and stamps the CID as used."""
+        found = self.exists(cid)
+        if found is not None:
+            self.stamps.touch(cid)
+        return found
+
+    def begin_upload(self, cid: str, length: int | None) -> Upload | Found | None:
+        """Start receiving ``cid``: an Upload, Found if already published, None if already in progress."""
+        found = self.update(cid)
+        if found is not None:
+            return found
+        if not self.status.claim(cid):
+            return None
+        try:
+            return self.spool.start(cid, length)
+        except BaseException:
+            self.status.release(cid)
+            raise
+
+    def finish_upload(self, upload: Upload, identity: str) -> None:
+        """Commit a received upload and queue it."""
+        try:
+            item = upload.commit()
+        except BaseException:
+            self.status.release(upload.cid)
+            raise
+        self.queue.submit(Job(item, identity))
+
+    def abort_upload(self, upload: Upload) -> None:
+        """Discard an upload that failed or was interrupted."""
+        upload.abort()
+        self.status.release(upload.cid)
+
+    def status_of(self, cid: str) -> CidStatus:
+        """What this server knows of ``cid`` (published anywhere counts as published)."""
+        st = self.status.get(cid)
+        if st is not None and st.state is not State.PUBLISHED:
+            return st
+        found = self.exists(cid)
+        if found is not None:
+            return CidStatus(cid, State.PUBLISHED, found.repository, updated=st.updated if st else 0.0)
+        if st is not None:  # published earlier, cleaned up since
+            return CidStatus(cid, State.FAILED, st.repository, "published earlier, since removed", st.updated)
+        raise NotFoundError(f"cid {cid} is not known here")
+
+    def repositories(self) -> list[str]:
+        """All repositories clients may find CIDs in: own, then the partner's."""
+        return list(self.config.repositories) + [
+            n for n in self.partner.names() if n not in self.config.repositories
+        ]
+
+    def state_dir(self) -> Path:
+        """Where repositories live."""
+        return self.config.state_dir

@@ -1,0 +1,171 @@
+"""The publish queue: one FIFO, one worker per own repository, so repositories publish in parallel.
+
+Whichever repository is free takes the next upload. A worker whose repository is being cleaned
+takes nothing until the cleanup ends; the others go on.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from rcds.errors import InputError, RcdsError
+from rcds.service.presence import Presence
+from rcds.service.slots import RepoSlot
+from rcds.service.spool import Spool, Spooled
+from rcds.service.stamps import StampBook
+from rcds.service.status import State, StatusBook
+
+log = logging.getLogger("rcds.service.publisher")
+
+
+@dataclass
+class Job:
+    """A spooled upload waiting for a repository."""
+
+    item: Spooled
+    identity: str
+    queued_at: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True)
+class PublishRecord:
+    """Timings of one publish (for benchmarks and logs)."""
+
+    cid: str
+    repository: str
+    queue_wait: float
+    ingest: float
+    total: float
+
+
+class PublishQueue:
+    """The shared queue and its workers."""
+
+    def __init__(
+        self,
+        slots: Sequence[RepoSlot],
+        presence: Presence,
+        status: StatusBook,
+        stamps: StampBook,
+        spool: Spool,
+        prefix: str,
+        clock: Callable[[], float],
+    ) -> None:
+        self.slots = list(slots)
+        self.presence = presence
+        self.status = status
+        self.stamps = stamps
+        self.spool = spool
+        self.prefix = prefix
+        self.clock = clock
+        self.records: collections.deque[PublishRecord] = collections.deque(maxlen=1000)
+        self._jobs: collections.deque[Job] = collections.deque()
+        self._cond = threading.Condition()
+        self._busy = 0
+        self._stop = False
+        self._threads: list[threading.Thread] = []
+
+    def submit(self, job: Job) -> None:
+        """Queue a spooled upload."""
+        self.status.set(job.item.cid, State.QUEUED)
+        with self._cond:
+            self._jobs.append(job)
+            self._cond.notify_all()
+
+    def wake(self) -> None:
+        """Let workers re-check their repository's state (after a cleanup)."""
+        with self._cond:
+            self._cond.notify_all()
+
+    def start(self) -> None:
+        """Start one worker per repository."""
+        for slot in self.slots:
+            t = threading.Thread(target=self._worker, args=(slot,), name=f"publish-{slot.name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop taking jobs; wait for running publishes to end (queued jobs stay spooled)."""
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        for t in self._threads:
+            t.join(timeout)
+
+    def idle(self, timeout: float) -> bool:
+        """Wait until nothing is queued or publishing; True if that happened in time."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._jobs or self._busy:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+    def queued(self) -> int:
+        """Jobs waiting."""
+        with self._cond:
+            return len(self._jobs)
+
+    def _worker(self, slot: RepoSlot) -> None:
+        while True:
+            with self._cond:
+                while not self._stop and (not self._jobs or slot.cleaning):
+                    self._cond.wait(5.0)
+                if self._stop:
+                    return
+                job = self._jobs.popleft()
+                self._busy += 1
+            try:
+                self._publish(slot, job)
+            finally:
+                with self._cond:
+                    self._busy -= 1
+                    self._cond.notify_all()
+
+    def _publish(self, slot: RepoSlot, job: Job) -> None:
+        cid = job.item.cid
+        start = time.monotonic()
+        where = self.presence.where(cid)
+        if where is not None:
+            self.status.set(cid, State.PUBLISHED, where)
+            self.stamps.touch(cid)
+            self.spool.discard(job.item)
+            return
+        self.status.set(cid, State.PUBLISHING, slot.name)
+        try:
+            with slot.lock, open(job.item.path, "rb") as f:
+                result = slot.s0.ingest_tar(f, f"/{self.prefix}/{cid}", now=int(self.clock()))
+        except InputError as exc:
+            log.warning("publish of %s by %s refused: %s", cid, job.identity, exc)
+            self.status.set(cid, State.FAILED, slot.name, str(exc))
+        except RcdsError as exc:
+            log.error("publish of %s into %s failed: %s", cid, slot.name, exc)
+            self.status.set(cid, State.FAILED, slot.name, str(exc))
+        except Exception as exc:  # a bug must not kill the worker
+            log.exception("publish of %s into %s crashed", cid, slot.name)
+            self.status.set(cid, State.FAILED, slot.name, f"internal error: {type(exc).__name__}: {exc}")
+        else:
+            self.presence.add(slot.name, cid, result.revision)
+            self.status.set(cid, State.PUBLISHED, slot.name)
+            self.stamps.touch(cid)
+            self.records.append(
+                PublishRecord(
+                    cid, slot.name, start - job.queued_at, result.seconds, time.monotonic() - job.queued_at
+                )
+            )
+            log.info(
+                "published %s into %s as revision %d in %.2f s",
+                cid,
+                slot.name,
+                result.revision,
+                result.seconds,
+            )
+        finally:
+            self.spool.discard(job.item)
