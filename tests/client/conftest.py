@@ -15,6 +15,7 @@ import os
 import shutil
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -135,6 +136,7 @@ class Site:
         self.files = FILES
         self.links = LINKS
         self.big = BIG
+        self.fast = FAST
         self.requests: list[tuple[int, str]] = []
         self._lock = threading.Lock()
         self._servers: list[RepositoryServer] = []
@@ -169,7 +171,20 @@ class Site:
         return srv
 
     def fetched(self, needle: str, server: int | None = None) -> int:
-        """How many requests for paths containing ``needle`` the engine servers answered."""
+        """How many requests for paths containing ``needle`` the engine servers answered.
+
+        Servers log a request just after answering it, so first wait (bounded) until the log
+        has been quiet for a moment.
+        """
+        deadline = time.monotonic() + 2.0
+        seen = -1
+        while time.monotonic() < deadline:
+            with self._lock:
+                n = len(self.requests)
+            if n == seen:
+                break
+            seen = n
+            time.sleep(0.03)
         with self._lock:
             return sum(1 for i, p in self.requests if needle in p and (server is None or i == server))
 

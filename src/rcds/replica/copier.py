@@ -84,13 +84,42 @@ def fetch_raw(source: Source, h: ContentHash, kind: ObjectKind, referrer: str) -
         ) from exc
 
 
+class Batch:
+    """The copies one catalog waits for before it may be stored (a counter, not a list of futures)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._pending = 0
+        self._error: BaseException | None = None
+
+    def _add(self) -> None:
+        with self._cond:
+            self._pending += 1
+
+    def _finish(self, error: BaseException | None) -> None:
+        with self._cond:
+            self._pending -= 1
+            if error is not None and self._error is None:
+                self._error = error
+            self._cond.notify_all()
+
+    def wait(self) -> None:
+        """Block until every copy of the batch is done; raise the first failure."""
+        with self._cond:
+            while self._pending and self._error is None:
+                self._cond.wait()
+            if self._error is not None:
+                raise self._error
+
+
 class ObjectCopier:
     """Copies objects from ``source`` to ``dest`` on a pool of threads.
 
-    :meth:`enqueue` returns the future of the copy (an object already queued by another catalog
-    shares its future, so every catalog can wait for *all* its objects). Objects already in
-    ``dest`` are skipped by the workers. At most ``8 * workers`` copies are queued at once;
-    after the first failure further :meth:`enqueue` calls raise it.
+    :meth:`enqueue` adds a copy to a :class:`Batch`; an object already queued for another catalog
+    is not copied twice, but counts in both batches, so every catalog waits for *all* its
+    objects. Objects already in ``dest`` are skipped by the workers. At most ``8 * workers``
+    copies are queued at once (memory stays flat for huge catalogs); after the first failure
+    further :meth:`enqueue` calls raise it.
     """
 
     def __init__(self, source: Source, dest: LocalStore, workers: int) -> None:
@@ -101,43 +130,50 @@ class ObjectCopier:
         self.fetched = 0
         self.present = 0
         self.bytes = 0
-        self.dirty = False  # something was written since the last sync()
+        self._dirty = False  # something was written since the last sync
         self._pool = cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rcds-snapshot")
         self._slots = threading.BoundedSemaphore(8 * workers)
         self._lock = threading.Lock()
-        self._inflight: dict[str, cf.Future[None]] = {}
+        self._inflight: dict[str, list[Batch]] = {}
         self._error: BaseException | None = None
 
-    def enqueue(self, h: ContentHash, kind: ObjectKind, referrer: str) -> cf.Future[None]:
-        """Schedule the copy of one object (unless it is already scheduled)."""
+    def enqueue(self, h: ContentHash, kind: ObjectKind, referrer: str, batch: Batch) -> None:
+        """Schedule the copy of one object (unless it is already scheduled) as part of ``batch``."""
         name = h.object_name(kind)
         with self._lock:
             if self._error is not None:
                 raise self._error
-            found = self._inflight.get(name)
-        if found is not None:
-            return found
+            batch._add()
+            waiting = self._inflight.get(name)
+            if waiting is not None:
+                waiting.append(batch)
+                return
+            self._inflight[name] = [batch]
         self._slots.acquire()
         try:
-            future = self._pool.submit(self._copy, h, kind, referrer)
-        except BaseException:
-            self._slots.release()
+            self._pool.submit(self._run, h, kind, referrer, name)
+        except BaseException as exc:
+            self._finish(name, exc)
             raise
-        with self._lock:
-            self._inflight[name] = future
-        future.add_done_callback(lambda f: self._done(name, f))
-        return future
 
-    def _done(self, name: str, future: cf.Future[None]) -> None:
+    def _run(self, h: ContentHash, kind: ObjectKind, referrer: str, name: str) -> None:
+        error: BaseException | None = None
+        try:
+            self._copy(h, kind, name, referrer)
+        except BaseException as exc:
+            error = exc
+        self._finish(name, error)
+
+    def _finish(self, name: str, error: BaseException | None) -> None:
         with self._lock:
-            if self._inflight.get(name) is future:
-                del self._inflight[name]
-            if not future.cancelled() and future.exception() is not None and self._error is None:
-                self._error = future.exception()
+            batches = self._inflight.pop(name, [])
+            if error is not None and self._error is None:
+                self._error = error
+        for b in batches:
+            b._finish(error)
         self._slots.release()
 
-    def _copy(self, h: ContentHash, kind: ObjectKind, referrer: str) -> None:
-        name = h.object_name(kind)
+    def _copy(self, h: ContentHash, kind: ObjectKind, name: str, referrer: str) -> None:
         if self.dest.has(name):
             with self._lock:
                 self.present += 1
@@ -153,12 +189,17 @@ class ObjectCopier:
         with self._lock:
             self.fetched += 1
             self.bytes += len(raw)
-            self.dirty = True
+            self._dirty = True
+
+    def mark_dirty(self) -> None:
+        """Note a write made outside the pool (a stored catalog) for :meth:`sync_if_dirty`."""
+        with self._lock:
+            self._dirty = True
 
     def sync_if_dirty(self) -> None:
-        """Make the objects written so far durable (before a catalog that refers to them is stored)."""
+        """Make everything written so far durable (before a catalog that refers to it is stored)."""
         with self._lock:
-            dirty, self.dirty = self.dirty, False
+            dirty, self._dirty = self._dirty, False
         if dirty:
             self.dest.sync()
 

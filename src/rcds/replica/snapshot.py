@@ -20,7 +20,6 @@ The replica directory is laid out exactly like a stratum 0's public tree, so
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import contextlib
 import datetime as dt
 import fcntl
@@ -39,7 +38,7 @@ from rcds.format import manifest as manifest_fmt
 from rcds.format.dirent import FLAG_EXTERNAL
 from rcds.format.hashes import Algorithm, ContentHash, ObjectKind
 from rcds.net.failures import FetchError
-from rcds.replica.copier import ObjectCopier, RecordingSource, fetch_raw, write_temp
+from rcds.replica.copier import Batch, ObjectCopier, RecordingSource, fetch_raw, write_temp
 from rcds.repo.catalog import Catalog
 from rcds.repo.source import Source
 from rcds.repo.view import establish_trust
@@ -177,23 +176,23 @@ class _Walker:
             try:
                 _inflate_to(raw, db, size, what)
                 del raw
+                batch = Batch()
                 with Catalog(db, mountpoint, what=what) as cat:
-                    pending = self._enqueue_objects(cat, what)
+                    self._enqueue_objects(cat, what, batch)
                     nested = cat.nested()
             finally:
                 db.unlink(missing_ok=True)
             for child_mount, child_hash, child_size in nested:
                 self.pull(child_hash, child_mount, child_size or None)
-            for f in pending:
-                f.result()
+            batch.wait()
             self.copier.sync_if_dirty()  # the subtree must be durable before the catalog appears
             self.dest.put_file(name, raw_tmp)
+            self.copier.mark_dirty()
         finally:
             raw_tmp.unlink(missing_ok=True)
         log.debug("replicated %s", what)
 
-    def _enqueue_objects(self, cat: Catalog, what: str) -> list[cf.Future[None]]:
-        pending: list[cf.Future[None]] = []
+    def _enqueue_objects(self, cat: Catalog, what: str, batch: Batch) -> None:
         queries = (
             (ObjectKind.FILE, "SELECT DISTINCT hash, flags FROM catalog WHERE hash IS NOT NULL"),
             (
@@ -209,8 +208,7 @@ class _Walker:
                 if not isinstance(raw_hash, bytes) or len(raw_hash) != 20:
                     raise IntegrityError(f"{what} has a malformed content hash {raw_hash!r}", what)
                 h = ContentHash(Algorithm.from_flag_value((int(flags) >> 8) & 7), raw_hash)
-                pending.append(self.copier.enqueue(h, kind, what))
-        return pending
+                self.copier.enqueue(h, kind, what, batch)
 
 
 def _inflate_to(raw: bytes, path: Path, size: int | None, what: str) -> None:
