@@ -31,7 +31,7 @@ from rcds.repo.catalog import Catalog
 from rcds.repo.http_source import HttpSource
 from rcds.repo.source import StoreSource
 from rcds.repo.verify import VerifyReport, verify_repository
-from rcds.serve.handler import AccessRecord
+from rcds.serve.handler import AccessLog, AccessRecord
 from rcds.serve.http import RepositoryServer, make_server
 from rcds.storage.local import LocalStore
 
@@ -83,8 +83,9 @@ def live_catalogs(root: Path, work: Path) -> set[str]:
     return out
 
 
-def serve(tmp: dict[str, Path], **kw: object) -> RepositoryServer:
-    server = make_server(tmp, **kw)  # type: ignore[arg-type]
+def serve(repos: dict[str, Path], access_log: AccessLog | None = None) -> RepositoryServer:
+    """A started loopback server for ``repos`` (stopped when used as a context manager)."""
+    server = make_server(repos, access_log=access_log)
     server.start_background()
     return server
 
@@ -131,13 +132,13 @@ def assert_closed(dest: LocalStore, work: Path) -> None:
             chunk_rows = cat.db.execute(
                 "SELECT chunks.hash, catalog.flags FROM chunks JOIN catalog USING (md5path_1, md5path_2)"
             ).fetchall()
-            for raw, flags in rows + chunk_rows:
-                if raw and not flags & FLAG_EXTERNAL:
-                    h = ContentHash(Algorithm.from_flag_value((flags >> 8) & 7), bytes(raw))
-                    suffix = "P" if (raw, flags) in chunk_rows else ""
-                    assert dest.has(h.object_name() + suffix), f"{name} is stored without its objects"
+            for kind, found in ((ObjectKind.FILE, rows), (ObjectKind.PARTIAL, chunk_rows)):
+                for raw, flags in found:
+                    if raw and not flags & FLAG_EXTERNAL:
+                        h = ContentHash(Algorithm.from_flag_value((flags >> 8) & 7), bytes(raw))
+                        assert dest.has(h.object_name(kind)), f"{name} is stored without its objects"
             for mount, h, _ in cat.nested():
-                assert dest.has(h.object_name() + "C"), f"{name} is stored without its nested {mount}"
+                assert dest.has(h.object_name(ObjectKind.CATALOG)), f"{name} lacks its nested {mount}"
         db.unlink()
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from rcds.errors import InputError
+from rcds.errors import InputError, IntegrityError
 from rcds.format import keys
 from rcds.format import manifest as manifest_fmt
 from rcds.format.catalog_schema import Tally
@@ -245,7 +245,7 @@ class Stratum0:
             timestamp=max(now, old.timestamp),
         )
         if revision != new.revision:
-            raise InputError(
+            raise IntegrityError(
                 f"root catalog revision {revision} does not follow manifest revision {old.revision}"
             )
         key = keys.load_private_key(self.layout.key("key").read_bytes(), str(self.layout.key("key")))
