@@ -29,6 +29,17 @@ def proc_status_kib(field: str, pid: str = "self") -> int:
     return 0
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds spent by the whole machine so far (all processes, from ``/proc/stat``), or 0."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()[1:]
+    except OSError:
+        return 0.0
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_model() -> str:
     """The CPU model name from ``/proc/cpuinfo`` (or the platform's processor string)."""
     try:

@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from common import MB, KiB, MiB, format_table, machine, mb_per_s, proc_status_kib
+from common import MB, KiB, MiB, format_table, machine, machine_busy_seconds, mb_per_s, proc_status_kib
 
 REPO = "bench.example.org"
 MTIME = 1_700_000_000
@@ -380,9 +380,13 @@ def _pieces(tar: Path) -> Iterator[bytes]:
                 yield piece
 
 
-def _work(pieces: list[bytes], level: int) -> None:
+def _work(pieces: list[bytes], level: int) -> int:
+    stored = 0
     for p in pieces:
-        hashlib.sha1(zlib.compress(p, level)).digest()
+        z = zlib.compress(p, level)
+        hashlib.sha1(z).digest()
+        stored += len(z)
+    return stored
 
 
 @dataclass(slots=True)
@@ -393,6 +397,7 @@ class Bound:
     cpu_seconds: float
     nbytes: int
     compressed_fraction: float
+    other_cpu_seconds: float  # used by other processes meanwhile
 
     @property
     def rate(self) -> float:
@@ -411,10 +416,11 @@ def bound(tar: Path, level: int, threads: int = 2) -> Bound:
     Pieces are read ahead in batches (reading is not timed), each batch split between the threads
     by size (largest first onto the least loaded thread) so that both cores stay busy.
     """
-    seconds = cpu = 0.0
-    total = compressed = sample_in = 0
+    seconds = cpu = other = 0.0
+    total = compressed = 0
 
-    def run(batch: list[bytes]) -> tuple[float, float]:
+    def run(batch: list[bytes]) -> tuple[float, float, int]:
+        nonlocal other
         lanes: list[list[bytes]] = [[] for _ in range(threads)]
         loads = [0] * threads
         for p in sorted(batch, key=len, reverse=True):
@@ -422,10 +428,11 @@ def bound(tar: Path, level: int, threads: int = 2) -> Bound:
             lanes[i].append(p)
             loads[i] += len(p)
         with cf.ThreadPoolExecutor(threads) as pool:
-            c0, t0 = _cpu(), time.perf_counter()
-            for fut in [pool.submit(_work, lane, level) for lane in lanes]:
-                fut.result()
-            return time.perf_counter() - t0, _cpu() - c0
+            b0, c0, t0 = machine_busy_seconds(), _cpu(), time.perf_counter()
+            stored = sum(fut.result() for fut in [pool.submit(_work, lane, level) for lane in lanes])
+            dt, dc = time.perf_counter() - t0, _cpu() - c0
+            other += max(0.0, machine_busy_seconds() - b0 - dc)
+            return dt, dc, stored
 
     batch: list[bytes] = []
     held = 0
@@ -433,16 +440,13 @@ def bound(tar: Path, level: int, threads: int = 2) -> Bound:
         batch.append(piece)
         held += len(piece)
         total += len(piece)
-        if sample_in < 32 * MiB:  # compression ratio from a sample of the first pieces
-            sample_in += len(piece)
-            compressed += len(zlib.compress(piece, level))
         if held >= BOUND_BATCH:
-            dt, dc = run(batch)
-            seconds, cpu, batch, held = seconds + dt, cpu + dc, [], 0
+            dt, dc, stored = run(batch)
+            seconds, cpu, compressed, batch, held = seconds + dt, cpu + dc, compressed + stored, [], 0
     if batch:
-        dt, dc = run(batch)
-        seconds, cpu = seconds + dt, cpu + dc
-    return Bound(seconds, cpu, total, compressed / sample_in if sample_in else 1.0)
+        dt, dc, stored = run(batch)
+        seconds, cpu, compressed = seconds + dt, cpu + dc, compressed + stored
+    return Bound(seconds, cpu, total, compressed / total if total else 1.0, other)
 
 
 # -- the ingest, in a child process ---------------------------------------------------------------
@@ -468,14 +472,16 @@ def child_ingest(root: str, tar: str, path: str, level: str) -> None:
 
     s0 = Stratum0(Path(root), REPO)
     rss0 = proc_status_kib("VmRSS")
-    c0, m0, t0 = _cpu(), time.thread_time(), time.perf_counter()
+    b0, c0, m0, t0 = machine_busy_seconds(), _cpu(), time.thread_time(), time.perf_counter()
     with open(tar, "rb") as f:
         result = s0.ingest_tar(f, path)
     seconds = time.perf_counter() - t0
+    cpu = _cpu() - c0
     figures = {
         "seconds": seconds,
         "engine_seconds": result.seconds,
-        "cpu_seconds": _cpu() - c0,
+        "cpu_seconds": cpu,
+        "other_cpu_seconds": max(0.0, machine_busy_seconds() - b0 - cpu),
         "main_cpu_seconds": time.thread_time() - m0,
         "files": result.stats.files,
         "bytes_in": result.stats.bytes_in,
@@ -556,18 +562,20 @@ class Row:
             f"{f['cpu_seconds'] / f['seconds']:.2f}",
             f"{f['main_cpu_seconds'] / f['seconds']:.2f}",
             f"{cpu_ratio:.2f}" if cpu_ratio is not None else "-",
+            f"{f['other_cpu_seconds'] / f['seconds']:.2f}",
             int(f["objects_written"]),
         ]
 
 
 HEADERS = [
     "input", "files", "MB", "bound MB/s", "ingest MB/s", "ratio", "files/s", "peak RSS MB", "cores",
-    "main", "cpu ratio", "new objects",
+    "main", "cpu ratio", "others", "new objects",
 ]  # fmt: skip
 LEGEND = """\
 ratio: ingest MB/s / bound MB/s (wall clock). cores: CPU seconds of the ingest process / wall seconds.
 main: CPU seconds of the ingest's main thread (tar parsing, chunker, catalog, callbacks) / wall seconds.
-cpu ratio: CPU seconds of the bound / CPU seconds of the ingest (less sensitive to other load)."""
+cpu ratio: CPU seconds of the bound / CPU seconds of the ingest (less sensitive to other load).
+others: CPU seconds used by other processes on the machine during the ingest / wall seconds."""
 
 
 def generate(work: Path, quick: bool, gz: bool, large: bool) -> list[Input]:
@@ -621,7 +629,9 @@ def measure(inputs: list[Input], tmp: Path, level: int, diag: bool, rows: dict[s
             b = bounds[inp.name] = bound(inp.tar, level)
             print(
                 f"  bound {inp.name}: {b.rate:.1f} MB/s over {b.nbytes / MB:.0f} MB,"
-                f" {b.cpu_seconds:.1f} CPU-s (zlib -{level} + SHA-1, 2 threads;"
+                f" {b.cpu_seconds:.1f} CPU-s ({b.cpu_seconds / b.seconds:.2f} cores,"
+                f" others {b.other_cpu_seconds / b.seconds:.2f};"
+                f" zlib -{level} + SHA-1, 2 threads;"
                 f" compressed/input {b.compressed_fraction:.2f})",
                 flush=True,
             )

@@ -167,12 +167,16 @@ def test_serve_and_verify_over_http(root: Path, tmp_path: Path) -> None:
         server.stderr.close()
 
 
-def test_demo_runs_on_embedded_defaults(tmp_path: Path) -> None:
+def test_demo_runs_the_whole_flow_on_embedded_defaults(tmp_path: Path) -> None:
     out = rcds("demo", "--workdir", str(tmp_path))
-    assert "demo complete" in out.stdout and "README.md" in out.stdout
-    assert (tmp_path / "demo.example.org" / "public" / ".cvmfspublished").exists()
-    # a second run reuses the repository
-    assert "using repository" in rcds("demo", "--workdir", str(tmp_path)).stdout
+    assert "demo complete" in out.stdout and "Published with rcds." in out.stdout
+    assert "2. published" in out.stdout
+    assert (tmp_path / "job" / "code" / "README.md").read_bytes() == b"# analysis code\n\nPublished with rcds.\n"
+    # a second run finds the same code already published (same CID: reproducible packing)
+    again = rcds("demo", "--workdir", str(tmp_path)).stdout
+    assert "already present" in again
+    cid = next(w for w in out.stdout.split() if w.startswith("demo/"))
+    assert cid in again
 
 
 def test_keys_are_not_served(root: Path) -> None:

@@ -147,7 +147,7 @@ def test_wrong_manifest_signature(site: Site) -> None:
     other_tree = site.copy("othername")
     renamed = site.manifest(other_tree).evolve(repository_name="other.example.org")
     (other_tree / ".cvmfspublished").write_bytes(renamed.sign(site.private_key("key")))
-    with pytest.raises(IntegrityError, match="is for repository 'other.example.org'"):
+    with pytest.raises(IntegrityError, match=r"is for repository 'other\.example\.org'"):
         site.open([site.serve(other_tree)], cache_dir=site.work / "c3")
 
 

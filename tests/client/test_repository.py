@@ -27,7 +27,7 @@ C2 = "/sw/g/c2"
 
 
 def test_namespace(site: Site) -> None:
-    FILES = site.files
+    files = site.files
     repo = site.open()
     assert repo.revision == 2
     assert repo.listdir("/") == ["sw"]
@@ -38,11 +38,11 @@ def test_namespace(site: Site) -> None:
     assert stat.S_ISLNK(repo.lstat(f"{C1}/a/link").st_mode)
     assert repo.readlink(f"{C1}/a/link") == "hello.txt"
     st = repo.stat(f"{C1}/a/link")
-    assert stat.S_ISREG(st.st_mode) and st.st_size == len(FILES[f"{C1}/a/hello.txt"])
-    assert repo.read_bytes(f"{C1}/alib/hello.txt") == FILES[f"{C1}/a/hello.txt"]
-    assert repo.read_bytes(f"{C1}/abs") == FILES[f"{C1}/a/hello.txt"]
+    assert stat.S_ISREG(st.st_mode) and st.st_size == len(files[f"{C1}/a/hello.txt"])
+    assert repo.read_bytes(f"{C1}/alib/hello.txt") == files[f"{C1}/a/hello.txt"]
+    assert repo.read_bytes(f"{C1}/abs") == files[f"{C1}/a/hello.txt"]
     assert repo.listdir(f"{C1}/alib") == repo.listdir(f"{C1}/a")
-    assert repo.read_bytes(f"{C1}/b/../a/hello.txt") == FILES[f"{C1}/a/hello.txt"]
+    assert repo.read_bytes(f"{C1}/b/../a/hello.txt") == files[f"{C1}/a/hello.txt"]
     with pytest.raises(NotFoundError, match="outside the repository"):
         repo.stat(f"{C1}/outside")
     assert repo.lstat(f"{C1}/outside").st_size == len("/etc/passwd")
@@ -53,7 +53,7 @@ def test_namespace(site: Site) -> None:
     assert repo.stat("/").st_ino == 256 and stat.S_ISDIR(repo.stat("/").st_mode)
     assert stat.S_IMODE(repo.stat(f"{C1}/a/run.sh").st_mode) == 0o755
     assert repo.stat(f"{C1}/a/run.sh").st_mtime == 1_700_000_000
-    assert repo.stat(f"{C1}/a/big.bin").st_size == len(FILES[f"{C1}/a/big.bin"])
+    assert repo.stat(f"{C1}/a/big.bin").st_size == len(files[f"{C1}/a/big.bin"])
     assert repo.exists(f"{C1}/a") and not repo.exists(f"{C1}/nope") and not repo.exists(f"{C1}/outside")
     with pytest.raises(NotFoundError, match="no such file"):
         repo.stat(f"{C1}/a/missing")
@@ -64,16 +64,16 @@ def test_namespace(site: Site) -> None:
     with pytest.raises(NotFoundError, match="not a regular file"):
         repo.open(f"{C1}/a")
     # Every file reads back exactly; walk is os.walk-like and sees all of it.
-    for path, data in FILES.items():
+    for path, data in files.items():
         assert repo.read_bytes(path) == data, path
     walked = {f"{d.rstrip('/')}/{f}" for d, _, files in repo.walk("/") for f in files}
-    assert set(FILES) <= walked
+    assert set(files) <= walked
     assert f"{C1}/a/link" in walked
     assert next(iter(repo.walk(C1)))[1] == ["a", "b"]
 
 
 def test_open_reads_only_the_chunks_it_needs(site: Site) -> None:
-    BIG = site.big
+    big = site.big
     repo = site.open()
     path = f"{C1}/a/big.bin"
     pieces = repo.pieces(path)
@@ -83,19 +83,19 @@ def test_open_reads_only_the_chunks_it_needs(site: Site) -> None:
         assert f.seekable() and f.readable()
         mid = pieces[2].offset + 10
         f.seek(mid)
-        assert f.read(100) == BIG[mid : mid + 100]
+        assert f.read(100) == big[mid : mid + 100]
         assert site.fetched("P") - before == 1  # one chunk object, nothing else
         f.seek(-50, io.SEEK_END)
-        assert f.read() == BIG[-50:]
-        assert f.tell() == len(BIG)
+        assert f.read() == big[-50:]
+        assert f.tell() == len(big)
         assert f.read(10) == b""
         assert site.fetched("P") - before == 2
         # A read across a chunk boundary, then the whole file; cached chunks are not fetched again.
         edge = pieces[1].offset - 5
         f.seek(edge)
-        assert f.read(10) == BIG[edge : edge + 10]
+        assert f.read(10) == big[edge : edge + 10]
         f.seek(0)
-        assert f.read() == BIG
+        assert f.read() == big
     assert site.fetched("P") - before == len(pieces)
     with repo.open(f"{C1}/a/hello.txt", "r", encoding="utf-8") as t:
         assert t.read() == "hello rcds\n"
@@ -171,6 +171,8 @@ def test_quota_eviction_under_a_full_cache(site: Site) -> None:
     for name, data in blobs.items():
         assert repo.read_bytes(f"/sw/big/{name}") == data
         assert repo.cache.size() <= quota
+    repo.source.flush()  # objects are committed to the cache in the background
+    assert repo.cache.size() <= quota
     assert not repo.cache.check()
     cached_files = [e for e in repo.cache.entries() if e.kind in ("", "P")]
     assert 0 < len(cached_files) < len(blobs)  # the oldest were evicted
@@ -179,11 +181,13 @@ def test_quota_eviction_under_a_full_cache(site: Site) -> None:
     assert repo.read_bytes("/sw/big/f00.bin") == blobs["f00.bin"]
 
 
-def test_alien_cache_serves_a_second_client_and_corrupt_entries_are_refetched(site: Site, tmp_path: Path) -> None:
-    FILES = site.files
+def test_alien_cache_serves_a_second_client_and_corrupt_entries_are_refetched(
+    site: Site, tmp_path: Path
+) -> None:
+    files = site.files
     alien = tmp_path / "alien"
     a = site.open(alien_cache=alien, cache_dir=tmp_path / "cache-a")
-    for path, data in FILES.items():
+    for path, data in files.items():
         assert a.read_bytes(path) == data
     b = site.open(alien_cache=alien, cache_dir=tmp_path / "cache-b")
     # Damage one alien entry: it is detected, dropped and fetched again from the network.
@@ -191,7 +195,7 @@ def test_alien_cache_serves_a_second_client_and_corrupt_entries_are_refetched(si
     entry = alien / hello.object_name().removeprefix("data/")
     entry.write_bytes(b"garbage")
     network_before = b.source.stats["network"]
-    for path, data in FILES.items():
+    for path, data in files.items():
         assert b.read_bytes(path) == data
     assert b.source.stats["alien"] >= 4
     assert b.source.stats["network"] - network_before == 1  # only the damaged object
@@ -238,7 +242,8 @@ from rcds.client.repository import Repository
 urls, key, cache, alien, quota, expected_file, rounds = sys.argv[1:]
 expected = json.loads(Path(expected_file).read_text())
 repo = Repository.open_urls(
-    urls.split(","), [key], cache_dir=Path(cache), alien_cache=Path(alien), quota_bytes=int(quota), probe=False
+    urls.split(","), [key], cache_dir=Path(cache), alien_cache=Path(alien),
+    quota_bytes=int(quota), probe=False,
 )
 for _ in range(int(rounds)):
     for path, digest in expected.items():

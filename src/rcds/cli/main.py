@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from rcds import __version__
-from rcds.cli import client, demo, repo, server
+from rcds.cli import client, demo, jobs, repo, server
 from rcds.errors import (
     ConfigError,
     InputError,
@@ -33,7 +33,13 @@ EXIT_CODES: tuple[tuple[type[RcdsError], int], ...] = (
 """Exit status by error class (anything else from rcds: 1). Documented in docs/cli.md."""
 
 Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
-COMMAND_GROUPS: tuple[Registrar, ...] = (repo.register, server.register, client.register, demo.register)
+COMMAND_GROUPS: tuple[Registrar, ...] = (
+    repo.register,
+    server.register,
+    client.register,
+    jobs.register,
+    demo.register,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

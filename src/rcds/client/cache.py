@@ -27,7 +27,7 @@ import fcntl
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import BinaryIO
@@ -206,6 +206,21 @@ class LocalCache:
         self._touch_or_heal(name, kind, True)
         return f
 
+    def touch_many(self, objects: Iterable[tuple[ContentHash, ObjectKind]]) -> None:
+        """Mark objects as used in one transaction (for readers that open files themselves).
+
+        LRU order is advisory: objects without a row are ignored, a busy database is skipped.
+        """
+        names = [object_name(h, kind) for h, kind in objects]
+        if not names:
+            return
+        try:
+            with self._db.transaction():
+                for name in names:
+                    self._db.touch(name)
+        except sqlite3.OperationalError:
+            pass
+
     def size(self) -> int:
         """Bytes of all cached objects (as recorded)."""
         return self._db.total()
@@ -254,6 +269,42 @@ class LocalCache:
             w.write(plain)
         assert w.path is not None
         return w.path
+
+    def insert_many(self, items: Iterable[tuple[ContentHash, ObjectKind, bytes]]) -> int:
+        """Store several verified objects (plain bytes, unpinned) under one lock and one transaction.
+
+        Objects larger than the quota are skipped; an object evicted again by a later one of the
+        same batch is not kept. Returns how many objects were stored.
+        """
+        staged: list[tuple[str, Path, int, str]] = []
+        try:
+            for h, kind, plain in items:
+                if self.quota_bytes is not None and len(plain) > self.quota_bytes:
+                    continue
+                fd, tmp = make_temp(self.txn, 0o600)
+                staged.append((object_name(h, kind), tmp, len(plain), kind.value))
+                with os.fdopen(fd, "wb") as f:
+                    f.write(plain)
+            if not staged:
+                return 0
+            with self._flock():
+                with self._db.transaction():
+                    for name, _, size, kind_value in staged:
+                        self._db.upsert(name, size, kind_value)
+                        self._make_room(name, size)
+                stored = 0
+                for name, tmp, _, _ in staged:
+                    if self._db.get(name) is not None:  # not evicted by a later one of the batch
+                        os.replace(tmp, self._path(name))
+                        stored += 1
+            return stored
+        except OSError as exc:
+            raise StorageError(f"cannot write objects into {self.dir}: {exc.strerror or exc}") from exc
+        except sqlite3.Error as exc:
+            raise StorageError(f"cache database {self._db.path} failed: {exc}") from exc
+        finally:
+            for _, tmp, _, _ in staged:
+                tmp.unlink(missing_ok=True)
 
     def insert_file(self, h: ContentHash, kind: ObjectKind, src: Path, *, pin: bool = False) -> Path:
         """Move a complete file (ideally already in ``txn/``) into the cache; ``src`` is consumed."""

@@ -4,7 +4,8 @@ Lookup order for an object: the local cache (plain bytes, verified before they w
 then the alien cache (raw stored bytes, re-verified on every read), then the network through a
 :class:`~rcds.net.fetcher.Fetcher` (verified inside the fetcher's validation, so a corrupt object
 is re-fetched without caches and then from another host). What came from the alien cache or the
-network is inserted into the local cache (catalogs pinned) and, raw, into the alien cache.
+network is inserted into the local cache (catalogs pinned, at once; other objects in batches by a
+background thread, see :mod:`rcds.client.inserter`) and, raw, into the alien cache.
 Nothing unverified is ever cached or returned.
 """
 
@@ -14,12 +15,14 @@ import io
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
 from rcds.client.alien_cache import AlienCache
-from rcds.client.cache import LocalCache
+from rcds.client.cache import LocalCache, object_name
+from rcds.client.inserter import BackgroundInserter
 from rcds.errors import IntegrityError, NotFoundError, StorageError
 from rcds.format.compression import StreamVerifier, verify_object
 from rcds.format.hashes import ContentHash, ObjectKind
@@ -36,6 +39,8 @@ STREAM_THRESHOLD = 64 << 20
 """Objects whose plain size is above this are streamed into the cache file instead of memory."""
 
 ROOT_FILE_MAX_SIZE = 16 << 20
+TOUCH_BATCH = 512
+TOUCH_EVERY = 2.0
 
 
 class CachedSource(Source):
@@ -51,6 +56,10 @@ class CachedSource(Source):
         self.location = ";".join(fetcher.servers)
         self._lock = threading.Lock()
         self.stats = {"local": 0, "alien": 0, "network": 0}
+        self._dir = str(cache.dir)
+        self._touches: list[tuple[ContentHash, ObjectKind]] = []
+        self._last_flush = time.monotonic()
+        self.inserter = BackgroundInserter(cache)
 
     def _count(self, where: str) -> None:
         with self._lock:
@@ -102,6 +111,10 @@ class CachedSource(Source):
         if f is not None:
             self._count("local")
             return f
+        queued = None if pin else self.inserter.get(h, kind)
+        if queued is not None:
+            self._count("local")
+            return io.BytesIO(queued)
         if self.alien is not None:
             plain = self.alien.get_verified(h, kind, size, compressed=compressed)
             if plain is not None:
@@ -122,8 +135,9 @@ class CachedSource(Source):
         return self._keep(h, kind, plain, pin) if keep else io.BytesIO(plain)
 
     def _open_cached(self, h: ContentHash, kind: ObjectKind, size: int | None, pin: bool) -> BinaryIO | None:
-        f = self.cache.open(h, kind)
-        if f is None:
+        try:
+            f: BinaryIO = open(os.path.join(self._dir, object_name(h, kind)), "rb")  # noqa: SIM115
+        except FileNotFoundError:
             return None
         if size is not None and os.fstat(f.fileno()).st_size != size:
             f.close()
@@ -131,16 +145,39 @@ class CachedSource(Source):
             log.warning("cache object %s had a wrong size; quarantined", h.object_name(kind))
             return None
         if pin:
-            self._pin(h, kind)
+            self.cache.pin(h, kind)
+        self._touched(h, kind)
         return f
 
-    def _pin(self, h: ContentHash, kind: ObjectKind) -> None:
-        self.cache.pin(h, kind)
+    def _touched(self, h: ContentHash, kind: ObjectKind) -> None:
+        """Record a cache hit; the LRU database is updated in batches (it is advisory)."""
+        now = time.monotonic()
+        with self._lock:
+            self._touches.append((h, kind))
+            if len(self._touches) < TOUCH_BATCH and now - self._last_flush < TOUCH_EVERY:
+                return
+            batch, self._touches, self._last_flush = self._touches, [], now
+        self.cache.touch_many(batch)
+
+    def flush(self) -> None:
+        """Commit queued objects and pending LRU updates to the cache."""
+        self.inserter.flush()
+        with self._lock:
+            batch, self._touches = self._touches, []
+        self.cache.touch_many(batch)
 
     def _keep(self, h: ContentHash, kind: ObjectKind, plain: bytes, pin: bool) -> BinaryIO:
-        """Insert verified plain bytes into the local cache; return them as a file."""
+        """Insert verified plain bytes into the local cache; return them as a file.
+
+        Catalogs (``pin``) are committed at once, since they are opened from the cache file;
+        other objects are committed in the background, in batches.
+        """
+        if not pin:
+            self.inserter.put(h, kind, plain)
+            return io.BytesIO(plain)
         try:
-            self.cache.insert_bytes(h, kind, plain, pin=pin)
+            with self.cache.writer(h, kind, pin=pin) as w:
+                w.write(plain)
         except StorageError as exc:
             if pin:
                 raise
@@ -197,7 +234,9 @@ class CachedSource(Source):
         )
 
     def close(self) -> None:
-        """Drop pooled connections."""
+        """Commit what is queued for the cache and drop pooled connections."""
+        self.flush()
+        self.inserter.close()
         self.fetcher.close()
 
 

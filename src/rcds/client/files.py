@@ -182,6 +182,17 @@ class RepoFile(io.RawIOBase):
 
     def readall(self) -> bytes:
         """The rest of the file."""
+        if self._pos == 0 and len(self._pieces) == 1:  # the common case: one object, read whole
+            self._checkClosed()
+            data = self._piece_file(0).read()
+            if len(data) != self.size:
+                raise IntegrityError(
+                    f"{self.name}: object {self._pieces[0].hash.hex} has {len(data)} bytes, "
+                    f"the catalog says {self.size}",
+                    self.name,
+                )
+            self._pos = self.size
+            return data
         out = bytearray(max(0, self.size - self.tell()))
         view = memoryview(out)
         got = 0

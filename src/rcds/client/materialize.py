@@ -220,7 +220,10 @@ def materialize(
             if dest.is_symlink() or (dest.exists() and not dest.is_dir()):
                 raise InputError(f"{dest} exists and is not a directory; choose another destination")
         else:
-            target = dest / (top.entry.name or "root") if dest.is_dir() else dest
+            name = source_path.rstrip("/").rsplit("/", 1)[-1] or top.entry.name
+            if name in (".", ".."):
+                name = top.entry.name
+            target = dest / _check_name(name, source_path) if dest.is_dir() else dest
         plan = _Plan(repo, m.revision, top, target)
         for loc in m.walk(top):
             plan.add(loc)

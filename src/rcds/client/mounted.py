@@ -20,6 +20,7 @@ from rcds.repo.catalog import Catalog
 from rcds.repo.view import RepositoryView, Trust
 
 MAX_SYMLINKS = 40
+DIR_CACHE_SIZE = 16384
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +45,7 @@ class Mounted:
         self.retired = False
         self.closed = False
         self._lock = threading.Lock()
+        self._dirs: dict[str, Located] = {}
         self.view = make_view(self)
 
     @property
@@ -122,20 +124,50 @@ class Mounted:
             raise IntegrityError(f"the nested catalog at {path} has no root directory row", path)
         return Located(row, cat)
 
+    def directory(self, canonical: str) -> Located:
+        """The directory at a canonical path (real directories only, no ``..``), cached.
+
+        A nested catalog mount point is returned entered (as the nested catalog's root row).
+        """
+        found = self._dirs.get(canonical)
+        if found is not None:
+            return found
+        if not canonical:
+            loc = self.root()
+        else:
+            parent, _, name = canonical.rpartition("/")
+            child = self.child(self.directory(parent), name)
+            if child is None or not child.entry.is_dir:
+                raise NotFoundError(f"{canonical}: no such directory in {self.fqrn}")
+            loc = child
+        return self._remember(self.inside(loc))
+
+    def _remember(self, loc: Located) -> Located:
+        if len(self._dirs) >= DIR_CACHE_SIZE:
+            self._dirs.clear()
+        self._dirs[loc.entry.path] = loc
+        return loc
+
     def resolve(self, path: str, *, follow: bool = True) -> Located:
         """The entry at ``path``; symlinks are followed inside the path and, if ``follow``, at its end."""
-        todo = list(reversed(path.split("/")))
-        stack = [self.root()]
+        parts = [p for p in path.split("/") if p and p != "."]
+        here = None
+        if len(parts) > 1 and ".." not in parts:
+            here = self._dirs.get("/" + "/".join(parts[:-1]))  # the usual case: a known directory
+        if here is not None:
+            todo = [parts[-1]]
+        else:
+            here = self.directory("")
+            todo = list(reversed(parts))
         links = 0
         while todo:
             name = todo.pop()
             if name in ("", "."):
                 continue
             if name == "..":
-                if len(stack) > 1:
-                    stack.pop()
+                if here.entry.path:
+                    here = self.directory(here.entry.path.rpartition("/")[0])
                 continue
-            here = stack[-1]
             if not here.entry.is_dir:
                 raise NotFoundError(f"{path}: {here.entry.path or '/'} is not a directory")
             found = self.child(here, name)
@@ -156,11 +188,13 @@ class Mounted:
                             f"repository ({target})"
                         )
                     target = target[len(prefix) :]
-                    del stack[1:]
+                    here = self.directory("")
                 todo.extend(reversed(target.split("/")))
                 continue
-            stack.append(found)
-        return stack[-1]
+            here = found
+            if todo and here.entry.is_dir:
+                here = self._remember(self.inside(here))
+        return here
 
     def listdir(self, directory: Located) -> list[Located]:
         """The visible entries of a directory, sorted by name; nested catalogs are not loaded."""

@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from rcds.client.alien_cache import AlienCache
 from rcds.client.cache import LocalCache
 from rcds.client.cached_source import CachedSource
-from rcds.client.config import ClientConfig, load_client_config
+from rcds.client.config import ClientConfig, check_fqrn, load_client_config
 from rcds.client.files import Piece, RepoFile, pieces_of
 from rcds.client.mounted import Located, Mounted
 from rcds.client.stat import device_of, make_stat
@@ -150,7 +150,7 @@ class Repository:
         probe: bool = True,
         auto_update: bool = False,
     ) -> None:
-        self.fqrn = fqrn
+        self.fqrn = check_fqrn(fqrn)
         self.fetcher = fetcher
         self.cache = cache
         self.alien = alien
@@ -530,7 +530,7 @@ class Repository:
             live = list(self._live)
         for m in live:
             self._close_mounted(m)
-        self.fetcher.close()
+        self.source.close()
         self.cache.close()
 
     def __enter__(self) -> Repository:

@@ -47,6 +47,8 @@ class ChangeResult:
     path: str
     stats: WriteStats
     seconds: float
+    commit_seconds: float = 0.0
+    """Of ``seconds``: writing the catalogs, syncing and signing the manifest."""
 
 
 def target_path(path: str) -> str:
@@ -236,6 +238,7 @@ class Stratum0:
         stats: WriteStats,
         start: float,
     ) -> ChangeResult:
+        commit_start = time.monotonic()
         root_hash, root_size, revision = chain.commit(now, self.settings.ttl)
         new = old.evolve(
             root_catalog=root_hash,
@@ -251,7 +254,8 @@ class Stratum0:
         key = keys.load_private_key(self.layout.key("key").read_bytes(), str(self.layout.key("key")))
         self.store.sync()
         self.store.put(".cvmfspublished", new.sign(key))
-        return ChangeResult(new.revision, root_hash.hex, target, stats, time.monotonic() - start)
+        end = time.monotonic()
+        return ChangeResult(new.revision, root_hash.hex, target, stats, end - start, end - commit_start)
 
     def gc(self, keep_revisions: int = 1) -> GcResult:
         """Delete objects unreachable from the newest ``keep_revisions`` revisions."""

@@ -19,7 +19,7 @@ from rcds.service.auth.identity import Authorizer
 from rcds.service.auth.tls import server_context
 from rcds.service.auth.truststore import TrustStore
 from rcds.service.core import Service
-from rcds.service.spool import NoSpaceError, TooLargeError
+from rcds.service.spool import NoSpaceError, StalledError, TooLargeError
 
 log = logging.getLogger("rcds.service.app")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -39,6 +39,7 @@ def _status_of(exc: RcdsError) -> int:
         return exc.status
     for cls, code in (
         (TooLargeError, 413),
+        (StalledError, 408),
         (NoSpaceError, 507),
         (InputError, 400),
         (NotFoundError, 404),
@@ -61,7 +62,7 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         if code >= 500:
             log.error("%s %s: %s", request.method, request.path, exc)
         resp = error(request, code, str(exc), headers)
-        if code in (413, 507):
+        if code in (408, 413, 507):
             resp.force_close()  # do not read the rest of a refused upload
         return resp
 

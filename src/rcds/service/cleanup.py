@@ -123,11 +123,12 @@ class Cleaner:
                 victims = self.expired(t).get(slot.name, [])
                 result.kept = len(self.presence.cids_of(slot.name)) - len(victims)
                 with slot.lock:
-                    # re-check under the lock: a publish or update may have happened meanwhile
+                    # re-check under the lock: a publish or update may have happened meanwhile, and
+                    # its stamp may be pending or written already (the stamp writer needs this lock)
                     active = self.status.active()
-                    pending = self.stamps.pending()
+                    used = self.stamps.all_stamps(self._all_publics())
                     cutoff = t - self.maxdays * DAY
-                    victims = [c for c in victims if c not in active and pending.get(c, 0) < cutoff]
+                    victims = [c for c in victims if c not in active and used.get(c, 0) < cutoff]
                     if victims:
                         slot.s0.remove_many(
                             [f"/{self.prefix}/{c}" for c in victims], missing_ok=True, now=int(t)

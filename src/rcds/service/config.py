@@ -25,6 +25,7 @@ from rcds.service.cid import validate_cid
 
 __all__ = [
     "DEFAULT_BASE_DIR",
+    "DEFAULT_MAX_UNPACKED_SIZE",
     "DEFAULT_MAX_UPLOAD_SIZE",
     "DEFAULT_REPOSITORIES",
     "DEFAULT_TOKEN_SCOPE",
@@ -44,6 +45,8 @@ __all__ = [
 DEFAULT_REPOSITORIES = ("user1.example.org", "user2.example.org")
 DEFAULT_BASE_DIR = Path("/var/lib/rcds")
 DEFAULT_MAX_UPLOAD_SIZE = 4 * 1024**3
+#: Decompressed bytes one tarball may expand to (the engine's default limit).
+DEFAULT_MAX_UNPACKED_SIZE = 64 * 1024**3
 #: Today's server requires this scope in tokens; kept as the default for compatibility.
 DEFAULT_TOKEN_SCOPE = "compute.create"
 
@@ -191,6 +194,7 @@ class ServiceConfig:
     replica: ReplicaConfig
     serve: ServeConfig = field(default_factory=ServeConfig)
     stamps: StampsConfig = field(default_factory=StampsConfig)
+    max_unpacked_size: int = DEFAULT_MAX_UNPACKED_SIZE
 
     @classmethod
     def load(cls, path: str | Path) -> ServiceConfig:
@@ -310,7 +314,8 @@ class _Builder:
     def build(self, data: Mapping[str, Any], base_default: Path | None) -> ServiceConfig:
         top = self.table(data, "", {
             "base_dir", "repositories", "prefix", "stamp_prefix", "state_dir", "spool_dir",
-            "max_upload_size", "cleanup", "listen", "tls", "auth", "acl", "replica", "serve", "stamps",
+            "max_upload_size", "max_unpacked_size", "cleanup", "listen", "tls", "auth", "acl", "replica",
+            "serve", "stamps",
         })  # fmt: skip
         base = self.opt_path(top.get("base_dir"), "base_dir") or base_default or DEFAULT_BASE_DIR
         repos = self.str_list(top.get("repositories", list(DEFAULT_REPOSITORIES)), "repositories")
@@ -327,6 +332,10 @@ class _Builder:
             max_upload = parse_size(top.get("max_upload_size", DEFAULT_MAX_UPLOAD_SIZE))
         except (ValueError, TypeError) as e:
             raise self.fail("max_upload_size", str(e)) from None
+        try:
+            max_unpacked = parse_size(top.get("max_unpacked_size", DEFAULT_MAX_UNPACKED_SIZE))
+        except (ValueError, TypeError) as e:
+            raise self.fail("max_unpacked_size", str(e)) from None
 
         cl = self.table(top.get("cleanup"), "cleanup", {"maxdays", "start_hour"})
         cleanup = CleanupConfig(
@@ -354,6 +363,7 @@ class _Builder:
             replica=self.replica(top.get("replica")),
             serve=self.serve(top.get("serve")),
             stamps=self.stamps(top.get("stamps")),
+            max_unpacked_size=max_unpacked,
         )
 
     def serve(self, value: object) -> ServeConfig:
@@ -515,6 +525,8 @@ base_dir = "/var/lib/rcds"
 # Largest accepted upload: bytes, or with a unit (K/M/G/T or KiB..TiB = 1024^n,
 # KB..TB = 1000^n).
 max_upload_size = "4GiB"
+# Largest total size a tarball may expand to (a decompression bomb is refused when it gets there).
+max_unpacked_size = "64GiB"
 
 [cleanup]
 # Tarballs neither published nor updated for more than maxdays days are deleted.

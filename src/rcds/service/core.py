@@ -15,6 +15,7 @@ from pathlib import Path
 from rcds.errors import NotFoundError
 from rcds.publish.create import create_repository
 from rcds.publish.layout import Settings
+from rcds.publish.policy import Limits
 from rcds.publish.stratum0 import Stratum0
 from rcds.serve.http import RepositoryServer, make_server
 from rcds.service.cleanup import Cleaner
@@ -72,7 +73,14 @@ class Service:
         self.spool = Spool(config.spool_dir, config.max_upload_size)
         self.stamps = StampBook(self.slots, self.presence, config.stamp_prefix, clock)
         self.queue = PublishQueue(
-            self.slots, self.presence, self.status, self.stamps, self.spool, config.prefix, clock
+            self.slots,
+            self.presence,
+            self.status,
+            self.stamps,
+            self.spool,
+            config.prefix,
+            clock,
+            Limits(max_bytes=config.max_unpacked_size),
         )
         self.cleaner = Cleaner(
             self.slots,

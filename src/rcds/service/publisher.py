@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from rcds.errors import InputError, RcdsError
+from rcds.publish.policy import Limits
 from rcds.service.presence import Presence
 from rcds.service.slots import RepoSlot
 from rcds.service.spool import Spool, Spooled
@@ -41,6 +42,8 @@ class PublishRecord:
     queue_wait: float
     ingest: float
     total: float
+    commit: float = 0.0
+    """Of ``ingest``: writing the catalogs, syncing and signing the new revision."""
 
 
 class PublishQueue:
@@ -55,6 +58,7 @@ class PublishQueue:
         spool: Spool,
         prefix: str,
         clock: Callable[[], float],
+        limits: Limits | None = None,
     ) -> None:
         self.slots = list(slots)
         self.presence = presence
@@ -63,6 +67,7 @@ class PublishQueue:
         self.spool = spool
         self.prefix = prefix
         self.clock = clock
+        self.limits = limits
         self.records: collections.deque[PublishRecord] = collections.deque(maxlen=1000)
         self._jobs: collections.deque[Job] = collections.deque()
         self._cond = threading.Condition()
@@ -141,7 +146,9 @@ class PublishQueue:
         self.status.set(cid, State.PUBLISHING, slot.name)
         try:
             with slot.lock, open(job.item.path, "rb") as f:
-                result = slot.s0.ingest_tar(f, f"/{self.prefix}/{cid}", now=int(self.clock()))
+                result = slot.s0.ingest_tar(
+                    f, f"/{self.prefix}/{cid}", limits=self.limits, now=int(self.clock())
+                )
         except InputError as exc:
             log.warning("publish of %s by %s refused: %s", cid, job.identity, exc)
             self.status.set(cid, State.FAILED, slot.name, str(exc))
@@ -157,7 +164,12 @@ class PublishQueue:
             self.stamps.touch(cid)
             self.records.append(
                 PublishRecord(
-                    cid, slot.name, start - job.queued_at, result.seconds, time.monotonic() - job.queued_at
+                    cid,
+                    slot.name,
+                    start - job.queued_at,
+                    result.seconds,
+                    time.monotonic() - job.queued_at,
+                    result.commit_seconds,
                 )
             )
             log.info(

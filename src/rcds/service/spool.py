@@ -4,7 +4,7 @@
 
     spool/
       incoming/  uploads in progress (``<random>.part``); emptied at start-up
-      queue/     complete uploads ``<quoted cid>.tar`` — requeued after a restart
+      queue/     complete uploads ``<cid with / as %2F>.tar`` — requeued after a restart
 
 An interrupted upload leaves nothing behind; an upload over the size limit or larger than the
 free disk space is refused before or while it streams.
@@ -20,16 +20,28 @@ import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote, unquote
+from urllib.parse import unquote
 
 from rcds.errors import InputError, StorageError
 
 DISK_RESERVE = 256 << 20
 """Bytes always left free on the spool's filesystem."""
+MAX_CID_LENGTH = 240
+"""The longest CID the service takes, so that its file names here (``/`` as ``%2F``, a suffix) fit
+in the 255 bytes a file name may have."""
+
+
+def cid_filename(cid: str, suffix: str) -> str:
+    """The file name of ``cid`` in a flat directory (CIDs never contain ``%``, so it is reversible)."""
+    return cid.replace("/", "%2F") + suffix
 
 
 class TooLargeError(InputError):
     """The upload is larger than the configured maximum (HTTP 413)."""
+
+
+class StalledError(InputError):
+    """The client stopped sending the upload (HTTP 408)."""
 
 
 class NoSpaceError(StorageError):
@@ -68,10 +80,10 @@ class Upload:
         self.size = 0
         algo = content_digest(cid) if spool.check_digest else None
         self._digest = hashlib.new(algo) if algo else None
+        if expected is not None:
+            self._check(expected)  # before creating the file, so a refusal leaves nothing behind
         self.tmp = spool.incoming / f"{secrets.token_hex(8)}.part"
         self._f = open(self.tmp, "wb")  # noqa: SIM115 - closed by commit/abort
-        if expected is not None:
-            self._check(expected)
 
     def _check(self, total: int) -> None:
         if total > self.spool.max_size:
@@ -109,7 +121,7 @@ class Upload:
             self._f.flush()
             os.fsync(self._f.fileno())
             self._f.close()
-            final = self.spool.queue / (quote(self.cid, safe="") + ".tar")
+            final = self.spool.queue / cid_filename(self.cid, ".tar")
             os.rename(self.tmp, final)
         except OSError as exc:
             self.abort()

@@ -1,6 +1,6 @@
 """What happened to each CID this server received: queued, publishing, published or failed (with why).
 
-Failures are kept on disk (``spool/failed/<quoted cid>.json``) so a client asking after a
+Failures are kept on disk (``spool/failed/<cid with / as %2F>.json``) so a client asking after a
 restart still learns why its publish failed; a new upload of the CID clears the failure.
 """
 
@@ -13,7 +13,8 @@ import time
 from dataclasses import asdict, dataclass
 from enum import Enum
 from pathlib import Path
-from urllib.parse import quote
+
+from rcds.service.spool import cid_filename
 
 
 class State(Enum):
@@ -61,7 +62,7 @@ class StatusBook:
                 )
 
     def _file(self, cid: str) -> Path:
-        return self.failed_dir / (quote(cid, safe="") + ".json")
+        return self.failed_dir / cid_filename(cid, ".json")
 
     def get(self, cid: str) -> CidStatus | None:
         """The state of ``cid``, if this server has seen it."""
@@ -75,7 +76,7 @@ class StatusBook:
             if cur is not None and cur.state in self.ACTIVE:
                 return False
             self._states[cid] = CidStatus(cid, State.RECEIVING, updated=time.time())
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):  # an old failure record; harmless if it stays
             self._file(cid).unlink()
         return True
 

@@ -14,6 +14,7 @@ from rcds.service.auth.identity import Authorizer, Identity
 from rcds.service.auth.tls import peer_chain
 from rcds.service.cid import Cid, validate_cid
 from rcds.service.core import Service
+from rcds.service.spool import MAX_CID_LENGTH
 
 APP_KEY: web.AppKey[ApiContext] = web.AppKey("rcds", None)
 
@@ -53,4 +54,4 @@ def cid_param(request: web.Request, verb: str) -> Cid:
     values = request.query.getall("cid", [])
     if not values or not values[0]:
         raise InputError(f"{verb} with no cid")
-    return validate_cid(values[0])
+    return validate_cid(values[0], max_length=MAX_CID_LENGTH)

@@ -7,6 +7,7 @@ CID is published already (its stamp is touched and the body is not read).
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from aiohttp import web
 
@@ -14,8 +15,12 @@ from rcds.errors import InputError
 from rcds.service.api.context import cid_param, context
 from rcds.service.api.replies import found, reply
 from rcds.service.core import Found
+from rcds.service.spool import StalledError
 
+log = logging.getLogger("rcds.service.api.publish")
 BLOCK = 1 << 20
+IDLE_TIMEOUT = 120.0
+"""Seconds an upload may go without data before it is dropped (its CID is then free again)."""
 
 
 async def handle(request: web.Request) -> web.Response:
@@ -34,7 +39,18 @@ async def handle(request: web.Request) -> web.Response:
     upload = started
     committed = False
     try:
-        async for block in request.content.iter_chunked(BLOCK):
+        while True:
+            try:
+                block = await asyncio.wait_for(request.content.read(BLOCK), IDLE_TIMEOUT)
+            except TimeoutError:
+                raise StalledError(
+                    f"no data for {IDLE_TIMEOUT:g} s after {upload.size} bytes; send it again", cid.value
+                ) from None
+            except ConnectionError:  # the client went away: one log line, not a traceback
+                log.info("upload of %s interrupted after %d bytes", cid.value, upload.size)
+                raise InputError(f"upload interrupted after {upload.size} bytes", cid.value) from None
+            if not block:
+                break
             await loop.run_in_executor(None, upload.write, block)
         if request.content_length is not None and upload.size != request.content_length:
             raise InputError(

@@ -1,0 +1,348 @@
+"""Client read performance, side by side with the tarball route jobs use today, in one run.
+
+Run: ``python bench/client.py [--quick] [--repeat N] [--keep DIR]``.
+
+The input is the venv-like tree of ``bench/ingest.py`` (~20k files / ~300 MB at full scale),
+published into a fresh repository (default settings: SHA-1, zlib -6, 4/8/16 MiB chunks) and served
+by the engine's HTTP server on loopback, which also serves ``venv.tar.gz`` (gzip -6) and
+``venv.tar`` of the same tree from the same directory. Every figure is wall-clock time of a fresh
+process, the median of ``--repeat`` runs (min in brackets); the page cache is warm throughout.
+
+1. ``rcds get`` of the whole tree into an empty directory with an empty cache, against
+   ``curl -s URL | tar -xzf -`` (and ``| tar -xf -`` for the plain tar).
+2. Reading 10% of the files (a fixed random choice, 8 threads; also sequentially) with an empty
+   cache, against the same tarball route (download and extract everything, then read them).
+3. Reading every file of the tree (sequentially) with a warm cache, against reading the same
+   files from a local copy (a directory walk).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from common import MB, format_table, machine
+
+try:
+    from ingest import gzip_file, plan_venv, write_tar
+except ImportError as exc:  # pragma: no cover - the generator lives next to this file
+    raise SystemExit(f"bench/client.py needs the venv generator of bench/ingest.py: {exc}") from exc
+
+REPO = "bench.example.org"
+TREE = "/sw/bench/venv"
+TARGETS = {"get": 1.2, "read10": 0.2, "warm": 2.0}
+
+# -- child processes ------------------------------------------------------------------------------
+
+
+def child_read(args: list[str]) -> None:
+    """``read URL KEY CACHE LIST THREADS``: open the repository, read the listed files; print JSON."""
+    import numpy as np  # noqa: F401 - imported by the parent too; keeps start-up costs alike
+
+    from rcds.client.repository import Repository
+
+    url, key, cache, listing, threads = args
+    paths = json.loads(Path(listing).read_text())
+    t0 = time.perf_counter()
+    repo = Repository.open_urls([url], [key], cache_dir=Path(cache), probe=False)
+    nbytes = 0
+
+    def read(path: str) -> int:
+        with repo.open(path) as f:
+            return len(f.read())
+
+    if int(threads) > 1:
+        with cf.ThreadPoolExecutor(int(threads)) as pool:
+            nbytes = sum(pool.map(read, paths))
+    else:
+        nbytes = sum(read(p) for p in paths)
+    seconds = time.perf_counter() - t0
+    repo.close()
+    print(json.dumps({"seconds": seconds, "bytes": nbytes, "files": len(paths)}))
+
+
+def child_walk(args: list[str]) -> None:
+    """``walk URL KEY CACHE``: open the repository, walk it and read every file sequentially."""
+    from rcds.client.repository import Repository
+
+    url, key, cache = args
+    t0 = time.perf_counter()
+    repo = Repository.open_urls([url], [key], cache_dir=Path(cache), probe=False)
+    nbytes = files = 0
+    todo = [TREE]
+    while todo:
+        for e in repo.scandir(todo.pop()):
+            if e.is_dir():
+                todo.append(e.path)
+            elif e.is_file():
+                with repo.open(e.path) as f:
+                    nbytes += len(f.read())
+                files += 1
+    seconds = time.perf_counter() - t0
+    repo.close()
+    print(json.dumps({"seconds": seconds, "bytes": nbytes, "files": files}))
+
+
+def child_local(args: list[str]) -> None:
+    """``local DIR [LIST]``: read every regular file below DIR (or the listed ones) sequentially."""
+    root = Path(args[0])
+    t0 = time.perf_counter()
+    nbytes = files = 0
+    if len(args) > 1:
+        paths = [root / p for p in json.loads(Path(args[1]).read_text())]
+    else:
+        paths = [Path(d, n) for d, _, names in os.walk(root) for n in names]
+    for p in paths:
+        if p.is_symlink() or not p.is_file():
+            continue
+        with open(p, "rb") as f:
+            nbytes += len(f.read())
+        files += 1
+    print(json.dumps({"seconds": time.perf_counter() - t0, "bytes": nbytes, "files": files}))
+
+
+# -- the parent -----------------------------------------------------------------------------------
+
+
+def timed(cmd: list[str], **kw: object) -> float:
+    """Wall-clock seconds of a command (which must succeed)."""
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, **kw)  # type: ignore[call-overload]
+    return time.perf_counter() - t0
+
+
+def child(mode: str, *args: str) -> dict[str, float]:
+    """Run a child mode of this script; its JSON figures plus the wall time."""
+    t0 = time.perf_counter()
+    out = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--child", mode, *args],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    figures: dict[str, float] = json.loads(out.strip().splitlines()[-1])
+    figures["wall"] = time.perf_counter() - t0
+    return figures
+
+
+class Bench:
+    """Holds the served repository and the scratch directories."""
+
+    def __init__(self, work: Path, quick: bool) -> None:
+        self.work = work
+        self.quick = quick
+        self.n = 0
+
+    def fresh(self, name: str) -> Path:
+        self.n += 1
+        p = self.work / f"{name}-{self.n}"
+        shutil.rmtree(p, ignore_errors=True)
+        return p
+
+    def setup(self) -> None:
+        import numpy as np
+
+        from rcds.publish.create import create_repository
+        from rcds.publish.layout import Settings
+        from rcds.publish.stratum0 import Stratum0
+        from rcds.serve.http import make_server
+
+        scale = 0.1 if self.quick else 1.0
+        root = self.work / "repo"
+        public = root / "public"
+        meta = self.work / "input.json"
+        if meta.exists() and (public / "venv.tar.gz").exists():  # --keep DIR of an earlier run
+            self.files, self.nbytes = json.loads(meta.read_text())
+            print(
+                f"input: {self.files} files, {self.nbytes / MB:.0f} MB (reused from {self.work})", flush=True
+            )
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+            tar = self.work / "venv.tar"
+            t0 = time.perf_counter()
+            self.files, self.nbytes = write_tar(tar, plan_venv(np.random.default_rng(11), scale), 11)
+            print(
+                f"input: {self.files} files, {self.nbytes / MB:.0f} MB ({time.perf_counter() - t0:.0f} s)",
+                flush=True,
+            )
+            create_repository(root, Settings(name=REPO))
+            t0 = time.perf_counter()
+            with open(tar, "rb") as f:
+                Stratum0(root, REPO).ingest_tar(f, TREE)
+            print(f"published in {time.perf_counter() - t0:.0f} s", flush=True)
+            os.replace(tar, public / "venv.tar")
+            gzip_file(public / "venv.tar", public / "venv.tar.gz")
+            meta.write_text(json.dumps([self.files, self.nbytes]))
+        self.key = str(root / "keys" / f"{REPO}.pub")
+        self.server = make_server({REPO: public})
+        self.server.start_background()
+        self.url = self.server.url_for(REPO)
+        print(
+            f"serving {self.url} (venv.tar {os.path.getsize(public / 'venv.tar') / MB:.0f} MB, "
+            f"venv.tar.gz {os.path.getsize(public / 'venv.tar.gz') / MB:.0f} MB)",
+            flush=True,
+        )
+        # The regular files of the tree, and a fixed 10% of them.
+        from rcds.client.repository import Repository
+
+        with Repository.open_urls([self.url], [self.key], cache_dir=self.fresh("cache"), probe=False) as repo:
+            self.all_files = [
+                f"{d}/{n}"
+                for d, _, names in repo.walk(TREE)
+                for n in names
+                if repo.lstat(f"{d}/{n}").st_mode & 0o170000 == 0o100000
+            ]
+        subset = random.Random(7).sample(self.all_files, max(1, len(self.all_files) // 10))
+        self.subset_file = self.work / "subset.json"
+        self.subset_file.write_text(json.dumps(subset))
+        self.subset_local = self.work / "subset-local.json"
+        self.subset_local.write_text(json.dumps([p[len(TREE) + 1 :] for p in subset]))
+
+    def rcds_get(self, extra: list[str] | None = None) -> float:
+        dest, cache = self.fresh("get"), self.fresh("cache")
+        cmd = [
+            sys.executable,
+            "-m",
+            "rcds.cli.main",
+            "get",
+            "--no-progress",
+            "--server",
+            self.url,
+            "--key",
+            self.key,
+        ]
+        cmd += ["--cache", str(cache), *(extra or []), f"{REPO}:{TREE}", str(dest)]
+        seconds = timed(cmd, stdout=subprocess.DEVNULL)
+        shutil.rmtree(dest)
+        shutil.rmtree(cache)
+        return seconds
+
+    def tarball(self, gz: bool, then: Callable[[Path], None] | None = None) -> float:
+        dest = self.fresh("tar")
+        dest.mkdir()
+        name, flag = ("venv.tar.gz", "-xzf") if gz else ("venv.tar", "-xf")
+        t0 = time.perf_counter()
+        subprocess.run(f"curl -sf {self.url}/{name} | tar {flag} - -C {dest}", shell=True, check=True)
+        if then is not None:
+            then(dest)
+        seconds = time.perf_counter() - t0
+        shutil.rmtree(dest)
+        return seconds
+
+    def read_subset(self, threads: int) -> float:
+        cache = self.fresh("cache")
+        f = child("read", self.url, self.key, str(cache), str(self.subset_file), str(threads))
+        shutil.rmtree(cache)
+        return f["wall"]
+
+    def tar_then_subset(self, gz: bool) -> float:
+        return self.tarball(gz, lambda d: child("local", str(d), str(self.subset_local)) and None)
+
+    def warm(self) -> tuple[float, float]:
+        cache, dest = self.fresh("cache"), self.fresh("local")
+        dest.mkdir()
+        subprocess.run(f"curl -sf {self.url}/venv.tar | tar -xf - -C {dest}", shell=True, check=True)
+        # Fill the cache by reading everything once.
+        child("walk", self.url, self.key, str(cache))
+        rcds = child("walk", self.url, self.key, str(cache))["wall"]
+        local = child("local", str(dest))["wall"]
+        shutil.rmtree(cache)
+        shutil.rmtree(dest)
+        return rcds, local
+
+
+def repeat(n: int, fn: Callable[[], float]) -> list[float]:
+    return [fn() for _ in range(n)]
+
+
+def cell(values: list[float]) -> str:
+    return f"{statistics.median(values):.2f} ({min(values):.2f})"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="a tree ~10x smaller (smoke run)")
+    ap.add_argument("--repeat", type=int, default=3, help="runs per figure (median reported)")
+    ap.add_argument("--keep", type=Path, metavar="DIR", help="work in DIR and keep it")
+    ap.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    ap.add_argument("--child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        {"read": child_read, "walk": child_walk, "local": child_local}[args.child[0]](args.child[1:])
+        return
+
+    work = args.keep or Path(tempfile.mkdtemp(prefix="rcds-bench-client-"))
+    work.mkdir(parents=True, exist_ok=True)
+    b = Bench(work, args.quick)
+    try:
+        print(f"machine: {machine()}", flush=True)
+        b.setup()
+        r = args.repeat
+        rows: list[list[object]] = []
+        ratios: dict[str, float] = {}
+
+        med = statistics.median
+
+        def row(label: str, a: list[float], base: list[float], target: str = "") -> list[object]:
+            return [label, cell(a), cell(base), f"{med(a) / med(base):.2f}", target]
+
+        get = repeat(r, b.rcds_get)
+        get_nc = repeat(r, lambda: b.rcds_get(["--no-cache"]))
+        tgz = repeat(r, lambda: b.tarball(True))
+        tar = repeat(r, lambda: b.tarball(False))
+        print(f"(1) get {get} get --no-cache {get_nc} tar.gz {tgz} tar {tar}", flush=True)
+        ratios["get"] = med(get) / med(tgz)
+        rows += [
+            row("(1) rcds get, whole tree, cold cache", get, tgz, "<= 1.2"),
+            row("    rcds get --no-cache", get_nc, tgz),
+            row("    rcds get vs plain .tar instead of .tar.gz", get, tar),
+        ]
+
+        sub8 = repeat(r, lambda: b.read_subset(8))
+        sub1 = repeat(r, lambda: b.read_subset(1))
+        tsub = repeat(r, lambda: b.tar_then_subset(True))
+        print(f"(2) 8 threads {sub8} sequential {sub1} tarball {tsub}", flush=True)
+        ratios["read10"] = med(sub8) / med(tsub)
+        rows += [
+            row("(2) read 10% of the files, cold cache, 8 threads", sub8, tsub, "<= 0.2"),
+            row("    same, one thread", sub1, tsub),
+        ]
+
+        warm_rcds, warm_local = [], []
+        for _ in range(r):
+            a, c = b.warm()
+            warm_rcds.append(a)
+            warm_local.append(c)
+        print(f"(3) warm rcds {warm_rcds} local {warm_local}", flush=True)
+        ratios["warm"] = med(warm_rcds) / med(warm_local)
+        rows.append(row("(3) read the whole tree, warm cache", warm_rcds, warm_local, "<= 2"))
+
+        print()
+        print(f"date: {time.strftime('%Y-%m-%d')}; machine: {machine()}")
+        print(f"tree: {b.files} files, {b.nbytes / MB:.0f} MB; baseline = curl | tar -xz (or a local copy)")
+        headers = ["scenario", "rcds s", "baseline s", "ratio", "target"]
+        print(format_table(headers, rows, markdown=args.markdown))
+        print()
+        for key, target in TARGETS.items():
+            ok = ratios[key] <= target
+            print(f"{key}: ratio {ratios[key]:.2f} (target <= {target}) {'ok' if ok else 'MISSED'}")
+    finally:
+        if hasattr(b, "server"):
+            b.server.stop()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

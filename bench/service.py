@@ -1,0 +1,463 @@
+"""The publishing service on loopback: request rates of exists/update, and publish latency.
+
+Run: ``python bench/service.py [--quick] [--clients N] [--requests N] [--duration S]
+[--sizes 5,100,1000] [--markdown]``.
+
+**Request rates.** The service runs in this process (:class:`rcds.service.runner.ServiceThread`,
+plain HTTP on 127.0.0.1, credential-less loopback requests, 200 published CIDs). A load generator
+in a child process (aiohttp client, ``--clients`` concurrent keep-alive connections) sends a fixed
+number of requests, stopping early at the time bound, and counts replies per second. The same
+load is sent, in the same run, to two baselines: a bare aiohttp hello-world server in a thread of
+this process, and the service's ``/pubapi/ping``. ``exists`` asks for present and missing CIDs in
+turn; ``update`` for present ones (every reply stamps a CID; stamps are written every 10 s).
+
+**Publish latency.** Tarballs of realistic content (source-like text, binaries with random
+stretches; gzip level 6; about 2.5:1) of 5 MB, 100 MB and 1 GB are generated once into a
+temporary directory and deleted at the end. A child process uploads each (streamed from the file
+with urllib3), then polls ``exists`` every 10 ms until it answers PRESENT. Reported: upload time,
+and from the end of the upload to PRESENT, split into queue wait, ingest (decompress, chunk,
+compress, hash, write objects), sign (catalogs, sync, signed manifest, from
+``PublishRecord.commit``) and the rest (handing over, index, polling). The service's peak RSS
+growth during each publish is sampled too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import io
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from common import MB, format_table, machine, proc_status_kib
+
+TARGET_EXISTS_PER_S = 2000
+TARGET_100MB_SECONDS = 5.0
+
+
+# -- load generator (child process) -------------------------------------------------------------
+
+
+async def _load(urls: list[str], clients: int, count: int, duration: float) -> dict[str, Any]:
+    import aiohttp
+
+    done = 0
+    errors = 0
+    latencies: list[float] = []
+    next_index = 0
+    deadline = time.monotonic() + duration
+    connector = aiohttp.TCPConnector(limit=clients, force_close=False)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def worker() -> None:
+            nonlocal done, errors, next_index
+            while next_index < count and time.monotonic() < deadline:
+                url = urls[next_index % len(urls)]
+                next_index += 1
+                t0 = time.perf_counter()
+                try:
+                    async with session.get(url) as resp:
+                        await resp.read()
+                        ok = resp.status == 200
+                except aiohttp.ClientError:
+                    ok = False
+                latencies.append(time.perf_counter() - t0)
+                if ok:
+                    done += 1
+                else:
+                    errors += 1
+
+        # warm up the connections, then measure
+        await asyncio.gather(*(session.get(urls[0]) for _ in range(clients)))
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(clients)))
+        elapsed = time.perf_counter() - start
+    latencies.sort()
+    return {
+        "done": done,
+        "errors": errors,
+        "seconds": elapsed,
+        "rate": done / elapsed if elapsed else 0.0,
+        "p50_ms": 1000 * latencies[len(latencies) // 2] if latencies else 0.0,
+        "p99_ms": 1000 * latencies[int(len(latencies) * 0.99)] if latencies else 0.0,
+    }
+
+
+def child_load(args: list[str]) -> None:
+    spec = json.loads(args[0])
+    out = asyncio.run(_load(spec["urls"], spec["clients"], spec["count"], spec["duration"]))
+    print(json.dumps(out))
+
+
+def child_upload(args: list[str]) -> None:
+    """Upload a file, then poll exists until PRESENT; print wall-clock times."""
+    import urllib3
+
+    base, cid, path = args
+    pool = urllib3.PoolManager(timeout=urllib3.Timeout(connect=5, read=600), retries=False)
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        t0 = time.time()
+        r = pool.request(
+            "POST",
+            f"{base}/pubapi/publish?cid={cid}",
+            body=f,
+            headers={"Content-Length": str(size), "Content-Type": "application/octet-stream"},
+            preload_content=True,
+        )
+        t1 = time.time()
+    assert r.status == 200 and r.data == b"OK\n", (r.status, r.data)
+    while True:
+        r = pool.request("GET", f"{base}/pubapi/exists?cid={cid}")
+        if r.data.startswith(b"PRESENT:"):
+            break
+        time.sleep(0.01)
+    t2 = time.time()
+    print(json.dumps({"t0": t0, "t1": t1, "t2": t2}))
+
+
+def run_child(mode: str, *args: str, timeout: float = 1800) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", mode, *args],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+# -- servers ------------------------------------------------------------------------------------
+
+
+class HelloServer:
+    """A bare aiohttp hello-world server in a thread: the baseline."""
+
+    def __init__(self) -> None:
+        from aiohttp import web
+
+        self.url = ""
+        ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+        async def hello(_: web.Request) -> web.Response:
+            return web.Response(text="OK\n")
+
+        async def main() -> None:
+            app = web.Application()
+            app.router.add_get("/hello", hello)
+            runner = web.AppRunner(app, access_log=None)
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            self._loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+            port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            self.url = f"http://127.0.0.1:{port}/hello"
+            ready.set()
+            await self._stop.wait()
+            await runner.cleanup()
+
+        self._thread = threading.Thread(target=lambda: asyncio.run(main()), daemon=True)
+        self._thread.start()
+        ready.wait(10)
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+
+
+def start_service(base: Path) -> Any:
+    from rcds.service.config import ServiceConfig
+    from rcds.service.runner import ServiceThread
+
+    cfg = ServiceConfig.loads(
+        f'base_dir = "{base}"\nrepositories = ["user1.example.org", "user2.example.org"]\n'
+        "[listen]\nport = 0\n[serve]\nport = 0\n",
+        relative_to=base,
+    )
+    return ServiceThread(cfg)
+
+
+def seed_cids(st: Any, n: int) -> list[str]:
+    """Publish ``n`` small tarballs; return their CIDs."""
+    import urllib3
+
+    pool = urllib3.PoolManager(retries=False)
+    cids = []
+    for i in range(n):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+            data = f"tarball {i}\n".encode() * 10
+            ti = tarfile.TarInfo(f"f{i}.txt")
+            ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data))
+        body = buf.getvalue()
+        cid = "dune/" + hashlib.sha256(body).hexdigest()
+        r = pool.request("POST", f"{st.url}/pubapi/publish?cid={cid}", body=body)
+        assert r.status == 200, r.data
+        cids.append(cid)
+    assert st.service.queue.idle(300)
+    return cids
+
+
+# -- request rates ------------------------------------------------------------------------------
+
+
+@dataclass
+class Rate:
+    name: str
+    rate: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+    done: int
+
+
+def measure_rates(st: Any, cids: list[str], clients: int, count: int, duration: float) -> list[Rate]:
+    hello = HelloServer()
+    missing = ["dune/" + hashlib.sha256(f"missing {i}".encode()).hexdigest() for i in range(len(cids))]
+    mixed = [c for pair in zip(cids, missing, strict=True) for c in pair]
+    loads = {
+        "hello world (bare aiohttp)": [hello.url],
+        "/pubapi/ping": [f"{st.url}/pubapi/ping"],
+        "/pubapi/exists": [f"{st.url}/pubapi/exists?cid={c}" for c in mixed],
+        "/pubapi/update": [f"{st.url}/pubapi/update?cid={c}" for c in cids],
+    }
+    rows = []
+    try:
+        for name, urls in loads.items():
+            spec = {"urls": urls, "clients": clients, "count": count, "duration": duration}
+            r = run_child("load", json.dumps(spec))
+            rows.append(Rate(name, r["rate"], r["p50_ms"], r["p99_ms"], r["errors"], r["done"]))
+    finally:
+        hello.stop()
+    return rows
+
+
+# -- publish latency ----------------------------------------------------------------------------
+
+_WORDS = (
+    "def return import self value index count result error file path data None True False for in "
+    "while if else elif try except raise with as class lambda yield async await print len range "
+    "numpy array float int str dict list tuple set event track vertex energy momentum detector"
+).split()
+
+
+def write_tarball(path: Path, size: int, seed: int) -> int:
+    """A tar.gz of about ``size`` bytes: source-like text files and binaries with random stretches."""
+    rng = np.random.default_rng(seed)
+    words = np.array([w.encode() for w in _WORDS], dtype=object)
+    written = 0
+    raw = 0
+    with open(path, "wb") as out:
+        z = zlib.compressobj(6, zlib.DEFLATED, 31)
+
+        class Sink(io.RawIOBase):
+            def writable(self) -> bool:
+                return True
+
+            def write(self, b: Any) -> int:
+                nonlocal written, raw
+                data = z.compress(bytes(b))
+                out.write(data)
+                written += len(data)
+                raw += len(b)
+                return len(b)
+
+        sink = Sink()
+        with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tf:  # type: ignore[call-overload]
+            i = 0
+            while written < size:
+                if i % 10 < 8:  # source-like text, 2-200 KB
+                    n = int(rng.integers(400, 40_000))
+                    line_breaks = rng.integers(0, 12, n) == 0
+                    chunks = words[rng.integers(0, len(words), n)]
+                    data = b" ".join(c + (b"\n" if lb else b"") for c, lb in zip(chunks, line_breaks, strict=True))
+                    name = f"src/pkg{i % 97}/module_{i}.py"
+                else:  # a binary: code-like bytes with random stretches, 0.5-8 MB
+                    n = int(rng.integers(1 << 19, 8 << 20))
+                    base = rng.integers(0, 32, n, dtype=np.uint8)
+                    noisy = rng.random(n // 4096 + 1) < 0.25
+                    mask = np.repeat(noisy, 4096)[:n]
+                    base[mask] = rng.integers(0, 256, int(mask.sum()), dtype=np.uint8)
+                    data = base.tobytes()
+                    name = f"lib/libpart{i}.so"
+                ti = tarfile.TarInfo(name)
+                ti.size = len(data)
+                ti.mode = 0o755
+                ti.mtime = 1_700_000_000
+                tf.addfile(ti, io.BytesIO(data))
+                i += 1
+        out.write(z.flush())
+    return raw
+
+
+@dataclass
+class Latency:
+    label: str
+    size: int
+    raw: int
+    upload: float
+    to_present: float
+    queue_wait: float
+    ingest: float
+    sign: float
+    rss_mb: float
+
+
+class RssSampler:
+    """Peak VmRSS of this process while running."""
+
+    def __init__(self) -> None:
+        self.base = proc_status_kib("VmRSS")
+        self.peak = self.base
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            self.peak = max(self.peak, proc_status_kib("VmRSS"))
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._t.join()
+        return (self.peak - self.base) / 1024
+
+
+def measure_latency(st: Any, sizes_mb: list[int], work: Path) -> list[Latency]:
+    rows = []
+    for i, mb in enumerate(sizes_mb):
+        path = work / f"code-{mb}MB.tar.gz"
+        t = time.monotonic()
+        raw = write_tarball(path, mb * MB, seed=100 + i)
+        size = path.stat().st_size
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            while block := f.read(1 << 20):
+                h.update(block)
+        cid = "dune/" + h.hexdigest()
+        print(f"  generated {size / MB:.0f} MB ({raw / MB:.0f} MB raw) in {time.monotonic() - t:.0f} s", flush=True)
+        sampler = RssSampler()
+        times = run_child("upload", st.url, cid, str(path))
+        rss = sampler.stop()
+        rec = next(r for r in st.service.queue.records if r.cid == cid)
+        rows.append(
+            Latency(
+                f"{mb} MB",
+                size,
+                raw,
+                times["t1"] - times["t0"],
+                times["t2"] - times["t1"],
+                rec.queue_wait,
+                rec.ingest - rec.commit,
+                rec.commit,
+                rss,
+            )
+        )
+        path.unlink()
+    return rows
+
+
+# -- main ---------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    if len(sys.argv) > 2 and sys.argv[1] == "--child":
+        {"load": child_load, "upload": child_upload}[sys.argv[2]](sys.argv[3:])
+        return
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small counts and sizes (a smoke test)")
+    ap.add_argument("--clients", type=int, default=32, help="concurrent connections (32)")
+    ap.add_argument("--requests", type=int, default=50_000, help="requests per load (50000)")
+    ap.add_argument("--duration", type=float, default=20.0, help="time bound per load, seconds (20)")
+    ap.add_argument("--sizes", default="5,100,1000", help="tarball sizes in MB (5,100,1000)")
+    ap.add_argument("--markdown", action="store_true", help="print tables as Markdown")
+    args = ap.parse_args()
+    if args.quick:
+        args.requests, args.duration, args.sizes = 5000, 5.0, "5"
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+
+    print(f"# service bench: {machine()}")
+    print(f"# load: {args.clients} clients, {args.requests} requests or {args.duration:g} s per row")
+    work = Path(tempfile.mkdtemp(prefix="rcds-bench-service-", dir="/tmp"))
+    st = start_service(work / "srv")
+    try:
+        cids = seed_cids(st, 200)
+        rates = measure_rates(st, cids, args.clients, args.requests, args.duration)
+        base = rates[0].rate
+        print()
+        print(
+            format_table(
+                ["load", "req/s", "vs hello", "p50 ms", "p99 ms", "errors"],
+                [
+                    [r.name, f"{r.rate:,.0f}", f"{r.rate / base:.2f}", f"{r.p50_ms:.1f}", f"{r.p99_ms:.1f}", r.errors]
+                    for r in rates
+                ],
+                args.markdown,
+            )
+        )
+        lat = measure_latency(st, sizes, work)
+        print()
+        rows = []
+        for r in lat:
+            rest = max(0.0, r.to_present - r.queue_wait - r.ingest - r.sign)
+            total = r.upload + r.to_present
+
+            def pct(x: float, total: float = total) -> str:
+                return f"{x:.2f} ({100 * x / total:.0f}%)" if total else "-"
+
+            rows.append(
+                [
+                    r.label,
+                    f"{r.size / MB:.0f}/{r.raw / MB:.0f}",
+                    pct(r.upload),
+                    pct(r.queue_wait),
+                    pct(r.ingest),
+                    pct(r.sign),
+                    pct(rest),
+                    f"{r.to_present:.2f}",
+                    f"{total:.2f}",
+                    f"{r.rss_mb:.0f}",
+                ]
+            )
+        print(
+            format_table(
+                ["tarball", "MB gz/raw", "upload s", "queue s", "ingest s", "sign s", "other s",
+                 "end->PRESENT s", "total s", "RSS +MB"],
+                rows,
+                args.markdown,
+            )
+        )  # fmt: skip
+        exists = next(r for r in rates if r.name == "/pubapi/exists").rate
+        print()
+        print(f"exists: {exists:,.0f}/s (aim >= {TARGET_EXISTS_PER_S:,}/s): {'met' if exists >= TARGET_EXISTS_PER_S else 'MISSED'}")
+        for r in lat:
+            if r.label == "100 MB":
+                ok = r.to_present <= TARGET_100MB_SECONDS
+                print(f"100 MB: PRESENT {r.to_present:.2f} s after the upload (aim <= {TARGET_100MB_SECONDS:g} s): "
+                      f"{'met' if ok else 'MISSED'}")  # fmt: skip
+    finally:
+        st.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
