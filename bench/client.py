@@ -287,6 +287,7 @@ def main() -> None:
     b = Bench(work, args.quick)
     try:
         print(f"machine: {machine()}", flush=True)
+        load0 = os.getloadavg()
         b.setup()
         r = args.repeat
         rows: list[list[object]] = []
@@ -331,6 +332,8 @@ def main() -> None:
         print()
         print(f"date: {time.strftime('%Y-%m-%d')}; machine: {machine()}")
         print(f"tree: {b.files} files, {b.nbytes / MB:.0f} MB; baseline = curl | tar -xz (or a local copy)")
+        load1 = os.getloadavg()
+        print(f"load average: {load0[0]:.1f} at start, {load1[0]:.1f} (15 min: {load1[2]:.1f}) at end")
         headers = ["scenario", "rcds s", "baseline s", "ratio", "target"]
         print(format_table(headers, rows, markdown=args.markdown))
         print()

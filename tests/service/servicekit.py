@@ -186,7 +186,9 @@ class Api:
     def publish(self, cid: str, data: bytes, **kw: Any) -> Reply:
         return self.request("POST", "publish", cid, body=data, **kw)
 
-    def wait_status(self, cid: str, done: tuple[str, ...] = ("PUBLISHED", "FAILED"), timeout: float = 30) -> Reply:
+    def wait_status(
+        self, cid: str, done: tuple[str, ...] = ("PUBLISHED", "FAILED"), timeout: float = 30
+    ) -> Reply:
         """Poll ``status`` until its text starts with one of ``done``."""
         deadline = time.monotonic() + timeout
         while True:
@@ -212,7 +214,10 @@ def wait_until(cond: Callable[[], object], timeout: float = 10.0, interval: floa
 def spool_files(spool_dir: Path) -> list[str]:
     """Every file left in the spool's incoming and queue directories."""
     return sorted(
-        str(p.relative_to(spool_dir)) for d in ("incoming", "queue") for p in (spool_dir / d).rglob("*") if p.is_file()
+        str(p.relative_to(spool_dir))
+        for d in ("incoming", "queue")
+        for p in (spool_dir / d).rglob("*")
+        if p.is_file()
     )
 
 

@@ -11,12 +11,12 @@ import datetime as dt
 from collections.abc import Iterator
 
 import pytest
+import servicekit as kit
 import urllib3
 
 from rcds.service.runner import ServiceThread
 
 import pki
-import servicekit as kit
 
 REPOS = ("user1.example.org", "user2.example.org")
 
@@ -39,10 +39,9 @@ def client(svc: ServiceThread, tls: kit.Pki, cred: pki.Credential | None = None,
 
 
 def nothing_happened(svc: ServiceThread, before: dict[str, int]) -> bool:
-    return (
-        {s.name: s.s0.manifest().revision for s in svc.service.slots} == before
-        and kit.spool_files(svc.service.config.spool_dir) == []
-    )
+    return {s.name: s.s0.manifest().revision for s in svc.service.slots} == before and kit.spool_files(
+        svc.service.config.spool_dir
+    ) == []
 
 
 def revisions(svc: ServiceThread) -> dict[str, int]:
@@ -208,9 +207,7 @@ def test_tokens(svc: ServiceThread, tls: kit.Pki) -> None:
 def test_loopback_without_credentials_is_a_setting(
     tmp_path_factory: pytest.TempPathFactory, tls: kit.Pki
 ) -> None:
-    cfg = kit.config(
-        tmp_path_factory.mktemp("open"), tables=tls.tls_tables(require_auth_on_loopback=False)
-    )
+    cfg = kit.config(tmp_path_factory.mktemp("open"), tables=tls.tls_tables(require_auth_on_loopback=False))
     with ServiceThread(cfg) as st:
         api = kit.Api(st.url, ssl_context=tls.context())
         data = kit.tarball(seed="anonymous loopback")

@@ -3,6 +3,7 @@ de-duplication, re-upload after a failure, and parallel publishing across reposi
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import socket
 import threading
@@ -11,10 +12,9 @@ from collections.abc import Iterator
 from urllib.parse import quote
 
 import pytest
+import servicekit as kit
 
 from rcds.service.runner import ServiceThread
-
-import servicekit as kit
 
 REPOS = ("user1.example.org", "user2.example.org")
 
@@ -22,7 +22,8 @@ REPOS = ("user1.example.org", "user2.example.org")
 @pytest.fixture(scope="module")
 def svc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceThread]:
     cfg = kit.config(tmp_path_factory.mktemp("api"), repositories=REPOS)
-    with ServiceThread(cfg) as st:
+    # no periodic threads: the tests flush stamps themselves and count revisions
+    with ServiceThread(cfg, background=False) as st:
         yield st
 
 
@@ -232,10 +233,8 @@ def test_concurrent_uploads_of_one_cid_publish_once(svc: ServiceThread) -> None:
     answers: list[bytes] = []
 
     def finish(s: socket.socket) -> None:
-        try:
+        with contextlib.suppress(OSError):  # a duplicate may be answered without its body being read
             s.sendall(data[half:])
-        except OSError:
-            pass  # a duplicate may be answered (and closed) without its body being read
         answers.append(_answer(s))
 
     threads = [threading.Thread(target=finish, args=(s,)) for s in socks]
@@ -282,8 +281,10 @@ def test_repositories_publish_in_parallel(svc: ServiceThread, api: kit.Api) -> N
         api.publish(kit.cid_of(second), second)
         assert kit.wait_until(lambda: api.get("status", kit.cid_of(second)).text == "PUBLISHING\n")
         assert svc.service.queue.queued() == 0
-        jobs = {api.get("status", kit.cid_of(d), headers={"Accept": "application/json"}).json()["repository"]
-                for d in (first, second)}
+        jobs = {
+            api.get("status", kit.cid_of(d), headers={"Accept": "application/json"}).json()["repository"]
+            for d in (first, second)
+        }
         assert jobs == set(REPOS)
     for d in (first, second):
         assert api.wait_status(kit.cid_of(d)).text.startswith("PUBLISHED:")
@@ -342,3 +343,81 @@ def test_long_cids_fit_the_spool(svc: ServiceThread, api: kit.Api) -> None:
         assert api.wait_status(cid).text.startswith("PUBLISHED:")
     r = api.get("exists", "dune/" + "a" * 236)
     assert r.status == 400 and "too long" in r.text
+
+
+@pytest.mark.timeout(60)
+def test_repository_locked_by_another_writer(
+    svc: ServiceThread, api: kit.Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # e.g. an admin running a repository command: the publish waits for it, within limits
+    svc.service.queue.idle(10)
+    for s in svc.service.slots[1:]:
+        s.cleaning = True  # everything goes to the first repository
+    first = svc.service.slots[0]
+    try:
+        lock = first.s0.lock().acquire()
+        data = kit.tarball(seed="waits for the lock")
+        assert api.publish(kit.cid_of(data), data).text == "OK\n"
+        assert kit.wait_until(lambda: api.get("status", kit.cid_of(data)).text == "PUBLISHING\n")
+        time.sleep(0.5)
+        lock.release()
+        assert api.wait_status(kit.cid_of(data)).text.startswith(f"PUBLISHED:/cvmfs/{first.name}/")
+
+        monkeypatch.setattr("rcds.service.publisher.LOCK_WAIT", 0.3)
+        lock = first.s0.lock().acquire()
+        data = kit.tarball(seed="gives up")
+        assert api.publish(kit.cid_of(data), data).text == "OK\n"
+        st = api.wait_status(kit.cid_of(data))
+        lock.release()
+        assert st.text.startswith("FAILED:") and "another writer" in st.text
+        assert api.publish(kit.cid_of(data), data).text == "OK\n"  # and it can be sent again
+        assert api.wait_status(kit.cid_of(data)).text.startswith("PUBLISHED:")
+    finally:
+        for s in svc.service.slots[1:]:
+            s.cleaning = False
+        svc.service.queue.wake()
+
+
+@pytest.mark.timeout(30)
+def test_unexpected_errors_are_one_line_500s(
+    svc: ServiceThread, api: kit.Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(cid: str) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(svc.service, "exists", broken)
+    r = api.get("exists", "dune/x")
+    assert (r.status, r.text) == (500, "internal server error; the server log has the details\n")
+    assert api.get("exists", "dune/x", headers={"Accept": "application/json"}).json()["status"] == 500
+
+
+@pytest.mark.timeout(60)
+def test_stamps_are_written_in_batches(svc: ServiceThread, api: kit.Api) -> None:
+    from rcds.service.repo_reader import published, stamp_times
+
+    cids = []
+    for i in range(6):
+        data = kit.tarball(seed=f"batch {i}")
+        cids.append(kit.cid_of(data))
+        api.publish(cids[-1], data)
+    for c in cids:
+        assert api.wait_status(c).text.startswith("PUBLISHED:")
+    svc.service.stamps.flush()
+    before = revisions(svc)
+    time.sleep(1.1)  # stamps have whole seconds: a use in the second of the publish changes nothing
+    t0 = time.time()
+    for _ in range(5):
+        for c in cids:
+            assert api.get("update", c).text.startswith("PRESENT:")
+    assert revisions(svc) == before  # 30 touches, no revision yet
+    written = svc.service.stamps.flush()
+    after = revisions(svc)
+    holders = {svc.service.presence.where(c) for c in cids}
+    assert written == len(holders)
+    assert {n for n in after if after[n] != before[n]} == holders
+    assert all(after[n] == before[n] + 1 for n in holders)  # one revision per repository
+    for slot in svc.service.slots:
+        stamps = stamp_times(slot.public, published(slot.public), "ts")  # type: ignore[arg-type]
+        for c in cids:
+            if svc.service.presence.where(c) == slot.name:
+                assert stamps[c] >= int(t0)  # /ts/<cid>, its mtime the last use

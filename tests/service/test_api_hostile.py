@@ -8,11 +8,10 @@ import time
 from collections.abc import Iterator
 
 import pytest
+import servicekit as kit
 
 from rcds.service.runner import ServiceThread
 from rcds.testing.hostile_tars import BOMB_MAX_BYTES, CASES, HostileCase
-
-import servicekit as kit
 
 REPOS = ("user1.example.org", "user2.example.org")
 LIMIT = 1 << 20  # max_upload_size of the size-limit tests
@@ -87,7 +86,9 @@ def _read_response(s: socket.socket) -> bytes:
             return out
         out += chunk
     head = out.split(b"\r\n\r\n", 1)[0].decode()
-    length = next(int(h.split(":", 1)[1]) for h in head.split("\r\n") if h.lower().startswith("content-length:"))
+    length = next(
+        int(h.split(":", 1)[1]) for h in head.split("\r\n") if h.lower().startswith("content-length:")
+    )
     while len(out) < len(head) + 4 + length:
         chunk = s.recv(65536)
         if not chunk:
@@ -213,7 +214,9 @@ def test_disconnect_while_queued_upload_is_swallowed(svc: ServiceThread) -> None
 
 
 @pytest.mark.timeout(60)
-def test_stalled_upload_is_dropped_and_frees_its_cid(svc: ServiceThread, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_stalled_upload_is_dropped_and_frees_its_cid(
+    svc: ServiceThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr("rcds.service.api.publish.IDLE_TIMEOUT", 0.5)
     data = kit.tarball(seed="stalled")
     cid = kit.cid_of(data)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import servicekit as kit
 import urllib3
 
 from rcds.cli.main import main as rcds_main
@@ -25,7 +26,6 @@ from rcds.service.core import init_repositories
 from rcds.service.runner import ServiceThread
 
 import pki
-import servicekit as kit
 
 A_REPOS = ("user1.example.org", "user2.example.org")
 B_REPOS = ("user3.example.org", "user4.example.org")
@@ -83,7 +83,10 @@ def sites(tmp_path_factory: pytest.TempPathFactory, tls: kit.Pki) -> Iterator[di
             f'partner_keys_dir = "{keys[other]}"\npull_interval = 2\n',
         )
 
-    out = {"a": Site("a", cfg("a", "b", A_REPOS), keys["a"]), "b": Site("b", cfg("b", "a", B_REPOS), keys["b"])}
+    out = {
+        "a": Site("a", cfg("a", "b", A_REPOS), keys["a"]),
+        "b": Site("b", cfg("b", "a", B_REPOS), keys["b"]),
+    }
     for site in out.values():  # create the repositories, hand their public keys to the partner
         init_repositories(site.config)
         site.keys.mkdir()
@@ -127,7 +130,9 @@ def test_publish_and_see_it_everywhere(sites: dict[str, Site], tls: kit.Pki, tmp
     a, b = sites["a"], sites["b"]
     alice_a = kit.Api(a.st.url, ssl_context=tls.context(pki.proxy(tls.alice), "alice-a"))
     alice_b = kit.Api(b.st.url, ssl_context=tls.context(pki.proxy(tls.alice), "alice-b"))
-    data = kit.tarball({"bin/analysis": b"#!/bin/sh\necho analysis\n", "lib/data.bin": bytes(range(256)) * 300})
+    data = kit.tarball(
+        {"bin/analysis": b"#!/bin/sh\necho analysis\n", "lib/data.bin": bytes(range(256)) * 300}
+    )
     cid = kit.cid_of(data)
 
     assert alice_a.get("exists", cid).text == "MISSING\n"
@@ -199,7 +204,9 @@ def test_kill_one_server_and_keep_publishing(sites: dict[str, Site], tls: kit.Pk
     # also by a client that lists A first
     assert api_b.get("exists", cid0).text == f"PRESENT:/cvmfs/{repo0}/sw/{cid0}\n"
     assert api_b.get("update", cid0).text.startswith("PRESENT:")
-    got = read_with_client([a.repo_url(repo0), b.repo_url(repo0)], a.keys / f"{repo0}.pub", cid0, tmp_path / "f")
+    got = read_with_client(
+        [a.repo_url(repo0), b.repo_url(repo0)], a.keys / f"{repo0}.pub", cid0, tmp_path / "f"
+    )
     assert got == files_of(before)
 
     # A comes back on the same directories and catches up with B
@@ -211,8 +218,9 @@ def test_kill_one_server_and_keep_publishing(sites: dict[str, Site], tls: kit.Pk
     assert api_a.get("exists", cid0).text == f"PRESENT:/cvmfs/{repo0}/sw/{cid0}\n"
     j = api_a.get("config", headers={"Accept": "application/json"}).json()
     assert j == {"repos": list(ALL), "prefix": "sw"}
-    assert json.loads(api_b.get("status", published[0][0], headers={"Accept": "application/json"}).text)[
-        "state"
-    ] == "published"
+    assert (
+        json.loads(api_b.get("status", published[0][0], headers={"Accept": "application/json"}).text)["state"]
+        == "published"
+    )
     api_a.close()
     api_b.close()

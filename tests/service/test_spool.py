@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+import servicekit as kit
 
 from rcds.errors import InputError
 from rcds.service import spool as spool_mod
@@ -15,15 +16,15 @@ from rcds.service.runner import ServiceThread
 from rcds.service.spool import NoSpaceError, Spool, TooLargeError, cid_filename
 from rcds.service.status import State, StatusBook
 
-import servicekit as kit
-
 
 def files(sp: Spool) -> list[str]:
     return [str(p.relative_to(sp.root)) for p in sp.files()]
 
 
 @pytest.mark.timeout(30)
-def test_upload_is_renamed_into_the_queue_after_fsync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_upload_is_renamed_into_the_queue_after_fsync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     sp = Spool(tmp_path / "spool", 1 << 20)
     data = b"tarball bytes" * 1000
     cid = "dune/" + hashlib.sha256(data).hexdigest()

@@ -216,8 +216,7 @@ class LocalCache:
             return
         try:
             with self._db.transaction():
-                for name in names:
-                    self._db.touch(name)
+                self._db.touch_many(names)
         except sqlite3.OperationalError:
             pass
 

@@ -21,6 +21,8 @@ from rcds.repo.view import RepositoryView, Trust
 
 MAX_SYMLINKS = 40
 DIR_CACHE_SIZE = 16384
+LISTING_CACHE_SIZE = 64
+"""Directories whose listing is kept, so that opening what was just listed needs no query."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +48,7 @@ class Mounted:
         self.closed = False
         self._lock = threading.Lock()
         self._dirs: dict[str, Located] = {}
+        self._listings: dict[str, dict[str, Located]] = {}
         self.view = make_view(self)
 
     @property
@@ -105,6 +108,9 @@ class Mounted:
         catalog is loaded only when something below it is needed (:meth:`inside`).
         """
         parent = self.inside(parent)
+        listing = self._listings.get(parent.entry.path)
+        if listing is not None:  # the directory was listed recently: no query needed
+            return listing.get(name)
         row = parent.catalog.lookup(f"{parent.entry.path}/{name}")
         return None if row is None else Located(row, parent.catalog)
 
@@ -201,8 +207,13 @@ class Mounted:
         if not directory.entry.is_dir:
             raise NotFoundError(f"{directory.entry.path or '/'} is not a directory")
         directory = self.inside(directory)
-        rows = directory.catalog.listdir(directory.entry.path)
-        return [Located(r, directory.catalog) for r in rows if not r.is_hidden]
+        cat = directory.catalog
+        located = [Located(r, cat) for r in cat.listdir(directory.entry.path)]
+        with self._lock:
+            while len(self._listings) >= LISTING_CACHE_SIZE:
+                del self._listings[next(iter(self._listings))]
+            self._listings[directory.entry.path] = {loc.entry.name: loc for loc in located}
+        return [loc for loc in located if not loc.entry.is_hidden]
 
     def walk(self, top: Located) -> Iterator[Located]:
         """``top`` and everything below it, parents before children, in name order.

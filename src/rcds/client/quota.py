@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -200,6 +200,13 @@ class QuotaDB:
                 (name,),
             )
             return cur.rowcount > 0
+
+    def touch_many(self, names: Sequence[str]) -> None:
+        """Inside a transaction: mark ``names`` most recently used, in order (unknown names are ignored)."""
+        base = int(self._db.execute("SELECT COALESCE(MAX(acseq), 0) FROM objects").fetchone()[0])
+        self._db.executemany(
+            "UPDATE objects SET acseq=? WHERE name=?", ((base + i + 1, n) for i, n in enumerate(names))
+        )
 
     def upsert(self, name: str, size: int, kind: str, pinned: bool = False) -> None:
         """Inside a transaction: record ``name`` as most recently used (keeping an existing pin)."""

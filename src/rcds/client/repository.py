@@ -17,6 +17,7 @@ verified data enters the caches.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import io
 import logging
@@ -25,7 +26,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal, overload
 
@@ -38,15 +38,21 @@ from rcds.client.config import ClientConfig, check_fqrn, load_client_config
 from rcds.client.files import Piece, RepoFile, pieces_of
 from rcds.client.mounted import Located, Mounted
 from rcds.client.stat import device_of, make_stat
+from rcds.client.support import (
+    DEFAULT_QUOTA,
+    DirEntry,
+    KeySpec,
+    RepoInfo,
+    default_cache_dir,
+    load_master_keys,
+)
 from rcds.client.trust import MANIFEST, MANIFEST_MAX_SIZE, Breadcrumb, BreadcrumbFile, fetch_trusted
-from rcds.errors import ConfigError, IntegrityError, NetworkError, NotFoundError, RcdsError
-from rcds.format import keys as keys_fmt
+from rcds.errors import ConfigError, IntegrityError, NetworkError, NotFoundError, RcdsError, StorageError
 from rcds.format.dirent import Dirent
 from rcds.format.hashes import ContentHash, ObjectKind
 from rcds.net.fetcher import Fetcher
 from rcds.net.proxies import ProxyConfig
 from rcds.net.settings import NetSettings
-from rcds.net.state import EndpointStatus
 from rcds.repo.catalog import Catalog
 from rcds.repo.view import RepositoryView, Trust
 
@@ -55,76 +61,7 @@ log = logging.getLogger("rcds.client")
 OFFLINE_RETRY = 180.0
 """Seconds between revision checks after a failed one (stock's short TTL)."""
 
-DEFAULT_QUOTA = 4000 << 20
-
-KeySpec = Path | str | bytes | rsa.RSAPublicKey
-
-
-def default_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/rcds``, else ``~/.cache/rcds``."""
-    xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "rcds"
-
-
-def load_master_keys(specs: Sequence[KeySpec]) -> list[rsa.RSAPublicKey]:
-    """Master public keys from files (paths), PEM bytes or key objects."""
-    out: list[rsa.RSAPublicKey] = []
-    for spec in specs:
-        if isinstance(spec, rsa.RSAPublicKey):
-            out.append(spec)
-        elif isinstance(spec, bytes):
-            out.append(keys_fmt.load_public_key(spec, "master public key"))
-        else:
-            path = Path(spec)
-            if not path.is_file():
-                raise ConfigError(f"master public key {path} does not exist; give the repository's .pub file")
-            out.append(keys_fmt.load_public_key_file(path))
-    if not out:
-        raise ConfigError("no master public key given; the repository's .pub file is needed to trust it")
-    return out
-
-
-@dataclass(frozen=True, slots=True)
-class RepoInfo:
-    """What :meth:`Repository.info` reports."""
-
-    fqrn: str
-    revision: int
-    root_hash: str
-    published: int
-    age: float
-    ttl: float
-    next_check_in: float
-    offline: bool
-    last_error: str | None
-    endpoints: tuple[EndpointStatus, ...]
-    cache_dir: Path
-    cache_bytes: int
-    cache_quota: int | None
-    alien_cache: Path | None
-    sources: dict[str, int]
-
-
-@dataclass(frozen=True, slots=True)
-class DirEntry:
-    """One entry of :meth:`Repository.scandir`."""
-
-    name: str
-    path: str
-    stat: os.stat_result
-    symlink: str
-
-    def is_dir(self) -> bool:
-        """A directory (symlinks are not followed)."""
-        return (self.stat.st_mode & 0o170000) == 0o040000
-
-    def is_file(self) -> bool:
-        """A regular file."""
-        return (self.stat.st_mode & 0o170000) == 0o100000
-
-    def is_symlink(self) -> bool:
-        """A symbolic link."""
-        return (self.stat.st_mode & 0o170000) == 0o120000
+__all__ = ["DirEntry", "RepoInfo", "Repository", "default_cache_dir", "load_master_keys"]
 
 
 class Repository:
@@ -165,6 +102,7 @@ class Repository:
         self._crumb = BreadcrumbFile(cache.dir, fqrn)
         self._lock = threading.RLock()
         self._live: list[Mounted] = []
+        self._closed = False
         self.last_error: str | None = None
         self.offline = False
         if probe and len(fetcher.servers) > 1:
@@ -314,7 +252,7 @@ class Repository:
 
     def _current_mounted(self) -> Mounted:
         with self._lock:
-            if getattr(self, "_closed", False):
+            if self._closed:
                 raise NotFoundError(f"the repository {self.fqrn} was closed; open it again")
             return self._current
 
@@ -347,7 +285,7 @@ class Repository:
                     new = self._mount(trust)
                     self._current = new
                     switched = True
-            except (NetworkError, IntegrityError) as exc:
+            except (NetworkError, IntegrityError, NotFoundError, StorageError) as exc:
                 self.offline = True
                 self.last_error = str(exc)
                 self._next_check = self._clock() + min(OFFLINE_RETRY, self.ttl)
@@ -423,7 +361,7 @@ class Repository:
     def entry(self, path: str, *, follow: bool = False) -> Dirent:
         """The catalog entry (row) of ``path``: flags, content hash, link target..."""
         with self.using() as m:
-            return m.resolve(path, follow=follow).entry
+            return dataclasses.replace(m.resolve(path, follow=follow).entry)
 
     def pieces(self, path: str) -> list[Piece]:
         """The objects a regular file is made of (one, or its chunks), with their offsets."""
@@ -524,7 +462,7 @@ class Repository:
         Close files opened from the repository first.
         """
         with self._lock:
-            if getattr(self, "_closed", False):
+            if self._closed:
                 return
             self._closed = True
             live = list(self._live)

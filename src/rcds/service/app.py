@@ -65,6 +65,11 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         if code in (408, 413, 507):
             resp.force_close()  # do not read the rest of a refused upload
         return resp
+    except web.HTTPException:
+        raise
+    except Exception:  # a bug or an unexpected OSError: still a one-line answer, details in the log
+        log.exception("%s %s failed", request.method, request.path_qs)
+        return error(request, 500, "internal server error; the server log has the details")
 
 
 async def dispatch(request: web.Request) -> web.StreamResponse:

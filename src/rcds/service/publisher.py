@@ -13,8 +13,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from rcds.errors import InputError, RcdsError
+from rcds.errors import InputError, LockedError, RcdsError
 from rcds.publish.policy import Limits
+from rcds.publish.stratum0 import ChangeResult
 from rcds.service.presence import Presence
 from rcds.service.slots import RepoSlot
 from rcds.service.spool import Spool, Spooled
@@ -22,6 +23,8 @@ from rcds.service.stamps import StampBook
 from rcds.service.status import State, StatusBook
 
 log = logging.getLogger("rcds.service.publisher")
+LOCK_WAIT = 30.0
+"""Seconds a publish waits for a repository another process (an admin's command) is changing."""
 
 
 @dataclass
@@ -129,10 +132,29 @@ class PublishQueue:
                 self._busy += 1
             try:
                 self._publish(slot, job)
+            except Exception:  # e.g. the status file cannot be written: the worker must live on
+                log.exception("publish of %s into %s crashed", job.item.cid, slot.name)
             finally:
                 with self._cond:
                     self._busy -= 1
                     self._cond.notify_all()
+
+    def _ingest(self, slot: RepoSlot, job: Job) -> ChangeResult:
+        """Ingest the upload; a repository locked by another writer is tried again for a while."""
+        deadline = time.monotonic() + LOCK_WAIT
+        delay = 0.05
+        while True:
+            try:
+                with slot.lock, open(job.item.path, "rb") as f:
+                    return slot.s0.ingest_tar(
+                        f, f"/{self.prefix}/{job.item.cid}", limits=self.limits, now=int(self.clock())
+                    )
+            except LockedError as exc:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.info("publish of %s waits: %s", job.item.cid, exc)
+                time.sleep(delay)
+                delay = min(2 * delay, 2.0)
 
     def _publish(self, slot: RepoSlot, job: Job) -> None:
         cid = job.item.cid
@@ -145,10 +167,7 @@ class PublishQueue:
             return
         self.status.set(cid, State.PUBLISHING, slot.name)
         try:
-            with slot.lock, open(job.item.path, "rb") as f:
-                result = slot.s0.ingest_tar(
-                    f, f"/{self.prefix}/{cid}", limits=self.limits, now=int(self.clock())
-                )
+            result = self._ingest(slot, job)
         except InputError as exc:
             log.warning("publish of %s by %s refused: %s", cid, job.identity, exc)
             self.status.set(cid, State.FAILED, slot.name, str(exc))

@@ -1,0 +1,79 @@
+"""How the client uses the local cache: batched inserts in the background, batched LRU updates."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from rcds.client.cache import LocalCache, object_name
+from rcds.client.inserter import BackgroundInserter
+from rcds.format.hashes import ContentHash, ObjectKind
+
+if TYPE_CHECKING:
+    from conftest import Site
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def blob(i: int, size: int = 10_000) -> tuple[ContentHash, ObjectKind, bytes]:
+    data = bytes([i % 256]) * size
+    return ContentHash.of(data + i.to_bytes(4, "little")), ObjectKind.FILE, data
+
+
+def test_insert_many_keeps_the_quota(tmp_path: Path) -> None:
+    with LocalCache(tmp_path / "c", 50_000) as cache:
+        assert cache.insert_many([blob(i) for i in range(3)]) == 3
+        assert cache.size() == 30_000
+        # A batch that overflows evicts the oldest; objects above the quota are skipped.
+        stored = cache.insert_many([blob(i) for i in range(3, 9)] + [blob(99, 60_000)])
+        assert cache.size() <= 50_000
+        assert 0 < stored <= 6
+        assert not cache.contains(blob(0)[0], ObjectKind.FILE)
+        assert not cache.contains(blob(99)[0], ObjectKind.FILE)
+        assert cache.check() == []
+        assert not list((tmp_path / "c" / "txn").iterdir())
+        for h, kind, data in [blob(8)]:
+            f = cache.open(h, kind)
+            assert f is not None and f.read() == data
+            f.close()
+
+
+def test_background_inserter_serves_queued_objects_and_commits_them(tmp_path: Path) -> None:
+    with LocalCache(tmp_path / "c") as cache:
+        ins = BackgroundInserter(cache, max_pending=25_000)
+        items = [blob(i) for i in range(20)]
+        for h, kind, data in items:
+            ins.put(h, kind, data)  # blocks while more than 25 kB wait
+            got = ins.get(h, kind)
+            assert got is None or got == data
+        ins.flush()
+        assert all(cache.contains(h, k) for h, k, _ in items)
+        assert ins.get(items[0][0], ObjectKind.FILE) is None
+        ins.close()
+        ins.put(*blob(50))  # ignored after close
+        assert not cache.contains(blob(50)[0], ObjectKind.FILE)
+        assert cache.check() == []
+
+
+def test_cache_hits_update_the_lru_order_in_batches(site: Site) -> None:
+    repo = site.open()
+    paths = [p for p, d in site.files.items() if d and "big" not in p]
+    for p in paths:
+        repo.read_bytes(p)
+    repo.source.flush()
+    first = repo.pieces(paths[0])[0].hash
+    name = object_name(first, ObjectKind.FILE)
+    before = {e.name: e.acseq for e in repo.cache.entries()}
+    repo.read_bytes(paths[0])  # a hit: the file is opened directly, the LRU update is queued
+    assert {e.name: e.acseq for e in repo.cache.entries()}[name] == before[name]
+    repo.source.flush()
+    after = {e.name: e.acseq for e in repo.cache.entries()}
+    assert after[name] == max(after.values()) > before[name]
+    # A cache file with the wrong size is quarantined and fetched again.
+    path = repo.cache.dir / name
+    os.truncate(path, 1)
+    assert repo.read_bytes(paths[0]) == site.files[paths[0]]
+    assert list((repo.cache.dir / "quarantaine").iterdir())
