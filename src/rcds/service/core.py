@@ -31,6 +31,9 @@ from rcds.service.status import CidStatus, State, StatusBook
 log = logging.getLogger("rcds.service")
 REPOSITORY_TTL = 15
 """Catalog TTL of service repositories: clients look for new revisions every 15 s, as today."""
+COMPRESSION_LEVEL = 1
+"""zlib level of service repositories: twice as fast as level 6 for ~6% larger objects, which
+brings a 100 MB tarball from upload to PRESENT in a few seconds (docs/performance.md)."""
 
 
 @dataclass(frozen=True)
@@ -47,7 +50,9 @@ def init_repositories(config: ServiceConfig) -> list[str]:
     for name in config.repositories:
         root = config.state_dir / name
         if not (root / "repo.json").exists():
-            create_repository(root, Settings(name=name, ttl=REPOSITORY_TTL))
+            create_repository(
+                root, Settings(name=name, ttl=REPOSITORY_TTL, compression_level=COMPRESSION_LEVEL)
+            )
             created.append(name)
     return created
 

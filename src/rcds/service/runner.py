@@ -18,8 +18,14 @@ from rcds.service.core import Service, init_repositories
 class ServiceThread:
     """A started service; ``url`` is the pubapi base, ``repo_url(name)`` a repository's URL."""
 
-    def __init__(self, config: ServiceConfig, *, clock: Callable[[], float] | None = None,
-                 background: bool = True, init: bool = True) -> None:
+    def __init__(
+        self,
+        config: ServiceConfig,
+        *,
+        clock: Callable[[], float] | None = None,
+        background: bool = True,
+        init: bool = True,
+    ) -> None:
         if init:
             init_repositories(config)
         self.service = Service(config, clock=clock) if clock else Service(config)

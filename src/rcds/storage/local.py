@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
+import itertools
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -18,12 +19,13 @@ TXN = "data/txn"
 _HEX = [f"{i:02x}" for i in range(256)]
 
 
+_LIBC = ctypes.CDLL(None, use_errno=True)  # the C library already loaded: no ldconfig child process
+
+
 def _syncfs(fd: int) -> None:
-    libc_name = ctypes.util.find_library("c")
-    if libc_name:
-        libc = ctypes.CDLL(libc_name, use_errno=True)
-        if hasattr(libc, "syncfs") and libc.syncfs(fd) == 0:
-            return
+    syncfs = getattr(_LIBC, "syncfs", None)
+    if syncfs is not None and syncfs(fd) == 0:
+        return
     os.sync()
 
 
@@ -45,7 +47,7 @@ class LocalStore(Store):
         elif not (self.root / "data").is_dir():
             raise NotFoundError(f"{self.root} is not a repository store (no data/ directory)")
         self._txn = self.root / TXN
-        self._counter = 0
+        self._counter = itertools.count(1)
 
     def initialise(self) -> None:
         """Create ``data/00`` ... ``data/ff`` and ``data/txn``."""
@@ -61,8 +63,8 @@ class LocalStore(Store):
 
     def temp_path(self) -> Path:
         """A fresh temp file name inside the store's filesystem (for :meth:`put_file`)."""
-        self._counter += 1
-        return self._txn / f"tmp.{os.getpid()}.{id(self):x}.{self._counter}"
+        n = next(self._counter)  # atomic under the GIL: safe for several writer threads
+        return self._txn / f"tmp.{os.getpid()}.{threading.get_ident():x}.{n}"
 
     def put(self, name: str, data: bytes) -> None:
         """Write via a temp file in ``data/txn`` and rename."""
