@@ -459,7 +459,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="rounds of every load; the median is shown (3)")
     ap.add_argument("--sizes", default="5,100,1000", help="tarball sizes in MB (5,100,1000)")
     ap.add_argument("--markdown", action="store_true", help="print tables as Markdown")
-    ap.add_argument("--level", type=int, help="zlib level of the service's repositories (default: the service's, 1)")
+    ap.add_argument("--level", type=int, help="zlib level of the repositories (default: the service's)")
     ap.add_argument("--no-rates", action="store_true", help="only the publish latency")
     ap.add_argument(
         "--wait-idle", type=float, default=0.0, metavar="S",

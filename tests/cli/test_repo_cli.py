@@ -171,7 +171,8 @@ def test_demo_runs_the_whole_flow_on_embedded_defaults(tmp_path: Path) -> None:
     out = rcds("demo", "--workdir", str(tmp_path))
     assert "demo complete" in out.stdout and "Published with rcds." in out.stdout
     assert "2. published" in out.stdout
-    assert (tmp_path / "job" / "code" / "README.md").read_bytes() == b"# analysis code\n\nPublished with rcds.\n"
+    readme = (tmp_path / "job" / "code" / "README.md").read_bytes()
+    assert readme == b"# analysis code\n\nPublished with rcds.\n"
     # a second run finds the same code already published (same CID: reproducible packing)
     again = rcds("demo", "--workdir", str(tmp_path)).stdout
     assert "already present" in again

@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-import jobkit
 import pytest
 
 from rcds.jobs.wait import ClientAccess
 from rcds.service.runner import ServiceThread
+
+import jobkit
 
 
 @pytest.fixture(scope="module")

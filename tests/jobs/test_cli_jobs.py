@@ -8,12 +8,13 @@ import threading
 import time
 from pathlib import Path
 
-import jobkit
 import pytest
 
 from rcds.cli.jobs import ProgressBar
 from rcds.cli.main import main
 from rcds.service.runner import ServiceThread
+
+import jobkit
 
 pytestmark = pytest.mark.timeout(120)
 FAST = ["--retries", "2", "--backoff", "0.01"]

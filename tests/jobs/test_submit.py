@@ -8,7 +8,6 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import jobkit
 import pytest
 
 from rcds.client.repository import Repository
@@ -19,6 +18,8 @@ from rcds.jobs.submit import PublishFailedError, prepare, publish_code
 from rcds.jobs.wait import ClientAccess
 from rcds.service.config import AuthConfig, TlsConfig
 from rcds.service.runner import ServiceThread
+
+import jobkit
 
 FAST = RetryPolicy(rounds=3, backoff=0.01, backoff_max=0.05, deadline=20.0)
 pytestmark = pytest.mark.timeout(120)

@@ -7,7 +7,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import jobkit
 import pytest
 
 from rcds.errors import ConfigError, InputError
@@ -15,6 +14,8 @@ from rcds.jobs.pubapi_client import PubapiClient, RetryPolicy
 from rcds.jobs.submit import prepare, publish_code
 from rcds.jobs.wait import ClientAccess, PollPolicy, WaitTimeoutError, discover_repos, wait_for_code
 from rcds.service.runner import ServiceThread
+
+import jobkit
 
 pytestmark = pytest.mark.timeout(120)
 REPOS = ("user1.example.org", "user2.example.org")

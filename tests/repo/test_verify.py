@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
-from repo_tamper import Item, Tamper, build_tar, copy_tree, flip_byte
 
 from rcds.errors import IntegrityError
 from rcds.format import keys
@@ -27,6 +26,8 @@ from rcds.repo.verify import VerifyReport, verify_repository
 from rcds.repo.view import open_view
 from rcds.serve.http import RepositoryServer, make_server
 from rcds.storage.local import LocalStore
+
+from repo_tamper import Item, Tamper, build_tar, copy_tree, flip_byte
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
-from repo_tamper import Item, build_tar, copy_tree, flip_byte
 
 from rcds.errors import IntegrityError, NotFoundError
 from rcds.format import keys
@@ -25,6 +24,8 @@ from rcds.repo.source import Source, StoreSource
 from rcds.repo.view import RepositoryView, normalise_path, open_view
 from rcds.serve.http import make_server
 from rcds.storage.local import LocalStore
+
+from repo_tamper import Item, build_tar, copy_tree, flip_byte
 
 pytestmark = pytest.mark.timeout(120)
 

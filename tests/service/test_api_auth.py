@@ -11,12 +11,12 @@ import datetime as dt
 from collections.abc import Iterator
 
 import pytest
-import servicekit as kit
 import urllib3
 
 from rcds.service.runner import ServiceThread
 
 import pki
+import servicekit as kit
 
 REPOS = ("user1.example.org", "user2.example.org")
 

@@ -12,9 +12,10 @@ from collections.abc import Iterator
 from urllib.parse import quote
 
 import pytest
-import servicekit as kit
 
 from rcds.service.runner import ServiceThread
+
+import servicekit as kit
 
 REPOS = ("user1.example.org", "user2.example.org")
 

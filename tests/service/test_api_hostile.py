@@ -8,10 +8,11 @@ import time
 from collections.abc import Iterator
 
 import pytest
-import servicekit as kit
 
 from rcds.service.runner import ServiceThread
 from rcds.testing.hostile_tars import BOMB_MAX_BYTES, CASES, HostileCase
+
+import servicekit as kit
 
 REPOS = ("user1.example.org", "user2.example.org")
 LIMIT = 1 << 20  # max_upload_size of the size-limit tests

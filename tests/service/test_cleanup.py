@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import servicekit as kit
 
 from rcds.format.keys import load_public_key_file
 from rcds.repo.source import StoreSource
@@ -24,6 +23,8 @@ from rcds.service.cleanup import DAY, CleanResult
 from rcds.service.config import ServiceConfig
 from rcds.service.runner import ServiceThread
 from rcds.storage.local import LocalStore
+
+import servicekit as kit
 
 HOUR = 3600
 MAXDAYS = 4

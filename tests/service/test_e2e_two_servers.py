@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import servicekit as kit
 import urllib3
 
 from rcds.cli.main import main as rcds_main
@@ -26,6 +25,7 @@ from rcds.service.core import init_repositories
 from rcds.service.runner import ServiceThread
 
 import pki
+import servicekit as kit
 
 A_REPOS = ("user1.example.org", "user2.example.org")
 B_REPOS = ("user3.example.org", "user4.example.org")

@@ -8,13 +8,14 @@ import os
 from pathlib import Path
 
 import pytest
-import servicekit as kit
 
 from rcds.errors import InputError
 from rcds.service import spool as spool_mod
 from rcds.service.runner import ServiceThread
 from rcds.service.spool import NoSpaceError, Spool, TooLargeError, cid_filename
 from rcds.service.status import State, StatusBook
+
+import servicekit as kit
 
 
 def files(sp: Spool) -> list[str]:
