@@ -16,20 +16,19 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO, TypeVar
 
 from rcds.client.alien_cache import AlienCache
 from rcds.client.cache import LocalCache, object_name
 from rcds.client.inserter import BackgroundInserter
-from rcds.errors import IntegrityError, NotFoundError, StorageError
+from rcds.errors import IntegrityError, StorageError
 from rcds.format.compression import StreamVerifier, verify_object
 from rcds.format.hashes import ContentHash, ObjectKind
-from rcds.net.failures import FetchError, Outcome
+from rcds.net.failures import FetchError
 from rcds.net.fetcher import Fetcher
 from rcds.repo.catalog import Catalog
-from rcds.repo.source import Source
+from rcds.repo.http_source import HttpSource, translate
 
 log = logging.getLogger("rcds.client")
 
@@ -38,22 +37,20 @@ T = TypeVar("T")
 STREAM_THRESHOLD = 64 << 20
 """Objects whose plain size is above this are streamed into the cache file instead of memory."""
 
-ROOT_FILE_MAX_SIZE = 16 << 20
 TOUCH_BATCH = 512
 TOUCH_EVERY = 2.0
 
 
-class CachedSource(Source):
+class CachedSource(HttpSource):
     """Objects from local cache -> alien cache -> network; see the module docstring.
 
     ``stats`` counts where objects came from (``local``, ``alien``, ``network``). Thread safe.
     """
 
     def __init__(self, fetcher: Fetcher, cache: LocalCache, alien: AlienCache | None = None) -> None:
-        self.fetcher = fetcher
+        super().__init__(fetcher)
         self.cache = cache
         self.alien = alien
-        self.location = ";".join(fetcher.servers)
         self._lock = threading.Lock()
         self.stats = {"local": 0, "alien": 0, "network": 0}
         self._dir = str(cache.dir)
@@ -66,17 +63,6 @@ class CachedSource(Source):
             self.stats[where] += 1
 
     # -- Source API -----------------------------------------------------------------------------
-
-    def root_file(self, name: str) -> bytes:
-        """Download a root file such as ``.cvmfswhitelist`` (never cached)."""
-        return self.fetcher.fetch(name, max_size=ROOT_FILE_MAX_SIZE)
-
-    def fetch_checked(self, name: str, check: Callable[[bytes], T]) -> T:
-        """Download an object and check it inside the fail-over loop (no caching)."""
-        try:
-            return self.fetcher.fetch(name, validate=check)
-        except FetchError as exc:
-            raise _translate(name, exc) from exc
 
     def object(
         self,
@@ -196,7 +182,7 @@ class CachedSource(Source):
                     store_output=True,
                 )
         except FetchError as exc:
-            raise _translate(name, exc) from exc
+            raise translate(name, exc) from exc
         f = self.cache.open(h, kind)
         if f is None:  # evicted by another process already: fetch it once more into memory
             return io.BytesIO(
@@ -268,21 +254,3 @@ def _private_catalog(directory: Path, h: ContentHash, mountpoint: str, data: byt
     finally:
         path.unlink()  # the open connection keeps the file readable
     return cat
-
-
-def _translate(name: str, exc: FetchError) -> Exception:
-    """A FetchError as the error a caller should see: missing everywhere, corrupt everywhere, or network."""
-    if exc.not_found:
-        return NotFoundError(
-            f"{name} is missing on every server: the repository is damaged or garbage-collected "
-            f"under this revision; try again after the next revision is published\n{exc}"
-        )
-    if exc.attempts and all(
-        a.failure.outcome is Outcome.BAD_DATA or a.failure.reason.startswith("bad data") for a in exc.attempts
-    ):
-        return IntegrityError(
-            f"{name}: every server sent corrupt data, nothing was used; report this to the "
-            f"repository operators\n{exc}",
-            name,
-        )
-    return exc

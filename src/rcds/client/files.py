@@ -168,17 +168,7 @@ class RepoFile(io.RawIOBase):
         """Up to ``size`` bytes (all the rest if negative); short only at the end of the file."""
         if size is None or size < 0:
             return self.readall()
-        out = bytearray(min(size, max(0, self.size - self.tell())))
-        view = memoryview(out)
-        got = 0
-        while got < len(out):
-            n = self.readinto(view[got:])
-            if not n:
-                break
-            got += n
-        view.release()
-        del out[got:]
-        return bytes(out)
+        return self._read_up_to(min(size, max(0, self.size - self.tell())))
 
     def readall(self) -> bytes:
         """The rest of the file."""
@@ -193,7 +183,11 @@ class RepoFile(io.RawIOBase):
                 )
             self._pos = self.size
             return data
-        out = bytearray(max(0, self.size - self.tell()))
+        return self._read_up_to(max(0, self.size - self.tell()))
+
+    def _read_up_to(self, n: int) -> bytes:
+        """Up to ``n`` bytes from the current position (fewer only at the end of the file)."""
+        out = bytearray(n)
         view = memoryview(out)
         got = 0
         while got < len(out):

@@ -34,22 +34,34 @@ class HttpSource(Source):
         return self.fetcher.fetch(name, max_size=64 << 20)
 
     def fetch_checked(self, name: str, check: Callable[[bytes], T]) -> T:
-        """GET an object and validate it inside the failover loop.
-
-        As with a local store, an object missing on every server is a NotFoundError and an object
-        that failed the check everywhere is an IntegrityError; other failures stay network errors.
-        """
+        """GET an object and validate it inside the failover loop (errors: :func:`translate`)."""
         try:
             return self.fetcher.fetch(name, validate=check)
         except FetchError as exc:
-            if exc.not_found:
-                raise NotFoundError(f"{name} is not on any server ({self.location})") from exc
-            if exc.attempts and all(a.failure.outcome is Outcome.BAD_DATA for a in exc.attempts):
-                raise IntegrityError(
-                    f"{name}: every server sent bad data ({exc.attempts[-1].failure.reason})", name
-                ) from exc
-            raise
+            raise translate(name, exc) from exc
 
     def close(self) -> None:
         """Drop pooled connections."""
         self.fetcher.close()
+
+
+def translate(name: str, exc: FetchError) -> Exception:
+    """A failed object download as the caller should see it, like reading a local store.
+
+    Missing on every server: NotFoundError; corrupt on every server: IntegrityError; anything
+    else stays the network error listing every try.
+    """
+    if exc.not_found:
+        return NotFoundError(
+            f"{name} is missing on every server: the repository is damaged or garbage-collected "
+            f"under this revision; try again after the next revision is published\n{exc}"
+        )
+    if exc.attempts and all(
+        a.failure.outcome is Outcome.BAD_DATA or a.failure.reason.startswith("bad data") for a in exc.attempts
+    ):
+        return IntegrityError(
+            f"{name}: every server sent corrupt data, nothing was used; report this to the "
+            f"repository operators\n{exc}",
+            name,
+        )
+    return exc
