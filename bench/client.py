@@ -35,7 +35,7 @@ from pathlib import Path
 from common import MB, format_table, machine
 
 try:
-    from ingest import gzip_file, plan_venv, write_tar
+    from inputs import gzip_file, plan_venv, write_tar
 except ImportError as exc:  # pragma: no cover - the generator lives next to this file
     raise SystemExit(f"bench/client.py needs the venv generator of bench/ingest.py: {exc}") from exc
 

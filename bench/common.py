@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import time
 import zlib
 from collections.abc import Sequence
 
@@ -76,3 +77,18 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]], markd
         else "  ".join("-" * w for w in widths)
     )
     return "\n".join([line(cells[0]), sep, *(line(r) for r in cells[1:])])
+
+
+def wait_idle(limit: float, threshold: float = 0.3, window: float = 3.0) -> None:
+    """Wait (at most ``limit`` seconds) until other processes use less than ``threshold`` cores
+    (the caller is idle meanwhile, so that is everybody else)."""
+    deadline = time.monotonic() + limit
+    other = 0.0
+    while time.monotonic() < deadline:
+        b0 = machine_busy_seconds()
+        time.sleep(window)
+        other = (machine_busy_seconds() - b0) / window
+        if other < threshold:
+            return
+    if limit > 0:
+        print(f"  (the machine stayed busy: other processes use {other:.1f} cores; measuring anyway)")

@@ -43,25 +43,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import MB, format_table, machine, machine_busy_seconds, proc_status_kib
+from common import MB, format_table, machine, proc_status_kib, wait_idle
 
 TARGET_EXISTS_PER_S = 2000
 TARGET_100MB_SECONDS = 5.0
-
-
-def wait_idle(limit: float, threshold: float = 0.3, window: float = 3.0) -> None:
-    """Wait (at most ``limit`` seconds) until the machine uses less than ``threshold`` cores (this
-    process is idle meanwhile, so that is everybody else)."""
-    deadline = time.monotonic() + limit
-    busy = 0.0
-    while time.monotonic() < deadline:
-        b0 = machine_busy_seconds()
-        time.sleep(window)
-        busy = (machine_busy_seconds() - b0) / window
-        if busy < threshold:
-            return
-    if limit > 0:
-        print(f"  (the machine stayed busy: other processes use {busy:.1f} cores; measuring anyway)")
 
 
 # -- load generator (child process) -------------------------------------------------------------
