@@ -331,7 +331,7 @@ def write_tarball(path: Path, size: int, seed: int) -> int:
                 written += len(data)
                 return len(b)
 
-        with tarfile.open(fileobj=Sink(), mode="w|", format=tarfile.PAX_FORMAT) as tf:  # type: ignore[call-overload]
+        with tarfile.open(fileobj=Sink(), mode="w|", format=tarfile.PAX_FORMAT) as tf:
             i = 0
             while written < size:
                 if text_bytes < 0.35 * raw:  # a source file of 2-200 KB
@@ -510,10 +510,10 @@ def main() -> None:
             )
         )  # fmt: skip
         print()
-        for r in rates:
-            if r.name == "/pubapi/exists":
-                verdict = "met" if r.rate >= TARGET_EXISTS_PER_S else "MISSED"
-                print(f"exists: {r.rate:,.0f}/s (aim >= {TARGET_EXISTS_PER_S:,}/s): {verdict}")
+        for rate in rates:
+            if rate.name == "/pubapi/exists":
+                verdict = "met" if rate.rate >= TARGET_EXISTS_PER_S else "MISSED"
+                print(f"exists: {rate.rate:,.0f}/s (aim >= {TARGET_EXISTS_PER_S:,}/s): {verdict}")
         for r in lat:
             if r.label == "100 MB":
                 verdict = "met" if r.to_present <= TARGET_100MB_SECONDS else "MISSED"
