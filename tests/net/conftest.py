@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from netkit import FQRN, RawConn, RawServer
 
-FQRN = "test.example.org"
 SQUID = shutil.which("squid") or ("/usr/sbin/squid" if os.path.exists("/usr/sbin/squid") else None)
 
 
@@ -269,7 +269,7 @@ def free_port() -> int:
 class Squid:
     """A real Squid proxy on a free loopback port, in the foreground (``-N``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, cache_mem_mb: int = 16) -> None:
         assert SQUID is not None
         self.dir = Path(tempfile.mkdtemp(prefix="rcds-squid-"))
         self.port = free_port()
@@ -280,7 +280,7 @@ class Squid:
             "acl localnet src 127.0.0.0/8",
             "http_access allow localnet",
             "http_access deny all",
-            "cache_mem 16 MB",
+            f"cache_mem {cache_mem_mb} MB",
             "maximum_object_size_in_memory 1 MB",
             f"pid_filename {self.dir}/squid.pid",
             f"access_log stdio:{self.access_log}",
@@ -410,3 +410,18 @@ def clock() -> FakeClock:
 @pytest.fixture
 def sleep() -> FakeSleep:
     return FakeSleep()
+
+
+@pytest.fixture
+def raw_server() -> Iterator[Callable[[Callable[[RawConn], None]], RawServer]]:
+    """Factory of :class:`RawServer` instances, all stopped at teardown."""
+    started: list[RawServer] = []
+
+    def make(script: Callable[[RawConn], None]) -> RawServer:
+        s = RawServer(script)
+        started.append(s)
+        return s
+
+    yield make
+    for s in started:
+        s.stop()

@@ -77,6 +77,7 @@ def test_names_and_rules() -> None:
     assert not is_allowed(["sub", ".file"])
 
 
+@pytest.mark.usefixtures("open_strategy")
 def test_open_file_checks_containment(tmp_path: Path) -> None:
     root = tmp_path / "repo"
     (root / "data/ab").mkdir(parents=True)

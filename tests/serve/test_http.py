@@ -15,9 +15,10 @@ import pytest
 import urllib3
 
 from rcds.errors import ConfigError, NotFoundError
+from rcds.serve import handler
 from rcds.serve.http import AccessRecord, RepositoryServer, make_server
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("open_strategy")]  # conftest.py
 
 NAME = "user1.example.org"
 MANIFEST = b"Cabcdef\nRbeef\nD240\nS7\nNuser1.example.org\n--\n0123456789\n\x00\x01\x02signature"
@@ -453,6 +454,7 @@ def test_unreadable_file_is_500(server: RepositoryServer, monkeypatch: pytest.Mo
         return real_open(path, flags, *args)
 
     monkeypatch.setattr(os, "open", failing_open)
+    monkeypatch.setattr(handler, "open_no_symlinks", failing_open)  # the openat2 way in
     resp, got = fetch(server, SMALL)
     assert resp.status == 500 and got == b"500 Internal Server Error\n"
     assert resp.headers["Cache-Control"] == "no-store"

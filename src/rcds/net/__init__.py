@@ -6,7 +6,10 @@ Modules, each with one job:
   ``CVMFS_FALLBACK_PROXY``;
 * :mod:`rcds.net.settings` holds timeouts, retries, back-off and reset delays;
 * :mod:`rcds.net.failures` classifies failed attempts (host, proxy, bad data);
-* :mod:`rcds.net.transport` performs one streamed GET over keep-alive pools;
+* :mod:`rcds.net.transport` performs one streamed GET over keep-alive pools: plain HTTP
+  over raw sockets (:mod:`rcds.net.http1`: prepared requests, a minimal response parser),
+  ``https://`` through urllib3 (:mod:`rcds.net.legacy`);
+* :mod:`rcds.net.pipeline` pipelines many small GETs for :meth:`Fetcher.fetch_many`;
 * :mod:`rcds.net.state` keeps the sticky fail-over state shared by requests;
 * :mod:`rcds.net.fetcher` ties them together in :class:`Fetcher`.
 """

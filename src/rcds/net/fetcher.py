@@ -22,13 +22,14 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO, Protocol, TypeVar, overload
 from urllib.parse import quote
 
 from rcds.errors import IntegrityError
 from rcds.net.failures import Attempt, AttemptError, Failure, FetchError, Outcome
+from rcds.net.pipeline import CONNECTIONS, WINDOW, pipelined
 from rcds.net.proxies import ProxyConfig, check_server_url, parse_server_urls
 from rcds.net.settings import NetSettings
 from rcds.net.state import EndpointStatus, FailoverState
@@ -92,6 +93,10 @@ class Fetcher:
             rng=self._rng,
         )
         self._transport = Transport(self.settings)
+        self.pipeline_connections = CONNECTIONS
+        """Connections one :meth:`fetch_many` call pipelines its requests over."""
+        self.pipeline_window = WINDOW
+        """Requests in flight per connection in :meth:`fetch_many` (1: no pipelining)."""
         self._probe_lock = threading.Lock()
 
     @classmethod
@@ -145,12 +150,52 @@ class Fetcher:
         """
 
         def attempt(url: str, proxy: str, nocache: bool) -> T | bytes:
-            buf = bytearray()
-            self._transport.get(url, proxy, buf.extend, nocache=nocache, max_size=max_size)
-            body = bytes(buf)
+            parts: list[bytes] = []
+            self._transport.get(url, proxy, parts.append, nocache=nocache, max_size=max_size)
+            body = b"".join(parts)  # one part (the usual case for small files): no copy
             return validate(body) if validate is not None else body
 
         return self._run(path, attempt)
+
+    def fetch_many(
+        self,
+        paths: Sequence[str],
+        validate: Callable[[int, bytes], T],
+        *,
+        max_size: int | None = None,
+    ) -> Iterator[tuple[int, T]]:
+        """Download many small files; yields ``(index into paths, validate(index, body))``.
+
+        Results come in completion order. Every index is yielded exactly once, or
+        :class:`~rcds.net.failures.FetchError` is raised (as :meth:`fetch` would) for a path
+        that failed on every host and proxy. ``validate`` raising
+        :class:`~rcds.errors.IntegrityError` means bad data (retried like :meth:`fetch`).
+        Safe to call from several threads at once.
+        """
+
+        def fallback(index: int, prior: Attempt | None) -> T:
+            def attempt(url: str, proxy: str, nocache: bool) -> T:
+                parts: list[bytes] = []
+                self._transport.get(url, proxy, parts.append, nocache=nocache, max_size=max_size)
+                return validate(index, b"".join(parts))
+
+            return self._run(paths[index], attempt, prior)
+
+        if not paths:
+            return
+        self._reprobe_if_due()
+        yield from pipelined(
+            self._transport,
+            paths,
+            validate,
+            route=self._state.route,
+            url_for=self.url_for,
+            fallback=fallback,
+            mark_ok=self._state.mark_ok,
+            max_size=max_size,
+            connections=self.pipeline_connections,
+            window=self.pipeline_window,
+        )
 
     def fetch_to_file(
         self,
@@ -241,23 +286,30 @@ class Fetcher:
 
     # -- the fail-over loop --
 
-    def _run(self, path: str, attempt: Callable[[str, str, bool], T]) -> T:
-        self._reprobe_if_due()
-        host, proxy = self._state.route()
+    def _run(self, path: str, attempt: Callable[[str, str, bool], T], prior: Attempt | None = None) -> T:
+        """The fail-over loop for one path; ``prior`` is a first attempt that already failed."""
+        if prior is None:
+            self._reprobe_if_due()
+            host, proxy = self._state.route()
+        else:
+            host, proxy = prior.host, prior.proxy
         n_hosts, n_proxies = len(self._state.hosts), self._state.proxy_count
         used_hosts = used_proxies = 1
         retries, backoff, nocache = 0, 0.0, False
         tried: list[Attempt] = []
         while True:
-            try:
-                result = attempt(self.url_for(host, path), proxy, nocache)
-            except AttemptError as exc:
-                failure = exc.failure
-            except IntegrityError as exc:
-                failure = Failure(Outcome.BAD_DATA, f"bad data: {exc}")
+            if prior is not None:
+                failure, prior = prior.failure, None
             else:
-                self._state.mark_ok(host, proxy)
-                return result
+                try:
+                    result = attempt(self.url_for(host, path), proxy, nocache)
+                except AttemptError as exc:
+                    failure = exc.failure
+                except IntegrityError as exc:
+                    failure = Failure(Outcome.BAD_DATA, f"bad data: {exc}")
+                else:
+                    self._state.mark_ok(host, proxy)
+                    return result
             tried.append(Attempt(host, proxy, failure))
             log.debug("GET %s via %s failed: %s", self.url_for(host, path), proxy, failure.reason)
 

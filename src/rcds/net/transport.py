@@ -1,30 +1,36 @@
-"""One HTTP GET through one proxy (or directly), streamed, with keep-alive pools.
+"""One HTTP GET through one proxy (or directly), streamed, over kept-alive connections.
 
 The transport knows nothing of fail-over: it performs a single attempt, checks the status
-and the ``Content-Length``, enforces the stall timeout and the low-speed limit, and raises
-:class:`~rcds.net.failures.AttemptError` with a classified failure when anything goes wrong.
-Connection pools (a :class:`urllib3.PoolManager` for ``DIRECT``, a
-:class:`urllib3.ProxyManager` per proxy) are created on first use and shared by threads.
+and the ``Content-Length``, enforces the stall timeout, the low-speed limit and the size
+limit, and raises :class:`~rcds.net.failures.AttemptError` with a classified failure when
+anything goes wrong.
+
+Plain ``http://`` (direct, or through an ``http://`` proxy with an absolute-form request
+target, as CernVM-FS talks to Squid) goes over raw sockets (:mod:`rcds.net.http1`): the
+request is prepared as bytes and sent in one ``sendall``, and only the status line and the
+few headers that matter are parsed. A request on a kept-alive connection that the server
+had already closed is retried once on a fresh connection, without counting as a failure.
+``https://`` goes through urllib3 (:class:`~rcds.net.legacy.Urllib3Transport`). Pools are
+created on first use, one per proxy (or origin when ``DIRECT``), and shared by threads.
 """
 
 from __future__ import annotations
 
-import http.client
+import re
 import threading
 import time
 from collections.abc import Callable
 
-import urllib3
-
-from rcds.net.failures import AttemptError, Failure, Outcome, classify_exception, classify_status
+from rcds.net.body import BodyLimits
+from rcds.net.failures import AttemptError, Failure, Outcome, classify_status
+from rcds.net.http1 import Connection, Head, Pool, StaleConnectionError, request_bytes, split_url
+from rcds.net.legacy import Urllib3Transport
 from rcds.net.proxies import DIRECT
 from rcds.net.settings import NetSettings
 
-CHUNK_SIZE = 1 << 16
-_DRAIN_LIMIT = 1 << 16
-_NUM_POOLS = 32
-
 Clock = Callable[[], float]
+
+_UNSAFE = re.compile(r"[\x00-\x20\x7f]")
 
 
 class Transport:
@@ -34,28 +40,57 @@ class Transport:
         self.settings = settings
         self._monotonic = monotonic
         self._lock = threading.Lock()
-        self._managers: dict[str, urllib3.PoolManager] = {}
+        self._pools: dict[str, Pool] = {}
+        self._legacy: Urllib3Transport | None = None
+        ua = f"User-Agent: {settings.user_agent}\r\nConnection: keep-alive\r\n"
+        self._fixed = (ua, ua + "Pragma: no-cache\r\nCache-Control: no-cache\r\n")
 
-    def manager(self, proxy: str) -> urllib3.PoolManager:
-        """The pool manager for ``proxy`` (``DIRECT`` for none), created on first use."""
+    def prepare(self, url: str, proxy: str, *, nocache: bool = False) -> tuple[Pool, bytes] | None:
+        """The pool and the request bytes for ``url`` via ``proxy``; ``None`` unless plain HTTP.
+
+        ``None`` means: use :meth:`legacy` (``https://``, or URLs the lean code does not parse).
+        """
+        if not url.startswith("http://") or not (proxy == DIRECT or proxy.startswith("http://")):
+            return None
+        if not url.isascii() or _UNSAFE.search(url) or (proxy != DIRECT and _UNSAFE.search(proxy)):
+            return None  # never put spaces or control characters on the wire; urllib3 refuses them
+        proxied = proxy != DIRECT
+        try:
+            authority, host, port, path = split_url(url)
+            if proxied:
+                _, phost, pport, _ = split_url(proxy)
+        except ValueError:
+            return None  # user info, odd ports: urllib3 handles (or reports) those
+        fixed = self._fixed[nocache]
+        if proxied:
+            return self._pool(proxy, phost, pport, True), request_bytes(url, authority, fixed)
+        return self._pool("DIRECT " + authority, host, port, False), request_bytes(path, authority, fixed)
+
+    def _pool(self, key: str, host: str, port: int, proxied: bool) -> Pool:
+        pool = self._pools.get(key)
+        if pool is not None:
+            return pool
+        t = self.settings.timeouts_for(proxied)
         with self._lock:
-            mgr = self._managers.get(proxy)
-            if mgr is None:
-                kw = {"num_pools": _NUM_POOLS, "maxsize": self.settings.pool_maxsize, "block": False}
-                if proxy == DIRECT:
-                    mgr = urllib3.PoolManager(retries=False, **kw)  # type: ignore[arg-type]
-                else:
-                    mgr = urllib3.ProxyManager(proxy, retries=False, **kw)  # type: ignore[arg-type]
-                self._managers[proxy] = mgr
-            return mgr
+            pool = self._pools.get(key)
+            if pool is None:
+                pool = Pool(
+                    host,
+                    port,
+                    proxied=proxied,
+                    connect=t.connect,
+                    stall=t.stall,
+                    maxsize=self.settings.pool_maxsize,
+                )
+                self._pools[key] = pool
+            return pool
 
-    def headers(self, *, nocache: bool) -> dict[str, str]:
-        """The request headers; ``nocache`` adds the headers of a retry after corrupt data."""
-        h = {"Connection": "keep-alive", "User-Agent": self.settings.user_agent}
-        if nocache:
-            h["Pragma"] = "no-cache"
-            h["Cache-Control"] = "no-cache"
-        return h
+    def legacy(self) -> Urllib3Transport:
+        """The urllib3 transport (``https://``), created on first use."""
+        with self._lock:
+            if self._legacy is None:
+                self._legacy = Urllib3Transport(self.settings, monotonic=self._monotonic)
+            return self._legacy
 
     def get(
         self,
@@ -72,120 +107,85 @@ class Transport:
         HTTP failure; exceptions raised by ``write`` propagate unchanged (the connection is
         then dropped).
         """
-        proxied = proxy != DIRECT
-        t = self.settings.timeouts_for(proxied)
-        try:
-            resp = self.manager(proxy).urlopen(
-                "GET",
-                url,
-                headers=self.headers(nocache=nocache),
-                preload_content=False,
-                decode_content=False,
-                retries=False,
-                redirect=False,
-                timeout=urllib3.Timeout(connect=t.connect, read=t.stall),
-            )
-        except (urllib3.exceptions.HTTPError, OSError, http.client.HTTPException) as exc:
-            raise AttemptError(classify_exception(exc, proxied=proxied)) from exc
+        prepared = self.prepare(url, proxy, nocache=nocache)
+        if prepared is None:
+            return self.legacy().get(url, proxy, write, nocache=nocache, max_size=max_size)
+        pool, request = prepared
+        conn, head = self.exchange(pool, request)
+        return self.finish(pool, conn, head, write, max_size)
 
-        failure = classify_status(resp.status, resp.headers, proxied=proxied)
-        length: int | None = None
-        if failure is None:
-            failure, length = _content_length(resp.headers.get("Content-Length"), proxied)
-        if failure is None and max_size is not None and length is not None and length > max_size:
-            failure = Failure(Outcome.BAD_DATA, f"Content-Length {length} exceeds the limit of {max_size}")
-        if failure is not None:
-            _discard(resp, failure.status is not None)
-            raise AttemptError(failure)
+    def exchange(self, pool: Pool, request: bytes) -> tuple[Connection, Head]:
+        """Send ``request`` on a pooled connection and read the response head.
+
+        A kept-alive connection found closed by the server is replaced once by a new one.
+        """
+        retried = False
+        while True:
+            conn = pool.acquire()
+            try:
+                conn.send(request)
+                return conn, conn.read_head(pool.stall)
+            except StaleConnectionError as exc:
+                conn.close()
+                if conn.reused and not retried:
+                    retried = True
+                    continue
+                raise AttemptError(exc.failure) from exc
+            except BaseException:
+                conn.close()
+                raise
+
+    def finish(
+        self, pool: Pool, conn: Connection, head: Head, write: Callable[[bytes], object], max_size: int | None
+    ) -> int:
+        """:meth:`response`, then give ``conn`` back to ``pool`` (or close it)."""
         try:
-            received = self._read_body(resp, write, proxied, length, max_size)
-        except BaseException:
-            _discard(resp, False)
+            received = self.response(pool, conn, head, write, max_size)
+        except AttemptError:
+            if not conn.closed:  # an error body was drained: the connection goes on
+                pool.release(conn)
             raise
-        resp.release_conn()
+        if head.keep_alive:
+            pool.release(conn)
+        else:
+            conn.close()
         return received
 
-    def _read_body(
-        self,
-        resp: urllib3.BaseHTTPResponse,
-        write: Callable[[bytes], object],
-        proxied: bool,
-        length: int | None,
-        max_size: int | None,
+    def response(
+        self, pool: Pool, conn: Connection, head: Head, write: Callable[[bytes], object], max_size: int | None
     ) -> int:
-        t = self.settings.timeouts_for(proxied)
-        limit = self.settings.low_speed_limit
-        blame = Outcome.PROXY if proxied else Outcome.HOST
-        received = 0
-        window_start = self._monotonic()
-        window_bytes = 0
-        expected = f" of {length}" if length is not None else ""
-        while True:
-            try:
-                chunk = resp.read1(CHUNK_SIZE, decode_content=False)
-            except urllib3.exceptions.ReadTimeoutError as exc:
-                raise AttemptError(
-                    Failure(
-                        blame,
-                        f"transfer stalled: no data for {t.stall:g} s after {received}{expected} bytes",
-                        True,
-                    )
-                ) from exc
-            except (urllib3.exceptions.HTTPError, OSError, http.client.HTTPException) as exc:
-                f = classify_exception(exc, proxied=proxied)
-                raise AttemptError(
-                    Failure(blame, f"short transfer: {received}{expected} bytes, then {f.reason}", True)
-                ) from exc
-            if not chunk:
-                break
-            received += len(chunk)
-            if max_size is not None and received > max_size:
-                raise AttemptError(Failure(Outcome.BAD_DATA, f"body exceeds the limit of {max_size} bytes"))
-            write(chunk)
-            if limit:
-                window_bytes += len(chunk)
-                now = self._monotonic()
-                elapsed = now - window_start
-                if elapsed >= t.stall:
-                    if window_bytes < limit * elapsed:
-                        rate = window_bytes / elapsed
-                        raise AttemptError(
-                            Failure(blame, f"too slow: {rate:.0f} B/s, below the limit of {limit} B/s", True)
-                        )
-                    window_start, window_bytes = now, 0
-        if length is not None and received != length:
-            raise AttemptError(
-                Failure(blame, f"short transfer: {received} of {length} bytes (Content-Length)", True)
+        """Check the response ``head`` and stream its body to ``write``; returns its size.
+
+        Raises :class:`AttemptError` for a failed status, a bad ``Content-Length``, a body
+        over ``max_size`` and every transfer problem. ``conn`` is closed unless it can serve
+        the next response (after an error status only when the error body was drained).
+        """
+        failure = classify_status(head.status, head.headers, proxied=conn.proxied)
+        if failure is None and head.bad_length is not None:
+            failure = Failure(conn.blame, head.bad_length)
+        if failure is None and max_size is not None and head.length is not None and head.length > max_size:
+            failure = Failure(
+                Outcome.BAD_DATA, f"Content-Length {head.length} exceeds the limit of {max_size}"
             )
+        if failure is not None:
+            if failure.status is None or not conn.discard_body(head, pool.stall):
+                conn.close()
+            raise AttemptError(failure)
+        limits = BodyLimits(pool.stall, self.settings.low_speed_limit, max_size, self._monotonic)
+        try:
+            received = conn.read_body(head, write, limits)
+        except BaseException:
+            conn.close()
+            raise
+        conn.served += 1
         return received
 
     def close(self) -> None:
         """Close every pooled connection; pools are recreated if used again."""
         with self._lock:
-            managers, self._managers = list(self._managers.values()), {}
-        for mgr in managers:
-            mgr.clear()
-
-
-def _content_length(value: str | None, proxied: bool) -> tuple[Failure | None, int | None]:
-    if value is None:
-        return None, None
-    try:
-        length = int(value.split(",")[0].strip())
-        if length < 0:
-            raise ValueError(value)
-    except ValueError:
-        blame = Outcome.PROXY if proxied else Outcome.HOST
-        return Failure(blame, f"invalid Content-Length {value!r}"), None
-    return None, length
-
-
-def _discard(resp: urllib3.BaseHTTPResponse, drain: bool) -> None:
-    """Give the connection back: drain a small error body to keep it alive, else drop it."""
-    length = resp.headers.get("Content-Length")
-    if drain and length is not None and length.isdigit() and int(length) <= _DRAIN_LIMIT:
-        resp.drain_conn()
-        resp.release_conn()
-        return
-    resp.close()
-    resp.release_conn()
+            pools, self._pools = list(self._pools.values()), {}
+            legacy, self._legacy = self._legacy, None
+        for pool in pools:
+            pool.close()
+        if legacy is not None:
+            legacy.close()

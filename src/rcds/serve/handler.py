@@ -1,4 +1,4 @@
-"""Request handling: which request targets map to which files, and the HTTP/1.1 handler.
+"""The path rules: which request targets map to which files, and how they are opened.
 
 A request target ``/cvmfs/<name>/<path>`` names the file ``<dir>/<path>`` of repository
 ``<name>``. Only these paths are acceptable (checked on the decoded path as requested *and*
@@ -12,28 +12,23 @@ Every component is non-empty (no ``//``), at most 255 characters from
 ``[A-Za-z0-9._,+=@~-]`` after percent-decoding (so no ``/``, ``\\``, NUL, ``%`` or spaces),
 and the resolved file must lie inside the resolved repository directory. Whatever breaks a
 rule is reported as :class:`~rcds.errors.NotFoundError`, exactly like a missing file.
+The HTTP side lives in :mod:`rcds.serve.connection` (one connection) and :mod:`rcds.serve.http`
+(the server).
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import logging
 import os
 import re
-import socket
 import stat
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from email.utils import formatdate
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler
 from io import FileIO
-from typing import Protocol, cast
 from urllib.parse import unquote
 
 from rcds.errors import NotFoundError, StorageError
+from rcds.serve.openat2 import NO_SYMLINK, open_no_symlinks
 
 URL_PREFIX = "/cvmfs/"
 """The path prefix under which repositories are served."""
@@ -45,16 +40,15 @@ _MAX_TARGET = 4096
 _COMPONENT = re.compile(r"[A-Za-z0-9._,+=@~-]{1,255}")
 _REPOSITORY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
 _BUCKET = re.compile(r"[0-9a-f]{2}")
+# The common targets, with nothing to decode: /cvmfs/<name>/data/<xx>/<object>, /cvmfs/<name>/.cvmfs*
+_FAST_OBJECT = re.compile(
+    r"/cvmfs/([A-Za-z0-9][A-Za-z0-9._-]{0,254})/data/([0-9a-f]{2})/([A-Za-z0-9_,+=@~-][A-Za-z0-9._,+=@~-]{0,254})"
+)
+_FAST_ROOT_FILE = re.compile(r"/cvmfs/([A-Za-z0-9][A-Za-z0-9._-]{0,254})/(\.cvmfs[A-Za-z0-9._,+=@~-]{0,249})")
 _MISSING = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ENAMETOOLONG})
 _OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
-
-ROOT_CONTENT_TYPE = "application/x-cvmfs"
-"""Content type of ``.cvmfs*`` root files."""
-
-OBJECT_CONTENT_TYPE = "application/octet-stream"
-"""Content type of everything else (objects)."""
-
-log = logging.getLogger("rcds.serve.http")
+_DELETED = " (deleted)"  # how /proc/self/fd names an unlinked file; never part of a servable name
+_PROC_FD = hasattr(os, "O_PATH") and os.path.isdir("/proc/self/fd")
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +100,15 @@ def parse_target(raw: str) -> Target:
     Raises :class:`~rcds.errors.NotFoundError` for anything that is not an acceptable
     ``/cvmfs/<name>/<path>`` target.
     """
+    fast = _FAST_OBJECT.fullmatch(raw) or _FAST_ROOT_FILE.fullmatch(raw)
+    if fast is not None:  # plain names only: exactly what the general rules below would accept
+        name, *rest = fast.groups()
+        return Target(name, ("data", *rest) if len(rest) == 2 else tuple(rest))
+    return _parse_general(raw)
+
+
+def _parse_general(raw: str) -> Target:
+    """:func:`parse_target` for any target (the fast path above gives the same results)."""
     if len(raw) > _MAX_TARGET:
         raise NotFoundError("request target too long")
     path = _strip_authority(raw).split("?", 1)[0]
@@ -120,32 +123,73 @@ def parse_target(raw: str) -> Target:
     return Target(name, tuple(parts))
 
 
-def open_file(root: str, parts: Sequence[str]) -> tuple[FileIO, int]:
-    """Open the regular file ``parts`` under the resolved directory ``root``; return it and its size.
+def open_fd(root: str, parts: Sequence[str], *, parts_allowed: bool = False) -> tuple[int, int]:
+    """Open the regular file ``parts`` under the resolved directory ``root``; return its descriptor and size.
 
     The size comes from ``fstat`` on the opened descriptor, so the pair stays consistent even
     if the path is atomically replaced meanwhile. Raises :class:`~rcds.errors.NotFoundError`
     if the file is missing, not a regular file, or resolves outside ``root`` or to a path
     :func:`is_allowed` refuses; :class:`~rcds.errors.StorageError` on other I/O errors.
+    The caller closes the descriptor. ``parts_allowed=True`` tells that :func:`is_allowed`
+    already accepted ``parts`` (as :func:`parse_target` does), which saves checking the
+    resolved path again when it is the requested one.
     """
-    real = os.path.realpath(os.path.join(root, *parts))
-    prefix = root.rstrip(os.sep) + os.sep
-    if not real.startswith(prefix) or not is_allowed(real[len(prefix) :].split(os.sep)):
-        raise NotFoundError(f"{'/'.join(parts)} resolves outside the servable files of {root}")
-    try:
-        fd = os.open(real, _OPEN_FLAGS)
-    except OSError as exc:
-        if exc.errno in _MISSING:
-            raise NotFoundError(f"{real} does not exist") from None
-        raise StorageError(f"cannot open {real}: {exc.strerror}; check its permissions and disk") from exc
+    path = root + os.sep + os.sep.join(parts) if parts_allowed else os.path.join(root, *parts)
+    # No link on the way: the file opened is the (allowed) one the path names. Else check first.
+    fd = _open(path, _OPEN_FLAGS, open_no_symlinks) if parts_allowed else NO_SYMLINK
+    if fd == NO_SYMLINK and _PROC_FD:
+        fd = _open_resolved(root, path, parts_allowed)
+    elif fd == NO_SYMLINK:
+        real = os.path.realpath(path)
+        _check_resolved(root, real)
+        fd = _open(real, _OPEN_FLAGS)
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise NotFoundError(f"{real} is not a regular file")
-        return FileIO(fd, "rb", closefd=True), info.st_size
+            raise NotFoundError(f"{path} is not a regular file")
+        return fd, info.st_size
     except BaseException:
         os.close(fd)
         raise
+
+
+def open_file(root: str, parts: Sequence[str]) -> tuple[FileIO, int]:
+    """Like :func:`open_fd`, but return a file object (closed by the caller) and the size."""
+    fd, size = open_fd(root, parts)
+    return FileIO(fd, "rb", closefd=True), size
+
+
+def _check_resolved(root: str, real: str) -> None:
+    prefix = root.rstrip(os.sep) + os.sep
+    if not real.startswith(prefix) or not is_allowed(real[len(prefix) :].split(os.sep)):
+        raise NotFoundError(f"{real} is outside the servable files of {root}")
+
+
+def _open(path: str, flags: int, opener: Callable[[str, int], int] | None = None) -> int:
+    try:
+        return (opener or os.open)(path, flags)
+    except OSError as exc:
+        if exc.errno in _MISSING:
+            raise NotFoundError(f"{path} does not exist") from None
+        raise StorageError(f"cannot open {path}: {exc.strerror}; check its permissions and disk") from exc
+
+
+def _open_resolved(root: str, path: str, parts_allowed: bool) -> int:
+    """Resolve ``path`` with an ``O_PATH`` descriptor (no open side effects, no read access yet),
+    check where it really is (``/proc/self/fd``), and only then open it for reading through
+    that descriptor, so the file checked is the file opened: a few system calls instead of
+    one ``lstat`` per path component in :func:`os.path.realpath`."""
+    handle = _open(path, os.O_PATH | os.O_CLOEXEC)
+    try:
+        link = f"/proc/self/fd/{handle}"
+        real = os.readlink(link)
+        if real.endswith(_DELETED):  # replaced since it was opened (e.g. a new manifest): still whole
+            real = real[: -len(_DELETED)]
+        if real != path or not parts_allowed:
+            _check_resolved(root, real)
+        return _open(link, _OPEN_FLAGS & ~os.O_NOFOLLOW)
+    finally:
+        os.close(handle)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,151 +205,3 @@ class AccessRecord:
 
 
 AccessLog = Callable[[AccessRecord], None]
-
-
-class ServerSettings(Protocol):
-    """What :class:`RequestHandler` needs from its server."""
-
-    root_max_age: int
-    object_max_age: int
-    idle_timeout: float
-    access_log: AccessLog | None
-
-    def root_of(self, name: str) -> str:
-        """The resolved directory of repository ``name``; NotFoundError if not served."""
-        ...
-
-
-class RequestHandler(BaseHTTPRequestHandler):
-    """Answers ``GET``/``HEAD`` for repository files; 404 for anything else, 405 for other methods."""
-
-    protocol_version = "HTTP/1.1"
-    server_version = "rcds"
-    default_request_version = "HTTP/1.1"  # always answer with a status line, even to garbage
-    disable_nagle_algorithm = True
-
-    @property
-    def _srv(self) -> ServerSettings:
-        return cast(ServerSettings, self.server)
-
-    def setup(self) -> None:
-        """Set up the streams and the idle timeout of the connection."""
-        super().setup()
-        self.connection.settimeout(self._srv.idle_timeout)
-
-    def version_string(self) -> str:
-        """The ``Server`` header value (no Python version)."""
-        return self.server_version
-
-    def parse_request(self) -> bool:
-        """Parse the request; answer 405 to anything but GET/HEAD."""
-        if not super().parse_request():
-            return False
-        if self.command not in ("GET", "HEAD"):
-            self.close_connection = True  # any request body stays unread
-            self._send_error(HTTPStatus.METHOD_NOT_ALLOWED, body=True)
-            return False
-        if (
-            self.headers.get("Content-Length", "0").strip() not in ("", "0")
-            or "Transfer-Encoding" in self.headers
-        ):
-            self.close_connection = True  # a body we do not read would be taken for the next request
-        return True
-
-    def do_GET(self) -> None:
-        """Send a file with its body."""
-        self._serve(body=True)
-
-    def do_HEAD(self) -> None:
-        """Send a file's headers only."""
-        self._serve(body=False)
-
-    def _raw_target(self) -> str:
-        # self.path is already altered by the stdlib ("//x" -> "/x"); judge the raw target.
-        words = self.requestline.split()
-        return words[1] if len(words) >= 2 else ""
-
-    def _serve(self, body: bool) -> None:
-        srv = self._srv
-        try:
-            target = parse_target(self._raw_target())
-            f, size = open_file(srv.root_of(target.repository), target.parts)
-        except NotFoundError:
-            self._send_error(HTTPStatus.NOT_FOUND, body=body)
-            return
-        except StorageError as exc:
-            log.warning("%s", exc)
-            self._send_error(HTTPStatus.INTERNAL_SERVER_ERROR, body=body)
-            return
-        with f:
-            now = time.time()
-            if target.is_root_file:
-                ctype, cache, max_age = ROOT_CONTENT_TYPE, f"max-age={srv.root_max_age}", srv.root_max_age
-            else:
-                ctype, max_age = OBJECT_CONTENT_TYPE, srv.object_max_age
-                cache = f"public, max-age={max_age}, immutable"
-            self._start(HTTPStatus.OK, now)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(size))
-            self.send_header("Cache-Control", cache)
-            self.send_header("Expires", formatdate(now + max_age, usegmt=True))
-            sent = self._finish(f if body else None, size)
-        self._access(HTTPStatus.OK, sent)
-
-    def _start(self, status: HTTPStatus, now: float) -> None:
-        self.send_response_only(status)
-        self.send_header("Server", self.version_string())
-        self.send_header("Date", formatdate(now, usegmt=True))
-
-    def _finish(self, body: FileIO | bytes | None, size: int) -> int:
-        """Send the connection header, the headers and ``body`` (``size`` bytes); return bytes sent."""
-        self.send_header("Connection", "close" if self.close_connection else "keep-alive")
-        sock: socket.socket = self.connection
-        cork = getattr(socket, "TCP_CORK", None)  # headers and body in as few segments as possible
-        sent = 0
-        try:
-            if cork is not None:
-                sock.setsockopt(socket.IPPROTO_TCP, cork, 1)
-            self.end_headers()
-            if isinstance(body, bytes):
-                self.wfile.write(body)
-                sent = len(body)
-            elif body is not None and size:
-                sent = sock.sendfile(body, 0, size)
-        except OSError as exc:  # the client went away or timed out
-            log.debug("sending to %s failed: %s", self.address_string(), exc)
-            self.close_connection = True
-        finally:
-            if cork is not None:
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.IPPROTO_TCP, cork, 0)
-        if body is not None and sent != size:  # e.g. the file shrank in place: framing is broken
-            self.close_connection = True
-        return sent
-
-    def _send_error(self, status: HTTPStatus, body: bool) -> None:
-        payload = f"{status.value} {status.phrase}\n".encode()
-        self._start(status, time.time())
-        self.send_header("Content-Type", "text/plain; charset=utf-8")
-        self.send_header("Content-Length", str(len(payload)))
-        self.send_header("Cache-Control", "no-store")
-        if status == HTTPStatus.METHOD_NOT_ALLOWED:
-            self.send_header("Allow", "GET, HEAD")
-        self._access(status, self._finish(payload if body else None, len(payload)))
-
-    def _access(self, status: int, sent: int) -> None:
-        record = AccessRecord(self.address_string(), self.command or "-", self._raw_target(), status, sent)
-        log.debug('%s "%s %s" %d %d', record.client, record.method, record.target, status, sent)
-        callback = self._srv.access_log
-        if callback is not None:
-            callback(record)
-
-    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        """Answer a malformed request (the stdlib's parser calls this) plainly, then close."""
-        self.close_connection = True
-        self._send_error(HTTPStatus(code), body=self.command != "HEAD")
-
-    def log_message(self, format: str, *args: object) -> None:
-        """Route the stdlib's messages to the ``rcds.serve.http`` logger at DEBUG."""
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("%s %s", self.address_string(), format % args)
