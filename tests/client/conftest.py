@@ -44,6 +44,8 @@ def _load_net_helpers() -> ModuleType:
     if name in sys.modules:
         return sys.modules[name]
     path = Path(__file__).resolve().parent.parent / "net" / "conftest.py"
+    if str(path.parent) not in sys.path:  # its own helper modules (netkit) live beside it
+        sys.path.append(str(path.parent))
     spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
 
 from rcds import __version__
-from rcds.cli import client, demo, jobs, repo, server
 from rcds.errors import (
     ConfigError,
     InputError,
@@ -33,22 +33,36 @@ EXIT_CODES: tuple[tuple[type[RcdsError], int], ...] = (
 """Exit status by error class (anything else from rcds: 1). Documented in docs/cli.md."""
 
 Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
-COMMAND_GROUPS: tuple[Registrar, ...] = (
-    repo.register,
-    server.register,
-    client.register,
-    jobs.register,
-    demo.register,
-)
+COMMAND_GROUPS: dict[str, tuple[str, ...]] = {
+    "rcds.cli.repo": ("repo",),
+    "rcds.cli.server": ("server",),
+    "rcds.cli.client": ("ls", "cat", "stat", "get", "info", "config"),
+    "rcds.cli.jobs": ("publish", "wait"),
+    "rcds.cli.demo": ("demo",),
+}
+"""The modules registering commands (``register(subparsers)``) and the commands each registers.
+
+Only the module of the command being run is imported (start-up time: the client commands need
+none of the service's or publisher's dependencies); help and unknown commands import all."""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser."""
+def _groups_for(argv: Sequence[str] | None) -> list[str]:
+    args = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in args if not a.startswith("-")), None)
+    for module, commands in COMMAND_GROUPS.items():
+        if command in commands and not {"-h", "--help"} & set(args[: args.index(command)]):
+            return [module]
+    return list(COMMAND_GROUPS)
+
+
+def build_parser(argv: Sequence[str] | None = ()) -> argparse.ArgumentParser:
+    """The argument parser: every command (default), or only the group of the command in ``argv``."""
     parser = argparse.ArgumentParser(prog="rcds", description="Rapid Code Distribution Service")
     parser.add_argument("--version", action="version", version=f"rcds {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what happens")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for register in COMMAND_GROUPS:
+    for module in _groups_for(argv) if argv != () else COMMAND_GROUPS:
+        register: Registrar = importlib.import_module(module).register
         register(sub)
     return parser
 
@@ -63,7 +77,7 @@ def exit_code(exc: RcdsError) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit status."""
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="rcds: %(levelname)s: %(message)s"

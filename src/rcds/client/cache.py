@@ -24,6 +24,7 @@ readable after eviction, POSIX unlink semantics).
 from __future__ import annotations
 
 import fcntl
+import itertools
 import os
 import sqlite3
 import time
@@ -35,6 +36,8 @@ from typing import BinaryIO
 from rcds.client.quota import SUBDIRS, Entry, QuotaDB, compare, scan_tree
 from rcds.errors import StorageError
 from rcds.format.hashes import ContentHash, ObjectKind
+
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 
 
 def object_name(h: ContentHash, kind: ObjectKind) -> str:
@@ -115,6 +118,10 @@ class LocalCache:
         self.quarantine_dir = self.dir / "quarantaine"
         self._lockfile = self.dir / "lock_cachemgr"
         self._busy_timeout = busy_timeout
+        self._dir = str(self.dir)
+        self._txn = str(self.txn)
+        self._tmp_prefix = f"{os.getpid()}.b{os.urandom(3).hex()}."
+        self._serial = itertools.count()
         try:
             for sub in (*SUBDIRS, "txn", "quarantaine"):
                 (self.dir / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -272,30 +279,37 @@ class LocalCache:
     def insert_many(self, items: Iterable[tuple[ContentHash, ObjectKind, bytes]]) -> int:
         """Store several verified objects (plain bytes, unpinned) under one lock and one transaction.
 
-        Objects larger than the quota are skipped; an object evicted again by a later one of the
-        same batch is not kept. Returns how many objects were stored.
+        Objects larger than the quota are skipped; objects the quota cannot keep after this batch
+        (least recently used first, so older ones go before any of the batch) are not kept.
+        Returns how many objects were stored.
         """
-        staged: list[tuple[str, Path, int, str]] = []
+        staged: list[tuple[str, str, int, str]] = []
         try:
             for h, kind, plain in items:
                 if self.quota_bytes is not None and len(plain) > self.quota_bytes:
                     continue
-                fd, tmp = make_temp(self.txn, 0o600)
-                staged.append((object_name(h, kind), tmp, len(plain), kind.value))
-                with os.fdopen(fd, "wb") as f:
-                    f.write(plain)
+                name = object_name(h, kind)
+                tmp = f"{self._txn}/{self._tmp_prefix}{next(self._serial)}.tmp"
+                fd = os.open(tmp, _CREATE, 0o600)
+                staged.append((name, tmp, len(plain), kind.value))
+                try:
+                    view = memoryview(plain)
+                    while view:
+                        view = view[os.write(fd, view) :]
+                finally:
+                    os.close(fd)
             if not staged:
                 return 0
             with self._flock():
                 with self._db.transaction():
-                    for name, _, size, kind_value in staged:
-                        self._db.upsert(name, size, kind_value)
-                        self._make_room(name, size)
+                    self._db.upsert_many([(name, size, kind) for name, _, size, kind in staged])
+                    evicted = self._make_room_batch(sum(size for _, _, size, _ in staged))
                 stored = 0
                 for name, tmp, _, _ in staged:
-                    if self._db.get(name) is not None:  # not evicted by a later one of the batch
-                        os.replace(tmp, self._path(name))
+                    if name not in evicted:
+                        os.replace(tmp, f"{self._dir}/{name}")
                         stored += 1
+            staged = [s for s in staged if s[0] in evicted]  # the rest were renamed into place
             return stored
         except OSError as exc:
             raise StorageError(f"cannot write objects into {self.dir}: {exc.strerror or exc}") from exc
@@ -303,7 +317,22 @@ class LocalCache:
             raise StorageError(f"cache database {self._db.path} failed: {exc}") from exc
         finally:
             for _, tmp, _, _ in staged:
-                tmp.unlink(missing_ok=True)
+                with suppress(FileNotFoundError):
+                    os.unlink(tmp)
+
+    def _make_room_batch(self, size: int) -> set[str]:
+        """Like :meth:`_make_room` after recording a batch of ``size`` bytes; returns the evicted names."""
+        quota = self.quota_bytes
+        if quota is None or self._db.total() <= quota:
+            return set()
+        victims, left = self._db.plan_eviction(min(quota // 2 + size, quota))
+        if left > quota:
+            raise StorageError(
+                f"cache quota too small for pinned catalogs: raise CVMFS_QUOTA_LIMIT "
+                f"({self._db.pinned_total()} bytes pinned, quota of {quota} bytes in {self.dir})"
+            )
+        self._remove(victims)
+        return set(victims)
 
     def insert_file(self, h: ContentHash, kind: ObjectKind, src: Path, *, pin: bool = False) -> Path:
         """Move a complete file (ideally already in ``txn/``) into the cache; ``src`` is consumed."""

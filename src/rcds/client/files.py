@@ -23,6 +23,9 @@ from rcds.repo.catalog import Catalog
 OpenObject = Callable[[ContentHash, ObjectKind, int, bool], BinaryIO]
 """Opens an object's verified plain content: (hash, kind, plain size, compressed)."""
 
+ReadObject = Callable[[ContentHash, ObjectKind, int, bool], bytes]
+"""Returns an object's whole verified plain content: (hash, kind, plain size, compressed)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Piece:
@@ -75,7 +78,8 @@ class RepoFile(io.RawIOBase):
     """A read-only, seekable binary file of a repository (``io.RawIOBase``).
 
     Wrap it in :class:`io.BufferedReader` for small reads; :meth:`read` with no argument reads
-    the rest of the file. ``on_close`` is called once when the file is closed.
+    the rest of the file. ``on_close`` is called once when the file is closed. ``read_object``,
+    if given, reads a whole object at once (used when the whole of a one-object file is read).
     """
 
     def __init__(
@@ -87,6 +91,7 @@ class RepoFile(io.RawIOBase):
         *,
         compressed: bool = True,
         on_close: Callable[[], None] | None = None,
+        read_object: ReadObject | None = None,
     ) -> None:
         super().__init__()
         self.name = name
@@ -96,6 +101,7 @@ class RepoFile(io.RawIOBase):
         self._open_object = open_object
         self._compressed = compressed
         self._on_close = on_close
+        self._read_object = read_object
         self._pos = 0
         self._current: int | None = None
         self._file: BinaryIO | None = None
@@ -172,9 +178,16 @@ class RepoFile(io.RawIOBase):
 
     def readall(self) -> bytes:
         """The rest of the file."""
+        if self._pos >= self.size:  # at the end, or an empty file: nothing to fetch
+            self._checkClosed()
+            return b""
         if self._pos == 0 and len(self._pieces) == 1:  # the common case: one object, read whole
             self._checkClosed()
-            data = self._piece_file(0).read()
+            p = self._pieces[0]
+            if self._read_object is not None and self._file is None:
+                data = self._read_object(p.hash, p.kind, p.size, self._compressed)
+            else:
+                data = self._piece_file(0).read()
             if len(data) != self.size:
                 raise IntegrityError(
                     f"{self.name}: object {self._pieces[0].hash.hex} has {len(data)} bytes, "

@@ -23,6 +23,8 @@ MAX_SYMLINKS = 40
 DIR_CACHE_SIZE = 16384
 LISTING_CACHE_SIZE = 64
 """Directories whose listing is kept, so that opening what was just listed needs no query."""
+RESOLVED_CACHE_SIZE = 8192
+"""Paths whose resolution is kept."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +51,7 @@ class Mounted:
         self._lock = threading.Lock()
         self._dirs: dict[str, Located] = {}
         self._listings: dict[str, dict[str, Located]] = {}
+        self._resolved: dict[tuple[str, bool], Located] = {}
         self.view = make_view(self)
 
     @property
@@ -155,13 +158,33 @@ class Mounted:
         return loc
 
     def resolve(self, path: str, *, follow: bool = True) -> Located:
-        """The entry at ``path``; symlinks are followed inside the path and, if ``follow``, at its end."""
+        """The entry at ``path``; symlinks are followed inside the path and, if ``follow``, at its end.
+
+        Recent results are kept (a revision never changes), so resolving a path again, e.g.
+        opening what :meth:`Repository.prefetch` resolved, needs no catalog query.
+        """
+        key = (path, follow)
+        found = self._resolved.get(key)
+        if found is None:
+            found = self._resolve(path, follow)
+            if len(self._resolved) >= RESOLVED_CACHE_SIZE:
+                self._resolved.clear()
+            self._resolved[key] = found
+        return found
+
+    def _resolve(self, path: str, follow: bool) -> Located:
         parts = [p for p in path.split("/") if p and p != "."]
         here = None
         if len(parts) > 1 and ".." not in parts:
-            here = self._dirs.get("/" + "/".join(parts[:-1]))  # the usual case: a known directory
+            # start from the deepest known directory (usually the parent); known directories
+            # are real ones (no symlink on their path), so resolving the rest from there is exact
+            prefix = "/" + "/".join(parts[:-1])
+            depth = len(parts) - 1
+            while depth and (here := self._dirs.get(prefix)) is None:
+                prefix = prefix[: prefix.rfind("/")]
+                depth -= 1
         if here is not None:
-            todo = [parts[-1]]
+            todo = list(reversed(parts[depth:]))
         else:
             here = self.directory("")
             todo = list(reversed(parts))
@@ -206,7 +229,7 @@ class Mounted:
         """The visible entries of a directory, sorted by name; nested catalogs are not loaded."""
         if not directory.entry.is_dir:
             raise NotFoundError(f"{directory.entry.path or '/'} is not a directory")
-        directory = self.inside(directory)
+        directory = self._remember(self.inside(directory))  # opening its files starts here
         cat = directory.catalog
         located = [Located(r, cat) for r in cat.listdir(directory.entry.path)]
         with self._lock:

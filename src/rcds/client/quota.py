@@ -219,6 +219,31 @@ class QuotaDB:
         )
         self._set_total(self.total() + size - (old[0] if old else 0))
 
+    def upsert_many(self, items: Sequence[tuple[str, int, str]]) -> None:
+        """Inside a transaction: record ``(name, size, kind)`` rows as most recently used, in order.
+
+        Like :meth:`upsert` for each item (existing pins are kept), in a few statements.
+        """
+        latest = {name: (size, kind) for name, size, kind in items}
+        names = list(latest)
+        old: dict[str, tuple[int, int]] = {}
+        for i in range(0, len(names), 500):
+            part = names[i : i + 500]
+            rows = self._db.execute(
+                f"SELECT name, size, pinned FROM objects WHERE name IN ({','.join('?' * len(part))})", part
+            )
+            old.update((str(n), (int(sz), int(p))) for n, sz, p in rows)
+        base = int(self._db.execute("SELECT COALESCE(MAX(acseq), 0) FROM objects").fetchone()[0])
+        self._db.executemany(
+            "INSERT OR REPLACE INTO objects (name, size, acseq, kind, pinned) VALUES (?, ?, ?, ?, ?)",
+            (
+                (name, size, base + i + 1, kind, int(old.get(name, (0, 0))[1] != 0))
+                for i, (name, (size, kind)) in enumerate(latest.items())
+            ),
+        )
+        delta = sum(size for size, _ in latest.values()) - sum(size for size, _ in old.values())
+        self._set_total(self.total() + delta)
+
     def remove(self, name: str) -> int:
         """Inside a transaction: forget ``name``; return the bytes it accounted for."""
         row = self._db.execute("SELECT size FROM objects WHERE name=?", (name,)).fetchone()

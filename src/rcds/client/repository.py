@@ -24,7 +24,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import BinaryIO, Literal, overload
@@ -32,6 +32,7 @@ from typing import BinaryIO, Literal, overload
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from rcds.client.alien_cache import AlienCache
+from rcds.client.bulk import prefetch_files
 from rcds.client.cache import LocalCache
 from rcds.client.cached_source import CachedSource
 from rcds.client.config import ClientConfig, check_fqrn, load_client_config
@@ -380,8 +381,7 @@ class Repository:
             return [self._dir_entry(c) for c in m.listdir(loc)]
 
     def _dir_entry(self, loc: Located) -> DirEntry:
-        e = loc.entry
-        return DirEntry(e.name, e.path or "/", make_stat(e, loc.catalog.mountpoint, self._dev), e.symlink)
+        return DirEntry.of(loc.entry, loc.catalog.mountpoint, self._dev)
 
     def walk(self, top: str = "/") -> Iterator[tuple[str, list[str], list[str]]]:
         """Like :func:`os.walk` (top-down): ``(dirpath, dirnames, filenames)``.
@@ -416,17 +416,41 @@ class Repository:
         (chunks loaded on demand), ``r``/``rt`` a text stream."""
         if mode not in ("rb", "r", "rt"):
             raise ConfigError(f"mode {mode!r}: repository files are read-only; use 'rb' or 'r'")
-        with self.using() as m:
+        if self.auto_update:
+            self.refresh()
+        m = self._current_mounted()
+        m.acquire()  # like using(), without a generator per open
+        try:
             loc = m.resolve(path, follow=True)
             pieces = pieces_of(loc.entry, loc.catalog)
-
-        def open_object(h: ContentHash, kind: ObjectKind, size: int, compressed: bool) -> BinaryIO:
-            return self.source.open_object(h, kind, size=size, compressed=compressed)
-
-        raw = RepoFile(path, loc.entry.size, pieces, open_object, compressed=loc.entry.compressed)
+        finally:
+            if m.release():
+                self._close_mounted(m)
+        raw = RepoFile(
+            path,
+            loc.entry.size,
+            pieces,
+            self._open_object,
+            compressed=loc.entry.compressed,
+            read_object=self.source.read_object,
+        )
         if mode == "rb":
             return raw
         return io.TextIOWrapper(io.BufferedReader(raw), encoding=encoding)
+
+    def prefetch(self, paths: Iterable[str]) -> int:
+        """Bring the objects of the regular files ``paths`` into the local cache, pipelined.
+
+        Worth it before reading many files that are likely not cached: one batch of pipelined
+        requests instead of a round trip per file. Symlinks are followed; objects already
+        cached are skipped. Returns how many objects were downloaded (or taken from the alien
+        cache). With a quota smaller than the files, early ones may be evicted again.
+        """
+        with self.using() as m:
+            return prefetch_files(self.source, (m.resolve(p, follow=True) for p in paths))
+
+    def _open_object(self, h: ContentHash, kind: ObjectKind, size: int, compressed: bool) -> BinaryIO:
+        return self.source.open_object(h, kind, size=size, compressed=compressed)
 
     def read_bytes(self, path: str) -> bytes:
         """The whole content of a regular file."""

@@ -9,8 +9,10 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from rcds.client.stat import make_stat
 from rcds.errors import ConfigError
 from rcds.format import keys as keys_fmt
+from rcds.format.dirent import Dirent
 from rcds.net.state import EndpointStatus
 
 DEFAULT_QUOTA = 4000 << 20
@@ -63,23 +65,70 @@ class RepoInfo:
     sources: dict[str, int]
 
 
-@dataclass(frozen=True, slots=True)
 class DirEntry:
-    """One entry of :meth:`Repository.scandir`."""
+    """One entry of :meth:`Repository.scandir`: ``name``, ``path``, ``stat`` (an ``lstat`` result,
+    made on first use) and ``symlink`` (the link target, or ``""``)."""
 
-    name: str
-    path: str
-    stat: os.stat_result
-    symlink: str
+    __slots__ = ("_dev", "_entry", "_mountpoint", "_stat", "name", "path", "symlink")
+
+    def __init__(self, name: str, path: str, stat: os.stat_result, symlink: str) -> None:
+        self.name = name
+        self.path = path
+        self.symlink = symlink
+        self._stat: os.stat_result | None = stat
+        self._entry: Dirent | None = None
+        self._mountpoint = ""
+        self._dev = 0
+
+    @classmethod
+    def of(cls, entry: Dirent, mountpoint: str, dev: int) -> DirEntry:
+        """The entry of a catalog row (its ``stat`` is computed when first asked for)."""
+        self = cls.__new__(cls)
+        self.name = entry.name
+        self.path = entry.path or "/"
+        self.symlink = entry.symlink
+        self._stat = None
+        self._entry = entry
+        self._mountpoint = mountpoint
+        self._dev = dev
+        return self
+
+    @property
+    def stat(self) -> os.stat_result:
+        """Like :func:`os.lstat` of the entry."""
+        if self._stat is None:
+            assert self._entry is not None
+            self._stat = make_stat(self._entry, self._mountpoint, self._dev)
+        return self._stat
+
+    def _mode(self) -> int:
+        return self._entry.mode if self._entry is not None else self.stat.st_mode
 
     def is_dir(self) -> bool:
         """A directory (symlinks are not followed)."""
-        return (self.stat.st_mode & 0o170000) == 0o040000
+        return (self._mode() & 0o170000) == 0o040000
 
     def is_file(self) -> bool:
         """A regular file."""
-        return (self.stat.st_mode & 0o170000) == 0o100000
+        mode = self._mode() & 0o170000
+        return mode == 0o100000 or mode == 0  # a row without a type bit is shown as a file
 
     def is_symlink(self) -> bool:
         """A symbolic link."""
-        return (self.stat.st_mode & 0o170000) == 0o120000
+        return (self._mode() & 0o170000) == 0o120000
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, DirEntry):
+            return NotImplemented
+        return (self.name, self.path, self.stat, self.symlink) == (
+            other.name,
+            other.path,
+            other.stat,
+            other.symlink,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.path, self.symlink))
+
+    def __repr__(self) -> str:
+        return f"DirEntry(name={self.name!r}, path={self.path!r}, symlink={self.symlink!r})"

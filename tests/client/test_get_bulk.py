@@ -1,0 +1,210 @@
+"""``rcds get`` and ``Repository.prefetch`` through pipelined batches (``Fetcher.fetch_many``).
+
+Real engine servers on loopback; a tree of a few hundred small files (with duplicated contents)
+so that the batch path runs in several lanes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from rcds.client import materialize as mat
+from rcds.client.materialize import STATE_FILE, materialize
+from rcds.errors import IntegrityError
+
+from testkit import Entry
+
+if TYPE_CHECKING:
+    from conftest import Site
+
+MANY = "/sw/g/many"
+N = 300
+
+
+def _content(i: int) -> bytes:
+    return (f"file {i % 250}\n" * (1 + i % 50)).encode()  # 250 distinct contents for 300 files
+
+
+@pytest.fixture
+def many(site: Site) -> dict[str, bytes]:
+    """Publish ``N`` small files (some sharing content) under ``MANY``; their relative paths and data."""
+    files = {f"d{i % 7}/f{i:03d}.txt": _content(i) for i in range(N)}
+    entries = [Entry(f"d{k}", kind="dir", mode=0o750) for k in range(7)]
+    entries += [
+        Entry(rel, data, mode=0o600 if i % 2 else 0o644) for i, (rel, data) in enumerate(files.items())
+    ]
+    entries += [Entry("lnk", kind="symlink", target="d0/f000.txt"), Entry("e/empty", b"")]
+    site.publish(entries, MANY)
+    files["e/empty"] = b""
+    return files
+
+
+def _regular_files(dest: Path) -> dict[str, bytes]:
+    out = {}
+    for d, _, names in os.walk(dest):
+        for n in names:
+            p = Path(d, n)
+            rel = p.relative_to(dest).as_posix()
+            if not p.is_symlink() and rel not in (STATE_FILE, ".cvmfscatalog"):
+                out[rel] = p.read_bytes()
+    return out
+
+
+def _object_of(site: Site, data: bytes) -> Path:
+    """The served object file of the content ``data`` (found through a file holding it)."""
+    repo = site.open(cache_dir=site.work / "lookup-cache")
+    for d, _, names in repo.walk(MANY):
+        for n in names:
+            path = f"{d}/{n}"
+            if repo.lstat(path).st_mode & 0o170000 == 0o100000 and repo.read_bytes(path) == data:
+                return site.object_path(site.public, repo.pieces(path)[0].hash)
+    raise AssertionError("no such content")
+
+
+def test_get_in_batches_gives_an_identical_tree_and_fetches_each_object_once(
+    site: Site, many: dict[str, bytes], tmp_path: Path
+) -> None:
+    repo = site.open()
+    before = site.fetched("data/")
+    report = materialize(repo, MANY, tmp_path / "out")
+    assert _regular_files(tmp_path / "out") == many
+    assert os.readlink(tmp_path / "out/lnk") == "d0/f000.txt"
+    st = os.stat(tmp_path / "out/d0/f007.txt")
+    assert st.st_mode & 0o777 == 0o600 and st.st_mtime == 1_700_000_000
+    assert os.stat(tmp_path / "out/d1").st_mode & 0o777 == 0o750
+    assert report.files == N + 2 and report.symlinks == 1  # with the empty file and .cvmfscatalog
+    # one request per distinct content (catalogs aside), none for the empty file
+    objects = site.fetched("data/") - before - 1  # the nested catalog of MANY
+    assert objects == len(set(many.values()) - {b""})
+    assert not list((tmp_path / "out").rglob("*.tmp"))
+    # everything went into the cache: a second copy needs no data download
+    repo.source.flush()
+    before = site.fetched("data/")
+    materialize(repo, MANY, tmp_path / "again")
+    assert site.fetched("data/") == before
+    assert _regular_files(tmp_path / "again") == many
+
+
+def test_a_corrupt_object_mid_batch_is_fetched_again_from_the_other_server(
+    site: Site, many: dict[str, bytes], tmp_path: Path
+) -> None:
+    bad = site.copy("bad")
+    obj = _object_of(site, _content(123))
+    target = bad / obj.relative_to(site.public)
+    target.write_bytes(target.read_bytes()[:-3] + b"xyz")
+    bad_url = site.serve(bad)
+    repo = site.open([bad_url, site.urls[0]], cache_dir=tmp_path / "cache")
+    materialize(repo, MANY, tmp_path / "out", keep_in_cache=False)
+    assert _regular_files(tmp_path / "out") == many
+
+
+def test_a_corrupt_object_everywhere_is_reported_and_the_copy_resumes(
+    site: Site, many: dict[str, bytes], tmp_path: Path
+) -> None:
+    obj = _object_of(site, _content(42))
+    good = obj.read_bytes()
+    obj.write_bytes(good[:-3] + b"xyz")
+    repo = site.open(cache_dir=tmp_path / "cache")
+    dest = tmp_path / "out"
+    with pytest.raises(IntegrityError, match="corrupt"):
+        materialize(repo, MANY, dest)
+    # nothing unverified under a real name, no temp files left, the state file records what is done
+    assert (dest / STATE_FILE).is_file()
+    for rel, data in _regular_files(dest).items():
+        assert data == many[rel]
+    assert "d0/f042.txt" not in _regular_files(dest)
+    assert not list(dest.rglob("*.tmp"))
+    recorded = json.loads((dest / STATE_FILE).read_text())["files"]
+    assert set(recorded) - {".cvmfscatalog"} <= set(_regular_files(dest))
+    obj.write_bytes(good)
+    report = materialize(site.open(cache_dir=tmp_path / "cache2"), MANY, dest)
+    assert _regular_files(dest) == many
+    assert report.skipped == len(recorded)
+
+
+def test_an_interrupted_get_resumes_where_it_stopped(
+    site: Site, many: dict[str, bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(mat, "SAVE_EVERY", 0.0)
+    dest = tmp_path / "out"
+    seen = 0
+
+    def stop_midway(p: mat.Progress) -> None:
+        nonlocal seen
+        seen += 1
+        if p.files_done == 120:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        materialize(site.open(cache_dir=tmp_path / "c1"), MANY, dest, progress=stop_midway)
+    partial = _regular_files(dest)
+    assert 0 < len(partial) < len(many)
+    assert all(many[r] == d for r, d in partial.items())
+    report = materialize(site.open(cache_dir=tmp_path / "c2"), MANY, dest)
+    assert report.skipped >= 100
+    assert _regular_files(dest) == many
+
+
+def test_get_copies_cached_objects_from_the_cache(site: Site, many: dict[str, bytes], tmp_path: Path) -> None:
+    repo = site.open()
+    for rel in list(many)[:50]:
+        repo.read_bytes(f"{MANY}/{rel}")
+    repo.source.flush()
+    stats = dict(repo.source.stats)
+    materialize(repo, MANY, tmp_path / "out")
+    assert _regular_files(tmp_path / "out") == many
+    assert repo.source.stats["local"] - stats["local"] >= 40
+
+
+def test_prefetch_brings_files_into_the_cache(site: Site, many: dict[str, bytes]) -> None:
+    repo = site.open()
+    paths = [f"{MANY}/{rel}" for rel in list(many)[::3]]
+    n = repo.prefetch([*paths, f"{MANY}/lnk"])  # symlinks are followed
+    assert n == len({many[p[len(MANY) + 1 :]] for p in paths} - {b""})
+    assert repo.prefetch(paths) == 0  # all cached (or queued for the cache) now
+    before = site.fetched("data/")
+    for p in paths:
+        assert repo.read_bytes(p) == many[p[len(MANY) + 1 :]]
+    assert site.fetched("data/") == before
+
+
+def test_cache_batches_respect_the_quota(site: Site, many: dict[str, bytes], tmp_path: Path) -> None:
+    quota = 200 << 10  # the pinned catalogs take ~120 KiB
+    repo = site.open(cache_dir=tmp_path / "small", quota_bytes=quota)
+    repo.prefetch([f"{MANY}/{rel}" for rel in many])
+    repo.source.flush()
+    assert repo.cache.check() == []
+    assert repo.cache.size() <= quota
+    for rel in list(many)[:20]:
+        assert repo.read_bytes(f"{MANY}/{rel}") == many[rel]
+
+
+def test_client_commands_import_nothing_of_the_service() -> None:
+    code = (
+        "import sys\n"
+        "from rcds.cli.main import build_parser\n"
+        "build_parser(['get', 'x:/y', 'z'])\n"
+        "import rcds.client.materialize\n"
+        "bad = [m for m in ('aiohttp', 'rcds.service', 'rcds.publish', 'numpy') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_every_command_group_is_listed() -> None:
+    from rcds.cli import main
+
+    for module, commands in main.COMMAND_GROUPS.items():
+        for command in commands:
+            assert main._groups_for([command, "--x"]) == [module]
+    assert main._groups_for(["--help"]) == list(main.COMMAND_GROUPS)
+    parser = main.build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    assert set(sub.choices) == {c for cs in main.COMMAND_GROUPS.values() for c in cs}  # type: ignore[attr-defined]
