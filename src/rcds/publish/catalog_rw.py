@@ -28,6 +28,11 @@ UPDATE catalog SET hardlinks = 2 + (
 WHERE (mode & 61440) = 16384 AND (flags & 2) = 0
 """
 
+_INSERT = (
+    "INSERT INTO catalog (md5path_1, md5path_2, parent_1, parent_2, hardlinks, hash, size, mode, "
+    "mtime, mtimens, flags, name, symlink, uid, gid, xattr) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+)
+
 
 class WritableCatalog(Catalog):
     """A catalog file opened for writing (rollback journal, never WAL, as clients require)."""
@@ -87,8 +92,7 @@ class WritableCatalog(Catalog):
         a, b = md5_pair(d.path)
         p1, p2 = parent_pair(d.path)
         self.db.execute(
-            "INSERT INTO catalog (md5path_1, md5path_2, parent_1, parent_2, hardlinks, hash, size, mode, "
-            "mtime, mtimens, flags, name, symlink, uid, gid, xattr) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            _INSERT,
             (
                 a,
                 b,
@@ -108,6 +112,41 @@ class WritableCatalog(Catalog):
                 d.xattr,
             ),
         )
+
+    def insert_many(self, rows: list[Dirent]) -> str | None:
+        """Add rows in one statement; all or nothing. Return None, or the path of a row that
+        already exists (in the catalog or earlier in ``rows``), after inserting none of them."""
+        values = []
+        parent: str | None = None
+        p1 = p2 = 0
+        for d in rows:
+            a, b = md5_pair(d.path)
+            here = d.path[: d.path.rfind("/")] if d.path else None
+            if here is None or here != parent:  # rows come grouped by directory: hash each parent once
+                parent = here
+                p1, p2 = parent_pair(d.path)
+            values.append(
+                (a, b, p1, p2, d.hardlinks, d.hash.digest if d.hash else None, d.size, d.mode, d.mtime,
+                 d.mtimens, d.flags, d.name, d.symlink, d.uid, d.gid, d.xattr)
+            )  # fmt: skip
+        self.db.execute("SAVEPOINT insert_many")
+        try:
+            self.db.executemany(
+                _INSERT,
+                values,
+            )
+        except sqlite3.IntegrityError:
+            self.db.execute("ROLLBACK TO insert_many")
+            self.db.execute("RELEASE insert_many")
+            seen: set[tuple[int, int]] = set()
+            for d, v in zip(rows, values, strict=True):
+                key = (v[0], v[1])
+                if key in seen or self.lookup(d.path) is not None:
+                    return d.path
+                seen.add(key)
+            raise
+        self.db.execute("RELEASE insert_many")
+        return None
 
     def update(self, d: Dirent) -> None:
         """Rewrite the metadata of an existing row."""

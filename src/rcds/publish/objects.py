@@ -1,9 +1,12 @@
-"""File content into objects: chunk, compress, hash and store, on a small thread pool.
+"""File content into objects: chunk, compress, hash and store, on threads or worker processes.
 
-zlib and hashlib release the GIL on large buffers, so compression of different files and
-chunks runs on both cores while the main thread keeps parsing the input. Completion
-callbacks run on the caller's thread, in submission order. Bytes in flight are bounded, so
-memory stays flat whatever the input size.
+Small contents (up to ``BATCH_MAX_FILE``) of a big enough input go in batches to the worker
+processes of :mod:`rcds.publish.workers`, which compress, hash and store them outside this
+process's GIL. Larger contents and chunks, and everything of small inputs (no process start-up
+for a few files), go to a small thread pool: zlib and hashlib release the GIL on large buffers,
+so they run on both cores while the main thread keeps parsing the input. Completion callbacks
+run on the caller's thread, in submission order, whichever way a content went. Bytes in flight
+are bounded, so memory stays flat whatever the input size.
 """
 
 from __future__ import annotations
@@ -12,15 +15,50 @@ import collections
 import concurrent.futures as cf
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from rcds.errors import InputError
 from rcds.format.chunker import ChunkParams, StreamChunker, should_chunk
 from rcds.format.compression import make_object
 from rcds.format.dirent import Chunk
 from rcds.format.hashes import Algorithm, ContentHash, ObjectKind
+from rcds.publish import workers as procs
+from rcds.publish.objworker import Batch
+from rcds.publish.workers import WorkerPool
 from rcds.storage.local import LocalStore
 
 READ_BLOCK = 1 << 20
+BATCH_MAX_FILE = 256 << 10
+"""Contents up to this size go to worker processes in batches; larger ones to threads."""
+POOL_MIN_FILES = 500
+POOL_MIN_BYTES = 8 << 20
+"""Worker processes are started once an input has this many small files or bytes of them (a
+small publication does not pay their start-up); a pool already running is used at once."""
+BATCH_BYTES = 256 << 10
+BATCH_FILES = 256
+
+
+class _Result(Protocol):
+    def done(self) -> bool: ...
+
+    def result(self) -> ContentHash: ...
+
+
+class _Slot:
+    """One content of a batch, with the interface of a future."""
+
+    __slots__ = ("batch", "index")
+
+    def __init__(self, batch: Batch, index: int) -> None:
+        self.batch = batch
+        self.index = index
+
+    def done(self) -> bool:
+        return self.batch.hashes is not None
+
+    def result(self) -> ContentHash:
+        assert self.batch.hashes is not None
+        return self.batch.hashes[self.index]
 
 
 @dataclass(slots=True)
@@ -34,7 +72,7 @@ class FileContent:
 
 @dataclass(slots=True)
 class _Pending:
-    parts: list[tuple[int, int, cf.Future[ContentHash]]]
+    parts: list[tuple[int, int, _Result]]
     size: int
     chunked: bool
     done: Callable[[FileContent], None]
@@ -62,17 +100,62 @@ class ContentWriter:
         chunking: ChunkParams | None = None,
         workers: int = 2,
         max_in_flight: int = 64 << 20,
+        processes: bool | None = None,
     ) -> None:
+        """``processes``: True to use worker processes at once, False never, None (default) once
+        the input proves big enough (see ``POOL_MIN_FILES``); without them, threads do it all."""
         self.store = store
+        self._root = str(store.root)
         self.algorithm = algorithm
         self.level = level
         self.chunking = chunking
         self.max_in_flight = max_in_flight
         self.stats = WriteStats()
-        self._pool = cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rcds-compress")
+        self._threads = cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rcds-compress")
         self._files: collections.deque[_Pending] = collections.deque()
         self._flight: collections.deque[tuple[int, cf.Future[ContentHash]]] = collections.deque()
         self._in_flight = 0
+        self._use_pool = processes
+        self._pool: WorkerPool | None = None
+        self._batch: Batch | None = None
+        self._batch_limit = BATCH_BYTES
+        self._small_files = 0
+        self._small_bytes = 0
+        self._sent: collections.deque[Batch] = collections.deque()
+
+    def _want_pool(self, n: int) -> WorkerPool | None:
+        """The worker pool if a content of ``n`` bytes should go to it (leased on first need)."""
+        if n > BATCH_MAX_FILE or self._use_pool is False:
+            return None
+        if self._pool is not None:
+            return self._pool
+        self._small_files += 1
+        self._small_bytes += n
+        small = self._small_files < POOL_MIN_FILES and self._small_bytes < POOL_MIN_BYTES
+        if self._use_pool is None and small and not procs.running():
+            return None
+        self._pool = procs.lease()
+        if self._pool is None:
+            self._use_pool = False  # busy with another ingest, disabled, or cannot start: threads
+            return None
+        self._batch_limit = min(BATCH_BYTES, self._pool.max_batch)
+        return self._pool
+
+    def _flush_batch(self) -> None:
+        if self._batch is not None and self._pool is not None:
+            batch, self._batch = self._batch, None
+            self._pool.submit(batch)
+            self._sent.append(batch)
+
+    def _add_to_batch(self, pool: WorkerPool, data: bytes) -> _Slot:
+        batch = self._batch
+        if batch is None:
+            batch = self._batch = Batch(self._root, self.algorithm, self.level)
+        slot = _Slot(batch, batch.add(data))
+        if batch.nbytes >= self._batch_limit or len(batch.items) >= BATCH_FILES:
+            self._flush_batch()
+            pool.collect()
+        return slot
 
     def _store(self, data: bytes, kind: ObjectKind) -> ContentHash:
         obj = make_object(data, self.algorithm, self.level)
@@ -88,14 +171,15 @@ class ContentWriter:
             n, fut = self._flight.popleft()
             fut.result()
             self._in_flight -= n
-        fut = self._pool.submit(self._store, data, kind)
+        fut = self._threads.submit(self._store, data, kind)
         self._flight.append((len(data), fut))
         self._in_flight += len(data)
         return fut
 
     def add_bytes(self, data: bytes, done: Callable[[FileContent], None]) -> None:
         """Store a small content held in memory; ``done`` runs later from :meth:`drain`."""
-        fut = self._submit(data, ObjectKind.FILE)
+        pool = self._want_pool(len(data))
+        fut: _Result = self._submit(data, ObjectKind.FILE) if pool is None else self._add_to_batch(pool, data)
         self._files.append(_Pending([(0, len(data), fut)], len(data), False, done))
         self.stats.files += 1
         self.stats.bytes_in += len(data)
@@ -110,7 +194,7 @@ class ContentWriter:
             self.add_bytes(data, done)
             return
         chunker = StreamChunker(self.chunking)
-        parts: list[tuple[int, int, cf.Future[ContentHash]]] = []
+        parts: list[tuple[int, int, _Result]] = []
         offset = 0
         pending_piece: bytes | None = None
         remaining = size
@@ -146,31 +230,58 @@ class ContentWriter:
 
     def drain(self, wait: bool = False) -> None:
         """Run completion callbacks of finished files, in order; with ``wait``, of all files."""
+        if wait:
+            self._flush_batch()
         while self._files:
             head = self._files[0]
-            if not wait and not all(f.done() for _, _, f in head.parts):
-                return
+            parts = head.parts
+            if not (parts[0][2].done() if len(parts) == 1 else all(f.done() for _, _, f in parts)):
+                if not wait:
+                    return
+                for _, _, f in head.parts:
+                    if isinstance(f, _Slot) and self._pool is not None:
+                        self._pool.finish(f.batch)
             self._files.popleft()
             hashes = [(o, n, f.result()) for o, n, f in head.parts]
+            if self._sent:
+                self._account()
             if head.chunked:
                 head.done(FileContent(head.size, None, [Chunk(o, n, h) for o, n, h in hashes]))
             else:
                 head.done(FileContent(head.size, hashes[0][2]))
 
     def close(self, wait: bool = True) -> None:
-        """Finish (or abandon) outstanding work and stop the threads."""
+        """Finish (or abandon) outstanding work, stop the threads and give back the worker pool."""
         try:
             if wait:
                 self.drain(wait=True)
         finally:
-            self._pool.shutdown(wait=True, cancel_futures=not wait)
+            self._threads.shutdown(wait=True, cancel_futures=not wait)
             self._files.clear()
             self._flight.clear()
             self._in_flight = 0
+            self._batch = None
+            pool, self._pool = self._pool, None
+            if pool is not None:
+                self._account()
+                self._sent.clear()
+                procs.release(pool)
+
+    def _account(self) -> None:
+        """Count the objects that finished batches wrote."""
+        while self._sent and self._sent[0].hashes is not None:
+            batch = self._sent.popleft()
+            self.stats.objects_written += batch.written
+            self.stats.bytes_written += batch.bytes_written
 
 
 def _read_exact(read: Callable[[int], bytes], size: int, name: str) -> bytes:
-    buf = bytearray()
+    first = read(min(READ_BLOCK, size)) if size else b""
+    if len(first) == size:
+        return first  # the common case: no copy
+    if not first:
+        raise InputError(f"member {name!r} is truncated: the input ends inside its data", name)
+    buf = bytearray(first)
     while len(buf) < size:
         block = read(min(READ_BLOCK, size - len(buf)))
         if not block:

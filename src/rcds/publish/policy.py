@@ -30,8 +30,24 @@ class Limits:
     max_depth: int = 256
 
 
+def _plain(raw: str, limits: Limits) -> bool:
+    """True if ``raw`` is already normalised and within every limit (the common case, fast)."""
+    return (
+        0 < len(raw) <= MAX_COMPONENT_BYTES
+        and raw.isascii()
+        and raw[0] not in "/."
+        and raw[-1] != "/"
+        and "//" not in raw
+        and "/." not in raw  # no '.' or '..' component (nor any name starting with '.': slow path)
+        and "\0" not in raw
+        and raw.count("/") < limits.max_depth
+    )
+
+
 def normalise_name(raw: str, limits: Limits) -> str:
     """Turn a member name into a normalised relative path, or raise InputError."""
+    if _plain(raw, limits):
+        return raw
     shown = raw.replace("\0", "\\0")
     if "\0" in raw:
         raise InputError(f"member {shown!r}: names must not contain NUL bytes", shown)

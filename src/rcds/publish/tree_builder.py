@@ -15,6 +15,7 @@ from rcds.publish.objects import ContentWriter, FileContent
 
 DIR_SIZE = 4096
 CATALOG_MARKER = ".cvmfscatalog"
+FLUSH_ROWS = 512
 
 
 class TreeBuilder:
@@ -36,6 +37,26 @@ class TreeBuilder:
         self._pending: set[str] = set()
         self._group_of: dict[str, int] = {}
         self._groups: dict[int, list[str]] = {}
+        self._rows: list[Dirent] = []
+
+    def _insert(self, row: Dirent) -> None:
+        """Queue a row; rows go into the catalog in batches (see :meth:`_flush`)."""
+        self._rows.append(row)
+        if len(self._rows) >= FLUSH_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Insert the queued rows; a row whose path exists already is a duplicate member.
+
+        Called before every catalog lookup, so lookups see every row added so far.
+        """
+        if not self._rows:
+            return
+        rows, self._rows = self._rows, []
+        dup = self.catalog.insert_many(rows)
+        if dup is not None:
+            rel = self._rel(dup)
+            raise InputError(f"member {rel!r} appears more than once in the input", rel)
 
     def _full(self, rel: str) -> str:
         return f"{self.mount}/{rel}" if rel else self.mount
@@ -47,6 +68,7 @@ class TreeBuilder:
         missing: list[str] = []
         p = parent_path(full)
         while p not in self._dirs:
+            self._flush()
             existing = self.catalog.lookup(p) if p not in self._pending else None
             if p in self._pending or existing is not None:
                 what = "a symlink" if existing is not None and existing.is_symlink else "a file"
@@ -56,7 +78,7 @@ class TreeBuilder:
             missing.append(p)
             p = parent_path(p)
         for d in reversed(missing):
-            self.catalog.insert(
+            self._insert(
                 Dirent(
                     d,
                     d.rsplit("/", 1)[1],
@@ -79,6 +101,7 @@ class TreeBuilder:
         if full in self._dirs:
             if m.kind is not Kind.DIR:
                 raise InputError(f"member {m.display!r} is both a directory and a {m.kind.value}", m.display)
+            self._flush()
             old = self.catalog.lookup(full)
             assert old is not None
             self.catalog.update(
@@ -87,7 +110,7 @@ class TreeBuilder:
                 )
             )
             return
-        if full in self._pending or self.catalog.lookup(full) is not None:
+        if full in self._pending:  # other duplicates are found when their rows are inserted
             raise InputError(f"member {m.display!r} appears more than once in the input", m.display)
         if m.kind is Kind.DIR:
             mode, size, flags, target = stat.S_IFDIR | m.mode, DIR_SIZE, FLAG_DIR, ""
@@ -111,20 +134,22 @@ class TreeBuilder:
             self._pending.add(full)
             self.writer.add_stream(m.read, m.size, lambda c: self._file_done(row, c), m.display)
         else:
-            self.catalog.insert(row)
+            self._insert(row)
             if m.kind is Kind.DIR:
                 self._dirs.add(full)
 
     def _file_done(self, row: Dirent, content: FileContent) -> None:
         row.flags = file_flags(self.algorithm, chunked=bool(content.chunks))
         row.hash = content.hash
-        self.catalog.insert(row)
+        self._insert(row)
         if content.chunks:
+            self._flush()  # chunk rows refer to their file's row
             self.catalog.insert_chunks(row.path, content.chunks)
         self._pending.discard(row.path)
 
     def _hardlink(self, m: Member, full: str, name: str) -> None:
         self.writer.drain(wait=True)
+        self._flush()
         target_full = self._full(m.target)
         target = self.catalog.lookup(target_full)
         if target is None:
@@ -145,13 +170,15 @@ class TreeBuilder:
             self._groups[group].append(full)
         # hard links across directories become independent copies (as stock does); content is stored once
         copy.hardlinks = 1
-        self.catalog.insert(copy)
+        self._insert(copy)
         if target.is_chunked:
+            self._flush()
             self.catalog.insert_chunks(full, self.catalog.chunks(target))
 
     def finish(self) -> Dirent:
         """Complete pending files, link groups, the catalog marker and directory link counts."""
         self.writer.drain(wait=True)
+        self._flush()
         for group, paths in self._groups.items():
             for p in paths:
                 self.catalog.set_link_count(p, link_count_field(len(paths), group))
@@ -160,6 +187,7 @@ class TreeBuilder:
             row = Dirent(marker, CATALOG_MARKER, stat.S_IFREG | 0o644, 0, self.now, 0)
             self.writer.add_bytes(b"", lambda c: self._file_done(row, c))
             self.writer.drain(wait=True)
+            self._flush()
         self.catalog.fix_directory_links()
         root = self.catalog.lookup(self.mount)
         assert root is not None

@@ -48,6 +48,9 @@ class LocalStore(Store):
             raise NotFoundError(f"{self.root} is not a repository store (no data/ directory)")
         self._txn = self.root / TXN
         self._counter = itertools.count(1)
+        self._root_s = str(self.root)
+        self._txn_s = str(self._txn)
+        self._pid = os.getpid()
 
     def initialise(self) -> None:
         """Create ``data/00`` ... ``data/ff`` and ``data/txn``."""
@@ -66,7 +69,7 @@ class LocalStore(Store):
         n = next(self._counter)  # atomic under the GIL: safe for several writer threads
         return self._txn / f"tmp.{os.getpid()}.{threading.get_ident():x}.{n}"
 
-    def put(self, name: str, data: bytes) -> None:
+    def put(self, name: str, data: bytes | memoryview) -> None:
         """Write via a temp file in ``data/txn`` and rename."""
         final = self._path(name)
         tmp = self.temp_path()
@@ -91,11 +94,41 @@ class LocalStore(Store):
                 f"cannot write {final}: {exc.strerror}; check free space and permissions"
             ) from None
 
-    def put_if_absent(self, name: str, data: bytes) -> bool:
-        """Write an object unless it exists already (content addressed); True if written."""
-        if os.path.exists(self._path(name)):
+    def put_if_absent(self, name: str, data: bytes | memoryview) -> bool:
+        """Write an object unless it exists already (content addressed); True if written.
+
+        The fast path of ingest: string paths, one ``stat``, then ``open``/``write``/``close`` of a
+        temp file in ``data/txn`` and ``rename`` (no fsync: :meth:`sync` flushes all at once).
+        """
+        if not is_object_name(name):  # a root file (or a bad name: InputError from _path)
+            if os.path.exists(self._path(name)):
+                return False
+            self.put(name, data)
+            return True
+        final = f"{self._root_s}/{name}"
+        try:
+            os.stat(final)
             return False
-        self.put(name, data)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise StorageError(f"cannot check {final}: {exc.strerror}") from None
+        tmp = f"{self._txn_s}/tmp.{self._pid}.{threading.get_ident():x}.{next(self._counter)}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+            finally:
+                os.close(fd)
+            os.rename(tmp, final)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise StorageError(
+                f"cannot write {final}: {exc.strerror}; check free space and permissions"
+            ) from None
         return True
 
     def put_file(self, name: str, src: Path) -> None:
