@@ -20,9 +20,7 @@ import zstandard
 from rcds.errors import InputError
 from rcds.publish.members import Kind, Member
 from rcds.publish.policy import Limits, check_symlink, normalise_name, sanitise_mode
-from rcds.publish.tarread import StrictTarInfo, TarReader, TruncatedDataError
-
-_StrictTarInfo = StrictTarInfo  # the name docs/input-policy.md uses
+from rcds.publish.tarread import TarReader, TruncatedDataError
 
 _MAGIC = (
     (b"\x1f\x8b", "gzip"),
