@@ -187,12 +187,13 @@ def test_cache_batches_respect_the_quota(site: Site, many: dict[str, bytes], tmp
 
 
 def test_client_commands_import_nothing_of_the_service() -> None:
+    """Start-up cost: no service, publisher, numpy, nor urllib3 (only https needs it)."""
     code = (
         "import sys\n"
         "from rcds.cli.main import build_parser\n"
         "build_parser(['get', 'x:/y', 'z'])\n"
         "import rcds.client.materialize\n"
-        "bad = [m for m in ('aiohttp', 'rcds.service', 'rcds.publish', 'numpy') if m in sys.modules]\n"
+        "bad = [m for m in ('aiohttp', 'rcds.service', 'rcds.publish', 'numpy', 'urllib3') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

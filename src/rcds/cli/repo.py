@@ -37,6 +37,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--ttl", type=int, default=240, help="seconds clients cache the revision (catalog TTL)")
     p.add_argument("--whitelist-days", type=int, default=30, help="whitelist validity in days")
     p.add_argument(
+        "--level",
+        type=int,
+        default=6,
+        help="zlib level of new objects, 1-9 (default 6; 1 ingests small files ~1.4x faster, ~13%% larger)",
+    )
+    p.add_argument(
         "--chunk-sizes", default="4M,8M,16M", help="min,avg,max chunk sizes (K/M suffixes), or 'off'"
     )
     p.set_defaults(func=_create)
@@ -111,6 +117,7 @@ def _create(args: argparse.Namespace) -> int:
     settings = Settings(
         name=args.name,
         hash_algorithm=args.hash,
+        compression_level=args.level,
         ttl=args.ttl,
         whitelist_days=args.whitelist_days,
         **chunking,  # type: ignore[arg-type]

@@ -18,11 +18,10 @@ from __future__ import annotations
 import errno
 import socket
 import ssl
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
-
-import urllib3.exceptions as ue
 
 from rcds.errors import NetworkError
 from rcds.net.proxies import DIRECT
@@ -98,20 +97,32 @@ def classify_exception(exc: BaseException, *, proxied: bool) -> Failure:
     """
     blame = Outcome.PROXY if proxied else Outcome.HOST
     detail = describe_exception(exc)
-    if isinstance(exc, ue.NameResolutionError | socket.gaierror) or _caused_by(exc, socket.gaierror):
+    resolve_errors = (*_urllib3("NameResolutionError"), socket.gaierror)
+    if isinstance(exc, resolve_errors) or _caused_by(exc, socket.gaierror):
         what = "proxy name" if proxied else "host name"
         return Failure(blame, f"cannot resolve {what} ({detail})", False)
-    if isinstance(exc, ue.ProxyError):
+    if isinstance(exc, _urllib3("ProxyError")):
         return Failure(Outcome.PROXY, f"cannot connect to the proxy ({detail})", True)
-    if isinstance(exc, ue.SSLError | ssl.SSLError):
+    if isinstance(exc, (*_urllib3("SSLError"), ssl.SSLError)):
         return Failure(Outcome.HOST, f"TLS error ({detail})", False)
-    if isinstance(exc, ue.ReadTimeoutError | TimeoutError | socket.timeout):
+    if isinstance(exc, (*_urllib3("ReadTimeoutError"), TimeoutError, socket.timeout)):
         return Failure(blame, f"timed out ({detail})", True)
-    if isinstance(exc, ue.NewConnectionError | ConnectionRefusedError):
+    if isinstance(exc, (*_urllib3("NewConnectionError"), ConnectionRefusedError)):
         return Failure(blame, f"cannot connect ({detail})", True)
-    if isinstance(exc, ue.ConnectTimeoutError):
+    if isinstance(exc, _urllib3("ConnectTimeoutError")):
         return Failure(blame, f"connect timed out ({detail})", True)
     return Failure(blame, f"transfer failed ({detail})", True)
+
+
+def _urllib3(name: str) -> tuple[type[BaseException], ...]:
+    """urllib3's exception class ``name``, if urllib3 is loaded (only the https transport loads it).
+
+    Without urllib3 in the process none of its exceptions can exist, so the client's plain-HTTP
+    path never pays for importing it.
+    """
+    module = sys.modules.get("urllib3.exceptions")
+    cls = getattr(module, name, None) if module is not None else None
+    return (cls,) if isinstance(cls, type) and issubclass(cls, BaseException) else ()
 
 
 def describe_exception(exc: BaseException) -> str:

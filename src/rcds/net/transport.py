@@ -20,13 +20,16 @@ import re
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from rcds.net.body import BodyLimits
 from rcds.net.failures import AttemptError, Failure, Outcome, classify_status
 from rcds.net.http1 import Connection, Head, Pool, StaleConnectionError, request_bytes, split_url
-from rcds.net.legacy import Urllib3Transport
 from rcds.net.proxies import DIRECT
 from rcds.net.settings import NetSettings
+
+if TYPE_CHECKING:
+    from rcds.net.legacy import Urllib3Transport
 
 Clock = Callable[[], float]
 
@@ -89,6 +92,8 @@ class Transport:
         """The urllib3 transport (``https://``), created on first use."""
         with self._lock:
             if self._legacy is None:
+                from rcds.net.legacy import Urllib3Transport  # urllib3 only when https is used
+
                 self._legacy = Urllib3Transport(self.settings, monotonic=self._monotonic)
             return self._legacy
 
