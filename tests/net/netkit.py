@@ -11,7 +11,19 @@ import socket
 import threading
 from collections.abc import Callable
 
+from rcds.net import NetSettings, Timeouts
+
 FQRN = "test.example.org"
+
+#: Short timeouts and one quick retry: what most network tests want.
+FAST = NetSettings(
+    timeout=Timeouts(2, 2),
+    timeout_direct=Timeouts(2, 2),
+    low_speed_limit=0,
+    max_retries=1,
+    backoff_init=0.5,
+    backoff_max=2,
+)
 
 
 class RawConn:

@@ -11,10 +11,11 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import pytest
+from netkit import FAST
 
 from rcds.errors import IntegrityError, NetworkError
 from rcds.format.compression import StreamVerifier, make_object
-from rcds.net import DIRECT, Fetcher, FetchError, NetSettings, Outcome, ProxyConfig, Timeouts
+from rcds.net import DIRECT, Fetcher, FetchError, Outcome, ProxyConfig, Timeouts
 
 if TYPE_CHECKING:
     from conftest import FakeClock, FakeSleep, RepoServer
@@ -23,14 +24,6 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.timeout(60)
 
-FAST = NetSettings(
-    timeout=Timeouts(2, 2),
-    timeout_direct=Timeouts(2, 2),
-    low_speed_limit=0,
-    max_retries=1,
-    backoff_init=0.5,
-    backoff_max=2,
-)
 BODY = b"the quick brown fox jumps over the lazy dog\n" * 50
 
 

@@ -13,9 +13,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import pytest
-from netkit import FQRN, response, target_path
+from netkit import FAST, FQRN, response, target_path
 
-from rcds.net import Fetcher, NetSettings, Outcome, ProxyConfig, Timeouts
+from rcds.net import Fetcher, Outcome, ProxyConfig, Timeouts
 from rcds.net.failures import AttemptError
 from rcds.net.http1 import split_url
 from rcds.net.transport import Transport
@@ -30,14 +30,6 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.timeout(60)
 
-FAST = NetSettings(
-    timeout=Timeouts(2, 2),
-    timeout_direct=Timeouts(2, 2),
-    low_speed_limit=0,
-    max_retries=1,
-    backoff_init=0.5,
-    backoff_max=2,
-)
 BODY = bytes(range(256)) * 40
 
 

@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from netkit import FQRN, response, target_path
+from netkit import FAST, FQRN, response, target_path
 
 from rcds.errors import IntegrityError
-from rcds.net import Fetcher, FetchError, NetSettings, Outcome, ProxyConfig, Timeouts
+from rcds.net import Fetcher, FetchError, Outcome, ProxyConfig, Timeouts
 from rcds.serve.http import AccessRecord, RepositoryServer, make_server
 
 if TYPE_CHECKING:
@@ -27,15 +27,6 @@ if TYPE_CHECKING:
     MakeServer = Callable[[], RepoServer]
 
 pytestmark = pytest.mark.timeout(60)
-
-FAST = NetSettings(
-    timeout=Timeouts(2, 2),
-    timeout_direct=Timeouts(2, 2),
-    low_speed_limit=0,
-    max_retries=1,
-    backoff_init=0.5,
-    backoff_max=2,
-)
 
 
 def content(i: int) -> bytes:
