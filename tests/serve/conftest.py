@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Iterator
+import os
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
+
+#: At most this many renames per flipping writer (a bound, should a test forget to stop it).
+MAX_FLIPS = 100_000
 
 
 @pytest.fixture(autouse=True)
@@ -28,3 +35,34 @@ def open_strategy(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatc
     if request.param == "realpath":
         monkeypatch.setattr(handler, "_PROC_FD", False)
     return str(request.param)
+
+
+@contextlib.contextmanager
+def _flipping(repo: Path, versions: list[bytes]) -> Iterator[None]:
+    """Replace ``repo/.cvmfspublished`` by each of ``versions`` in turn, by atomic rename, in a
+    thread, until the block ends (as a publisher does while clients read)."""
+    target = repo / ".cvmfspublished"
+    target.write_bytes(versions[0])
+    done = threading.Event()
+
+    def writer() -> None:
+        i = 0
+        while not done.is_set() and i < MAX_FLIPS:
+            i += 1
+            tmp = repo / f"data/txn/manifest.{i}"
+            tmp.write_bytes(versions[i % len(versions)])
+            os.replace(tmp, target)
+
+    thread = threading.Thread(target=writer, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join(10)
+
+
+@pytest.fixture
+def flip_manifest() -> Callable[[Path, list[bytes]], contextlib.AbstractContextManager[None]]:
+    """A context manager that keeps replacing the manifest while the block runs."""
+    return _flipping

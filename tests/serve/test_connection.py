@@ -3,18 +3,21 @@ and vanishing clients. The behaviour of single requests is in test_http.py."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from rcds.serve.http import AccessRecord, RepositoryServer, make_server
 from rcds.serve.request import MAX_HEADERS, MAX_REQUEST_LINE
+
+FlipManifest = Callable[[Path, list[bytes]], contextlib.AbstractContextManager[None]]
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -54,7 +57,8 @@ def connect(port: int) -> socket.socket:
 
 
 def read_until_closed(sock: socket.socket, limit: float = 10.0) -> bytes:
-    chunks, deadline = [], time.monotonic() + limit
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
         data = sock.recv(1 << 20)
         if not data:
@@ -269,34 +273,18 @@ def test_client_vanishing_mid_body(repo: Path) -> None:
 
 
 @pytest.mark.parametrize("size", [1000, 200_000])  # read with the head / sendfile
-def test_atomic_rename_during_pipelined_requests(server: RepositoryServer, repo: Path, size: int) -> None:
+def test_atomic_rename_during_pipelined_requests(
+    server: RepositoryServer, repo: Path, size: int, flip_manifest: FlipManifest
+) -> None:
     versions = [b"A" * size + b"\nend-a\n", b"B" * (size + 3000) + b"\nend-b\n"]
-    target = repo / ".cvmfspublished"
-    target.write_bytes(versions[0])
-    done = threading.Event()
-
-    def writer() -> None:
-        i = 0
-        while not done.is_set() and i < 100_000:
-            i += 1
-            tmp = repo / f"data/txn/manifest.{i}"
-            tmp.write_bytes(versions[i % 2])
-            os.replace(tmp, target)
-
-    thread = threading.Thread(target=writer, daemon=True)
-    thread.start()
     seen = set()
-    try:
-        with connect(server.port) as sock:
-            for _ in range(40):
-                sock.sendall(get(".cvmfspublished") * 16)
-                for status, headers, body in recv_responses(sock, ["GET"] * 16):
-                    assert status == 200 and body in versions
-                    assert int(headers["Content-Length"]) == len(body)
-                    seen.add(body)
-    finally:
-        done.set()
-        thread.join(10)
+    with flip_manifest(repo, versions), connect(server.port) as sock:
+        for _ in range(40):
+            sock.sendall(get(".cvmfspublished") * 16)
+            for status, headers, body in recv_responses(sock, ["GET"] * 16):
+                assert status == 200 and body in versions
+                assert int(headers["Content-Length"]) == len(body)
+                seen.add(body)
     assert seen
 
 
@@ -343,7 +331,6 @@ def test_bodies_not_in_the_page_cache_are_read_aside_in_order(
     server: RepositoryServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Reads that would wait for the disk go to a worker thread; the pipeline keeps its order."""
-    from rcds.serve import body
 
     calls = 0
     real_preadv = os.preadv
@@ -355,7 +342,7 @@ def test_bodies_not_in_the_page_cache_are_read_aside_in_order(
             raise BlockingIOError(11, "would block")
         return real_preadv(fd, buffers, offset, flags)
 
-    monkeypatch.setattr(body.os, "preadv", sometimes_cold)
+    monkeypatch.setattr(os, "preadv", sometimes_cold)  # the module body.py uses
     paths = [SMALL, ".cvmfspublished", "missing", SMALL, LARGE] * 6
     expected = {SMALL: (200, SMALL_BODY), ".cvmfspublished": (200, MANIFEST), LARGE: (200, LARGE_BODY)}
     with connect(server.port) as sock:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import socket
-import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from email.utils import parsedate_to_datetime
 from pathlib import Path
@@ -17,6 +17,8 @@ import urllib3
 from rcds.errors import ConfigError, NotFoundError
 from rcds.serve import handler
 from rcds.serve.http import AccessRecord, RepositoryServer, make_server
+
+FlipManifest = Callable[[Path, list[bytes]], contextlib.AbstractContextManager[None]]
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.usefixtures("open_strategy")]  # conftest.py
 
@@ -324,24 +326,12 @@ def test_url_for_and_urllib3(server: RepositoryServer) -> None:
         server.url_for("unknown.example.org")
 
 
-def test_atomic_replacement_never_mixes_bodies(server: RepositoryServer, repo: Path) -> None:
+def test_atomic_replacement_never_mixes_bodies(
+    server: RepositoryServer, repo: Path, flip_manifest: FlipManifest
+) -> None:
     versions = [b"A" * 65536 + b"\nend-a\n", b"B" * 98304 + b"\nend-b\n"]
-    target = repo / ".cvmfspublished"
-    target.write_bytes(versions[0])
-    done = threading.Event()
-
-    def writer() -> None:
-        i = 0
-        while not done.is_set():
-            i += 1
-            tmp = repo / f"data/txn/manifest.{i}"
-            tmp.write_bytes(versions[i % 2])
-            os.replace(tmp, target)
-
-    thread = threading.Thread(target=writer, daemon=True)
-    thread.start()
     seen = set()
-    try:
+    with flip_manifest(repo, versions):
         conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=20)
         for _ in range(300):
             conn.request("GET", f"/cvmfs/{NAME}/.cvmfspublished")
@@ -351,9 +341,6 @@ def test_atomic_replacement_never_mixes_bodies(server: RepositoryServer, repo: P
             assert int(resp.headers["Content-Length"]) == len(body)
             seen.add(body)
         conn.close()
-    finally:
-        done.set()
-        thread.join(10)
     assert seen  # which versions show up depends on timing
 
 
