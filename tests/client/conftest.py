@@ -35,6 +35,7 @@ from rcds.publish.stratum0 import Stratum0
 from rcds.serve.handler import AccessRecord
 from rcds.serve.http import RepositoryServer, make_server
 
+from getkit import many  # noqa: F401 - the fixture, for every test here
 from testkit import NAME, SMALL_CHUNKS, Entry, publish
 
 

@@ -224,16 +224,37 @@ def test_errors_have_exit_codes_and_hints(
     assert code == 2
 
 
-def test_get_without_filling_the_cache(
+@pytest.mark.parametrize("flag", [[], ["--no-cache"]])
+def test_get_does_not_fill_the_cache_by_default(
+    site: Site, capsys: pytest.CaptureFixture[str], tmp_path: Path, flag: list[str]
+) -> None:
+    from rcds.client.cache import LocalCache
+
+    cache = tmp_path / "c"
+    code, _, err = run(
+        capsys, "get", *flag, "-j", "2", *opts(site, cache=cache), f"{NAME}:{C1}", str(tmp_path / "o")
+    )
+    assert code == 0, err
+    assert (tmp_path / "o/a/big.bin").read_bytes() == site.big
+    with LocalCache(cache) as c:
+        assert {e.kind for e in c.entries()} == {"C", "X"}  # catalogs and certificate only
+
+
+def test_get_fills_the_cache_when_asked(
     site: Site, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     from rcds.client.cache import LocalCache
 
     cache = tmp_path / "c"
     code, _, err = run(
-        capsys, "get", "--no-cache", "-j", "2", *opts(site, cache=cache), f"{NAME}:{C1}", str(tmp_path / "o")
+        capsys, "get", "--fill-cache", *opts(site, cache=cache), f"{NAME}:{C1}", str(tmp_path / "o")
     )
     assert code == 0, err
-    assert (tmp_path / "o/a/big.bin").read_bytes() == site.big
     with LocalCache(cache) as c:
-        assert {e.kind for e in c.entries()} == {"C", "X"}  # catalogs and certificate only
+        kinds = [e.kind for e in c.entries()]
+    assert "" in kinds and "P" in kinds  # whole-file objects and chunks of the chunked file
+    before = site.fetched("data/")
+    code, _, err = run(capsys, "get", *opts(site, cache=cache), f"{NAME}:{C1}", str(tmp_path / "o2"))
+    assert code == 0, err
+    assert site.fetched("data/") == before  # everything from the cache
+    assert (tmp_path / "o2/a/big.bin").read_bytes() == site.big

@@ -19,53 +19,10 @@ from rcds.client import materialize as mat
 from rcds.client.materialize import STATE_FILE, materialize
 from rcds.errors import IntegrityError
 
-from testkit import Entry
+from getkit import MANY, N, content, object_of, regular_files
 
 if TYPE_CHECKING:
     from conftest import Site
-
-MANY = "/sw/g/many"
-N = 300
-
-
-def _content(i: int) -> bytes:
-    return (f"file {i % 250}\n" * (1 + i % 50)).encode()  # 250 distinct contents for 300 files
-
-
-@pytest.fixture
-def many(site: Site) -> dict[str, bytes]:
-    """Publish ``N`` small files (some sharing content) under ``MANY``; their relative paths and data."""
-    files = {f"d{i % 7}/f{i:03d}.txt": _content(i) for i in range(N)}
-    entries = [Entry(f"d{k}", kind="dir", mode=0o750) for k in range(7)]
-    entries += [
-        Entry(rel, data, mode=0o600 if i % 2 else 0o644) for i, (rel, data) in enumerate(files.items())
-    ]
-    entries += [Entry("lnk", kind="symlink", target="d0/f000.txt"), Entry("e/empty", b"")]
-    site.publish(entries, MANY)
-    files["e/empty"] = b""
-    return files
-
-
-def _regular_files(dest: Path) -> dict[str, bytes]:
-    out = {}
-    for d, _, names in os.walk(dest):
-        for n in names:
-            p = Path(d, n)
-            rel = p.relative_to(dest).as_posix()
-            if not p.is_symlink() and rel not in (STATE_FILE, ".cvmfscatalog"):
-                out[rel] = p.read_bytes()
-    return out
-
-
-def _object_of(site: Site, data: bytes) -> Path:
-    """The served object file of the content ``data`` (found through a file holding it)."""
-    repo = site.open(cache_dir=site.work / "lookup-cache")
-    for d, _, names in repo.walk(MANY):
-        for n in names:
-            path = f"{d}/{n}"
-            if repo.lstat(path).st_mode & 0o170000 == 0o100000 and repo.read_bytes(path) == data:
-                return site.object_path(site.public, repo.pieces(path)[0].hash)
-    raise AssertionError("no such content")
 
 
 def test_get_in_batches_gives_an_identical_tree_and_fetches_each_object_once(
@@ -73,8 +30,8 @@ def test_get_in_batches_gives_an_identical_tree_and_fetches_each_object_once(
 ) -> None:
     repo = site.open()
     before = site.fetched("data/")
-    report = materialize(repo, MANY, tmp_path / "out")
-    assert _regular_files(tmp_path / "out") == many
+    report = materialize(repo, MANY, tmp_path / "out", keep_in_cache=True)
+    assert regular_files(tmp_path / "out") == many
     assert os.readlink(tmp_path / "out/lnk") == "d0/f000.txt"
     st = os.stat(tmp_path / "out/d0/f007.txt")
     assert st.st_mode & 0o777 == 0o600 and st.st_mtime == 1_700_000_000
@@ -89,26 +46,26 @@ def test_get_in_batches_gives_an_identical_tree_and_fetches_each_object_once(
     before = site.fetched("data/")
     materialize(repo, MANY, tmp_path / "again")
     assert site.fetched("data/") == before
-    assert _regular_files(tmp_path / "again") == many
+    assert regular_files(tmp_path / "again") == many
 
 
 def test_a_corrupt_object_mid_batch_is_fetched_again_from_the_other_server(
     site: Site, many: dict[str, bytes], tmp_path: Path
 ) -> None:
     bad = site.copy("bad")
-    obj = _object_of(site, _content(123))
+    obj = object_of(site, content(123))
     target = bad / obj.relative_to(site.public)
     target.write_bytes(target.read_bytes()[:-3] + b"xyz")
     bad_url = site.serve(bad)
     repo = site.open([bad_url, site.urls[0]], cache_dir=tmp_path / "cache")
     materialize(repo, MANY, tmp_path / "out", keep_in_cache=False)
-    assert _regular_files(tmp_path / "out") == many
+    assert regular_files(tmp_path / "out") == many
 
 
 def test_a_corrupt_object_everywhere_is_reported_and_the_copy_resumes(
     site: Site, many: dict[str, bytes], tmp_path: Path
 ) -> None:
-    obj = _object_of(site, _content(42))
+    obj = object_of(site, content(42))
     good = obj.read_bytes()
     obj.write_bytes(good[:-3] + b"xyz")
     repo = site.open(cache_dir=tmp_path / "cache")
@@ -117,15 +74,15 @@ def test_a_corrupt_object_everywhere_is_reported_and_the_copy_resumes(
         materialize(repo, MANY, dest)
     # nothing unverified under a real name, no temp files left, the state file records what is done
     assert (dest / STATE_FILE).is_file()
-    for rel, data in _regular_files(dest).items():
+    for rel, data in regular_files(dest).items():
         assert data == many[rel]
-    assert "d0/f042.txt" not in _regular_files(dest)
+    assert "d0/f042.txt" not in regular_files(dest)
     assert not list(dest.rglob("*.tmp"))
     recorded = json.loads((dest / STATE_FILE).read_text())["files"]
-    assert set(recorded) - {".cvmfscatalog"} <= set(_regular_files(dest))
+    assert set(recorded) - {".cvmfscatalog"} <= set(regular_files(dest))
     obj.write_bytes(good)
     report = materialize(site.open(cache_dir=tmp_path / "cache2"), MANY, dest)
-    assert _regular_files(dest) == many
+    assert regular_files(dest) == many
     assert report.skipped == len(recorded)
 
 
@@ -144,12 +101,12 @@ def test_an_interrupted_get_resumes_where_it_stopped(
 
     with pytest.raises(KeyboardInterrupt):
         materialize(site.open(cache_dir=tmp_path / "c1"), MANY, dest, progress=stop_midway)
-    partial = _regular_files(dest)
+    partial = regular_files(dest)
     assert 0 < len(partial) < len(many)
     assert all(many[r] == d for r, d in partial.items())
     report = materialize(site.open(cache_dir=tmp_path / "c2"), MANY, dest)
     assert report.skipped >= 100
-    assert _regular_files(dest) == many
+    assert regular_files(dest) == many
 
 
 def test_get_copies_cached_objects_from_the_cache(site: Site, many: dict[str, bytes], tmp_path: Path) -> None:
@@ -159,7 +116,7 @@ def test_get_copies_cached_objects_from_the_cache(site: Site, many: dict[str, by
     repo.source.flush()
     stats = dict(repo.source.stats)
     materialize(repo, MANY, tmp_path / "out")
-    assert _regular_files(tmp_path / "out") == many
+    assert regular_files(tmp_path / "out") == many
     assert repo.source.stats["local"] - stats["local"] >= 40
 
 

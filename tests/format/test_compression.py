@@ -1,16 +1,23 @@
-"""zlib object codec, object verification and streaming verification (reference sections 1.5, 1.6)."""
+"""zlib object codec, object verification and streaming verification (reference sections 1.5, 1.6).
+
+Every test runs with both inflaters: ISA-L (used when installed) and plain zlib.
+"""
 
 from __future__ import annotations
 
 import os
 import random
+import subprocess
+import sys
 import zlib
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rcds.errors import IntegrityError
+from rcds.format import compression
 from rcds.format.compression import (
     StreamVerifier,
     compress,
@@ -26,6 +33,22 @@ HELLO_SHA1 = ContentHash.parse("5798f7f4ca7585d850eea64610a1f73d8f8de7a3")
 EMPTY_OBJECT = bytes.fromhex("789c030000000001")
 EMPTY_SHA1 = ContentHash.parse("e8ec3d88b62ebf526e4e5a4ff6162a3aa48a6b78")
 PAYLOAD = b"".join(f"line {i} of a compressible text\n".encode() for i in range(3000)) + os.urandom(5000)
+
+
+@pytest.fixture(autouse=True, scope="module", params=["isal", "zlib"])
+def inflater(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Run the module's tests with each inflater (module scope: hypothesis allows it)."""
+    module = zlib if request.param == "zlib" else pytest.importorskip("isal.isal_zlib")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(compression, "_inflater", module)
+        mp.setattr(compression, "_ERRORS", (zlib.error, module.error))
+        yield request.param
+
+
+def test_isal_is_the_inflater_when_installed() -> None:
+    pytest.importorskip("isal.isal_zlib")
+    code = "import rcds.format.compression as c, isal.isal_zlib as i; assert c._inflater is i"
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_compress_is_zlib_with_header() -> None:

@@ -11,11 +11,12 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import pytest
-from netkit import FAST
 
 from rcds.errors import IntegrityError, NetworkError
 from rcds.format.compression import StreamVerifier, make_object
 from rcds.net import DIRECT, Fetcher, FetchError, Outcome, ProxyConfig, Timeouts
+
+from netkit import FAST
 
 if TYPE_CHECKING:
     from conftest import FakeClock, FakeSleep, RepoServer

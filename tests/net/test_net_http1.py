@@ -13,17 +13,17 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import pytest
-from netkit import FAST, FQRN, response, target_path
 
 from rcds.net import Fetcher, Outcome, ProxyConfig, Timeouts
 from rcds.net.failures import AttemptError
 from rcds.net.http1 import split_url
 from rcds.net.transport import Transport
 
-if TYPE_CHECKING:
-    from netkit import RawConn, RawServer
+from netkit import FAST, FQRN, response, target_path
 
+if TYPE_CHECKING:
     from conftest import FakeClock, FakeSleep, RepoServer
+    from netkit import RawConn, RawServer
 
     MakeRaw = Callable[[Callable[[RawConn], None]], RawServer]
     MakeServer = Callable[[], RepoServer]

@@ -12,16 +12,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from netkit import FAST, FQRN, response, target_path
 
 from rcds.errors import IntegrityError
 from rcds.net import Fetcher, FetchError, Outcome, ProxyConfig, Timeouts
 from rcds.serve.http import AccessRecord, RepositoryServer, make_server
 
-if TYPE_CHECKING:
-    from netkit import RawConn, RawServer
+from netkit import FAST, FQRN, response, target_path
 
+if TYPE_CHECKING:
     from conftest import FakeClock, FakeSleep, RepoServer, Squid
+    from netkit import RawConn, RawServer
 
     MakeRaw = Callable[[Callable[[RawConn], None]], RawServer]
     MakeServer = Callable[[], RepoServer]

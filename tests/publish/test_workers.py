@@ -237,7 +237,7 @@ def test_killing_the_ingest_process_stops_its_workers(tmp_path: Path) -> None:
 def test_workers_that_cannot_start_leave_the_work_to_threads(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, always_processes: None
 ) -> None:
-    monkeypatch.setattr(workers, "_SERVE", "import sys; sys.exit(3)")  # e.g. a broken installation
+    monkeypatch.setattr(workers, "WORKER_MODULE", "rcds.no_such_module")  # e.g. a broken installation
     monkeypatch.setattr(workers, "_disabled_until", 0.0)
     s0 = _repo(tmp_path / "r")
     s0.ingest_tar(io.BytesIO(make_tar(_entries(100), "none")), "/sw/grp/cid")

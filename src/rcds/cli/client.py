@@ -80,7 +80,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("dest", type=Path, metavar="DEST")
     p.add_argument("-j", "--jobs", type=int, default=8, help="parallel downloads (default 8)")
     p.add_argument("--no-progress", action="store_true", help="no progress line, even on a terminal")
-    p.add_argument("--no-cache", action="store_true", help="do not add the downloaded objects to the cache")
+    fill = p.add_mutually_exclusive_group()
+    fill.add_argument(
+        "--fill-cache",
+        action="store_true",
+        help="also add the downloaded objects to the local cache (for later jobs on this node)",
+    )
+    fill.add_argument("--no-cache", action="store_true", help="do not add them (the default)")
     p.set_defaults(func=_get)
 
     p = cmd("info", "show the revision, its age, and the state of servers, proxies and cache")
@@ -287,7 +293,7 @@ def _get(args: argparse.Namespace) -> int:
     with _open(args, fqrn) as repo:
         try:
             report = materialize(
-                repo, path, args.dest, workers=args.jobs, progress=bar, keep_in_cache=not args.no_cache
+                repo, path, args.dest, workers=args.jobs, progress=bar, keep_in_cache=args.fill_cache
             )
         finally:
             if bar is not None:

@@ -15,15 +15,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from rcds.client.cached_source import CachedSource
 from rcds.client.files import pieces_of
-from rcds.client.mounted import Located
 from rcds.errors import StorageError
 from rcds.format.compression import verify_object
 from rcds.format.hashes import ContentHash, ObjectKind
 from rcds.net.failures import FetchError
 from rcds.repo.http_source import translate
+
+if TYPE_CHECKING:
+    from rcds.client.mounted import Located
 
 log = logging.getLogger("rcds.client")
 

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable, Sequence
 from contextlib import suppress
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from rcds.client.files import Piece
 from rcds.errors import IntegrityError, StorageError
@@ -59,7 +59,36 @@ def content_key(entry: Dirent, pieces: Sequence[Piece]) -> str:
     return "chunks-" + h.hexdigest()
 
 
-def mtime_ns(entry: Dirent) -> int:
+class FileAttrs(Protocol):
+    """What :func:`write_file` needs of an entry (a :class:`Dirent` has it)."""
+
+    @property
+    def path(self) -> str:
+        """The repository path (for messages)."""
+        ...
+
+    @property
+    def mode(self) -> int:
+        """The ``st_mode`` (permission bits used)."""
+        ...
+
+    @property
+    def size(self) -> int:
+        """The content size in bytes."""
+        ...
+
+    @property
+    def mtime(self) -> int:
+        """Modification time, seconds."""
+        ...
+
+    @property
+    def mtimens(self) -> int | None:
+        """Nanoseconds of the modification time, if known."""
+        ...
+
+
+def mtime_ns(entry: FileAttrs) -> int:
     """The entry's modification time in nanoseconds."""
     return entry.mtime * 1_000_000_000 + (entry.mtimens or 0)
 
@@ -136,13 +165,22 @@ def prepare_dir(path: Path) -> None:
 
 
 _serial = itertools.count()
-_salt = os.urandom(3).hex()
+_salt = ""
+
+
+def _new_salt() -> None:
+    global _salt
+    _salt = f"{os.getpid()}{os.urandom(3).hex()}"
+
+
+_new_salt()
+os.register_at_fork(after_in_child=_new_salt)
 
 
 def tmp_name(final: str) -> str:
-    """A fresh temp name beside ``final`` (unique in this process; created with ``O_EXCL``)."""
+    """A fresh temp name beside ``final`` (unique to this process; created with ``O_EXCL``)."""
     head, _, name = final.rpartition("/")
-    return f"{head}/.{name[:100]}.rcds-{os.getpid()}{_salt}{next(_serial)}.tmp"
+    return f"{head}/.{name[:100]}.rcds-{_salt}{next(_serial)}.tmp"
 
 
 def copy_into(src: BinaryIO, fd: int, size: int) -> int:
@@ -189,7 +227,7 @@ def replace(tmp: str, final: str) -> None:
 
 
 def write_file(
-    final: str, entry: Dirent, data: bytes | None = None, fill: Callable[[int], int] | None = None
+    final: str, entry: FileAttrs, data: bytes | None = None, fill: Callable[[int], int] | None = None
 ) -> None:
     """Write ``final`` atomically from ``data``, or by ``fill(fd)`` (which returns the bytes written).
 

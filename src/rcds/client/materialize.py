@@ -48,6 +48,8 @@ from rcds.client.getfs import (
     write_file,
     write_symlink,
 )
+from rcds.client.getprocs import MIN_OBJECTS, GetProcesses, configured_processes
+from rcds.client.getworker import Job, Setup, Target
 from rcds.client.mounted import Located
 from rcds.client.repository import Repository
 from rcds.errors import InputError, IntegrityError, StorageError
@@ -104,13 +106,16 @@ def materialize(
     *,
     workers: int = 8,
     progress: Callable[[Progress], None] | None = None,
-    keep_in_cache: bool = True,
+    keep_in_cache: bool = False,
+    processes: int | None = None,
 ) -> GetReport:
     """Copy ``source_path`` of ``repo`` to ``dest`` (see the module docstring).
 
     A directory becomes ``dest`` itself (created if needed); a file is written to ``dest``, or
-    into ``dest`` when that is an existing directory. With ``keep_in_cache`` false, objects
-    that are not cached yet are not added to the local cache.
+    into ``dest`` when that is an existing directory. Objects already in the local cache are
+    copied from it; with ``keep_in_cache`` the downloaded ones are added to it too.
+    ``processes`` worker processes download when there are many objects (see
+    :mod:`rcds.client.getprocs`; ``None``: ``RCDS_GET_PROCESSES`` or the CPU count, ``0``: none).
     """
     t0 = time.monotonic()
     dest = Path(dest)
@@ -126,7 +131,9 @@ def materialize(
             if name in (".", ".."):
                 name = top.entry.name
             target = dest / check_name(name, source_path) if dest.is_dir() else dest
-        plan = _Plan(repo, m.revision, top, target)
+        plan = _Plan(
+            repo, m.revision, top, target, configured_processes() if processes is None else processes
+        )
         collecting = gc.isenabled()
         gc.disable()  # the plan holds ~10 objects per file: no need to scan them over and over
         try:
@@ -134,13 +141,16 @@ def materialize(
                 plan.add(loc)
             return plan.run(workers, progress, keep_in_cache, t0)
         finally:
+            plan.close_processes()
             if collecting:
                 gc.enable()
 
 
 class _Plan:
-    def __init__(self, repo: Repository, revision: int, top: Located, target: Path) -> None:
+    def __init__(self, repo: Repository, revision: int, top: Located, target: Path, processes: int) -> None:
         self.repo = repo
+        self.processes = processes
+        self.procs: GetProcesses | None = None
         self.revision = revision
         self.top = top
         self.target = target
@@ -176,8 +186,16 @@ class _Plan:
                 self.groups.setdefault((loc.catalog.mountpoint, e.hardlink_group), []).append(f)
             else:
                 self.files.append(f)
+                if len(self.files) == MIN_OBJECTS and self.processes:
+                    self.procs = GetProcesses(self.processes)  # they start while the walk goes on
         else:
             self.special += 1
+
+    def close_processes(self) -> None:
+        """Stop the worker processes (if any were started and are still running)."""
+        if self.procs is not None:
+            self.procs.close(kill=True)
+            self.procs = None
 
     def path(self, rel: str) -> str:
         return f"{self._target}/{rel}" if rel else self._target
@@ -292,6 +310,9 @@ class _Plan:
                     self._done(f)
         if not wanted:
             return
+        if self.procs is not None and len(wanted) >= MIN_OBJECTS:
+            self._write_bulk_in_processes(self.procs, wanted, users, keep)
+            return
         # Several downloaders, each with its own pipelined batches: inflating, hashing and
         # writing release the GIL, so they overlap with each other and with the network.
         lanes = max(1, min(BULK_LANES, len(wanted) // 64))
@@ -317,6 +338,30 @@ class _Plan:
             except BaseException:
                 self._abort.set()
                 raise
+
+    def _write_bulk_in_processes(
+        self, procs: GetProcesses, wanted: list[Wanted], users: list[list[_File]], keep: bool
+    ) -> None:
+        """The batch path in worker processes (:mod:`rcds.client.getprocs`)."""
+        jobs = [
+            Job.of(
+                w.hash, w.kind, w.size, w.compressed, tuple(_target(self.path(f.rel), f.entry) for f in group)
+            )
+            for w, group in zip(wanted, users, strict=True)
+        ]
+
+        def done(part: range) -> None:
+            for j in part:
+                for f in users[j]:
+                    self._done(f)
+
+        source = self.repo.source
+        try:
+            procs.run(Setup.of(source, keep), jobs, done)
+        finally:
+            self.procs = None
+            for where, n in procs.stats.items():
+                source.count(where, n)
 
     def _write_singles(self, files: list[_File], workers: int, keep: bool) -> None:
         """Chunked and large files: pieces fetched one by one through the caches, in worker threads."""
@@ -359,6 +404,10 @@ class _Plan:
             for f in group[1:]:
                 count += hard_link(primary, self.path(f.rel))
         return count
+
+
+def _target(final: str, e: Dirent) -> Target:
+    return Target(final, e.path, e.mode, e.size, e.mtime, e.mtimens)
 
 
 def _copy_from(obj: BinaryIO, size: int, fd: int) -> int:

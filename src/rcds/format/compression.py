@@ -1,6 +1,9 @@
 """zlib object codec (RFC 1950 with header and Adler-32 trailer, level 6 by default).
 
-Stored objects are zlib streams; their content hash covers the compressed bytes.
+Stored objects are zlib streams; their content hash covers the compressed bytes. They are
+compressed with zlib itself (the bytes, and so the hashes, must not depend on the library), and
+inflated with ISA-L (:mod:`isal.isal_zlib`) when it is installed: the same streams, the same
+checks and errors, about twice as fast.
 """
 
 from __future__ import annotations
@@ -8,9 +11,17 @@ from __future__ import annotations
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from types import ModuleType
 
 from rcds.errors import IntegrityError
 from rcds.format.hashes import Algorithm, ContentHash, HashState
+
+_inflater: ModuleType
+try:
+    from isal import isal_zlib as _inflater
+except ImportError:  # pragma: no cover - a platform without its wheel: plain zlib
+    _inflater = zlib
+_ERRORS = (zlib.error, _inflater.error)
 
 DEFAULT_LEVEL = 6
 
@@ -42,10 +53,10 @@ def make_object(
 
 def decompress(data: bytes | bytearray | memoryview, limit: int | None = None, what: str = "object") -> bytes:
     """Inflate a complete zlib stream; raise IntegrityError if it is corrupt, truncated or too large."""
-    d = zlib.decompressobj()
+    d = _inflater.decompressobj()
     try:
-        out = d.decompress(data, limit + 1 if limit is not None else 0)
-    except zlib.error as exc:
+        out: bytes = d.decompress(data, limit + 1 if limit is not None else 0)
+    except _ERRORS as exc:
         raise IntegrityError(f"{what} is not a valid zlib stream ({exc})", what) from None
     if limit is not None and len(out) > limit:
         raise IntegrityError(f"{what} inflates beyond the expected {limit} bytes", what)
@@ -84,7 +95,7 @@ class StreamVerifier:
         self.expected = expected
         self.what = what
         self._hash: HashState = expected.algorithm.new()
-        self._z = zlib.decompressobj() if compressed else None
+        self._z = _inflater.decompressobj() if compressed else None
         self.size = 0
 
     def feed(self, data: bytes) -> bytes:
@@ -94,8 +105,8 @@ class StreamVerifier:
             self.size += len(data)
             return data
         try:
-            out = self._z.decompress(data)
-        except zlib.error as exc:
+            out: bytes = self._z.decompress(data)
+        except _ERRORS as exc:
             raise IntegrityError(f"{self.what} is not a valid zlib stream ({exc})", self.what) from None
         self.size += len(out)
         return out

@@ -128,6 +128,14 @@ class Fetcher:
         """The configured server base URLs (in configured order)."""
         return self._state.hosts
 
+    def preferred_servers(self) -> list[str]:
+        """The server base URLs in the order this fetcher would try them now (current first).
+
+        For a second fetcher (e.g. in a worker process) that should start where this one is.
+        """
+        current, _ = self._state.route()
+        return [current, *(h for h in self._state.host_order() if h != current)]
+
     @staticmethod
     def url_for(host: str, path: str) -> str:
         """The URL of ``path`` (a plain, unquoted relative path) below the base URL ``host``."""

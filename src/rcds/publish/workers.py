@@ -5,33 +5,28 @@ zlib, hashes the result, writes the objects into the store itself (it opens the
 :class:`~rcds.storage.local.LocalStore` by path) and answers with the digests. The ingest's
 process only parses the input and fills the catalog, so both cores compress.
 
-Workers are fresh interpreters started with fork+exec (``subprocess``): never a plain ``fork``,
-since the service ingests from threads of a multithreaded process; and unlike the ``spawn`` and
-``forkserver`` contexts of ``multiprocessing``, the caller's ``__main__`` is not imported again.
-They start on first use and are shared by the ingests of a process (one at a time; a second
-concurrent ingest falls back to threads). A worker exits when its request pipe reaches end of
-file, so killing the parent never leaves workers behind; the pool is shut down at interpreter
-exit. Each worker's bytes in flight are capped by its pipe's capacity (1 MiB), so the parent
-never blocks on a send and memory stays bounded.
+Workers are fresh interpreters (:class:`rcds.workerproc.WorkerProcess`: fork+exec, never a plain
+``fork`` of the multithreaded service). They start on first use and are shared by the ingests of
+a process (one at a time; a second concurrent ingest falls back to threads). A worker exits when
+its request pipe reaches end of file, so killing the parent never leaves workers behind; the pool
+is shut down at interpreter exit. Each worker's bytes in flight are capped by its pipe's capacity
+(1 MiB), so the parent never blocks on a send and memory stays bounded.
 """
 
 from __future__ import annotations
 
 import atexit
-import contextlib
-import fcntl
 import os
-import subprocess
-import sys
 import threading
 import time
 from collections import deque
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import wait
 
 from rcds import errors
 from rcds.errors import RcdsError, StorageError
 from rcds.format.hashes import ContentHash
 from rcds.publish.objworker import Batch
+from rcds.workerproc import WorkerProcess
 
 ENV_PROCESSES = "RCDS_INGEST_PROCESSES"
 """Environment variable: number of worker processes (``0`` disables them; default: CPU count)."""
@@ -41,45 +36,17 @@ START_SECONDS = 30.0
 """How long a new worker may take to start before the ingest goes on without processes."""
 RETRY_SECONDS = 600.0
 """After workers failed to start, how long ingests use threads before trying again."""
-_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
-_F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
-_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-_SERVE = "import sys; from rcds.publish.objworker import serve; serve(int(sys.argv[1]), int(sys.argv[2]))"
+WORKER_MODULE = "rcds.publish.objworker"
+"""The module whose ``serve`` a worker runs."""
 
 
 class _Worker:
     def __init__(self) -> None:
-        req_r, req_w = os.pipe()
-        rep_r, rep_w = os.pipe()
-        self.requests = Connection(req_w, readable=False)
-        self.replies = Connection(rep_r, writable=False)
-        with contextlib.suppress(OSError):
-            fcntl.fcntl(req_w, _F_SETPIPE_SZ, PIPE_BYTES)
-        try:
-            self.capacity = int(fcntl.fcntl(req_w, _F_GETPIPE_SZ))
-        except OSError:
-            self.capacity = 1 << 16
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_ROOT, env.get("PYTHONPATH", "")]))
-        try:
-            # fork+exec of a fresh interpreter (no fork of this possibly multithreaded process, no
-            # re-import of the caller's __main__); its own session keeps Ctrl-C for the parent
-            self.process = subprocess.Popen(
-                [sys.executable, "-c", _SERVE, str(req_r), str(rep_w)],
-                pass_fds=(req_r, rep_w),
-                stdin=subprocess.DEVNULL,
-                env=env,
-                start_new_session=True,
-            )
-        except BaseException:
-            self.requests.close()
-            self.replies.close()
-            raise
-        finally:
-            os.close(req_r)  # only the worker holds these ends: EOF reaches it when we go
-            os.close(rep_w)
+        self.proc = WorkerProcess(WORKER_MODULE, PIPE_BYTES)
+        self.process = self.proc.process
+        self.requests = self.proc.requests
+        self.replies = self.proc.replies
+        self.capacity = self.proc.capacity
         self.queue: deque[Batch] = deque()
         self.in_flight = 0
 
@@ -109,24 +76,15 @@ class _Worker:
 
     def died(self) -> StorageError:
         """The error for a worker that is gone (killed, crashed, out of memory)."""
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(1)
+        code = self.proc.exit_code()
         return StorageError(
-            f"an object-writing worker process (pid {self.process.pid}) died"
-            f" (exit code {self.process.returncode}); nothing was published: run the ingest again,"
+            f"an object-writing worker process (pid {self.proc.pid}) died"
+            f" (exit code {code}); nothing was published: run the ingest again,"
             f" or set {ENV_PROCESSES}=0 to compress in the ingest's own process"
         )
 
     def stop(self, timeout: float) -> None:
-        with contextlib.suppress(OSError):
-            self.requests.close()
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        with contextlib.suppress(OSError):
-            self.replies.close()
+        self.proc.stop(timeout)
 
 
 _ERRORS: dict[str, type[RcdsError]] = {

@@ -1,0 +1,59 @@
+"""Shared parts of the ``rcds get`` tests: a published tree of many small files, and checks."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from rcds.client.materialize import STATE_FILE
+
+from testkit import Entry
+
+if TYPE_CHECKING:
+    from conftest import Site
+
+MANY = "/sw/g/many"
+N = 300
+
+
+def content(i: int) -> bytes:
+    return (f"file {i % 250}\n" * (1 + i % 50)).encode()  # 250 distinct contents for 300 files
+
+
+@pytest.fixture
+def many(site: Site) -> dict[str, bytes]:
+    """Publish ``N`` small files (some sharing content) under ``MANY``; their relative paths and data."""
+    files = {f"d{i % 7}/f{i:03d}.txt": content(i) for i in range(N)}
+    entries = [Entry(f"d{k}", kind="dir", mode=0o750) for k in range(7)]
+    entries += [
+        Entry(rel, data, mode=0o600 if i % 2 else 0o644) for i, (rel, data) in enumerate(files.items())
+    ]
+    entries += [Entry("lnk", kind="symlink", target="d0/f000.txt"), Entry("e/empty", b"")]
+    site.publish(entries, MANY)
+    files["e/empty"] = b""
+    return files
+
+
+def regular_files(dest: Path) -> dict[str, bytes]:
+    out = {}
+    for d, _, names in os.walk(dest):
+        for n in names:
+            p = Path(d, n)
+            rel = p.relative_to(dest).as_posix()
+            if not p.is_symlink() and rel not in (STATE_FILE, ".cvmfscatalog"):
+                out[rel] = p.read_bytes()
+    return out
+
+
+def object_of(site: Site, data: bytes) -> Path:
+    """The served object file of the content ``data`` (found through a file holding it)."""
+    repo = site.open(cache_dir=site.work / "lookup-cache")
+    for d, _, names in repo.walk(MANY):
+        for n in names:
+            path = f"{d}/{n}"
+            if repo.lstat(path).st_mode & 0o170000 == 0o100000 and repo.read_bytes(path) == data:
+                return site.object_path(site.public, repo.pieces(path)[0].hash)
+    raise AssertionError("no such content")
