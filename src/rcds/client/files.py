@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from rcds.errors import IntegrityError, NotFoundError
-from rcds.format.dirent import Chunk, Dirent
+from rcds.format.dirent import FLAG_CHUNKED, FLAG_EXTERNAL, Chunk, Dirent
 from rcds.format.hashes import ContentHash, ObjectKind
 from rcds.repo.catalog import Catalog
 
@@ -42,24 +42,45 @@ class Piece:
         return self.offset + self.size
 
 
+_NEW = object.__new__
+# Piece is a frozen slots dataclass; a plan makes one per file, so the common one-object case
+# fills its slots directly (a quarter of the cost of the frozen __init__).
+_SET_OFFSET: Callable[[object, object], None] = vars(Piece)["offset"].__set__
+_SET_SIZE: Callable[[object, object], None] = vars(Piece)["size"].__set__
+_SET_HASH: Callable[[object, object], None] = vars(Piece)["hash"].__set__
+_SET_KIND: Callable[[object, object], None] = vars(Piece)["kind"].__set__
+_FILE = ObjectKind.FILE
+_S_IFMT = 0o170000
+_S_IFREG = 0o100000
+
+
 def pieces_of(entry: Dirent, catalog: Catalog) -> list[Piece]:
     """The objects of a regular file, checked to cover it exactly (no gap, no overlap)."""
-    if not entry.is_regular:
+    flags = entry.flags
+    if (entry.mode & _S_IFMT) != _S_IFREG:
         raise NotFoundError(f"{entry.path or '/'} is not a regular file")
-    if entry.is_external:
+    if flags & FLAG_EXTERNAL:
         raise NotFoundError(
             f"{entry.path} is an external file (its content is not stored in the repository); "
             "rcds does not fetch external files"
         )
-    if entry.is_chunked:
-        chunks: Sequence[Chunk] = catalog.chunks(entry)
-        out = [Piece(c.offset, c.size, c.hash, ObjectKind.PARTIAL) for c in chunks]
-    elif entry.hash is not None:
-        out = [Piece(0, entry.size, entry.hash, ObjectKind.FILE)]
-    elif entry.size == 0:
-        out = []
-    else:
-        raise IntegrityError(f"{entry.path}: a non-empty file without content hash", entry.path)
+    if not flags & FLAG_CHUNKED:
+        h = entry.hash
+        size = entry.size
+        if h is None:
+            if size == 0:
+                return []
+            raise IntegrityError(f"{entry.path}: a non-empty file without content hash", entry.path)
+        if size < 0:
+            raise IntegrityError(f"{entry.path}: negative size {size}", entry.path)
+        piece = _NEW(Piece)
+        _SET_OFFSET(piece, 0)
+        _SET_SIZE(piece, size)
+        _SET_HASH(piece, h)
+        _SET_KIND(piece, _FILE)
+        return [piece]
+    chunks: Sequence[Chunk] = catalog.chunks(entry)
+    out = [Piece(c.offset, c.size, c.hash, ObjectKind.PARTIAL) for c in chunks]
     offset = 0
     for p in out:
         if p.offset != offset or p.size < 0:

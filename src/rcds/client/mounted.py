@@ -5,6 +5,9 @@ nested catalog mount point, the nested catalog is loaded (lazily, once) and the 
 in it, so only the catalogs on the path are ever loaded. Symbolic links are followed in the
 middle of a path (and at its end when asked), relative ones against their directory and
 absolute ones only when they point into the same repository (``/cvmfs/<fqrn>/...``).
+
+A walk reads each catalog it covers whole with one query (:meth:`Catalog.tree`) instead of one
+query per directory.
 """
 
 from __future__ import annotations
@@ -14,9 +17,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from rcds.errors import IntegrityError, NotFoundError
-from rcds.format.dirent import Dirent
+from rcds.format.dirent import FLAG_HIDDEN, FLAG_NESTED_MOUNTPOINT, Dirent
 from rcds.format.hashes import ContentHash
-from rcds.repo.catalog import Catalog
+from rcds.repo.catalog import Catalog, CatalogTree
 from rcds.repo.view import RepositoryView, Trust
 
 MAX_SYMLINKS = 40
@@ -33,6 +36,16 @@ class Located:
 
     entry: Dirent
     catalog: Catalog
+
+
+_NEW = object.__new__
+# Located is a frozen slots dataclass; listings make one per entry, so they fill its slots
+# directly (a third of the cost of the frozen __init__).
+_SET_ENTRY: Callable[[object, object], None] = vars(Located)["entry"].__set__
+_SET_CATALOG: Callable[[object, object], None] = vars(Located)["catalog"].__set__
+_S_IFMT = 0o170000
+_S_IFDIR = 0o040000
+_S_IFLNK = 0o120000
 
 
 class Mounted:
@@ -166,10 +179,32 @@ class Mounted:
         key = (path, follow)
         found = self._resolved.get(key)
         if found is None:
+            found = self._listed(path, follow)
+            if found is not None:
+                return found
             found = self._resolve(path, follow)
             if len(self._resolved) >= RESOLVED_CACHE_SIZE:
                 self._resolved.clear()
             self._resolved[key] = found
+        return found
+
+    def _listed(self, path: str, follow: bool) -> Located | None:
+        """``path`` straight from the listing of its directory, if that was listed recently.
+
+        Only for a canonical path (``/a/b``: no empty, ``.`` or ``..`` component) to something
+        other than a symlink to follow: the listings are keyed by the canonical paths of real
+        directories, so the answer is exactly what :meth:`_resolve` would find.
+        """
+        parent, _, name = path.rpartition("/")
+        listing = self._listings.get(parent)
+        if listing is None or not path.startswith("/"):
+            return None
+        found = listing.get(name)
+        if found is None or (follow and (found.entry.mode & _S_IFMT) == _S_IFLNK):
+            return None
+        tail = path + "/"
+        if "//" in tail or "/./" in tail or "/../" in tail:
+            return None
         return found
 
     def _resolve(self, path: str, follow: bool) -> Located:
@@ -231,34 +266,62 @@ class Mounted:
             raise NotFoundError(f"{directory.entry.path or '/'} is not a directory")
         directory = self._remember(self.inside(directory))  # opening its files starts here
         cat = directory.catalog
-        located = [Located(r, cat) for r in cat.listdir(directory.entry.path)]
+        listing: dict[str, Located] = {}
+        visible = []
+        for entry in cat.listdir(directory.entry.path):
+            loc = _NEW(Located)
+            _SET_ENTRY(loc, entry)
+            _SET_CATALOG(loc, cat)
+            listing[entry.name] = loc
+            if not entry.flags & FLAG_HIDDEN:
+                visible.append(loc)
         with self._lock:
             while len(self._listings) >= LISTING_CACHE_SIZE:
                 del self._listings[next(iter(self._listings))]
-            self._listings[directory.entry.path] = {loc.entry.name: loc for loc in located}
-        return [loc for loc in located if not loc.entry.is_hidden]
+            self._listings[directory.entry.path] = listing
+        return visible
 
     def walk(self, top: Located) -> Iterator[Located]:
         """``top`` and everything below it, parents before children, in name order.
 
         Nested catalogs are entered (loaded) as the walk reaches them; their mount points are
-        yielded as the nested catalog's root row.
+        yielded as the nested catalog's root row. A catalog whose root the walk covers is read
+        whole (:meth:`Catalog.tree`), others a directory at a time.
         """
         top = self.inside(top)
         yield top
         if not top.entry.is_dir:
             return
-        stack = [iter(self.listdir(top))]
+        cat = top.catalog
+        tree = cat.tree() if top.entry.path == cat.mountpoint else None
+        stack = [(iter(_rows(cat, tree, top.entry.path)), cat, tree)]
         while stack:
-            item = next(stack[-1], None)
-            if item is None:
-                stack.pop()
-                continue
-            if item.entry.is_nested_mountpoint:
-                item = self.enter(item)
-            yield item
-            if item.entry.is_dir:
-                stack.append(iter(self.listdir(item)))
+            entries, cat, tree = stack.pop()
+            for entry in entries:
+                flags = entry.flags
+                if flags & FLAG_HIDDEN:
+                    continue
+                item = _NEW(Located)
+                _SET_ENTRY(item, entry)
+                _SET_CATALOG(item, cat)
+                if flags & FLAG_NESTED_MOUNTPOINT:
+                    item = self.enter(item)
+                    yield item
+                    stack.append((entries, cat, tree))
+                    inner = item.catalog
+                    inner_tree = inner.tree()
+                    stack.append((iter(_rows(inner, inner_tree, item.entry.path)), inner, inner_tree))
+                    break
+                yield item
+                if (entry.mode & _S_IFMT) == _S_IFDIR:
+                    stack.append((entries, cat, tree))
+                    stack.append((iter(_rows(cat, tree, entry.path)), cat, tree))
+                    break
+
+
+def _rows(catalog: Catalog, tree: CatalogTree | None, path: str) -> list[Dirent]:
+    """The rows of directory ``path`` (hidden ones included): from ``tree`` if given, else a query."""
+    return tree.listdir(path) if tree is not None else catalog.listdir(path)
 
 
 def _normal(path: str) -> str:

@@ -20,6 +20,10 @@ FLAG_HIDDEN = 0x8000
 FLAG_DIRECT_IO = 0x10000
 _ALGO_SHIFT = 8
 _COMPRESSION_SHIFT = 11
+_S_IFMT = 0o170000
+_S_IFDIR = stat.S_IFDIR
+_S_IFREG = stat.S_IFREG
+_S_IFLNK = stat.S_IFLNK
 
 COMPRESSION_ZLIB = 0
 COMPRESSION_NONE = 1
@@ -29,6 +33,18 @@ def file_flags(algorithm: Algorithm, *, chunked: bool = False, compression: int 
     """Flags of a regular file row, composed as the stock writer does."""
     flags = FLAG_FILE | (compression << _COMPRESSION_SHIFT) | (algorithm.flag_value << _ALGO_SHIFT)
     return flags | FLAG_CHUNKED if chunked else flags
+
+
+ALGORITHM_OF_FLAG_VALUE: tuple[Algorithm | None, ...] = tuple(
+    next((a for a in Algorithm if a.flag_value == v), None) for v in range(8)
+)
+"""The algorithm of each value of flag bits 8-10 (``(flags >> 8) & 7``); None if unknown."""
+
+
+def algorithm_of_flags(flags: int) -> Algorithm:
+    """The content-hash algorithm encoded in flag bits 8-10 (IntegrityError if unknown)."""
+    algo = ALGORITHM_OF_FLAG_VALUE[(flags >> _ALGO_SHIFT) & 7]
+    return Algorithm.from_flag_value((flags >> _ALGO_SHIFT) & 7) if algo is None else algo
 
 
 def link_count_field(count: int, group: int = 0) -> int:
@@ -57,17 +73,17 @@ class Dirent:
     @property
     def is_dir(self) -> bool:
         """A directory (type from ``mode``, as the client decides)."""
-        return stat.S_ISDIR(self.mode)
+        return (self.mode & _S_IFMT) == _S_IFDIR
 
     @property
     def is_regular(self) -> bool:
         """A regular file."""
-        return stat.S_ISREG(self.mode)
+        return (self.mode & _S_IFMT) == _S_IFREG
 
     @property
     def is_symlink(self) -> bool:
         """A symbolic link."""
-        return stat.S_ISLNK(self.mode)
+        return (self.mode & _S_IFMT) == _S_IFLNK
 
     @property
     def is_chunked(self) -> bool:
@@ -97,7 +113,7 @@ class Dirent:
     @property
     def algorithm(self) -> Algorithm:
         """The content-hash algorithm from flag bits 8-10."""
-        return Algorithm.from_flag_value((self.flags >> _ALGO_SHIFT) & 7)
+        return algorithm_of_flags(self.flags)
 
     @property
     def compressed(self) -> bool:

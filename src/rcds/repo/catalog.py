@@ -1,18 +1,116 @@
-"""Reading one file catalog: an SQLite database (schema 2.5) decompressed to a local file."""
+"""Reading one file catalog: an SQLite database (schema 2.5) decompressed to a local file.
+
+Listing is the hot path of the client (``rcds get`` plans a whole tree, warm reads list every
+directory), so rows are fetched with exactly the columns a :class:`Dirent` needs, typed by SQL
+(``CAST``) and in the order of its fields, and become entries in one tight loop
+(:func:`_entries`). :meth:`Catalog.tree` reads a whole catalog with one query, for walks that
+cover all of it.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
-from collections.abc import Iterator
+import struct
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from functools import cached_property
+from operator import itemgetter
 from pathlib import Path
+from typing import Any
 
 from rcds.errors import IntegrityError
 from rcds.format.catalog_schema import COUNTER_NAMES, SCHEMA_OBJECTS, SELF_COUNTERS_SQL, Counters, Tally
-from rcds.format.dirent import Chunk, Dirent
-from rcds.format.hashes import Algorithm, ContentHash
-from rcds.format.pathhash import md5_pair
+from rcds.format.dirent import ALGORITHM_OF_FLAG_VALUE, Chunk, Dirent, algorithm_of_flags
+from rcds.format.hashes import ContentHash
+from rcds.format.pathhash import PathHash, md5_pair
 
-_COLUMNS = "hash, hardlinks, size, mode, mtime, flags, name, symlink, uid, gid, xattr, md5path_1, md5path_2"
+try:  # CPython's own MD5 is about twice as fast as OpenSSL's on short inputs (no EVP set-up)
+    from _md5 import md5 as _md5  # type: ignore[import-not-found,unused-ignore]
+except ImportError:  # pragma: no cover - a Python built without its own hash modules
+    _md5 = hashlib.md5
+
+_INT = "ifnull(CAST({} AS INTEGER), 0)"
+_SELECT = (
+    "SELECT ifnull(CAST(name AS TEXT), ''), "
+    + ", ".join(_INT.format(c) for c in ("mode", "size", "mtime", "flags", "hardlinks"))
+    + ", hash, ifnull(CAST(symlink AS TEXT), ''), "
+    + ", ".join(_INT.format(c) for c in ("uid", "gid"))
+    + ", {mtimens}, CASE WHEN typeof(xattr) = 'blob' THEN xattr END, "
+    "md5path_1, md5path_2{parent} FROM catalog"
+)
+"""A row as :func:`_entries` reads it: the fields of :class:`Dirent` after ``path``, in their
+order, then the row's own path hash (and, to group rows, its parent's after that). Typed
+as stock reads them: a NULL number is 0, a NULL text is empty (``mtimens`` stays NULL: absent)."""
+
+Row = tuple[Any, ...]
+"""One row of :data:`_SELECT`."""
+
+BULK_MAX_ROWS = 200_000
+"""Larger catalogs are not read whole (:meth:`Catalog.tree`); stock advises at most 200,000
+entries per catalog."""
+
+_PAIR = struct.Struct("<qq").unpack
+_ALGORITHMS = ALGORITHM_OF_FLAG_VALUE
+_BY_NAME = itemgetter(0)
+_NEW = object.__new__
+# ContentHash is a frozen slots dataclass: filling its slots directly skips the frozen
+# __init__ and __post_init__ (less than half the cost; the digest length is checked here).
+_SET_ALGORITHM: Callable[[object, object], None] = vars(ContentHash)["algorithm"].__set__
+_SET_DIGEST: Callable[[object, object], None] = vars(ContentHash)["digest"].__set__
+
+
+def _entries(rows: list[Row], parent: str, what: str) -> list[Dirent]:
+    """The entries of ``rows``, the children of directory ``parent``, in name order.
+
+    Names are compared as ``str``: text read from SQLite is valid UTF-8 (no surrogates), for
+    which code point order is the byte order of the UTF-8 names, the order stock lists in.
+    Every row must be stored under the path hash of ``parent/name``.
+    """
+    rows.sort(key=_BY_NAME)
+    out: list[Dirent] = []
+    append = out.append
+    for name, mode, size, mtime, flags, hardlinks, raw, symlink, uid, gid, ns, xattr, h1, h2 in rows:
+        path = f"{parent}/{name}"
+        if _PAIR(_md5(path.encode("utf-8", "surrogateescape")).digest()) != (h1, h2):
+            raise IntegrityError(f"{what}: row {path} is stored under the wrong path hash", path)
+        h = None
+        if raw:
+            if type(raw) is not bytes or len(raw) != 20:
+                raise IntegrityError(f"{what}: {path} has a malformed hash column", path)
+            h = _NEW(ContentHash)
+            _SET_ALGORITHM(h, _ALGORITHMS[(flags >> 8) & 7] or algorithm_of_flags(flags))
+            _SET_DIGEST(h, raw)
+        append(Dirent(path, name, mode, size, mtime, flags, hardlinks, h, symlink, uid, gid, ns, xattr))
+    return out
+
+
+def _entry(row: Row, path: str, what: str) -> Dirent:
+    """The entry of one row found under ``path`` (its path hash is not checked)."""
+    name, mode, size, mtime, flags, hardlinks, raw, symlink, uid, gid, ns, xattr = row[:12]
+    h = None
+    if raw:
+        if type(raw) is not bytes or len(raw) != 20:
+            raise IntegrityError(f"{what}: {path or '/'} has a malformed hash column", path)
+        h = ContentHash(algorithm_of_flags(flags), raw)
+    return Dirent(path, name, mode, size, mtime, flags, hardlinks, h, symlink, uid, gid, ns, xattr)
+
+
+class CatalogTree:
+    """All rows of one catalog, read with one query and grouped by their parent directory.
+
+    :meth:`listdir` answers as :meth:`Catalog.listdir` does, without a query: for walks that
+    list every directory of the catalog (see :meth:`Catalog.tree`).
+    """
+
+    def __init__(self, what: str, groups: dict[PathHash, list[Row]]) -> None:
+        self.what = what
+        self._groups = groups
+
+    def listdir(self, path: str) -> list[Dirent]:
+        """Rows whose parent is ``path`` (hidden rows included), sorted by name."""
+        rows = self._groups.get(md5_pair(path))
+        return _entries(rows, path, self.what) if rows else []
 
 
 class Catalog:
@@ -82,56 +180,46 @@ class Catalog:
         return Counters.from_rows(rows)
 
     # -- entries ----------------------------------------------------------------------
-    def _row(self, row: tuple[object, ...], path: str) -> Dirent:
-        raw_hash, hardlinks, size, mode, mtime, flags, name, symlink, uid, gid, xattr = row[:11]
-        flags_i = int(flags)  # type: ignore[call-overload]
-        h = None
-        if raw_hash:
-            algo = Algorithm.from_flag_value((flags_i >> 8) & 7)
-            if not isinstance(raw_hash, bytes) or len(raw_hash) != 20:
-                raise IntegrityError(f"{self.what}: {path or '/'} has a malformed hash column", path)
-            h = ContentHash(algo, raw_hash)
-        return Dirent(
-            path=path,
-            name=str(name),
-            mode=int(mode),  # type: ignore[call-overload]
-            size=int(size),  # type: ignore[call-overload]
-            mtime=int(mtime),  # type: ignore[call-overload]
-            flags=flags_i,
-            hardlinks=int(hardlinks),  # type: ignore[call-overload]
-            hash=h,
-            symlink=str(symlink),
-            uid=int(uid),  # type: ignore[call-overload]
-            gid=int(gid),  # type: ignore[call-overload]
-            mtimens=int(row[13]) if len(row) > 13 and row[13] is not None else None,  # type: ignore[call-overload]
-            xattr=xattr if isinstance(xattr, bytes) else None,
-        )
+    @cached_property
+    def _lookup_sql(self) -> str:
+        """The query for one row by its path hash."""
+        return f"{self._select()} WHERE md5path_1 = ? AND md5path_2 = ?"
 
-    def _cols(self) -> str:
-        return _COLUMNS + (", mtimens" if self._mtimens else "")
+    @cached_property
+    def _listdir_sql(self) -> str:
+        """The query for the rows of one directory, by its path hash."""
+        return f"{self._select()} WHERE parent_1 = ? AND parent_2 = ?"
+
+    def _select(self, *, parents: bool = False) -> str:
+        """:data:`_SELECT` for this catalog's columns (with the parent hashes if ``parents``)."""
+        return _SELECT.format(
+            mtimens="CAST(mtimens AS INTEGER)" if self._mtimens else "NULL",
+            parent=", parent_1, parent_2" if parents else "",
+        )
 
     def lookup(self, path: str) -> Dirent | None:
         """The row for ``path`` in this catalog, or None."""
         a, b = md5_pair(path)
-        row = self.db.execute(
-            f"SELECT {self._cols()} FROM catalog WHERE md5path_1 = ? AND md5path_2 = ?", (a, b)
-        ).fetchone()
-        return None if row is None else self._row(row, path)
+        row = self.db.execute(self._lookup_sql, (a, b)).fetchone()
+        return None if row is None else _entry(row, path, self.what)
 
     def listdir(self, path: str) -> list[Dirent]:
         """Rows whose parent is ``path`` (hidden rows included), sorted by name."""
         a, b = md5_pair(path)
-        rows = self.db.execute(
-            f"SELECT {self._cols()} FROM catalog WHERE parent_1 = ? AND parent_2 = ?", (a, b)
-        ).fetchall()
-        out = []
-        for r in rows:
-            child = f"{path}/{r[6]}"
-            if md5_pair(child) != (r[11], r[12]):
-                raise IntegrityError(f"{self.what}: row {child} is stored under the wrong path hash", child)
-            out.append(self._row(r, child))
-        out.sort(key=lambda d: d.name.encode("utf-8", "surrogateescape"))
-        return out
+        return _entries(self.db.execute(self._listdir_sql, (a, b)).fetchall(), path, self.what)
+
+    def tree(self) -> CatalogTree | None:
+        """All rows at once, grouped by directory (one query); None for a very large catalog.
+
+        Worth it when a walk lists every directory of the catalog anyway: one scan of the table
+        instead of an index search per directory.
+        """
+        if self.count_rows() > BULK_MAX_ROWS:
+            return None
+        groups: defaultdict[PathHash, list[Row]] = defaultdict(list)
+        for row in self.db.execute(self._select(parents=True)):
+            groups[row[14], row[15]].append(row[:14])
+        return CatalogTree(self.what, groups)
 
     def chunks(self, entry: Dirent) -> list[Chunk]:
         """The chunk list of a chunked file, ordered by offset."""
@@ -164,12 +252,10 @@ class Catalog:
         ).fetchone()
         return None if row is None else (path, ContentHash.parse(str(row[0])), int(row[1] or 0))
 
-    def iter_entries(self) -> Iterator[tuple[Dirent, tuple[int, int], tuple[int, int]]]:
+    def iter_entries(self) -> Iterator[tuple[Dirent, PathHash, PathHash]]:
         """Every row with its own and its parent's path hash (names only; paths are rebuilt by walkers)."""
-        for row in self.db.execute(f"SELECT {self._cols()}, parent_1, parent_2 FROM catalog"):
-            d = self._row(row, "")
-            n = len(row)
-            yield d, (int(row[11]), int(row[12])), (int(row[n - 2]), int(row[n - 1]))
+        for row in self.db.execute(self._select(parents=True)):
+            yield _entry(row, "", self.what), (int(row[12]), int(row[13])), (int(row[14]), int(row[15]))
 
     def recount_self(self) -> Tally:
         """The ``self_*`` counters recomputed from the rows."""
