@@ -2,7 +2,8 @@
 
 Small bodies are read with ``preadv(RWF_NOWAIT)``: straight from the page cache, or not at
 all; a body that would wait for the disk is read in a worker thread instead
-(:func:`read_and_close`), so one cold object does not hold up every other client. Large
+(:func:`read_and_close`, called by :meth:`rcds.serve.batch.Batch.read` for a batch of them),
+so one cold object does not hold up every other client. Large
 bodies go out with ``sendfile`` in chunks (:func:`send_file`), with read-ahead asked for the
 next chunk. Either way the bytes come from the descriptor opened for the request, whose size
 was taken with ``fstat`` on it.
@@ -113,6 +114,19 @@ async def send_file(
         finally:
             _cork(sock, False)
     return sent
+
+
+def no_delay(sock: Any) -> None:
+    """Send small writes at once (no Nagle delay) on a TCP connection.
+
+    asyncio sets ``TCP_NODELAY`` only on sockets whose ``proto`` is ``IPPROTO_TCP``, which an
+    accepted socket of a listener made with ``proto=0`` is not. Without it, an answer written
+    while an earlier one is not yet acknowledged waits for the client's delayed ACK (up to
+    40 ms), as when pipelined answers go out in more than one write.
+    """
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def _cork(sock: Any, on: bool) -> None:

@@ -3,8 +3,10 @@
 Request heads are parsed from whatever arrives (:mod:`rcds.serve.request`); several requests
 in one read (HTTP/1.1 pipelining) are answered in order. Small bodies are read with the head
 and written in one go (the answers to one read are joined into one write when no access log
-is installed); bodies above :data:`~rcds.serve.body.SMALL_BODY`, and small ones not in the page
-cache, are sent by a task (:mod:`rcds.serve.body`) while later pipelined requests wait. When the client does
+is installed). A small body not in the page cache is read by a worker thread together with
+those of the pipelined requests after it, in one job (:mod:`rcds.serve.batch`); bodies above
+:data:`~rcds.serve.body.SMALL_BODY` go out with ``sendfile`` (:mod:`rcds.serve.body`); later
+requests wait meanwhile, answered in order afterwards. When the client does
 not read (the transport asks to pause writing), no further requests are answered and, beyond
 :data:`MAX_INPUT` unanswered bytes, no further input is read. A connection that stays idle,
 takes longer than the idle timeout for one request head, or makes no progress reading an
@@ -15,18 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from http import HTTPStatus
 from typing import Protocol
 
-from rcds.errors import NotFoundError, StorageError
-from rcds.serve.body import SMALL_BODY, Deferred, read_and_close, read_cached, send_file
-from rcds.serve.handler import AccessLog, AccessRecord, open_fd, parse_target
+from rcds.serve.answer import Chunk, answer_to
+from rcds.serve.batch import Batch, Unread
+from rcds.serve.body import Deferred, no_delay, send_file
+from rcds.serve.handler import AccessLog, AccessRecord
 from rcds.serve.request import MAX_HEAD, Request, next_request
 from rcds.serve.response import CONTINUE, Heads
-
-_Chunk = bytes | bytearray
 
 MAX_BATCH = 256 * 1024
 """Answers to pipelined requests are written out once this many bytes are pending."""
@@ -65,9 +65,10 @@ class Connection(asyncio.Protocol):
 
     # -- asyncio callbacks ------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        """Register with the server and start the idle clock."""
+        """Register with the server, start the idle clock, turn Nagle's algorithm off."""
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
+        no_delay(transport.get_extra_info("socket"))
         peer = transport.get_extra_info("peername")
         self.client = str(peer[0]) if peer else "-"
         self.deadline = time.monotonic() + self.ctx.idle_timeout
@@ -152,7 +153,7 @@ class Connection(asyncio.Protocol):
     def _answer_buffered(self) -> None:
         """Answer every complete request in the buffer, until a large body or backpressure."""
         buf, pos, pending, close, answered = self._buf, 0, 0, False, False
-        out: list[_Chunk] = []
+        out: list[Chunk] = []
         logged = self.ctx.access_log is not None or log.isEnabledFor(logging.DEBUG)
         while not self._closing and not self._write_paused:  # answers wait while the client lags
             if pos == len(buf):
@@ -166,12 +167,15 @@ class Connection(asyncio.Protocol):
             pos, answered = after, True
             if request.expect_continue:
                 out.append(CONTINUE)
-            answer = self._answer(request)
-            if isinstance(answer, Deferred):
+            answer = answer_to(request, self.ctx.heads, self.ctx.lookup)
+            if isinstance(answer, Deferred):  # on disk, or large: answered by a task, in a batch
+                batch = Batch()
+                if batch.add(request, False, answer):
+                    pos = self._fill(batch, buf, pos)
                 self._buf = buf[pos:]
                 self._flush(out)
-                self._sending = asyncio.get_running_loop().create_task(self._send_later(request, answer))
-                self._sending.add_done_callback(answer.close_when_done)
+                self._sending = asyncio.get_running_loop().create_task(self._send_later(batch))
+                self._sending.add_done_callback(batch.close_when_done)
                 return
             chunks, status, sent, keep = answer
             out += chunks
@@ -200,80 +204,89 @@ class Connection(asyncio.Protocol):
             self._read_paused = False
             self._transport().resume_reading()
 
-    def _flush(self, out: list[_Chunk]) -> None:
+    def _flush(self, out: list[Chunk]) -> None:
         if out:
             if not self._closing:
                 self._transport().write(b"".join(out))
             out.clear()
 
-    def _answer(self, request: Request) -> Deferred | tuple[list[_Chunk], int, int, bool]:
-        """The answer to one request: chunks to write, status, body bytes, whether to keep alive."""
-        if request.error is not None:
-            return self._error(request.error, request.method != "HEAD", False)
-        if request.method not in ("GET", "HEAD"):
-            return self._error(HTTPStatus.METHOD_NOT_ALLOWED, True, False)  # any body stays unread
-        body = request.method == "GET"
+    def _fill(self, batch: Batch, buf: bytes, pos: int) -> int:
+        """Answer the requests after a cold one into ``batch`` while it has room; the new offset."""
         try:
-            target = parse_target(request.target)
-            root = self.ctx.lookup(target.repository)
-            if root is None:
-                raise NotFoundError(f"repository {target.repository} is not served here")
-            fd, size = open_fd(root, target.parts, parts_allowed=True)
-        except NotFoundError:
-            return self._error(HTTPStatus.NOT_FOUND, body, request.keep_alive)
-        except StorageError as exc:
-            log.warning("%s", exc)
-            return self._error(HTTPStatus.INTERNAL_SERVER_ERROR, body, request.keep_alive)
-        if body and size > SMALL_BODY:
-            return Deferred(fd, size, target.is_root_file, sendfile=True)
-        try:
-            data = read_cached(fd, size) if body and size else b""
+            while batch.has_room() and pos < len(buf):
+                request, after = next_request(buf, pos)
+                if request is None:
+                    break  # incomplete, or an empty line: left to _answer_buffered
+                pos = after
+                answer = answer_to(request, self.ctx.heads, self.ctx.lookup, defer=True)
+                if not batch.add(request, request.expect_continue, answer):
+                    break
         except BaseException:
-            os.close(fd)
+            batch.close()
             raise
-        if data is None:  # it would wait for the disk: read in a worker thread
-            return Deferred(fd, size, target.is_root_file, sendfile=False)
-        os.close(fd)
-        keep = request.keep_alive and (not body or len(data) == size)  # a shrunk file breaks framing
-        head = self.ctx.heads.ok(target.is_root_file, size, keep)
-        return ([head, data] if data else [head]), HTTPStatus.OK, len(data), keep
+        return pos
 
-    def _error(self, status: HTTPStatus, body: bool, keep: bool) -> tuple[list[_Chunk], int, int, bool]:
-        head, payload = self.ctx.heads.error(status, keep)
-        return ([head, payload] if body else [head]), status, len(payload) if body else 0, keep
-
-    async def _send_later(self, request: Request, later: Deferred) -> None:
-        """Send a deferred body (``sendfile``, or read in a thread), then answer the next requests."""
-        transport, keep, self._sent = self._transport(), request.keep_alive, 0
+    async def _send_later(self, batch: Batch) -> None:
+        """Read the batch's bodies in one worker-thread job, write its answers in order, send
+        its large body with ``sendfile``, then answer the next requests."""
+        transport, current, self._sent = self._transport(), batch.first_request(), 0
+        keep = True
         try:
-            if later.sendfile:
+            if batch.unread:
+                await asyncio.get_running_loop().run_in_executor(None, batch.read)
+            keep, current = self._write_batch(batch), None
+            if keep and batch.tail is not None and not self._closing:
+                current, later = batch.tail
+                keep = current.keep_alive
                 head = self.ctx.heads.ok(later.is_root, later.size, keep)
                 await send_file(transport, head, later.take(), later.size, self._progress)
-            else:
-                loop = asyncio.get_running_loop()
-                data = await loop.run_in_executor(None, read_and_close, later.take(), later.size)
-                keep = keep and len(data) == later.size
-                if not self._closing:
-                    transport.write(self.ctx.heads.ok(later.is_root, later.size, keep) + data)
-                    self._sent = len(data)
+                keep = keep and self._sent == later.size
         except (OSError, RuntimeError) as exc:  # the client went away, the transport closed, EIO
             log.debug("sending to %s failed: %s", self.client, exc)
             self._sending = None
             self.abort()
         except asyncio.CancelledError:  # the connection was lost or aborted meanwhile
             self._sending = None
-            if not self._quiet:
-                self._log(request, HTTPStatus.OK, self._sent)
+            if current is not None and not self._quiet:
+                self._log(current, HTTPStatus.OK, self._sent)
             raise
         finally:
             self._sending = None
-        self._log(request, HTTPStatus.OK, self._sent)
+        if current is not None:
+            self._log(current, HTTPStatus.OK, self._sent)
         if self._closing:
             return
-        if self._sent != later.size or not keep:
+        if not keep:
             self._close()
             return
+        self.deadline = time.monotonic() + self.ctx.idle_timeout
         self._process()
+
+    def _write_batch(self, batch: Batch) -> bool:
+        """Write the batch's answers in order (logging each); False if the connection ends."""
+        out: list[Chunk] = []
+        logged = self.ctx.access_log is not None or log.isEnabledFor(logging.DEBUG)
+        keep = True
+        for request, expect_continue, answer in batch:
+            if self._closing:
+                return False
+            if expect_continue:
+                out.append(CONTINUE)
+            if isinstance(answer, Unread):
+                data, size = answer.data, answer.later.size
+                keep = request.keep_alive and len(data) == size  # a shrunk file breaks framing
+                out += (self.ctx.heads.ok(answer.later.is_root, size, keep), data)
+                status, sent = int(HTTPStatus.OK), len(data)
+            else:
+                chunks, status, sent, keep = answer
+                out += chunks
+            if logged:
+                self._flush(out)
+                self._log(request, status, sent)
+            if not keep:
+                break
+        self._flush(out)
+        return keep and not self._closing
 
     def _progress(self, sent: int) -> None:
         self._sent += sent
