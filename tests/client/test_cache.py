@@ -226,6 +226,39 @@ def test_database_rebuilt_from_tree(tmp_path: Path, damage: str) -> None:
         assert all(c.path_of(h, CATALOG if h.digest[0] & 1 else FILE) for h, _ in objs)
 
 
+def test_partial_skeleton_is_completed_and_scanned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A new database skips the tree scan only when this process made every object directory."""
+    import rcds.client.cache as cache_mod
+    from rcds.client.quota import Entry, scan_tree
+
+    scans: list[Path] = []
+
+    def counting_scan(d: Path) -> list[Entry]:
+        scans.append(d)
+        return scan_tree(d)
+
+    monkeypatch.setattr(cache_mod, "scan_tree", counting_scan)
+    LocalCache(tmp_path / "new", None).close()
+    assert scans == []  # a brand-new tree holds nothing
+    # A tree left half made (a crash, or another process creating it): completed, and scanned.
+    d = tmp_path / "half"
+    (d / "7f").mkdir(parents=True)
+    h, data = blob("found", 123)
+    (d / object_name(h, FILE)).parent.mkdir(exist_ok=True)
+    (d / object_name(h, FILE)).write_bytes(data)
+    with LocalCache(d, None) as c:
+        assert scans == [d]
+        assert {"00", "ff", "txn", "quarantaine"} <= {p.name for p in d.iterdir()}
+        assert c.path_of(h, FILE) is not None and c.size() == 123
+    # An existing cache: no mkdir, no scan; a directory removed behind its back is made again.
+    (d / "ab").rmdir()
+    LocalCache(d, None).close()
+    assert (d / "ab").is_dir()
+    monkeypatch.setattr(os, "mkdir", lambda *a: pytest.fail("mkdir on an existing cache"))
+    LocalCache(d, None).close()
+    assert scans == [d]
+
+
 def test_stale_txn_files_are_cleaned(tmp_path: Path) -> None:
     d = tmp_path / "c"
     LocalCache(d, None).close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -55,6 +56,63 @@ def test_background_inserter_serves_queued_objects_and_commits_them(tmp_path: Pa
         ins.close()
         ins.put(*blob(50))  # ignored after close
         assert not cache.contains(blob(50)[0], ObjectKind.FILE)
+        assert cache.check() == []
+
+
+def test_background_inserter_commits_in_few_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The thread is not woken per object: objects put in a burst go in one or two transactions."""
+    with LocalCache(tmp_path / "c") as cache:
+        calls: list[int] = []
+        real = cache.insert_many
+
+        def counting(items: list[tuple[ContentHash, ObjectKind, bytes]]) -> int:
+            calls.append(len(items))
+            return real(items)
+
+        monkeypatch.setattr(cache, "insert_many", counting)
+        ins = BackgroundInserter(cache)
+        items = [blob(i, 1000) for i in range(100)]
+        for h, kind, data in items:
+            ins.put(h, kind, data)
+        assert all(ins.get(h, kind) == data or cache.contains(h, kind) for h, kind, data in items)
+        ins.flush()
+        assert sum(calls) == 100 and len(calls) <= 3
+        assert all(cache.contains(h, k) for h, k, _ in items)
+        # a lone object is committed after a short delay, without flush()
+        h, kind, data = blob(500, 1000)
+        ins.put(h, kind, data)
+        for _ in range(200):
+            if cache.contains(h, kind):
+                break
+            time.sleep(0.01)
+        assert cache.contains(h, kind)
+        ins.close()
+        assert cache.check() == []
+
+
+def test_kept_objects_are_served_once_from_memory_after_their_commit(tmp_path: Path) -> None:
+    with LocalCache(tmp_path / "c") as cache:
+        ins = BackgroundInserter(cache, max_pending=50_000)
+        kept = [blob(i) for i in range(3)]
+        for h, kind, data in kept:
+            ins.put(h, kind, data, keep=True)
+        plain = blob(9)
+        ins.put(*plain)
+        ins.flush()
+        assert all(cache.contains(h, k) for h, k, _ in [*kept, plain])
+        assert ins.get(plain[0], plain[1]) is None and ins.take(plain[0], plain[1]) is None
+        h, kind, data = kept[0]
+        assert ins.get(h, kind) == data
+        assert ins.take(h, kind) == (data, True)  # committed, handed out once
+        assert ins.take(h, kind) is None and ins.get(h, kind) is None
+        # kept bytes give way to new ones: the oldest go first, the bound holds
+        for i in range(10, 16):
+            ins.put(*blob(i))
+        assert ins.get(kept[1][0], kept[1][1]) is None
+        assert ins._pending_bytes + ins._kept_bytes <= 50_000 + 10_000
+        ins.flush()
+        ins.close()
+        assert ins.get(kept[2][0], kept[2][1]) is None  # close() forgets them
         assert cache.check() == []
 
 

@@ -173,6 +173,28 @@ def test_verify_object_bad_stream_with_matching_hash() -> None:
             verify_object(data, ContentHash.of(data))
 
 
+@pytest.mark.parametrize("algo", list(Algorithm))
+def test_verify_object_in_two_halves(algo: Algorithm) -> None:
+    """check_hash + inflate_checked (what prefetch runs on two threads) is verify_object."""
+    stored = make_object(b"hello\n" * 50, algo)
+    assert compression.hash_matches(stored.data, stored.hash)
+    compression.check_hash(stored.data, stored.hash)
+    assert compression.inflate_checked(stored.data, size=stored.size) == b"hello\n" * 50
+    assert not compression.hash_matches(stored.data[:-1], stored.hash)
+    assert not compression.hash_matches(
+        stored.data,
+        ContentHash(Algorithm.SHA1 if algo is not Algorithm.SHA1 else Algorithm.RMD160, stored.hash.digest),
+    )
+    with pytest.raises(IntegrityError, match="hash mismatch") as exc:
+        compression.check_hash(stored.data + b"x", stored.hash, "data/xx/obj")
+    assert exc.value.what == "data/xx/obj"
+    with pytest.raises(IntegrityError, match="size mismatch"):
+        compression.inflate_checked(stored.data, size=stored.size + 1)
+    with pytest.raises(IntegrityError):
+        compression.inflate_checked(stored.data[:-3], size=stored.size)
+    assert compression.inflate_checked(b"plain", compressed=False, size=5) == b"plain"
+
+
 def _variants(rng: random.Random, payload: bytes) -> list[bytes]:
     good = compress(payload)
     flipped = bytearray(good)

@@ -261,3 +261,22 @@ def test_stock_whitelist(name: str, algo: Algorithm, suffix: str) -> None:
     other = "shake.example.org" if name == "stock.example.org" else "stock.example.org"
     with pytest.raises(IntegrityError, match="master"):
         parsed.verify([keys.load_public_key_file(FIXTURES / f"{other}.pub")], name, now=_at("20300101000000"))
+
+
+def test_times_read_like_strptime() -> None:
+    """The whitelist's fixed-width times are read without strptime, with the same results."""
+    import random
+
+    rng = random.Random(7)
+    samples = ["20301231235959", "20000229000000", "19700101000000", "20300230000000", "20301301000000"]
+    samples += ["".join(rng.choice("0123456789") for _ in range(14)) for _ in range(3000)]
+    for text in samples:
+        try:
+            expected: dt.datetime | None = dt.datetime.strptime(text, "%Y%m%d%H%M%S").replace(tzinfo=dt.UTC)
+        except ValueError:
+            expected = None
+        try:
+            found: dt.datetime | None = whitelist._parse_time(text)
+        except ValueError:
+            found = None
+        assert found == expected, text

@@ -38,6 +38,7 @@ from rcds.errors import StorageError
 from rcds.format.hashes import ContentHash, ObjectKind
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+_SUBDIR_SET = frozenset(SUBDIRS)
 
 
 def object_name(h: ContentHash, kind: ObjectKind) -> str:
@@ -122,24 +123,50 @@ class LocalCache:
         self._txn = str(self.txn)
         self._tmp_prefix = f"{os.getpid()}.b{os.urandom(3).hex()}."
         self._serial = itertools.count()
-        try:
-            for sub in (*SUBDIRS, "txn", "quarantaine"):
-                (self.dir / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StorageError(f"cannot create cache directory {self.dir}: {exc.strerror or exc}") from exc
+        fresh = self._make_tree()
         clean_txn(self.txn, stale_txn_age, check_pid=True)
         with self._flock():
             self._db, stale = QuotaDB.open_or_recreate(self.dir / "cachedb", busy_timeout)
             if stale:
-                self._rebuild_locked(self._db)
+                self._rebuild_locked(self._db, scan=not fresh)
+
+    def _make_tree(self) -> bool:
+        """Create what is missing of the directory skeleton (one directory listing when nothing
+        is); True if this call created every object directory.
+
+        A tree whose object directories were all just made holds no object, so a new database
+        need not scan it.
+        """
+        try:
+            with os.scandir(self._dir) as it:
+                present = {e.name for e in it if e.is_dir()}
+        except FileNotFoundError:
+            present = set()
+        made = 0
+        try:
+            if not present:
+                self.dir.mkdir(parents=True, exist_ok=True)
+            for sub in (*SUBDIRS, "txn", "quarantaine"):
+                if sub in present:
+                    continue
+                try:
+                    os.mkdir(f"{self._dir}/{sub}", 0o700)
+                    made += sub in _SUBDIR_SET
+                except FileExistsError:
+                    if not os.path.isdir(f"{self._dir}/{sub}"):
+                        raise
+        except OSError as exc:
+            raise StorageError(f"cannot create cache directory {self.dir}: {exc.strerror or exc}") from exc
+        return made == len(SUBDIRS)
 
     # -- setup and maintenance -------------------------------------------------------------------
 
-    def _rebuild_locked(self, db: QuotaDB) -> None:
+    def _rebuild_locked(self, db: QuotaDB, scan: bool = True) -> None:
         pinned: set[str] = set()
         with suppress(sqlite3.Error):
             pinned = {e.name for e in db.entries() if e.pinned}
-        entries = [Entry(e.name, e.size, e.acseq, e.kind, e.name in pinned) for e in scan_tree(self.dir)]
+        found = scan_tree(self.dir) if scan else []
+        entries = [Entry(e.name, e.size, e.acseq, e.kind, e.name in pinned) for e in found]
         with db.transaction():
             db.replace_all(entries)
 
@@ -291,11 +318,13 @@ class LocalCache:
                 name = object_name(h, kind)
                 tmp = f"{self._txn}/{self._tmp_prefix}{next(self._serial)}.tmp"
                 fd = os.open(tmp, _CREATE, 0o600)
-                staged.append((name, tmp, len(plain), kind.value))
+                staged.append((name, tmp, len(plain), kind._value_))
                 try:
-                    view = memoryview(plain)
-                    while view:
-                        view = view[os.write(fd, view) :]
+                    written = os.write(fd, plain)  # all of it, for a regular file
+                    if written < len(plain):
+                        view = memoryview(plain)[written:]
+                        while view:
+                            view = view[os.write(fd, view) :]
                 finally:
                     os.close(fd)
             if not staged:

@@ -18,9 +18,8 @@ import threading
 import time
 from contextlib import suppress
 from pathlib import Path
-from typing import BinaryIO, TypeVar
+from typing import TYPE_CHECKING, BinaryIO, TypeVar
 
-from rcds.client.alien_cache import AlienCache
 from rcds.client.cache import LocalCache, object_name
 from rcds.client.inserter import BackgroundInserter
 from rcds.errors import IntegrityError, StorageError
@@ -30,6 +29,9 @@ from rcds.net.failures import FetchError
 from rcds.net.fetcher import Fetcher
 from rcds.repo.catalog import Catalog
 from rcds.repo.http_source import HttpSource, translate
+
+if TYPE_CHECKING:
+    from rcds.client.alien_cache import AlienCache
 
 log = logging.getLogger("rcds.client")
 
@@ -82,8 +84,15 @@ class CachedSource(HttpSource):
     def read_object(self, h: ContentHash, kind: ObjectKind, size: int, compressed: bool = True) -> bytes:
         """An object's whole verified plain content (``size`` bytes), through the caches.
 
-        A cached object is read with three system calls (open, read, close).
+        An object still queued for the cache, or prefetched and not read yet, is served from
+        memory; a cached one is read with three system calls (open, read, close).
         """
+        found = self.inserter.take(h, kind)
+        if found is not None and len(found[0]) == size:
+            self.count("local")
+            if found[1]:  # committed already: a cache hit, for the LRU order
+                self._touched(h, kind)
+            return found[0]
         fd = -1
         if size < READ_WHOLE_MAX:
             with suppress(FileNotFoundError):
@@ -102,9 +111,13 @@ class CachedSource(HttpSource):
 
     def is_cached(self, h: ContentHash, kind: ObjectKind) -> bool:
         """True if the object is in the local cache or queued for it (no LRU update, no size check)."""
-        return os.path.exists(os.path.join(self._dir, object_name(h, kind))) or (
-            self.inserter.get(h, kind) is not None
-        )
+        if self.inserter.get(h, kind) is not None:
+            return True
+        try:
+            os.stat(f"{self._dir}/{object_name(h, kind)}")
+        except OSError:
+            return False
+        return True
 
     # -- Source API -----------------------------------------------------------------------------
 

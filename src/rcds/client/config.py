@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rcds.client.config_files import Assignment, Source, read_config_file
+from rcds.client.support import check_fqrn as check_fqrn  # re-exported: it used to live here
 from rcds.errors import ConfigError
 
 DEFAULT_ETC = Path("/etc/cvmfs")
@@ -49,17 +50,9 @@ BUILTIN_DEFAULTS: Mapping[str, str] = {
     "CVMFS_HOST_RESET_AFTER": "1800",
 }
 
-_FQRN = re.compile(r"[A-Za-z0-9]([A-Za-z0-9_-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9_-]*[A-Za-z0-9])?)*")
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _YES = {"yes", "on", "true", "1"}
 _NO = {"no", "off", "false", "0"}
-
-
-def check_fqrn(fqrn: str) -> str:
-    """Return ``fqrn`` if it is a well-formed repository name (it becomes part of file paths)."""
-    if not _FQRN.fullmatch(fqrn) or len(fqrn) > 253:
-        raise ConfigError(f"{fqrn!r} is not a repository name; expected labels like 'sw.example.org'")
-    return fqrn
 
 
 def config_file_candidates(fqrn: str | None, etc_dir: Path = DEFAULT_ETC) -> list[Path]:

@@ -27,23 +27,20 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import BinaryIO, Literal, overload
+from typing import TYPE_CHECKING, BinaryIO, Literal, overload
 
-from cryptography.hazmat.primitives.asymmetric import rsa
-
-from rcds.client.alien_cache import AlienCache
-from rcds.client.bulk import prefetch_files
 from rcds.client.cache import LocalCache
 from rcds.client.cached_source import CachedSource
-from rcds.client.config import ClientConfig, check_fqrn, load_client_config
 from rcds.client.files import Piece, RepoFile, pieces_of
 from rcds.client.mounted import Located, Mounted
+from rcds.client.prefetch import prefetch
 from rcds.client.stat import device_of, make_stat
 from rcds.client.support import (
     DEFAULT_QUOTA,
     DirEntry,
     KeySpec,
     RepoInfo,
+    check_fqrn,
     default_cache_dir,
     load_master_keys,
 )
@@ -51,11 +48,16 @@ from rcds.client.trust import MANIFEST, MANIFEST_MAX_SIZE, Breadcrumb, Breadcrum
 from rcds.errors import ConfigError, IntegrityError, NetworkError, NotFoundError, RcdsError, StorageError
 from rcds.format.dirent import Dirent
 from rcds.format.hashes import ContentHash, ObjectKind
+from rcds.format.signed import VerifyKey
 from rcds.net.fetcher import Fetcher
 from rcds.net.proxies import ProxyConfig
 from rcds.net.settings import NetSettings
 from rcds.repo.catalog import Catalog
 from rcds.repo.view import RepositoryView, Trust
+
+if TYPE_CHECKING:
+    from rcds.client.alien_cache import AlienCache
+    from rcds.client.config import ClientConfig
 
 log = logging.getLogger("rcds.client")
 
@@ -78,7 +80,7 @@ class Repository:
         fqrn: str,
         fetcher: Fetcher,
         cache: LocalCache,
-        master_keys: Sequence[rsa.RSAPublicKey],
+        master_keys: Sequence[VerifyKey],
         *,
         alien: AlienCache | None = None,
         max_ttl: float | None = None,
@@ -158,6 +160,8 @@ class Repository:
         tunables. The cache directory is ``cache_dir``, else ``RCDS_CACHE_DIR``, else
         :func:`default_cache_dir` (never the stock client's cache).
         """
+        from rcds.client.config import load_client_config
+
         if config is None:
             config = (
                 load_client_config(fqrn) if etc_dir is None else load_client_config(fqrn, etc_dir=etc_dir)
@@ -198,7 +202,11 @@ class Repository:
         keys = load_master_keys(master_keys)
         cache = LocalCache(Path(cache_dir) if cache_dir else default_cache_dir(), quota_bytes)
         try:
-            alien = AlienCache(alien_cache) if alien_cache else None
+            alien = None
+            if alien_cache:
+                from rcds.client.alien_cache import AlienCache
+
+                alien = AlienCache(alien_cache)
             return cls(fqrn, fetcher, cache, keys, alien=alien, **kw)  # type: ignore[arg-type]
         except BaseException:
             cache.close()
@@ -445,9 +453,10 @@ class Repository:
         requests instead of a round trip per file. Symlinks are followed; objects already
         cached are skipped. Returns how many objects were downloaded (or taken from the alien
         cache). With a quota smaller than the files, early ones may be evicted again.
+        Downloading and inflating run on two threads (:mod:`rcds.client.prefetch`).
         """
         with self.using() as m:
-            return prefetch_files(self.source, (m.resolve(p, follow=True) for p in paths))
+            return prefetch(self.source, (m.resolve(p, follow=True) for p in paths))
 
     def _open_object(self, h: ContentHash, kind: ObjectKind, size: int, compressed: bool) -> BinaryIO:
         return self.source.open_object(h, kind, size=size, compressed=compressed)

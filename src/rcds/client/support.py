@@ -3,21 +3,30 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric import rsa
-
 from rcds.client.stat import make_stat
 from rcds.errors import ConfigError
-from rcds.format import keys as keys_fmt
+from rcds.format import signed
 from rcds.format.dirent import Dirent
 from rcds.net.state import EndpointStatus
 
 DEFAULT_QUOTA = 4000 << 20
 
-KeySpec = Path | str | bytes | rsa.RSAPublicKey
+_FQRN = re.compile(r"[A-Za-z0-9]([A-Za-z0-9_-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9_-]*[A-Za-z0-9])?)*")
+
+KeySpec = Path | str | bytes | signed.VerifyKey
+"""A master key: a ``.pub`` file, its PEM text, or a key object (e.g. ``cryptography``'s)."""
+
+
+def check_fqrn(fqrn: str) -> str:
+    """Return ``fqrn`` if it is a well-formed repository name (it becomes part of file paths)."""
+    if not _FQRN.fullmatch(fqrn) or len(fqrn) > 253:
+        raise ConfigError(f"{fqrn!r} is not a repository name; expected labels like 'sw.example.org'")
+    return fqrn
 
 
 def default_cache_dir() -> Path:
@@ -26,19 +35,19 @@ def default_cache_dir() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "rcds"
 
 
-def load_master_keys(specs: Sequence[KeySpec]) -> list[rsa.RSAPublicKey]:
-    """Master public keys from files (paths), PEM bytes or key objects."""
-    out: list[rsa.RSAPublicKey] = []
+def load_master_keys(specs: Sequence[KeySpec]) -> list[signed.VerifyKey]:
+    """Master public keys from files (paths), PEM bytes or key objects (kept as they are)."""
+    out: list[signed.VerifyKey] = []
     for spec in specs:
-        if isinstance(spec, rsa.RSAPublicKey):
-            out.append(spec)
-        elif isinstance(spec, bytes):
-            out.append(keys_fmt.load_public_key(spec, "master public key"))
-        else:
+        if isinstance(spec, bytes):
+            out.append(signed.load_verify_key(spec, "master public key"))
+        elif isinstance(spec, str | os.PathLike):
             path = Path(spec)
             if not path.is_file():
                 raise ConfigError(f"master public key {path} does not exist; give the repository's .pub file")
-            out.append(keys_fmt.load_public_key_file(path))
+            out.append(signed.load_verify_key_file(path))
+        else:
+            out.append(spec)
     if not out:
         raise ConfigError("no master public key given; the repository's .pub file is needed to trust it")
     return out

@@ -23,11 +23,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric import rsa
-
 from rcds.errors import IntegrityError, NetworkError, StorageError
 from rcds.format.hashes import ContentHash
 from rcds.format.manifest import Manifest
+from rcds.format.signed import VerifyKey
 from rcds.net.failures import FetchError
 from rcds.repo.source import Source
 from rcds.repo.view import Trust, establish_trust
@@ -137,7 +136,7 @@ def fetch_trusted(
     source: Source,
     fetch_manifest: FetchManifest,
     fqrn: str,
-    master_keys: Sequence[rsa.RSAPublicKey],
+    master_keys: Sequence[VerifyKey],
     *,
     seen: Breadcrumb | None = None,
     now: dt.datetime | None = None,

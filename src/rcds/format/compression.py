@@ -8,6 +8,7 @@ checks and errors, about twice as fast.
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -79,9 +80,35 @@ def verify_object(
 
     ``size``, when given, is the exact uncompressed length the content must have.
     """
+    check_hash(data, expected, what)
+    return inflate_checked(data, compressed=compressed, size=size, what=what)
+
+
+def check_hash(data: bytes | bytearray | memoryview, expected: ContentHash, what: str = "object") -> None:
+    """Raise IntegrityError unless the stored bytes hash to ``expected`` (the first half of
+    :func:`verify_object`: it proves the bytes authentic, so no other copy can be better)."""
+    if hash_matches(data, expected):
+        return
     found = ContentHash.of(data, expected.algorithm)
-    if found != expected:
-        raise IntegrityError(f"{what}: hash mismatch, expected {expected.hex}, found {found.hex}", what)
+    raise IntegrityError(f"{what}: hash mismatch, expected {expected.hex}, found {found.hex}", what)
+
+
+def hash_matches(data: bytes | bytearray | memoryview, expected: ContentHash) -> bool:
+    """True if the stored bytes hash to ``expected``."""
+    if expected.algorithm is Algorithm.SHA1:
+        return hashlib.sha1(data).digest() == expected.digest
+    return ContentHash.of(data, expected.algorithm) == expected
+
+
+def inflate_checked(
+    data: bytes | bytearray | memoryview,
+    *,
+    compressed: bool = True,
+    size: int | None = None,
+    what: str = "object",
+) -> bytes:
+    """The plain content of stored bytes whose hash was checked (the second half of
+    :func:`verify_object`): inflated if ``compressed``, and exactly ``size`` bytes when given."""
     content = decompress(data, size, what) if compressed else bytes(data)
     if size is not None and len(content) != size:
         raise IntegrityError(f"{what}: size mismatch, expected {size} bytes, found {len(content)}", what)

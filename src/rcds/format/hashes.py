@@ -30,6 +30,8 @@ class Algorithm(Enum):
     RMD160 = "rmd160"
     SHAKE128 = "shake128"
 
+    __hash__ = object.__hash__  # members are singletons compared by identity: hash them by it (C speed)
+
     @property
     def identifier(self) -> str:
         """The text appended to the hex digest in hash strings and object names."""
@@ -105,6 +107,8 @@ class ObjectKind(Enum):
     CERTIFICATE = "X"
     METAINFO = "M"
 
+    __hash__ = object.__hash__  # as for Algorithm: kinds are dictionary keys on every object's path
+
 
 @dataclass(frozen=True, slots=True)
 class ContentHash:
@@ -143,7 +147,9 @@ class ContentHash:
     def object_name(self, kind: ObjectKind = ObjectKind.FILE) -> str:
         """The object's path relative to the repository root: ``data/ab/cdef...<id><suffix>``."""
         h = self.digest.hex()
-        return f"data/{h[:2]}/{h[2:]}{self.algorithm.identifier}{kind.value}"
+        algo = self.algorithm
+        ident = "" if algo is Algorithm.SHA1 else _IDENTIFIER[algo]
+        return f"data/{h[:2]}/{h[2:]}{ident}{kind._value_}"  # _value_: no enum property call per object
 
     def is_null(self) -> bool:
         """True for the all-zero digest stock writes as 'no previous revision'."""

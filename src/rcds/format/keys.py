@@ -4,32 +4,77 @@
   over the ASCII hash string of the manifest body.
 * Whitelists are signed with the master key: raw PKCS#1 v1.5 type-1 padding over the ASCII
   hash string, with no DigestInfo (``openssl pkeyutl -sign``).
+
+Making keys, certificates and signatures uses ``cryptography`` (imported when first needed).
+Checking signatures does not: that lives in :mod:`rcds.format.signed` (re-exported here), so
+that a client process never imports ``cryptography``.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
-
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from cryptography.x509.oid import NameOID
+from typing import TYPE_CHECKING
 
 from rcds.errors import IntegrityError
-from rcds.format.hashes import Algorithm, ContentHash
+from rcds.format.hashes import Algorithm
+from rcds.format.signed import (
+    PublicNumbers,
+    RepoCertificate,
+    RsaPublicKey,
+    VerifyKey,
+    der_fingerprint,
+    load_repository_certificate,
+    load_verify_key,
+    load_verify_key_file,
+    type1_block,
+    verify_manifest_hash,
+    verify_raw,
+)
+
+if TYPE_CHECKING:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+__all__ = [
+    "KEY_BITS",
+    "PublicNumbers",
+    "RepoCertificate",
+    "RsaPublicKey",
+    "VerifyKey",
+    "certificate_pem",
+    "certificate_subject",
+    "fingerprint",
+    "generate_key",
+    "load_certificate",
+    "load_private_key",
+    "load_public_key",
+    "load_public_key_file",
+    "load_repository_certificate",
+    "load_verify_key",
+    "load_verify_key_file",
+    "make_certificate",
+    "private_key_pem",
+    "public_key_pem",
+    "sign_manifest_hash",
+    "sign_raw",
+    "verify_manifest_hash",
+    "verify_raw",
+]
 
 KEY_BITS = 2048
 
 
 def generate_key() -> rsa.RSAPrivateKey:
     """A new 2048-bit RSA key."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
     return rsa.generate_private_key(public_exponent=65537, key_size=KEY_BITS)
 
 
 def private_key_pem(key: rsa.RSAPrivateKey) -> bytes:
     """PEM (traditional OpenSSL) encoding of a private key, as ``openssl genrsa`` writes it."""
+    from cryptography.hazmat.primitives import serialization
+
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.TraditionalOpenSSL,
@@ -39,11 +84,16 @@ def private_key_pem(key: rsa.RSAPrivateKey) -> bytes:
 
 def public_key_pem(key: rsa.RSAPublicKey) -> bytes:
     """SubjectPublicKeyInfo PEM (``-----BEGIN PUBLIC KEY-----``), the client's key file format."""
+    from cryptography.hazmat.primitives import serialization
+
     return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 def load_private_key(pem: bytes, what: str = "private key") -> rsa.RSAPrivateKey:
     """Parse an RSA private key from PEM."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
     try:
         key = serialization.load_pem_private_key(pem, password=None)
     except (ValueError, TypeError) as exc:
@@ -54,7 +104,11 @@ def load_private_key(pem: bytes, what: str = "private key") -> rsa.RSAPrivateKey
 
 
 def load_public_key(pem: bytes, what: str = "public key") -> rsa.RSAPublicKey:
-    """Parse an RSA public key from SubjectPublicKeyInfo PEM."""
+    """Parse an RSA public key from PEM as a ``cryptography`` key (for checks only, see
+    :func:`load_verify_key`)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
     try:
         key = serialization.load_pem_public_key(pem)
     except (ValueError, TypeError) as exc:
@@ -80,6 +134,12 @@ def certificate_subject(fqrn: str) -> str:
 
 def make_certificate(fqrn: str, key: rsa.RSAPrivateKey, days: int = 365) -> x509.Certificate:
     """A self-signed repository certificate (clients do not check its dates)."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, certificate_subject(fqrn))])
     now = dt.datetime.now(dt.UTC)
     return (
@@ -96,36 +156,37 @@ def make_certificate(fqrn: str, key: rsa.RSAPrivateKey, days: int = 365) -> x509
 
 def certificate_pem(cert: x509.Certificate) -> bytes:
     """PEM text of a certificate (the plain content of the ``X`` object)."""
+    from cryptography.hazmat.primitives import serialization
+
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
 def load_certificate(pem: bytes, what: str = "certificate") -> x509.Certificate:
-    """Parse the first certificate of a PEM text."""
+    """Parse the first certificate of a PEM text as a ``cryptography`` certificate (the trust
+    chain uses :func:`load_repository_certificate`)."""
+    from cryptography import x509
+
     try:
         return x509.load_pem_x509_certificate(pem)
     except ValueError as exc:
         raise IntegrityError(f"{what} is not a readable PEM certificate ({exc})", what) from None
 
 
-def fingerprint(cert: x509.Certificate, algorithm: Algorithm = Algorithm.SHA1) -> str:
+def fingerprint(cert: x509.Certificate | RepoCertificate, algorithm: Algorithm = Algorithm.SHA1) -> str:
     """Whitelist fingerprint: hash of the DER, ``AB:CD:...`` plus the uppercased algorithm id."""
-    der = cert.public_bytes(serialization.Encoding.DER)
-    digest = ContentHash.of(der, algorithm).digest
-    return ":".join(f"{b:02X}" for b in digest) + algorithm.identifier.upper()
+    if isinstance(cert, RepoCertificate):
+        return der_fingerprint(cert.der, algorithm)
+    from cryptography.hazmat.primitives import serialization
+
+    return der_fingerprint(cert.public_bytes(serialization.Encoding.DER), algorithm)
 
 
 def sign_manifest_hash(key: rsa.RSAPrivateKey, hash_string: str) -> bytes:
     """Manifest signature: PKCS#1 v1.5 with SHA-1 DigestInfo over the ASCII hash string."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+
     return key.sign(hash_string.encode("ascii"), padding.PKCS1v15(), hashes.SHA1())
-
-
-def verify_manifest_hash(key: rsa.RSAPublicKey, hash_string: str, signature: bytes) -> bool:
-    """Check a manifest signature made by :func:`sign_manifest_hash`."""
-    try:
-        key.verify(signature, hash_string.encode("ascii"), padding.PKCS1v15(), hashes.SHA1())
-    except InvalidSignature:
-        return False
-    return True
 
 
 def sign_raw(key: rsa.RSAPrivateKey, message: bytes) -> bytes:
@@ -133,16 +194,7 @@ def sign_raw(key: rsa.RSAPrivateKey, message: bytes) -> bytes:
     numbers = key.private_numbers()
     n = numbers.public_numbers.n
     k = (n.bit_length() + 7) // 8
-    if len(message) > k - 11:
+    em = type1_block(message, k)
+    if em is None:
         raise ValueError("message too long for a raw RSA signature")
-    em = b"\x00\x01" + b"\xff" * (k - 3 - len(message)) + b"\x00" + message
     return pow(int.from_bytes(em, "big"), numbers.d, n).to_bytes(k, "big")
-
-
-def verify_raw(key: rsa.RSAPublicKey, message: bytes, signature: bytes) -> bool:
-    """Check a raw PKCS#1 v1.5 type-1 signature by recovering the signed bytes."""
-    try:
-        recovered = key.recover_data_from_signature(signature, padding.PKCS1v15(), None)
-    except (InvalidSignature, ValueError):
-        return False
-    return recovered == message

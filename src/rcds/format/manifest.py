@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-
-from cryptography.hazmat.primitives.asymmetric import rsa
+from typing import TYPE_CHECKING
 
 from rcds.errors import IntegrityError
-from rcds.format import keys, signed
+from rcds.format import signed
 from rcds.format.hashes import ContentHash
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import rsa
 
 ROOT_PATH_MD5 = "d41d8cd98f00b204e9800998ecf8427e"
 DEFAULT_TTL = 240
@@ -58,9 +60,9 @@ class Manifest:
 
     def sign(self, key: rsa.RSAPrivateKey) -> bytes:
         """The complete signed ``.cvmfspublished`` bytes."""
-        return signed.join(
-            self.body(), self.root_catalog.algorithm, lambda h: keys.sign_manifest_hash(key, h)
-        )
+        from rcds.format.keys import sign_manifest_hash
+
+        return signed.join(self.body(), self.root_catalog.algorithm, lambda h: sign_manifest_hash(key, h))
 
     def evolve(self, **changes: object) -> Manifest:
         """A copy with some fields changed."""
@@ -75,10 +77,11 @@ class SignedManifest:
     envelope: signed.SignedText
     raw: bytes
 
-    def verify_signature(self, certificate_key: rsa.RSAPublicKey, what: str = ".cvmfspublished") -> None:
+    def verify_signature(self, certificate_key: signed.VerifyKey, what: str = ".cvmfspublished") -> None:
         """Check the body hash and the RSA signature with the repository certificate's key."""
         self.envelope.check_hash(what)
-        if not keys.verify_manifest_hash(certificate_key, self.envelope.hash_string, self.envelope.signature):
+        env = self.envelope
+        if not signed.verify_manifest_hash(certificate_key, env.hash_string, env.signature):
             raise IntegrityError(f"{what}: the signature does not match the repository certificate", what)
 
 

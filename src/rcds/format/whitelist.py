@@ -5,14 +5,38 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-from cryptography.hazmat.primitives.asymmetric import rsa
+from typing import TYPE_CHECKING
 
 from rcds.errors import IntegrityError
-from rcds.format import keys, signed
+from rcds.format import signed
 from rcds.format.hashes import Algorithm, ContentHash
 
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
 _TIME = "%Y%m%d%H%M%S"
+
+
+def _parse_time(text: str) -> dt.datetime:
+    """A ``YYYYMMDDHHMMSS`` time (UTC) as ``strptime(text, _TIME)`` reads it.
+
+    Fourteen digits are read field by field (the first ``strptime`` of a process imports its
+    locale machinery, ~6 ms); anything else, or an impossible date, goes to ``strptime`` itself.
+    """
+    if len(text) == 14 and text.isascii() and text.isdigit():
+        try:
+            return dt.datetime(
+                int(text[:4]),
+                int(text[4:6]),
+                int(text[6:8]),
+                int(text[8:10]),
+                int(text[10:12]),
+                int(text[12:]),
+                tzinfo=dt.UTC,
+            )
+        except ValueError:
+            pass
+    return dt.datetime.strptime(text, _TIME).replace(tzinfo=dt.UTC)
 
 
 def _utc(t: dt.datetime) -> dt.datetime:
@@ -40,7 +64,9 @@ class Whitelist:
 
     def sign(self, master_key: rsa.RSAPrivateKey, algorithm: Algorithm = Algorithm.SHA1) -> bytes:
         """The complete signed ``.cvmfswhitelist`` bytes (raw PKCS#1 by the master key)."""
-        return signed.join(self.body(), algorithm, lambda h: keys.sign_raw(master_key, h.encode("ascii")))
+        from rcds.format.keys import sign_raw
+
+        return signed.join(self.body(), algorithm, lambda h: sign_raw(master_key, h.encode("ascii")))
 
     def is_expired(self, now: dt.datetime | None = None) -> bool:
         """Stock semantics: expired unless now's (year, month, day, hour) is strictly before E's."""
@@ -72,7 +98,7 @@ class SignedWhitelist:
 
     def verify(
         self,
-        master_keys: Sequence[rsa.RSAPublicKey],
+        master_keys: Sequence[signed.VerifyKey],
         fqrn: str,
         now: dt.datetime | None = None,
         what: str = ".cvmfswhitelist",
@@ -80,7 +106,7 @@ class SignedWhitelist:
         """Signature by one of the master keys, matching name, not expired."""
         self.envelope.check_hash(what)
         message = self.envelope.hash_string.encode("ascii")
-        if not any(keys.verify_raw(k, message, self.envelope.signature) for k in master_keys):
+        if not any(signed.verify_raw(k, message, self.envelope.signature) for k in master_keys):
             raise IntegrityError(
                 f"{what}: the signature matches none of the master public keys given; "
                 "check that you use the repository's .pub key",
@@ -108,8 +134,8 @@ def parse(data: bytes, what: str = ".cvmfswhitelist") -> SignedWhitelist:
     if len(lines) < 3 or len(lines[0]) != 14 or len(lines[1]) != 15 or not lines[1].startswith("E"):
         raise IntegrityError(f"{what}: malformed header (creation, E<expiry>, N<name> lines)", what)
     try:
-        created = dt.datetime.strptime(lines[0], _TIME).replace(tzinfo=dt.UTC)
-        expires = dt.datetime.strptime(lines[1][1:], _TIME).replace(tzinfo=dt.UTC)
+        created = _parse_time(lines[0])
+        expires = _parse_time(lines[1][1:])
     except ValueError:
         raise IntegrityError(f"{what}: unreadable creation or expiry time", what) from None
     if not lines[2].startswith("N"):

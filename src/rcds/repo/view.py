@@ -9,21 +9,21 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import rsa
+from typing import TYPE_CHECKING
 
 from rcds.errors import IntegrityError, NotFoundError
-from rcds.format import keys, manifest, whitelist
+from rcds.format import manifest, signed, whitelist
 from rcds.format.dirent import Dirent
 from rcds.format.hashes import ContentHash, ObjectKind
 from rcds.repo.catalog import Catalog
 from rcds.repo.source import Source
+
+if TYPE_CHECKING:
+    import tempfile
 
 
 def normalise_path(path: str) -> str:
@@ -36,17 +36,17 @@ def normalise_path(path: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Trust:
-    """The verified root of a revision."""
+    """The verified root of a revision (``certificate.to_x509()`` gives the full certificate)."""
 
     manifest: manifest.Manifest
-    certificate: x509.Certificate
+    certificate: signed.RepoCertificate
     whitelist: whitelist.Whitelist
 
 
 def establish_trust(
     source: Source,
     fqrn: str,
-    master_keys: Sequence[rsa.RSAPublicKey],
+    master_keys: Sequence[signed.VerifyKey],
     *,
     now: dt.datetime | None = None,
     manifest_bytes: bytes | None = None,
@@ -60,14 +60,11 @@ def establish_trust(
             f".cvmfspublished is for repository {m.repository_name!r}, not {fqrn!r}", ".cvmfspublished"
         )
     cert_pem = source.object(m.certificate, ObjectKind.CERTIFICATE)
-    cert = keys.load_certificate(cert_pem, m.certificate.object_name(ObjectKind.CERTIFICATE))
-    cert_key = cert.public_key()
-    if not isinstance(cert_key, rsa.RSAPublicKey):
-        raise IntegrityError("the repository certificate does not hold an RSA key", "certificate")
-    signed_manifest.verify_signature(cert_key)
+    cert = signed.load_repository_certificate(cert_pem, m.certificate.object_name(ObjectKind.CERTIFICATE))
+    signed_manifest.verify_signature(cert.key)
     signed_whitelist = whitelist.parse(source.root_file(".cvmfswhitelist"))
     signed_whitelist.verify(master_keys, fqrn, now)
-    fp = keys.fingerprint(cert, m.root_catalog.algorithm)
+    fp = cert.fingerprint(m.root_catalog.algorithm)
     if not signed_whitelist.whitelist.lists(fp):
         raise IntegrityError(
             f"the repository certificate {fp} is not listed in .cvmfswhitelist; "
@@ -99,8 +96,13 @@ class RepositoryView:
         self.source = source
         self.trust = trust
         self._open_catalog = open_catalog
-        self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="rcds-view-")
-        self.workdir = Path(workdir) if workdir else Path(self._tmp.name)  # type: ignore[union-attr]
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if workdir is None:
+            import tempfile
+
+            self._tmp = tempfile.TemporaryDirectory(prefix="rcds-view-")
+            workdir = Path(self._tmp.name)
+        self.workdir = Path(workdir)
         self._catalogs: dict[tuple[ContentHash, str], Catalog] = {}
         self._lock = threading.Lock()
 
@@ -217,7 +219,7 @@ class RepositoryView:
 def open_view(
     source: Source,
     fqrn: str,
-    master_keys: Sequence[rsa.RSAPublicKey],
+    master_keys: Sequence[signed.VerifyKey],
     *,
     now: dt.datetime | None = None,
     workdir: Path | None = None,
