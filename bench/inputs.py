@@ -308,5 +308,3 @@ def gzip_file(src: Path, dst: Path, level: int = 6) -> None:
     """``gzip -<level>`` of a file, streaming."""
     with open(src, "rb") as fin, gzip.GzipFile(dst, "wb", compresslevel=level, mtime=0) as fout:
         shutil.copyfileobj(fin, fout, MiB)
-
-
