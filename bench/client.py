@@ -229,7 +229,7 @@ class Bench:
         self.subset_local = self.work / "subset-local.json"
         self.subset_local.write_text(json.dumps([p[len(TREE) + 1 :] for p in subset]))
 
-    def rcds_get(self, extra: list[str] | None = None) -> float:
+    def rcds_get(self, extra: list[str] | None = None, env: dict[str, str] | None = None) -> float:
         dest, cache = self.fresh("get"), self.fresh("cache")
         cmd = [
             sys.executable,
@@ -243,7 +243,7 @@ class Bench:
             self.key,
         ]
         cmd += ["--cache", str(cache), *(extra or []), f"{REPO}:{TREE}", str(dest)]
-        seconds = timed(cmd, stdout=subprocess.DEVNULL)
+        seconds = timed(cmd, stdout=subprocess.DEVNULL, env={**os.environ, **(env or {})})
         self.discard(dest)
         self.discard(cache)
         return seconds
@@ -342,14 +342,16 @@ def main() -> None:
             return [label, cell(a), cell(base), f"{med(a) / med(base):.2f}", target]
 
         get = repeat(r, b.rcds_get)
-        get_nc = repeat(r, lambda: b.rcds_get(["--no-cache"]))
+        get_fill = repeat(r, lambda: b.rcds_get(["--fill-cache"]))
+        get_one = repeat(r, lambda: b.rcds_get(env={"RCDS_GET_PROCESSES": "0"}))
         tgz = repeat(r, lambda: b.tarball(True))
         tar = repeat(r, lambda: b.tarball(False))
-        print(f"(1) get {get} get --no-cache {get_nc} tar.gz {tgz} tar {tar}", flush=True)
+        print(f"(1) get {get} fill {get_fill} one process {get_one} tar.gz {tgz} tar {tar}", flush=True)
         ratios["get"] = med(get) / med(tgz)
         rows += [
             row("(1) rcds get, whole tree, cold cache", get, tgz, "<= 1.2"),
-            row("    rcds get --no-cache", get_nc, tgz),
+            row("    rcds get --fill-cache", get_fill, tgz),
+            row("    rcds get in one process (RCDS_GET_PROCESSES=0)", get_one, tgz),
             row("    rcds get vs plain .tar instead of .tar.gz", get, tar),
         ]
 
