@@ -24,7 +24,20 @@ _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-__all__ = ["WorkerProcess"]
+__all__ = ["WorkerProcess", "configured_count"]
+
+
+def configured_count(variable: str, cap: int | None = None) -> int:
+    """Workers to use: the integer in environment ``variable`` (unparsable: 0, i.e. none), else the
+    CPU count (at most ``cap``)."""
+    raw = os.environ.get(variable, "").strip()
+    if raw:
+        try:
+            return max(0, int(raw))
+        except ValueError:
+            return 0
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return cpus if cap is None else min(cpus, cap)
 
 
 class WorkerProcess:

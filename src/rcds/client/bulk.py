@@ -1,4 +1,4 @@
-"""Fetching many objects at once: the batch path of ``rcds get`` and :meth:`Repository.prefetch`.
+"""Fetching many objects at once: the batch path of ``rcds get`` (in-process and in its workers).
 
 Reading objects one by one costs one HTTP round trip each. :func:`fetch_objects` takes a list of
 objects (usually the ones missing from the local cache), serves what the alien cache has, and
@@ -13,20 +13,15 @@ alien cache).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from rcds.client.cached_source import CachedSource
-from rcds.client.files import pieces_of
 from rcds.errors import StorageError
 from rcds.format.compression import verify_object
 from rcds.format.hashes import ContentHash, ObjectKind
 from rcds.net.failures import FetchError
 from rcds.repo.http_source import translate
-
-if TYPE_CHECKING:
-    from rcds.client.mounted import Located
 
 log = logging.getLogger("rcds.client")
 
@@ -117,17 +112,3 @@ def fetch_objects(
                 yield todo[group[k]], plain
         except FetchError as exc:
             raise translate(exc.path, exc) from exc
-
-
-def prefetch_files(source: CachedSource, files: Iterable[Located]) -> int:
-    """Fetch the objects of regular files that the local cache lacks (see :meth:`Repository.prefetch`).
-
-    Objects of empty files are skipped (nothing to read). Returns how many were fetched.
-    """
-    wanted: dict[tuple[ContentHash, ObjectKind], Wanted] = {}
-    for loc in files:
-        for p in pieces_of(loc.entry, loc.catalog):
-            key = (p.hash, p.kind)
-            if p.size and key not in wanted and not source.is_cached(p.hash, p.kind):
-                wanted[key] = Wanted(p.hash, p.kind, p.size, loc.entry.compressed)
-    return sum(1 for _ in fetch_objects(source, list(wanted.values())))

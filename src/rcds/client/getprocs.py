@@ -17,7 +17,6 @@ they remove their temp files) and reaches the caller as the same error class.
 
 from __future__ import annotations
 
-import os
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import suppress
@@ -26,7 +25,7 @@ from multiprocessing.connection import wait
 from rcds import errors
 from rcds.client.getworker import Job, Setup
 from rcds.errors import RcdsError, StorageError
-from rcds.workerproc import WorkerProcess
+from rcds.workerproc import WorkerProcess, configured_count
 
 __all__ = ["ENV_PROCESSES", "MIN_OBJECTS", "GetProcesses", "configured_processes"]
 
@@ -60,14 +59,7 @@ _ERRORS["FetchError"] = errors.NetworkError
 
 def configured_processes() -> int:
     """Worker processes to use: ``RCDS_GET_PROCESSES``, else the CPU count (at most 4)."""
-    raw = os.environ.get(ENV_PROCESSES, "").strip()
-    if raw:
-        try:
-            return max(0, int(raw))
-        except ValueError:
-            return 0
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return min(cpus, MAX_DEFAULT)
+    return configured_count(ENV_PROCESSES, MAX_DEFAULT)
 
 
 def batches(

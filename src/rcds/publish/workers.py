@@ -26,7 +26,7 @@ from rcds import errors
 from rcds.errors import RcdsError, StorageError
 from rcds.format.hashes import ContentHash
 from rcds.publish.objworker import Batch
-from rcds.workerproc import WorkerProcess
+from rcds.workerproc import WorkerProcess, configured_count
 
 ENV_PROCESSES = "RCDS_INGEST_PROCESSES"
 """Environment variable: number of worker processes (``0`` disables them; default: CPU count)."""
@@ -184,13 +184,7 @@ disabled_reason: str | None = None
 
 def configured_processes() -> int:
     """Worker processes to use: ``RCDS_INGEST_PROCESSES`` or the CPU count (0: none)."""
-    raw = os.environ.get(ENV_PROCESSES, "").strip()
-    if raw:
-        try:
-            return max(0, int(raw))
-        except ValueError:
-            return 0
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return configured_count(ENV_PROCESSES)
 
 
 def pids() -> list[int]:
