@@ -147,6 +147,21 @@ def test_workers_that_cannot_start_are_a_clear_error(
     assert regular_files(dest) == many
 
 
+def test_when_no_process_can_start_the_copy_runs_in_this_process(
+    site: Site,
+    many: dict[str, bytes],
+    tmp_path: Path,
+    started: list[GetProcesses],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def refuse(self: GetProcesses, count: int) -> None:
+        raise BlockingIOError(11, "Resource temporarily unavailable")  # what fork says at the limit
+
+    monkeypatch.setattr(GetProcesses, "__init__", refuse)
+    materialize(site.open(cache_dir=tmp_path / "c"), MANY, tmp_path / "out", processes=2)
+    assert regular_files(tmp_path / "out") == many
+
+
 def test_an_interrupted_copy_stops_its_workers_and_resumes(
     site: Site,
     many: dict[str, bytes],

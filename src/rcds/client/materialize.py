@@ -4,7 +4,8 @@ The subtree is walked on one revision (kept mounted for the whole copy) and plan
 file with the object(s) it needs. Files already complete from an earlier run are skipped; files
 whose object is in the local cache are copied from it; the other single-object files are
 downloaded in pipelined batches (:func:`rcds.client.bulk.fetch_objects`: one verified object
-per distinct hash, written to every file that has it as it arrives). Chunked and very large
+per distinct hash, written to every file that has it as it arrives); with many objects this
+runs in worker processes (:mod:`rcds.client.getprocs`), else in two threads. Chunked and very large
 files are fetched piece by piece by worker threads (``workers``). Every file is written to a
 temp file next to its destination and renamed into place once complete, with its mode and
 modification time set, so an interrupted copy never leaves a partial file under a real name.
@@ -24,6 +25,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import functools
 import gc
+import logging
 import os
 import threading
 import time
@@ -55,6 +57,8 @@ from rcds.client.repository import Repository
 from rcds.errors import InputError, IntegrityError, StorageError
 from rcds.format.dirent import Dirent
 from rcds.format.hashes import ContentHash, ObjectKind
+
+log = logging.getLogger("rcds.client")
 
 __all__ = ["STATE_FILE", "GetReport", "Progress", "content_key", "materialize"]
 
@@ -187,9 +191,17 @@ class _Plan:
             else:
                 self.files.append(f)
                 if len(self.files) == MIN_OBJECTS and self.processes:
-                    self.procs = GetProcesses(self.processes)  # they start while the walk goes on
+                    self._start_processes()
         else:
             self.special += 1
+
+    def _start_processes(self) -> None:
+        """Start the worker processes (they start up while the walk goes on); threads if they cannot."""
+        try:
+            self.procs = GetProcesses(self.processes)
+        except OSError as exc:  # e.g. no more processes allowed
+            log.warning("cannot start download worker processes (%s); downloading in this process", exc)
+            self.processes = 0
 
     def close_processes(self) -> None:
         """Stop the worker processes (if any were started and are still running)."""
