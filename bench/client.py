@@ -1,15 +1,16 @@
 """Client read performance, side by side with the tarball route jobs use today, in one run.
 
-Run: ``python bench/client.py [--quick] [--repeat N] [--keep DIR]``.
+Run: ``python bench/client.py [--quick] [--repeat N] [--keep DIR] [--scenarios 1,2,3]``.
 
 The input is the venv-like tree of ``bench/ingest.py`` (~20k files / ~300 MB at full scale),
 published into a fresh repository (default settings: SHA-1, zlib -6, 4/8/16 MiB chunks) and served
 by the engine's HTTP server on loopback, which also serves ``venv.tar.gz`` (gzip -6) and
 ``venv.tar`` of the same tree from the same directory. Every figure is wall-clock time of a fresh
-process, the median of ``--repeat`` runs (min in brackets). Child processes import only what
-they measure (no numpy, no generator). The page cache is NOT reliably warm on these machines: the
-kernel's DAMON ``pageout`` scheme evicts pages a few seconds after their last use, so small
-files (objects on the server, cache files, the local copy) are often read from disk.
+process, the median of ``--repeat`` runs (min in brackets); the runs of a scenario take turns
+(rcds, baseline, rcds, baseline, ...). The timed children (``client_child.py``) import only what
+they measure: no numpy, no generator, no harness. The page cache is NOT reliably warm on these
+machines: the kernel's DAMON ``pageout`` scheme evicts pages a few seconds after their last use,
+so small files (objects on the server, cache files, the local copy) are often read from disk.
 
 1. ``rcds get`` of the whole tree into an empty directory with an empty cache, against
    ``curl -s URL | tar -xzf -`` (and ``| tar -xf -`` for the plain tar).
@@ -24,7 +25,6 @@ files (objects on the server, cache files, the local copy) are often read from d
 from __future__ import annotations
 
 import argparse
-import concurrent.futures as cf
 import json
 import os
 import random
@@ -37,83 +37,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from client_child import TREE
 from common import MB, format_table, machine
 
 REPO = "bench.example.org"
-TREE = "/sw/bench/venv"
+CHILD = Path(__file__).resolve().with_name("client_child.py")
 TARGETS = {"get": 1.2, "read10": 0.2, "warm": 2.0}
-
-# -- child processes ------------------------------------------------------------------------------
-
-
-def child_read(args: list[str]) -> None:
-    """``read URL KEY CACHE LIST THREADS``: open the repository, read the listed files; print JSON.
-
-    ``THREADS`` 0 means: prefetch the list first (pipelined), then read sequentially.
-    """
-    from rcds.client.repository import Repository
-
-    url, key, cache, listing, threads = args
-    paths = json.loads(Path(listing).read_text())
-    t0 = time.perf_counter()
-    repo = Repository.open_urls([url], [key], cache_dir=Path(cache), probe=False)
-    nbytes = 0
-    if int(threads) == 0:
-        repo.prefetch(paths)
-
-    def read(path: str) -> int:
-        with repo.open(path) as f:
-            return len(f.read())
-
-    if int(threads) > 1:
-        with cf.ThreadPoolExecutor(int(threads)) as pool:
-            nbytes = sum(pool.map(read, paths))
-    else:
-        nbytes = sum(read(p) for p in paths)
-    seconds = time.perf_counter() - t0
-    repo.close()
-    print(json.dumps({"seconds": seconds, "bytes": nbytes, "files": len(paths)}))
-
-
-def child_walk(args: list[str]) -> None:
-    """``walk URL KEY CACHE``: open the repository, walk it and read every file sequentially."""
-    from rcds.client.repository import Repository
-
-    url, key, cache = args
-    t0 = time.perf_counter()
-    repo = Repository.open_urls([url], [key], cache_dir=Path(cache), probe=False)
-    nbytes = files = 0
-    todo = [TREE]
-    while todo:
-        for e in repo.scandir(todo.pop()):
-            if e.is_dir():
-                todo.append(e.path)
-            elif e.is_file():
-                with repo.open(e.path) as f:
-                    nbytes += len(f.read())
-                files += 1
-    seconds = time.perf_counter() - t0
-    repo.close()
-    print(json.dumps({"seconds": seconds, "bytes": nbytes, "files": files}))
-
-
-def child_local(args: list[str]) -> None:
-    """``local DIR [LIST]``: read every regular file below DIR (or the listed ones) sequentially."""
-    root = Path(args[0])
-    t0 = time.perf_counter()
-    nbytes = files = 0
-    if len(args) > 1:
-        paths = [root / p for p in json.loads(Path(args[1]).read_text())]
-    else:
-        paths = [Path(d, n) for d, _, names in os.walk(root) for n in names]
-    for p in paths:
-        if p.is_symlink() or not p.is_file():
-            continue
-        with open(p, "rb") as f:
-            nbytes += len(f.read())
-        files += 1
-    print(json.dumps({"seconds": time.perf_counter() - t0, "bytes": nbytes, "files": files}))
-
 
 # -- the parent -----------------------------------------------------------------------------------
 
@@ -126,10 +55,10 @@ def timed(cmd: list[str], **kw: object) -> float:
 
 
 def child(mode: str, *args: str) -> dict[str, float]:
-    """Run a child mode of this script; its JSON figures plus the wall time."""
+    """Run a mode of ``client_child.py`` in a fresh process; its JSON figures plus the wall time."""
     t0 = time.perf_counter()
     out = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), "--child", mode, *args],
+        [sys.executable, str(CHILD), mode, *args],
         check=True,
         capture_output=True,
         text=True,
@@ -278,6 +207,7 @@ class Bench:
         subprocess.run(f"curl -sf {self.url}/venv.tar | tar -xf - -C {dest}", shell=True, check=True)
         # Fill the cache by reading everything once.
         child("walk", self.url, self.key, str(cache))
+        os.sync()  # the copy and the cache are written back before either is timed
         rcds = child("walk", self.url, self.key, str(cache))["wall"]
         local = child("local", str(dest))["wall"]
         self.discard(cache)
@@ -301,11 +231,20 @@ def use_bytecode_cache(prefix: Path) -> None:
     sys.pycache_prefix = str(prefix)
     sys.dont_write_bytecode = False
     compileall.compile_dir(os.path.dirname(rcds.__file__), quiet=1)
-    compileall.compile_file(__file__, quiet=1)
+    compileall.compile_file(CHILD, quiet=1)
 
 
-def repeat(n: int, fn: Callable[[], float]) -> list[float]:
-    return [fn() for _ in range(n)]
+def interleaved(n: int, **runs: Callable[[], float]) -> dict[str, list[float]]:
+    """``n`` rounds of every run in turn (A B C, A B C, ...): a drift of the machine (DAMON
+    eviction, other load) falls on all of them alike, not on one block. Before each run the
+    page cache is written back (``sync``, not timed), so that no run pays for the writes of the
+    one before it (a tarball run leaves ~300 MB of dirty pages)."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(n):
+        for name, fn in runs.items():
+            os.sync()
+            times[name].append(fn())
+    return times
 
 
 def cell(values: list[float]) -> str:
@@ -318,11 +257,14 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="runs per figure (median reported)")
     ap.add_argument("--keep", type=Path, metavar="DIR", help="work in DIR and keep it")
     ap.add_argument("--markdown", action="store_true", help="print the table as Markdown")
-    ap.add_argument("--child", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--scenarios",
+        type=lambda text: {int(x) for x in text.split(",")},
+        default={1, 2, 3},
+        metavar="1,2,3",
+        help="which scenarios to run (default: all)",
+    )
     args = ap.parse_args()
-    if args.child:
-        {"read": child_read, "walk": child_walk, "local": child_local}[args.child[0]](args.child[1:])
-        return
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="rcds-bench-client-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -341,40 +283,47 @@ def main() -> None:
         def row(label: str, a: list[float], base: list[float], target: str = "") -> list[object]:
             return [label, cell(a), cell(base), f"{med(a) / med(base):.2f}", target]
 
-        get = repeat(r, b.rcds_get)
-        get_fill = repeat(r, lambda: b.rcds_get(["--fill-cache"]))
-        get_one = repeat(r, lambda: b.rcds_get(env={"RCDS_GET_PROCESSES": "0"}))
-        tgz = repeat(r, lambda: b.tarball(True))
-        tar = repeat(r, lambda: b.tarball(False))
-        print(f"(1) get {get} fill {get_fill} one process {get_one} tar.gz {tgz} tar {tar}", flush=True)
-        ratios["get"] = med(get) / med(tgz)
-        rows += [
-            row("(1) rcds get, whole tree, cold cache", get, tgz, "<= 1.2"),
-            row("    rcds get --fill-cache", get_fill, tgz),
-            row("    rcds get in one process (RCDS_GET_PROCESSES=0)", get_one, tgz),
-            row("    rcds get vs plain .tar instead of .tar.gz", get, tar),
-        ]
-
-        subp = repeat(r, lambda: b.read_subset(0))
-        sub8 = repeat(r, lambda: b.read_subset(8))
-        sub1 = repeat(r, lambda: b.read_subset(1))
-        tsub = repeat(r, lambda: b.tar_then_subset(True))
-        print(f"(2) prefetch {subp} 8 threads {sub8} sequential {sub1} tarball {tsub}", flush=True)
-        ratios["read10"] = med(subp) / med(tsub)
-        rows += [
-            row("(2) read 10% of the files, cold cache, prefetch", subp, tsub, "<= 0.2"),
-            row("    same without prefetch, 8 threads", sub8, tsub),
-            row("    same without prefetch, one thread", sub1, tsub),
-        ]
-
-        warm_rcds, warm_local = [], []
-        for _ in range(r):
-            a, c = b.warm()
-            warm_rcds.append(a)
-            warm_local.append(c)
-        print(f"(3) warm rcds {warm_rcds} local {warm_local}", flush=True)
-        ratios["warm"] = med(warm_rcds) / med(warm_local)
-        rows.append(row("(3) read the whole tree, warm cache", warm_rcds, warm_local, "<= 2"))
+        if 1 in args.scenarios:
+            t = interleaved(
+                r,
+                get=b.rcds_get,
+                tgz=lambda: b.tarball(True),
+                fill=lambda: b.rcds_get(["--fill-cache"]),
+                one=lambda: b.rcds_get(env={"RCDS_GET_PROCESSES": "0"}),
+                tar=lambda: b.tarball(False),
+            )
+            print(f"(1) {t}", flush=True)
+            ratios["get"] = med(t["get"]) / med(t["tgz"])
+            rows += [
+                row("(1) rcds get, whole tree, cold cache", t["get"], t["tgz"], "<= 1.2"),
+                row("    rcds get --fill-cache", t["fill"], t["tgz"]),
+                row("    rcds get in one process (RCDS_GET_PROCESSES=0)", t["one"], t["tgz"]),
+                row("    rcds get vs plain .tar instead of .tar.gz", t["get"], t["tar"]),
+            ]
+        if 2 in args.scenarios:
+            t = interleaved(
+                r,
+                prefetch=lambda: b.read_subset(0),
+                tarball=lambda: b.tar_then_subset(True),
+                threads8=lambda: b.read_subset(8),
+                sequential=lambda: b.read_subset(1),
+            )
+            print(f"(2) {t}", flush=True)
+            ratios["read10"] = med(t["prefetch"]) / med(t["tarball"])
+            rows += [
+                row("(2) read 10% of the files, cold cache, prefetch", t["prefetch"], t["tarball"], "<= 0.2"),
+                row("    same without prefetch, 8 threads", t["threads8"], t["tarball"]),
+                row("    same without prefetch, one thread", t["sequential"], t["tarball"]),
+            ]
+        if 3 in args.scenarios:
+            warm_rcds, warm_local = [], []
+            for _ in range(r):
+                a, c = b.warm()
+                warm_rcds.append(a)
+                warm_local.append(c)
+            print(f"(3) warm rcds {warm_rcds} local {warm_local}", flush=True)
+            ratios["warm"] = med(warm_rcds) / med(warm_local)
+            rows.append(row("(3) read the whole tree, warm cache", warm_rcds, warm_local, "<= 2"))
 
         print()
         print(f"date: {time.strftime('%Y-%m-%d')}; machine: {machine()}")
@@ -384,9 +333,10 @@ def main() -> None:
         headers = ["scenario", "rcds s", "baseline s", "ratio", "target"]
         print(format_table(headers, rows, markdown=args.markdown))
         print()
-        for key, target in TARGETS.items():
-            ok = ratios[key] <= target
-            print(f"{key}: ratio {ratios[key]:.2f} (target <= {target}) {'ok' if ok else 'MISSED'}")
+        for key, ratio in ratios.items():
+            target = TARGETS[key]
+            ok = ratio <= target
+            print(f"{key}: ratio {ratio:.2f} (target <= {target}) {'ok' if ok else 'MISSED'}")
     finally:
         if hasattr(b, "server"):
             b.server.stop()

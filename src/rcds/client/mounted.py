@@ -164,6 +164,26 @@ class Mounted:
             loc = child
         return self._remember(self.inside(loc))
 
+    def known_directory(self, canonical: str) -> Located | None:
+        """The directory at a canonical path if it was found recently (see :meth:`directory`)."""
+        return self._dirs.get(canonical) if canonical else self.directory("")
+
+    def remember_directory(self, loc: Located) -> Located:
+        """Keep a directory found elsewhere (:mod:`rcds.client.resolve_many`), entered if it is
+        a nested catalog mount point; returns it as :meth:`directory` would."""
+        return self._remember(self.inside(loc))
+
+    def known_path(self, path: str) -> Located | None:
+        """What :meth:`resolve` (following symlinks) found for ``path`` recently, or None."""
+        return self._resolved.get((path, True))
+
+    def remember_path(self, path: str, loc: Located) -> Located:
+        """Keep what ``resolve(path)`` is, found elsewhere (:mod:`rcds.client.resolve_many`)."""
+        if len(self._resolved) >= RESOLVED_CACHE_SIZE:
+            self._resolved.clear()
+        self._resolved[(path, True)] = loc
+        return loc
+
     def _remember(self, loc: Located) -> Located:
         if len(self._dirs) >= DIR_CACHE_SIZE:
             self._dirs.clear()

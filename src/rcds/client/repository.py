@@ -34,6 +34,7 @@ from rcds.client.cached_source import CachedSource
 from rcds.client.files import Piece, RepoFile, pieces_of
 from rcds.client.mounted import Located, Mounted
 from rcds.client.prefetch import prefetch
+from rcds.client.resolve_many import resolve_many
 from rcds.client.stat import device_of, make_stat
 from rcds.client.support import (
     DEFAULT_QUOTA,
@@ -450,13 +451,14 @@ class Repository:
         """Bring the objects of the regular files ``paths`` into the local cache, pipelined.
 
         Worth it before reading many files that are likely not cached: one batch of pipelined
-        requests instead of a round trip per file. Symlinks are followed; objects already
-        cached are skipped. Returns how many objects were downloaded (or taken from the alien
-        cache). With a quota smaller than the files, early ones may be evicted again.
-        Downloading and inflating run on two threads (:mod:`rcds.client.prefetch`).
+        requests instead of a round trip per file. The paths are resolved in batches
+        (:mod:`rcds.client.resolve_many`), symlinks followed; objects already cached are
+        skipped. Returns how many objects were downloaded (or taken from the alien cache). With
+        a quota smaller than the files, early ones may be evicted again. Downloading and
+        inflating run on two threads (:mod:`rcds.client.prefetch`).
         """
         with self.using() as m:
-            return prefetch(self.source, (m.resolve(p, follow=True) for p in paths))
+            return prefetch(self.source, resolve_many(m, list(paths)))
 
     def _open_object(self, h: ContentHash, kind: ObjectKind, size: int, compressed: bool) -> BinaryIO:
         return self.source.open_object(h, kind, size=size, compressed=compressed)

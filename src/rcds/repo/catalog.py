@@ -13,7 +13,7 @@ import hashlib
 import sqlite3
 import struct
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from functools import cached_property
 from operator import itemgetter
 from pathlib import Path
@@ -45,6 +45,9 @@ as stock reads them: a NULL number is 0, a NULL text is empty (``mtimens`` stays
 
 Row = tuple[Any, ...]
 """One row of :data:`_SELECT`."""
+
+LOOKUP_BATCH = 400
+"""Paths per query of :meth:`Catalog.lookup_many` (800 parameters: within every SQLite's limit)."""
 
 BULK_MAX_ROWS = 200_000
 """Larger catalogs are not read whole (:meth:`Catalog.tree`); stock advises at most 200,000
@@ -202,6 +205,24 @@ class Catalog:
         a, b = md5_pair(path)
         row = self.db.execute(self._lookup_sql, (a, b)).fetchone()
         return None if row is None else _entry(row, path, self.what)
+
+    def lookup_many(self, paths: Iterable[str]) -> dict[str, Dirent]:
+        """The rows for many paths at once (a query per :data:`LOOKUP_BATCH` paths, each an index
+        search); paths without a row in this catalog are left out."""
+        by_hash = {md5_pair(p): p for p in paths}
+        pairs = list(by_hash)
+        found: dict[str, Dirent] = {}
+        for start in range(0, len(pairs), LOOKUP_BATCH):
+            part = pairs[start : start + LOOKUP_BATCH]
+            values = ",".join(["(?,?)"] * len(part))
+            sql = (
+                f"{self._select()} WHERE (md5path_1, md5path_2) IN "
+                f"(SELECT column1, column2 FROM (VALUES {values}))"
+            )
+            for row in self.db.execute(sql, [x for pair in part for x in pair]):
+                path = by_hash[row[12], row[13]]
+                found[path] = _entry(row, path, self.what)
+        return found
 
     def listdir(self, path: str) -> list[Dirent]:
         """Rows whose parent is ``path`` (hidden rows included), sorted by name."""
