@@ -200,6 +200,31 @@ def test_malformed_or_oversized_heads_are_4xx_and_close(
     assert b"Connection: close\r\n" in stream and stream.count(b"HTTP/1.1") == 1
 
 
+def test_a_client_still_sending_a_huge_head_gets_its_431_not_a_reset(server: RepositoryServer) -> None:
+    """The server stops reading at the limit; closing with the rest unread would reset the
+    connection (and the client would lose the answer): it shuts its side and drains instead."""
+    head = b"GET /x HTTP/1.1\r\n" + b"X: y\r\n" * 400_000  # 2.4 MB, far beyond the socket buffers
+    for _ in range(3):
+        with connect(server.port) as sock:
+            sock.sendall(head)
+            stream = read_until_closed(sock)
+        assert stream.startswith(b"HTTP/1.1 431 ") and stream.count(b"HTTP/1.1") == 1
+
+
+def test_lingering_after_a_refusal_is_bounded(repo: Path) -> None:
+    with make_server({NAME: repo}, idle_timeout=0.5) as srv:
+        srv.start_background()
+        with connect(srv.port) as sock:
+            sock.sendall(b"GET /x HTTP/1.1\r\n" + b"X: y\r\n" * 20_000)
+            assert read_until_closed(sock).startswith(b"HTTP/1.1 431 ")  # our side: EOF at once
+            t0 = time.monotonic()
+            with pytest.raises(OSError):  # the server drops the connection after its linger
+                while time.monotonic() - t0 < 5:
+                    sock.sendall(b"X: y\r\n" * 200)
+                    time.sleep(0.05)
+            assert time.monotonic() - t0 < 3
+
+
 def test_empty_request_line_closes_silently(server: RepositoryServer) -> None:
     with connect(server.port) as sock:
         sock.sendall(b"\r\n" + get(SMALL))

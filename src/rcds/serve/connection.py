@@ -34,6 +34,12 @@ MAX_BATCH = 256 * 1024
 MAX_INPUT = 2 * MAX_HEAD
 """Reading stops while this many bytes of unanswered requests are buffered."""
 
+LINGER = 2.0
+"""Seconds a closing connection keeps reading (and dropping) what the client still sends, until
+the client's EOF. Closing a socket with unread input makes the kernel send a reset, which can
+discard the last answer before the client reads it: a client refused for an oversized head is
+usually still sending it."""
+
 log = logging.getLogger("rcds.serve.http")
 
 
@@ -98,6 +104,8 @@ class Connection(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         """The client sent all it will: answer what is buffered, then close."""
+        if self._closing:  # lingering (see _close): the client is done too
+            return False
         self._eof = True
         if self._sending is None and not self._write_paused:
             self._process()
@@ -134,9 +142,22 @@ class Connection(asyncio.Protocol):
             self.transport.abort()
 
     def _close(self) -> None:
-        """Close after the answers already written have gone out."""
+        """Close after the answers already written have gone out.
+
+        Unless the client has sent its EOF already, the write side is shut first (the client
+        reads the answers, then EOF) and input is read and dropped until the client's EOF, for
+        at most :data:`LINGER` seconds (then the sweep aborts the connection).
+        """
         self._closing = True
-        self._transport().close()
+        transport = self._transport()
+        if self._eof or not transport.can_write_eof():
+            transport.close()
+            return
+        transport.write_eof()
+        self.deadline = time.monotonic() + min(LINGER, self.ctx.idle_timeout)
+        if self._read_paused:
+            self._read_paused = False
+            transport.resume_reading()
 
     def _transport(self) -> asyncio.Transport:
         assert self.transport is not None
