@@ -7,7 +7,6 @@ must fail with a clear error, return nothing and cache nothing.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import socket
 import threading
@@ -204,7 +203,7 @@ def test_truncated_body(site: Site) -> None:
 
 
 def test_stalled_body(site: Site) -> None:
-    quick = dataclasses.replace(site.fast, timeout_direct=Timeouts(1.0, 1.0), max_retries=0)
+    quick = site.fast._replace(timeout_direct=Timeouts(1.0, 1.0), max_retries=0)
     bad = site.fault_server()
     probe = site.open()
     chunk = site.chunk_hashes(probe, BIG)[1]

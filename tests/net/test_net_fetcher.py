@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import random
 import threading
@@ -39,7 +38,7 @@ def make_fetcher(
     return Fetcher(
         [s.base for s in servers],
         ProxyConfig.parse(proxies, fallback),
-        dataclasses.replace(FAST, **overrides),  # type: ignore[arg-type]
+        FAST._replace(**overrides),
         clock=clock,
         sleep=sleep,
         rng=random.Random(0),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import random
 import socket
@@ -231,7 +230,7 @@ def test_stalled_body_times_out(raw_server: MakeRaw) -> None:
             release.wait(10)
 
     srv = raw_server(script)
-    settings = dataclasses.replace(FAST, timeout_direct=Timeouts(2, 0.3))
+    settings = FAST._replace(timeout_direct=Timeouts(2, 0.3))
     t0 = time.monotonic()
     err = failure_of(Transport(settings), f"{srv.base}/a")
     release.set()
@@ -247,7 +246,7 @@ def test_no_response_times_out(raw_server: MakeRaw) -> None:
         release.wait(10)
 
     srv = raw_server(script)
-    settings = dataclasses.replace(FAST, timeout_direct=Timeouts(2, 0.3))
+    settings = FAST._replace(timeout_direct=Timeouts(2, 0.3))
     err = failure_of(Transport(settings), f"{srv.base}/a")
     release.set()
     assert err.failure.transient and "timed out" in err.failure.reason
@@ -266,7 +265,7 @@ def test_low_speed_limit(raw_server: MakeRaw) -> None:
                 conn.send(data[i : i + 8])
 
     srv = raw_server(script)
-    settings = dataclasses.replace(FAST, timeout_direct=Timeouts(2, 0.4), low_speed_limit=1000)
+    settings = FAST._replace(timeout_direct=Timeouts(2, 0.4), low_speed_limit=1000)
     t0 = time.monotonic()
     err = failure_of(Transport(settings), f"{srv.base}/a")
     stop.set()

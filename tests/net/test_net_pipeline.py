@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import random
 import threading
@@ -83,7 +82,7 @@ def fetcher(
     return Fetcher(
         list(bases),
         ProxyConfig.parse(proxies),
-        dataclasses.replace(FAST, **kw),  # type: ignore[arg-type]
+        FAST._replace(**kw),
         clock=clock,
         sleep=sleep,
         rng=random.Random(0),

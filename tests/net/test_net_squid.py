@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import random
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -44,7 +43,7 @@ def make_fetcher(
     return Fetcher(
         [h.base for h in hosts],
         ProxyConfig.parse(proxies, fallback),
-        dataclasses.replace(FAST, **overrides),  # type: ignore[arg-type]
+        FAST._replace(**overrides),
         clock=clock,
         sleep=sleep,
         rng=random.Random(seed),

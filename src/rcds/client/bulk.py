@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from rcds.client.cached_source import CachedSource
 from rcds.errors import StorageError
@@ -33,8 +33,7 @@ BATCH_BYTES = 64 << 20
 """One :meth:`~rcds.net.fetcher.Fetcher.fetch_many` call covers at most this many objects/plain bytes."""
 
 
-@dataclass(frozen=True, slots=True)
-class Wanted:
+class Wanted(NamedTuple):
     """An object to fetch: hash, kind, plain size and whether it is stored compressed."""
 
     hash: ContentHash

@@ -12,8 +12,7 @@ from __future__ import annotations
 import bisect
 import io
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 from rcds.errors import IntegrityError, NotFoundError
 from rcds.format.dirent import FLAG_CHUNKED, FLAG_EXTERNAL, Chunk, Dirent
@@ -27,8 +26,7 @@ ReadObject = Callable[[ContentHash, ObjectKind, int, bool], bytes]
 """Returns an object's whole verified plain content: (hash, kind, plain size, compressed)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Piece:
+class Piece(NamedTuple):
     """One object of a file: where its plain bytes go in the file."""
 
     offset: int
@@ -42,13 +40,9 @@ class Piece:
         return self.offset + self.size
 
 
-_NEW = object.__new__
-# Piece is a frozen slots dataclass; a plan makes one per file, so the common one-object case
-# fills its slots directly (a quarter of the cost of the frozen __init__).
-_SET_OFFSET: Callable[[object, object], None] = vars(Piece)["offset"].__set__
-_SET_SIZE: Callable[[object, object], None] = vars(Piece)["size"].__set__
-_SET_HASH: Callable[[object, object], None] = vars(Piece)["hash"].__set__
-_SET_KIND: Callable[[object, object], None] = vars(Piece)["kind"].__set__
+_NEW = tuple.__new__
+# Piece is a NamedTuple; a plan makes one per file, so the common one-object case builds the
+# tuple directly (no call of its Python-level __new__).
 _FILE = ObjectKind.FILE
 _S_IFMT = 0o170000
 _S_IFREG = 0o100000
@@ -73,12 +67,7 @@ def pieces_of(entry: Dirent, catalog: Catalog) -> list[Piece]:
             raise IntegrityError(f"{entry.path}: a non-empty file without content hash", entry.path)
         if size < 0:
             raise IntegrityError(f"{entry.path}: negative size {size}", entry.path)
-        piece = _NEW(Piece)
-        _SET_OFFSET(piece, 0)
-        _SET_SIZE(piece, size)
-        _SET_HASH(piece, h)
-        _SET_KIND(piece, _FILE)
-        return [piece]
+        return [_NEW(Piece, (0, size, h, _FILE))]
     chunks: Sequence[Chunk] = catalog.chunks(entry)
     out = [Piece(c.offset, c.size, c.hash, ObjectKind.PARTIAL) for c in chunks]
     offset = 0

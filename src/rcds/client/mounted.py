@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from rcds.errors import IntegrityError, NotFoundError
 from rcds.format.dirent import FLAG_HIDDEN, FLAG_NESTED_MOUNTPOINT, Dirent
@@ -30,19 +30,16 @@ RESOLVED_CACHE_SIZE = 8192
 """Paths whose resolution is kept."""
 
 
-@dataclass(frozen=True, slots=True)
-class Located:
+class Located(NamedTuple):
     """An entry and the catalog its row was read from."""
 
     entry: Dirent
     catalog: Catalog
 
 
-_NEW = object.__new__
-# Located is a frozen slots dataclass; listings make one per entry, so they fill its slots
-# directly (a third of the cost of the frozen __init__).
-_SET_ENTRY: Callable[[object, object], None] = vars(Located)["entry"].__set__
-_SET_CATALOG: Callable[[object, object], None] = vars(Located)["catalog"].__set__
+_NEW = tuple.__new__
+# Located is a NamedTuple; listings make one per entry, so they build the tuple directly
+# (no call of its Python-level __new__).
 _S_IFMT = 0o170000
 _S_IFDIR = 0o040000
 _S_IFLNK = 0o120000
@@ -289,9 +286,7 @@ class Mounted:
         listing: dict[str, Located] = {}
         visible = []
         for entry in cat.listdir(directory.entry.path):
-            loc = _NEW(Located)
-            _SET_ENTRY(loc, entry)
-            _SET_CATALOG(loc, cat)
+            loc = _NEW(Located, (entry, cat))
             listing[entry.name] = loc
             if not entry.flags & FLAG_HIDDEN:
                 visible.append(loc)
@@ -321,9 +316,7 @@ class Mounted:
                 flags = entry.flags
                 if flags & FLAG_HIDDEN:
                     continue
-                item = _NEW(Located)
-                _SET_ENTRY(item, entry)
-                _SET_CATALOG(item, cat)
+                item = _NEW(Located, (entry, cat))
                 if flags & FLAG_NESTED_MOUNTPOINT:
                     item = self.enter(item)
                     yield item

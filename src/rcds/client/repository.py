@@ -17,7 +17,6 @@ verified data enters the caches.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import io
 import logging
@@ -371,7 +370,7 @@ class Repository:
     def entry(self, path: str, *, follow: bool = False) -> Dirent:
         """The catalog entry (row) of ``path``: flags, content hash, link target..."""
         with self.using() as m:
-            return dataclasses.replace(m.resolve(path, follow=follow).entry)
+            return m.resolve(path, follow=follow).entry.replace()
 
     def pieces(self, path: str) -> list[Piece]:
         """The objects a regular file is made of (one, or its chunks), with their offsets."""

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from rcds.client.stat import make_stat
 from rcds.errors import ConfigError
@@ -53,8 +53,7 @@ def load_master_keys(specs: Sequence[KeySpec]) -> list[signed.VerifyKey]:
     return out
 
 
-@dataclass(frozen=True, slots=True)
-class RepoInfo:
+class RepoInfo(NamedTuple):
     """What :meth:`Repository.info` reports."""
 
     fqrn: str

@@ -20,8 +20,8 @@ import os
 import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from rcds.errors import IntegrityError, NetworkError, StorageError
 from rcds.format.hashes import ContentHash
@@ -36,8 +36,7 @@ MANIFEST_MAX_SIZE = 1 << 20
 _CRUMB = re.compile(r"([0-9a-f]{40}(?:-rmd160|-shake128)?)T(\d+)R(\d+)\s*")
 
 
-@dataclass(frozen=True, slots=True)
-class Breadcrumb:
+class Breadcrumb(NamedTuple):
     """The newest revision seen of a repository: root catalog hash, publish time ``T``, revision ``S``."""
 
     root_hash: ContentHash

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from typing import NamedTuple
 
 SCHEMA = "2.5"
 SCHEMA_REVISION = 7
@@ -54,28 +54,48 @@ COUNTER_FIELDS: tuple[str, ...] = (
 COUNTER_NAMES: tuple[str, ...] = tuple(f"{p}_{f}" for p in ("self", "subtree") for f in COUNTER_FIELDS)
 
 
-@dataclass(frozen=True, slots=True)
-class Tally:
-    """One set of the twelve counters (a catalog's ``self`` or ``subtree`` part)."""
+class _TallyFields(NamedTuple):
+    values: Mapping[str, int]
 
-    values: Mapping[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTER_FIELDS, 0))
 
-    def __add__(self, other: Tally) -> Tally:
+class Tally(_TallyFields):
+    """One set of the twelve counters (a catalog's ``self`` or ``subtree`` part).
+
+    ``Tally()`` has every counter at zero (in a new dict of its own).
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, values: Mapping[str, int] | None = None) -> Tally:
+        return tuple.__new__(cls, (dict.fromkeys(COUNTER_FIELDS, 0) if values is None else values,))
+
+    def __add__(self, other: Tally) -> Tally:  # type: ignore[override]  # counters, not tuple concatenation
         return Tally({f: self.values[f] + other.values[f] for f in COUNTER_FIELDS})
 
     def __sub__(self, other: Tally) -> Tally:
         return Tally({f: self.values[f] - other.values[f] for f in COUNTER_FIELDS})
 
-    def __getitem__(self, name: str) -> int:
+    def __getitem__(self, name: str) -> int:  # type: ignore[override]  # a counter, not a tuple item
         return self.values[name]
 
 
-@dataclass(frozen=True, slots=True)
-class Counters:
-    """A catalog's statistics: its own rows and the sum over its nested catalogs."""
+class _CountersFields(NamedTuple):
+    self: Tally
+    subtree: Tally
 
-    self: Tally = field(default_factory=Tally)
-    subtree: Tally = field(default_factory=Tally)
+
+class Counters(_CountersFields):
+    """A catalog's statistics: its own rows and the sum over its nested catalogs.
+
+    A missing part is a new all-zero :class:`Tally`.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, self: Tally | None = None, subtree: Tally | None = None) -> Counters:
+        return tuple.__new__(
+            cls, (Tally() if self is None else self, Tally() if subtree is None else subtree)
+        )
 
     def total(self) -> Tally:
         """What this catalog contributes to its parent's ``subtree`` counters."""
@@ -83,8 +103,8 @@ class Counters:
 
     def rows(self) -> list[tuple[str, int]]:
         """(counter, value) rows for the ``statistics`` table, all 24."""
-        return [(f"self_{f}", self.self[f]) for f in COUNTER_FIELDS] + [
-            (f"subtree_{f}", self.subtree[f]) for f in COUNTER_FIELDS
+        return [(f"self_{f}", self.self.values[f]) for f in COUNTER_FIELDS] + [
+            (f"subtree_{f}", self.subtree.values[f]) for f in COUNTER_FIELDS
         ]
 
     @classmethod

@@ -11,8 +11,8 @@ from __future__ import annotations
 import hashlib
 import zlib
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from types import ModuleType
+from typing import NamedTuple
 
 from rcds.errors import IntegrityError
 from rcds.format.hashes import Algorithm, ContentHash, HashState
@@ -27,8 +27,7 @@ _ERRORS = (zlib.error, _inflater.error)
 DEFAULT_LEVEL = 6
 
 
-@dataclass(frozen=True, slots=True)
-class StoredObject:
+class StoredObject(NamedTuple):
     """Bytes ready to store under ``hash``; ``size`` is the uncompressed length."""
 
     hash: ContentHash

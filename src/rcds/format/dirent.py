@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import stat
-from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from rcds.format.hashes import Algorithm, ContentHash
 
@@ -52,9 +52,29 @@ def link_count_field(count: int, group: int = 0) -> int:
     return (group << 32) | count
 
 
-@dataclass(slots=True)
 class Dirent:
-    """One row of the ``catalog`` table, with the full path it was found under."""
+    """One row of the ``catalog`` table, with the full path it was found under.
+
+    A mutable record (compared field by field, unhashable); :meth:`replace` makes a changed copy.
+    """
+
+    __match_args__ = (
+        "path",
+        "name",
+        "mode",
+        "size",
+        "mtime",
+        "flags",
+        "hardlinks",
+        "hash",
+        "symlink",
+        "uid",
+        "gid",
+        "mtimens",
+        "xattr",
+    )
+    __slots__ = __match_args__
+    __hash__ = None  # type: ignore[assignment]  # mutable: unhashable, as a non-frozen dataclass
 
     path: str
     name: str
@@ -62,13 +82,84 @@ class Dirent:
     size: int
     mtime: int
     flags: int
-    hardlinks: int = 1
-    hash: ContentHash | None = None
-    symlink: str = ""
-    uid: int = 0
-    gid: int = 0
-    mtimens: int | None = None
-    xattr: bytes | None = None
+    hardlinks: int
+    hash: ContentHash | None
+    symlink: str
+    uid: int
+    gid: int
+    mtimens: int | None
+    xattr: bytes | None
+
+    def __init__(
+        self,
+        path: str,
+        name: str,
+        mode: int,
+        size: int,
+        mtime: int,
+        flags: int,
+        hardlinks: int = 1,
+        hash: ContentHash | None = None,
+        symlink: str = "",
+        uid: int = 0,
+        gid: int = 0,
+        mtimens: int | None = None,
+        xattr: bytes | None = None,
+    ) -> None:
+        self.path = path
+        self.name = name
+        self.mode = mode
+        self.size = size
+        self.mtime = mtime
+        self.flags = flags
+        self.hardlinks = hardlinks
+        self.hash = hash
+        self.symlink = symlink
+        self.uid = uid
+        self.gid = gid
+        self.mtimens = mtimens
+        self.xattr = xattr
+
+    def _values(self) -> tuple[Any, ...]:
+        return (
+            self.path,
+            self.name,
+            self.mode,
+            self.size,
+            self.mtime,
+            self.flags,
+            self.hardlinks,
+            self.hash,
+            self.symlink,
+            self.uid,
+            self.gid,
+            self.mtimens,
+            self.xattr,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        assert isinstance(other, Dirent)
+        return self._values() == other._values()
+
+    def __repr__(self) -> str:
+        fields = zip(self.__match_args__, self._values(), strict=True)
+        values = ", ".join(f"{n}={v!r}" for n, v in fields)
+        return f"{self.__class__.__qualname__}({values})"
+
+    def __getstate__(self) -> tuple[Any, ...]:
+        return self._values()
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        for n, v in zip(self.__match_args__, state, strict=True):
+            setattr(self, n, v)
+
+    def replace(self, **changes: Any) -> Dirent:
+        """A copy with some fields changed (as ``dataclasses.replace`` makes one)."""
+        values = dict(zip(self.__match_args__, self._values(), strict=True))
+        values.update(changes)
+        return self.__class__(**values)
 
     @property
     def is_dir(self) -> bool:
@@ -131,8 +222,7 @@ class Dirent:
         return self.hardlinks >> 32
 
 
-@dataclass(frozen=True, slots=True)
-class Chunk:
+class Chunk(NamedTuple):
     """One piece of a chunked file: uncompressed offset and size, and its ``P`` object hash."""
 
     offset: int

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from collections.abc import Iterable
 from enum import Enum
-from typing import Protocol
+from typing import Any, NamedTuple, Protocol, Self
 
 from rcds.errors import IntegrityError
 
@@ -110,16 +110,31 @@ class ObjectKind(Enum):
     __hash__ = object.__hash__  # as for Algorithm: kinds are dictionary keys on every object's path
 
 
-@dataclass(frozen=True, slots=True)
-class ContentHash:
-    """A content hash: algorithm plus raw 20-byte digest."""
-
+class _ContentHashFields(NamedTuple):
     algorithm: Algorithm
     digest: bytes
 
-    def __post_init__(self) -> None:
-        if len(self.digest) != DIGEST_SIZE:
-            raise IntegrityError(f"a content digest has {DIGEST_SIZE} bytes, not {len(self.digest)}")
+
+_TUPLE_NEW = tuple.__new__
+
+
+class ContentHash(_ContentHashFields):
+    """A content hash: algorithm plus raw 20-byte digest.
+
+    An immutable record (a :class:`~typing.NamedTuple`: hashable, picklable, cheap to make);
+    building one checks the digest length.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, algorithm: Algorithm, digest: bytes) -> ContentHash:
+        if len(digest) != DIGEST_SIZE:
+            raise IntegrityError(f"a content digest has {DIGEST_SIZE} bytes, not {len(digest)}")
+        return _TUPLE_NEW(cls, (algorithm, digest))
+
+    @classmethod
+    def _make(cls, iterable: Iterable[Any]) -> Self:  # type: ignore[override]  # mypy: no classmethod
+        return cls(*iterable)  # _replace builds through here: keep the length check
 
     @property
     def hex(self) -> str:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from rcds.errors import IntegrityError
 from rcds.format import signed
@@ -16,8 +15,7 @@ ROOT_PATH_MD5 = "d41d8cd98f00b204e9800998ecf8427e"
 DEFAULT_TTL = 240
 
 
-@dataclass(frozen=True, slots=True)
-class Manifest:
+class Manifest(NamedTuple):
     """The fields of a manifest (key letters in comments)."""
 
     root_catalog: ContentHash  # C
@@ -64,13 +62,15 @@ class Manifest:
 
         return signed.join(self.body(), self.root_catalog.algorithm, lambda h: sign_manifest_hash(key, h))
 
-    def evolve(self, **changes: object) -> Manifest:
+    def evolve(self, **changes: Any) -> Manifest:
         """A copy with some fields changed."""
-        return replace(self, **changes)  # type: ignore[arg-type]
+        unknown = changes.keys() - self._fields
+        if unknown:
+            raise TypeError(f"Manifest has no field(s) {', '.join(sorted(unknown))}")
+        return self._replace(**changes)
 
 
-@dataclass(frozen=True, slots=True)
-class SignedManifest:
+class SignedManifest(NamedTuple):
     """A manifest as read from the wire, with its envelope for signature checks."""
 
     manifest: Manifest

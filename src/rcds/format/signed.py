@@ -17,9 +17,8 @@ import binascii
 import hashlib
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from rcds.errors import IntegrityError
 from rcds.format.hashes import Algorithm, ContentHash
@@ -30,8 +29,7 @@ if TYPE_CHECKING:
 SEPARATOR = b"\n--\n"
 
 
-@dataclass(frozen=True, slots=True)
-class SignedText:
+class SignedText(NamedTuple):
     """A parsed envelope: the signed body, its hash string and the signature bytes."""
 
     body: bytes
@@ -95,8 +93,7 @@ class VerifyKey(Protocol):
     def public_numbers(self) -> PublicNumbers: ...
 
 
-@dataclass(frozen=True, slots=True)
-class RsaPublicKey:
+class RsaPublicKey(NamedTuple):
     """An RSA public key as plain numbers; enough to check signatures."""
 
     n: int
@@ -112,8 +109,7 @@ class RsaPublicKey:
         return self.n.bit_length()
 
 
-@dataclass(frozen=True, slots=True)
-class RepoCertificate:
+class RepoCertificate(NamedTuple):
     """A repository certificate as the client uses it: its DER bytes (the whitelist fingerprint
     covers them) and its RSA public key (it checks the manifest signature)."""
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from rcds.errors import IntegrityError
 from rcds.format import signed
@@ -43,8 +42,7 @@ def _utc(t: dt.datetime) -> dt.datetime:
     return t.astimezone(dt.UTC) if t.tzinfo else t.replace(tzinfo=dt.UTC)
 
 
-@dataclass(frozen=True, slots=True)
-class Whitelist:
+class Whitelist(NamedTuple):
     """Creation time, expiry, repository name and certificate fingerprints."""
 
     created: dt.datetime
@@ -89,8 +87,7 @@ def _normalise(line: str) -> str:
     return line[:cut].replace(":", "").lower()
 
 
-@dataclass(frozen=True, slots=True)
-class SignedWhitelist:
+class SignedWhitelist(NamedTuple):
     """A whitelist as read from the wire."""
 
     whitelist: Whitelist

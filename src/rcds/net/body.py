@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from rcds.net.failures import AttemptError, Failure, Outcome, describe_exception
 
@@ -24,8 +23,7 @@ MAX_CHUNK_LINE = 4096
 Clock = Callable[[], float]
 
 
-@dataclass(frozen=True, slots=True)
-class BodyLimits:
+class BodyLimits(NamedTuple):
     """How a body is read: stall timeout (s), low-speed limit (B/s, 0 = off), size limit."""
 
     stall: float

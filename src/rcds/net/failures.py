@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import errno
 import socket
-import ssl
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from enum import Enum
+from typing import NamedTuple
 
 from rcds.errors import NetworkError
 from rcds.net.proxies import DIRECT
@@ -36,8 +35,7 @@ class Outcome(Enum):
     BAD_DATA = "bad data"
 
 
-@dataclass(frozen=True, slots=True)
-class Failure:
+class Failure(NamedTuple):
     """Why one attempt failed.
 
     ``transient`` failures are retried on the same host/proxy pair (with back-off) before
@@ -103,7 +101,7 @@ def classify_exception(exc: BaseException, *, proxied: bool) -> Failure:
         return Failure(blame, f"cannot resolve {what} ({detail})", False)
     if isinstance(exc, _urllib3("ProxyError")):
         return Failure(Outcome.PROXY, f"cannot connect to the proxy ({detail})", True)
-    if isinstance(exc, (*_urllib3("SSLError"), ssl.SSLError)):
+    if isinstance(exc, (*_urllib3("SSLError"), *_ssl_error())):
         return Failure(Outcome.HOST, f"TLS error ({detail})", False)
     if isinstance(exc, (*_urllib3("ReadTimeoutError"), TimeoutError, socket.timeout)):
         return Failure(blame, f"timed out ({detail})", True)
@@ -122,6 +120,17 @@ def _urllib3(name: str) -> tuple[type[BaseException], ...]:
     """
     module = sys.modules.get("urllib3.exceptions")
     cls = getattr(module, name, None) if module is not None else None
+    return (cls,) if isinstance(cls, type) and issubclass(cls, BaseException) else ()
+
+
+def _ssl_error() -> tuple[type[BaseException], ...]:
+    """:class:`ssl.SSLError`, if :mod:`ssl` is loaded (the https transport loads it).
+
+    Without :mod:`ssl` in the process no TLS error can exist, so the plain-HTTP path never pays
+    for importing it.
+    """
+    module = sys.modules.get("ssl")
+    cls = getattr(module, "SSLError", None) if module is not None else None
     return (cls,) if isinstance(cls, type) and issubclass(cls, BaseException) else ()
 
 
@@ -154,8 +163,7 @@ def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
     return False
 
 
-@dataclass(frozen=True, slots=True)
-class Attempt:
+class Attempt(NamedTuple):
     """One tried (host, proxy) pair and why it failed."""
 
     host: str

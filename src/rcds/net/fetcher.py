@@ -23,7 +23,6 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO, Protocol, TypeVar, overload
 from urllib.parse import quote
 
@@ -265,6 +264,8 @@ class Fetcher:
             except AttemptError as exc:
                 return None, exc.failure.reason
             return time.perf_counter() - t0, ""
+
+        from concurrent.futures import ThreadPoolExecutor  # only probes need it: not at import
 
         with ThreadPoolExecutor(max_workers=max(1, min(8, len(targets)))) as pool:
             results = dict(zip(targets, pool.map(one, targets), strict=True))

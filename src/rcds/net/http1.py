@@ -21,7 +21,6 @@ import select
 import socket
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 
 from rcds.net.body import BodyLimits, BodyReader, ignore
 from rcds.net.failures import AttemptError, Failure, Outcome, classify_exception, describe_exception
@@ -65,18 +64,54 @@ class Headers(Mapping[str, str]):
         return len(self._d)
 
 
-@dataclass(slots=True)
 class Head:
-    """A parsed response head: status, the kept headers, framing of the body."""
+    """A parsed response head: status, the kept headers, framing of the body.
 
-    status: int
-    headers: Headers
-    length: int | None
-    chunked: bool
-    keep_alive: bool
-    bad_length: str | None = None
-    has_body: bool = True
-    """False for 204 and 304 (1xx responses are skipped)."""
+    ``has_body`` is false for 204 and 304 (1xx responses are skipped). A mutable record,
+    compared field by field (unhashable).
+    """
+
+    __match_args__ = ("status", "headers", "length", "chunked", "keep_alive", "bad_length", "has_body")
+    __slots__ = __match_args__
+    __hash__ = None  # type: ignore[assignment]  # mutable: unhashable, as a non-frozen dataclass
+
+    def __init__(
+        self,
+        status: int,
+        headers: Headers,
+        length: int | None,
+        chunked: bool,
+        keep_alive: bool,
+        bad_length: str | None = None,
+        has_body: bool = True,
+    ) -> None:
+        self.status = status
+        self.headers = headers
+        self.length = length
+        self.chunked = chunked
+        self.keep_alive = keep_alive
+        self.bad_length = bad_length
+        self.has_body = has_body
+
+    def _values(self) -> tuple[object, ...]:
+        return (
+            self.status,
+            self.headers,
+            self.length,
+            self.chunked,
+            self.keep_alive,
+            self.bad_length,
+            self.has_body,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._values() == other._values()
+
+    def __repr__(self) -> str:
+        values = ", ".join(f"{n}={v!r}" for n, v in zip(self.__match_args__, self._values(), strict=True))
+        return f"{self.__class__.__qualname__}({values})"
 
 
 def split_url(url: str) -> tuple[str, str, int, str]:

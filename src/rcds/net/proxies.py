@@ -11,7 +11,7 @@ repository name and ``@org@`` for its first label.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from typing import Any, NamedTuple, Self
 from urllib.parse import urlsplit
 
 from rcds.errors import ConfigError
@@ -22,19 +22,31 @@ DIRECT = "DIRECT"
 Groups = tuple[tuple[str, ...], ...]
 
 
-@dataclass(frozen=True, slots=True)
-class ProxyConfig:
-    """Proxy fail-over groups: the regular ones first, then the fallback ones."""
-
+class _ProxyConfigFields(NamedTuple):
     groups: Groups
-    fallback_groups: Groups = ()
+    fallback_groups: Groups
 
-    def __post_init__(self) -> None:
-        if not self.groups and not self.fallback_groups:
+
+class ProxyConfig(_ProxyConfigFields):
+    """Proxy fail-over groups: the regular ones first, then the fallback ones.
+
+    An immutable record (a :class:`~typing.NamedTuple`); building one checks that there is a
+    proxy and that no group is empty.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, groups: Groups, fallback_groups: Groups = ()) -> ProxyConfig:
+        if not groups and not fallback_groups:
             raise ConfigError("the proxy configuration has no proxy at all; use DIRECT for no proxy")
-        for group in (*self.groups, *self.fallback_groups):
+        for group in (*groups, *fallback_groups):
             if not group:
                 raise ConfigError("a proxy group is empty")
+        return tuple.__new__(cls, (groups, fallback_groups))
+
+    @classmethod
+    def _make(cls, iterable: Iterable[Any]) -> Self:  # type: ignore[override]  # mypy: no classmethod
+        return cls(*iterable)  # _replace builds through here: keep the checks
 
     @classmethod
     def direct(cls) -> ProxyConfig:

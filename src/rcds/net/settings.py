@@ -7,8 +7,8 @@ Defaults are the stock client's (``/etc/cvmfs/default.conf`` and ``network/downl
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from typing import Any, NamedTuple, Self
 
 from rcds import __version__
 from rcds.errors import ConfigError
@@ -17,8 +17,12 @@ USER_AGENT = f"rcds/{__version__}"
 """The ``User-Agent`` header rcds sends on every request."""
 
 
-@dataclass(frozen=True, slots=True)
-class Timeouts:
+class _TimeoutsFields(NamedTuple):
+    connect: float
+    stall: float
+
+
+class Timeouts(_TimeoutsFields):
     """Per-connection timeouts in seconds.
 
     ``connect`` bounds establishing a connection (and getting the response headers);
@@ -26,18 +30,37 @@ class Timeouts:
     averaging window of the low-speed limit.
     """
 
-    connect: float
-    stall: float
+    __slots__ = ()
 
-    def __post_init__(self) -> None:
-        for name in ("connect", "stall"):
-            value = getattr(self, name)
+    def __new__(cls, connect: float, stall: float) -> Timeouts:
+        for name, value in (("connect", connect), ("stall", stall)):
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
                 raise ConfigError(f"the {name} timeout must be a positive number of seconds, not {value!r}")
+        return tuple.__new__(cls, (connect, stall))
+
+    @classmethod
+    def _make(cls, iterable: Iterable[Any]) -> Self:  # type: ignore[override]  # mypy: no classmethod
+        return cls(*iterable)  # _replace builds through here: keep the checks
 
 
-@dataclass(frozen=True, slots=True)
-class NetSettings:
+class _NetSettingsFields(NamedTuple):
+    timeout: Timeouts
+    timeout_direct: Timeouts
+    low_speed_limit: int
+    max_retries: int
+    backoff_init: float
+    backoff_max: float
+    proxy_reset_after: float
+    host_reset_after: float
+    pool_maxsize: int
+    user_agent: str
+
+
+_TIMEOUT = Timeouts(5.0, 5.0)
+_TIMEOUT_DIRECT = Timeouts(10.0, 10.0)
+
+
+class NetSettings(_NetSettingsFields):
     """Everything that tunes how a :class:`~rcds.net.fetcher.Fetcher` talks to servers and proxies.
 
     * ``timeout`` / ``timeout_direct``: used through a proxy / without one
@@ -50,20 +73,48 @@ class NetSettings:
     * ``proxy_reset_after`` / ``host_reset_after``: seconds after a fail-over at which the
       first proxy group / first host are tried again (0 = never).
     * ``pool_maxsize``: keep-alive connections kept per server or proxy.
+
+    An immutable record (a :class:`~typing.NamedTuple`); building one checks the values.
     """
 
-    timeout: Timeouts = field(default_factory=lambda: Timeouts(5.0, 5.0))
-    timeout_direct: Timeouts = field(default_factory=lambda: Timeouts(10.0, 10.0))
-    low_speed_limit: int = 1024
-    max_retries: int = 1
-    backoff_init: float = 2.0
-    backoff_max: float = 10.0
-    proxy_reset_after: float = 300.0
-    host_reset_after: float = 1800.0
-    pool_maxsize: int = 8
-    user_agent: str = USER_AGENT
+    __slots__ = ()
 
-    def __post_init__(self) -> None:
+    def __new__(
+        cls,
+        timeout: Timeouts = _TIMEOUT,
+        timeout_direct: Timeouts = _TIMEOUT_DIRECT,
+        low_speed_limit: int = 1024,
+        max_retries: int = 1,
+        backoff_init: float = 2.0,
+        backoff_max: float = 10.0,
+        proxy_reset_after: float = 300.0,
+        host_reset_after: float = 1800.0,
+        pool_maxsize: int = 8,
+        user_agent: str = USER_AGENT,
+    ) -> NetSettings:
+        self = tuple.__new__(
+            cls,
+            (
+                timeout,
+                timeout_direct,
+                low_speed_limit,
+                max_retries,
+                backoff_init,
+                backoff_max,
+                proxy_reset_after,
+                host_reset_after,
+                pool_maxsize,
+                user_agent,
+            ),
+        )
+        self._check()
+        return self
+
+    @classmethod
+    def _make(cls, iterable: Iterable[Any]) -> Self:  # type: ignore[override]  # mypy: no classmethod
+        return cls(*iterable)  # _replace builds through here: keep the checks
+
+    def _check(self) -> None:
         for name in ("low_speed_limit", "max_retries"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must not be negative")

@@ -12,23 +12,44 @@ from __future__ import annotations
 import random
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from rcds.net.proxies import ProxyConfig
 
 Clock = Callable[[], float]
 
 
-@dataclass(slots=True)
 class _Record:
-    latency: float | None = None
-    last_error: str | None = None
-    failed_until: float | None = None
+    """What is known of one host or proxy (mutable; compared field by field)."""
+
+    __match_args__ = ("latency", "last_error", "failed_until")
+    __slots__ = __match_args__
+    __hash__ = None  # type: ignore[assignment]  # mutable: unhashable, as a non-frozen dataclass
+
+    def __init__(
+        self, latency: float | None = None, last_error: str | None = None, failed_until: float | None = None
+    ) -> None:
+        self.latency = latency
+        self.last_error = last_error
+        self.failed_until = failed_until
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return (self.latency, self.last_error, self.failed_until) == (
+            other.latency,
+            other.last_error,
+            other.failed_until,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"{self.__class__.__qualname__}(latency={self.latency!r}, last_error={self.last_error!r}, "
+            f"failed_until={self.failed_until!r})"
+        )
 
 
-@dataclass(frozen=True, slots=True)
-class EndpointStatus:
+class EndpointStatus(NamedTuple):
     """What a fetcher knows about one host or proxy (for ``rcds info``).
 
     ``failed_until`` is in the fetcher's clock units; ``retry_in`` is the number of seconds

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import sqlite3
 from collections.abc import Iterable
 from pathlib import Path
@@ -214,7 +213,7 @@ class WritableCatalog(Catalog):
     def mount_row(self, child_root: Dirent) -> Dirent:
         """The parent-side row of a nested catalog root (same metadata, mount-point flag)."""
         flags = (child_root.flags & ~FLAG_NESTED_ROOT) | FLAG_NESTED_MOUNTPOINT
-        return dataclasses.replace(child_root, flags=flags)
+        return child_root.replace(flags=flags)
 
     def set_property(self, key: str, value: str) -> None:
         """Set a ``properties`` row."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import stat
-from dataclasses import replace
 
 from rcds.errors import InputError
 from rcds.format.dirent import FLAG_DIR, FLAG_FILE, FLAG_LINK, Dirent, file_flags, link_count_field
@@ -105,8 +104,8 @@ class TreeBuilder:
             old = self.catalog.lookup(full)
             assert old is not None
             self.catalog.update(
-                replace(
-                    old, mode=stat.S_IFDIR | m.mode, mtime=m.mtime, mtimens=m.mtimens, uid=m.uid, gid=m.gid
+                old.replace(
+                    mode=stat.S_IFDIR | m.mode, mtime=m.mtime, mtimens=m.mtimens, uid=m.uid, gid=m.gid
                 )
             )
             return
@@ -159,7 +158,7 @@ class TreeBuilder:
             )
         if target.is_dir:
             raise InputError(f"member {m.display!r} is a hard link to a directory ({m.target!r})", m.display)
-        copy = replace(target, path=full, name=name)
+        copy = target.replace(path=full, name=name)
         if target.is_regular and parent_path(target_full) == parent_path(full):
             group = self._group_of.get(target_full)
             if group is None:

@@ -13,7 +13,7 @@ import hashlib
 import sqlite3
 import struct
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from functools import cached_property
 from operator import itemgetter
 from pathlib import Path
@@ -56,11 +56,9 @@ entries per catalog."""
 _PAIR = struct.Struct("<qq").unpack
 _ALGORITHMS = ALGORITHM_OF_FLAG_VALUE
 _BY_NAME = itemgetter(0)
-_NEW = object.__new__
-# ContentHash is a frozen slots dataclass: filling its slots directly skips the frozen
-# __init__ and __post_init__ (less than half the cost; the digest length is checked here).
-_SET_ALGORITHM: Callable[[object, object], None] = vars(ContentHash)["algorithm"].__set__
-_SET_DIGEST: Callable[[object, object], None] = vars(ContentHash)["digest"].__set__
+_NEW = tuple.__new__
+# ContentHash is a NamedTuple: building the tuple directly skips its validating __new__
+# (the digest length is checked here).
 
 
 def _entries(rows: list[Row], parent: str, what: str) -> list[Dirent]:
@@ -81,9 +79,7 @@ def _entries(rows: list[Row], parent: str, what: str) -> list[Dirent]:
         if raw:
             if type(raw) is not bytes or len(raw) != 20:
                 raise IntegrityError(f"{what}: {path} has a malformed hash column", path)
-            h = _NEW(ContentHash)
-            _SET_ALGORITHM(h, _ALGORITHMS[(flags >> 8) & 7] or algorithm_of_flags(flags))
-            _SET_DIGEST(h, raw)
+            h = _NEW(ContentHash, (_ALGORITHMS[(flags >> 8) & 7] or algorithm_of_flags(flags), raw))
         append(Dirent(path, name, mode, size, mtime, flags, hardlinks, h, symlink, uid, gid, ns, xattr))
     return out
 

@@ -11,9 +11,8 @@ import datetime as dt
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from rcds.errors import IntegrityError, NotFoundError
 from rcds.format import manifest, signed, whitelist
@@ -34,8 +33,7 @@ def normalise_path(path: str) -> str:
     return "".join("/" + p for p in parts)
 
 
-@dataclass(frozen=True, slots=True)
-class Trust:
+class Trust(NamedTuple):
     """The verified root of a revision (``certificate.to_x509()`` gives the full certificate)."""
 
     manifest: manifest.Manifest
