@@ -11,6 +11,8 @@ process, the median of ``--repeat`` runs (min in brackets); the runs of a scenar
 they measure: no numpy, no generator, no harness. The page cache is NOT reliably warm on these
 machines: the kernel's DAMON ``pageout`` scheme evicts pages a few seconds after their last use,
 so small files (objects on the server, cache files, the local copy) are often read from disk.
+Do not start it right after deleting many files: on this ext4 (online ``discard``) creating
+files costs 2-4x the kernel time for minutes afterwards; the trees it writes are deleted at the end.
 
 1. ``rcds get`` of the whole tree into an empty directory with an empty cache, against
    ``curl -s URL | tar -xzf -`` (and ``| tar -xf -`` for the plain tar).
@@ -234,15 +236,16 @@ def use_bytecode_cache(prefix: Path) -> None:
     compileall.compile_file(CHILD, quiet=1)
 
 
-def interleaved(n: int, **runs: Callable[[], float]) -> dict[str, list[float]]:
+def interleaved(n: int, sync: bool, **runs: Callable[[], float]) -> dict[str, list[float]]:
     """``n`` rounds of every run in turn (A B C, A B C, ...): a drift of the machine (DAMON
     eviction, other load) falls on all of them alike, not on one block. Before each run the
     page cache is written back (``sync``, not timed), so that no run pays for the writes of the
-    one before it (a tarball run leaves ~300 MB of dirty pages)."""
+    one before it (a tarball run leaves ~300 MB of dirty pages); ``--no-sync`` leaves that out."""
     times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(n):
         for name, fn in runs.items():
-            os.sync()
+            if sync:
+                os.sync()
             times[name].append(fn())
     return times
 
@@ -257,6 +260,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="runs per figure (median reported)")
     ap.add_argument("--keep", type=Path, metavar="DIR", help="work in DIR and keep it")
     ap.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    ap.add_argument("--no-sync", action="store_true", help="no sync before each timed run")
     ap.add_argument(
         "--scenarios",
         type=lambda text: {int(x) for x in text.split(",")},
@@ -286,6 +290,7 @@ def main() -> None:
         if 1 in args.scenarios:
             t = interleaved(
                 r,
+                not args.no_sync,
                 get=b.rcds_get,
                 tgz=lambda: b.tarball(True),
                 fill=lambda: b.rcds_get(["--fill-cache"]),
@@ -303,6 +308,7 @@ def main() -> None:
         if 2 in args.scenarios:
             t = interleaved(
                 r,
+                not args.no_sync,
                 prefetch=lambda: b.read_subset(0),
                 tarball=lambda: b.tar_then_subset(True),
                 threads8=lambda: b.read_subset(8),
