@@ -4,15 +4,16 @@ Run: ``python bench/client.py [--quick] [--repeat N] [--keep DIR] [--scenarios 1
 
 The input is the venv-like tree of ``bench/ingest.py`` (~20k files / ~300 MB at full scale),
 published into a fresh repository (default settings: SHA-1, zlib -6, 4/8/16 MiB chunks) and served
-by the engine's HTTP server on loopback, which also serves ``venv.tar.gz`` (gzip -6) and
-``venv.tar`` of the same tree from the same directory. Every figure is wall-clock time of a fresh
-process, the median of ``--repeat`` runs (min in brackets); the runs of a scenario take turns
-(rcds, baseline, rcds, baseline, ...). The timed children (``client_child.py``) import only what
-they measure: no numpy, no generator, no harness. The page cache is NOT reliably warm on these
-machines: the kernel's DAMON ``pageout`` scheme evicts pages a few seconds after their last use,
-so small files (objects on the server, cache files, the local copy) are often read from disk.
-Do not start it right after deleting many files: on this ext4 (online ``discard``) creating
-files costs 2-4x the kernel time for minutes afterwards; the trees it writes are deleted at the end.
+by the engine's HTTP server on loopback (in a process of its own), which also serves
+``venv.tar.gz`` (gzip -6) and ``venv.tar`` of the same tree from the same directory. Every figure
+is the wall-clock time of a fresh process, the median of ``--repeat`` runs (min in brackets); the
+runs of a scenario take turns (rcds, baseline, rcds, baseline, ...), each after a ``sync``. The
+timed children (``client_child.py``) import only what they measure: no numpy, no generator, no
+harness. The page cache is NOT reliably warm on these machines: the kernel's DAMON ``pageout``
+scheme evicts pages a few seconds after their last use, so small files (objects on the server,
+cache files, the local copy) are often read from disk. Do not start it right after deleting many
+files: on this ext4 (online ``discard``) creating files costs 2-4x the kernel time for minutes
+afterwards; the trees it writes are deleted at the end.
 
 1. ``rcds get`` of the whole tree into an empty directory with an empty cache, against
    ``curl -s URL | tar -xzf -`` (and ``| tar -xf -`` for the plain tar).
@@ -107,7 +108,6 @@ class Bench:
         from rcds.publish.create import create_repository
         from rcds.publish.layout import Settings
         from rcds.publish.stratum0 import Stratum0
-        from rcds.serve.http import make_server
 
         scale = 0.1 if self.quick else 1.0
         root = self.work / "repo"
@@ -136,9 +136,8 @@ class Bench:
             gzip_file(public / "venv.tar", public / "venv.tar.gz")
             meta.write_text(json.dumps([self.files, self.nbytes]))
         self.key = str(root / "keys" / f"{REPO}.pub")
-        self.server = make_server({REPO: public})
-        self.server.start_background()
-        self.url = self.server.url_for(REPO)
+        self.server = serve_in_child(public)
+        self.url = self.server.stdout.readline().strip()  # type: ignore[union-attr]
         print(
             f"serving {self.url} (venv.tar {os.path.getsize(public / 'venv.tar') / MB:.0f} MB, "
             f"venv.tar.gz {os.path.getsize(public / 'venv.tar.gz') / MB:.0f} MB)",
@@ -215,6 +214,17 @@ class Bench:
         self.discard(cache)
         self.discard(dest)
         return rcds, local
+
+
+def serve_in_child(public: Path) -> subprocess.Popen[str]:
+    """The engine's server for ``public`` in a process of its own (a stratum is another machine:
+    it must not share this process's GIL); it prints its URL on its first line."""
+    code = (
+        "import sys; from pathlib import Path; from rcds.serve.http import make_server; "
+        f"s = make_server({{{REPO!r}: Path(sys.argv[1])}}); print(s.url_for({REPO!r}), flush=True); "
+        "s.serve_forever()"
+    )
+    return subprocess.Popen([sys.executable, "-c", code, str(public)], stdout=subprocess.PIPE, text=True)
 
 
 def use_bytecode_cache(prefix: Path) -> None:
@@ -345,7 +355,8 @@ def main() -> None:
             print(f"{key}: ratio {ratio:.2f} (target <= {target}) {'ok' if ok else 'MISSED'}")
     finally:
         if hasattr(b, "server"):
-            b.server.stop()
+            b.server.terminate()
+            b.server.wait()
         shutil.rmtree(work / "trash", ignore_errors=True)
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
