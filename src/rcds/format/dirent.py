@@ -6,6 +6,7 @@ import stat
 from typing import Any, NamedTuple
 
 from rcds.format.hashes import Algorithm, ContentHash
+from rcds.record import SlotRecord
 
 FLAG_DIR = 1
 FLAG_NESTED_MOUNTPOINT = 2
@@ -52,7 +53,7 @@ def link_count_field(count: int, group: int = 0) -> int:
     return (group << 32) | count
 
 
-class Dirent:
+class Dirent(SlotRecord):
     """One row of the ``catalog`` table, with the full path it was found under.
 
     A mutable record (compared field by field, unhashable); :meth:`replace` makes a changed copy.
@@ -74,7 +75,6 @@ class Dirent:
         "xattr",
     )
     __slots__ = __match_args__
-    __hash__ = None  # type: ignore[assignment]  # mutable: unhashable, as a non-frozen dataclass
 
     path: str
     name: str
@@ -120,7 +120,7 @@ class Dirent:
         self.mtimens = mtimens
         self.xattr = xattr
 
-    def _values(self) -> tuple[Any, ...]:
+    def _values(self) -> tuple[Any, ...]:  # the fields in order, faster than the generic loop
         return (
             self.path,
             self.name,
@@ -136,24 +136,6 @@ class Dirent:
             self.mtimens,
             self.xattr,
         )
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is not self.__class__:
-            return NotImplemented
-        assert isinstance(other, Dirent)
-        return self._values() == other._values()
-
-    def __repr__(self) -> str:
-        fields = zip(self.__match_args__, self._values(), strict=True)
-        values = ", ".join(f"{n}={v!r}" for n, v in fields)
-        return f"{self.__class__.__qualname__}({values})"
-
-    def __getstate__(self) -> tuple[Any, ...]:
-        return self._values()
-
-    def __setstate__(self, state: tuple[Any, ...]) -> None:
-        for n, v in zip(self.__match_args__, state, strict=True):
-            setattr(self, n, v)
 
     def replace(self, **changes: Any) -> Dirent:
         """A copy with some fields changed (as ``dataclasses.replace`` makes one)."""

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator, Mapping
 
 from rcds.net.body import BodyLimits, BodyReader, ignore
 from rcds.net.failures import AttemptError, Failure, Outcome, classify_exception, describe_exception
+from rcds.record import SlotRecord
 
 CHUNK_SIZE = 1 << 16
 MAX_HEAD = 1 << 16
@@ -64,7 +65,7 @@ class Headers(Mapping[str, str]):
         return len(self._d)
 
 
-class Head:
+class Head(SlotRecord):
     """A parsed response head: status, the kept headers, framing of the body.
 
     ``has_body`` is false for 204 and 304 (1xx responses are skipped). A mutable record,
@@ -73,7 +74,6 @@ class Head:
 
     __match_args__ = ("status", "headers", "length", "chunked", "keep_alive", "bad_length", "has_body")
     __slots__ = __match_args__
-    __hash__ = None  # type: ignore[assignment]  # mutable: unhashable, as a non-frozen dataclass
 
     def __init__(
         self,
@@ -92,26 +92,6 @@ class Head:
         self.keep_alive = keep_alive
         self.bad_length = bad_length
         self.has_body = has_body
-
-    def _values(self) -> tuple[object, ...]:
-        return (
-            self.status,
-            self.headers,
-            self.length,
-            self.chunked,
-            self.keep_alive,
-            self.bad_length,
-            self.has_body,
-        )
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is not self.__class__:
-            return NotImplemented
-        return self._values() == other._values()
-
-    def __repr__(self) -> str:
-        values = ", ".join(f"{n}={v!r}" for n, v in zip(self.__match_args__, self._values(), strict=True))
-        return f"{self.__class__.__qualname__}({values})"
 
 
 def split_url(url: str) -> tuple[str, str, int, str]:

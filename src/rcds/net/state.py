@@ -15,16 +15,16 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Literal, NamedTuple
 
 from rcds.net.proxies import ProxyConfig
+from rcds.record import SlotRecord
 
 Clock = Callable[[], float]
 
 
-class _Record:
+class _Record(SlotRecord):
     """What is known of one host or proxy (mutable; compared field by field)."""
 
     __match_args__ = ("latency", "last_error", "failed_until")
     __slots__ = __match_args__
-    __hash__ = None  # type: ignore[assignment]  # mutable: unhashable, as a non-frozen dataclass
 
     def __init__(
         self, latency: float | None = None, last_error: str | None = None, failed_until: float | None = None
@@ -32,21 +32,6 @@ class _Record:
         self.latency = latency
         self.last_error = last_error
         self.failed_until = failed_until
-
-    def __eq__(self, other: object) -> bool:
-        if other.__class__ is not self.__class__:
-            return NotImplemented
-        return (self.latency, self.last_error, self.failed_until) == (
-            other.latency,
-            other.last_error,
-            other.failed_until,
-        )
-
-    def __repr__(self) -> str:
-        return (
-            f"{self.__class__.__qualname__}(latency={self.latency!r}, last_error={self.last_error!r}, "
-            f"failed_until={self.failed_until!r})"
-        )
 
 
 class EndpointStatus(NamedTuple):
