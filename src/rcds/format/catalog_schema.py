@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import NamedTuple
 
+from rcds.record import SlotRecord
+
 SCHEMA = "2.5"
 SCHEMA_REVISION = 7
 
@@ -54,28 +56,25 @@ COUNTER_FIELDS: tuple[str, ...] = (
 COUNTER_NAMES: tuple[str, ...] = tuple(f"{p}_{f}" for p in ("self", "subtree") for f in COUNTER_FIELDS)
 
 
-class _TallyFields(NamedTuple):
-    values: Mapping[str, int]
-
-
-class Tally(_TallyFields):
+class Tally(SlotRecord):
     """One set of the twelve counters (a catalog's ``self`` or ``subtree`` part).
 
-    ``Tally()`` has every counter at zero (in a new dict of its own).
+    ``Tally()`` has every counter at zero (in a new dict of its own); ``+``/``-`` add and subtract
+    counter by counter, ``tally[name]`` is one counter.
     """
 
-    __slots__ = ()
+    __slots__ = ("values",)
 
-    def __new__(cls, values: Mapping[str, int] | None = None) -> Tally:
-        return tuple.__new__(cls, (dict.fromkeys(COUNTER_FIELDS, 0) if values is None else values,))
+    def __init__(self, values: Mapping[str, int] | None = None) -> None:
+        self.values: Mapping[str, int] = dict.fromkeys(COUNTER_FIELDS, 0) if values is None else values
 
-    def __add__(self, other: Tally) -> Tally:  # type: ignore[override]  # counters, not tuple concatenation
+    def __add__(self, other: Tally) -> Tally:
         return Tally({f: self.values[f] + other.values[f] for f in COUNTER_FIELDS})
 
     def __sub__(self, other: Tally) -> Tally:
         return Tally({f: self.values[f] - other.values[f] for f in COUNTER_FIELDS})
 
-    def __getitem__(self, name: str) -> int:  # type: ignore[override]  # a counter, not a tuple item
+    def __getitem__(self, name: str) -> int:
         return self.values[name]
 
 
