@@ -23,16 +23,6 @@ HASH_STRING = "bfc296d7d90de707e52154e4fcd1cf80d5de5b7b"
 
 
 @pytest.fixture(scope="module")
-def key() -> rsa.RSAPrivateKey:
-    return keys.generate_key()
-
-
-@pytest.fixture(scope="module")
-def other_key() -> rsa.RSAPrivateKey:
-    return keys.generate_key()
-
-
-@pytest.fixture(scope="module")
 def key_files(tmp_path_factory: pytest.TempPathFactory, key: rsa.RSAPrivateKey) -> tuple[Path, Path]:
     d = tmp_path_factory.mktemp("keys")
     priv = d / "test.key"

@@ -21,16 +21,6 @@ M = ContentHash.parse("0123456789abcdef0123456789abcdef01234567")
 Y = ContentHash.parse("eeaccabbf5029ee32292b46e0c0a4eb76e50ed5a")
 
 
-@pytest.fixture(scope="module")
-def key() -> rsa.RSAPrivateKey:
-    return keys.generate_key()
-
-
-@pytest.fixture(scope="module")
-def other_key() -> rsa.RSAPrivateKey:
-    return keys.generate_key()
-
-
 def _manifest(**changes: object) -> manifest.Manifest:
     m = manifest.Manifest(
         root_catalog=C,

@@ -24,16 +24,6 @@ HASH_STRING = "bfc296d7d90de707e52154e4fcd1cf80d5de5b7b"
 STOCK = ["stock.example.org", "shake.example.org"]
 
 
-@pytest.fixture(scope="module")
-def key() -> rsa.RSAPrivateKey:
-    return keys.generate_key()
-
-
-@pytest.fixture(scope="module")
-def other_key() -> rsa.RSAPrivateKey:
-    return keys.generate_key()
-
-
 def _numbers(k: rsa.RSAPublicKey) -> tuple[int, int]:
     n = k.public_numbers()
     return n.n, n.e
