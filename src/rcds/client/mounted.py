@@ -174,11 +174,12 @@ class Mounted:
         """What :meth:`resolve` (following symlinks) found for ``path`` recently, or None."""
         return self._resolved.get((path, True))
 
-    def remember_path(self, path: str, loc: Located) -> Located:
-        """Keep what ``resolve(path)`` is, found elsewhere (:mod:`rcds.client.resolve_many`)."""
+    def remember_path(self, path: str, loc: Located, follow: bool = True) -> Located:
+        """Keep what ``resolve(path, follow=follow)`` is (also for answers found elsewhere:
+        :mod:`rcds.client.resolve_many`)."""
         if len(self._resolved) >= RESOLVED_CACHE_SIZE:
             self._resolved.clear()
-        self._resolved[(path, True)] = loc
+        self._resolved[(path, follow)] = loc
         return loc
 
     def _remember(self, loc: Located) -> Located:
@@ -199,10 +200,7 @@ class Mounted:
             found = self._listed(path, follow)
             if found is not None:
                 return found
-            found = self._resolve(path, follow)
-            if len(self._resolved) >= RESOLVED_CACHE_SIZE:
-                self._resolved.clear()
-            self._resolved[key] = found
+            found = self.remember_path(path, self._resolve(path, follow), follow)
         return found
 
     def _listed(self, path: str, follow: bool) -> Located | None:
@@ -214,15 +212,12 @@ class Mounted:
         """
         parent, _, name = path.rpartition("/")
         listing = self._listings.get(parent)
-        if listing is None or not path.startswith("/"):
+        if listing is None:
             return None
         found = listing.get(name)
         if found is None or (follow and (found.entry.mode & _S_IFMT) == _S_IFLNK):
             return None
-        tail = path + "/"
-        if "//" in tail or "/./" in tail or "/../" in tail:
-            return None
-        return found
+        return found if is_canonical(path) else None
 
     def _resolve(self, path: str, follow: bool) -> Located:
         parts = [p for p in path.split("/") if p and p != "."]
@@ -335,6 +330,14 @@ class Mounted:
 def _rows(catalog: Catalog, tree: CatalogTree | None, path: str) -> list[Dirent]:
     """The rows of directory ``path`` (hidden ones included): from ``tree`` if given, else a query."""
     return tree.listdir(path) if tree is not None else catalog.listdir(path)
+
+
+def is_canonical(path: str) -> bool:
+    """``/a/b``: absolute, not the root, no empty, ``.`` or ``..`` component."""
+    if not path.startswith("/") or path == "/":
+        return False
+    tail = path + "/"
+    return "//" not in tail and "/./" not in tail and "/../" not in tail
 
 
 def _normal(path: str) -> str:

@@ -18,7 +18,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from rcds.client.mounted import Located
+from rcds.client.mounted import Located, is_canonical
 from rcds.repo.catalog import Catalog
 
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ def resolve_many(mounted: Mounted, paths: Sequence[str]) -> list[Located]:
         known = mounted.known_path(path)
         if known is not None:
             found[i] = known
-        elif _canonical(path):
+        elif is_canonical(path):
             wanted[path[: path.rfind("/")]].append(i)
     directories = _directories(mounted, wanted)
     by_catalog: defaultdict[Catalog, list[int]] = defaultdict(list)
@@ -81,11 +81,3 @@ def _directories(mounted: Mounted, wanted: dict[str, list[int]]) -> dict[str, Lo
         if directory is not None:
             out[path] = directory
     return out
-
-
-def _canonical(path: str) -> bool:
-    """``/a/b``: absolute, no empty, ``.`` or ``..`` component."""
-    if not path.startswith("/") or path == "/":
-        return False
-    tail = path + "/"
-    return "//" not in tail and "/./" not in tail and "/../" not in tail
