@@ -10,11 +10,11 @@ import json
 import os
 import signal
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from rcds.client import getprocs
+from rcds.client import getdownloads, getprocs
 from rcds.client import materialize as mat
 from rcds.client.getprocs import GetProcesses, batches
 from rcds.client.getworker import Job, Target
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 @pytest.fixture
 def started(monkeypatch: pytest.MonkeyPatch) -> list[GetProcesses]:
     """Workers for small trees, small batches; the pools that were started."""
-    monkeypatch.setattr(mat, "MIN_OBJECTS", 20)
+    monkeypatch.setattr(getdownloads, "MIN_OBJECTS", 20)
     monkeypatch.setattr(getprocs, "MIN_BATCH", 8)
     monkeypatch.setattr(getprocs, "BATCH_OBJECTS", 40)
     pools: list[GetProcesses] = []
@@ -76,6 +76,43 @@ def test_workers_copy_an_identical_tree_and_fill_the_cache_when_asked(
     materialize(repo, MANY, tmp_path / "again", processes=2)
     assert site.fetched("data/") == before
     assert regular_files(tmp_path / "again") == many
+
+
+def test_batches_go_out_while_the_walk_goes_on(
+    site: Site,
+    many: dict[str, bytes],
+    tmp_path: Path,
+    started: list[GetProcesses],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(getprocs, "STREAM_BATCH", 16)
+    monkeypatch.setattr(getdownloads, "FEED_EVERY", 8)
+    walking = [True]
+    sent: list[bool] = []  # per batch: sent during the walk?
+    real_send, real_finish = GetProcesses.send, GetProcesses.finish
+
+    def send(self: GetProcesses, part: range, jobs: list[Job]) -> None:
+        sent.append(walking[0])
+        real_send(self, part, jobs)
+
+    def finish(self: GetProcesses, *args: Any) -> None:
+        walking[0] = False
+        real_finish(self, *args)
+
+    monkeypatch.setattr(GetProcesses, "send", send)
+    monkeypatch.setattr(GetProcesses, "finish", finish)
+    repo = site.open()
+    before = site.fetched("data/")
+    report = materialize(repo, MANY, tmp_path / "out", processes=2)
+    assert sent.count(True) >= 2 and False in sent  # batches during the walk, the rest after it
+    assert regular_files(tmp_path / "out") == many
+    assert report.files == len(many) + 1 and report.skipped == 0
+    # one download per object, again for a content met after its batch went out
+    distinct = len(set(many.values()) - {b""})
+    duplicates = sum(1 for data in many.values() if data) - distinct
+    assert distinct <= site.fetched("data/") - before - 1 <= distinct + duplicates
+    recorded = json.loads((tmp_path / "out" / STATE_FILE).read_text())["files"]
+    assert set(many) <= set(recorded)
 
 
 def test_without_fill_the_cache_gets_no_objects(

@@ -6,13 +6,14 @@ With thousands of small files that, not the network, bounds the copy. So a large
 into batches of objects (:class:`~rcds.client.getworker.Job`) that a few worker processes
 (:class:`rcds.workerproc.WorkerProcess`, running :mod:`rcds.client.getworker`) take in turn:
 each downloads its batch pipelined through its own fetcher, verifies every object and writes
-every file (temp file + rename), then reports the batch done. The caller records the progress
+every file, then reports the batch done. The caller records the progress
 and the resume state, and writes what is not a single-object file itself.
 
-Workers are used for at least :data:`MIN_OBJECTS` objects (the start-up costs ~0.1 s of CPU
-each); ``RCDS_GET_PROCESSES`` sets their number (``0``: none, everything in-process; default:
-the CPU count, at most :data:`MAX_DEFAULT`). An error in a worker stops the others (SIGTERM:
-they remove their temp files) and reaches the caller as the same error class.
+Workers are used for at least :data:`rcds.client.getdownloads.MIN_OBJECTS` objects (the
+start-up costs ~0.1 s of CPU each); ``RCDS_GET_PROCESSES`` sets their number (``0``: none,
+everything in-process; default: the CPU count, at most :data:`MAX_DEFAULT`). An error in a
+worker stops the others (SIGTERM: they remove their temp files) and reaches the caller as the
+same error class.
 """
 
 from __future__ import annotations
@@ -21,18 +22,17 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import suppress
 from multiprocessing.connection import wait
+from typing import Protocol
 
 from rcds import errors
 from rcds.client.getworker import Job, Setup
 from rcds.errors import RcdsError, StorageError
 from rcds.workerproc import WorkerProcess, configured_count
 
-__all__ = ["ENV_PROCESSES", "MIN_OBJECTS", "GetProcesses", "configured_processes"]
+__all__ = ["ENV_PROCESSES", "GetProcesses", "configured_processes"]
 
 ENV_PROCESSES = "RCDS_GET_PROCESSES"
 """Environment variable: worker processes of ``rcds get`` (``0``: none)."""
-MIN_OBJECTS = 1000
-"""Fewer objects to download than this: no worker processes."""
 MAX_DEFAULT = 4
 """At most this many workers unless ``RCDS_GET_PROCESSES`` says otherwise."""
 BATCH_OBJECTS = 1024
@@ -40,6 +40,8 @@ BATCH_BYTES = 32 << 20
 """A batch holds at most this many objects / plain bytes (a pipelined download each)."""
 MIN_BATCH = 64
 IN_FLIGHT = 2
+STREAM_BATCH = 256
+"""While jobs are still being found (:meth:`GetProcesses.feed`), batches hold at least this many."""
 """Batches sent to a worker ahead of its answers."""
 STOP_SECONDS = 10.0
 
@@ -57,32 +59,60 @@ _ERRORS: dict[str, type[RcdsError]] = {
 _ERRORS["FetchError"] = errors.NetworkError
 
 
+def _ignore(part: range) -> None:
+    pass
+
+
 def configured_processes() -> int:
     """Worker processes to use: ``RCDS_GET_PROCESSES``, else the CPU count (at most 4)."""
     return configured_count(ENV_PROCESSES, MAX_DEFAULT)
 
 
+class Sized(Protocol):
+    """What batching needs of a job: its plain size (a :class:`Job` or a ``Wanted`` has it)."""
+
+    @property
+    def size(self) -> int:
+        """Plain bytes."""
+        ...
+
+
+def cut(items: Sequence[Sized], start: int, count: int, max_bytes: int = BATCH_BYTES) -> range:
+    """``items[start:]``'s first ``count`` indices, fewer if their sizes pass ``max_bytes`` (one at least)."""
+    end, size = start + 1, items[start].size
+    stop = min(len(items), start + count)
+    while end < stop and size + items[end].size <= max_bytes:
+        size += items[end].size
+        end += 1
+    return range(start, end)
+
+
 def batches(
-    jobs: Sequence[Job], workers: int, max_objects: int = BATCH_OBJECTS, max_bytes: int = BATCH_BYTES
+    jobs: Sequence[Sized],
+    workers: int,
+    max_objects: int = BATCH_OBJECTS,
+    max_bytes: int = BATCH_BYTES,
+    start: int = 0,
 ) -> Iterator[range]:
-    """Consecutive index ranges of ``jobs``: large first, smaller towards the end.
+    """Consecutive index ranges of ``jobs[start:]``: large first, smaller towards the end.
 
     Each is a share of what is left (guided scheduling: the workers finish close together),
     at least :data:`MIN_BATCH` objects and at most ``max_objects`` / ``max_bytes``.
     """
-    start = 0
     while start < len(jobs):
         count = min(max_objects, max(MIN_BATCH, (len(jobs) - start) // (2 * workers)))
-        end, size = start + 1, jobs[start].size
-        while end < len(jobs) and end - start < count and size + jobs[end].size <= max_bytes:
-            size += jobs[end].size
-            end += 1
-        yield range(start, end)
-        start = end
+        part = cut(jobs, start, count, max_bytes)
+        yield part
+        start = part.stop
 
 
 class GetProcesses:
-    """A few started workers; :meth:`run` gives them the jobs. Use as a context manager."""
+    """A few started workers that take batches of jobs. Use as a context manager.
+
+    Either :meth:`run` with the whole list, or, so that batches go out while the caller is
+    still finding the jobs: :meth:`start`, :meth:`feed` now and then as the list grows, and
+    :meth:`finish` once it is complete.
+    """
 
     module = "rcds.client.getworker"
     """The module whose ``serve`` the workers run."""
@@ -90,6 +120,9 @@ class GetProcesses:
     def __init__(self, count: int) -> None:
         self.workers: list[WorkerProcess] = []
         self.stats: dict[str, int] = {}
+        self._sent: dict[int, deque[range]] = {}
+        self._done: Callable[[range], None] = _ignore
+        self._number = 0
         try:
             for _ in range(max(1, count)):
                 self.workers.append(WorkerProcess(self.module))
@@ -103,32 +136,75 @@ class GetProcesses:
         Raises the first worker error (the others are stopped); the workers are finished
         afterwards either way.
         """
-        todo = deque(batches(jobs, len(self.workers)))
-        sent: dict[int, deque[range]] = {}
-        number = 0
         try:
-            for w in self.workers:
-                self._send(w, setup)
-                sent[w.pid] = deque()
-            live = list(self.workers)
+            self.start(setup, done)
+        except BaseException:
+            self.close(kill=True)
+            raise
+        self.finish(jobs, 0, lambda part: [jobs[i] for i in part])
+
+    def feed(self, items: Sequence[Sized], start: int, make: Callable[[range], list[Job]]) -> int:
+        """Without waiting: take the answers that are in, and send ``items[start:]`` on in full batches.
+
+        Sends batches of :data:`STREAM_BATCH` items or more (at most :data:`BATCH_OBJECTS`)
+        while a worker has room; ``make(part)`` gives the jobs of the indices ``part``. Returns
+        where the items not sent yet start. For a list that still grows: see :meth:`finish`.
+        """
+        self.collect(block=False)
+        while self.has_room() and len(items) - start >= STREAM_BATCH:
+            part = cut(items, start, BATCH_OBJECTS)
+            self.send(part, make(part))
+            start = part.stop
+        return start
+
+    def finish(self, items: Sequence[Sized], start: int, make: Callable[[range], list[Job]]) -> None:
+        """Send ``items[start:]`` (the last of them: guided :func:`batches`), wait for every batch, stop.
+
+        Raises the first worker error; the workers are stopped either way.
+        """
+        try:
+            todo = deque(batches(items, len(self.workers), start=start))
             while True:
-                for w in live:
-                    queue = sent[w.pid]
-                    while todo and len(queue) < IN_FLIGHT:
-                        part = todo.popleft()
-                        self._send(w, (number, [jobs[i] for i in part]))
-                        queue.append(part)
-                        number += 1
-                busy = [w for w in live if sent[w.pid]]
-                if not busy:
+                while todo and self.has_room():
+                    part = todo.popleft()
+                    self.send(part, make(part))
+                if not self.collect(block=True):
                     break
-                for conn in wait([w.replies for w in busy]):
-                    w = next(w for w in busy if w.replies is conn)
-                    self._answer(w, sent[w.pid], done)
             self.close()
         except BaseException:
             self.close(kill=True)
             raise
+
+    def start(self, setup: Setup, done: Callable[[range], None]) -> None:
+        """Tell every worker how to reach the repository; ``done(part)`` will follow each batch sent."""
+        self._done = done
+        for w in self.workers:
+            self._send(w, setup)
+            self._sent[w.pid] = deque()
+
+    def has_room(self) -> bool:
+        """True if a worker has fewer than :data:`IN_FLIGHT` batches: :meth:`send` does not queue."""
+        return any(len(q) < IN_FLIGHT for q in self._sent.values())
+
+    def send(self, part: range, jobs: list[Job]) -> None:
+        """Send the batch ``jobs`` (the caller's indices ``part``) to the least busy worker."""
+        w = min(self.workers, key=lambda w: len(self._sent[w.pid]))
+        self._send(w, (self._number, jobs))
+        self._sent[w.pid].append(part)
+        self._number += 1
+
+    def collect(self, block: bool) -> bool:
+        """Take the answers that are in (with ``block``, wait for one at least); True if batches are out.
+
+        Calls ``done`` for every finished batch; raises a worker's error.
+        """
+        busy = [w for w in self.workers if self._sent[w.pid]]
+        if not busy:
+            return False
+        for conn in wait([w.replies for w in busy], None if block else 0):
+            w = next(w for w in busy if w.replies is conn)
+            self._answer(w, self._sent[w.pid], self._done)
+        return True
 
     def _send(self, w: WorkerProcess, message: object) -> None:
         try:
