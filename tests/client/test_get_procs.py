@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from rcds.client import getdownloads, getprocs
+from rcds.client import getdownloads, getprocs, getworker
 from rcds.client import materialize as mat
 from rcds.client.getprocs import GetProcesses, batches
 from rcds.client.getworker import Job, Target
@@ -274,3 +274,34 @@ def test_the_worker_count_comes_from_the_environment(monkeypatch: pytest.MonkeyP
     assert getprocs.configured_processes() == 0
     monkeypatch.delenv("RCDS_GET_PROCESSES")
     assert 1 <= getprocs.configured_processes() <= getprocs.MAX_DEFAULT
+
+
+def test_a_worker_told_to_stop_while_writing_finishes_that_file_first(
+    site: Site, many: dict[str, bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = site.open(cache_dir=tmp_path / "cache")
+    rel = "d0/f007.txt"
+    entry = repo.lstat(f"{MANY}/{rel}")
+    piece = repo.pieces(f"{MANY}/{rel}")[0]
+    targets = tuple(
+        Target(str(tmp_path / name), f"{MANY}/{rel}", entry.st_mode, entry.st_size, 1_700_000_000, None)
+        for name in ("first", "second")
+    )
+    job = Job.of(piece.hash, ObjectKind.FILE, piece.size, True, targets)
+    real_write = getworker.write_file
+
+    def write(final: str, attrs: Target, data: bytes) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)  # the parent stops the workers: this one is writing
+        real_write(final, attrs, data)
+
+    monkeypatch.setattr(getworker, "write_file", write)
+    previous = signal.signal(signal.SIGTERM, getworker._stop)  # the worker's handler, here
+    try:
+        with pytest.raises(SystemExit):
+            getworker.run_jobs(repo.source, getworker.read_jobs([job]), keep=False)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        monkeypatch.setattr(getworker, "_stopping", False)
+    assert (tmp_path / "first").read_bytes() == many[rel]  # finished, then stopped
+    assert not (tmp_path / "second").exists()
+    assert not list(tmp_path.glob(".*.tmp"))

@@ -25,7 +25,7 @@ from rcds.client.cached_source import CachedSource
 from rcds.client.files import Piece
 from rcds.client.getfs import copy_into, write_file
 from rcds.client.getprocs import GetProcesses
-from rcds.client.getworker import Job, Setup, Target
+from rcds.client.getworker import Setup, WireJob, wire_job
 from rcds.format.dirent import Dirent
 from rcds.format.hashes import ContentHash, ObjectKind
 
@@ -120,18 +120,18 @@ class Downloads:
             return
         self.procs.start(Setup.of(self.source, self.keep), self._batch_done)
 
-    def _jobs(self, part: range) -> list[Job]:
+    def _jobs(self, part: range) -> list[WireJob]:
         path, wanted, users = self.path, self.wanted, self.users
-        return [
-            Job.of(
-                wanted[i].hash,
-                wanted[i].kind,
-                wanted[i].size,
-                wanted[i].compressed,
-                tuple(_target(path(f.rel), f.entry) for f in users[i]),
-            )
-            for i in part
-        ]
+        jobs = []
+        for i in part:
+            w = wanted[i]
+            targets = [
+                (path(f.rel), e.path, e.mode, e.size, e.mtime, e.mtimens)
+                for f in users[i]
+                for e in (f.entry,)
+            ]
+            jobs.append(wire_job(w.hash, w.kind, w.size, w.compressed, targets))
+        return jobs
 
     def _batch_done(self, part: range) -> None:
         for i in part:
@@ -196,10 +196,6 @@ class Downloads:
         procs, self.procs = self.procs, None
         if procs is not None:
             procs.close(kill=True)
-
-
-def _target(final: str, e: Dirent) -> Target:
-    return Target(final, e.path, e.mode, e.size, e.mtime, e.mtimens)
 
 
 def _copy_from(obj: BinaryIO, size: int, fd: int) -> int:

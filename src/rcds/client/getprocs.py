@@ -25,7 +25,7 @@ from multiprocessing.connection import wait
 from typing import Protocol
 
 from rcds import errors
-from rcds.client.getworker import Job, Setup
+from rcds.client.getworker import Job, Setup, WireJob
 from rcds.errors import RcdsError, StorageError
 from rcds.workerproc import WorkerProcess, configured_count
 
@@ -143,7 +143,7 @@ class GetProcesses:
             raise
         self.finish(jobs, 0, lambda part: [jobs[i] for i in part])
 
-    def feed(self, items: Sequence[Sized], start: int, make: Callable[[range], list[Job]]) -> int:
+    def feed(self, items: Sequence[Sized], start: int, make: Callable[[range], Sequence[WireJob]]) -> int:
         """Without waiting: take the answers that are in, and send ``items[start:]`` on in full batches.
 
         Sends batches of :data:`STREAM_BATCH` items or more (at most :data:`BATCH_OBJECTS`)
@@ -157,7 +157,7 @@ class GetProcesses:
             start = part.stop
         return start
 
-    def finish(self, items: Sequence[Sized], start: int, make: Callable[[range], list[Job]]) -> None:
+    def finish(self, items: Sequence[Sized], start: int, make: Callable[[range], Sequence[WireJob]]) -> None:
         """Send ``items[start:]`` (the last of them: guided :func:`batches`), wait for every batch, stop.
 
         Raises the first worker error; the workers are stopped either way.
@@ -186,7 +186,7 @@ class GetProcesses:
         """True if a worker has fewer than :data:`IN_FLIGHT` batches: :meth:`send` does not queue."""
         return any(len(q) < IN_FLIGHT for q in self._sent.values())
 
-    def send(self, part: range, jobs: list[Job]) -> None:
+    def send(self, part: range, jobs: Sequence[WireJob]) -> None:
         """Send the batch ``jobs`` (the caller's indices ``part``) to the least busy worker."""
         w = min(self.workers, key=lambda w: len(self._sent[w.pid]))
         self._send(w, (self._number, jobs))

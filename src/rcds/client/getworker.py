@@ -6,7 +6,8 @@ caches); every further request is ``(batch number, [Job, ...])``: objects to dow
 and write to their destination files. It answers ``("done", batch number)`` once every file of
 the batch is in place, or ``("error", error class name, message)`` and stops. At end of file on
 the request pipe it commits what it queued for the local cache, answers ``("bye", stats)`` and
-exits. SIGTERM stops it at once, removing the temp file it was writing.
+exits. SIGTERM stops it at once, or, while it writes a file, once that file is complete: no
+file is ever left half-written under its name (nor a temp file) by a worker told to stop.
 
 Everything it writes is verified first, exactly as in the caller's process: the downloads go
 through :func:`rcds.client.bulk.fetch_objects` on a :class:`~rcds.net.fetcher.Fetcher` of its
@@ -19,6 +20,7 @@ import os
 import signal
 import sys
 import traceback
+from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -36,7 +38,7 @@ from rcds.net.fetcher import Fetcher
 from rcds.net.proxies import ProxyConfig
 from rcds.net.settings import NetSettings
 
-__all__ = ["Job", "Setup", "Target", "serve"]
+__all__ = ["Job", "Setup", "Target", "WireJob", "WireTarget", "read_jobs", "serve", "wire_job"]
 
 
 class Target(NamedTuple):
@@ -80,6 +82,26 @@ class Job(NamedTuple):
         )
 
 
+WireTarget = tuple[str, str, int, int, int, "int | None"]
+WireJob = tuple[bytes, str, str, int, bool, tuple[WireTarget, ...]]
+"""A :class:`Job` as sent: plain tuples, which pickle in C alone (a NamedTuple costs a Python
+call each way, six times the time). A :class:`Job` is one too."""
+
+_NEW = tuple.__new__
+
+
+def wire_job(
+    h: ContentHash, kind: ObjectKind, size: int, compressed: bool, targets: list[WireTarget]
+) -> WireJob:
+    """The job for object ``h`` of ``kind`` as sent (``targets``: :class:`Target` fields)."""
+    return (h.digest, h.algorithm.value, kind.value, size, compressed, tuple(targets))
+
+
+def read_jobs(batch: Sequence[WireJob]) -> list[Job]:
+    """The jobs of a batch as received."""
+    return [_NEW(Job, (d, a, k, s, c, tuple([_NEW(Target, t) for t in ts]))) for d, a, k, s, c, ts in batch]
+
+
 @dataclass(frozen=True, slots=True)
 class Setup:
     """How a worker reaches the repository and which caches it uses."""
@@ -115,14 +137,30 @@ class Setup:
 
 
 def run_jobs(source: CachedSource, jobs: list[Job], keep: bool) -> None:
-    """Fetch the objects of ``jobs`` and write every target (temp file + rename)."""
+    """Fetch the objects of ``jobs`` and write every target (see :func:`write_file`)."""
+    global _writing
     wanted = [j.wanted() for j in jobs]
     for i, plain in fetch_objects(source, wanted, keep=keep):
         for t in jobs[i].targets:
-            write_file(t.final, t, plain)
+            _writing = True  # SIGTERM now waits for the end of this file
+            try:
+                write_file(t.final, t, plain)
+            finally:
+                _writing = False
+            if _stopping:
+                raise SystemExit(128 + signal.SIGTERM)
+
+
+_writing = False
+_stopping = False
 
 
 def _stop(signum: int, frame: object) -> None:
+    """SIGTERM: stop now, or after the file being written (see :func:`run_jobs`)."""
+    global _stopping
+    if _writing:
+        _stopping = True
+        return
     raise SystemExit(128 + signum)
 
 
@@ -146,7 +184,7 @@ def serve(request_fd: int, reply_fd: int) -> None:
                 number, jobs = requests.recv()
             except EOFError:
                 break
-            run_jobs(source, jobs, setup.keep)
+            run_jobs(source, read_jobs(jobs), setup.keep)
             replies.send(("done", number))
         source.flush()
         replies.send(("bye", dict(source.stats)))

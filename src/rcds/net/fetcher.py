@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -41,6 +42,8 @@ T = TypeVar("T")
 PROBE_PATH = ".cvmfspublished"
 _PROBE_MAX_SIZE = 1 << 20
 _SAFE = "/-._~!$&'()*+,;=:@"
+_PLAIN = re.compile(r"[A-Za-z0-9/._~-]*").fullmatch
+"""Paths that :func:`quote` leaves as they are (a subset of them)."""
 
 
 class StreamCheck(Protocol):
@@ -138,7 +141,10 @@ class Fetcher:
     @staticmethod
     def url_for(host: str, path: str) -> str:
         """The URL of ``path`` (a plain, unquoted relative path) below the base URL ``host``."""
-        return f"{host}/{quote(path.lstrip('/'), safe=_SAFE)}"
+        path = path.lstrip("/")
+        if _PLAIN(path) is None:  # object names (hex, ``/``, ``.``) need no quoting: the usual case
+            path = quote(path, safe=_SAFE)
+        return f"{host}/{path}"
 
     @overload
     def fetch(self, path: str, *, validate: None = None, max_size: int | None = None) -> bytes: ...
