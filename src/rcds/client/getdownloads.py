@@ -84,6 +84,7 @@ class Downloads:
         """``wanted[:sent]`` went to the worker processes already."""
         self.from_cache: dict[_Key, list[PlannedFile]] = {}
         self._index: dict[_Key, int] = {}
+        self._cached = source.presence()
         self._abort = threading.Event()
 
     def add(self, f: PlannedFile) -> None:
@@ -98,7 +99,7 @@ class Downloads:
         if i >= self.sent:  # its download has not gone out yet: one download for both
             self.users[i].append(f)
             return
-        if self.source.is_cached(p.hash, p.kind):  # copied in finish(), where its size is checked
+        if self._cached(p.hash, p.kind):  # copied in finish(), where its size is checked
             self.from_cache[key] = [f]
             return
         self._index[key] = len(self.wanted)
