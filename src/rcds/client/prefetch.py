@@ -47,10 +47,11 @@ QUEUED_GROUPS = 8
 def wanted_objects(source: CachedSource, files: Iterable[Located]) -> list[Wanted]:
     """The objects of regular files that the local cache lacks, each once (empty files have none)."""
     wanted: dict[tuple[ContentHash, ObjectKind], Wanted] = {}
+    cached = source.presence()
     for loc in files:
         for p in pieces_of(loc.entry, loc.catalog):
             key = (p.hash, p.kind)
-            if p.size and key not in wanted and not source.is_cached(p.hash, p.kind):
+            if p.size and key not in wanted and not cached(p.hash, p.kind):
                 wanted[key] = Wanted(p.hash, p.kind, p.size, loc.entry.compressed)
     return list(wanted.values())
 

@@ -18,6 +18,7 @@ verified data enters the caches.
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import io
 import logging
 import os
@@ -456,8 +457,14 @@ class Repository:
         a quota smaller than the files, early ones may be evicted again. Downloading and
         inflating run on two threads (:mod:`rcds.client.prefetch`).
         """
-        with self.using() as m:
-            return prefetch(self.source, resolve_many(m, list(paths)))
+        collecting = gc.isenabled()
+        gc.disable()  # a few small objects per file, none of them in a cycle: no scans meanwhile
+        try:
+            with self.using() as m:
+                return prefetch(self.source, resolve_many(m, list(paths)))
+        finally:
+            if collecting:
+                gc.enable()
 
     def _open_object(self, h: ContentHash, kind: ObjectKind, size: int, compressed: bool) -> BinaryIO:
         return self.source.open_object(h, kind, size=size, compressed=compressed)
