@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -18,8 +19,11 @@ import pytest
 from rcds.client import materialize as mat
 from rcds.client.materialize import STATE_FILE, materialize
 from rcds.errors import IntegrityError
+from rcds.format.pathhash import md5_pair
 
 from getkit import MANY, N, content, object_of, regular_files
+from repo_tamper import Tamper
+from testkit import NAME
 
 if TYPE_CHECKING:
     from conftest import Site
@@ -84,6 +88,30 @@ def test_a_corrupt_object_everywhere_is_reported_and_the_copy_resumes(
     report = materialize(site.open(cache_dir=tmp_path / "cache2"), MANY, dest)
     assert regular_files(dest) == many
     assert report.skipped == len(recorded)
+
+
+@pytest.mark.parametrize("name", ["..", "x/../../../evil"])
+def test_a_name_that_would_leave_the_destination_is_refused(
+    site: Site, many: dict[str, bytes], tmp_path: Path, name: str
+) -> None:
+    # a publisher gone bad: a row renamed (under the path hash of its new path), everything re-signed
+    old, new = f"{MANY}/d3/f010.txt", f"{MANY}/d3/{name}"
+
+    def rename(db: sqlite3.Connection) -> None:
+        cur = db.execute(
+            "UPDATE catalog SET name = ?, md5path_1 = ?, md5path_2 = ? WHERE md5path_1 = ? AND md5path_2 = ?",
+            (name, *md5_pair(new), *md5_pair(old)),
+        )
+        assert cur.rowcount == 1
+
+    Tamper(site.root, NAME).edit_catalog(MANY, rename)
+    dest = tmp_path / "area" / "out"
+    with pytest.raises(IntegrityError, match="would leave the destination"):
+        materialize(site.open(cache_dir=tmp_path / "cache"), MANY, dest)
+    assert sorted(p.name for p in (tmp_path / "area").iterdir()) == ["out"]  # nothing beside it
+    assert not (tmp_path / "evil").exists()
+    for rel, data in regular_files(dest).items():  # what was written before the refusal is right
+        assert data == many[rel]
 
 
 def test_an_interrupted_get_resumes_where_it_stopped(

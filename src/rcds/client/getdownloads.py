@@ -2,11 +2,11 @@
 
 :class:`Downloads` takes the files of the plan as the walk finds them (:meth:`Downloads.add`).
 Files with the same object share one download; an object in the local cache is copied from
-it instead. With many objects the downloads run in worker processes
-(:mod:`rcds.client.getprocs`), which are started when the walk has found :data:`MIN_OBJECTS`
-objects to download and get their first batches while the walk goes on, so that listing the catalogs and
-downloading overlap. An object met again after its batch went out is downloaded again (the
-walk runs well ahead of the downloads, so that is rare). With fewer objects, or without
+it instead (after the walk). With many objects the downloads run in worker processes
+(:mod:`rcds.client.getprocs`), started when the walk has found :data:`MIN_OBJECTS` objects to
+download; they get their first batches while the walk goes on, so that listing the catalogs
+and downloading overlap. An object met again after its batch went out is downloaded again
+(the walk runs well ahead of the downloads, so that is rare). With fewer objects, or without
 processes, the downloads run after the walk in :data:`LANES` threads of this process
 (:func:`rcds.client.bulk.fetch_objects`: pipelined batches).
 """

@@ -6,14 +6,14 @@ With thousands of small files that, not the network, bounds the copy. So a large
 into batches of objects (:class:`~rcds.client.getworker.Job`) that a few worker processes
 (:class:`rcds.workerproc.WorkerProcess`, running :mod:`rcds.client.getworker`) take in turn:
 each downloads its batch pipelined through its own fetcher, verifies every object and writes
-every file, then reports the batch done. The caller records the progress
-and the resume state, and writes what is not a single-object file itself.
+every file, then reports the batch done. The caller records the progress and the resume
+state, and writes what is not a single-object file itself.
 
 Workers are used for at least :data:`rcds.client.getdownloads.MIN_OBJECTS` objects (the
 start-up costs ~0.1 s of CPU each); ``RCDS_GET_PROCESSES`` sets their number (``0``: none,
 everything in-process; default: the CPU count, at most :data:`MAX_DEFAULT`). An error in a
-worker stops the others (SIGTERM: they remove their temp files) and reaches the caller as the
-same error class.
+worker stops the others (SIGTERM: each finishes the file it is writing, if any, and writes no
+other) and reaches the caller as the same error class.
 """
 
 from __future__ import annotations
@@ -40,9 +40,9 @@ BATCH_BYTES = 32 << 20
 """A batch holds at most this many objects / plain bytes (a pipelined download each)."""
 MIN_BATCH = 64
 IN_FLIGHT = 2
+"""Batches sent to a worker ahead of its answers."""
 STREAM_BATCH = 256
 """While jobs are still being found (:meth:`GetProcesses.feed`), batches hold at least this many."""
-"""Batches sent to a worker ahead of its answers."""
 STOP_SECONDS = 10.0
 
 _ERRORS: dict[str, type[RcdsError]] = {
@@ -148,7 +148,8 @@ class GetProcesses:
 
         Sends batches of :data:`STREAM_BATCH` items or more (at most :data:`BATCH_OBJECTS`)
         while a worker has room; ``make(part)`` gives the jobs of the indices ``part``. Returns
-        where the items not sent yet start. For a list that still grows: see :meth:`finish`.
+        where the items not sent yet start. Call it now and then while ``items`` grows;
+        :meth:`finish` sends the rest.
         """
         self.collect(block=False)
         while self.has_room() and len(items) - start >= STREAM_BATCH:

@@ -52,7 +52,7 @@ from rcds.client.getfs import (
     write_symlink,
 )
 from rcds.client.getprocs import configured_processes
-from rcds.client.mounted import Located
+from rcds.client.mounted import Located, is_canonical
 from rcds.client.repository import Repository
 from rcds.errors import InputError, IntegrityError, StorageError
 from rcds.format.dirent import Dirent
@@ -183,10 +183,13 @@ class _Plan:
     def add(self, loc: Located) -> None:
         """Plan one entry of the walk (parents come before their children)."""
         e = loc.entry
-        # the entry's own name only: its parents were checked when the walk passed them
         rel = e.path[self._cut :] if e.path != self.top.entry.path else ""
-        if rel:
+        if rel:  # a plain name, on a path without empty, ".", ".." or NUL parts (nested roots too)
             check_name(e.name, e.path)
+            if not is_canonical("/" + rel) or "\0" in rel:
+                raise IntegrityError(
+                    f"refusing to write {e.path!r}: its path would leave the destination", e.path
+                )
         if e.is_dir:
             self.dirs.append((rel, e))
             if self.is_dir:
