@@ -288,13 +288,7 @@ class Repository:
                 return False
             old = self._current_mounted()
             try:
-                trust = self._fetch_trust()
-                if trust.manifest.revision <= old.revision:
-                    switched = False
-                else:
-                    new = self._mount(trust)
-                    self._current = new
-                    switched = True
+                switched = self._switch(self._fetch_trust())
             except (NetworkError, IntegrityError, NotFoundError, StorageError) as exc:
                 self.offline = True
                 self.last_error = str(exc)
@@ -311,6 +305,38 @@ class Repository:
             if old.retire():
                 self._close_mounted(old)
         return switched
+
+    def _switch(self, trust: Trust) -> bool:
+        """Mount ``trust``'s revision if it is newer than the current one (lock held)."""
+        if trust.manifest.revision <= self._current_mounted().revision:
+            return False
+        self._current = self._mount(trust)
+        return True
+
+    def apply_manifest(self, raw: bytes) -> bool:
+        """Switch to the revision of a pushed signed manifest (a notification) if it is newer.
+
+        The manifest is verified like a downloaded one (certificate, whitelist, master key, not
+        older than the newest revision seen); :class:`IntegrityError` if it is not trustworthy.
+        Returns True if the repository switched; an older or equal revision changes nothing.
+        """
+        from rcds.client.trust import check_not_rollback
+        from rcds.repo.view import establish_trust
+
+        now = self._now() if self._now else None
+        trust = establish_trust(self.source, self.fqrn, self.master_keys, now=now, manifest_bytes=raw)
+        check_not_rollback(trust.manifest, self._crumb.read())
+        with self._lock:
+            old = self._current_mounted()
+            if not self._switch(trust):
+                return False
+            self._next_check = self._clock() + self.ttl
+            self.offline = False
+            self.last_error = None
+        log.info("%s: notified, switched from revision %d to %d", self.fqrn, old.revision, self.revision)
+        if old.retire():
+            self._close_mounted(old)
+        return True
 
     def _close_mounted(self, m: Mounted) -> None:
         with self._lock:

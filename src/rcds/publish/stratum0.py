@@ -7,10 +7,11 @@ signed manifest by atomic rename. A crash before the rename leaves the previous 
 
 from __future__ import annotations
 
+import logging
 import shutil
 import stat
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -37,6 +38,8 @@ from rcds.publish.tarsource import iter_tar
 from rcds.publish.tree_builder import TreeBuilder
 from rcds.storage.local import LocalStore
 
+log = logging.getLogger("rcds.publish")
+
 
 @dataclass(frozen=True)
 class ChangeResult:
@@ -62,11 +65,14 @@ def target_path(path: str) -> str:
 class Stratum0:
     """Publishing operations on a repository created by :func:`rcds.publish.create.create_repository`."""
 
-    def __init__(self, root: Path, name: str) -> None:
+    def __init__(self, root: Path, name: str, *, on_revision: Callable[[bytes], None] | None = None) -> None:
         self.layout = Layout(Path(root), name)
         self.settings: Settings = self.layout.load_settings()
         self.store = LocalStore(self.layout.public)
         self.name = name
+        self.on_revision = on_revision
+        """Called with the signed manifest of every new revision once it is visible (e.g. to
+        send a notification); its failures are logged, never raised."""
 
     # -- state ------------------------------------------------------------------------
     def manifest(self) -> manifest_fmt.Manifest:
@@ -253,8 +259,14 @@ class Stratum0:
             )
         key = keys.load_private_key(self.layout.key("key").read_bytes(), str(self.layout.key("key")))
         self.store.sync()
-        self.store.put(".cvmfspublished", new.sign(key))
+        signed = new.sign(key)
+        self.store.put(".cvmfspublished", signed)
         end = time.monotonic()
+        if self.on_revision is not None:
+            try:
+                self.on_revision(signed)
+            except Exception:  # the revision is published; a failed announcement must not say otherwise
+                log.exception("announcing revision %d of %s failed", new.revision, self.name)
         return ChangeResult(new.revision, root_hash.hex, target, stats, end - start, end - commit_start)
 
     def gc(self, keep_revisions: int = 1) -> GcResult:

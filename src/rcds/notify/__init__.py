@@ -1,0 +1,1 @@
+"""The revision-notification broker (stock CernVM-FS protocol)."""
