@@ -93,6 +93,8 @@ def make_app(service: Service, authenticator: Authenticator | None = None) -> we
         Authorizer(service.config.auth.acl),
     )
     app.router.add_route("*", "/pubapi/{verb}", dispatch)
+    if service.broker is not None:
+        service.broker.attach(app)
     return app
 
 

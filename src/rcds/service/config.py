@@ -30,6 +30,7 @@ __all__ = [
     "AuthConfig",
     "CleanupConfig",
     "ListenConfig",
+    "NotifyConfig",
     "ReplicaConfig",
     "ServeConfig",
     "ServiceConfig",
@@ -126,6 +127,21 @@ class ReplicaConfig:
 
 
 @dataclass(frozen=True)
+class NotifyConfig:
+    """Revision notifications (stock CernVM-FS protocol).
+
+    ``broker``: serve ``/notifications/subscribe`` and ``/notifications/publish`` on the API
+    listener and announce this server's new revisions there. ``servers``: other brokers (base
+    URLs) every new revision is also POSTed to. ``allow_publish``: networks (CIDR) that may POST
+    notifications to this broker.
+    """
+
+    broker: bool = True
+    servers: tuple[str, ...] = ()
+    allow_publish: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+
+
+@dataclass(frozen=True)
 class ServeConfig:
     """Where the repositories (own and replicas) are served over HTTP for clients and proxies."""
 
@@ -160,6 +176,7 @@ class ServiceConfig:
     serve: ServeConfig = field(default_factory=ServeConfig)
     stamps: StampsConfig = field(default_factory=StampsConfig)
     max_unpacked_size: int = DEFAULT_MAX_UNPACKED_SIZE
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
 
     @classmethod
     def load(cls, path: str | Path) -> ServiceConfig:

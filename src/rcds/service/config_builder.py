@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,6 +20,7 @@ from rcds.service.config import (
     AuthConfig,
     CleanupConfig,
     ListenConfig,
+    NotifyConfig,
     ReplicaConfig,
     ServeConfig,
     ServiceConfig,
@@ -101,7 +103,7 @@ class ConfigBuilder:
         top = self.table(data, "", {
             "base_dir", "repositories", "prefix", "stamp_prefix", "state_dir", "spool_dir",
             "max_upload_size", "max_unpacked_size", "cleanup", "listen", "tls", "auth", "acl", "replica",
-            "serve", "stamps",
+            "serve", "stamps", "notify",
         })  # fmt: skip
         base = self.opt_path(top.get("base_dir"), "base_dir") or base_default or DEFAULT_BASE_DIR
         repos = self.str_list(top.get("repositories", list(DEFAULT_REPOSITORIES)), "repositories")
@@ -150,7 +152,26 @@ class ConfigBuilder:
             serve=self.serve(top.get("serve")),
             stamps=self.stamps(top.get("stamps")),
             max_unpacked_size=max_unpacked,
+            notify=self.notify(top.get("notify")),
         )
+
+    def notify(self, value: object) -> NotifyConfig:
+        t = self.table(value, "notify", {"broker", "servers", "allow_publish"})
+        broker = t.get("broker", True)
+        if not isinstance(broker, bool):
+            raise self.fail("notify.broker", f"must be true or false, got {broker!r}")
+        servers = self.str_list(t["servers"], "notify.servers") if t.get("servers", []) != [] else ()
+        for url in servers:
+            if not re.match(r"^https?://[^\s/?#]+(/[^\s?#]*)?$", url):
+                raise self.fail("notify.servers", f"{url!r} is not a broker base URL like http://host:4929")
+        raw_nets = t.get("allow_publish", list(NotifyConfig().allow_publish))
+        nets = self.str_list(raw_nets, "notify.allow_publish") if raw_nets != [] else ()
+        for n in nets:
+            try:
+                ipaddress.ip_network(n, strict=False)
+            except ValueError as e:
+                raise self.fail("notify.allow_publish", f"{n!r} is not a network like 10.0.0.0/8: {e}") from None
+        return NotifyConfig(broker, tuple(u.rstrip("/") for u in servers), tuple(nets))
 
     def serve(self, value: object) -> ServeConfig:
         t = self.table(value, "serve", {"host", "port"})

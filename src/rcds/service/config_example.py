@@ -87,6 +87,17 @@ partner_keys_dir = "/etc/rcds/partner-keys"
 host = "0.0.0.0"
 port = 8000
 
+[notify]
+# Revision notifications in the stock CernVM-FS protocol. With broker = true the API listener
+# also serves <listen>/notifications/subscribe and /notifications/publish (set clients'
+# CVMFS_NOTIFICATION_SERVER and replicas to the API's base URL), and every new revision of the
+# own repositories is announced there at once.
+broker = true
+# Other brokers every new revision is POSTed to as well (e.g. one beside the stratum 1s).
+servers = ["http://notify.example.org:4929"]
+# Networks that may POST notifications to this broker (others get 403).
+allow_publish = ["127.0.0.0/8", "::1/128"]
+
 [stamps]
 # Seconds between writes of pending "last used" stamps (each write is one revision per repository).
 flush_interval = 10

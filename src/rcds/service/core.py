@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rcds.errors import NotFoundError
+from rcds.net.notify_post import NotifySender
+from rcds.notify.broker import Broker
 from rcds.publish.create import create_repository
 from rcds.publish.layout import Settings
 from rcds.publish.policy import Limits
@@ -69,7 +71,14 @@ class Service:
                 f"repositories {', '.join(missing)} do not exist under {config.state_dir}; "
                 "create them with: rcds server init --config FILE"
             )
-        self.slots = [RepoSlot(n, Stratum0(config.state_dir / n, n)) for n in config.repositories]
+        self.broker = Broker(allow_publish=config.notify.allow_publish) if config.notify.broker else None
+        self.notifier = NotifySender(
+            config.notify.servers, [self.broker.publish_threadsafe] if self.broker is not None else []
+        )
+        announce = self.notifier.announce if self.notifier.enabled else None
+        self.slots = [
+            RepoSlot(n, Stratum0(config.state_dir / n, n, on_revision=announce)) for n in config.repositories
+        ]
         self.presence = Presence(config.prefix)
         for s in self.slots:
             self.presence.add_repository(s.name, s.public, own=True)
@@ -145,6 +154,7 @@ class Service:
         for t in self._threads:
             t.join(10)
         self.stamps.flush()
+        self.notifier.close()
         if self.repo_server is not None:
             self.repo_server.stop()
 
