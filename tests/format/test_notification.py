@@ -108,7 +108,7 @@ def test_missing_key_and_non_objects_are_refused(repo: Stratum0) -> None:
 def test_manifest_must_name_the_repository(repo: Stratum0) -> None:
     raw = repo.store.get(".cvmfspublished")
     a = Activity.of(raw)._replace(repository="other.example.org")
-    with pytest.raises(IntegrityError, match="is for 'test.example.org'"):
+    with pytest.raises(IntegrityError, match=r"is for 'test\.example\.org'"):
         parse_activity(a.to_json()).signed_manifest()
     with pytest.raises(IntegrityError):
         a._replace(manifest=b"garbage").signed_manifest()
@@ -128,7 +128,12 @@ def test_subscription() -> None:
     assert build_subscription("sw.example.org") == b'{"version":1,"repository":"sw.example.org"}'
     assert parse_subscription(b'{"version":1,"repository":"sw.example.org"}') == "sw.example.org"
     assert parse_subscription('{ "version" : 1, "repository" : "a.b" }') == "a.b"
-    for bad in (b"{}", b'{"version":1}', b'{"version":2,"repository":"a.b"}', b'{"version":1,"repository":"a b"}'):
+    for bad in (
+        b"{}",
+        b'{"version":1}',
+        b'{"version":2,"repository":"a.b"}',
+        b'{"version":1,"repository":"a b"}',
+    ):
         with pytest.raises(InputError):
             parse_subscription(bad)
     with pytest.raises(InputError):
@@ -139,7 +144,7 @@ def test_event_framing_and_decoder() -> None:
     assert encode_event(b'{"a":1}') == b'data: {"a":1}\n\n'
     with pytest.raises(InputError):
         encode_event(b"two\nlines")
-    stream = b'data: one\n\n: comment\n\nevent: x\ndata:two\r\n\r\ndata: a\ndata: b\r\rdata: tail'
+    stream = b"data: one\n\n: comment\n\nevent: x\ndata:two\r\n\r\ndata: a\ndata: b\r\rdata: tail"
     d = EventDecoder()
     got: list[bytes] = []
     for i in range(len(stream)):  # byte by byte: every split point

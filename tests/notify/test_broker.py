@@ -1,4 +1,4 @@
-"""The broker over real HTTP on loopback: fan-out, stock compatibility, slow and many subscribers, restarts."""
+"""The broker over real HTTP on loopback: fan-out, stock clients, slow and many subscribers, restarts."""
 
 from __future__ import annotations
 

@@ -7,9 +7,11 @@ import sys
 import time
 from pathlib import Path
 
+from rcds.cli.notify import servers_from
 from rcds.cli.output import human_bytes, print_kv
 from rcds.errors import ConfigError
 from rcds.format.keys import load_public_key_file
+from rcds.net.notify_post import NotifySender
 from rcds.publish.create import create_repository
 from rcds.publish.layout import Layout, Settings
 from rcds.publish.policy import Limits
@@ -19,6 +21,9 @@ from rcds.repo.source import Source, StoreSource
 from rcds.repo.verify import verify_repository
 from rcds.serve.http import make_server
 from rcds.storage.local import LocalStore
+
+NOTIFY_WAIT = 5.0
+"""Seconds a command waits at most for its notifications to be delivered (failures are only logged)."""
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -56,10 +61,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--max-bytes", type=_size, default=Limits().max_bytes, help="refuse inputs larger than this"
     )
+    _notify_option(p)
     p.set_defaults(func=_ingest)
 
     p = cmd("rm", "remove a subtree as a new revision")
     p.add_argument("--path", required=True, help="the subtree to remove")
+    _notify_option(p)
     p.set_defaults(func=_rm)
 
     p = cmds.add_parser("verify", help="verify signatures, every catalog and every object")
@@ -87,6 +94,21 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--host", default="127.0.0.1", help="listen address (default: loopback only)")
     p.add_argument("--max-age", type=int, default=61, help="Cache-Control max-age of .cvmfs* files")
     p.set_defaults(func=_serve)
+
+
+def _notify_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--notify",
+        action="append",
+        metavar="URL",
+        help="announce the new revision to this notification broker (repeatable; default: $RCDS_NOTIFY)",
+    )
+
+
+def _stratum0(args: argparse.Namespace) -> tuple[Stratum0, NotifySender]:
+    """The repository, announcing every new revision to the brokers of ``--notify``/``$RCDS_NOTIFY``."""
+    sender = NotifySender(servers_from(args.notify), retries=1)
+    return Stratum0(_root(args), args.name, on_revision=sender.announce if sender.enabled else None), sender
 
 
 def _size(text: str) -> int:
@@ -129,7 +151,14 @@ def _create(args: argparse.Namespace) -> int:
 
 
 def _ingest(args: argparse.Namespace) -> int:
-    s0 = Stratum0(_root(args), args.name)
+    s0, sender = _stratum0(args)
+    try:
+        return _ingest_into(s0, args)
+    finally:
+        sender.close(timeout=NOTIFY_WAIT)
+
+
+def _ingest_into(s0: Stratum0, args: argparse.Namespace) -> int:
     limits = Limits(max_bytes=args.max_bytes)
     if args.tar is not None:
         if args.tar == "-":
@@ -151,7 +180,11 @@ def _ingest(args: argparse.Namespace) -> int:
 
 
 def _rm(args: argparse.Namespace) -> int:
-    result = Stratum0(_root(args), args.name).remove(args.path)
+    s0, sender = _stratum0(args)
+    try:
+        result = s0.remove(args.path)
+    finally:
+        sender.close(timeout=NOTIFY_WAIT)
     print(f"removed {result.path}; now at revision {result.revision}")
     return 0
 

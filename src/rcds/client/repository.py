@@ -325,6 +325,8 @@ class Repository:
 
         now = self._now() if self._now else None
         trust = establish_trust(self.source, self.fqrn, self.master_keys, now=now, manifest_bytes=raw)
+        if trust.manifest.revision < self.revision:
+            return False  # a late or repeated message: nothing to do, nothing wrong
         check_not_rollback(trust.manifest, self._crumb.read())
         with self._lock:
             old = self._current_mounted()

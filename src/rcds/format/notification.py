@@ -43,7 +43,9 @@ _STAMP = re.compile(r"(\d{1,2}) ([A-Z][a-z]{2}) (\d{4}) (\d{2}):(\d{2}):(\d{2})"
 def format_timestamp(seconds: float) -> str:
     """Stock's ``StringifyTime(t, utc=true)``: ``07 Dec 2026 07:50:01`` (English month, UTC)."""
     t = time.gmtime(seconds)
-    return f"{t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year} {t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}"
+    return (
+        f"{t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year} {t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d}"
+    )
 
 
 def parse_timestamp(text: str) -> int | None:
@@ -84,7 +86,9 @@ class Activity(NamedTuple):
             name = manifest_fmt.parse(manifest).manifest.repository_name
         except IntegrityError as exc:
             raise InputError(f"cannot announce this manifest: {exc}") from None
-        return cls(check_repository(name), bytes(manifest), format_timestamp(time.time() if now is None else now))
+        return cls(
+            check_repository(name), bytes(manifest), format_timestamp(time.time() if now is None else now)
+        )
 
     def to_json(self) -> bytes:
         """The message as one line of compact JSON (what publishers POST and events carry)."""

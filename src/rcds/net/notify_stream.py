@@ -97,9 +97,13 @@ class Subscription:
         )
         resp = conn.getresponse()
         if resp.status != 200:
-            raise NetworkError(f"{self.server} refused the subscription: HTTP {resp.status} {resp.read(300)!r}")
+            raise NetworkError(
+                f"{self.server} refused the subscription: HTTP {resp.status} {resp.read(300)!r}"
+            )
         if not resp.getheader("Content-Type", "").startswith("text/event-stream"):
-            raise NetworkError(f"{self.server} did not answer with an event stream; is it a notification broker?")
+            raise NetworkError(
+                f"{self.server} did not answer with an event stream; is it a notification broker?"
+            )
         if conn.sock is not None:
             conn.sock.settimeout(self.idle_timeout)
             with contextlib.suppress(OSError):

@@ -105,7 +105,7 @@ class Broker:
         self._last: collections.OrderedDict[str, bytes] = collections.OrderedDict()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closing = False
-        self._transports: set[asyncio.BaseTransport] = set()
+        self._transports: set[asyncio.Transport] = set()
 
     # -- wiring ------------------------------------------------------------------------
     def attach(self, app: web.Application, prefixes: Iterable[str] = PREFIXES) -> None:
@@ -237,7 +237,9 @@ class Broker:
             transport.abort()  # an error for the client: stock re-subscribes only after errors
         return resp
 
-    async def _serve(self, sub: _Subscription, resp: web.StreamResponse, transport: asyncio.BaseTransport) -> None:
+    async def _serve(
+        self, sub: _Subscription, resp: web.StreamResponse, transport: asyncio.Transport
+    ) -> None:
         while not self._closing:
             try:
                 await asyncio.wait_for(sub.wake.wait(), self.check_interval)
@@ -253,7 +255,11 @@ class Broker:
                 await asyncio.wait_for(resp.write(event), self.write_timeout)
             except TimeoutError:
                 self.stats.slow_disconnects += 1
-                log.warning("subscriber of %s read nothing for %.0f s; disconnected", sub.repository, self.write_timeout)
+                log.warning(
+                    "subscriber of %s read nothing for %.0f s; disconnected",
+                    sub.repository,
+                    self.write_timeout,
+                )
                 transport.abort()
                 return
             except (ConnectionError, RuntimeError):
@@ -261,7 +267,7 @@ class Broker:
             self.stats.delivered += 1
 
 
-def _tune(transport: asyncio.BaseTransport) -> None:
+def _tune(transport: asyncio.Transport) -> None:
     sock = transport.get_extra_info("socket")
     if sock is None:
         return

@@ -38,7 +38,9 @@ async def serve_broker(
         await site.start()
     except OSError as exc:
         await runner.cleanup()
-        raise RcdsError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; choose another --port") from None
+        raise RcdsError(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}; choose another --port"
+        ) from None
     stop = stop or asyncio.Event()
     if signals:
         loop = asyncio.get_running_loop()

@@ -170,7 +170,9 @@ class ConfigBuilder:
             try:
                 ipaddress.ip_network(n, strict=False)
             except ValueError as e:
-                raise self.fail("notify.allow_publish", f"{n!r} is not a network like 10.0.0.0/8: {e}") from None
+                raise self.fail(
+                    "notify.allow_publish", f"{n!r} is not a network like 10.0.0.0/8: {e}"
+                ) from None
         return NotifyConfig(broker, tuple(u.rstrip("/") for u in servers), tuple(nets))
 
     def serve(self, value: object) -> ServeConfig:
