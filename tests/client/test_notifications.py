@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -14,8 +15,10 @@ from rcds.format.notification import Activity
 from rcds.net.notify_post import post_activity
 from rcds.notify.server import BrokerThread
 
-from conftest import Site
 from testkit import NAME, Entry
+
+if TYPE_CHECKING:
+    from conftest import Site
 
 
 def test_apply_newer_manifest_switches_without_a_poll(site: Site) -> None:
@@ -67,7 +70,7 @@ def test_follower_applies_only_verified_newer(site: Site) -> None:
         older = (site.public / ".cvmfspublished").read_bytes()
         new = site.publish([Entry("n.txt", b"new\n")], "/sw/g/new")
         post_activity(broker.url, Activity.of((site.public / ".cvmfspublished").read_bytes()).to_json())
-        assert follower.wait_for(lambda: repo.revision == new, 10)
+        assert follower.wait_for(lambda: follower.switched == 1 and repo.revision == new, 10)
         post_activity(broker.url, Activity.of(older).to_json())
         assert follower.wait_for(lambda: follower.received == 3, 10)
         assert repo.revision == new and switches == [new]

@@ -66,7 +66,7 @@ def test_real_publish_is_announced(svc: ServiceThread, external: BrokerThread, t
         published = (slot.public / ".cvmfspublished").read_bytes()
         assert kit.wait_until(lambda: any(a.manifest == published for a in got), 10)
         # the client switched on the notification alone (its TTL is an hour)
-        assert follower.wait_for(lambda: repo.revision == now, 10)
+        assert follower.wait_for(lambda: follower.switched >= 1 and repo.revision == now, 10)
         assert repo.revision > before and follower.switched >= 1 and follower.rejected == 0
         assert repo.exists(f"/sw/{cid}/bin/run.sh")
         # the external broker got it too
