@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from rcds.client.notifications import NotificationFollower
+from rcds.client.fetch.notifications import NotificationFollower
 from rcds.client.repository import Repository
 from rcds.errors import NetworkError
 from rcds.format.notification import Activity

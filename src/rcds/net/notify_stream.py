@@ -3,7 +3,7 @@
 :class:`Subscription` speaks what a stock client speaks: ``GET <server>/notifications/subscribe``
 with the body ``{"version":1,"repository":"<fqrn>"}``, then reads the ``text/event-stream``.
 Iterating over it yields the :class:`~rcds.format.notification.Activity` messages of the
-repository, unverified (they are hints: see :mod:`rcds.client.notifications`). When the
+repository, unverified (they are hints: see :mod:`rcds.client.fetch.notifications`). When the
 stream ends, breaks, stays silent for ``idle_timeout`` seconds or cannot be opened, it subscribes
 again after a pause that starts at ``backoff[0]`` and doubles (with jitter) up to ``backoff[1]``;
 the broker sends its last message again on every subscription, so nothing is missed that it knew.
