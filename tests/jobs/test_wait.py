@@ -99,6 +99,30 @@ def test_found_through_the_client_library_and_materialized(
     assert (link / "latest").is_symlink() and (link / "lib" / "data.txt").exists()
 
 
+def test_notification_ends_the_pause(
+    service: ServiceThread, code: Path, access: ClientAccess, tmp_path: Path
+) -> None:
+    """With the service's broker, the wait notices the new revision at once, not after a 30 s pause."""
+    tb = prepare(code, workdir=tmp_path)
+    tb.path.unlink()
+    cid = f"dune/{tb.sha256}"
+    t = later(1.0, lambda: publish_code(code, "dune", [service.url]))
+    t0 = time.monotonic()
+    out = wait_for_code(
+        cid,
+        REPOS,
+        timeout=60,
+        cvmfs_root=None,
+        access=access,
+        poll=PollPolicy(start=30.0, cap=30.0),
+        notify=service.url,
+    )
+    t.join()
+    took = time.monotonic() - t0
+    assert out.found.via == "client"
+    assert 1.0 <= took < 15, took  # a poll alone would have looked again only after 30 s
+
+
 def test_client_library_timeout_says_what_was_seen(
     service: ServiceThread, access: ClientAccess, tmp_path: Path
 ) -> None:

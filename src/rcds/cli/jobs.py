@@ -154,6 +154,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     w.add_argument(
         "--poll-max", type=float, default=15.0, metavar="S", help="longest pause between looks (15)"
     )
+    w.add_argument(
+        "--notify",
+        metavar="URL",
+        help="notification broker: look again as soon as a new revision is announced "
+        "(default: CVMFS_NOTIFICATION_SERVER of the client configuration)",
+    )
     _auth_options(w)
     _client_options(w)
     w.add_argument("--json", action="store_true", help="print a JSON object")
@@ -227,6 +233,16 @@ def _publish(args: argparse.Namespace) -> int:
     return 0
 
 
+def _configured_broker(config_dir: Path | None) -> str | None:
+    """``CVMFS_NOTIFICATION_SERVER`` of the client configuration, if there is one."""
+    if config_dir is None:
+        return None
+    from rcds.client.config.settings import load_client_config
+    from rcds.client.fetch.notifications import notification_server
+
+    return notification_server(load_client_config(None, etc_dir=config_dir))
+
+
 def _wait(args: argparse.Namespace) -> int:
     config_dir = args.config_dir
     if config_dir is None and not args.repo_url and DEFAULT_ETC.is_dir():
@@ -256,6 +272,7 @@ def _wait(args: argparse.Namespace) -> int:
         prefix=args.prefix,
         access=access,
         poll=PollPolicy(start=min(1.0, args.poll_max), cap=args.poll_max),
+        notify=args.notify or _configured_broker(config_dir),
     )
     if args.json:
         print(json.dumps(out.as_json(), sort_keys=True))

@@ -22,12 +22,15 @@ from rcds.client.config.settings import DEFAULT_ETC, check_fqrn, load_client_con
 from rcds.client.get.materialize import materialize
 from rcds.client.repository import Repository
 from rcds.errors import ConfigError, InputError, NotFoundError, RcdsError
+from rcds.jobs.wake import Waker
 from rcds.service.cid import validate_cid
 
 log = logging.getLogger("rcds.jobs")
 
 DEFAULT_CVMFS_ROOT = Path("/cvmfs")
 DEFAULT_PREFIX = "sw"
+AFTER_NOTIFY = 0.05
+"""First pause (seconds) after a notification; the pauses double again from there."""
 
 
 class WaitTimeoutError(NotFoundError):
@@ -133,6 +136,8 @@ class Finder:
     cvmfs_root: Path | None = DEFAULT_CVMFS_ROOT
     prefix: str = DEFAULT_PREFIX
     access: ClientAccess | None = None
+    pushed: Callable[[str], bytes | None] | None = None
+    """Gives a manifest a notification pushed for a repository (see :mod:`rcds.jobs.wake`)."""
     _open: dict[str, Repository] = field(default_factory=dict, init=False)
     _state: dict[str, str] = field(default_factory=dict, init=False)
     _no_access: set[str] = field(default_factory=set, init=False)
@@ -180,7 +185,7 @@ class Finder:
             r = self._open.get(repo)
             if r is None:
                 r = self._open[repo] = self.access.open(repo)
-            else:
+            elif not self._apply_pushed(r):
                 r.refresh(force=True)
             present = r.exists(self.repo_path())
         except ConfigError as exc:
@@ -194,6 +199,18 @@ class Finder:
             self._state[where] = f"revision {r.revision}, not there yet"
             return None
         return Found(self.cid, repo, f"{repo}:{self.repo_path()}", self.repo_path(), "client")
+
+    def _apply_pushed(self, r: Repository) -> bool:
+        """Switch to a pushed manifest (verified); False if there is none or it is not trustworthy."""
+        raw = self.pushed(r.fqrn) if self.pushed is not None else None
+        if raw is None:
+            return False
+        try:
+            r.apply_manifest(raw)
+        except RcdsError as exc:
+            log.warning("notified manifest of %s not used: %s", r.fqrn, exc)
+            return False
+        return True
 
     def places(self) -> str:
         """Every place looked at with its last state, for messages."""
@@ -237,17 +254,25 @@ def wait_for_code(
     poll: PollPolicy | None = None,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
+    notify: str | None = None,
 ) -> WaitOutcome:
     """Wait up to ``timeout`` seconds for ``cid`` in ``repos``, then link it to ``link`` if given.
 
     ``cvmfs_root`` None means: never use a mount, only the client library (``access``).
+    ``notify``: a notification broker's base URL; a new revision announced there ends the
+    current pause at once (its manifest is applied, verified, to the client library's view), and
+    the next looks follow quickly (a mount may switch a moment after the announcement).
 
     Raises :class:`WaitTimeoutError` naming the CID and the places looked at.
     """
     start = clock()
+    policy = poll or PollPolicy()
     finder = Finder(cid, list(repos), cvmfs_root, prefix, access)
+    waker = Waker(notify, finder.repos) if notify else None
+    finder.pushed = waker.take if waker is not None else None
     try:
-        for delay in (poll or PollPolicy()).delays():
+        delays = policy.delays()
+        while True:
             found = finder.look()
             if found is not None:
                 log.info("found %s at %s after %.1f s", cid, found.path, clock() - start)
@@ -256,12 +281,18 @@ def wait_for_code(
             remaining = start + timeout - clock()
             if remaining <= 0:
                 break
-            sleep(min(delay, remaining))
+            pause = min(next(delays), remaining)
+            if waker is None:
+                sleep(pause)
+            elif waker.wait(pause):
+                delays = PollPolicy(start=AFTER_NOTIFY, cap=policy.cap).delays()
         raise WaitTimeoutError(
             f"CID {cid} did not appear within {timeout:g} s in {', '.join(repos)} "
             f"(looked for {prefix}/{cid}): {finder.places()}"
         )
     finally:
+        if waker is not None:
+            waker.close()
         finder.close()
 
 
