@@ -37,7 +37,7 @@ from rcds.publish.layout import Settings
 from rcds.publish.stratum0 import Stratum0
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine  # noqa: E402
+from common import machine
 
 NAME = "bench.example.org"
 OTHER = "nobody.example.org"
