@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import resource
@@ -15,7 +16,7 @@ import pytest
 from rcds.errors import NetworkError
 from rcds.format.notification import Activity
 from rcds.net.notify_post import NotifySender, post_activity
-from rcds.net.notify_stream import Subscription
+from rcds.net.notify_stream import Subscription, subscribe_async
 from rcds.notify.broker import Broker
 from rcds.notify.server import BrokerThread
 
@@ -62,7 +63,7 @@ def test_publish_subscribe_round_trip(broker: BrokerThread, signer: Signer) -> N
         answer = post_activity(broker.url, signer.activity(5).to_json())
         assert answer == {"status": "ok", "subscribers": 1}
         assert wait_until(lambda: len(got) == 1)
-        assert got[0].manifest == signer.manifest(5) or got[0].signed_manifest().manifest.revision == 5
+        assert got[0].manifest == signer.manifest(5)
         assert got[0].repository == NAME
         # another repository's message does not reach this subscription
         other = Subscription(broker.url, "other.example.org")
@@ -126,6 +127,45 @@ def test_bad_publishes_are_refused_and_change_nothing(broker: BrokerThread, sign
     assert status == 405
     status, answer = raw(broker.url, "GET", "/notifications/subscribe", b'{"version":1}')
     assert status == 400 and "repository name" in str(answer["reason"])
+
+
+def test_oversized_bodies_and_query_subscriptions(broker: BrokerThread, signer: Signer) -> None:
+    status, answer = raw(broker.url, "POST", "/notifications/publish", b" " * ((1 << 20) + 1))
+    assert status == 413 and "at most" in str(answer["reason"])
+    status, answer = raw(broker.url, "GET", "/notifications/subscribe", b" " * 5000)
+    assert status == 413
+    post_activity(broker.url, signer.activity(21).to_json())
+    host, port = broker.url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        conn.request("GET", f"/api/v1/notifications/subscribe?repository={NAME}")
+        resp = conn.getresponse()
+        assert resp.status == 200 and resp.getheader("Content-Type", "").startswith("text/event-stream")
+        line = resp.fp.readline()  # chunk size
+        event = resp.fp.readline()
+        assert line.strip() and event.startswith(b"data: {") and b'"repository":"test.example.org"' in event
+    finally:
+        conn.close()
+
+
+def test_async_iterator(broker: BrokerThread, signer: Signer) -> None:
+    async def first_two() -> list[int]:
+        got: list[int] = []
+        it = subscribe_async(broker.url, NAME, backoff=(0.05, 0.5))
+        try:
+            async for a in it:
+                got.append(a.signed_manifest().manifest.revision)
+                if len(got) == 1:
+                    await asyncio.to_thread(post_activity, broker.url, signer.activity(23).to_json())
+                else:
+                    return got
+        finally:
+            await it.aclose()
+        return got
+
+    post_activity(broker.url, signer.activity(22).to_json())
+    assert asyncio.run(asyncio.wait_for(first_two(), 20)) == [22, 23]
+    assert wait_until(lambda: broker.broker.subscribers() == 0)
 
 
 def test_publishers_outside_the_allowed_networks_are_refused(signer: Signer) -> None:

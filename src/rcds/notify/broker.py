@@ -182,9 +182,9 @@ class Broker:
         if not self._allowed(request.remote):
             self.stats.refused += 1
             return _fail(403, f"{request.remote} may not publish notifications here (see --allow-publish)")
-        if (request.content_length or 0) > MAX_MESSAGE:
+        body = await _body(request, MAX_MESSAGE)
+        if body is None:
             return _fail(413, f"a notification is at most {MAX_MESSAGE} bytes")
-        body = await request.content.read(MAX_MESSAGE + 1)
         try:
             activity = parse_activity(body)
             activity.signed_manifest()
@@ -196,9 +196,9 @@ class Broker:
 
     # -- subscribing -------------------------------------------------------------------
     async def _subscribe(self, request: web.Request) -> web.StreamResponse:
-        if (request.content_length or 0) > MAX_SUBSCRIPTION:
+        body = await _body(request, MAX_SUBSCRIPTION)
+        if body is None:
             return _fail(413, f"a subscription is at most {MAX_SUBSCRIPTION} bytes")
-        body = await request.content.read(MAX_SUBSCRIPTION + 1)
         try:
             if not body.strip() and "repository" in request.query:
                 repository = check_repository(request.query["repository"])
@@ -265,6 +265,22 @@ class Broker:
             except (ConnectionError, RuntimeError):
                 return
             self.stats.delivered += 1
+
+
+async def _body(request: web.Request, limit: int) -> bytes | None:
+    """The whole request body, or None if it is longer than ``limit`` (read no further then)."""
+    if (request.content_length or 0) > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = await request.content.readany()
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
 
 
 def _tune(transport: asyncio.Transport) -> None:
