@@ -12,6 +12,7 @@ import pytest
 
 from rcds.format.notification import Activity
 from rcds.notify.server import BrokerThread
+from rcds.serve.http import make_server
 
 NAME = "notify.example.org"
 
@@ -117,6 +118,14 @@ def test_serve_publish_subscribe_commands(root: Path) -> None:
         # the broker keeps the last message: a late subscriber gets it at once and stops
         sub = rcds("notify", "subscribe", NAME, "--server", url)
         assert sub.stdout.startswith(f"{NAME} is now at revision {revision}, root catalog ")
+        # the manifest can also come from where the repository is served
+        server = make_server({NAME: root / "public"})
+        server.start_background()
+        try:
+            out = rcds("notify", "publish", NAME, "--repo-url", server.url_for(NAME), "--server", url)
+            assert f"announced {NAME} revision {revision} to {url}" in out.stdout
+        finally:
+            server.stop()
         bad = rcds(
             "notify", "publish", "other.example.org", "--root", str(root), "--server", url, check=False
         )

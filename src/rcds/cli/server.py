@@ -59,7 +59,8 @@ def _run(args: argparse.Namespace) -> int:
     repos_url = f"http://{cfg.serve.host}:{service.repo_server.port}/cvmfs/"
 
     def ready(url: str) -> None:
-        print(f"rcds server: pubapi at {url}/pubapi/, repositories at {repos_url}", flush=True)
+        notify = f", notifications at {url}/notifications/" if service.broker is not None else ""
+        print(f"rcds server: pubapi at {url}/pubapi/, repositories at {repos_url}{notify}", flush=True)
 
     try:
         asyncio.run(serve(service, ready=ready))
