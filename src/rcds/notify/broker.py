@@ -242,7 +242,8 @@ class Broker:
     ) -> None:
         while not self._closing:
             try:
-                await asyncio.wait_for(sub.wake.wait(), self.check_interval)
+                async with asyncio.timeout(self.check_interval):  # no extra task, unlike wait_for
+                    await sub.wake.wait()
             except TimeoutError:
                 if transport.is_closing():
                     return
@@ -252,7 +253,8 @@ class Broker:
             if event is None or self._closing:
                 continue
             try:
-                await asyncio.wait_for(resp.write(event), self.write_timeout)
+                async with asyncio.timeout(self.write_timeout):
+                    await resp.write(event)
             except TimeoutError:
                 self.stats.slow_disconnects += 1
                 log.warning(
