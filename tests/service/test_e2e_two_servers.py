@@ -149,6 +149,16 @@ def test_publish_and_see_it_everywhere(sites: dict[str, Site], tls: kit.Pki, tmp
     # B replicates A: its exists answers for A's repositories too, and it serves the replica
     b.st.service.partner.pull()
     assert alice_b.get("exists", cid).text == f"PRESENT:{path}\n"
+    # ... and announces the replicated revision on its own notification broker
+    broker_b = b.st.service.broker
+    assert broker_b is not None
+
+    def announced_by_b() -> bool:
+        replica = (b.st.service.partner.dir / repo / ".cvmfspublished").read_bytes()
+        last = broker_b.last(repo)
+        return last is not None and last.manifest == replica
+
+    assert kit.wait_until(announced_by_b, 10)
     assert alice_b.get("config").text == "repos:" + ",".join(B_REPOS + A_REPOS) + "\n"
     a.st.service.partner.pull()
     assert alice_a.get("config").text == "repos:" + ",".join(ALL) + "\n"

@@ -83,6 +83,7 @@ class Service:
         for s in self.slots:
             self.presence.add_repository(s.name, s.public, own=True)
         self.partner = PartnerReplicas(config, self.presence)
+        self.partner.on_revision = announce  # the partner's revisions, once this server serves them
         self.status = StatusBook(config.spool_dir / "failed")
         self.spool = Spool(config.spool_dir, config.max_upload_size)
         self.stamps = StampBook(self.slots, self.presence, config.stamp_prefix, clock)

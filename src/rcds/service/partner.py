@@ -36,6 +36,8 @@ class PartnerReplicas:
         self.enabled = bool(rc.partner_url and rc.partner_repository_url and rc.partner_keys_dir)
         self.dir = config.state_dir / "replicas"
         self.on_new_replica: Callable[[str, Path], None] | None = None
+        self.on_revision: Callable[[bytes], None] | None = None
+        """Called with the signed manifest when a pull brought a new revision (announcements)."""
         self.last_results: dict[str, SnapshotResult | RcdsError] = {}
         self._names: list[str] = []
         self._lock = threading.Lock()
@@ -98,10 +100,21 @@ class PartnerReplicas:
                 continue
             url = rc.partner_repository_url.replace("@fqrn@", name)
             specs.append(ReplicaSpec(name, url, key, self.dir / name))
+        before = {s.fqrn: _manifest(self.dir / s.fqrn) for s in specs}
         results = dict(zip([s.fqrn for s in specs], self._replicator.pull_all(specs), strict=True))
         for name, res in results.items():
             if isinstance(res, SnapshotResult):
                 self._adopt(name)
                 self.presence.refresh(name)
+                after = _manifest(self.dir / name)
+                if self.on_revision is not None and after is not None and after != before.get(name):
+                    self.on_revision(after)
         self.last_results = results
         return results
+
+
+def _manifest(root: Path) -> bytes | None:
+    try:
+        return (root / ".cvmfspublished").read_bytes()
+    except OSError:
+        return None
