@@ -9,6 +9,7 @@ and no attempt may download anything the replica already held when it started.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 from pathlib import Path
@@ -115,5 +116,61 @@ def test_snapshot_killed_at_several_points_resumes_without_downloading_twice(
         assert not any((replica / "data" / "txn").iterdir())
         assert not (replica / ".cvmfs_is_snapshotting").exists()
         assert all(parse_object_name(n) for n in now_held)
+    finally:
+        server.stop()
+
+
+def test_snapshot_killed_at_random_moments_never_shows_a_partial_revision(
+    repo: Stratum0, tmp_path: Path
+) -> None:
+    """Kills by timer (so also while catalogs, the certificate, whitelist or manifest are written)."""
+    fqrn = repo.name
+    publish(repo, cid_entries("a", 10), "/sw/g/a")
+    recorder = Recorder()
+    server = make_server({fqrn: repo.layout.public}, access_log=recorder)
+    server.start_background()
+    root = tmp_path / "s1"
+    replica = root / fqrn
+    try:
+        rcds(
+            "replica",
+            "add",
+            fqrn,
+            "--upstream",
+            server.url_for(fqrn),
+            "--key",
+            str(key_file(repo)),
+            "--root",
+            str(root),
+        )
+        rcds("replica", "snapshot", fqrn, "--root", str(root))
+        store = LocalStore(replica)
+        rng = random.Random(12)
+        for round_ in range(6):
+            if round_ % 2 == 0:
+                publish(repo, cid_entries(f"r{round_}", 20), f"/sw/g/r{round_}")
+            held = set(store.list_objects())
+            before = (replica / ".cvmfspublished").read_bytes()
+            recorder.take()
+            proc = subprocess.Popen(
+                [*RCDS, "replica", "snapshot", fqrn, "--root", str(root), "--workers", "4"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            try:
+                proc.wait(rng.uniform(0.3, 2.0))
+            except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait(30)
+            attempt = _data_targets(recorder.take(), fqrn)
+            assert not held & set(attempt)
+            after = (replica / ".cvmfspublished").read_bytes()
+            # Either the old manifest or the complete new revision: nothing in between.
+            assert after in (before, (repo.layout.public / ".cvmfspublished").read_bytes())
+            assert verify_dir(replica, fqrn, key_file(repo)).revision <= repo.manifest().revision
+            assert_closed(store, tmp_path)
+        rcds("replica", "snapshot", fqrn, "--root", str(root))
+        assert revision_of(replica) == repo.manifest().revision
+        assert verify_dir(replica, fqrn, key_file(repo)).revision == repo.manifest().revision
     finally:
         server.stop()
