@@ -7,7 +7,7 @@ Everything runs on loopback: a stratum 0 (rcds) with one CID of ``--files`` rand
 ``rcds.serve`` in this process, which counts the body bytes it sends), a real Squid started from
 ``examples/squid/site-squid.conf``, and ``--clients`` rcds clients (``--procs`` processes with
 clients/procs threads each, every client with its own empty cache) that start at the same instant,
-open the repository through Squid and read every file of the tree.
+open the repository through Squid and read every file of the tree (client caches in /dev/shm).
 
 Configurations, in the same run, each with a cold Squid and cold clients:
 
@@ -91,8 +91,9 @@ def run_config(
     """One configuration: all clients at once; return the figures."""
     with lock:
         sent.clear()
-    cache_base = work / f"caches-{label.split()[0]}-{time.monotonic_ns()}"
-    cache_base.mkdir()
+    # Client caches in memory when possible: 200 fresh caches would otherwise measure the disk.
+    shm = Path("/dev/shm")
+    cache_base = Path(tempfile.mkdtemp(prefix="rcds-fanout-caches-", dir=shm if shm.is_dir() else work))
     proxy = proxy_squid.url if proxy_squid is not None else "DIRECT"
     start_at = time.time() + 1.0 + 0.1 * procs
     per = [clients // procs + (1 if i < clients % procs else 0) for i in range(procs)]
@@ -124,6 +125,17 @@ def run_config(
         "root_requests": root_requests,
         "wall": max((r[2] for r in results), default=0.0),
     }
+
+
+def _print_row(r: dict[str, object]) -> None:
+    sent, one = int(r["s1_data_bytes"]), int(r["one_copy"])  # type: ignore[call-overload]
+    print(
+        f"{r['label']:<30} {r['clients']:>7} {r['failures']:>4} {sent / MB:>10.2f} "
+        f"{sent / one if one else 0.0:>7.2f} {r['root_requests']:>8} {r['wall']:>9.1f}",
+        flush=True,
+    )
+    if r["first_error"]:
+        print(f"   first error: {r['first_error']}", flush=True)
 
 
 def main() -> int:
@@ -163,7 +175,17 @@ def main() -> int:
         s1 = make_server({FQRN: entry.dir}, access_log=count)
         s1.start_background()
         url = s1.url_for(FQRN)
-        rows = []
+        tree_mb = args.files * args.file_kb * 1000 / MB
+        print(
+            f"# squid_fanout: {args.clients} clients ({args.procs} processes), "
+            f"tree {args.files} x {args.file_kb} KB = {tree_mb:.1f} MB of files"
+        )
+        print(f"# {machine()}")
+        print(
+            f"{'configuration':<30} {'clients':>7} {'fail':>4} {'S1 data MB':>10} {'copies':>7} "
+            f"{'root req':>8} {'slowest s':>9}",
+            flush=True,
+        )
         try:
             configs: list[tuple[str, dict[str, str] | None]] = [
                 ("squid (sample site config)", {}),
@@ -174,43 +196,15 @@ def main() -> int:
             for label, extra in configs:
                 squid = Squid.from_file(SITE_CONF, extra) if extra is not None else None
                 try:
-                    rows.append(
-                        run_config(
-                            label,
-                            squid,
-                            url,
-                            key,
-                            work,
-                            args.clients,
-                            args.procs,
-                            sent,
-                            lock,
-                            args.max_seconds,
-                        )
+                    r = run_config(
+                        label, squid, url, key, work, args.clients, args.procs, sent, lock, args.max_seconds
                     )
                 finally:
                     if squid is not None:
                         squid.stop()
+                _print_row(r)
         finally:
             s1.stop()
-        tree_mb = args.files * args.file_kb * 1000 / MB
-        print(
-            f"# squid_fanout: {args.clients} clients ({args.procs} processes), "
-            f"tree {args.files} x {args.file_kb} KB"
-        )
-        print(f"# = {tree_mb:.1f} MB of files; {machine()}")
-        print(
-            f"{'configuration':<30} {'clients':>7} {'fail':>4} {'S1 data MB':>10} {'copies':>7} "
-            f"{'root req':>8} {'slowest s':>9}"
-        )
-        for r in rows:
-            copies = r["s1_data_bytes"] / r["one_copy"] if r["one_copy"] else 0.0  # type: ignore[operator]
-            print(
-                f"{r['label']:<30} {r['clients']:>7} {r['failures']:>4} {r['s1_data_bytes'] / MB:>10.2f} "  # type: ignore[operator]
-                f"{copies:>7.2f} {r['root_requests']:>8} {r['wall']:>9.1f}"
-            )
-            if r["first_error"]:
-                print(f"   first error: {r['first_error']}")
         return 0
     finally:
         shutil.rmtree(work, ignore_errors=True)
