@@ -13,7 +13,8 @@ from rcds.cli.main import main
 from rcds.format.hashes import ObjectKind
 from rcds.publish.stratum0 import Stratum0
 from rcds.replica.gc import collect_replica
-from rcds.replica.registry import SETTINGS, load_replica
+from rcds.replica.registry import SETTINGS, add_replica, load_replica
+from rcds.replica.replicator import Replicator
 from rcds.replica.snapshot import served_roots
 from rcds.serve.http import RepositoryServer, make_server
 from rcds.storage.local import LocalStore
@@ -192,3 +193,25 @@ def test_replica_gc_after_the_upstream_gc_keeps_the_served_revisions(
     snap()
     assert "2 catalogs already held" in capsys.readouterr().out
     assert verify_dir(replica, fqrn, key_file(s0)).revision == s0.manifest().revision
+
+
+def test_gc_deletes_garbage_catalogs_parents_first(
+    served: tuple[Stratum0, RepositoryServer], tmp_path: Path
+) -> None:
+    """The order that keeps "a stored catalog has its whole subtree" true while gc runs."""
+    from rcds.replica.gc import _parents_first
+
+    s0, server = served
+    root = tmp_path / "s1"
+    entry = add_replica(root, s0.name, server.url_for(s0.name), key_file(s0))
+    Replicator(workers=2).pull(entry.spec())
+    old_root = s0.manifest().root_catalog.object_name(ObjectKind.CATALOG)
+    store = LocalStore(entry.dir)
+    old_catalogs = {n for n in store.list_objects() if n.endswith("C")}
+    s0.remove("/sw/g/a")
+    Replicator(workers=2).pull(entry.spec())
+    garbage = old_catalogs - {s0.manifest().root_catalog.object_name(ObjectKind.CATALOG)}
+    assert len(garbage) >= 2  # the old root and the catalog of /sw/g/a
+    order = _parents_first(store, tmp_path, garbage)
+    assert sorted(order) == sorted(garbage)
+    assert order[0] == old_root
