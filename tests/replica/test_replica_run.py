@@ -114,6 +114,36 @@ def test_run_pulls_serves_with_stock_headers_and_follows_new_revisions(
                     stream.close()
 
 
+def test_sighup_pulls_at_once_without_waiting_for_the_interval(repo: Stratum0, tmp_path: Path) -> None:
+    publish(repo, cid_entries("a"), "/sw/g/a")
+    fqrn = repo.name
+    with make_server({fqrn: repo.layout.public}) as upstream:
+        upstream.start_background()
+        root = tmp_path / "s1"
+        cfg = tmp_path / "replica.toml"
+        cfg.write_text("[replica]\nroot = 's1'\ninterval = 3600\n")  # no [serve]: pulling only
+        add = [*RCDS, "replica", "add", fqrn, "--upstream", upstream.url_for(fqrn), "--root", str(root)]
+        subprocess.run([*add, "--key", str(key_file(repo))], check=True, capture_output=True, timeout=60)
+        proc = subprocess.Popen(
+            [*RCDS, "replica", "run", "--config", str(cfg)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            lines = Lines(proc)
+            lines.wait_for(rf"{re.escape(fqrn)}: revision {repo.manifest().revision}:")
+            new = publish(repo, cid_entries("b"), "/sw/g/b")
+            proc.send_signal(signal.SIGHUP)
+            lines.wait_for(rf"{re.escape(fqrn)}: revision {new}: 2 catalogs", timeout=20)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(20) == 0, proc.stderr.read() if proc.stderr else ""
+            for stream in (proc.stdout, proc.stderr):
+                if stream:
+                    stream.close()
+
+
 def test_run_config_errors_name_the_setting(tmp_path: Path) -> None:
     cfg = tmp_path / "r.toml"
     for text, message in (

@@ -6,6 +6,7 @@ import argparse
 import os
 import signal
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
@@ -49,8 +50,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     p = cmds.add_parser(
         "run",
-        help="keep replicas fresh (pull on notification, interval as fallback) and serve them",
-        description="keep replicas fresh (pull on notification, interval as fallback) and serve them",
+        help="keep replicas fresh (pull on a trigger, interval as fallback) and serve them",
+        description="keep replicas fresh (pull on a trigger, interval as fallback) and serve them; "
+        "SIGHUP pulls every repository at once, SIGTERM stops",
     )
     p.add_argument("--config", type=Path, required=True, help="TOML file (see docs/replica.md)")
     p.set_defaults(func=_run)
@@ -111,16 +113,20 @@ def _snapshot(args: argparse.Namespace) -> int:
     return 0
 
 
-def _wait_for_signal() -> None:
+def _wait_for_signal(on_hup: Callable[[], None]) -> None:
+    """Block until SIGTERM or SIGINT; call ``on_hup`` for every SIGHUP meanwhile."""
     stop = threading.Event()
+    hup = threading.Event()
 
     def handler(signum: int, frame: FrameType | None) -> None:
-        stop.set()
+        (hup if signum == signal.SIGHUP else stop).set()
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, handler)
-    while not stop.wait(3600):
-        pass
+    while not stop.is_set():
+        if hup.wait(0.2):
+            hup.clear()
+            on_hup()
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -162,7 +168,12 @@ def _run(args: argparse.Namespace) -> int:
     print(f"rcds replica run: {names} every {cfg.interval:g} s{where}", flush=True)
     runner.start()
     try:
-        _wait_for_signal()
+
+        def pull_all_now() -> None:
+            for e in entries:
+                runner.notify(e.fqrn)
+
+        _wait_for_signal(pull_all_now)
     finally:
         runner.stop()
         if server is not None:
