@@ -80,17 +80,17 @@ def test_add_refuses_bad_input_and_writes_nothing(tmp_path: Path, capsys: pytest
     assert "rcds replica add" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("fqrn", "revision"), [("stock.example.org", 2), ("shake.example.org", 1)])
 def test_stock_repository_replicated_then_chained_to_a_second_stratum1(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], fqrn: str, revision: int
 ) -> None:
-    fqrn = "stock.example.org"
     key = STOCK / f"{fqrn}.pub"
     with make_server({fqrn: STOCK / fqrn}) as s0:
         s0.start_background()
         first = tmp_path / "s1a"
         assert run("replica", "add", fqrn, "--upstream", s0.url_for(fqrn), "--key", key, "--root", first) == 0
         assert run("replica", "snapshot", fqrn, "--root", first) == 0
-        assert f"{fqrn}: revision 2: 3 catalogs" in capsys.readouterr().out
+        assert f"{fqrn}: revision {revision}: 3 catalogs" in capsys.readouterr().out
     replica = first / fqrn
     assert (replica / ".cvmfspublished").read_bytes() == (STOCK / fqrn / ".cvmfspublished").read_bytes()
     assert (replica / ".cvmfs_master_replica").exists()  # another stratum 1 may replicate from here
@@ -111,7 +111,7 @@ def test_stock_repository_replicated_then_chained_to_a_second_stratum1(
     assert "0 catalogs and 0 objects fetched (0 B), 1 catalogs already held" in out
     assert set(LocalStore(second / fqrn).list_objects()) == set(LocalStore(replica).list_objects())
     assert run("replica", "list", "--root", second) == 0
-    assert f"{fqrn}\trevision 2\t" in capsys.readouterr().out
+    assert f"{fqrn}\trevision {revision}\t" in capsys.readouterr().out
     assert load_replica(second, fqrn).upstream.endswith(f"/cvmfs/{fqrn}")
     assert (second / fqrn / SETTINGS).exists()
 
