@@ -4,8 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages: squid (tests run a real proxy), fuse3 (mounts), openssl (format cross-checks)
-APT_PACKAGES=(squid fuse3 libfuse3-dev pkg-config openssl)
+# Debian packages: squid (tests run a real proxy), fuse3 (mounts), openssl (format cross-checks),
+# nginx (the sample web server configuration in front of a replica is tested)
+APT_PACKAGES=(squid fuse3 libfuse3-dev pkg-config openssl nginx)
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 missing=()
@@ -16,8 +17,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing Debian packages: ${missing[*]}"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  # the package starts a system-wide squid; tests run their own on loopback ports
-  $SUDO systemctl disable --now squid >/dev/null 2>&1 || $SUDO service squid stop >/dev/null 2>&1 || true
+  # the packages start a system-wide squid and nginx; tests run their own on loopback ports
+  for svc in squid nginx; do
+    $SUDO systemctl disable --now "$svc" >/dev/null 2>&1 || $SUDO service "$svc" stop >/dev/null 2>&1 || true
+  done
 fi
 
 PY=${PYTHON:-python3}

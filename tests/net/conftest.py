@@ -11,14 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import http.server
-import os
-import pwd
-import shutil
 import socket
-import subprocess
-import tempfile
 import threading
-import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -26,9 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from netkit import FQRN, RawConn, RawServer
+from rcds.testing.squid import SQUID
+from rcds.testing.squid import Squid as _Squid
 
-SQUID = shutil.which("squid") or ("/usr/sbin/squid" if os.path.exists("/usr/sbin/squid") else None)
+from netkit import FQRN, RawConn, RawServer
 
 
 class FakeClock:
@@ -267,104 +262,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class Squid:
-    """A real Squid proxy on a free loopback port, in the foreground (``-N``)."""
+class Squid(_Squid):
+    """A real Squid proxy on a free loopback port, in the foreground (``-N``); memory cache only."""
 
     def __init__(self, cache_mem_mb: int = 16) -> None:
-        assert SQUID is not None
-        self.dir = Path(tempfile.mkdtemp(prefix="rcds-squid-"))
-        self.port = free_port()
-        self.access_log = self.dir / "access.log"
-        self.cache_log = self.dir / "cache.log"
-        lines = [
-            f"http_port 127.0.0.1:{self.port}",
-            "acl localnet src 127.0.0.0/8",
-            "http_access allow localnet",
-            "http_access deny all",
-            f"cache_mem {cache_mem_mb} MB",
-            "maximum_object_size_in_memory 1 MB",
-            f"pid_filename {self.dir}/squid.pid",
-            f"access_log stdio:{self.access_log}",
-            f"cache_log {self.cache_log}",
-            "cache_store_log none",
-            "netdb_filename none",
-            "logfile_rotate 0",
-            f"coredump_dir {self.dir}",
-            "shutdown_lifetime 0 seconds",
-            "visible_hostname rcds-test-squid",
-            "pinger_enable off",
-            # Only loopback origins are used; never ask a real name server.
-            "dns_nameservers 127.0.0.1",
-        ]
-        if os.geteuid() == 0:
-            user = _unprivileged_user()
-            lines.append(f"cache_effective_user {user}")
-            pw = pwd.getpwnam(user)
-            os.chown(self.dir, pw.pw_uid, pw.pw_gid)
-        os.chmod(self.dir, 0o755)
-        conf = self.dir / "squid.conf"
-        conf.write_text("\n".join(lines) + "\n")
-        self._stderr = open(self.dir / "stderr.log", "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [SQUID, "-N", "-f", str(conf)], stdout=subprocess.DEVNULL, stderr=self._stderr
+        super().__init__(
+            [
+                "acl localnet src 127.0.0.0/8",
+                "http_access allow localnet",
+                "http_access deny all",
+                f"cache_mem {cache_mem_mb} MB",
+                "maximum_object_size_in_memory 1 MB",
+            ]
         )
-        self._wait_ready()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def _wait_ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"squid exited with {self.proc.returncode}:\n{self._logs()}")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
-                return
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"squid did not listen on port {self.port} within {timeout} s:\n{self._logs()}")
-
-    def _logs(self) -> str:
-        out = []
-        for f in (self.dir / "stderr.log", self.cache_log):
-            with contextlib.suppress(OSError):
-                out.append(f.read_text(errors="replace")[-3000:])
-        return "\n".join(out)
-
-    def log_lines(self) -> list[str]:
-        try:
-            return self.access_log.read_text().splitlines()
-        except FileNotFoundError:
-            return []
-
-    def wait_logged(self, needle: str, count: int = 1, timeout: float = 5.0) -> list[str]:
-        """Access-log lines containing ``needle``, waiting until there are ``count`` of them."""
-        deadline = time.monotonic() + timeout
-        while True:
-            found = [line for line in self.log_lines() if needle in line]
-            if len(found) >= count or time.monotonic() > deadline:
-                return found
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self._stderr.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def _unprivileged_user() -> str:
-    for name in ("proxy", "nobody"):
-        with contextlib.suppress(KeyError):
-            pwd.getpwnam(name)
-            return name
-    raise RuntimeError("running as root but there is neither a 'proxy' nor a 'nobody' user for squid")
 
 
 def _need_squid() -> None:

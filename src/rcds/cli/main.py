@@ -36,6 +36,7 @@ Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], No
 COMMAND_GROUPS: dict[str, tuple[str, ...]] = {
     "rcds.cli.repo": ("repo",),
     "rcds.cli.server": ("server",),
+    "rcds.cli.replica": ("replica",),
     "rcds.cli.client": ("ls", "cat", "stat", "get", "info", "config"),
     "rcds.cli.jobs": ("publish", "wait"),
     "rcds.cli.demo": ("demo",),

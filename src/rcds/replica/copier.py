@@ -30,10 +30,13 @@ class RecordingSource(Source):
 
     Used around :func:`rcds.repo.view.establish_trust` so that the replica receives byte-identical
     copies of the manifest, whitelist and certificate that were verified (not a second download).
+    An object the replica ``local`` holds already (the certificate, usually) is read from there,
+    checked the same way, and fetched from upstream only if the local copy fails the check.
     """
 
-    def __init__(self, inner: Source) -> None:
+    def __init__(self, inner: Source, local: LocalStore | None = None) -> None:
         self.inner = inner
+        self.local = local
         self.location = inner.location
         self.root_files: dict[str, bytes] = {}
         self.objects: dict[str, bytes] = {}
@@ -52,6 +55,11 @@ class RecordingSource(Source):
             self.objects[name] = raw
             return out
 
+        if self.local is not None and self.local.has(name):
+            try:
+                return remember(self.local.get(name))
+            except (IntegrityError, NotFoundError, StorageError):
+                pass  # a damaged local copy: take the upstream's
         return self.inner.fetch_checked(name, remember)
 
 

@@ -12,7 +12,13 @@ This is the ``cvmfs_swissknife pull`` algorithm (format reference section 9.2):
    always has its complete subtree, even after a crash;
 4. copy the certificate (and history / meta-info objects), then ``.cvmfswhitelist`` and, last,
    ``.cvmfspublished``, byte-identical to what was verified;
-5. ``.cvmfs_is_snapshotting`` exists while this runs; ``.cvmfs_last_snapshot`` is written at the end.
+5. ``.cvmfs_is_snapshotting`` exists while this runs; ``.cvmfs_last_snapshot`` is written at the end,
+   and the new root catalog is appended to ``.rcds-roots`` (the revisions ``gc`` keeps).
+
+A snapshot killed at any moment (even SIGKILL) leaves the previous manifest in place, and with
+it a complete previous revision; the next snapshot skips every object and every (complete)
+catalog already stored, and reads the certificate it holds from disk, so it downloads only
+what is still missing.
 
 The replica directory is laid out exactly like a stratum 0's public tree, so
 :func:`rcds.serve.http.make_server` can serve it.
@@ -49,6 +55,8 @@ log = logging.getLogger("rcds.replica")
 MASTER_REPLICA = ".cvmfs_master_replica"
 LAST_SNAPSHOT = ".cvmfs_last_snapshot"
 IS_SNAPSHOTTING = ".cvmfs_is_snapshotting"
+ROOTS = ".rcds-roots"
+"""The root catalogs a replica has served, one hash string per line, oldest first."""
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _INFLATE_STEP = 1 << 20
@@ -90,8 +98,8 @@ def date_utc(when: dt.datetime | None = None) -> str:
 
 
 @contextlib.contextmanager
-def _snapshot_lock(store: LocalStore) -> Iterator[None]:
-    """One snapshot per replica at a time: an exclusive ``flock`` on the ``data`` directory."""
+def replica_lock(store: LocalStore) -> Iterator[None]:
+    """One writer (snapshot or gc) per replica at a time: an exclusive ``flock`` on ``data``."""
     fd = os.open(store.root / "data", os.O_RDONLY | os.O_DIRECTORY)
     try:
         try:
@@ -251,10 +259,10 @@ def snapshot(
     serving its previous revision; the objects copied so far are reused by the next snapshot.
     """
     start = time.monotonic()
-    with _snapshot_lock(dest):
+    with replica_lock(dest):
         dest.clean_temp()
         _check_master_replica(source)
-        recorder = RecordingSource(source)
+        recorder = RecordingSource(source, dest)
         trust = establish_trust(recorder, fqrn, master_keys, now=now)
         m = trust.manifest
         _check_rollback(fqrn, _replica_manifest(dest), m)
@@ -270,6 +278,7 @@ def snapshot(
             extra_objects, extra_bytes = _copy_manifest_objects(source, recorder, dest, m)
             dest.sync()
             _copy_root_files(source, recorder, dest)
+            record_root(dest.root, m.root_catalog)
             dest.put(LAST_SNAPSHOT, date_utc(now).encode())
         finally:
             dest.delete(IS_SNAPSHOTTING)
@@ -312,3 +321,33 @@ def _copy_root_files(source: Source, recorder: RecordingSource, dest: LocalStore
         dest.put(".cvmfswhitelist.pkcs7", source.root_file(".cvmfswhitelist.pkcs7"))
     dest.put(".cvmfswhitelist", whitelist)
     dest.put(".cvmfspublished", recorder.root_files[".cvmfspublished"])
+
+
+def served_roots(replica_dir: Path) -> list[ContentHash]:
+    """The root catalogs recorded in ``.rcds-roots``, oldest first (unreadable lines are skipped)."""
+    try:
+        lines = (Path(replica_dir) / ROOTS).read_text(encoding="ascii", errors="replace").split()
+    except FileNotFoundError:
+        return []
+    out: list[ContentHash] = []
+    for line in lines:
+        with contextlib.suppress(ValueError, IntegrityError):
+            out.append(ContentHash.parse(line))
+    return out
+
+
+def record_root(replica_dir: Path, root: ContentHash) -> None:
+    """Append ``root`` to ``.rcds-roots`` unless it is already the newest entry."""
+    known = served_roots(replica_dir)
+    if known and known[-1] == root:
+        return
+    with open(Path(replica_dir) / ROOTS, "a", encoding="ascii") as f:
+        f.write(root.hex + "\n")
+
+
+def write_roots(replica_dir: Path, roots: Sequence[ContentHash]) -> None:
+    """Replace ``.rcds-roots`` with ``roots`` (atomically)."""
+    path = Path(replica_dir) / ROOTS
+    tmp = path.with_name(ROOTS + ".tmp")
+    tmp.write_text("".join(r.hex + "\n" for r in roots), encoding="ascii")
+    os.replace(tmp, path)

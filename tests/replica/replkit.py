@@ -1,0 +1,109 @@
+"""Helpers for the stand-alone stratum 1 tests (import as ``replkit``)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+from rcds.format import manifest
+from rcds.format.dirent import FLAG_EXTERNAL
+from rcds.format.hashes import Algorithm, ContentHash, ObjectKind
+from rcds.format.keys import load_public_key_file
+from rcds.publish.stratum0 import Stratum0
+from rcds.repo.catalog import Catalog
+from rcds.repo.source import StoreSource
+from rcds.repo.verify import VerifyReport, verify_repository
+from rcds.serve.handler import AccessRecord
+from rcds.storage.local import LocalStore
+
+from testkit import Entry
+
+RCDS = [sys.executable, "-m", "rcds.cli.main"]
+
+
+def cid_entries(tag: str, n: int = 6, size: int = 0) -> list[Entry]:
+    """A CID tree of ``n`` unique files (padded to ``size`` bytes) and a symlink."""
+    out = [Entry("bin", kind="dir", mode=0o755)]
+    for i in range(n):
+        body = f"#!/bin/sh\necho {tag} {i}\n".encode()
+        out.append(Entry(f"bin/tool{i}", body + os.urandom(max(0, size - len(body))), mode=0o755))
+    out.append(Entry("link", kind="symlink", target="bin/tool0", mode=0o777))
+    return out
+
+
+def rcds(*args: str, check: bool = True, **kw: object) -> subprocess.CompletedProcess[str]:
+    """Run the rcds command line in a fresh interpreter."""
+    proc = subprocess.run([*RCDS, *args], capture_output=True, text=True, timeout=120, **kw)  # type: ignore[call-overload]
+    if check and proc.returncode != 0:
+        raise AssertionError(f"rcds {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
+    return proc  # type: ignore[no-any-return]
+
+
+def key_file(s0: Stratum0) -> Path:
+    """The master public key file of a test stratum 0."""
+    return s0.layout.key("pub")
+
+
+def verify_dir(root: Path, fqrn: str, key: Path) -> VerifyReport:
+    """Full verification of a replica directory."""
+    return verify_repository(StoreSource(LocalStore(root)), fqrn, [load_public_key_file(key)])
+
+
+def revision_of(root: Path) -> int:
+    """The revision in a directory's manifest."""
+    return manifest.parse((root / ".cvmfspublished").read_bytes()).manifest.revision
+
+
+def assert_closed(dest: LocalStore, work: Path) -> None:
+    """The crash-safety invariant: every catalog in the replica has its whole subtree there."""
+    for name in dest.list_objects():
+        if not name.endswith("C"):
+            continue
+        db = work / "check.db"
+        db.write_bytes(zlib.decompress(dest.get(name)))
+        with Catalog(db, "") as cat:
+            rows = cat.db.execute("SELECT hash, flags FROM catalog WHERE hash IS NOT NULL").fetchall()
+            chunk_rows = cat.db.execute(
+                "SELECT chunks.hash, catalog.flags FROM chunks JOIN catalog USING (md5path_1, md5path_2)"
+            ).fetchall()
+            for kind, found in ((ObjectKind.FILE, rows), (ObjectKind.PARTIAL, chunk_rows)):
+                for raw, flags in found:
+                    if raw and not flags & FLAG_EXTERNAL:
+                        h = ContentHash(Algorithm.from_flag_value((flags >> 8) & 7), bytes(raw))
+                        assert dest.has(h.object_name(kind)), f"{name} is stored without its objects"
+            for mount, h, _ in cat.nested():
+                assert dest.has(h.object_name(ObjectKind.CATALOG)), f"{name} lacks its nested {mount}"
+        db.unlink()
+
+
+class Recorder:
+    """An access-log callback that records answered targets and can run a hook per record."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.records: list[AccessRecord] = []
+        self.hook: Callable[[AccessRecord, int], None] | None = None
+
+    def __call__(self, record: AccessRecord) -> None:
+        with self.lock:
+            self.records.append(record)
+            n = len(self.records)
+            hook = self.hook
+        if hook is not None:
+            hook(record, n)
+
+    def take(self) -> list[AccessRecord]:
+        """Return and forget the records so far."""
+        with self.lock:
+            out, self.records = self.records, []
+        return out
+
+    def bytes_sent(self, prefix: str = "") -> int:
+        """Body bytes sent for targets containing ``prefix``."""
+        with self.lock:
+            return sum(r.sent for r in self.records if prefix in r.target)
