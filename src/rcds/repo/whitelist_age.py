@@ -55,7 +55,7 @@ class WhitelistAge:
     @property
     def days_left(self) -> int:
         """Whole days until expiry (0 on the last day or later)."""
-        return max(0, int(self.seconds_left // 86400))
+        return max(0, int((self.seconds_left + 60) // 86400))  # a minute's slack: 30 days, not 29
 
     @property
     def needs_resign(self) -> bool:
