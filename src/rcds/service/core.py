@@ -18,7 +18,7 @@ from rcds.publish.layout import Settings
 from rcds.publish.policy import Limits
 from rcds.publish.stratum0 import Stratum0
 from rcds.serve.http import RepositoryServer, make_server
-from rcds.service.cleanup import Cleaner
+from rcds.service.cleanup import Cleaner, CleanResult
 from rcds.service.config import ServiceConfig
 from rcds.service.partner import PartnerReplicas
 from rcds.service.presence import Presence
@@ -154,12 +154,13 @@ class Service:
         if self.repo_server is not None:
             self.repo_server.stop()
 
-    def housekeeping(self) -> None:
-        """The once-a-minute duties: keep whitelists valid, run the cleanup whose hour has come."""
+    def housekeeping(self) -> list[CleanResult]:
+        """The once-a-minute duties: keep whitelists valid, run the cleanups whose hour has come."""
         try:
             self.whitelists.check()
-        finally:
-            self.cleaner.tick()
+        except Exception:  # a bug in the check must not stop the cleanup
+            log.exception("whitelist check failed")
+        return self.cleaner.tick()
 
     def health(self) -> dict[str, object]:
         """The service's own state for ``/pubapi/status`` without a CID and for metrics."""
