@@ -487,7 +487,7 @@ class Repository:
             revision=m.revision,
             root_hash=m.root_catalog.hex,
             published=m.timestamp,
-            age=max(0.0, time.time() - m.timestamp),
+            age=max(0.0, now.timestamp() - m.timestamp),
             ttl=self.ttl,
             next_check_in=max(0.0, self._next_check - self._clock()),
             offline=self.offline,

@@ -40,11 +40,6 @@ class KeeperRecord:
     last_error: str | None = None
     last_logged: float | None = None
 
-    @property
-    def failing(self) -> bool:
-        """True while the whitelist is due (or expired) and the last re-sign failed."""
-        return self.last_error is not None and self.age is not None and self.age.needs_resign
-
 
 class WhitelistKeeper:
     """Re-signs own whitelists when due; reports own and replicated whitelists."""
