@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import os
+import re
 import stat
 import sys
 from pathlib import Path
@@ -158,6 +160,15 @@ def test_info(site: Site, capsys: pytest.CaptureFixture[str]) -> None:
     for url in site.urls:
         assert url in out
     assert "DIRECT" in out and " ms" in out  # the hosts were probed
+
+
+def test_info_warns_when_the_whitelist_expires_soon(site: Site, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "info", *opts(site), NAME)
+    assert code == 0 and re.search(r"\(whitelist expires in (29|30) days\)", out) and err == ""  # fresh
+    site.sign_whitelist(site.public, dt.datetime.now(dt.UTC) + dt.timedelta(days=5, hours=1))
+    code, out, err = run(capsys, "info", *opts(site, cache=site.work / "c2"), NAME)
+    assert code == 0 and "(whitelist expires in 5 days)" in out
+    assert f"rcds: warning: the whitelist of {NAME} expires in 5 days" in err
 
 
 def test_config_show_names_the_file_of_each_value(

@@ -184,10 +184,11 @@ def test_bad_cids_get_400_with_reason(svc: ServiceThread, api: kit.Api, raw: str
 
 @pytest.mark.timeout(30)
 def test_missing_cid(api: kit.Api) -> None:
-    for verb in ("exists", "update", "status"):
+    for verb in ("exists", "update"):
         r = api.get(verb)
         assert (r.status, r.text) == (400, f"Bad request: {verb} with no cid\n")
     assert api.get("exists", "").text == "Bad request: exists with no cid\n"
+    assert api.get("status", "").text == "Bad request: status with no cid\n"  # status alone: the service's
     assert api.publish("", b"x").text == "Bad request: publish with no cid\n"
 
 

@@ -23,6 +23,7 @@ from rcds.client.config.settings import DEFAULT_ETC, ClientConfig, check_fqrn, l
 from rcds.client.get.materialize import Progress, materialize
 from rcds.client.repository import Repository, default_cache_dir
 from rcds.errors import ConfigError, InputError
+from rcds.repo.whitelist_age import WhitelistAge
 
 COPY_BLOCK = 1 << 20
 
@@ -309,6 +310,12 @@ def _get(args: argparse.Namespace) -> int:
     return 0
 
 
+def _whitelist_text(age: WhitelistAge | None) -> str:
+    if age is None or age.expires is None:
+        return "unknown"
+    return f"expires {age.expires:%Y-%m-%d %H:%M} UTC (whitelist expires in {age.days_left} days)"
+
+
 def _info(args: argparse.Namespace) -> int:
     fqrn, _ = split_target(args.target)
     with _open(args, fqrn) as repo:
@@ -326,8 +333,11 @@ def _info(args: argparse.Namespace) -> int:
                 ("state", state),
                 ("cache", f"{i.cache_dir} ({human_bytes(i.cache_bytes)} of {quota})"),
                 ("alien cache", str(i.alien_cache) if i.alien_cache else "none"),
+                ("whitelist", _whitelist_text(i.whitelist)),
             ]
         )
+        if i.whitelist is not None and i.whitelist.needs_resign:
+            print(f"rcds: warning: {i.whitelist.message()}; tell the repository owner", file=sys.stderr)
         print()
         rows = []
         for ep in i.endpoints:

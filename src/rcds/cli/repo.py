@@ -3,22 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import sys
 import time
 from pathlib import Path
 
 from rcds.cli.notify import servers_from
 from rcds.cli.output import human_bytes, print_kv
-from rcds.errors import ConfigError
-from rcds.format.keys import load_public_key_file
+from rcds.errors import ConfigError, StorageError
+from rcds.format.hashes import Algorithm
+from rcds.format.keys import load_certificate, load_public_key_file
 from rcds.net.notify_post import NotifySender
 from rcds.publish.create import create_repository
 from rcds.publish.layout import Layout, Settings
 from rcds.publish.policy import Limits
 from rcds.publish.stratum0 import Stratum0
+from rcds.publish.whitelist_sign import load_master_key, sign_offline
 from rcds.repo.http_source import HttpSource
 from rcds.repo.source import Source, StoreSource
 from rcds.repo.verify import verify_repository
+from rcds.repo.whitelist_age import WhitelistAge, WhitelistState, assess_tree
 from rcds.serve.http import make_server
 from rcds.storage.local import LocalStore
 
@@ -83,8 +87,29 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--keep-revisions", type=int, default=2, help="how many newest revisions stay readable")
     p.set_defaults(func=_gc)
 
-    p = cmd("resign", "re-sign the whitelist with the master key (do this before it expires)")
+    p = cmd(
+        "resign", "re-sign the whitelist with the master key (run it from cron, or let the service do it)"
+    )
+    p.add_argument(
+        "--whitelist-only",
+        action="store_true",
+        help="only write the signed whitelist to --out (on a machine holding the master key, not the "
+        "repository); install it on the server with 'rcds repo install-whitelist'",
+    )
+    p.add_argument("--master-key", type=Path, help="master private key (default: the repository's own)")
+    p.add_argument(
+        "--certificate", type=Path, help="the repository certificate NAME.crt (with --whitelist-only)"
+    )
+    p.add_argument("--days", type=int, help="validity in days (default: the repository's, else 30)")
+    p.add_argument("--hash", choices=["sha1", "rmd160", "shake128"], help="hash algorithm (default: sha1)")
+    p.add_argument("--out", type=Path, help="where --whitelist-only writes the signed whitelist")
     p.set_defaults(func=_resign)
+
+    p = cmd("install-whitelist", "install a whitelist signed elsewhere (checked as clients check it)")
+    p.add_argument(
+        "file", type=Path, metavar="FILE", help="the signed whitelist from 'resign --whitelist-only'"
+    )
+    p.set_defaults(func=_install_whitelist)
 
     p = cmd("info", "show the current revision")
     p.set_defaults(func=_info)
@@ -220,15 +245,69 @@ def _gc(args: argparse.Namespace) -> int:
 
 
 def _resign(args: argparse.Namespace) -> int:
+    if args.whitelist_only:
+        return _resign_offline(args)
+    if args.out or args.certificate or args.master_key or args.days or args.hash:
+        raise ConfigError("--master-key, --certificate, --days, --hash and --out go with --whitelist-only")
     s0 = Stratum0(_root(args), args.name)
-    s0.resign()
-    print(f"whitelist of {args.name} re-signed, valid for {s0.settings.whitelist_days} days")
+    wl = s0.resign()
+    print(f"whitelist of {args.name} re-signed, valid until {wl.expires:%Y-%m-%d %H:%M} UTC")
+    return 0
+
+
+def _resign_offline(args: argparse.Namespace) -> int:
+    """Sign a whitelist away from the repository: master key and certificate are all it needs."""
+    if args.out is None:
+        raise ConfigError("--whitelist-only needs --out FILE")
+    layout = Layout(_root(args), args.name)
+    settings = layout.load_settings() if layout.settings_file.exists() else None
+    cert_file = args.certificate or (layout.key("crt") if settings else None)
+    key_file = args.master_key or (layout.key("masterkey") if settings else None)
+    if cert_file is None or key_file is None:
+        raise ConfigError(
+            f"no repository {args.name} at {layout.root}: give --certificate {args.name}.crt (a copy of the "
+            "server's keys/ file) and --master-key"
+        )
+    try:
+        cert_pem = cert_file.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the certificate {cert_file}: {exc.strerror or exc}") from None
+    hash_name = args.hash or (settings.hash_algorithm if settings else "sha1")
+    days = args.days or (settings.whitelist_days if settings else 30)
+    data = sign_offline(
+        args.name,
+        load_master_key(key_file, args.name),
+        load_certificate(cert_pem, str(cert_file)),
+        Algorithm.from_name(hash_name),
+        days,
+        dt.datetime.now(dt.UTC),
+    )
+    tmp = args.out.with_name(args.out.name + ".tmp")
+    try:
+        tmp.write_bytes(data)
+        tmp.replace(args.out)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise StorageError(f"cannot write {args.out}: {exc.strerror or exc}") from None
+    print(f"signed a whitelist of {args.name} valid for {days} days into {args.out}")
+    print(f"install it on the server: rcds repo install-whitelist {args.name} --root DIR {args.out}")
+    return 0
+
+
+def _install_whitelist(args: argparse.Namespace) -> int:
+    try:
+        data = args.file.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {args.file}: {exc.strerror or exc}") from None
+    wl = Stratum0(_root(args), args.name).install_whitelist(data)
+    print(f"installed the whitelist of {args.name}, valid until {wl.expires:%Y-%m-%d %H:%M} UTC")
     return 0
 
 
 def _info(args: argparse.Namespace) -> int:
     s0 = Stratum0(_root(args), args.name)
     m = s0.manifest()
+    age = assess_tree(args.name, s0.layout.public, dt.datetime.now(dt.UTC))
     print_kv(
         [
             ("name", m.repository_name),
@@ -237,11 +316,21 @@ def _info(args: argparse.Namespace) -> int:
             ("root catalog", m.root_catalog.hex),
             ("certificate", m.certificate.hex),
             ("ttl", f"{m.ttl} s"),
+            ("whitelist", _whitelist_text(age)),
             ("served tree", str(s0.layout.public)),
             ("master public key", str(s0.layout.key("pub"))),
         ]
     )
+    if age.needs_resign:
+        print(f"rcds: warning: {age.message()}; re-sign it: rcds repo resign {args.name}", file=sys.stderr)
     return 0
+
+
+def _whitelist_text(age: WhitelistAge) -> str:
+    if age.expires is None:
+        return f"unreadable ({age.error})"
+    state = "EXPIRED" if age.state is WhitelistState.EXPIRED else f"{age.days_left} days left"
+    return f"expires {age.expires:%Y-%m-%d %H:%M} UTC ({state})"
 
 
 def _serve(args: argparse.Namespace) -> int:

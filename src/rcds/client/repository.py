@@ -55,6 +55,7 @@ from rcds.net.proxies import ProxyConfig
 from rcds.net.settings import NetSettings
 from rcds.repo.catalog import Catalog
 from rcds.repo.view import RepositoryView, Trust
+from rcds.repo.whitelist_age import assess
 
 if TYPE_CHECKING:
     from rcds.client.cache.alien import AlienCache
@@ -506,13 +507,15 @@ class Repository:
 
     def info(self) -> RepoInfo:
         """Revision, age, TTL, offline state, hosts and proxies, cache figures."""
-        m = self._current_mounted().trust.manifest
+        trust = self._current_mounted().trust
+        m = trust.manifest
+        now = self._now() if self._now else dt.datetime.now(dt.UTC)
         return RepoInfo(
             fqrn=self.fqrn,
             revision=m.revision,
             root_hash=m.root_catalog.hex,
             published=m.timestamp,
-            age=max(0.0, time.time() - m.timestamp),
+            age=max(0.0, now.timestamp() - m.timestamp),
             ttl=self.ttl,
             next_check_in=max(0.0, self._next_check - self._clock()),
             offline=self.offline,
@@ -523,6 +526,7 @@ class Repository:
             cache_quota=self.cache.quota_bytes,
             alien_cache=self.alien.dir if self.alien else None,
             sources=dict(self.source.stats),
+            whitelist=assess(self.fqrn, trust.whitelist, now),
         )
 
     def close(self) -> None:

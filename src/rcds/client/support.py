@@ -13,6 +13,7 @@ from rcds.errors import ConfigError
 from rcds.format import signed
 from rcds.format.dirent import Dirent
 from rcds.net.state import EndpointStatus
+from rcds.repo.whitelist_age import WhitelistAge
 
 DEFAULT_QUOTA = 4000 << 20
 
@@ -71,6 +72,8 @@ class RepoInfo(NamedTuple):
     cache_quota: int | None
     alien_cache: Path | None
     sources: dict[str, int]
+    whitelist: WhitelistAge | None = None
+    """The verified whitelist's validity now (see :mod:`rcds.repo.whitelist_age`)."""
 
 
 class DirEntry:

@@ -1,4 +1,4 @@
-"""Creating a repository (revision 0) and re-signing its whitelist."""
+"""Creating a repository (revision 0): keys, certificate, whitelist, empty root catalog, manifest."""
 
 from __future__ import annotations
 
@@ -16,11 +16,13 @@ from rcds.format.compression import make_object
 from rcds.format.dirent import FLAG_DIR, Dirent
 from rcds.format.hashes import ObjectKind
 from rcds.format.manifest import Manifest
-from rcds.format.whitelist import Whitelist
 from rcds.publish.catalog_rw import WritableCatalog
 from rcds.publish.layout import Layout, Settings
 from rcds.publish.lock import WriterLock
+from rcds.publish.whitelist_sign import sign_whitelist
 from rcds.storage.local import LocalStore
+
+__all__ = ["MASTER_REPLICA_TEXT", "create_repository", "sign_whitelist"]
 
 MASTER_REPLICA_TEXT = b"This file marks the repository as replicatable to stratum 1 servers\n"
 
@@ -32,23 +34,6 @@ def _write_secret(path: Path, data: bytes) -> None:
     finally:
         os.close(fd)
     os.chmod(path, 0o600)
-
-
-def sign_whitelist(
-    layout: Layout, settings: Settings, store: LocalStore, now: dt.datetime | None = None
-) -> Whitelist:
-    """Write a fresh ``.cvmfswhitelist`` valid for ``settings.whitelist_days``, signed by the master key."""
-    master = keys.load_private_key(layout.key("masterkey").read_bytes(), str(layout.key("masterkey")))
-    cert = keys.load_certificate(layout.key("crt").read_bytes(), str(layout.key("crt")))
-    created = (now or dt.datetime.now(dt.UTC)).replace(microsecond=0)
-    wl = Whitelist(
-        created=created,
-        expires=created + dt.timedelta(days=settings.whitelist_days),
-        repository_name=settings.name,
-        fingerprints=(keys.fingerprint(cert, settings.algorithm),),
-    )
-    store.put(".cvmfswhitelist", wl.sign(master, settings.algorithm))
-    return wl
 
 
 def create_repository(root: Path, settings: Settings, *, now: int | None = None) -> Layout:
@@ -88,7 +73,7 @@ def _populate(layout: Layout, settings: Settings, now: int) -> None:
     cert_obj = make_object(keys.certificate_pem(cert), algo)
     store.put(cert_obj.hash.object_name(ObjectKind.CERTIFICATE), cert_obj.data)
     store.put(".cvmfs_master_replica", MASTER_REPLICA_TEXT)
-    sign_whitelist(layout, settings, store)
+    sign_whitelist(layout, settings, store, dt.datetime.fromtimestamp(now, dt.UTC))
 
     db = layout.work / "root-0.db"
     db.unlink(missing_ok=True)

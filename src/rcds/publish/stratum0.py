@@ -7,6 +7,7 @@ signed manifest by atomic rename. A crash before the rename leaves the previous 
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import shutil
 import stat
@@ -14,11 +15,12 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from rcds.errors import InputError, IntegrityError
 from rcds.format import keys
 from rcds.format import manifest as manifest_fmt
+from rcds.format import whitelist as whitelist_fmt
 from rcds.format.catalog_schema import Tally
 from rcds.format.compression import make_object
 from rcds.format.dirent import FLAG_DIR, FLAG_NESTED_ROOT, Dirent
@@ -26,7 +28,6 @@ from rcds.format.hashes import ContentHash, ObjectKind
 from rcds.format.pathhash import parent_path
 from rcds.publish.catalog_rw import WritableCatalog
 from rcds.publish.chain import CatalogChain, read_stats
-from rcds.publish.create import sign_whitelist
 from rcds.publish.dirsource import iter_directory
 from rcds.publish.gc import GcResult, collect
 from rcds.publish.layout import Layout, Settings
@@ -36,9 +37,13 @@ from rcds.publish.objects import ContentWriter, WriteStats
 from rcds.publish.policy import Limits, normalise_name
 from rcds.publish.tarsource import iter_tar
 from rcds.publish.tree_builder import TreeBuilder
+from rcds.publish.whitelist_sign import current_whitelist, install_whitelist, sign_whitelist
 from rcds.storage.local import LocalStore
 
 log = logging.getLogger("rcds.publish")
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import rsa
 
 
 @dataclass(frozen=True)
@@ -122,8 +127,8 @@ class Stratum0:
         start = time.monotonic()
         with self.lock():
             work = self._prepare_work()
-            stamp = int(now if now is not None else time.time())
             old = self.manifest()
+            stamp = _monotonic_stamp(now, old)
             chain = CatalogChain(
                 self.store, work, self.settings.algorithm, old.root_catalog, old.root_catalog_size, target
             )
@@ -206,8 +211,8 @@ class Stratum0:
             while pending:
                 start = time.monotonic()
                 work = self._prepare_work()
-                stamp = int(now if now is not None else time.time())
                 old = self.manifest()
+                stamp = _monotonic_stamp(now, old)
                 chain = CatalogChain(
                     self.store,
                     work,
@@ -257,7 +262,7 @@ class Stratum0:
             raise IntegrityError(
                 f"root catalog revision {revision} does not follow manifest revision {old.revision}"
             )
-        key = keys.load_private_key(self.layout.key("key").read_bytes(), str(self.layout.key("key")))
+        key = _signing_key(self.layout.key("key"))
         self.store.sync()
         signed = new.sign(key)
         self.store.put(".cvmfspublished", signed)
@@ -281,7 +286,52 @@ class Stratum0:
                 extra.append(m.metainfo.object_name(ObjectKind.METAINFO))
             return collect(self.store, work, m.root_catalog, extra, keep_revisions)
 
-    def resign(self) -> None:
-        """Write a fresh whitelist valid for the configured number of days."""
+    def whitelist(self) -> whitelist_fmt.Whitelist | None:
+        """The whitelist being served, if readable."""
+        return current_whitelist(self.store)
+
+    def resign(self, now: float | None = None) -> whitelist_fmt.Whitelist:
+        """Write a fresh whitelist valid for the configured number of days, signed by the master key.
+
+        It is never dated before the current one, so a clock stepping back cannot shorten the
+        validity clients see.
+        """
+        t = dt.datetime.fromtimestamp(int(now if now is not None else time.time()), dt.UTC)
         with self.lock():
-            sign_whitelist(self.layout, self.settings, self.store)
+            old = self.whitelist()
+            if old is not None and old.created > t:
+                t = old.created
+            return sign_whitelist(self.layout, self.settings, self.store, t)
+
+    def install_whitelist(self, data: bytes, now: float | None = None) -> whitelist_fmt.Whitelist:
+        """Install a whitelist signed elsewhere (checked as clients check it first)."""
+        t = dt.datetime.fromtimestamp(int(now if now is not None else time.time()), dt.UTC)
+        with self.lock():
+            return install_whitelist(self.layout, self.settings, self.store, data, t)
+
+
+_KEYS: dict[Path, tuple[tuple[int, int, int], rsa.RSAPrivateKey]] = {}
+
+
+def _signing_key(path: Path) -> rsa.RSAPrivateKey:
+    """The repository key, parsed once per process while the file stays the same.
+
+    Parsing checks the RSA key, which costs ~0.1-0.3 s: more than the rest of a small publish.
+    """
+    st = path.stat()
+    ident = (st.st_ino, st.st_mtime_ns, st.st_size)
+    cached = _KEYS.get(path)
+    if cached is not None and cached[0] == ident:
+        return cached[1]
+    key = keys.load_private_key(path.read_bytes(), str(path))
+    _KEYS[path] = (ident, key)
+    return key
+
+
+def _monotonic_stamp(now: float | None, old: manifest_fmt.Manifest) -> int:
+    """The time of a new revision: ``now``, but never before the previous revision's.
+
+    A wall clock stepping back (NTP) must not date a revision, its catalogs or its directory
+    entries before the revision it follows.
+    """
+    return max(int(now if now is not None else time.time()), old.timestamp)

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from rcds.errors import AuthError, InputError, LockedError, NotFoundError, RcdsError, StorageError
-from rcds.service.api import config, exists, ping, publish, status, update
+from rcds.service.api import config, exists, metrics, ping, publish, status, update
 from rcds.service.api.context import APP_KEY, ApiContext
 from rcds.service.api.replies import error
 from rcds.service.auth.authenticator import Authenticator
@@ -31,6 +31,7 @@ ROUTES: dict[str, tuple[tuple[str, ...], Handler]] = {
     "update": (("GET", "POST"), update.handle),
     "status": (("GET", "HEAD"), status.handle),
     "publish": (("POST", "PUT"), publish.handle),
+    "metrics": (("GET", "HEAD"), metrics.handle),
 }
 
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from rcds.clock import Clock, system_clock
 from rcds.errors import NotFoundError
 from rcds.net.notify_post import NotifySender
 from rcds.notify.broker import Broker
@@ -20,7 +20,7 @@ from rcds.publish.layout import Settings
 from rcds.publish.policy import Limits
 from rcds.publish.stratum0 import Stratum0
 from rcds.serve.http import RepositoryServer, make_server
-from rcds.service.cleanup import Cleaner
+from rcds.service.cleanup import Cleaner, CleanResult
 from rcds.service.config import ServiceConfig
 from rcds.service.partner import PartnerReplicas
 from rcds.service.presence import Presence
@@ -29,6 +29,7 @@ from rcds.service.slots import RepoSlot
 from rcds.service.spool import Spool, Upload
 from rcds.service.stamps import StampBook
 from rcds.service.status import CidStatus, State, StatusBook
+from rcds.service.whitelist_keeper import WhitelistKeeper
 
 log = logging.getLogger("rcds.service")
 REPOSITORY_TTL = 15
@@ -46,14 +47,16 @@ class Found:
     path: str  # /cvmfs/<repo>/<prefix>/<cid>
 
 
-def init_repositories(config: ServiceConfig) -> list[str]:
+def init_repositories(config: ServiceConfig, clock: Clock = system_clock) -> list[str]:
     """Create the configured repositories that do not exist yet; return their names."""
     created = []
     for name in config.repositories:
         root = config.state_dir / name
         if not (root / "repo.json").exists():
             create_repository(
-                root, Settings(name=name, ttl=REPOSITORY_TTL, compression_level=COMPRESSION_LEVEL)
+                root,
+                Settings(name=name, ttl=REPOSITORY_TTL, compression_level=COMPRESSION_LEVEL),
+                now=int(clock()),
             )
             created.append(name)
     return created
@@ -62,7 +65,7 @@ def init_repositories(config: ServiceConfig) -> list[str]:
 class Service:
     """Everything of one publishing server except HTTP request handling."""
 
-    def __init__(self, config: ServiceConfig, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, config: ServiceConfig, *, clock: Clock = system_clock) -> None:
         self.config = config
         self.clock = clock
         missing = [n for n in config.repositories if not (config.state_dir / n / "repo.json").exists()]
@@ -82,9 +85,9 @@ class Service:
         self.presence = Presence(config.prefix)
         for s in self.slots:
             self.presence.add_repository(s.name, s.public, own=True)
-        self.partner = PartnerReplicas(config, self.presence)
+        self.partner = PartnerReplicas(config, self.presence, clock)
         self.partner.on_revision = announce  # the partner's revisions, once this server serves them
-        self.status = StatusBook(config.spool_dir / "failed")
+        self.status = StatusBook(config.spool_dir / "failed", clock)
         self.spool = Spool(config.spool_dir, config.max_upload_size)
         self.stamps = StampBook(self.slots, self.presence, config.stamp_prefix, clock)
         self.queue = PublishQueue(
@@ -109,6 +112,7 @@ class Service:
             replica_publics=self.partner.publics,
             wake=self.queue.wake,
         )
+        self.whitelists = WhitelistKeeper(self.slots, clock, self.partner.publics)
         self.repo_server: RepositoryServer | None = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -117,6 +121,8 @@ class Service:
     def start(self, *, serve_repositories: bool = True, background: bool = True) -> None:
         """Requeue spooled uploads, start workers, and (optionally) the periodic threads."""
         self.spool.clean_incoming()
+        self.whitelists.warn_missing_keys()
+        self.whitelists.check()
         self.presence.refresh()
         for item in self.spool.pending():
             self.status.claim(item.cid)
@@ -132,7 +138,7 @@ class Service:
         if background:
             self._every(0.5, self.presence.refresh, "presence")
             self._every(self.config.stamps.flush_interval, self.stamps.flush, "stamps")
-            self._every(60.0, self.cleaner.tick, "cleanup")
+            self._every(60.0, self.housekeeping, "housekeeping")
             if self.partner.enabled:
                 self._every(self.config.replica.pull_interval, self.partner.pull, "partner")
 
@@ -158,6 +164,26 @@ class Service:
         self.notifier.close()
         if self.repo_server is not None:
             self.repo_server.stop()
+
+    def housekeeping(self) -> list[CleanResult]:
+        """The once-a-minute duties: keep whitelists valid, run the cleanups whose hour has come."""
+        try:
+            self.whitelists.check()
+        except Exception:  # a bug in the check must not stop the cleanup
+            log.exception("whitelist check failed")
+        return self.cleaner.tick()
+
+    def health(self) -> dict[str, object]:
+        """The service's own state for ``/pubapi/status`` without a CID and for metrics."""
+        out = self.whitelists.status()
+        problems = list(out["problems"])  # type: ignore[call-overload]
+        return {
+            "status": "WARNING" if problems else "OK",
+            "problems": problems,
+            "repositories": self.repositories(),
+            "queued": self.queue.queued(),
+            **{k: v for k, v in out.items() if k != "problems"},
+        }
 
     # -- API operations ---------------------------------------------------------------
     def path_of(self, repository: str, cid: str) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import urllib3
 
+from rcds.clock import Clock, system_clock, utc_now
 from rcds.errors import RcdsError
 from rcds.replica.replicator import ReplicaSpec, Replicator
 from rcds.replica.snapshot import SnapshotResult
@@ -29,7 +30,7 @@ log = logging.getLogger("rcds.service.partner")
 class PartnerReplicas:
     """Keeps replicas of the partner's repositories fresh."""
 
-    def __init__(self, config: ServiceConfig, presence: Presence) -> None:
+    def __init__(self, config: ServiceConfig, presence: Presence, clock: Clock = system_clock) -> None:
         self.config = config
         self.presence = presence
         rc = config.replica
@@ -41,7 +42,7 @@ class PartnerReplicas:
         self.last_results: dict[str, SnapshotResult | RcdsError] = {}
         self._names: list[str] = []
         self._lock = threading.Lock()
-        self._replicator = Replicator(workers=4)
+        self._replicator = Replicator(workers=4, clock=lambda: utc_now(clock))
         if self.dir.is_dir():
             for d in sorted(self.dir.iterdir()):
                 if (d / ".cvmfspublished").exists() and d.name not in config.repositories:

@@ -27,7 +27,7 @@ class ServiceThread:
         init: bool = True,
     ) -> None:
         if init:
-            init_repositories(config)
+            init_repositories(config, clock) if clock else init_repositories(config)
         self.service = Service(config, clock=clock) if clock else Service(config)
         self.url = ""
         self._loop: asyncio.AbstractEventLoop | None = None

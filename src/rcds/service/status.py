@@ -9,11 +9,11 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
-import time
 from dataclasses import asdict, dataclass
 from enum import Enum
 from pathlib import Path
 
+from rcds.clock import Clock, system_clock
 from rcds.service.spool import cid_filename
 
 
@@ -49,8 +49,9 @@ class StatusBook:
 
     ACTIVE = (State.RECEIVING, State.QUEUED, State.PUBLISHING)
 
-    def __init__(self, failed_dir: Path) -> None:
+    def __init__(self, failed_dir: Path, clock: Clock = system_clock) -> None:
         self.failed_dir = Path(failed_dir)
+        self.clock = clock
         self.failed_dir.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._states: dict[str, CidStatus] = {}
@@ -75,14 +76,14 @@ class StatusBook:
             cur = self._states.get(cid)
             if cur is not None and cur.state in self.ACTIVE:
                 return False
-            self._states[cid] = CidStatus(cid, State.RECEIVING, updated=time.time())
+            self._states[cid] = CidStatus(cid, State.RECEIVING, updated=self.clock())
         with contextlib.suppress(OSError):  # an old failure record; harmless if it stays
             self._file(cid).unlink()
         return True
 
     def set(self, cid: str, state: State, repository: str | None = None, reason: str | None = None) -> None:
         """Record a new state (a failure is also written to disk)."""
-        status = CidStatus(cid, state, repository, reason, time.time())
+        status = CidStatus(cid, state, repository, reason, self.clock())
         with self._lock:
             self._states[cid] = status
         if state is State.FAILED:

@@ -53,7 +53,9 @@ class LocalStore(Store):
         self._pid = os.getpid()
 
     def initialise(self) -> None:
-        """Create ``data/00`` ... ``data/ff`` and ``data/txn``."""
+        """Create ``data/00`` ... ``data/ff`` and ``data/txn`` (made last: when it exists, all exist)."""
+        if (self.root / TXN).is_dir():
+            return
         try:
             for h in _HEX:
                 (self.root / "data" / h).mkdir(parents=True, exist_ok=True)

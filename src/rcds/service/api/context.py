@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from rcds.clock import utc_now
 from rcds.errors import InputError
 from rcds.service.auth.authenticator import Authenticator
 from rcds.service.auth.identity import Authorizer, Identity
@@ -37,10 +38,13 @@ class ApiContext:
         remote = request.remote
         if not chain and not auth:
             return self.authenticator.authenticate(remote_addr=remote)
+        now = utc_now(self.service.clock)  # token and certificate expiry on the service's clock
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(
             None,
-            lambda: self.authenticator.authenticate(remote_addr=remote, authorization=auth, cert_chain=chain),
+            lambda: self.authenticator.authenticate(
+                remote_addr=remote, authorization=auth, cert_chain=chain, now=now
+            ),
         )
 
 

@@ -1,6 +1,12 @@
-"""``GET /pubapi/status?cid=C``: queued, publishing, published (with path) or failed (with why)."""
+"""``GET /pubapi/status?cid=C``: queued, publishing, published (with path) or failed (with why).
+
+Without a CID: the service's own state, ``OK`` or ``WARNING: <problem>; <problem>`` (JSON: every
+own and replicated whitelist with its expiry, re-signs and failures, the problems, the queue).
+"""
 
 from __future__ import annotations
+
+import asyncio
 
 from aiohttp import web
 
@@ -10,9 +16,14 @@ from rcds.service.status import State
 
 
 async def handle(request: web.Request) -> web.Response:
-    """What this server knows of the CID; 404 if nothing."""
+    """What this server knows of the CID (404 if nothing), or of itself without a CID."""
     ctx = context(request)
     await ctx.identity(request)
+    if "cid" not in request.query:
+        health = await asyncio.get_running_loop().run_in_executor(None, ctx.service.health)
+        problems: list[str] = health["problems"]  # type: ignore[assignment]
+        text = "OK" if not problems else "WARNING: " + "; ".join(problems)
+        return reply(request, text, health)
     cid = cid_param(request, "status")
     st = ctx.service.status_of(cid.value)
     data = st.as_json()
