@@ -6,6 +6,7 @@ Web handlers call the methods here; tests can drive them directly with an inject
 from __future__ import annotations
 
 import logging
+import shlex
 import threading
 import time
 from collections.abc import Callable
@@ -18,7 +19,8 @@ from rcds.publish.layout import Settings
 from rcds.publish.policy import Limits
 from rcds.publish.stratum0 import Stratum0
 from rcds.serve.http import RepositoryServer, make_server
-from rcds.service.cleanup import Cleaner
+from rcds.service.activity import CleanupEvent
+from rcds.service.cleanup import Cleaner, CleanResult
 from rcds.service.config import ServiceConfig
 from rcds.service.partner import PartnerReplicas
 from rcds.service.presence import Presence
@@ -27,6 +29,7 @@ from rcds.service.slots import RepoSlot
 from rcds.service.spool import Spool, Upload
 from rcds.service.stamps import StampBook
 from rcds.service.status import CidStatus, State, StatusBook
+from rcds.service.telemetry import Telemetry
 
 log = logging.getLogger("rcds.service")
 REPOSITORY_TTL = 15
@@ -42,6 +45,13 @@ class Found:
 
     repository: str
     path: str  # /cvmfs/<repo>/<prefix>/<cid>
+
+
+def init_command(config: ServiceConfig) -> str:
+    """The ``rcds server init`` command line for ``config`` (as the user named it: file or base)."""
+    if config.source == "<defaults>":
+        return f"rcds server init --base {shlex.quote(str(config.base_dir))}"
+    return f"rcds server init --config {shlex.quote(config.source)}"
 
 
 def init_repositories(config: ServiceConfig) -> list[str]:
@@ -67,12 +77,14 @@ class Service:
         if missing:
             raise NotFoundError(
                 f"repositories {', '.join(missing)} do not exist under {config.state_dir}; "
-                "create them with: rcds server init --config FILE"
+                f"create them with: {init_command(config)}"
             )
         self.slots = [RepoSlot(n, Stratum0(config.state_dir / n, n)) for n in config.repositories]
         self.presence = Presence(config.prefix)
         for s in self.slots:
             self.presence.add_repository(s.name, s.public, own=True)
+        self.telemetry = Telemetry(clock)
+        self.activity = self.telemetry.activity
         self.partner = PartnerReplicas(config, self.presence)
         self.status = StatusBook(config.spool_dir / "failed")
         self.spool = Spool(config.spool_dir, config.max_upload_size)
@@ -86,6 +98,7 @@ class Service:
             config.prefix,
             clock,
             Limits(max_bytes=config.max_unpacked_size),
+            self.activity,
         )
         self.cleaner = Cleaner(
             self.slots,
@@ -98,7 +111,9 @@ class Service:
             clock=clock,
             replica_publics=self.partner.publics,
             wake=self.queue.wake,
+            on_result=self._cleaned,
         )
+        self.telemetry.watch(self)
         self.repo_server: RepositoryServer | None = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -114,7 +129,9 @@ class Service:
         self.queue.start()
         if serve_repositories:
             repos = {s.name: s.public for s in self.slots}
-            self.repo_server = make_server(repos, self.config.serve.host, self.config.serve.port)
+            self.repo_server = make_server(
+                repos, self.config.serve.host, self.config.serve.port, access_log=self.telemetry.repo_access
+            )
             for name, public in self.partner.publics().items():
                 self.repo_server.add_repository(name, public)
             self.partner.on_new_replica = self.repo_server.add_repository
@@ -123,6 +140,7 @@ class Service:
             self._every(0.5, self.presence.refresh, "presence")
             self._every(self.config.stamps.flush_interval, self.stamps.flush, "stamps")
             self._every(60.0, self.cleaner.tick, "cleanup")
+            self._every(10.0, lambda: self.activity.queue_changed(self.queue.queued()), "samples")
             if self.partner.enabled:
                 self._every(self.config.replica.pull_interval, self.partner.pull, "partner")
 
@@ -137,6 +155,19 @@ class Service:
         t = threading.Thread(target=loop, name=f"rcds-{name}", daemon=True)
         t.start()
         self._threads.append(t)
+
+    def _cleaned(self, result: CleanResult, at: float) -> None:
+        self.activity.cleaned(
+            CleanupEvent(
+                result.repository,
+                at,
+                len(result.removed),
+                result.kept,
+                result.stamps_dropped,
+                result.bytes_freed,
+                result.error,
+            )
+        )
 
     def stop(self) -> None:
         """Stop threads, write pending stamps, stop serving."""
@@ -173,13 +204,16 @@ class Service:
         if not self.status.claim(cid):
             return None
         try:
-            return self.spool.start(cid, length)
+            upload = self.spool.start(cid, length)
         except BaseException:
             self.status.release(cid)
             raise
+        self.activity.receiving(id(upload), cid, length, lambda: upload.size)
+        return upload
 
     def finish_upload(self, upload: Upload, identity: str) -> None:
         """Commit a received upload and queue it."""
+        self.activity.received(id(upload))
         try:
             item = upload.commit()
         except BaseException:
@@ -189,6 +223,7 @@ class Service:
 
     def abort_upload(self, upload: Upload) -> None:
         """Discard an upload that failed or was interrupted."""
+        self.activity.received(id(upload))
         upload.abort()
         self.status.release(upload.cid)
 

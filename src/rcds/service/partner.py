@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,6 +38,9 @@ class PartnerReplicas:
         self.dir = config.state_dir / "replicas"
         self.on_new_replica: Callable[[str, Path], None] | None = None
         self.last_results: dict[str, SnapshotResult | RcdsError] = {}
+        self.last_pull: float | None = None
+        """When the last pull ended (Unix time)."""
+        self.partner_reachable: bool | None = None
         self._names: list[str] = []
         self._lock = threading.Lock()
         self._replicator = Replicator(workers=4)
@@ -88,6 +92,7 @@ class PartnerReplicas:
         rc = self.config.replica
         assert rc.partner_repository_url is not None and rc.partner_keys_dir is not None
         listed = self.partner_repositories()
+        self.partner_reachable = bool(listed)
         known = self.names()
         names = listed or known
         specs = []
@@ -104,4 +109,5 @@ class PartnerReplicas:
                 self._adopt(name)
                 self.presence.refresh(name)
         self.last_results = results
+        self.last_pull = time.time()
         return results
