@@ -131,7 +131,8 @@ def test_an_upload_in_flight_shows_its_progress(svc: ServiceThread, api: kit.Api
     host, port = svc.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as s:
         s.sendall(
-            f"POST /pubapi/publish?cid={cid} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(data)}\r\n\r\n".encode()
+            f"POST /pubapi/publish?cid={cid} HTTP/1.1\r\nHost: x\r\n"
+            f"Content-Length: {len(data)}\r\n\r\n".encode()
         )
         half = len(data) // 2
         s.sendall(data[:half])
