@@ -108,7 +108,7 @@ class Browser:
                 "--remote-debugging-port=0",
                 f"--user-data-dir={profile}",
                 f"--window-size={width},{height}",
-                "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE localhost",
+                "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE localhost , EXCLUDE 127.0.0.1",
                 "--disable-background-networking",
                 "--disable-component-update",
                 "--disable-sync",

@@ -172,9 +172,11 @@ def render(d: PageData, title: str = "rcds publishing service") -> str:
 
 
 def _carried(points: list[tuple[float, float]], now: float) -> list[tuple[float, float]]:
-    """Queue samples with the last value carried to ``now`` (0 from the start when none)."""
-    if not points:
-        return [(now - HOURS * 3600, 0.0)]
+    """Queue samples from the window's start (0 before the first sample; the plot carries each
+    value to the next)."""
+    start = now - HOURS * 3600
+    if not points or points[0][0] > start:
+        return [(start, 0.0), *points]
     return points
 
 
