@@ -16,6 +16,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     for name, text, func in (
         ("init", "create the configured repositories (with keys) that do not exist yet", _init),
         ("run", "run the web API, publish workers, stamps, cleanup and partner replicas", _run),
+        (
+            "check",
+            "validate the configuration (files, keys, ports, CAs, repositories); exit 1 if wrong",
+            _check,
+        ),
     ):
         p = cmds.add_parser(name, help=text, description=text)
         src = p.add_mutually_exclusive_group(required=True)
@@ -45,6 +50,27 @@ def _init(args: argparse.Namespace) -> int:
     for name in cfg.repositories:
         state = "created" if name in created else "exists"
         print(f"{name}: {state}; master public key {cfg.state_dir / name / 'keys' / (name + '.pub')}")
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    from rcds.errors import ConfigError
+    from rcds.service.check import check
+
+    try:
+        cfg = ServiceConfig.load(args.config) if args.config is not None else ServiceConfig.default(args.base)
+    except ConfigError as exc:
+        print(f"ERROR configuration: {exc}")
+        print("rcds server check: the configuration does not load; nothing else was checked")
+        return 1
+    findings = check(cfg)
+    for f in findings:
+        print(f)
+    bad = [f for f in findings if not f.ok]
+    if bad:
+        print(f"rcds server check: {len(bad)} problem{'s' if len(bad) > 1 else ''} found")
+        return 1
+    print("rcds server check: the configuration is usable")
     return 0
 
 
