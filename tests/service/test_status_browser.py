@@ -93,7 +93,7 @@ def test_status_page_in_headless_chromium(tmp_path: Path) -> None:
     for pid, (_blue, drawn, total) in near.items():
         assert total >= 600 * 190
         assert drawn > total // 100, f"{pid} looks blank: {drawn} of {total} pixels drawn"
-    assert near["plot-latency"][0] >= 3 * 15, f"3 publishes, too few dot pixels: {near['plot-latency']}"
+    assert near["plot-latency"][0] >= 15, f"the publishes' median dot is missing: {near['plot-latency']}"
     assert near["plot-queue"][0] >= 300, f"the queue's line is missing: {near['plot-queue']}"
     assert near["plot-ingested"][0] >= 8, f"the ingested bar is missing: {near['plot-ingested']}"
     full = Image.open(io.BytesIO(seen["page"]))

@@ -215,12 +215,16 @@ def test_series_and_progress_are_bounded_and_exact() -> None:
     assert r.done == 800
 
     act = Activity()
-    for i in range(6000):
-        act.published(PublishEvent(f"g/{i}", "r", i, 10, 0.5, 1000.0 + i, "me"))
-    recent, _f, _c, latency, _q, ingested = act.snapshot(1000.0 + 6000)
+    for i in range(6000):  # one a second from t=960: 100 buckets of 60 s
+        act.published(PublishEvent(f"g/{i}", "r", i, 10, 0.5 + (i % 60) / 100, 960.0 + i, "me"))
+    recent, _f, _c, latency, _q, ingested = act.snapshot(960.0 + 6000)
     assert len(recent) == 50 and recent[0].cid == "g/5999"
-    assert len(latency) == 5000 and sum(v for _, v in ingested) <= 60000
+    assert len(latency) == 100 and sum(v for _, v in ingested) == 60000
+    t, mean, lo, hi = latency[0]
+    assert (t, lo) == (990.0, 0.5) and abs(hi - 1.09) < 1e-9 and abs(mean - (0.5 + 0.295)) < 1e-9
     assert act.published_total == 6000 and act.ingested_total == 60000
+    later = act.snapshot(960.0 + 6000 + 6 * 3600 - 120)[3]  # the window moved past all but one bucket
+    assert len(later) == 1
 
 
 @pytest.fixture(scope="module")

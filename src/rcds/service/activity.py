@@ -128,6 +128,36 @@ class Series:
         return [(k * self.width, v) for k, v in self._buckets.items() if k >= first]
 
 
+class RangeSeries:
+    """Per fixed-width time bucket: count, sum, minimum and maximum of the values (for mean and range)."""
+
+    def __init__(self, width: float = BUCKET_SECONDS, hours: float = HOURS) -> None:
+        self.width = width
+        self.count = int(hours * 3600 / width)
+        self._buckets: collections.OrderedDict[int, list[float]] = collections.OrderedDict()
+
+    def add(self, t: float, value: float) -> None:
+        """Account ``value`` in the bucket of time ``t``."""
+        key = int(t // self.width)
+        b = self._buckets.get(key)
+        if b is None:
+            self._buckets[key] = [1, value, value, value]
+            while len(self._buckets) > self.count:
+                self._buckets.popitem(last=False)
+        else:
+            b[0] += 1
+            b[1] += value
+            b[2] = min(b[2], value)
+            b[3] = max(b[3], value)
+
+    def points(self, now: float) -> list[tuple[float, float, float, float]]:
+        """(bucket middle, mean, min, max) of the buckets within the window before ``now``."""
+        first = int(now // self.width) - self.count + 1
+        return [
+            ((k + 0.5) * self.width, b[1] / b[0], b[2], b[3]) for k, b in self._buckets.items() if k >= first
+        ]
+
+
 class Activity:
     """The in-memory record; thread safe. ``metrics`` (optional) is updated alongside."""
 
@@ -140,7 +170,7 @@ class Activity:
         self.recent: collections.deque[PublishEvent] = collections.deque(maxlen=RECENT)
         self.failures: collections.deque[FailureEvent] = collections.deque(maxlen=RECENT)
         self.cleanups: dict[str, CleanupEvent] = {}
-        self.latency: collections.deque[tuple[float, float]] = collections.deque(maxlen=5000)
+        self.latency = RangeSeries()
         self.queue_length = Series(keep_max=True)
         self.ingested = Series()
         self.published_total = 0
@@ -174,7 +204,7 @@ class Activity:
         with self._lock:
             self._publishing.pop(event.cid, None)
             self.recent.append(event)
-            self.latency.append((event.finished, event.latency))
+            self.latency.add(event.finished, event.latency)
             self.ingested.add(event.finished, event.size)
             self.published_total += 1
             self.ingested_total += event.size
@@ -223,18 +253,17 @@ class Activity:
         list[PublishEvent],
         list[FailureEvent],
         dict[str, CleanupEvent],
-        list[tuple[float, float]],
+        list[tuple[float, float, float, float]],
         list[tuple[float, float]],
         list[tuple[float, float]],
     ]:
         """Recent publishes and failures (newest first), cleanups, and the three series."""
-        cutoff = now - HOURS * 3600
         with self._lock:
             return (
                 list(reversed(self.recent)),
                 list(reversed(self.failures)),
                 dict(self.cleanups),
-                [p for p in self.latency if p[0] >= cutoff],
+                self.latency.points(now),
                 self.queue_length.points(now),
                 self.ingested.points(now),
             )

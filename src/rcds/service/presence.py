@@ -30,6 +30,8 @@ class RepoIndex:
     """CIDs published here after the indexed revision (CID -> revision), kept until indexed."""
     size: int = 0
     """Bytes of the files of the indexed revision (its root catalog's counters)."""
+    newest: int = 0
+    """The newest revision known: indexed or just published."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,7 @@ class Presence:
                     continue  # a concurrent refresh installed a newer revision
                 idx.added = {c: r for c, r in idx.added.items() if r > rev.revision}
                 idx.revision, idx.cids, idx.size = rev, cids, size
+                idx.newest = max([rev.revision, *idx.added.values()])
                 for c in idx.added:
                     idx.cids[c] = f"/{self.prefix}/{c}"
 
@@ -91,6 +94,7 @@ class Presence:
         with self._lock:
             idx = self._repos[name]
             idx.added[cid] = revision
+            idx.newest = max(idx.newest, revision)
             idx.cids[cid] = f"/{self.prefix}/{cid}"
 
     def where(self, cid: str) -> str | None:
@@ -107,12 +111,11 @@ class Presence:
             out = []
             for idx in self._repos.values():
                 rev = idx.revision
-                newest = max([rev.revision if rev else 0, *idx.added.values()])
                 out.append(
                     RepoSummary(
                         idx.name,
                         idx.own,
-                        newest,
+                        idx.newest,
                         rev.timestamp if rev else 0,
                         len(idx.cids),
                         idx.size,

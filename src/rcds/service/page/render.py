@@ -70,6 +70,8 @@ def progress(r: Running) -> str:
 def render(d: PageData, title: str = "rcds publishing service") -> str:
     """The whole page."""
     now = d.now
+    means = [(t, mean) for t, mean, _lo, _hi in d.latency]
+    ranges = [(t, lo, hi) for t, _mean, lo, hi in d.latency]
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -108,13 +110,14 @@ def render(d: PageData, title: str = "rcds publishing service") -> str:
         ),
         '<h2 id="plots">Last hours</h2><div class="plots">',
         plot(
-            d.latency,
+            means,
             start=now - HOURS * 3600,
             end=now,
-            title="publish latency (upload end to PRESENT)",
+            title=f"publish latency, upload end to PRESENT (mean and range per {BUCKET_SECONDS:.0f} s)",
             style="dots",
             fmt=fmt_seconds,
             plot_id="plot-latency",
+            ranges=ranges,
         ),
         plot(
             _carried(d.queue_length, now),

@@ -37,7 +37,8 @@ class PageData:
     partner_last_pull: float | None
     partner_reachable: bool | None
     replicas: list[ReplicaState] = field(default_factory=list)
-    latency: list[tuple[float, float]] = field(default_factory=list)
+    latency: list[tuple[float, float, float, float]] = field(default_factory=list)
+    """(time, mean, min, max) per bucket."""
     queue_length: list[tuple[float, float]] = field(default_factory=list)
     ingested: list[tuple[float, float]] = field(default_factory=list)
     totals: dict[str, int] = field(default_factory=dict)

@@ -15,6 +15,7 @@ Style = Literal["dots", "steps", "bars"]
 WIDTH, HEIGHT = 640, 200
 LEFT, RIGHT, TOP, BOTTOM = 64, 12, 24, 28
 COLOR = "#1f6feb"
+RANGE_COLOR = "#a8c7fa"
 
 
 def nice_ceiling(value: float) -> float:
@@ -38,11 +39,13 @@ def plot(
     fmt: Callable[[float], str],
     plot_id: str,
     bar_width: float = 60.0,
+    ranges: Sequence[tuple[float, float, float]] = (),
 ) -> str:
-    """An ``<svg>`` element for ``points`` (time, value) between ``start`` and ``end``."""
+    """An ``<svg>`` element for ``points`` (time, value) between ``start`` and ``end``; ``ranges``
+    (time, low, high) are drawn as light vertical lines behind dots."""
     span = max(end - start, 1.0)
     pw, ph = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
-    top = nice_ceiling(max((v for _, v in points), default=0.0))
+    top = nice_ceiling(max([v for _, v in points] + [hi for _, _, hi in ranges], default=0.0))
 
     def x(t: float) -> float:
         return LEFT + (min(max(t, start), end) - start) / span * pw
@@ -76,6 +79,14 @@ def plot(
             'fill="#888">no data yet</text>'
         )
     elif style == "dots":
+        if ranges:
+            out.append(f'<g class="range" stroke="{RANGE_COLOR}" stroke-width="3">')
+            out += [
+                f'<line x1="{x(t):.1f}" y1="{y(lo):.1f}" x2="{x(t):.1f}" y2="{y(hi):.1f}"/>'
+                for t, lo, hi in ranges
+                if start <= t <= end and hi > lo
+            ]
+            out.append("</g>")
         out.append(f'<g class="data" fill="{COLOR}">')
         out += [f'<circle cx="{x(t):.1f}" cy="{y(v):.1f}" r="3"/>' for t, v in shown]
         out.append("</g>")
