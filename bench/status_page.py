@@ -1,11 +1,13 @@
 """The status page and ``/metrics`` at 100,000 CIDs, beside the same service with a handful.
 
-Run: ``python bench/status_page.py [--cids 100000] [--requests 50] [--markdown]`` (under a minute).
+Run: ``python bench/status_page.py [--cids 100000] [--requests 60] [--rounds 6] [--markdown]``
+(about a minute).
 
-A real service (:class:`rcds.service.runner.ServiceThread`, plain HTTP on 127.0.0.1, two
-repositories, credential-less loopback requests) publishes 3 real tarballs. Each page is then
-fetched ``--requests`` times, one after the other over one keep-alive connection (urllib3), and
-the median and 90th percentile of the request time are reported:
+Three real services (:class:`rcds.service.runner.ServiceThread` in this process, plain HTTP on
+127.0.0.1, two repositories each, credential-less loopback requests) each publish 3 real tarballs;
+then they differ in what they hold. Each page of each service is fetched ``--requests`` times, one
+after the other over keep-alive connections (urllib3), interleaved over ``--rounds`` rounds so the
+machine's load falls on every state alike; the median and the 90th percentile are reported:
 
 * ``few``: as it is (3 CIDs, a few activity records);
 * ``cids``: after ``--cids`` CIDs were added to one repository's index the way an own publish
@@ -13,9 +15,8 @@ the median and 90th percentile of the request time are reported:
 * ``full``: and the activity record filled to its bounds (6 hours of publishes: 6,000, a failure
   list of 60, a queue-length sample per minute), the most the page ever shows.
 
-``/pubapi/ping`` is measured in every state as the baseline (an answer that reads nothing), so
-the ratio cids/few of a page is its cost growth with the CID count and ping's ratio shows the
-machine's drift between the states.
+``/pubapi/ping`` is measured in every state as the baseline (an answer that reads nothing): the
+ratio cids/few of a page is its cost growth with the CID count, ping's ratio shows the noise.
 """
 
 from __future__ import annotations
@@ -49,21 +50,6 @@ PAGES = (
 )
 
 
-def timings(pool: urllib3.PoolManager, url: str, headers: dict[str, str], n: int) -> tuple[float, float, int]:
-    """(median ms, p90 ms, body bytes) of ``n`` sequential GETs."""
-    times = []
-    size = 0
-    for _ in range(n):
-        t0 = time.perf_counter()
-        r = pool.request("GET", url, headers=headers)
-        times.append((time.perf_counter() - t0) * 1000)
-        if r.status != 200:
-            raise SystemExit(f"{url}: HTTP {r.status}")
-        size = len(r.data)
-    times.sort()
-    return statistics.median(times), times[int(0.9 * (len(times) - 1))], size
-
-
 def add_cids(st: ServiceThread, cids: int) -> None:
     """Add ``cids`` CIDs to the first repository's index and status book."""
     svc = st.service
@@ -92,63 +78,83 @@ def fill_activity(st: ServiceThread) -> None:
         act.queue_length.add(now - 6 * 3600 + m * 60, m % 7)
 
 
+def start(base: Path, pool: urllib3.PoolManager) -> ServiceThread:
+    """A service under ``base`` with 3 real publishes."""
+    base.mkdir(parents=True)
+    (base / "server.toml").write_text(
+        f'base_dir = "{base}"\nrepositories = ["b1.example.org", "b2.example.org"]\n'
+        "[listen]\nport = 0\n[serve]\nport = 0\n"
+    )
+    st = ServiceThread(ServiceConfig.load(base / "server.toml"), background=False)
+    for i in range(3):
+        data = make_tar([Entry(f"bin/run{i}.sh", f"echo {i}\n".encode() * 100, mode=0o755)], "gz")
+        cid = f"bench/{hashlib.sha256(data).hexdigest()}"
+        r = pool.request("POST", f"{st.url}/pubapi/publish?cid={cid}", body=data)
+        assert r.status == 200, r.data
+    assert st.service.queue.idle(60)
+    st.service.presence.refresh()
+    return st
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cids", type=int, default=100_000)
-    ap.add_argument("--requests", type=int, default=50)
+    ap.add_argument("--requests", type=int, default=60)
+    ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--markdown", action="store_true")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory(prefix="rcds-bench-page-") as tmp:
-        base = Path(tmp)
-        (base / "server.toml").write_text(
-            f'base_dir = "{base}"\nrepositories = ["b1.example.org", "b2.example.org"]\n'
-            "[listen]\nport = 0\n[serve]\nport = 0\n"
-        )
-        cfg = ServiceConfig.load(base / "server.toml")
-        with (
-            ServiceThread(cfg, background=False) as st,
-            urllib3.PoolManager(maxsize=1, retries=False) as pool,
-        ):
-            for i in range(3):
-                data = make_tar([Entry(f"bin/run{i}.sh", f"echo {i}\n".encode() * 100, mode=0o755)], "gz")
-                cid = f"bench/{hashlib.sha256(data).hexdigest()}"
-                r = pool.request("POST", f"{st.url}/pubapi/publish?cid={cid}", body=data)
-                assert r.status == 200, r.data
-            assert st.service.queue.idle(60)
-            st.service.presence.refresh()
-            results: dict[str, dict[str, tuple[float, float, int]]] = {}
-            for state in ("few", "cids", "full"):
-                if state == "cids":
-                    t0 = time.perf_counter()
-                    add_cids(st, args.cids)
-                    print(f"added {args.cids} CIDs in {time.perf_counter() - t0:.1f} s", flush=True)
-                if state == "full":
-                    fill_activity(st)
+    states = ("few", "cids", "full")
+    per_round = max(1, args.requests // args.rounds)
+    samples: dict[tuple[str, str], list[float]] = {}
+    sizes: dict[tuple[str, str], int] = {}
+    with (
+        tempfile.TemporaryDirectory(prefix="rcds-bench-page-") as tmp,
+        urllib3.PoolManager(retries=False) as pool,
+    ):
+        services = {state: start(Path(tmp) / state, pool) for state in states}
+        try:
+            t0 = time.perf_counter()
+            add_cids(services["cids"], args.cids)
+            add_cids(services["full"], args.cids)
+            fill_activity(services["full"])
+            print(f"added {args.cids} CIDs to two services in {time.perf_counter() - t0:.1f} s", flush=True)
+            for state, st in services.items():
                 js = json.loads(
                     pool.request("GET", st.url + "/status", headers={"Accept": "application/json"}).data
                 )
-                total = sum(r["cids"] for r in js["repositories"])
-                print(f"{state}: {total} CIDs on the page", flush=True)
-                results[state] = {
-                    label: timings(pool, st.url + path, hdrs, args.requests) for label, path, hdrs in PAGES
-                }
+                print(f"{state}: {sum(r['cids'] for r in js['repositories'])} CIDs on the page", flush=True)
+            for _ in range(args.rounds):  # interleaved, so the machine's load hits every state alike
+                for label, path, hdrs in PAGES:
+                    for state, st in services.items():
+                        for _ in range(per_round):
+                            t1 = time.perf_counter()
+                            r = pool.request("GET", st.url + path, headers=hdrs)
+                            samples.setdefault((label, state), []).append((time.perf_counter() - t1) * 1000)
+                            assert r.status == 200, (path, r.status)
+                            sizes[(label, state)] = len(r.data)
+        finally:
+            for st in services.values():
+                st.stop()
     rows = []
     for label, _path, _h in PAGES:
-        few, cids, full = (results[s][label] for s in ("few", "cids", "full"))
+        med = {s: statistics.median(samples[(label, s)]) for s in states}
+        full = sorted(samples[(label, "full")])
         rows.append(
             [
                 label,
-                f"{few[0]:.2f}",
-                f"{cids[0]:.2f}",
-                f"{full[0]:.2f}",
-                f"{full[1]:.2f}",
-                f"{cids[0] / few[0]:.2f}",
-                f"{full[0] / few[0]:.2f}",
-                f"{few[2] / 1024:.0f}/{cids[2] / 1024:.0f}/{full[2] / 1024:.0f}",
+                f"{med['few']:.2f}",
+                f"{med['cids']:.2f}",
+                f"{med['full']:.2f}",
+                f"{full[int(0.9 * (len(full) - 1))]:.2f}",
+                f"{med['cids'] / med['few']:.2f}",
+                f"{med['full'] / med['few']:.2f}",
+                "/".join(f"{sizes[(label, s)] / 1024:.0f}" for s in states),
             ]
         )
     print(machine())
-    print(f"{args.requests} sequential GETs each; {args.cids} CIDs in 'cids' and 'full'")
+    print(
+        f"{per_round * args.rounds} GETs per page and state over keep-alive connections, {args.rounds} rounds"
+    )
     headers = [
         "page",
         "few p50 ms",
