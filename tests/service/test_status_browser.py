@@ -60,7 +60,7 @@ def test_status_page_in_headless_chromium(tmp_path: Path) -> None:
                             " const r = e.getBoundingClientRect();"
                             " return {id: e.id, x: r.x, y: r.y + window.scrollY, w: r.width,"
                             " h: r.height, marks: e.querySelectorAll("
-                            "'.data circle, .data rect, polyline.data').length}; })"
+                            "'.data').length}; })"
                         ),
                         "page": await page.screenshot(),
                     }

@@ -72,39 +72,38 @@ def plot(
             f'<line x1="{x(t):.1f}" y1="{TOP + ph}" x2="{x(t):.1f}" y2="{TOP + ph + 4}" stroke="#999"/>'
         )
         out.append(f'<text x="{x(t):.1f}" y="{HEIGHT - 8}" text-anchor="middle">{label}</text>')
-    shown = [(t, v) for t, v in points if start <= t <= end]
+    sx, sy = pw / span, ph / top
+    shown = [(LEFT + (t - start) * sx, TOP + ph - v * sy) for t, v in points if start <= t <= end]
     if not shown:
         out.append(
             f'<text x="{LEFT + pw / 2}" y="{TOP + ph / 2}" text-anchor="middle" '
             'fill="#888">no data yet</text>'
         )
-    elif style == "dots":
-        if ranges:
-            out.append(f'<g class="range" stroke="{RANGE_COLOR}" stroke-width="3">')
-            out += [
-                f'<line x1="{x(t):.1f}" y1="{y(lo):.1f}" x2="{x(t):.1f}" y2="{y(hi):.1f}"/>'
-                for t, lo, hi in ranges
-                if start <= t <= end and hi > lo
-            ]
-            out.append("</g>")
-        out.append(f'<g class="data" fill="{COLOR}">')
-        out += [f'<circle cx="{x(t):.1f}" cy="{y(v):.1f}" r="3"/>' for t, v in shown]
-        out.append("</g>")
+    elif style == "dots":  # one path each: zero-length strokes with round caps are dots
+        spans = [
+            f"M{LEFT + (t - start) * sx:.1f} {TOP + ph - lo * sy:.1f}V{TOP + ph - hi * sy:.1f}"
+            for t, lo, hi in ranges
+            if start <= t <= end and hi > lo
+        ]
+        if spans:
+            out.append(f'<path class="range" stroke="{RANGE_COLOR}" stroke-width="3" d="{"".join(spans)}"/>')
+        dots = "".join(f"M{px:.1f} {py:.1f}h0" for px, py in shown)
+        out.append(
+            f'<path class="data" stroke="{COLOR}" stroke-width="6" stroke-linecap="round" d="{dots}"/>'
+        )
     elif style == "bars":
-        bw = max(bar_width / span * pw, 2.0)
-        out.append(f'<g class="data" fill="{COLOR}">')
-        for t, v in shown:
-            h = max(ph - (y(v) - TOP), 2.0)
-            out.append(f'<rect x="{x(t):.1f}" y="{TOP + ph - h:.1f}" width="{bw:.1f}" height="{h:.1f}"/>')
-        out.append("</g>")
+        bw = max(bar_width * sx, 2.0)
+        base = TOP + ph
+        bars = "".join(f"M{px:.1f} {base}V{min(py, base - 2):.1f}h{bw:.1f}V{base}z" for px, py in shown)
+        out.append(f'<path class="data" fill="{COLOR}" d="{bars}"/>')
     else:
-        coords = []
-        for i, (t, v) in enumerate(shown):
-            nxt = shown[i + 1][0] if i + 1 < len(shown) else end
-            coords += [f"{x(t):.1f},{y(v):.1f}", f"{x(nxt):.1f},{y(v):.1f}"]
+        steps = []
+        for i, (px, py) in enumerate(shown):
+            nxt = shown[i + 1][0] if i + 1 < len(shown) else LEFT + pw
+            steps.append(f"{px:.1f},{py:.1f} {nxt:.1f},{py:.1f}")
         out.append(
             f'<polyline class="data" fill="none" stroke="{COLOR}" stroke-width="3" '
-            f'points="{" ".join(coords)}"/>'
+            f'points="{" ".join(steps)}"/>'
         )
     out.append("</svg>")
     return "\n".join(out)
