@@ -39,6 +39,9 @@ def test_every_role_renders_and_parses() -> None:
     gauges = LiveGauges()
     gauges.add("rcds_repository_revision", "revision", "repository", lambda: state)
     gauges.add("rcds_publish_queue_length", "queue", None, lambda: {"": 3})
+    plain = {"hits": 0}  # a counter kept by code that does not import prometheus
+    gauges.add_counter("rcds_plain_hits", "hits", None, lambda: {"": plain["hits"]})
+    plain["hits"] += 9
     reg.register(gauges)
 
     http.observe("publish", "POST", 200, 0.2, 1000, 3)
@@ -69,6 +72,7 @@ def test_every_role_renders_and_parses() -> None:
     assert got[("rcds_failovers_total", (("host", "http://s1:8000"), ("proxy", "http://proxy:3128")))] == 1
     assert got[("rcds_repository_revision", (("repository", "a.example.org"),))] == 7
     assert got[("rcds_publish_queue_length", ())] == 3
+    assert got[("rcds_plain_hits_total", ())] == 9
     state["a.example.org"] = 8.0  # gauges are read at scrape time
     assert (
         samples(render(reg).decode())[("rcds_repository_revision", (("repository", "a.example.org"),))] == 8

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -141,29 +141,45 @@ GaugeReader = Callable[[], Mapping[str, float]]
 """Returns label value -> gauge value, read at scrape time."""
 
 
+Family = GaugeMetricFamily | CounterMetricFamily
+
+
 class LiveGauges(Collector):
-    """Gauges read from live state at each scrape: name -> (help, label name or None, reader).
+    """Metrics read from live state at each scrape: name -> (help, label name or None, reader).
 
     A reader with no label returns ``{"": value}``. Reading happens in the scraping thread, so
     readers must be cheap and thread safe (counters and lengths, never a disk walk).
+    :meth:`add_counter` exposes a plain integer some code keeps anyway (e.g. a cache's hit count
+    kept by code that must not import Prometheus) as a counter.
     """
 
     def __init__(self) -> None:
-        self._gauges: list[tuple[str, str, str | None, GaugeReader]] = []
+        self._metrics: list[tuple[str, str, str | None, GaugeReader, bool]] = []
 
     def add(self, name: str, help_text: str, label: str | None, reader: GaugeReader) -> None:
         """Add a gauge family."""
-        self._gauges.append((name, help_text, label, reader))
+        self._metrics.append((name, help_text, label, reader, False))
 
-    def collect(self) -> Iterable[GaugeMetricFamily]:
-        """One family per gauge (called by the registry)."""
-        for name, help_text, label, reader in self._gauges:
-            fam = GaugeMetricFamily(name, help_text, labels=[label] if label else None)
+    def add_counter(self, name: str, help_text: str, label: str | None, reader: GaugeReader) -> None:
+        """Add a counter family (``name`` without ``_total``; values must only grow)."""
+        self._metrics.append((name, help_text, label, reader, True))
+
+    @staticmethod
+    def _family(name: str, help_text: str, label: str | None, counter: bool) -> Family:
+        labels = [label] if label else None
+        if counter:
+            return CounterMetricFamily(name, help_text, labels=labels)
+        return GaugeMetricFamily(name, help_text, labels=labels)
+
+    def collect(self) -> Iterable[Family]:
+        """One family per metric (called by the registry)."""
+        for name, help_text, label, reader, counter in self._metrics:
+            fam = self._family(name, help_text, label, counter)
             for key, value in reader().items():
                 fam.add_metric([key] if label else [], float(value))
             yield fam
 
-    def describe(self) -> Iterable[GaugeMetricFamily]:
+    def describe(self) -> Iterable[Family]:
         """The families without samples (so registering checks names without reading state)."""
-        for name, help_text, label, _ in self._gauges:
-            yield GaugeMetricFamily(name, help_text, labels=[label] if label else None)
+        for name, help_text, label, _, counter in self._metrics:
+            yield self._family(name, help_text, label, counter)
