@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import urllib3
@@ -251,3 +252,37 @@ def test_page_and_metrics_need_credentials_like_the_api(
         with_bad_token = kit.Api(st.url, ssl_context=tls.context(), token=tls.token() + "x")
         assert with_bad_token.page("/metrics").status == 401
         assert anon.page("/").status == 302
+
+
+@pytest.mark.timeout(60)
+def test_queued_and_running_publishes_are_listed(tmp_path_factory: pytest.TempPathFactory) -> None:
+    cfg = kit.config(tmp_path_factory.mktemp("page-queue"), repositories=("q.example.org",))
+    with ServiceThread(cfg, background=False) as st:
+        api = kit.Api(st.url)
+        slot = st.service.slots[0]
+        datas = [kit.tarball(seed=f"queued-{i}") for i in range(3)]
+        cids = [kit.cid_of(d) for d in datas]
+        with slot.lock:  # the repository is busy (as with an admin's command): publishes wait
+            for cid, data in zip(cids, datas, strict=True):
+                assert api.publish(cid, data).text == "OK\n"
+
+            def state() -> Any:
+                return api.page("/status", headers={"Accept": "application/json"}).json()
+
+            assert kit.wait_until(lambda: len(state()["waiting"]) == 2)
+            js = state()
+            assert [r["cid"] for r in js["publishing"]] == [cids[0]]
+            assert [r["cid"] for r in js["waiting"]] == cids[1:]
+            assert js["queued"] == 2
+            page = api.page("/status").text
+            assert "Queue: 2 waiting, 1 publishing, 0 uploading" in page
+            assert page.count("<td>queued</td>") == 2 and f"{len(datas[1])} B to publish" in page
+            got = metrics(api)
+            assert got[("rcds_publish_queue_length", ())] == 2
+            assert got[("rcds_publishes_in_flight", ())] == 1
+        for cid in cids:
+            assert api.wait_status(cid).text.startswith("PUBLISHED:")
+        js = api.page("/status", headers={"Accept": "application/json"}).json()
+        assert js["waiting"] == [] and js["publishing"] == []
+        assert [e["cid"] for e in js["recent"]] == cids[::-1]
+        api.close()

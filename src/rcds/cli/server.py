@@ -85,7 +85,11 @@ def _run(args: argparse.Namespace) -> int:
     repos_url = f"http://{cfg.serve.host}:{service.repo_server.port}/cvmfs/"
 
     def ready(url: str) -> None:
-        print(f"rcds server: pubapi at {url}/pubapi/, repositories at {repos_url}", flush=True)
+        print(
+            f"rcds server: pubapi at {url}/pubapi/, repositories at {repos_url}, "
+            f"status page at {url}/status, metrics at {url}/metrics",
+            flush=True,
+        )
 
     try:
         asyncio.run(serve(service, ready=ready))

@@ -14,6 +14,7 @@ status page never walks a disk or a CID index.
 from __future__ import annotations
 
 import collections
+import io
 import threading
 import time
 from collections.abc import Callable
@@ -31,9 +32,18 @@ RECENT = 50
 
 
 class ProgressReader:
-    """A binary stream wrapper counting the bytes read (the publish's progress through its tarball)."""
+    """A binary stream wrapper counting the bytes read (the publish's progress through its tarball).
 
-    def __init__(self, inner: BinaryIO) -> None:
+    It may be created before its stream is open (the publish waits for its repository) and
+    :meth:`attach` ed later.
+    """
+
+    def __init__(self, inner: BinaryIO | None = None) -> None:
+        self.inner: BinaryIO = inner if inner is not None else io.BytesIO()
+        self.done = 0
+
+    def attach(self, inner: BinaryIO) -> None:
+        """Read from ``inner`` from now on, counting from 0."""
         self.inner = inner
         self.done = 0
 

@@ -126,6 +126,11 @@ class PublishQueue:
         with self._cond:
             return len(self._jobs)
 
+    def waiting(self, limit: int = 20) -> list[Job]:
+        """The first ``limit`` jobs waiting, oldest first."""
+        with self._cond:
+            return [job for _, job in zip(range(limit), self._jobs, strict=False)]
+
     def _worker(self, slot: RepoSlot) -> None:
         while True:
             with self._cond:
@@ -146,15 +151,14 @@ class PublishQueue:
                     self._busy -= 1
                     self._cond.notify_all()
 
-    def _ingest(self, slot: RepoSlot, job: Job) -> ChangeResult:
+    def _ingest(self, slot: RepoSlot, job: Job, reader: ProgressReader) -> ChangeResult:
         """Ingest the upload; a repository locked by another writer is tried again for a while."""
         deadline = time.monotonic() + LOCK_WAIT
         delay = 0.05
         while True:
             try:
                 with slot.lock, open(job.item.path, "rb") as f:
-                    reader = ProgressReader(f)
-                    self.activity.publishing(job.item.cid, slot.name, job.item.size, reader)
+                    reader.attach(f)
                     return slot.s0.ingest_tar(
                         reader,  # type: ignore[arg-type]
                         f"/{self.prefix}/{job.item.cid}",
@@ -179,8 +183,10 @@ class PublishQueue:
             self.activity.finished(cid)
             return
         self.status.set(cid, State.PUBLISHING, slot.name)
+        reader = ProgressReader()
+        self.activity.publishing(cid, slot.name, job.item.size, reader)
         try:
-            result = self._ingest(slot, job)
+            result = self._ingest(slot, job, reader)
         except InputError as exc:
             log.warning("publish of %s by %s refused: %s", cid, job.identity, exc)
             self._failed(cid, slot.name, str(exc))

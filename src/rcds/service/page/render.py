@@ -55,8 +55,10 @@ def td(text: object, cls: str = "") -> str:
     return f"<td{attr}>{escape(str(text))}</td>"
 
 
-def progress(r: Running) -> str:
-    """A progress bar cell: bytes done of the total."""
+def progress(r: Running, state: str) -> str:
+    """A progress bar cell: bytes done of the total (the size, for a queued upload)."""
+    if state == "queued":
+        return td(f"{fmt_bytes(r.size or 0)} to publish")
     done = r.done()
     if not r.size:
         return td(fmt_bytes(done))
@@ -102,8 +104,18 @@ def render(d: PageData, title: str = "rcds publishing service") -> str:
         table(
             ["state", "CID", "repository", "progress", "since"],
             (
-                [td(state), td(r.cid, "cid"), td(r.repository or ""), progress(r), td(age(now - r.started))]
-                for state, group in (("publishing", d.publishing), ("uploading", d.receiving))
+                [
+                    td(state),
+                    td(r.cid, "cid"),
+                    td(r.repository or ""),
+                    progress(r, state),
+                    td(age(now - r.started)),
+                ]
+                for state, group in (
+                    ("publishing", d.publishing),
+                    ("uploading", d.receiving),
+                    ("queued", d.waiting),
+                )
                 for r in group
             ),
             "nothing in flight",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from rcds.replica.snapshot import SnapshotResult
@@ -26,6 +27,8 @@ class PageData:
     now: float
     repositories: list[RepoSummary]
     queued: int
+    waiting: list[Running]
+    """The first queued uploads (at most 20), oldest first."""
     receiving: list[Running]
     publishing: list[Running]
     recent: list[PublishEvent]
@@ -49,6 +52,11 @@ def collect(service: Service, now: float | None = None) -> PageData:
     t = service.clock() if now is None else now
     act = service.activity
     receiving, publishing = act.in_flight()
+    mono = time.monotonic()
+    waiting = [
+        Running(j.item.cid, None, j.item.size, t - (mono - j.queued_at), lambda: 0)
+        for j in service.queue.waiting()
+    ]
     recent, failures, cleanups, latency, queue, ingested = act.snapshot(t)
     replicas = []
     for name, res in sorted(service.partner.last_results.items()):
@@ -62,6 +70,7 @@ def collect(service: Service, now: float | None = None) -> PageData:
         now=t,
         repositories=service.presence.summaries(),
         queued=service.queue.queued(),
+        waiting=waiting,
         receiving=receiving,
         publishing=publishing,
         recent=recent,
@@ -100,6 +109,7 @@ def as_json(data: PageData) -> dict[str, object]:
         "now": data.now,
         "repositories": [vars(r) for r in data.repositories],
         "queued": data.queued,
+        "waiting": [running(r) for r in data.waiting],
         "receiving": [running(r) for r in data.receiving],
         "publishing": [running(r) for r in data.publishing],
         "recent": [vars(e) for e in data.recent],
