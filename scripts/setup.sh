@@ -5,8 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages: squid (tests run a real proxy), fuse3 (mounts), openssl (format cross-checks),
-# nginx (the sample web server configuration in front of a replica is tested)
-APT_PACKAGES=(squid fuse3 libfuse3-dev pkg-config openssl nginx)
+# nginx (the sample web server configuration in front of a replica is tested),
+# chromium (the status page is tested in a headless browser)
+APT_PACKAGES=(squid fuse3 libfuse3-dev pkg-config openssl nginx chromium)
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 missing=()

@@ -1,9 +1,10 @@
 """The client library's import stays lean: what it must not load at import time.
 
 Every ``rcds`` client command imports :mod:`rcds.client.repository`. ``dataclasses`` (it pulls in
-``inspect``, ``ast``, ``dis``...), ``ssl`` (only https needs it) and ``concurrent.futures`` (only
-probing hosts needs it) cost milliseconds per process, so the modules on that path use
-NamedTuples and plain classes, and import the others where they are used.
+``inspect``, ``ast``, ``dis``...), ``ssl`` (only https needs it), ``concurrent.futures`` (only
+probing hosts needs it) and ``prometheus_client`` (only daemons serve metrics) cost milliseconds
+per process, so the modules on that path use NamedTuples and plain classes, and import the others
+where they are used.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 
 import pytest
 
-HEAVY = ("dataclasses", "inspect", "ssl", "concurrent.futures")
+HEAVY = ("dataclasses", "inspect", "ssl", "concurrent.futures", "prometheus_client")
 
 
 @pytest.mark.parametrize(

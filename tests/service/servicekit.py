@@ -183,6 +183,14 @@ class Api:
     def get(self, verb: str, cid: str | None = None, **kw: Any) -> Reply:
         return self.request("GET", verb, cid, **kw)
 
+    def page(self, path: str, headers: Mapping[str, str] | None = None) -> Reply:
+        """``GET <base><path>`` (``/status``, ``/metrics``) with the client's credentials."""
+        hdrs = dict(headers or {})
+        if self.token is not None:
+            hdrs.setdefault("Authorization", f"Bearer {self.token}")
+        r = self.pool.request("GET", self.base + path, headers=hdrs, redirect=False, preload_content=True)
+        return Reply(r.status, r.data.decode("utf-8", "replace"), dict(r.headers))
+
     def publish(self, cid: str, data: bytes, **kw: Any) -> Reply:
         return self.request("POST", "publish", cid, body=data, **kw)
 

@@ -63,10 +63,10 @@ def test_resigned_a_third_before_expiry(tmp_path: Path) -> None:
         (entry,) = health["whitelists"]
         assert entry["state"] == "ok" and entry["days_left"] == 30 and entry["resigns"] == 1
         assert api.get("status").text == "OK\n"
-        metrics = api.get("metrics").text
-        assert 'rcds_whitelist_resigns_total{repository="user1.example.org",role="own"} 1' in metrics
-        assert 'rcds_whitelist_needs_resign{repository="user1.example.org",role="own"} 0' in metrics
-        assert "rcds_problems 0" in metrics
+        metrics = api.page("/metrics").text
+        assert 'rcds_whitelist_resigns_total{repository="user1.example.org",role="own"} 1.0' in metrics
+        assert 'rcds_whitelist_needs_resign{repository="user1.example.org",role="own"} 0.0' in metrics
+        assert "rcds_problems 0.0" in metrics
         api.close()
 
 
@@ -103,10 +103,10 @@ def test_without_the_master_key_it_says_so_days_ahead(
         health = api.get("status", headers=JSON).json()
         assert health["status"] == "WARNING"
         assert health["whitelists"][0]["state"] == "renew" and health["whitelists"][0]["resign_failures"] == 3
-        metrics = api.get("metrics").text
-        assert f'rcds_whitelist_resign_failures_total{{repository="{name}",role="own"}} 3' in metrics
-        assert f'rcds_whitelist_needs_resign{{repository="{name}",role="own"}} 1' in metrics
-        assert "rcds_problems 1" in metrics
+        metrics = api.page("/metrics").text
+        assert f'rcds_whitelist_resign_failures_total{{repository="{name}",role="own"}} 3.0' in metrics
+        assert f'rcds_whitelist_needs_resign{{repository="{name}",role="own"}} 1.0' in metrics
+        assert "rcds_problems 1.0" in metrics
         clock.t += 2 * 3600  # an hour later: said again
         svc.housekeeping()
         assert len([r for r in caplog.records if r.levelno >= logging.ERROR]) == 2

@@ -16,6 +16,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     for name, text, func in (
         ("init", "create the configured repositories (with keys) that do not exist yet", _init),
         ("run", "run the web API, publish workers, stamps, cleanup and partner replicas", _run),
+        (
+            "check",
+            "validate the configuration (files, keys, ports, CAs, repositories); exit 1 if wrong",
+            _check,
+        ),
     ):
         p = cmds.add_parser(name, help=text, description=text)
         src = p.add_mutually_exclusive_group(required=True)
@@ -48,6 +53,27 @@ def _init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check(args: argparse.Namespace) -> int:
+    from rcds.errors import ConfigError
+    from rcds.service.check import check
+
+    try:
+        cfg = ServiceConfig.load(args.config) if args.config is not None else ServiceConfig.default(args.base)
+    except ConfigError as exc:
+        print(f"ERROR configuration: {exc}")
+        print("rcds server check: the configuration does not load; nothing else was checked")
+        return 1
+    findings = check(cfg)
+    for f in findings:
+        print(f)
+    bad = [f for f in findings if not f.ok]
+    if bad:
+        print(f"rcds server check: {len(bad)} problem{'s' if len(bad) > 1 else ''} found")
+        return 1
+    print("rcds server check: the configuration is usable")
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     from rcds.service.app import serve
     from rcds.service.core import Service
@@ -60,7 +86,11 @@ def _run(args: argparse.Namespace) -> int:
 
     def ready(url: str) -> None:
         notify = f", notifications at {url}/notifications/" if service.broker is not None else ""
-        print(f"rcds server: pubapi at {url}/pubapi/, repositories at {repos_url}{notify}", flush=True)
+        print(
+            f"rcds server: pubapi at {url}/pubapi/, repositories at {repos_url}{notify}, "
+            f"status page at {url}/status, metrics at {url}/metrics",
+            flush=True,
+        )
 
     try:
         asyncio.run(serve(service, ready=ready))

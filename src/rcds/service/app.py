@@ -6,13 +6,14 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
 from rcds.errors import AuthError, InputError, LockedError, NotFoundError, RcdsError, StorageError
-from rcds.service.api import config, exists, metrics, ping, publish, status, update
-from rcds.service.api.context import APP_KEY, ApiContext
+from rcds.service.api import config, exists, metrics, page, ping, publish, status, update
+from rcds.service.api.context import APP_KEY, ApiContext, context
 from rcds.service.api.replies import error
 from rcds.service.auth.authenticator import Authenticator
 from rcds.service.auth.identity import Authorizer
@@ -31,7 +32,6 @@ ROUTES: dict[str, tuple[tuple[str, ...], Handler]] = {
     "update": (("GET", "POST"), update.handle),
     "status": (("GET", "HEAD"), status.handle),
     "publish": (("POST", "PUT"), publish.handle),
-    "metrics": (("GET", "HEAD"), metrics.handle),
 }
 
 
@@ -50,6 +50,39 @@ def _status_of(exc: RcdsError) -> int:
         if isinstance(exc, cls):
             return code
     return 500
+
+
+PAGES: dict[str, Handler] = {"/status": page.handle, "/metrics": metrics.handle}
+
+
+def _verb(request: web.Request) -> str:
+    """The metric label of a request: its pubapi verb or page, ``other`` for anything else."""
+    verb = request.match_info.get("verb")
+    if verb is not None:
+        return verb if verb in ROUTES else "other"
+    return request.path.lstrip("/") if request.path in PAGES else "other"
+
+
+@web.middleware
+async def measure(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count requests and their latencies per verb, method and status; bytes in and out."""
+    start = time.monotonic()
+    status = 500
+    sent = 0
+    try:
+        resp = await handler(request)
+        status = resp.status
+        sent = getattr(resp, "content_length", None) or 0
+        return resp
+    except web.HTTPException as exc:
+        status = exc.status
+        raise
+    finally:
+        method = request.method if request.method in ("GET", "HEAD", "POST", "PUT") else "other"
+        received = int(getattr(request.content, "total_bytes", 0) or 0)
+        context(request).service.telemetry.api.observe(
+            _verb(request), method, status, time.monotonic() - start, received, sent
+        )
 
 
 @web.middleware
@@ -87,7 +120,7 @@ async def dispatch(request: web.Request) -> web.StreamResponse:
 
 def make_app(service: Service, authenticator: Authenticator | None = None) -> web.Application:
     """The aiohttp application for a service."""
-    app = web.Application(middlewares=[errors], client_max_size=1 << 20)
+    app = web.Application(middlewares=[measure, errors], client_max_size=1 << 20)
     app[APP_KEY] = ApiContext(
         service,
         authenticator or Authenticator.from_config(service.config),
@@ -96,7 +129,14 @@ def make_app(service: Service, authenticator: Authenticator | None = None) -> we
     app.router.add_route("*", "/pubapi/{verb}", dispatch)
     if service.broker is not None:
         service.broker.attach(app)
+    for path, handler in PAGES.items():
+        app.router.add_route("GET", path, handler)
+    app.router.add_route("GET", "/", _to_status)
     return app
+
+
+async def _to_status(request: web.Request) -> web.StreamResponse:
+    raise web.HTTPFound("/status")
 
 
 def tls_context(service: Service) -> object | None:

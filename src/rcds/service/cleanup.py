@@ -36,6 +36,8 @@ class CleanResult:
     stamps_dropped: int = 0
     objects_deleted: int = 0
     bytes_freed: int = 0
+    error: str | None = None
+    """Why the cleanup stopped early, if it did."""
 
 
 class Cleaner:
@@ -54,6 +56,7 @@ class Cleaner:
         clock: Callable[[], float],
         replica_publics: Callable[[], Mapping[str, Path]] = dict,
         wake: Callable[[], None] = lambda: None,
+        on_result: Callable[[CleanResult, float], None] = lambda _r, _t: None,
     ) -> None:
         self.slots = list(slots)
         self.presence = presence
@@ -65,12 +68,24 @@ class Cleaner:
         self.clock = clock
         self.replica_publics = replica_publics
         self.wake = wake
+        self.on_result = on_result
         self._done: dict[str, dt.date] = {}
         self._lock = threading.Lock()
 
     def slot_hour(self, index: int) -> int:
         """The local hour at which repository number ``index`` (0-based) is cleaned."""
         return (self.start_hour + index) % 24
+
+    def next_runs(self, now: float) -> dict[str, float]:
+        """Repository -> when its next cleanup starts (Unix time, local hours)."""
+        local = dt.datetime.fromtimestamp(now)
+        out = {}
+        for i, slot in enumerate(self.slots):
+            start = local.replace(hour=self.slot_hour(i), minute=0, second=0, microsecond=0)
+            if start <= local and (self._done.get(slot.name) == local.date() or local.hour != start.hour):
+                start += dt.timedelta(days=1)
+            out[slot.name] = start.timestamp()
+        return out
 
     def tick(self, now: float | None = None) -> list[CleanResult]:
         """Clean every repository whose hour has come and that was not cleaned today."""
@@ -148,9 +163,11 @@ class Cleaner:
                 )
             except RcdsError as exc:
                 log.error("cleanup of %s failed: %s", slot.name, exc)
+                result.error = str(exc)
             finally:
                 slot.cleaning = False
                 self.wake()
+                self.on_result(result, t)
         return result
 
     def _drop_orphan_stamps(self, cutoff: float) -> int:

@@ -6,6 +6,7 @@ Web handlers call the methods here; tests can drive them directly with an inject
 from __future__ import annotations
 
 import logging
+import shlex
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from rcds.publish.layout import Settings
 from rcds.publish.policy import Limits
 from rcds.publish.stratum0 import Stratum0
 from rcds.serve.http import RepositoryServer, make_server
+from rcds.service.activity import CleanupEvent
 from rcds.service.cleanup import Cleaner, CleanResult
 from rcds.service.config import ServiceConfig
 from rcds.service.partner import PartnerReplicas
@@ -29,6 +31,7 @@ from rcds.service.slots import RepoSlot
 from rcds.service.spool import Spool, Upload
 from rcds.service.stamps import StampBook
 from rcds.service.status import CidStatus, State, StatusBook
+from rcds.service.telemetry import Telemetry
 from rcds.service.whitelist_keeper import WhitelistKeeper
 
 log = logging.getLogger("rcds.service")
@@ -45,6 +48,13 @@ class Found:
 
     repository: str
     path: str  # /cvmfs/<repo>/<prefix>/<cid>
+
+
+def init_command(config: ServiceConfig) -> str:
+    """The ``rcds server init`` command line for ``config`` (as the user named it: file or base)."""
+    if config.source == "<defaults>":
+        return f"rcds server init --base {shlex.quote(str(config.base_dir))}"
+    return f"rcds server init --config {shlex.quote(config.source)}"
 
 
 def init_repositories(config: ServiceConfig, clock: Clock = system_clock) -> list[str]:
@@ -72,7 +82,7 @@ class Service:
         if missing:
             raise NotFoundError(
                 f"repositories {', '.join(missing)} do not exist under {config.state_dir}; "
-                "create them with: rcds server init --config FILE"
+                f"create them with: {init_command(config)}"
             )
         self.broker = Broker(allow_publish=config.notify.allow_publish) if config.notify.broker else None
         self.notifier = NotifySender(
@@ -85,6 +95,8 @@ class Service:
         self.presence = Presence(config.prefix)
         for s in self.slots:
             self.presence.add_repository(s.name, s.public, own=True)
+        self.telemetry = Telemetry(clock)
+        self.activity = self.telemetry.activity
         self.partner = PartnerReplicas(config, self.presence, clock)
         self.partner.on_revision = announce  # the partner's revisions, once this server serves them
         self.status = StatusBook(config.spool_dir / "failed", clock)
@@ -99,6 +111,7 @@ class Service:
             config.prefix,
             clock,
             Limits(max_bytes=config.max_unpacked_size),
+            self.activity,
         )
         self.cleaner = Cleaner(
             self.slots,
@@ -111,8 +124,10 @@ class Service:
             clock=clock,
             replica_publics=self.partner.publics,
             wake=self.queue.wake,
+            on_result=self._cleaned,
         )
         self.whitelists = WhitelistKeeper(self.slots, clock, self.partner.publics)
+        self.telemetry.watch(self)
         self.repo_server: RepositoryServer | None = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -130,7 +145,9 @@ class Service:
         self.queue.start()
         if serve_repositories:
             repos = {s.name: s.public for s in self.slots}
-            self.repo_server = make_server(repos, self.config.serve.host, self.config.serve.port)
+            self.repo_server = make_server(
+                repos, self.config.serve.host, self.config.serve.port, access_log=self.telemetry.repo_access
+            )
             for name, public in self.partner.publics().items():
                 self.repo_server.add_repository(name, public)
             self.partner.on_new_replica = self.repo_server.add_repository
@@ -139,6 +156,7 @@ class Service:
             self._every(0.5, self.presence.refresh, "presence")
             self._every(self.config.stamps.flush_interval, self.stamps.flush, "stamps")
             self._every(60.0, self.housekeeping, "housekeeping")
+            self._every(10.0, lambda: self.activity.queue_changed(self.queue.queued()), "samples")
             if self.partner.enabled:
                 self._every(self.config.replica.pull_interval, self.partner.pull, "partner")
 
@@ -153,6 +171,19 @@ class Service:
         t = threading.Thread(target=loop, name=f"rcds-{name}", daemon=True)
         t.start()
         self._threads.append(t)
+
+    def _cleaned(self, result: CleanResult, at: float) -> None:
+        self.activity.cleaned(
+            CleanupEvent(
+                result.repository,
+                at,
+                len(result.removed),
+                result.kept,
+                result.stamps_dropped,
+                result.bytes_freed,
+                result.error,
+            )
+        )
 
     def stop(self) -> None:
         """Stop threads, write pending stamps, stop serving."""
@@ -210,13 +241,16 @@ class Service:
         if not self.status.claim(cid):
             return None
         try:
-            return self.spool.start(cid, length)
+            upload = self.spool.start(cid, length)
         except BaseException:
             self.status.release(cid)
             raise
+        self.activity.receiving(id(upload), cid, length, lambda: upload.size)
+        return upload
 
     def finish_upload(self, upload: Upload, identity: str) -> None:
         """Commit a received upload and queue it."""
+        self.activity.received(id(upload))
         try:
             item = upload.commit()
         except BaseException:
@@ -226,6 +260,7 @@ class Service:
 
     def abort_upload(self, upload: Upload) -> None:
         """Discard an upload that failed or was interrupted."""
+        self.activity.received(id(upload))
         upload.abort()
         self.status.release(upload.cid)
 

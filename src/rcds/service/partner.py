@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -40,6 +41,9 @@ class PartnerReplicas:
         self.on_revision: Callable[[bytes], None] | None = None
         """Called with the signed manifest when a pull brought a new revision (announcements)."""
         self.last_results: dict[str, SnapshotResult | RcdsError] = {}
+        self.last_pull: float | None = None
+        """When the last pull ended (Unix time)."""
+        self.partner_reachable: bool | None = None
         self._names: list[str] = []
         self._lock = threading.Lock()
         self._replicator = Replicator(workers=4, clock=lambda: utc_now(clock))
@@ -91,6 +95,7 @@ class PartnerReplicas:
         rc = self.config.replica
         assert rc.partner_repository_url is not None and rc.partner_keys_dir is not None
         listed = self.partner_repositories()
+        self.partner_reachable = bool(listed)
         known = self.names()
         names = listed or known
         specs = []
@@ -111,6 +116,7 @@ class PartnerReplicas:
                 if self.on_revision is not None and after is not None and after != before.get(name):
                     self.on_revision(after)
         self.last_results = results
+        self.last_pull = time.time()
         return results
 
 

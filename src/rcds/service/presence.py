@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rcds.errors import RcdsError
-from rcds.service.repo_reader import Published, cid_mounts, published
+from rcds.service.repo_reader import Published, cid_mounts, published, tree_bytes
 
 log = logging.getLogger("rcds.service.presence")
 
@@ -28,6 +28,23 @@ class RepoIndex:
     cids: dict[str, str] = field(default_factory=dict)
     added: dict[str, int] = field(default_factory=dict)
     """CIDs published here after the indexed revision (CID -> revision), kept until indexed."""
+    size: int = 0
+    """Bytes of the files of the indexed revision (its root catalog's counters)."""
+    newest: int = 0
+    """The newest revision known: indexed or just published."""
+
+
+@dataclass(frozen=True)
+class RepoSummary:
+    """What the status page shows of a repository, read from memory."""
+
+    name: str
+    own: bool
+    revision: int
+    published_at: int
+    """When the newest known revision was signed (0: never published)."""
+    cids: int
+    size: int
 
 
 class Presence:
@@ -59,6 +76,7 @@ class Presence:
                 if rev is None or (idx.revision is not None and rev.root == idx.revision.root):
                     continue
                 cids = cid_mounts(idx.public, rev, self.prefix, self.max_depth)
+                size = tree_bytes(idx.public, rev)
             except RcdsError as exc:
                 log.warning("cannot index %s: %s", idx.name, exc)
                 continue
@@ -66,7 +84,8 @@ class Presence:
                 if idx.revision is not None and idx.revision.revision > rev.revision:
                     continue  # a concurrent refresh installed a newer revision
                 idx.added = {c: r for c, r in idx.added.items() if r > rev.revision}
-                idx.revision, idx.cids = rev, cids
+                idx.revision, idx.cids, idx.size = rev, cids, size
+                idx.newest = max([rev.revision, *idx.added.values()])
                 for c in idx.added:
                     idx.cids[c] = f"/{self.prefix}/{c}"
 
@@ -75,6 +94,7 @@ class Presence:
         with self._lock:
             idx = self._repos[name]
             idx.added[cid] = revision
+            idx.newest = max(idx.newest, revision)
             idx.cids[cid] = f"/{self.prefix}/{cid}"
 
     def where(self, cid: str) -> str | None:
@@ -84,6 +104,29 @@ class Presence:
                 if cid in idx.cids:
                     return idx.name
         return None
+
+    def summaries(self) -> list[RepoSummary]:
+        """Revision, publish time, CID count and size of every repository (no disk access)."""
+        with self._lock:
+            out = []
+            for idx in self._repos.values():
+                rev = idx.revision
+                out.append(
+                    RepoSummary(
+                        idx.name,
+                        idx.own,
+                        idx.newest,
+                        rev.timestamp if rev else 0,
+                        len(idx.cids),
+                        idx.size,
+                    )
+                )
+            return out
+
+    def count(self, name: str) -> int:
+        """How many CIDs one repository holds."""
+        with self._lock:
+            return len(self._repos[name].cids)
 
     def cids_of(self, name: str) -> set[str]:
         """Every CID in one repository."""

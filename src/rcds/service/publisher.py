@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from rcds.errors import InputError, LockedError, RcdsError
 from rcds.publish.policy import Limits
 from rcds.publish.stratum0 import ChangeResult
+from rcds.service.activity import Activity, ProgressReader, PublishEvent
 from rcds.service.presence import Presence
 from rcds.service.slots import RepoSlot
 from rcds.service.spool import Spool, Spooled
@@ -62,6 +63,7 @@ class PublishQueue:
         prefix: str,
         clock: Callable[[], float],
         limits: Limits | None = None,
+        activity: Activity | None = None,
     ) -> None:
         self.slots = list(slots)
         self.presence = presence
@@ -71,6 +73,7 @@ class PublishQueue:
         self.prefix = prefix
         self.clock = clock
         self.limits = limits
+        self.activity = activity or Activity(clock=clock)
         self.records: collections.deque[PublishRecord] = collections.deque(maxlen=1000)
         self._jobs: collections.deque[Job] = collections.deque()
         self._cond = threading.Condition()
@@ -84,6 +87,8 @@ class PublishQueue:
         with self._cond:
             self._jobs.append(job)
             self._cond.notify_all()
+            length = len(self._jobs)
+        self.activity.queue_changed(length)
 
     def wake(self) -> None:
         """Let workers re-check their repository's state (after a cleanup)."""
@@ -121,6 +126,11 @@ class PublishQueue:
         with self._cond:
             return len(self._jobs)
 
+    def waiting(self, limit: int = 20) -> list[Job]:
+        """The first ``limit`` jobs waiting, oldest first."""
+        with self._cond:
+            return [job for _, job in zip(range(limit), self._jobs, strict=False)]
+
     def _worker(self, slot: RepoSlot) -> None:
         while True:
             with self._cond:
@@ -130,6 +140,8 @@ class PublishQueue:
                     return
                 job = self._jobs.popleft()
                 self._busy += 1
+                length = len(self._jobs)
+            self.activity.queue_changed(length)
             try:
                 self._publish(slot, job)
             except Exception:  # e.g. the status file cannot be written: the worker must live on
@@ -139,15 +151,19 @@ class PublishQueue:
                     self._busy -= 1
                     self._cond.notify_all()
 
-    def _ingest(self, slot: RepoSlot, job: Job) -> ChangeResult:
+    def _ingest(self, slot: RepoSlot, job: Job, reader: ProgressReader) -> ChangeResult:
         """Ingest the upload; a repository locked by another writer is tried again for a while."""
         deadline = time.monotonic() + LOCK_WAIT
         delay = 0.05
         while True:
             try:
                 with slot.lock, open(job.item.path, "rb") as f:
+                    reader.attach(f)
                     return slot.s0.ingest_tar(
-                        f, f"/{self.prefix}/{job.item.cid}", limits=self.limits, now=int(self.clock())
+                        reader,  # type: ignore[arg-type]
+                        f"/{self.prefix}/{job.item.cid}",
+                        limits=self.limits,
+                        now=int(self.clock()),
                     )
             except LockedError as exc:
                 if time.monotonic() + delay > deadline:
@@ -164,23 +180,32 @@ class PublishQueue:
             self.status.set(cid, State.PUBLISHED, where)
             self.stamps.touch(cid)
             self.spool.discard(job.item)
+            self.activity.finished(cid)
             return
         self.status.set(cid, State.PUBLISHING, slot.name)
+        reader = ProgressReader()
+        self.activity.publishing(cid, slot.name, job.item.size, reader)
         try:
-            result = self._ingest(slot, job)
+            result = self._ingest(slot, job, reader)
         except InputError as exc:
             log.warning("publish of %s by %s refused: %s", cid, job.identity, exc)
-            self.status.set(cid, State.FAILED, slot.name, str(exc))
+            self._failed(cid, slot.name, str(exc))
         except RcdsError as exc:
             log.error("publish of %s into %s failed: %s", cid, slot.name, exc)
-            self.status.set(cid, State.FAILED, slot.name, str(exc))
+            self._failed(cid, slot.name, str(exc))
         except Exception as exc:  # a bug must not kill the worker
             log.exception("publish of %s into %s crashed", cid, slot.name)
-            self.status.set(cid, State.FAILED, slot.name, f"internal error: {type(exc).__name__}: {exc}")
+            self._failed(cid, slot.name, f"internal error: {type(exc).__name__}: {exc}")
         else:
             self.presence.add(slot.name, cid, result.revision)
             self.status.set(cid, State.PUBLISHED, slot.name)
             self.stamps.touch(cid)
+            latency = time.monotonic() - job.queued_at
+            self.activity.published(
+                PublishEvent(
+                    cid, slot.name, result.revision, job.item.size, latency, self.clock(), job.identity
+                )
+            )
             self.records.append(
                 PublishRecord(
                     cid,
@@ -200,3 +225,8 @@ class PublishQueue:
             )
         finally:
             self.spool.discard(job.item)
+            self.activity.finished(cid)
+
+    def _failed(self, cid: str, repository: str, reason: str) -> None:
+        self.activity.failed(cid, repository, reason)
+        self.status.set(cid, State.FAILED, repository, reason)

@@ -27,6 +27,8 @@ class Published:
     root: ContentHash
     root_size: int
     revision: int
+    timestamp: int = 0
+    """When the revision was signed (Unix seconds; 0 if the manifest does not say)."""
 
 
 def published(public: Path) -> Published | None:
@@ -36,7 +38,7 @@ def published(public: Path) -> Published | None:
     except FileNotFoundError:
         return None
     m = manifest.parse(raw).manifest
-    return Published(m.root_catalog, m.root_catalog_size, m.revision)
+    return Published(m.root_catalog, m.root_catalog_size, m.revision, m.timestamp)
 
 
 @contextlib.contextmanager
@@ -74,6 +76,12 @@ def cid_mounts(public: Path, rev: Published, prefix: str, max_depth: int) -> dic
             else:
                 found[m[len(base) :]] = m
     return found
+
+
+def tree_bytes(public: Path, rev: Published) -> int:
+    """Bytes of all regular files of the revision, from the root catalog's statistics counters."""
+    with open_catalog(public, rev.root, "", rev.root_size) as cat:
+        return int(cat.counters().total().values["file_size"])
 
 
 def _has_nested(public: Path, h: ContentHash, mount: str, size: int) -> bool:

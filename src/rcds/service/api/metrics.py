@@ -1,22 +1,20 @@
-"""``GET /pubapi/metrics``: whitelist expiry, re-sign failures, problems, queue; open to all."""
+"""``GET /metrics``: the service's metrics in the Prometheus text format.
+
+Same access rule as the status page: any authenticated identity (Prometheus sends a bearer token
+or a client certificate), or credential-less loopback unless ``require_auth_on_loopback`` is set.
+"""
 
 from __future__ import annotations
 
-import asyncio
-
 from aiohttp import web
 
+from rcds.metrics.exposition import CONTENT_TYPE, render
 from rcds.service.api.context import context
-from rcds.service.api.replies import TEXT_HEADERS
-from rcds.service.metrics import render
 
 
 async def handle(request: web.Request) -> web.Response:
-    """The metrics text (version 0.0.4 of the exposition format)."""
-    svc = context(request).service
-    health = await asyncio.get_running_loop().run_in_executor(None, svc.health)
-    return web.Response(
-        text=render(health),
-        content_type="text/plain",
-        headers={**TEXT_HEADERS, "X-Content-Type-Options": "nosniff"},
-    )
+    """Render the registry."""
+    ctx = context(request)
+    await ctx.identity(request)
+    body = render(ctx.service.telemetry.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE, "Cache-Control": "max-age=0"})
