@@ -35,7 +35,6 @@ from rcds.publish.objects import ContentWriter, WriteStats
 from rcds.publish.policy import Limits, normalise_name
 from rcds.publish.tarsource import iter_tar
 from rcds.publish.tree_builder import TreeBuilder
-from rcds.storage.local import LocalStore
 
 
 @dataclass(frozen=True)
@@ -65,7 +64,7 @@ class Stratum0:
     def __init__(self, root: Path, name: str) -> None:
         self.layout = Layout(Path(root), name)
         self.settings: Settings = self.layout.load_settings()
-        self.store = LocalStore(self.layout.public)
+        self.store = self.layout.open_store(self.settings)
         self.name = name
 
     # -- state ------------------------------------------------------------------------
