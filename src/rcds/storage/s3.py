@@ -16,6 +16,7 @@ exponential backoff on 5xx, throttling and connection errors are botocore's stan
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -57,6 +58,8 @@ class S3Store(Store):
         self.part_size = part_size
         self.multipart_threshold = max(multipart_threshold, part_size)
         self._client = client if client is not None else make_client(loc, parallelism + 4)
+        if loc.endpoint is None:  # from AWS_ENDPOINT_URL or the AWS default: named in messages
+            self.loc = dataclasses.replace(loc, endpoint=str(self._client.meta.endpoint_url))
         self._staging: Path | None = None
 
     # -- helpers -----------------------------------------------------------------------------
@@ -70,8 +73,9 @@ class S3Store(Store):
         return extra
 
     def _head(self, name: str) -> dict[str, Any] | None:
+        key = self._key(name)
         try:
-            return dict(self._client.head_object(Bucket=self.loc.bucket, Key=self._key(name)))
+            return dict(self._client.head_object(Bucket=self.loc.bucket, Key=key))
         except Exception as exc:
             err = translate(exc, self.loc, f"look up {name}")
             if isinstance(err, NotFoundError):
@@ -145,17 +149,19 @@ class S3Store(Store):
     # -- reading -----------------------------------------------------------------------------
     def get(self, name: str) -> bytes:
         """The whole object."""
+        key = self._key(name)
         try:
-            r = self._client.get_object(Bucket=self.loc.bucket, Key=self._key(name))
+            r = self._client.get_object(Bucket=self.loc.bucket, Key=key)
             return bytes(r["Body"].read())
         except Exception as exc:
             raise translate(exc, self.loc, f"read {name}") from None
 
     def open(self, name: str) -> BinaryIO:
         """A reader of a snapshot of the object (memory up to 8 MiB, then a temp file)."""
+        key = self._key(name)
         spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)  # noqa: SIM115 - returned
         try:
-            r = self._client.get_object(Bucket=self.loc.bucket, Key=self._key(name))
+            r = self._client.get_object(Bucket=self.loc.bucket, Key=key)
             for block in iter(lambda: r["Body"].read(1 << 20), b""):
                 spool.write(block)
         except Exception as exc:
@@ -180,7 +186,7 @@ class S3Store(Store):
         if self._head(name) is None:
             return False
         try:
-            self._client.delete_object(Bucket=self.loc.bucket, Key=self._key(name))
+            self._client.delete_object(Bucket=self.loc.bucket, Key=self.loc.key(name))
         except Exception as exc:
             raise translate(exc, self.loc, f"delete {name}") from None
         return True
@@ -231,8 +237,7 @@ class S3Store(Store):
             raise err from None
 
     def close(self) -> None:
-        """Close the connection pool and remove the staging directory."""
+        """Remove the staging directory (the client and its connections are shared: kept)."""
         if self._staging is not None:
             shutil.rmtree(self._staging, ignore_errors=True)
             self._staging = None
-        self._client.close()

@@ -9,13 +9,19 @@ Nothing here logs or formats a secret: errors carry the bucket, the key and the 
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
+import threading
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 from rcds.errors import ConfigError, NotFoundError, StorageError
 
+_sessions: dict[str | None, Any] = {}
+_clients: dict[tuple[str | None, str | None, str | None, int, str], Any] = {}
+_sessions_lock = threading.Lock()
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 RETRY_ATTEMPTS = 6
 """Attempts per request (botocore's standard mode: exponential backoff with jitter on 5xx,
@@ -83,8 +89,35 @@ class S3Location:
         return f"{self.url} at {self.endpoint or 'the default AWS endpoint'}"
 
 
+_ENV_KEYS = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_DEFAULT_REGION",
+)
+
+
 def make_client(loc: S3Location, pool: int) -> Any:
-    """A thread-safe boto3 S3 client with retries, timeouts and ``pool`` connections."""
+    """A thread-safe boto3 S3 client with retries, timeouts and ``pool`` connections.
+
+    Clients are shared by the stores of a process with the same settings (making one loads
+    botocore's models, a fraction of a second): keyed by the location's options and a digest of
+    the AWS environment, so changed credentials get a new client. Callers must not close it.
+    """
+    env = hashlib.sha256(repr([os.environ.get(k) for k in _ENV_KEYS]).encode()).hexdigest()
+    key = (loc.profile, loc.endpoint, loc.region, pool, env)
+    with _sessions_lock:
+        client = _clients.get(key)
+    if client is None:
+        client = _new_client(loc, pool)
+        with _sessions_lock:
+            client = _clients.setdefault(key, client)
+    return client
+
+
+def _new_client(loc: S3Location, pool: int) -> Any:
     import boto3  # imported here: only S3 users pay for it
     from botocore.config import Config
 
