@@ -28,6 +28,20 @@ def repo(tmp_path: Path) -> Stratum0:
 
 
 @pytest.fixture
+def s3_repo(tmp_path: Path, s3_url: str) -> Stratum0:
+    """Like ``repo``, with the served tree in S3 (a fresh prefix on the session's SeaweedFS)."""
+    root = tmp_path / "repo"
+    create_repository(root, Settings(name=NAME, storage=s3_url, **SMALL_CHUNKS))  # type: ignore[arg-type]
+    return Stratum0(root, NAME)
+
+
+@pytest.fixture(params=["local", "s3"])
+def any_repo(request: pytest.FixtureRequest) -> Stratum0:
+    """``repo`` and ``s3_repo`` in turn: for tests that must hold on both backends."""
+    return request.getfixturevalue("repo" if request.param == "local" else "s3_repo")  # type: ignore[no-any-return]
+
+
+@pytest.fixture
 def view_factory() -> Iterator[Callable[[Stratum0], RepositoryView]]:
     """Open verified views of a repository's current revision; closed at teardown."""
     opened: list[RepositoryView] = []

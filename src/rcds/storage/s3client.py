@@ -10,6 +10,7 @@ Nothing here logs or formats a secret: errors carry the bucket, the key and the 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import threading
@@ -19,13 +20,26 @@ from urllib.parse import urlsplit
 
 from rcds.errors import ConfigError, NotFoundError, StorageError
 
-_sessions: dict[str | None, Any] = {}
+_sessions: dict[tuple[str | None, str], Any] = {}
 _clients: dict[tuple[str | None, str | None, str | None, int, str], Any] = {}
 _sessions_lock = threading.Lock()
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 RETRY_ATTEMPTS = 6
 """Attempts per request (botocore's standard mode: exponential backoff with jitter on 5xx,
-throttling (503 SlowDown, 429) and connection errors)."""
+throttling (503 SlowDown, 429) and connection errors), unless ``RCDS_S3_ATTEMPTS`` says otherwise."""
+ENV_ATTEMPTS = "RCDS_S3_ATTEMPTS"
+
+
+def attempts() -> int:
+    """Attempts per request: ``RCDS_S3_ATTEMPTS`` or :data:`RETRY_ATTEMPTS`."""
+    raw = os.environ.get(ENV_ATTEMPTS, "")
+    try:
+        n = int(raw) if raw else RETRY_ATTEMPTS
+    except ValueError:
+        raise ConfigError(f"{ENV_ATTEMPTS}={raw!r} is not a number of attempts (1-20)") from None
+    if not 1 <= n <= 20:
+        raise ConfigError(f"{ENV_ATTEMPTS}={raw!r} is not a number of attempts (1-20)")
+    return n
 
 
 @dataclass(frozen=True)
@@ -96,6 +110,7 @@ _ENV_KEYS = (
     "AWS_ENDPOINT_URL",
     "AWS_ENDPOINT_URL_S3",
     "AWS_DEFAULT_REGION",
+    ENV_ATTEMPTS,
 )
 
 
@@ -111,18 +126,18 @@ def make_client(loc: S3Location, pool: int) -> Any:
     with _sessions_lock:
         client = _clients.get(key)
     if client is None:
-        client = _new_client(loc, pool)
+        client = _new_client(loc, pool, env)
         with _sessions_lock:
             client = _clients.setdefault(key, client)
     return client
 
 
-def _new_client(loc: S3Location, pool: int) -> Any:
+def _new_client(loc: S3Location, pool: int, env: str) -> Any:
     import boto3  # imported here: only S3 users pay for it
     from botocore.config import Config
 
     config = Config(
-        retries={"max_attempts": RETRY_ATTEMPTS, "mode": "standard"},
+        retries={"total_max_attempts": attempts(), "mode": "standard"},
         connect_timeout=5,
         read_timeout=60,
         max_pool_connections=pool,
@@ -130,13 +145,57 @@ def _new_client(loc: S3Location, pool: int) -> Any:
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
     )
-    try:
-        session = boto3.session.Session(profile_name=loc.profile)
-    except Exception as exc:  # ProfileNotFound and friends
-        raise ConfigError(f"cannot use the AWS profile {loc.profile!r}: {exc}") from None
-    return session.client(
-        "s3", endpoint_url=loc.endpoint, region_name=loc.region or "us-east-1", config=config
-    )
+    with _sessions_lock:  # a session is not thread safe; reusing one spares loading the models again
+        session = _sessions.get((loc.profile, env))
+        if session is None:
+            try:
+                session = _sessions[(loc.profile, env)] = boto3.session.Session(profile_name=loc.profile)
+            except Exception as exc:  # ProfileNotFound and friends
+                raise ConfigError(f"cannot use the AWS profile {loc.profile!r}: {exc}") from None
+        region = loc.region or session.region_name or "us-east-1"
+        client = session.client("s3", endpoint_url=loc.endpoint, region_name=region, config=config)
+        creds = session.get_credentials()
+    _REDACTOR.install(creds.get_frozen_credentials() if creds is not None else None)
+    return client
+
+
+class _Redactor(logging.Filter):
+    """Takes credentials out of the log records of botocore, boto3, s3transfer and urllib3.
+
+    At debug level botocore logs every request's headers, whose ``Authorization`` names the access
+    key id; this filter, installed on those libraries' loggers, rewrites such records (and any
+    record that holds a known key id, secret or session token) before a handler sees them.
+    """
+
+    NAMESPACES = ("botocore", "boto3", "s3transfer", "urllib3")
+    CREDENTIAL = re.compile(r"Credential=[^/,\s'\"]+")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.secrets: set[str] = set()
+
+    def install(self, frozen: Any) -> None:
+        """Remember these credentials and filter every logger of the namespaces that exists."""
+        if frozen is not None:
+            self.secrets.update(s for s in (frozen.access_key, frozen.secret_key, frozen.token) if s)
+        names = [n for n in list(logging.Logger.manager.loggerDict) if n.split(".")[0] in self.NAMESPACES]
+        for name in [*self.NAMESPACES, *names]:
+            logger = logging.getLogger(name)
+            if self not in logger.filters:
+                logger.addFilter(self)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Rewrite a record that shows a credential."""
+        text = record.getMessage()
+        clean = self.CREDENTIAL.sub("Credential=<redacted>", text)
+        for secret in self.secrets:
+            clean = clean.replace(secret, "<redacted>")
+        if clean != text:
+            record.msg, record.args = clean, None
+        return True
+
+
+_REDACTOR = _Redactor()
 
 
 def translate(exc: BaseException, loc: S3Location, action: str) -> Exception:
@@ -166,11 +225,11 @@ def translate(exc: BaseException, loc: S3Location, action: str) -> Exception:
             )
         return StorageError(
             f"cannot {action} in {where}: the object store answered {status} {code}"
-            f" after {RETRY_ATTEMPTS} attempts; check the object store and try again"
+            f" after {attempts()} attempts; check the object store and try again"
         )
     if isinstance(exc, bx.BotoCoreError):
         return StorageError(
-            f"cannot {action} in {where}: {type(exc).__name__} after {RETRY_ATTEMPTS} attempts"
+            f"cannot {action} in {where}: {type(exc).__name__} after {attempts()} attempts"
             f" ({_safe(exc)}); check that the object store is up and reachable, then try again"
         )
     return StorageError(f"cannot {action} in {where}: {type(exc).__name__}: {_safe(exc)}")
