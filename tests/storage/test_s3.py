@@ -77,13 +77,13 @@ def test_locations_are_checked() -> None:
 
 
 def test_a_missing_bucket_is_a_clear_error(s3_env: SeaweedFS) -> None:
-    with pytest.raises(StorageError, match="bucket 'no-such-bucket' does not exist.*create it"):
+    with pytest.raises(StorageError, match=r"bucket 'no-such-bucket' does not exist.*create it"):
         open_store("s3://no-such-bucket/x")
 
 
 def test_wrong_credentials_are_a_clear_error(s3_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
-    with pytest.raises(ConfigError, match="access denied.*check the S3 credentials"):
+    with pytest.raises(ConfigError, match=r"access denied.*check the S3 credentials"):
         open_store(s3_url).put(".cvmfspublished", b"x")
 
 
@@ -149,7 +149,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(data)
 
-    do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _any
+    do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _any  # noqa: N815 - http.server names
 
 
 @pytest.fixture
