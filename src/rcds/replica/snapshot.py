@@ -23,8 +23,10 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
+import hashlib
 import logging
 import os
+import tempfile
 import time
 import zlib
 from collections.abc import Iterator, Sequence
@@ -38,11 +40,13 @@ from rcds.format import manifest as manifest_fmt
 from rcds.format.dirent import FLAG_EXTERNAL
 from rcds.format.hashes import Algorithm, ContentHash, ObjectKind
 from rcds.net.failures import FetchError
-from rcds.replica.copier import Batch, ObjectCopier, RecordingSource, fetch_raw, write_temp
+from rcds.replica.copier import Batch, ObjectCopier, RecordingSource, fetch_raw, temp_name, write_temp
 from rcds.repo.catalog import Catalog
 from rcds.repo.source import Source
 from rcds.repo.view import establish_trust
+from rcds.storage.base import Store
 from rcds.storage.local import LocalStore
+from rcds.storage.locate import open_store
 
 log = logging.getLogger("rcds.replica")
 
@@ -72,9 +76,10 @@ class SnapshotResult:
     seconds: float
 
 
-def init_replica(dest_dir: Path) -> LocalStore:
-    """Create (or open) a replica store skeleton: ``data/00`` ... ``data/ff`` and ``data/txn``."""
-    return LocalStore(Path(dest_dir), create=True)
+def init_replica(dest: Path | str) -> Store:
+    """Create (or open) a replica store: a directory (``data/00`` ... ``data/ff`` and ``data/txn``
+    are made) or ``s3://bucket/prefix`` (the bucket must exist; AWS settings from the environment)."""
+    return open_store(dest, create=True)
 
 
 def date_utc(when: dt.datetime | None = None) -> str:
@@ -90,15 +95,25 @@ def date_utc(when: dt.datetime | None = None) -> str:
 
 
 @contextlib.contextmanager
-def _snapshot_lock(store: LocalStore) -> Iterator[None]:
-    """One snapshot per replica at a time: an exclusive ``flock`` on the ``data`` directory."""
-    fd = os.open(store.root / "data", os.O_RDONLY | os.O_DIRECTORY)
+def _snapshot_lock(store: Store) -> Iterator[None]:
+    """One snapshot per replica at a time: an exclusive ``flock`` on the ``data`` directory.
+
+    An S3 replica has no directory: the lock is a file in the temp directory named after the
+    location, so snapshots of one host exclude each other (run one replicator per bucket prefix).
+    """
+    if isinstance(store, LocalStore):
+        fd = os.open(store.root / "data", os.O_RDONLY | os.O_DIRECTORY)
+    else:
+        digest = hashlib.sha256(store.location.encode()).hexdigest()[:24]
+        fd = os.open(
+            Path(tempfile.gettempdir()) / f"rcds-replica-{digest}.lock", os.O_RDWR | os.O_CREAT, 0o600
+        )
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise LockedError(
-                f"another snapshot is writing the replica {store.root}; try again when it has finished"
+                f"another snapshot is writing the replica {store.location}; try again when it has finished"
             ) from None
         yield
     finally:
@@ -117,13 +132,13 @@ def _check_master_replica(source: Source) -> None:
         ) from exc
 
 
-def _replica_manifest(dest: LocalStore) -> manifest_fmt.Manifest | None:
+def _replica_manifest(dest: Store) -> manifest_fmt.Manifest | None:
     if not dest.has(".cvmfspublished"):
         return None
     try:
         return manifest_fmt.parse(dest.get(".cvmfspublished")).manifest
     except IntegrityError as exc:
-        log.warning("ignoring the unreadable manifest of the replica %s: %s", dest.root, exc)
+        log.warning("ignoring the unreadable manifest of the replica %s: %s", dest.location, exc)
         return None
 
 
@@ -152,7 +167,7 @@ def _check_rollback(fqrn: str, old: manifest_fmt.Manifest | None, new: manifest_
 class _Walker:
     """Pulls a catalog tree, post-order (see the module docstring)."""
 
-    def __init__(self, source: Source, dest: LocalStore, copier: ObjectCopier) -> None:
+    def __init__(self, source: Source, dest: Store, copier: ObjectCopier) -> None:
         self.source = source
         self.dest = dest
         self.copier = copier
@@ -172,7 +187,7 @@ class _Walker:
         self.bytes += len(raw)
         raw_tmp = write_temp(self.dest, raw)
         try:
-            db = self.dest.temp_path()
+            db = temp_name(self.dest, "cat")
             try:
                 _inflate_to(raw, db, size, what)
                 del raw
@@ -237,7 +252,7 @@ def snapshot(
     source: Source,
     fqrn: str,
     master_keys: Sequence[RSAPublicKey],
-    dest: LocalStore,
+    dest: Store,
     *,
     workers: int = 8,
     now: dt.datetime | None = None,
@@ -289,7 +304,7 @@ def snapshot(
 
 
 def _copy_manifest_objects(
-    source: Source, recorder: RecordingSource, dest: LocalStore, m: manifest_fmt.Manifest
+    source: Source, recorder: RecordingSource, dest: Store, m: manifest_fmt.Manifest
 ) -> tuple[int, int]:
     """Store the certificate (the verified bytes) and the history / meta-info objects if missing."""
     count = size = 0
@@ -304,7 +319,7 @@ def _copy_manifest_objects(
     return count, size
 
 
-def _copy_root_files(source: Source, recorder: RecordingSource, dest: LocalStore) -> None:
+def _copy_root_files(source: Source, recorder: RecordingSource, dest: Store) -> None:
     """Write the whitelist (and its PKCS#7 companion, if it declares one), then the manifest, last."""
     whitelist = recorder.root_files[".cvmfswhitelist"]
     body = whitelist.split(b"\n--\n", 1)[0]
