@@ -23,10 +23,12 @@ from rcds.service.config import (
     ServeConfig,
     ServiceConfig,
     StampsConfig,
+    StorageConfig,
     TlsConfig,
     TokenIssuerConfig,
 )
 from rcds.service.config_values import DIRNAME_RE, FQRN_RE, parse_size
+from rcds.storage.s3client import S3Location
 
 __all__ = ["ConfigBuilder"]
 
@@ -101,7 +103,7 @@ class ConfigBuilder:
         top = self.table(data, "", {
             "base_dir", "repositories", "prefix", "stamp_prefix", "state_dir", "spool_dir",
             "max_upload_size", "max_unpacked_size", "cleanup", "listen", "tls", "auth", "acl", "replica",
-            "serve", "stamps",
+            "serve", "stamps", "storage",
         })  # fmt: skip
         base = self.opt_path(top.get("base_dir"), "base_dir") or base_default or DEFAULT_BASE_DIR
         repos = self.str_list(top.get("repositories", list(DEFAULT_REPOSITORIES)), "repositories")
@@ -150,7 +152,22 @@ class ConfigBuilder:
             serve=self.serve(top.get("serve")),
             stamps=self.stamps(top.get("stamps")),
             max_unpacked_size=max_unpacked,
+            storage=self.storage(top.get("storage")),
         )
+
+    def storage(self, value: object) -> StorageConfig | None:
+        if value is None:
+            return None
+        keys = ("s3", "endpoint", "region", "profile", "acl", "public_url")
+        t = self.table(value, "storage", set(keys))
+        if "s3" not in t:
+            raise self.fail("storage.s3", 'is required in a [storage] table: s3 = "s3://BUCKET/PREFIX"')
+        got = {k: self.str_(t[k], f"storage.{k}") for k in keys if k in t}
+        try:
+            S3Location.parse(got["s3"], **{k: v for k, v in got.items() if k != "s3"})
+        except ConfigError as e:
+            raise self.fail("storage.s3", str(e)) from None
+        return StorageConfig(**got)
 
     def serve(self, value: object) -> ServeConfig:
         t = self.table(value, "serve", {"host", "port"})
