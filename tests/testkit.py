@@ -13,7 +13,6 @@ from rcds.format.keys import load_public_key_file
 from rcds.publish.stratum0 import Stratum0
 from rcds.repo.source import StoreSource
 from rcds.repo.verify import VerifyReport, verify_repository
-from rcds.storage.local import LocalStore
 
 NAME = "test.example.org"
 SMALL_CHUNKS = {"chunk_min": 64 << 10, "chunk_avg": 128 << 10, "chunk_max": 256 << 10}
@@ -61,8 +60,8 @@ def publish(s0: Stratum0, entries: Sequence[Entry], path: str, **kw: object) -> 
 
 
 def source_of(s0: Stratum0) -> StoreSource:
-    """A local source reading the served tree."""
-    return StoreSource(LocalStore(s0.layout.public))
+    """A source reading the served tree through the repository's own store (a directory or S3)."""
+    return StoreSource(s0.store, s0.store.location)
 
 
 def verify(s0: Stratum0) -> VerifyReport:

@@ -21,7 +21,8 @@ def test_the_corpus_is_big_enough():
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_hostile_input(repo, view_factory, case):
+def test_hostile_input(any_repo, view_factory, case):
+    repo = any_repo
     before = repo.store.get(".cvmfspublished")
     limits = Limits(max_bytes=case.max_bytes) if case.max_bytes else Limits()
     data = case.build()

@@ -19,7 +19,9 @@ from rcds.format.compression import make_object
 from rcds.format.hashes import Algorithm, ContentHash, ObjectKind
 from rcds.storage.base import Store
 from rcds.storage.local import LocalStore
+from rcds.storage.locate import open_store
 from rcds.storage.names import ROOT_FILES, check_name, is_object_name
+from rcds.storage.s3 import S3Store
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -29,7 +31,7 @@ class Backend:
     """How the contract tests drive one backend."""
 
     name: str
-    make: Callable[[Path], Store]
+    make: Callable[[Path, pytest.FixtureRequest], Store]
     #: simulate a writer that died mid-put: a temp file that must never show up as an object
     leave_temp: Callable[[Store, bytes], None]
     #: put a file that is not an object (bad name) where objects live
@@ -38,7 +40,7 @@ class Backend:
     scratch_dir: Callable[[Store, Path], Path]
 
 
-def _local_make(root: Path) -> Store:
+def _local_make(root: Path, request: pytest.FixtureRequest) -> Store:
     return LocalStore(root / "store", create=True)
 
 
@@ -58,8 +60,29 @@ def _local_scratch(store: Store, tmp: Path) -> Path:
     return tmp
 
 
+def _s3_make(root: Path, request: pytest.FixtureRequest) -> Store:
+    store = open_store(request.getfixturevalue("s3_url"))
+    request.addfinalizer(store.close)
+    return store
+
+
+def _s3_leave_temp(store: Store, data: bytes) -> None:
+    """A writer that died mid-upload: a multipart upload with one part, never completed."""
+    assert isinstance(store, S3Store)
+    c, bucket = store._client, store.loc.bucket
+    key = store.loc.key(ContentHash.of(data + os.urandom(8)).object_name())
+    upload = c.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+    c.upload_part(Bucket=bucket, Key=key, UploadId=upload, PartNumber=1, Body=data)
+
+
+def _s3_plant_junk(store: Store, rel: str) -> None:
+    assert isinstance(store, S3Store)
+    store._client.put_object(Bucket=store.loc.bucket, Key=store.loc.key(rel), Body=b"junk")
+
+
 BACKENDS = [
     Backend("local", _local_make, _local_leave_temp, _local_plant_junk, _local_scratch),
+    Backend("s3", _s3_make, _s3_leave_temp, _s3_plant_junk, _local_scratch),
 ]
 
 
@@ -69,8 +92,8 @@ def backend(request: pytest.FixtureRequest) -> Backend:
 
 
 @pytest.fixture
-def store(backend: Backend, tmp_path: Path) -> Store:
-    return backend.make(tmp_path)
+def store(backend: Backend, tmp_path: Path, request: pytest.FixtureRequest) -> Store:
+    return backend.make(tmp_path, request)
 
 
 def _objects(n: int) -> dict[str, bytes]:

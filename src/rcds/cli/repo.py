@@ -24,7 +24,6 @@ from rcds.repo.source import Source, StoreSource
 from rcds.repo.verify import verify_repository
 from rcds.repo.whitelist_age import WhitelistAge, WhitelistState, assess_tree
 from rcds.serve.http import make_server
-from rcds.storage.local import LocalStore
 
 NOTIFY_WAIT = 5.0
 """Seconds a command waits at most for its notifications to be delivered (failures are only logged)."""
@@ -53,6 +52,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument(
         "--chunk-sizes", default="4M,8M,16M", help="min,avg,max chunk sizes (K/M suffixes), or 'off'"
+    )
+    p.add_argument(
+        "--storage",
+        metavar="s3://BUCKET/PREFIX",
+        default="",
+        help="keep the served tree in an S3 bucket instead of ROOT/public (credentials: AWS_* settings)",
+    )
+    p.add_argument("--s3-endpoint", default="", metavar="URL", help="S3 endpoint (default: AWS_ENDPOINT_URL)")
+    p.add_argument("--s3-region", default="", help="S3 region (default: AWS_DEFAULT_REGION or us-east-1)")
+    p.add_argument("--s3-profile", default="", help="AWS profile holding the credentials")
+    p.add_argument("--s3-acl", default="", help="canned ACL of every upload, e.g. public-read")
+    p.add_argument(
+        "--s3-public-url", default="", metavar="URL", help="where readers fetch the tree over HTTP"
     )
     p.set_defaults(func=_create)
 
@@ -136,6 +148,17 @@ def _stratum0(args: argparse.Namespace) -> tuple[Stratum0, NotifySender]:
     return Stratum0(_root(args), args.name, on_revision=sender.announce if sender.enabled else None), sender
 
 
+def public_url(settings: Settings) -> str:
+    """Where readers fetch an S3-stored repository over HTTP (empty if unknown or local)."""
+    if not settings.storage:
+        return ""
+    if settings.s3_public_url:
+        return settings.s3_public_url
+    if settings.s3_endpoint:
+        return settings.s3_endpoint.rstrip("/") + "/" + settings.storage.removeprefix("s3://").rstrip("/")
+    return ""
+
+
 def _size(text: str) -> int:
     units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
     t = text.strip().upper().removesuffix("IB").removesuffix("B")
@@ -167,10 +190,18 @@ def _create(args: argparse.Namespace) -> int:
         compression_level=args.level,
         ttl=args.ttl,
         whitelist_days=args.whitelist_days,
+        storage=args.storage,
+        s3_endpoint=args.s3_endpoint,
+        s3_region=args.s3_region,
+        s3_profile=args.s3_profile,
+        s3_acl=args.s3_acl,
+        s3_public_url=args.s3_public_url,
         **chunking,  # type: ignore[arg-type]
     )
     layout = create_repository(_root(args), settings)
     print(f"created {args.name} at revision 0 in {layout.root}")
+    if settings.storage:
+        print(f"served tree: {settings.storage}; readers use {public_url(settings) or 'the bucket URL'}")
     print(f"master public key for clients: {layout.key('pub')}")
     return 0
 
@@ -225,7 +256,8 @@ def _verify(args: argparse.Namespace) -> int:
     else:
         name = args.name
         layout = Layout(_root(args), name)
-        source = StoreSource(LocalStore(layout.public), str(layout.public))
+        store = layout.open_store(layout.load_settings())
+        source = StoreSource(store, store.location)
     key_file = args.key or Layout(_root(args), name).key("pub")
     report = verify_repository(source, name, [load_public_key_file(key_file)])
     print(
@@ -317,7 +349,8 @@ def _info(args: argparse.Namespace) -> int:
             ("certificate", m.certificate.hex),
             ("ttl", f"{m.ttl} s"),
             ("whitelist", _whitelist_text(age)),
-            ("served tree", str(s0.layout.public)),
+            ("served tree", s0.store.location),
+            *([("readers use", public_url(s0.settings))] if public_url(s0.settings) else []),
             ("master public key", str(s0.layout.key("pub"))),
         ]
     )
@@ -335,7 +368,12 @@ def _whitelist_text(age: WhitelistAge) -> str:
 
 def _serve(args: argparse.Namespace) -> int:
     layout = Layout(_root(args), args.name)
-    layout.load_settings()
+    settings = layout.load_settings()
+    if settings.storage:
+        raise ConfigError(
+            f"{args.name} lives in {settings.storage}: readers fetch it from the bucket's HTTP endpoint "
+            f"({public_url(settings) or 'ENDPOINT/BUCKET/PREFIX'}), not from rcds repo serve"
+        )
     server = make_server({args.name: layout.public}, args.host, args.port, root_max_age=args.max_age)
     print(f"serving {args.name} at {server.url_for(args.name)}/ (Ctrl-C stops)", flush=True)
     try:

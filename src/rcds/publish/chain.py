@@ -15,7 +15,7 @@ from rcds.format.hashes import Algorithm, ContentHash, ObjectKind
 from rcds.format.pathhash import parent_path
 from rcds.publish.catalog_rw import WritableCatalog
 from rcds.repo.catalog import Catalog
-from rcds.storage.local import LocalStore
+from rcds.storage.base import Store
 
 _seq = itertools.count()
 
@@ -31,7 +31,7 @@ class Link:
     subtree: Tally
 
 
-def load_catalog_file(store: LocalStore, work: Path, h: ContentHash, size: int | None) -> Path:
+def load_catalog_file(store: Store, work: Path, h: ContentHash, size: int | None) -> Path:
     """Copy a stored catalog, verified and decompressed, into a scratch file."""
     name = h.object_name(ObjectKind.CATALOG)
     content = verify_object(store.get(name), h, size=size or None, what=name)
@@ -40,7 +40,7 @@ def load_catalog_file(store: LocalStore, work: Path, h: ContentHash, size: int |
     return path
 
 
-def read_stats(store: LocalStore, work: Path, h: ContentHash, mountpoint: str) -> tuple[Counters, int]:
+def read_stats(store: Store, work: Path, h: ContentHash, mountpoint: str) -> tuple[Counters, int]:
     """The statistics and revision of a stored catalog (to replace or drop a nested catalog)."""
     path = load_catalog_file(store, work, h, None)
     try:
@@ -55,7 +55,7 @@ class CatalogChain:
 
     def __init__(
         self,
-        store: LocalStore,
+        store: Store,
         work: Path,
         algorithm: Algorithm,
         root: ContentHash,

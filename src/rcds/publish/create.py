@@ -20,7 +20,7 @@ from rcds.publish.catalog_rw import WritableCatalog
 from rcds.publish.layout import Layout, Settings
 from rcds.publish.lock import WriterLock
 from rcds.publish.whitelist_sign import sign_whitelist
-from rcds.storage.local import LocalStore
+from rcds.storage.base import Store
 
 __all__ = ["MASTER_REPLICA_TEXT", "create_repository", "sign_whitelist"]
 
@@ -43,22 +43,31 @@ def create_repository(root: Path, settings: Settings, *, now: int | None = None)
     if layout.settings_file.exists() or (layout.public / ".cvmfspublished").exists():
         raise ConfigError(f"{root} already holds a repository; choose an empty directory")
     created_root = not layout.root.exists()
+    store = layout.open_store(settings, create=False) if settings.storage else None
+    if store is not None and store.has(".cvmfspublished"):
+        store.close()
+        raise ConfigError(f"{settings.storage} already holds a repository; choose another bucket or prefix")
     try:
         layout.root.mkdir(parents=True, exist_ok=True)
         layout.keys.mkdir(mode=0o700, exist_ok=True)
         layout.work.mkdir(exist_ok=True)
         with WriterLock(layout.lock, settings.name):
-            _populate(layout, settings, int(now if now is not None else time.time()))
+            if store is None:
+                store = layout.open_store(settings, create=True)
+            _populate(layout, settings, store, int(now if now is not None else time.time()))
     except OSError as exc:
         raise StorageError(f"cannot create the repository under {root}: {exc}") from None
     except BaseException:
         if created_root:
             shutil.rmtree(layout.root, ignore_errors=True)
         raise
+    finally:
+        if store is not None:
+            store.close()
     return layout
 
 
-def _populate(layout: Layout, settings: Settings, now: int) -> None:
+def _populate(layout: Layout, settings: Settings, store: Store, now: int) -> None:
     algo = settings.algorithm
     master = keys.generate_key()
     repo_key = keys.generate_key()
@@ -69,7 +78,6 @@ def _populate(layout: Layout, settings: Settings, now: int) -> None:
     _write_secret(layout.key("crt"), keys.certificate_pem(cert))
     os.chmod(layout.keys, 0o700)
 
-    store = LocalStore(layout.public, create=True)
     cert_obj = make_object(keys.certificate_pem(cert), algo)
     store.put(cert_obj.hash.object_name(ObjectKind.CERTIFICATE), cert_obj.data)
     store.put(".cvmfs_master_replica", MASTER_REPLICA_TEXT)

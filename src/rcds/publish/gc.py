@@ -16,7 +16,7 @@ from rcds.errors import ConfigError, NotFoundError
 from rcds.format.hashes import Algorithm, ContentHash, ObjectKind
 from rcds.publish.chain import load_catalog_file
 from rcds.repo.catalog import Catalog
-from rcds.storage.local import LocalStore
+from rcds.storage.base import Store
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class GcResult:
 
 
 def _mark_catalog(
-    store: LocalStore, work: Path, h: ContentHash, mount: str, live: set[str], seen: set[ContentHash]
+    store: Store, work: Path, h: ContentHash, mount: str, live: set[str], seen: set[ContentHash]
 ) -> ContentHash | None:
     """Mark a catalog tree; return the catalog's previous revision (for roots)."""
     stack = [(h, mount)]
@@ -65,9 +65,7 @@ def _object_name(digest: bytes, flags: int, kind: ObjectKind) -> str:
     return ContentHash(Algorithm.from_flag_value((flags >> 8) & 7), digest).object_name(kind)
 
 
-def collect(
-    store: LocalStore, work: Path, root: ContentHash, extra: list[str], keep_revisions: int
-) -> GcResult:
+def collect(store: Store, work: Path, root: ContentHash, extra: list[str], keep_revisions: int) -> GcResult:
     """Delete every object not reachable from ``root`` and its ``keep_revisions - 1`` predecessors."""
     if keep_revisions < 1:
         raise ConfigError("--keep-revisions must be at least 1 (the current revision)")
@@ -82,6 +80,7 @@ def collect(
         except NotFoundError:
             break  # an older revision was collected before: nothing more to keep
         kept += 1
+    store.clean_temp()  # unfinished uploads of a crashed writer (S3 multipart)
     deleted = freed = 0
     for name in list(store.list_objects()):
         if name not in live:

@@ -5,6 +5,7 @@
     ROOT/
       repo.json     settings (hash algorithm, chunk sizes, TTL, whitelist validity...)
       public/       the served tree: .cvmfspublished, .cvmfswhitelist, data/00..ff, data/txn
+                    (not there when repo.json names an S3 location: the bucket holds the tree)
       keys/         NAME.masterkey NAME.pub NAME.key NAME.crt   (0700 directory, 0600 files)
       lock          the writer lock (flock)
       work/         scratch space of the current writer (catalog copies); wiped by each writer
@@ -20,6 +21,9 @@ from pathlib import Path
 from rcds.errors import ConfigError, NotFoundError
 from rcds.format.chunker import ChunkParams
 from rcds.format.hashes import Algorithm
+from rcds.storage.base import Store
+from rcds.storage.locate import is_s3, open_store
+from rcds.storage.s3client import S3Location
 
 _FQRN = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,62})(?:\.[a-z0-9](?:[a-z0-9-]{0,62}))+")
 
@@ -47,6 +51,15 @@ class Settings:
     ttl: int = 240
     whitelist_days: int = 30
     extra: dict[str, str] = field(default_factory=dict)
+    storage: str = ""
+    """Where the served tree is: empty for ``ROOT/public``, or ``s3://bucket/prefix``."""
+    s3_endpoint: str = ""
+    s3_region: str = ""
+    s3_profile: str = ""
+    s3_acl: str = ""
+    s3_public_url: str = ""
+    """S3 options (see :class:`rcds.storage.s3client.S3Location`); credentials are never stored
+    here: they come from the environment or the AWS profile."""
 
     @property
     def algorithm(self) -> Algorithm:
@@ -67,7 +80,23 @@ class Settings:
             raise ConfigError("compression_level must be between 1 and 9")
         if self.ttl < 1 or self.whitelist_days < 1:
             raise ConfigError("ttl and whitelist_days must be positive")
+        if self.storage and not is_s3(self.storage):
+            raise ConfigError(
+                f"storage {self.storage!r}: give s3://BUCKET/PREFIX, or nothing for ROOT/public"
+            )
+        if self.storage:
+            S3Location.parse(self.storage, **self.s3_options())
         return self
+
+    def s3_options(self) -> dict[str, str | None]:
+        """The S3 options as :func:`rcds.storage.locate.open_store` takes them."""
+        return {
+            "endpoint": self.s3_endpoint,
+            "region": self.s3_region,
+            "profile": self.s3_profile,
+            "acl": self.s3_acl,
+            "public_url": self.s3_public_url,
+        }
 
 
 @dataclass(frozen=True)
@@ -101,6 +130,10 @@ class Layout:
     def work(self) -> Path:
         """Scratch space for the current writer."""
         return self.root / "work"
+
+    def open_store(self, settings: Settings, *, create: bool = False) -> Store:
+        """The store of the served tree: ``public/`` or the configured S3 location."""
+        return open_store(settings.storage or self.public, create=create, **settings.s3_options())
 
     def key(self, suffix: str) -> Path:
         """``keys/NAME.<suffix>`` (masterkey, pub, key, crt)."""

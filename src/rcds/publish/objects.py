@@ -25,6 +25,7 @@ from rcds.format.hashes import Algorithm, ContentHash, ObjectKind
 from rcds.publish import workers as procs
 from rcds.publish.objworker import Batch
 from rcds.publish.workers import WorkerPool
+from rcds.storage.base import Store
 from rcds.storage.local import LocalStore
 
 READ_BLOCK = 1 << 20
@@ -93,25 +94,31 @@ class ContentWriter:
 
     def __init__(
         self,
-        store: LocalStore,
+        store: Store,
         algorithm: Algorithm = Algorithm.SHA1,
         *,
         level: int = 6,
         chunking: ChunkParams | None = None,
-        workers: int = 2,
+        workers: int | None = None,
         max_in_flight: int = 64 << 20,
         processes: bool | None = None,
     ) -> None:
         """``processes``: True to use worker processes at once, False never, None (default) once
-        the input proves big enough (see ``POOL_MIN_FILES``); without them, threads do it all."""
+        the input proves big enough (see ``POOL_MIN_FILES``); without them, threads do it all.
+        Worker processes write only into a :class:`LocalStore` (they open it by path); for other
+        stores (S3) ``workers`` threads (default: the store's ``parallelism``) compress and upload."""
         self.store = store
-        self._root = str(store.root)
+        if not isinstance(store, LocalStore):
+            processes = False
+        self._root = str(store.root) if isinstance(store, LocalStore) else ""
         self.algorithm = algorithm
         self.level = level
         self.chunking = chunking
         self.max_in_flight = max_in_flight
         self.stats = WriteStats()
-        self._threads = cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rcds-compress")
+        self._threads = cf.ThreadPoolExecutor(
+            max_workers=workers or store.parallelism, thread_name_prefix="rcds-compress"
+        )
         self._files: collections.deque[_Pending] = collections.deque()
         self._flight: collections.deque[tuple[int, cf.Future[ContentHash]]] = collections.deque()
         self._in_flight = 0

@@ -38,7 +38,6 @@ from rcds.publish.policy import Limits, normalise_name
 from rcds.publish.tarsource import iter_tar
 from rcds.publish.tree_builder import TreeBuilder
 from rcds.publish.whitelist_sign import current_whitelist, install_whitelist, sign_whitelist
-from rcds.storage.local import LocalStore
 
 log = logging.getLogger("rcds.publish")
 
@@ -73,7 +72,7 @@ class Stratum0:
     def __init__(self, root: Path, name: str, *, on_revision: Callable[[bytes], None] | None = None) -> None:
         self.layout = Layout(Path(root), name)
         self.settings: Settings = self.layout.load_settings()
-        self.store = LocalStore(self.layout.public)
+        self.store = self.layout.open_store(self.settings)
         self.name = name
         self.on_revision = on_revision
         """Called with the signed manifest of every new revision once it is visible (e.g. to

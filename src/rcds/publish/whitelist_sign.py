@@ -22,7 +22,7 @@ from rcds.format import keys
 from rcds.format import whitelist as whitelist_fmt
 from rcds.format.hashes import Algorithm
 from rcds.publish.layout import Layout, Settings
-from rcds.storage.local import LocalStore
+from rcds.storage.base import Store
 
 if TYPE_CHECKING:
     from cryptography import x509
@@ -104,7 +104,7 @@ def _repository_keys(layout: Layout) -> tuple[rsa.RSAPublicKey, x509.Certificate
     return pub, keys.load_certificate(crt_pem, str(layout.key("crt")))
 
 
-def current_whitelist(store: LocalStore) -> whitelist_fmt.Whitelist | None:
+def current_whitelist(store: Store) -> whitelist_fmt.Whitelist | None:
     """The whitelist in the served tree, if it is there and readable."""
     try:
         return whitelist_fmt.parse(store.get(WHITELIST)).whitelist
@@ -113,7 +113,7 @@ def current_whitelist(store: LocalStore) -> whitelist_fmt.Whitelist | None:
 
 
 def sign_whitelist(
-    layout: Layout, settings: Settings, store: LocalStore, now: dt.datetime | None = None
+    layout: Layout, settings: Settings, store: Store, now: dt.datetime | None = None
 ) -> whitelist_fmt.Whitelist:
     """Write a fresh whitelist valid for ``settings.whitelist_days`` from ``now``, signed by the
     master key next to the repository; checked against ``keys/<fqrn>.pub`` before it is written."""
@@ -134,7 +134,7 @@ def sign_whitelist(
 
 
 def install_whitelist(
-    layout: Layout, settings: Settings, store: LocalStore, data: bytes, now: dt.datetime
+    layout: Layout, settings: Settings, store: Store, data: bytes, now: dt.datetime
 ) -> whitelist_fmt.Whitelist:
     """Install a whitelist signed elsewhere, after the clients' checks; one older than the
     installed one is refused (a replayed file must not shorten the validity)."""

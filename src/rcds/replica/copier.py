@@ -18,7 +18,7 @@ from typing import TypeVar
 from rcds.errors import IntegrityError, NotFoundError, StorageError
 from rcds.format.hashes import ContentHash, ObjectKind
 from rcds.repo.source import Source
-from rcds.storage.local import TXN, LocalStore
+from rcds.storage.base import Store
 
 T = TypeVar("T")
 
@@ -63,12 +63,14 @@ class RecordingSource(Source):
         return self.inner.fetch_checked(name, remember)
 
 
-def write_temp(store: LocalStore, data: bytes) -> Path:
-    """Write ``data`` to a fresh temp file in the store's ``data/txn`` (thread safe naming).
+def temp_name(store: Store, kind: str) -> Path:
+    """A fresh file name in the store's staging directory (thread safe naming)."""
+    return store.staging_dir() / f"{kind}.{os.getpid()}.{threading.get_ident()}.{next(_temp_counter)}"
 
-    :meth:`LocalStore.temp_path` is not meant for concurrent callers, so worker threads use this.
-    """
-    tmp = store.root / TXN / f"snap.{os.getpid()}.{threading.get_ident()}.{next(_temp_counter)}"
+
+def write_temp(store: Store, data: bytes) -> Path:
+    """Write ``data`` to a fresh temp file in the store's staging directory (``data/txn`` locally)."""
+    tmp = temp_name(store, "snap")
     try:
         with open(tmp, "xb") as f:
             f.write(data)
@@ -130,7 +132,7 @@ class ObjectCopier:
     further :meth:`enqueue` calls raise it.
     """
 
-    def __init__(self, source: Source, dest: LocalStore, workers: int) -> None:
+    def __init__(self, source: Source, dest: Store, workers: int) -> None:
         if workers < 1:
             raise ValueError("workers must be at least 1")
         self.source = source
@@ -187,13 +189,7 @@ class ObjectCopier:
                 self.present += 1
             return
         raw = fetch_raw(self.source, h, kind, referrer)
-        tmp = write_temp(self.dest, raw)
-        try:
-            self.dest.put_file(name, tmp)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            raise
+        self.dest.put(name, raw)  # atomic: a temp file and a rename locally, one PUT on S3
         with self._lock:
             self.fetched += 1
             self.bytes += len(raw)

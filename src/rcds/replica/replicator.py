@@ -32,13 +32,13 @@ class ReplicaSpec:
 
     ``url`` is the upstream base URL (``http://host/cvmfs/<fqrn>``); ``master_keys`` are the
     repository's master public key(s), or the path of a PEM file holding one; ``dest`` is the
-    replica directory (created on first use).
+    replica directory (created on first use) or an ``s3://bucket/prefix`` (the bucket must exist).
     """
 
     fqrn: str
     url: str
     master_keys: Sequence[RSAPublicKey] | RSAPublicKey | Path
-    dest: Path
+    dest: Path | str
 
     def keys(self) -> list[RSAPublicKey]:
         """The master public keys (loaded from the file if a path was given)."""
@@ -76,6 +76,7 @@ class Replicator:
             now = self.clock() if self.clock is not None else None
             return snapshot(source, spec.fqrn, spec.keys(), dest, workers=self.workers, now=now)
         finally:
+            dest.close()
             close = getattr(source, "close", None)
             if callable(close):
                 close()

@@ -29,8 +29,10 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
+import hashlib
 import logging
 import os
+import tempfile
 import time
 import zlib
 from collections.abc import Iterator, Sequence
@@ -44,11 +46,13 @@ from rcds.format import manifest as manifest_fmt
 from rcds.format.dirent import FLAG_EXTERNAL
 from rcds.format.hashes import Algorithm, ContentHash, ObjectKind
 from rcds.net.failures import FetchError
-from rcds.replica.copier import Batch, ObjectCopier, RecordingSource, fetch_raw, write_temp
+from rcds.replica.copier import Batch, ObjectCopier, RecordingSource, fetch_raw, temp_name, write_temp
 from rcds.repo.catalog import Catalog
 from rcds.repo.source import Source
 from rcds.repo.view import establish_trust
+from rcds.storage.base import Store
 from rcds.storage.local import LocalStore
+from rcds.storage.locate import open_store
 
 log = logging.getLogger("rcds.replica")
 
@@ -80,9 +84,10 @@ class SnapshotResult:
     seconds: float
 
 
-def init_replica(dest_dir: Path) -> LocalStore:
-    """Create (or open) a replica store skeleton: ``data/00`` ... ``data/ff`` and ``data/txn``."""
-    return LocalStore(Path(dest_dir), create=True)
+def init_replica(dest: Path | str) -> Store:
+    """Create (or open) a replica store: a directory (``data/00`` ... ``data/ff`` and ``data/txn``
+    are made) or ``s3://bucket/prefix`` (the bucket must exist; AWS settings from the environment)."""
+    return open_store(dest, create=True)
 
 
 def date_utc(when: dt.datetime | None = None) -> str:
@@ -98,15 +103,25 @@ def date_utc(when: dt.datetime | None = None) -> str:
 
 
 @contextlib.contextmanager
-def replica_lock(store: LocalStore) -> Iterator[None]:
-    """One writer (snapshot or gc) per replica at a time: an exclusive ``flock`` on ``data``."""
-    fd = os.open(store.root / "data", os.O_RDONLY | os.O_DIRECTORY)
+def replica_lock(store: Store) -> Iterator[None]:
+    """One writer (snapshot or gc) per replica at a time: an exclusive ``flock`` on ``data``.
+
+    An S3 replica has no directory: the lock is a file in the temp directory named after the
+    location, so snapshots of one host exclude each other (run one replicator per bucket prefix).
+    """
+    if isinstance(store, LocalStore):
+        fd = os.open(store.root / "data", os.O_RDONLY | os.O_DIRECTORY)
+    else:
+        digest = hashlib.sha256(store.location.encode()).hexdigest()[:24]
+        fd = os.open(
+            Path(tempfile.gettempdir()) / f"rcds-replica-{digest}.lock", os.O_RDWR | os.O_CREAT, 0o600
+        )
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise LockedError(
-                f"another snapshot is writing the replica {store.root}; try again when it has finished"
+                f"another snapshot is writing the replica {store.location}; try again when it has finished"
             ) from None
         yield
     finally:
@@ -125,13 +140,13 @@ def _check_master_replica(source: Source) -> None:
         ) from exc
 
 
-def _replica_manifest(dest: LocalStore) -> manifest_fmt.Manifest | None:
+def _replica_manifest(dest: Store) -> manifest_fmt.Manifest | None:
     if not dest.has(".cvmfspublished"):
         return None
     try:
         return manifest_fmt.parse(dest.get(".cvmfspublished")).manifest
     except IntegrityError as exc:
-        log.warning("ignoring the unreadable manifest of the replica %s: %s", dest.root, exc)
+        log.warning("ignoring the unreadable manifest of the replica %s: %s", dest.location, exc)
         return None
 
 
@@ -160,7 +175,7 @@ def _check_rollback(fqrn: str, old: manifest_fmt.Manifest | None, new: manifest_
 class _Walker:
     """Pulls a catalog tree, post-order (see the module docstring)."""
 
-    def __init__(self, source: Source, dest: LocalStore, copier: ObjectCopier) -> None:
+    def __init__(self, source: Source, dest: Store, copier: ObjectCopier) -> None:
         self.source = source
         self.dest = dest
         self.copier = copier
@@ -180,7 +195,7 @@ class _Walker:
         self.bytes += len(raw)
         raw_tmp = write_temp(self.dest, raw)
         try:
-            db = self.dest.temp_path()
+            db = temp_name(self.dest, "cat")
             try:
                 _inflate_to(raw, db, size, what)
                 del raw
@@ -245,7 +260,7 @@ def snapshot(
     source: Source,
     fqrn: str,
     master_keys: Sequence[RSAPublicKey],
-    dest: LocalStore,
+    dest: Store,
     *,
     workers: int = 8,
     now: dt.datetime | None = None,
@@ -298,7 +313,7 @@ def snapshot(
 
 
 def _copy_manifest_objects(
-    source: Source, recorder: RecordingSource, dest: LocalStore, m: manifest_fmt.Manifest
+    source: Source, recorder: RecordingSource, dest: Store, m: manifest_fmt.Manifest
 ) -> tuple[int, int]:
     """Store the certificate (the verified bytes) and the history / meta-info objects if missing."""
     count = size = 0
@@ -313,7 +328,7 @@ def _copy_manifest_objects(
     return count, size
 
 
-def _copy_root_files(source: Source, recorder: RecordingSource, dest: LocalStore) -> None:
+def _copy_root_files(source: Source, recorder: RecordingSource, dest: Store) -> None:
     """Write the whitelist (and its PKCS#7 companion, if it declares one), then the manifest, last."""
     whitelist = recorder.root_files[".cvmfswhitelist"]
     body = whitelist.split(b"\n--\n", 1)[0]

@@ -13,11 +13,10 @@ import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from rcds.errors import RcdsError
 from rcds.service.presence import Presence
-from rcds.service.repo_reader import catalog_age, published
+from rcds.service.repo_reader import Tree, catalog_age, published
 from rcds.service.slots import RepoSlot
 from rcds.service.stamps import StampBook
 from rcds.service.status import StatusBook
@@ -54,7 +53,7 @@ class Cleaner:
         maxdays: int,
         start_hour: int,
         clock: Callable[[], float],
-        replica_publics: Callable[[], Mapping[str, Path]] = dict,
+        replica_publics: Callable[[], Mapping[str, Tree]] = dict,
         wake: Callable[[], None] = lambda: None,
         on_result: Callable[[CleanResult, float], None] = lambda _r, _t: None,
     ) -> None:
@@ -120,8 +119,8 @@ class Cleaner:
             out[slot.name] = victims
         return out
 
-    def _all_publics(self) -> dict[str, Path]:
-        publics = {s.name: s.public for s in self.slots}
+    def _all_publics(self) -> dict[str, Tree]:
+        publics: dict[str, Tree] = {s.name: s.public for s in self.slots}
         publics.update(self.replica_publics())
         return publics
 

@@ -150,6 +150,23 @@ class ServeConfig:
 
 
 @dataclass(frozen=True)
+class StorageConfig:
+    """Where new repositories keep their served trees: ``<s3>/<fqrn>`` in an S3 bucket.
+
+    Keys, settings and scratch space stay under ``state_dir``; credentials come from the AWS
+    environment or ``profile``, never from this file. An existing repository keeps the storage
+    it was created with (its ``repo.json``).
+    """
+
+    s3: str
+    endpoint: str = ""
+    region: str = ""
+    profile: str = ""
+    acl: str = ""
+    public_url: str = ""
+
+
+@dataclass(frozen=True)
 class StampsConfig:
     """How often pending "last used" stamps are written into the repositories."""
 
@@ -177,6 +194,7 @@ class ServiceConfig:
     stamps: StampsConfig = field(default_factory=StampsConfig)
     max_unpacked_size: int = DEFAULT_MAX_UNPACKED_SIZE
     notify: NotifyConfig = field(default_factory=NotifyConfig)
+    storage: StorageConfig | None = None
 
     @classmethod
     def load(cls, path: str | Path) -> ServiceConfig:

@@ -25,10 +25,12 @@ from rcds.service.config import (
     ServeConfig,
     ServiceConfig,
     StampsConfig,
+    StorageConfig,
     TlsConfig,
     TokenIssuerConfig,
 )
 from rcds.service.config_values import DIRNAME_RE, FQRN_RE, parse_size
+from rcds.storage.s3client import S3Location
 
 __all__ = ["ConfigBuilder"]
 
@@ -103,7 +105,7 @@ class ConfigBuilder:
         top = self.table(data, "", {
             "base_dir", "repositories", "prefix", "stamp_prefix", "state_dir", "spool_dir",
             "max_upload_size", "max_unpacked_size", "cleanup", "listen", "tls", "auth", "acl", "replica",
-            "serve", "stamps", "notify",
+            "serve", "stamps", "notify", "storage",
         })  # fmt: skip
         base = self.opt_path(top.get("base_dir"), "base_dir") or base_default or DEFAULT_BASE_DIR
         repos = self.str_list(top.get("repositories", list(DEFAULT_REPOSITORIES)), "repositories")
@@ -153,6 +155,7 @@ class ConfigBuilder:
             stamps=self.stamps(top.get("stamps")),
             max_unpacked_size=max_unpacked,
             notify=self.notify(top.get("notify")),
+            storage=self.storage(top.get("storage")),
         )
 
     def notify(self, value: object) -> NotifyConfig:
@@ -174,6 +177,20 @@ class ConfigBuilder:
                     "notify.allow_publish", f"{n!r} is not a network like 10.0.0.0/8: {e}"
                 ) from None
         return NotifyConfig(broker, tuple(u.rstrip("/") for u in servers), tuple(nets))
+
+    def storage(self, value: object) -> StorageConfig | None:
+        if value is None:
+            return None
+        keys = ("s3", "endpoint", "region", "profile", "acl", "public_url")
+        t = self.table(value, "storage", set(keys))
+        if "s3" not in t:
+            raise self.fail("storage.s3", 'is required in a [storage] table: s3 = "s3://BUCKET/PREFIX"')
+        got = {k: self.str_(t[k], f"storage.{k}") for k in keys if k in t}
+        try:
+            S3Location.parse(got["s3"], **{k: v for k, v in got.items() if k != "s3"})
+        except ConfigError as e:
+            raise self.fail("storage.s3", str(e)) from None
+        return StorageConfig(**got)
 
     def serve(self, value: object) -> ServeConfig:
         t = self.table(value, "serve", {"host", "port"})

@@ -81,6 +81,15 @@ pull_interval = 30
 partner_repository_url = "http://rcds02.example.org:8000/cvmfs/@fqrn@"
 partner_keys_dir = "/etc/rcds/partner-keys"
 
+# Keep the served trees of new repositories in an S3 bucket (<s3>/<fqrn>) instead of state_dir;
+# keys and settings stay in state_dir.  Credentials: the usual AWS environment variables or
+# profile, never this file.  Readers then use http://<endpoint>/<bucket>/<prefix>/@fqrn@
+# (public-read objects), and [serve] serves only the repositories on local disk.
+# [storage]
+# s3 = "s3://rcds-repos/stratum0"
+# endpoint = "https://s3.example.org"
+# acl = "public-read"
+
 [serve]
 # Repositories (own and replicas) are served at http://<host>:<port>/cvmfs/<fqrn>/ for clients,
 # stratum 1s and proxies.

@@ -5,6 +5,7 @@ Web handlers call the methods here; tests can drive them directly with an inject
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shlex
 import threading
@@ -63,11 +64,19 @@ def init_repositories(config: ServiceConfig, clock: Clock = system_clock) -> lis
     for name in config.repositories:
         root = config.state_dir / name
         if not (root / "repo.json").exists():
-            create_repository(
-                root,
-                Settings(name=name, ttl=REPOSITORY_TTL, compression_level=COMPRESSION_LEVEL),
-                now=int(clock()),
-            )
+            settings = Settings(name=name, ttl=REPOSITORY_TTL, compression_level=COMPRESSION_LEVEL)
+            s3 = config.storage
+            if s3 is not None:
+                settings = dataclasses.replace(
+                    settings,
+                    storage=f"{s3.s3.rstrip('/')}/{name}",
+                    s3_endpoint=s3.endpoint,
+                    s3_region=s3.region,
+                    s3_profile=s3.profile,
+                    s3_acl=s3.acl,
+                    s3_public_url=f"{s3.public_url.rstrip('/')}/{name}" if s3.public_url else "",
+                )
+            create_repository(root, settings, now=int(clock()))
             created.append(name)
     return created
 
@@ -144,7 +153,8 @@ class Service:
             self.queue.submit(Job(item, "requeued"))
         self.queue.start()
         if serve_repositories:
-            repos = {s.name: s.public for s in self.slots}
+            # S3-backed repositories are read from the bucket's endpoint, not served from here
+            repos = {s.name: s.public for s in self.slots if isinstance(s.public, Path)}
             self.repo_server = make_server(
                 repos, self.config.serve.host, self.config.serve.port, access_log=self.telemetry.repo_access
             )

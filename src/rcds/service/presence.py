@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rcds.errors import RcdsError
-from rcds.service.repo_reader import Published, cid_mounts, published, tree_bytes
+from rcds.service.repo_reader import Published, Tree, cid_mounts, published, tree_bytes
+from rcds.storage.base import Store
 
 log = logging.getLogger("rcds.service.presence")
 
@@ -22,7 +23,7 @@ class RepoIndex:
     """The CIDs of one repository tree at one revision."""
 
     name: str
-    public: Path
+    public: Tree
     own: bool
     revision: Published | None = None
     cids: dict[str, str] = field(default_factory=dict)
@@ -56,10 +57,12 @@ class Presence:
         self._repos: dict[str, RepoIndex] = {}
         self._lock = threading.Lock()
 
-    def add_repository(self, name: str, public: Path, *, own: bool) -> None:
+    def add_repository(self, name: str, public: Tree, *, own: bool) -> None:
         """Track a repository tree (own stratum 0 or a replica)."""
         with self._lock:
-            self._repos.setdefault(name, RepoIndex(name, Path(public), own))
+            self._repos.setdefault(
+                name, RepoIndex(name, public if isinstance(public, Store) else Path(public), own)
+            )
 
     def names(self) -> list[str]:
         """Tracked repositories in search order."""

@@ -1,6 +1,7 @@
-"""Reading the published state of a local repository tree (own stratum 0 or replica).
+"""Reading the published state of a repository tree (own stratum 0 or replica).
 
-Only our own disk is read, so the manifest is parsed, not re-verified; every catalog is still
+A tree is a local directory or a :class:`~rcds.storage.base.Store` (an S3 bucket prefix). Only
+our own storage is read, so the manifest is parsed, not re-verified; every catalog is still
 checked against its hash on the way in.
 """
 
@@ -17,7 +18,11 @@ from rcds.format import manifest
 from rcds.format.hashes import ContentHash
 from rcds.publish.chain import load_catalog_file
 from rcds.repo.catalog import Catalog
+from rcds.storage.base import Store
 from rcds.storage.local import LocalStore
+
+Tree = Path | Store
+"""A served tree: a local directory, or the store of an S3-backed repository."""
 
 
 @dataclass(frozen=True)
@@ -31,21 +36,25 @@ class Published:
     """When the revision was signed (Unix seconds; 0 if the manifest does not say)."""
 
 
-def published(public: Path) -> Published | None:
+def published(public: Tree) -> Published | None:
     """The current revision of the tree at ``public``, or None if it has none yet."""
     try:
-        raw = (Path(public) / ".cvmfspublished").read_bytes()
-    except FileNotFoundError:
+        if isinstance(public, Store):
+            raw = public.get(".cvmfspublished")
+        else:
+            raw = (Path(public) / ".cvmfspublished").read_bytes()
+    except (FileNotFoundError, NotFoundError):
         return None
     m = manifest.parse(raw).manifest
     return Published(m.root_catalog, m.root_catalog_size, m.revision, m.timestamp)
 
 
 @contextlib.contextmanager
-def open_catalog(public: Path, h: ContentHash, mount: str, size: int | None = None) -> Iterator[Catalog]:
+def open_catalog(public: Tree, h: ContentHash, mount: str, size: int | None = None) -> Iterator[Catalog]:
     """A catalog of the tree at ``public``, decompressed into a temporary file."""
+    store = public if isinstance(public, Store) else LocalStore(Path(public))
     with tempfile.TemporaryDirectory(prefix="rcds-svc-") as tmp:
-        path = load_catalog_file(LocalStore(Path(public)), Path(tmp), h, size)
+        path = load_catalog_file(store, Path(tmp), h, size)
         cat = Catalog(path, mount)
         try:
             yield cat
@@ -53,7 +62,7 @@ def open_catalog(public: Path, h: ContentHash, mount: str, size: int | None = No
             cat.close()
 
 
-def cid_mounts(public: Path, rev: Published, prefix: str, max_depth: int) -> dict[str, str]:
+def cid_mounts(public: Tree, rev: Published, prefix: str, max_depth: int) -> dict[str, str]:
     """CID -> mount point of every nested catalog that is a CID under ``/<prefix>``.
 
     A nested catalog at depth 1..max_depth below the prefix is a CID unless it has nested
@@ -78,18 +87,18 @@ def cid_mounts(public: Path, rev: Published, prefix: str, max_depth: int) -> dic
     return found
 
 
-def tree_bytes(public: Path, rev: Published) -> int:
+def tree_bytes(public: Tree, rev: Published) -> int:
     """Bytes of all regular files of the revision, from the root catalog's statistics counters."""
     with open_catalog(public, rev.root, "", rev.root_size) as cat:
         return int(cat.counters().total().values["file_size"])
 
 
-def _has_nested(public: Path, h: ContentHash, mount: str, size: int) -> bool:
+def _has_nested(public: Tree, h: ContentHash, mount: str, size: int) -> bool:
     with open_catalog(public, h, mount, size) as cat:
         return bool(cat.nested())
 
 
-def nested_hash(public: Path, rev: Published, mount: str) -> tuple[ContentHash, int] | None:
+def nested_hash(public: Tree, rev: Published, mount: str) -> tuple[ContentHash, int] | None:
     """The catalog mounted exactly at ``mount`` (searched from the root), if any."""
     h, size, cur = rev.root, rev.root_size, ""
     while cur != mount:
@@ -105,7 +114,7 @@ def nested_hash(public: Path, rev: Published, mount: str) -> tuple[ContentHash, 
     return h, size
 
 
-def stamp_times(public: Path, rev: Published, stamp_prefix: str) -> dict[str, int]:
+def stamp_times(public: Tree, rev: Published, stamp_prefix: str) -> dict[str, int]:
     """CID -> mtime of its "last used" stamp file under ``/<stamp_prefix>``."""
     mount = f"/{stamp_prefix}"
     link = nested_hash(public, rev, mount)
@@ -124,7 +133,7 @@ def stamp_times(public: Path, rev: Published, stamp_prefix: str) -> dict[str, in
     return out
 
 
-def catalog_age(public: Path, rev: Published, mount: str) -> int | None:
+def catalog_age(public: Tree, rev: Published, mount: str) -> int | None:
     """The ``last_modified`` time of the catalog mounted at ``mount`` (its publish time)."""
     link = nested_hash(public, rev, mount)
     if link is None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rcds.publish.stratum0 import Stratum0
+from rcds.storage.base import Store
 
 
 @dataclass
@@ -24,6 +25,6 @@ class RepoSlot:
     cleaning: bool = False
 
     @property
-    def public(self) -> Path:
-        """The served tree."""
-        return self.s0.layout.public
+    def public(self) -> Path | Store:
+        """The served tree: ``ROOT/public``, or the store itself when it is not a directory (S3)."""
+        return self.s0.layout.public if not self.s0.settings.storage else self.s0.store

@@ -11,12 +11,11 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from pathlib import Path
 
 from rcds.errors import RcdsError
 from rcds.publish.members import Kind, Member
 from rcds.service.presence import Presence
-from rcds.service.repo_reader import published, stamp_times
+from rcds.service.repo_reader import Tree, published, stamp_times
 from rcds.service.slots import RepoSlot
 
 log = logging.getLogger("rcds.service.stamps")
@@ -101,7 +100,7 @@ class StampBook:
                         self._pending[name][cid] = max(self._pending[name].get(cid, 0), t)
         return revisions
 
-    def all_stamps(self, publics: Mapping[str, Path]) -> dict[str, int]:
+    def all_stamps(self, publics: Mapping[str, Tree]) -> dict[str, int]:
         """CID -> newest stamp over the given repository trees (name -> public dir) and pending touches."""
         out = self.pending()
         for name, public in publics.items():

@@ -51,6 +51,7 @@ class LocalStore(Store):
         self._root_s = str(self.root)
         self._txn_s = str(self._txn)
         self._pid = os.getpid()
+        self.location = str(self.root)
 
     def initialise(self) -> None:
         """Create ``data/00`` ... ``data/ff`` and ``data/txn`` (made last: when it exists, all exist)."""
@@ -65,6 +66,10 @@ class LocalStore(Store):
 
     def _path(self, name: str) -> Path:
         return self.root / check_name(name)
+
+    def staging_dir(self) -> Path:
+        """``data/txn``: on the store's filesystem, so :meth:`put_file` is a rename."""
+        return self._txn
 
     def temp_path(self) -> Path:
         """A fresh temp file name inside the store's filesystem (for :meth:`put_file`)."""
