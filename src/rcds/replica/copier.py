@@ -34,7 +34,7 @@ class RecordingSource(Source):
     checked the same way, and fetched from upstream only if the local copy fails the check.
     """
 
-    def __init__(self, inner: Source, local: LocalStore | None = None) -> None:
+    def __init__(self, inner: Source, local: Store | None = None) -> None:
         self.inner = inner
         self.local = local
         self.location = inner.location
