@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import shutil
 import stat
@@ -13,6 +14,7 @@ from rcds.errors import ConfigError, StorageError
 from rcds.format import keys
 from rcds.format.catalog_schema import Tally
 from rcds.format.compression import make_object
+from rcds.format.deflaters import resolve
 from rcds.format.dirent import FLAG_DIR, Dirent
 from rcds.format.hashes import ObjectKind
 from rcds.format.manifest import Manifest
@@ -22,6 +24,7 @@ from rcds.publish.layout import Layout, Settings
 from rcds.publish.lock import WriterLock
 from rcds.storage.local import LocalStore
 
+log = logging.getLogger("rcds.publish")
 MASTER_REPLICA_TEXT = b"This file marks the repository as replicatable to stratum 1 servers\n"
 
 
@@ -75,6 +78,10 @@ def create_repository(root: Path, settings: Settings, *, now: int | None = None)
 
 def _populate(layout: Layout, settings: Settings, now: int) -> None:
     algo = settings.algorithm
+    resolved = resolve(settings.compressor)
+    if resolved.note:
+        log.warning("%s: %s", settings.name, resolved.note)
+    compress = resolved.compress
     master = keys.generate_key()
     repo_key = keys.generate_key()
     cert = keys.make_certificate(settings.name, repo_key)
@@ -85,7 +92,7 @@ def _populate(layout: Layout, settings: Settings, now: int) -> None:
     os.chmod(layout.keys, 0o700)
 
     store = LocalStore(layout.public, create=True)
-    cert_obj = make_object(keys.certificate_pem(cert), algo)
+    cert_obj = make_object(keys.certificate_pem(cert), algo, compress)
     store.put(cert_obj.hash.object_name(ObjectKind.CERTIFICATE), cert_obj.data)
     store.put(".cvmfs_master_replica", MASTER_REPLICA_TEXT)
     sign_whitelist(layout, settings, store)
@@ -97,7 +104,7 @@ def _populate(layout: Layout, settings: Settings, now: int) -> None:
     cat.finalize(revision=0, previous=None, last_modified=now, subtree=Tally())
     content = db.read_bytes()
     db.unlink()
-    root_obj = make_object(content, algo)
+    root_obj = make_object(content, algo, compress)
     store.put(root_obj.hash.object_name(ObjectKind.CATALOG), root_obj.data)
     manifest = Manifest(
         root_catalog=root_obj.hash,

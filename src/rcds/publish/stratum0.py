@@ -7,6 +7,8 @@ signed manifest by atomic rename. A crash before the rename leaves the previous 
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import shutil
 import stat
 import time
@@ -20,6 +22,7 @@ from rcds.format import keys
 from rcds.format import manifest as manifest_fmt
 from rcds.format.catalog_schema import Tally
 from rcds.format.compression import make_object
+from rcds.format.deflaters import Compress, Compression, resolve
 from rcds.format.dirent import FLAG_DIR, FLAG_NESTED_ROOT, Dirent
 from rcds.format.hashes import ContentHash, ObjectKind
 from rcds.format.pathhash import parent_path
@@ -36,6 +39,8 @@ from rcds.publish.policy import Limits, normalise_name
 from rcds.publish.tarsource import iter_tar
 from rcds.publish.tree_builder import TreeBuilder
 from rcds.storage.local import LocalStore
+
+log = logging.getLogger("rcds.publish")
 
 
 @dataclass(frozen=True)
@@ -64,9 +69,17 @@ class Stratum0:
 
     def __init__(self, root: Path, name: str) -> None:
         self.layout = Layout(Path(root), name)
+        self.name = name
         self.settings: Settings = self.layout.load_settings()
         self.store = LocalStore(self.layout.public)
-        self.name = name
+        self.compression, self.compress = self._compressor()
+        """What new objects are written with: the setting, or its fallback if its library is missing."""
+
+    def _compressor(self) -> tuple[Compression, Compress]:
+        resolved = resolve(self.settings.compressor)
+        if resolved.note:
+            log.warning("%s: %s", self.name, resolved.note)
+        return resolved.compression, resolved.compress
 
     # -- state ------------------------------------------------------------------------
     def manifest(self) -> manifest_fmt.Manifest:
@@ -119,12 +132,18 @@ class Stratum0:
             stamp = int(now if now is not None else time.time())
             old = self.manifest()
             chain = CatalogChain(
-                self.store, work, self.settings.algorithm, old.root_catalog, old.root_catalog_size, target
+                self.store,
+                work,
+                self.settings.algorithm,
+                old.root_catalog,
+                old.root_catalog_size,
+                target,
+                self.compress,
             )
             writer = ContentWriter(
                 self.store,
                 self.settings.algorithm,
-                level=self.settings.compression_level,
+                compression=self.compression,
                 chunking=self.settings.chunk_params,
             )
             try:
@@ -178,7 +197,7 @@ class Stratum0:
             raise
         counters = cat.finalize(revision=revision, previous=previous, last_modified=now, subtree=Tally())
         content = db.read_bytes()
-        obj = make_object(content, self.settings.algorithm)
+        obj = make_object(content, self.settings.algorithm, self.compress)
         self.store.put_if_absent(obj.hash.object_name(ObjectKind.CATALOG), obj.data)
         db.unlink()
         return obj.hash, len(content), root_row, counters.total()
@@ -209,6 +228,7 @@ class Stratum0:
                     old.root_catalog,
                     old.root_catalog_size,
                     pending[0],
+                    self.compress,
                 )
                 try:
                     here = [p for p in pending if chain.holds(p)] or pending[:1]
@@ -268,6 +288,20 @@ class Stratum0:
             if m.metainfo is not None:
                 extra.append(m.metainfo.object_name(ObjectKind.METAINFO))
             return collect(self.store, work, m.root_catalog, extra, keep_revisions)
+
+    def set_compression(self, compression: Compression) -> Settings:
+        """Write new objects with ``compression`` from now on (saved in ``repo.json``).
+
+        Objects already stored stay valid and referenced; contents published again are stored
+        anew with the new compressor (the names differ), and ``gc`` removes the old objects once
+        no kept revision references them.
+        """
+        with self.lock():
+            settings = dataclasses.replace(self.layout.load_settings(), compression=str(compression))
+            self.layout.save_settings(settings.validate())
+            self.settings = settings
+            self.compression, self.compress = self._compressor()
+        return settings
 
     def resign(self) -> None:
         """Write a fresh whitelist valid for the configured number of days."""

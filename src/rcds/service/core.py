@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rcds.errors import NotFoundError
+from rcds.format.deflaters import Compression
 from rcds.publish.create import create_repository
 from rcds.publish.layout import Settings
 from rcds.publish.policy import Limits
@@ -31,9 +32,6 @@ from rcds.service.status import CidStatus, State, StatusBook
 log = logging.getLogger("rcds.service")
 REPOSITORY_TTL = 15
 """Catalog TTL of service repositories: clients look for new revisions every 15 s, as today."""
-COMPRESSION_LEVEL = 1
-"""zlib level of service repositories: twice as fast as level 6 for ~6% larger objects, which
-brings a 100 MB tarball from upload to PRESENT in a few seconds (docs/performance.md)."""
 
 
 @dataclass(frozen=True)
@@ -50,9 +48,7 @@ def init_repositories(config: ServiceConfig) -> list[str]:
     for name in config.repositories:
         root = config.state_dir / name
         if not (root / "repo.json").exists():
-            create_repository(
-                root, Settings(name=name, ttl=REPOSITORY_TTL, compression_level=COMPRESSION_LEVEL)
-            )
+            create_repository(root, Settings(name=name, ttl=REPOSITORY_TTL, compression=config.compression))
             created.append(name)
     return created
 
@@ -70,6 +66,13 @@ class Service:
                 "create them with: rcds server init --config FILE"
             )
         self.slots = [RepoSlot(n, Stratum0(config.state_dir / n, n)) for n in config.repositories]
+        for slot in self.slots:
+            old = slot.s0.settings.compression
+            if old != config.compression:  # the TOML names the compressor of new objects
+                slot.s0.set_compression(Compression.parse(config.compression))
+                log.info(
+                    "%s: new objects are compressed with %s (was %s)", slot.name, config.compression, old
+                )
         self.presence = Presence(config.prefix)
         for s in self.slots:
             self.presence.add_repository(s.name, s.public, own=True)
