@@ -48,6 +48,12 @@ def test_libraries_differ_in_bytes_so_in_names() -> None:
 _SOME = ["zlib:6", "zlib:1", "libdeflate:6", "isal:2"]
 
 
+@pytest.mark.parametrize("setting", ["zlib:6", "libdeflate:1", "libdeflate:12", "isal:0", "isal:3"])
+def test_the_empty_content_is_the_stock_empty_object(setting: str) -> None:
+    obj = make_object(b"", compressor=Compression.parse(setting).compressor())
+    assert obj.hash.hex == "e8ec3d88b62ebf526e4e5a4ff6162a3aa48a6b78"  # as stock cvmfs_server stores it
+
+
 def test_the_zlib_setting_is_the_standard_library_byte_for_byte() -> None:
     for level in range(1, 10):
         assert Compression("zlib", level).compressor()(CONTENTS[2]) == zlib.compress(CONTENTS[2], level)

@@ -106,7 +106,12 @@ def test_store_batch_writes_valid_objects(tmp_path: Path) -> None:
     contents = [b"", b"a", b"x" * 100_000, os.urandom(5000), b"a"]
     blob = b"".join(contents)
     digests, written, nbytes = objworker.store_batch(
-        store, Algorithm.SHA1, Compression("zlib", 6).compressor(), ObjectKind.FILE, [len(c) for c in contents], blob
+        store,
+        Algorithm.SHA1,
+        Compression("zlib", 6).compressor(),
+        ObjectKind.FILE,
+        [len(c) for c in contents],
+        blob,
     )
     assert written == 4 and len(digests) == 20 * len(contents)  # the second b"a" exists already
     for i, c in enumerate(contents):

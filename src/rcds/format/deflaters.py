@@ -68,11 +68,26 @@ def _bind_zlib(mod: ModuleType, level: int) -> Compress:
     return run
 
 
+EMPTY_OBJECT = bytes.fromhex("789c030000000001")
+"""The empty content as stock cvmfs (zlib) stores it: its name (``e8ec3d88...``) is well known,
+e.g. of every ``.cvmfscatalog`` marker, so the other libraries store the empty content so too."""
+
+
 def _bind_libdeflate(mod: ModuleType, level: int) -> Compress:
     compress = mod.zlib_compress
 
     def run(data: Buffer) -> bytes:
-        return bytes(compress(data, level))  # it returns a bytearray
+        return bytes(compress(data, level)) if len(data) else EMPTY_OBJECT  # it returns a bytearray
+
+    return run
+
+
+def _bind_isal(mod: ModuleType, level: int) -> Compress:
+    compress = mod.compress
+
+    def run(data: Buffer) -> bytes:
+        out: bytes = compress(data, level) if len(data) else EMPTY_OBJECT
+        return out
 
     return run
 
@@ -82,7 +97,7 @@ LIBRARIES: dict[str, Library] = {
     for lib in (
         Library("zlib", "zlib", "(standard library)", range(1, 10), _bind_zlib, lambda n: n),
         Library("libdeflate", "deflate", "deflate", range(1, 13), _bind_libdeflate, lambda n: min(n, 9)),
-        Library("isal", "isal.isal_zlib", "isal", range(0, 4), _bind_zlib, lambda n: 1),
+        Library("isal", "isal.isal_zlib", "isal", range(0, 4), _bind_isal, lambda n: 1),
     )
 }
 """The supported libraries, by the name used in ``LIBRARY:LEVEL``."""
