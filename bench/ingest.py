@@ -24,7 +24,8 @@ The *bound* is what the machine can do at best on the same bytes: every file con
 compressor and the compressed bytes hashed with SHA-1, on two threads with no other work. The
 *ingest* is ``Stratum0.ingest_tar`` into a fresh repository, timed end to end (tar parsing,
 chunking, compression, hashing, object writes, catalog, syncfs, signed manifest) in a child process
-whose peak RSS (``VmHWM``, plus that of its object-writing worker processes) is reported. ``ratio`` is ingest MB/s over bound MB/s; MB are 10^6 bytes of file content.
+whose peak RSS (``VmHWM``, plus that of its object-writing worker processes) is reported.
+``ratio`` is ingest MB/s over bound MB/s; MB are 10^6 bytes of file content.
 
 The compressor is an explicit choice (``LIBRARY:LEVEL``, :mod:`rcds.format.deflaters`): every
 input is ingested with each of ``--compressions`` (default ``zlib:6``, the stock and former
