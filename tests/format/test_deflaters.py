@@ -45,7 +45,7 @@ def test_libraries_differ_in_bytes_so_in_names() -> None:
     assert len(names) == len(_SOME)
 
 
-_SOME = ["zlib:6", "zlib:1", "libdeflate:6", "isal:2"]
+_SOME = ["zlib:6", "zlib:1", "libdeflate:5", "libdeflate:6", "isal:2"]
 
 
 @pytest.mark.parametrize("setting", ["zlib:6", "libdeflate:1", "libdeflate:12", "isal:0", "isal:3"])
@@ -59,13 +59,13 @@ def test_the_zlib_setting_is_the_standard_library_byte_for_byte() -> None:
         assert Compression("zlib", level).compressor()(CONTENTS[2]) == zlib.compress(CONTENTS[2], level)
 
 
-def test_default_is_libdeflate_and_no_larger_than_zlib_6() -> None:
-    assert str(DEFAULT) == "libdeflate:6"
+def test_default_is_libdeflate_and_about_the_size_of_zlib_6() -> None:
+    assert str(DEFAULT) == "libdeflate:5"
     # real Python source files, each one object (a few may come out some bytes larger, the whole not)
     sources = [p.read_bytes() for p in sorted(Path(compression.__file__).parents[1].rglob("*.py"))]
     assert len(sources) > 100
     ours = sum(len(DEFAULT.compressor()(text)) for text in sources)
-    assert ours <= sum(len(zlib.compress(text, 6)) for text in sources)
+    assert ours <= 1.01 * sum(len(zlib.compress(text, 6)) for text in sources)
 
 
 @pytest.mark.parametrize(

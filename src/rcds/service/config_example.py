@@ -26,7 +26,7 @@ max_unpacked_size = "64GiB"
 
 # Deflate library and level of new objects in the repositories (LIBRARY:LEVEL): isal:0-3,
 # libdeflate:1-12, zlib:1-9.  Every choice writes ordinary zlib objects; the
-# default trades ~13% larger objects than libdeflate:6 for several times less CPU (a faster
+# default trades ~12% larger objects than libdeflate:5 for several times less CPU (a faster
 # PRESENT).  Changing it applies to new objects only: objects already published stay valid.
 compression = "isal:2"
 
