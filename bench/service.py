@@ -46,7 +46,7 @@ import numpy as np
 from common import MB, format_table, machine, proc_status_kib, wait_idle
 
 TARGET_EXISTS_PER_S = 2000
-TARGET_100MB_SECONDS = 5.0
+TARGET_100MB_SECONDS = 2.0
 
 
 # -- load generator (child process) -------------------------------------------------------------
@@ -183,24 +183,19 @@ class HelloServer:
         self._thread.join(10)
 
 
-def start_service(base: Path, level: int | None = None) -> Any:
-    """The service with two repositories; ``level``: their zlib level (default: the service's)."""
-    from rcds.publish.create import create_repository
-    from rcds.publish.layout import Settings
+def start_service(base: Path, compression: str | None = None) -> Any:
+    """The service with two repositories; ``compression``: their ``LIBRARY:LEVEL`` (the TOML key;
+    default: the service's)."""
     from rcds.service.config import ServiceConfig
-    from rcds.service.core import REPOSITORY_TTL
     from rcds.service.runner import ServiceThread
 
     cfg = ServiceConfig.loads(
         f'base_dir = "{base}"\nrepositories = ["user1.example.org", "user2.example.org"]\n'
-        "[listen]\nport = 0\n[serve]\nport = 0\n",
+        + (f'compression = "{compression}"\n' if compression else "")
+        + "[listen]\nport = 0\n[serve]\nport = 0\n",
         relative_to=base,
     )
-    if level is not None:
-        for name in cfg.repositories:
-            create_repository(
-                cfg.state_dir / name, Settings(name, ttl=REPOSITORY_TTL, compression_level=level)
-            )
+    print(f"# repositories compressed with {cfg.compression}")
     return ServiceThread(cfg)
 
 
@@ -444,7 +439,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="rounds of every load; the median is shown (3)")
     ap.add_argument("--sizes", default="5,100,1000", help="tarball sizes in MB (5,100,1000)")
     ap.add_argument("--markdown", action="store_true", help="print tables as Markdown")
-    ap.add_argument("--level", type=int, help="zlib level of the repositories (default: the service's)")
+    ap.add_argument(
+        "--compression", metavar="LIB:LEVEL", help="compressor of the repositories (default: the service's)"
+    )
     ap.add_argument("--no-rates", action="store_true", help="only the publish latency")
     ap.add_argument(
         "--wait-idle", type=float, default=0.0, metavar="S",
@@ -462,7 +459,7 @@ def main() -> None:
         f"median of {args.rounds} interleaved rounds"
     )
     work = Path(tempfile.mkdtemp(prefix="rcds-bench-service-", dir="/tmp"))
-    st = start_service(work / "srv", args.level)
+    st = start_service(work / "srv", args.compression)
     try:
         rates: list[Rate] = []
         if not args.no_rates:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import os
 import socket
 import subprocess
@@ -11,7 +10,6 @@ import sys
 import tarfile
 import time
 import urllib.request
-import zlib
 from pathlib import Path
 
 import pytest
@@ -187,22 +185,3 @@ def test_keys_are_not_served(root: Path) -> None:
         "key" in p.name for p in (root / "public").rglob("*") if p.is_file() and "data" not in p.parts
     )
     assert oct(os.stat(root / "keys" / f"{NAME}.masterkey").st_mode & 0o777) == "0o600"
-
-
-def test_create_level_sets_the_zlib_level_of_new_objects(tmp_path: Path) -> None:
-    text = b"def f(x):\n    return x * 2  # a line zlib can squeeze\n" * 400
-    sizes = {}
-    for level in (1, 9):
-        r = tmp_path / f"l{level}"
-        rcds("repo", "create", NAME, "--root", str(r), "--level", str(level))
-        assert json.loads((r / "repo.json").read_text())["compression_level"] == level
-        tar = tmp_path / f"code{level}.tar"
-        tar.write_bytes(tarball({"m.py": text}))
-        rcds("repo", "ingest", NAME, "--root", str(r), "--tar", str(tar), "--path", "/sw/x")
-        # file objects have no suffix: 38 hex digits after the data/xx/ directory
-        objects = [p for p in (r / "public" / "data").rglob("*") if p.is_file() and len(p.name) == 38]
-        (obj,) = [p for p in objects if zlib.decompress(p.read_bytes()) == text]
-        sizes[level] = obj.stat().st_size
-    assert sizes[9] < sizes[1]
-    bad = rcds("repo", "create", NAME, "--root", str(tmp_path / "bad"), "--level", "0", check=False)
-    assert bad.returncode != 0 and "compression_level must be between 1 and 9" in bad.stderr

@@ -15,6 +15,7 @@ import pytest
 
 from rcds.errors import StorageError
 from rcds.format.compression import decompress, make_object
+from rcds.format.deflaters import Compression
 from rcds.format.hashes import Algorithm, ObjectKind
 from rcds.publish import objects, objworker, workers
 from rcds.publish.create import create_repository
@@ -39,8 +40,8 @@ def _entries(n: int = 600) -> list[Entry]:
     return out
 
 
-def _repo(root: Path, level: int = 6) -> Stratum0:
-    create_repository(root, Settings(name=NAME, compression_level=level, **SMALL_CHUNKS))  # type: ignore[arg-type]
+def _repo(root: Path, compression: str = "zlib:6") -> Stratum0:
+    create_repository(root, Settings(name=NAME, compression=compression, **SMALL_CHUNKS))  # type: ignore[arg-type]
     return Stratum0(root, NAME)
 
 
@@ -66,17 +67,17 @@ def always_processes(monkeypatch: pytest.MonkeyPatch, fresh_pool: None) -> None:
     monkeypatch.setattr(objects, "BATCH_FILES", 7)  # many batches, so several are in flight at once
 
 
-@pytest.mark.parametrize("level", [6, 1])
+@pytest.mark.parametrize("compression", ["zlib:6", "zlib:1", "libdeflate:5", "isal:2"])
 def test_worker_processes_store_exactly_what_the_in_process_path_stores(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, always_processes: None, level: int, view_factory
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, always_processes: None, compression: str, view_factory
 ) -> None:
     tar = make_tar(_entries(), "none")
     monkeypatch.setenv(workers.ENV_PROCESSES, "0")
-    threads = _repo(tmp_path / "threads", level)
+    threads = _repo(tmp_path / "threads", compression)
     r_threads = threads.ingest_tar(io.BytesIO(tar), "/sw/grp/cid", now=1_700_000_000)
     assert workers._shared is None  # nothing was started
     monkeypatch.setenv(workers.ENV_PROCESSES, "2")
-    procs = _repo(tmp_path / "procs", level)
+    procs = _repo(tmp_path / "procs", compression)
     r_procs = procs.ingest_tar(io.BytesIO(tar), "/sw/grp/cid", now=1_700_000_000)
     pool = workers._shared
     assert pool is not None and len(pool.pids) == 2 and all(Path(f"/proc/{p}").exists() for p in pool.pids)
@@ -105,11 +106,16 @@ def test_store_batch_writes_valid_objects(tmp_path: Path) -> None:
     contents = [b"", b"a", b"x" * 100_000, os.urandom(5000), b"a"]
     blob = b"".join(contents)
     digests, written, nbytes = objworker.store_batch(
-        store, Algorithm.SHA1, 6, ObjectKind.FILE, [len(c) for c in contents], blob
+        store,
+        Algorithm.SHA1,
+        Compression("zlib", 6).compressor(),
+        ObjectKind.FILE,
+        [len(c) for c in contents],
+        blob,
     )
     assert written == 4 and len(digests) == 20 * len(contents)  # the second b"a" exists already
     for i, c in enumerate(contents):
-        obj = make_object(c, Algorithm.SHA1, 6)
+        obj = make_object(c, Algorithm.SHA1)
         assert digests[20 * i : 20 * i + 20] == obj.hash.digest
         stored = store.get(obj.hash.object_name())
         assert stored == obj.data and decompress(stored) == c

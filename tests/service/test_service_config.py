@@ -24,6 +24,7 @@ stamp_prefix = "ts"
 base_dir = "state"
 spool_dir = "/var/spool/rcds"
 max_upload_size = "1GiB"
+compression = "libdeflate:9"
 
 [cleanup]
 maxdays = 14
@@ -74,6 +75,7 @@ def test_full_file(tmp_path: Path) -> None:
     assert cfg.state_dir == tmp_path / "state" / "repos"
     assert cfg.spool_dir == Path("/var/spool/rcds")
     assert cfg.max_upload_size == 1024**3
+    assert cfg.compression == "libdeflate:9"
     assert (cfg.cleanup.maxdays, cfg.cleanup.start_hour) == (14, 3)
     assert (cfg.listen.host, cfg.listen.port) == ("0.0.0.0", 8443)
     assert cfg.tls == TlsConfig(
@@ -108,6 +110,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert (cfg.prefix, cfg.stamp_prefix) == ("sw", "ts")
     assert cfg.state_dir == tmp_path / "repos" and cfg.spool_dir == tmp_path / "spool"
     assert cfg.max_upload_size == DEFAULT_MAX_UPLOAD_SIZE == 4 * 1024**3
+    assert cfg.compression == "isal:2"
     assert (cfg.cleanup.maxdays, cfg.cleanup.start_hour) == (30, 2)
     assert (cfg.listen.host, cfg.listen.port) == ("127.0.0.1", 8080)
     assert cfg.tls is None
@@ -223,6 +226,9 @@ def test_parse_size_errors(text: int | str) -> None:
         ("[replica]\npartner_url = 'ftp://x'", "replica.partner_url", "http"),
         ("[replica]\npull_interval = 0", "replica.pull_interval", "seconds"),
         ("[replica]\npull_interval = true", "replica.pull_interval", "seconds"),
+        ("compression = 'zstd:3'", "compression", "give LIBRARY:LEVEL, one of zlib:1-9"),
+        ("compression = 'isal:7'", "compression", "isal levels are 0-3"),
+        ("compression = 2", "compression", "non-empty string"),
     ],
 )
 def test_errors_name_file_and_key(tmp_path: Path, text: str, key: str, problem: str) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from rcds.cli.notify import servers_from
 from rcds.cli.output import human_bytes, print_kv
 from rcds.errors import ConfigError, StorageError
+from rcds.format.deflaters import DEFAULT, LIBRARIES, Compression
 from rcds.format.hashes import Algorithm
 from rcds.format.keys import load_certificate, load_public_key_file
 from rcds.net.notify_post import NotifySender
@@ -27,6 +28,8 @@ from rcds.serve.http import make_server
 
 NOTIFY_WAIT = 5.0
 """Seconds a command waits at most for its notifications to be delivered (failures are only logged)."""
+
+_COMPRESSION_CHOICES = ", ".join(f"{n}:{lib.levels[0]}-{lib.levels[-1]}" for n, lib in LIBRARIES.items())
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -45,11 +48,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--ttl", type=int, default=240, help="seconds clients cache the revision (catalog TTL)")
     p.add_argument("--whitelist-days", type=int, default=30, help="whitelist validity in days")
     p.add_argument(
-        "--level",
-        type=int,
-        default=6,
-        help="zlib level of new objects, 1-9 (default 6; 1 ingests small files ~1.4x faster, ~13%% larger)",
+        "--compression",
+        metavar="LIB:LEVEL",
+        help=f"deflate library and level of new objects: {_COMPRESSION_CHOICES} (default {DEFAULT};"
+        " any choice writes ordinary zlib objects; see docs/cli.md)",
     )
+    p.add_argument("--level", type=int, help="same as --compression zlib:LEVEL (older option)")
     p.add_argument(
         "--chunk-sizes", default="4M,8M,16M", help="min,avg,max chunk sizes (K/M suffixes), or 'off'"
     )
@@ -94,6 +98,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--key", type=Path, help="master public key (default for a local repository: its own .pub)"
     )
     p.set_defaults(func=_verify)
+
+    p = cmd("config", "show the repository's settings, or change its compression")
+    p.add_argument(
+        "--compression",
+        metavar="LIB:LEVEL",
+        help="write new objects with this library and level from now on (existing objects stay valid)",
+    )
+    p.set_defaults(func=_config)
 
     p = cmd("gc", "delete objects unreachable from the newest revisions")
     p.add_argument("--keep-revisions", type=int, default=2, help="how many newest revisions stay readable")
@@ -184,10 +196,15 @@ def _create(args: argparse.Namespace) -> int:
                 f"--chunk-sizes {args.chunk_sizes!r}: give min,avg,max like 4M,8M,16M"
             ) from None
         chunking = {"chunk_min": lo, "chunk_avg": avg, "chunk_max": hi}
+    if args.compression is not None and args.level is not None:
+        raise ConfigError("give --compression LIB:LEVEL or --level N (zlib), not both")
+    compression = Compression("zlib", args.level) if args.level is not None else DEFAULT
+    if args.compression is not None:
+        compression = Compression.parse(args.compression)
     settings = Settings(
         name=args.name,
         hash_algorithm=args.hash,
-        compression_level=args.level,
+        compression=str(compression),
         ttl=args.ttl,
         whitelist_days=args.whitelist_days,
         storage=args.storage,
@@ -203,6 +220,30 @@ def _create(args: argparse.Namespace) -> int:
     if settings.storage:
         print(f"served tree: {settings.storage}; readers use {public_url(settings) or 'the bucket URL'}")
     print(f"master public key for clients: {layout.key('pub')}")
+    return 0
+
+
+def _config(args: argparse.Namespace) -> int:
+    s0 = Stratum0(_root(args), args.name)
+    if args.compression is not None:
+        old = s0.settings.compression
+        s0.set_compression(Compression.parse(args.compression))
+        print(
+            f"{args.name}: new objects are written with {s0.settings.compression} (was {old});"
+            " objects stored before stay valid"
+        )
+    st = s0.settings
+    used = str(s0.compression)
+    print_kv(
+        [
+            ("name", st.name),
+            ("hash", st.hash_algorithm),
+            ("compression", st.compression + ("" if used == st.compression else f" (in use: {used})")),
+            ("chunk sizes", f"{st.chunk_min},{st.chunk_avg},{st.chunk_max}" if st.chunking else "off"),
+            ("ttl", f"{st.ttl} s"),
+            ("whitelist validity", f"{st.whitelist_days} days"),
+        ]
+    )
     return 0
 
 

@@ -1,9 +1,10 @@
-"""zlib object codec (RFC 1950 with header and Adler-32 trailer, level 6 by default).
+"""zlib object codec (RFC 1950 with header and Adler-32 trailer).
 
-Stored objects are zlib streams; their content hash covers the compressed bytes. They are
-compressed with zlib itself (the bytes, and so the hashes, must not depend on the library), and
-inflated with ISA-L (:mod:`isal.isal_zlib`) when it is installed: the same streams, the same
-checks and errors, about twice as fast.
+Stored objects are zlib streams; their content hash covers the compressed bytes, so the bytes
+depend on the compressor a repository chose (:mod:`rcds.format.deflaters`; without a choice,
+the standard library's zlib at level 6). Every stream is inflated with ISA-L
+(:mod:`isal.isal_zlib`) when it is installed: the same streams, the same checks and errors,
+about twice as fast.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from types import ModuleType
 from typing import NamedTuple
 
 from rcds.errors import IntegrityError
+from rcds.format.deflaters import Compress
 from rcds.format.hashes import Algorithm, ContentHash, HashState
 
 _inflater: ModuleType
@@ -43,11 +45,19 @@ def compress(data: bytes | bytearray | memoryview, level: int = DEFAULT_LEVEL) -
 def make_object(
     data: bytes | bytearray | memoryview,
     algorithm: Algorithm = Algorithm.SHA1,
-    level: int = DEFAULT_LEVEL,
+    compressor: Compress | None = None,
     compressed: bool = True,
 ) -> StoredObject:
-    """Compress (unless ``compressed`` is false) and hash a buffer, as the publisher stores it."""
-    stored = zlib.compress(data, level) if compressed else bytes(data)
+    """Compress (unless ``compressed`` is false) and hash a buffer, as the publisher stores it.
+
+    ``compressor``: the repository's (:func:`rcds.format.deflaters.resolve`); default zlib 6.
+    """
+    if not compressed:
+        stored = bytes(data)
+    elif compressor is None:
+        stored = zlib.compress(data, DEFAULT_LEVEL)
+    else:
+        stored = compressor(data)
     return StoredObject(ContentHash.of(stored, algorithm), stored, len(data))
 
 

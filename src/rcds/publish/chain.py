@@ -10,6 +10,7 @@ from pathlib import Path
 from rcds.errors import InputError
 from rcds.format.catalog_schema import Counters, Tally
 from rcds.format.compression import make_object, verify_object
+from rcds.format.deflaters import Compress
 from rcds.format.dirent import FLAG_DIR, Dirent
 from rcds.format.hashes import Algorithm, ContentHash, ObjectKind
 from rcds.format.pathhash import parent_path
@@ -61,8 +62,11 @@ class CatalogChain:
         root: ContentHash,
         root_size: int,
         path: str,
+        compress: Compress | None = None,
     ) -> None:
+        """``compress``: the repository's compressor for the rewritten catalogs (default zlib 6)."""
         self.store = store
+        self.compress = compress
         self.work = work
         self.algorithm = algorithm
         self.links: list[Link] = []
@@ -161,7 +165,7 @@ class CatalogChain:
                 subtree=link.subtree + delta,
             )
             content = cat.path.read_bytes()
-            obj = make_object(content, self.algorithm)
+            obj = make_object(content, self.algorithm, self.compress)
             self.store.put_if_absent(obj.hash.object_name(ObjectKind.CATALOG), obj.data)
             cat.path.unlink(missing_ok=True)
             delta = counters.total() - link.old_counters.total()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import shutil
 import stat
@@ -13,6 +14,7 @@ from rcds.errors import ConfigError, StorageError
 from rcds.format import keys
 from rcds.format.catalog_schema import Tally
 from rcds.format.compression import make_object
+from rcds.format.deflaters import resolve
 from rcds.format.dirent import FLAG_DIR, Dirent
 from rcds.format.hashes import ObjectKind
 from rcds.format.manifest import Manifest
@@ -24,6 +26,7 @@ from rcds.storage.base import Store
 
 __all__ = ["MASTER_REPLICA_TEXT", "create_repository", "sign_whitelist"]
 
+log = logging.getLogger("rcds.publish")
 MASTER_REPLICA_TEXT = b"This file marks the repository as replicatable to stratum 1 servers\n"
 
 
@@ -69,6 +72,10 @@ def create_repository(root: Path, settings: Settings, *, now: int | None = None)
 
 def _populate(layout: Layout, settings: Settings, store: Store, now: int) -> None:
     algo = settings.algorithm
+    resolved = resolve(settings.compressor)
+    if resolved.note:
+        log.warning("%s: %s", settings.name, resolved.note)
+    compress = resolved.compress
     master = keys.generate_key()
     repo_key = keys.generate_key()
     cert = keys.make_certificate(settings.name, repo_key)
@@ -78,7 +85,7 @@ def _populate(layout: Layout, settings: Settings, store: Store, now: int) -> Non
     _write_secret(layout.key("crt"), keys.certificate_pem(cert))
     os.chmod(layout.keys, 0o700)
 
-    cert_obj = make_object(keys.certificate_pem(cert), algo)
+    cert_obj = make_object(keys.certificate_pem(cert), algo, compress)
     store.put(cert_obj.hash.object_name(ObjectKind.CERTIFICATE), cert_obj.data)
     store.put(".cvmfs_master_replica", MASTER_REPLICA_TEXT)
     sign_whitelist(layout, settings, store, dt.datetime.fromtimestamp(now, dt.UTC))
@@ -90,7 +97,7 @@ def _populate(layout: Layout, settings: Settings, store: Store, now: int) -> Non
     cat.finalize(revision=0, previous=None, last_modified=now, subtree=Tally())
     content = db.read_bytes()
     db.unlink()
-    root_obj = make_object(content, algo)
+    root_obj = make_object(content, algo, compress)
     store.put(root_obj.hash.object_name(ObjectKind.CATALOG), root_obj.data)
     manifest = Manifest(
         root_catalog=root_obj.hash,

@@ -3,7 +3,7 @@
 ::
 
     ROOT/
-      repo.json     settings (hash algorithm, chunk sizes, TTL, whitelist validity...)
+      repo.json     settings (hash algorithm, compression, chunk sizes, TTL, whitelist validity...)
       public/       the served tree: .cvmfspublished, .cvmfswhitelist, data/00..ff, data/txn
                     (not there when repo.json names an S3 location: the bucket holds the tree)
       keys/         NAME.masterkey NAME.pub NAME.key NAME.crt   (0700 directory, 0600 files)
@@ -14,12 +14,14 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from rcds.errors import ConfigError, NotFoundError
 from rcds.format.chunker import ChunkParams
+from rcds.format.deflaters import DEFAULT, Compression
 from rcds.format.hashes import Algorithm
 from rcds.storage.base import Store
 from rcds.storage.locate import is_s3, open_store
@@ -39,11 +41,17 @@ def check_fqrn(name: str) -> str:
 
 @dataclass(frozen=True)
 class Settings:
-    """Per-repository settings, stored in ``repo.json``."""
+    """Per-repository settings, stored in ``repo.json``.
+
+    ``compression`` names the deflate library and level of new objects and catalogs
+    (``LIBRARY:LEVEL``, :mod:`rcds.format.deflaters`); it may change over a repository's life
+    (``rcds repo config``): objects written before stay valid. A ``repo.json`` of an older rcds
+    holds ``compression_level`` N instead, read as ``zlib:N``.
+    """
 
     name: str
     hash_algorithm: str = "sha1"
-    compression_level: int = 6
+    compression: str = str(DEFAULT)
     chunk_min: int = 4 << 20
     chunk_avg: int = 8 << 20
     chunk_max: int = 16 << 20
@@ -67,6 +75,11 @@ class Settings:
         return Algorithm.from_name(self.hash_algorithm)
 
     @property
+    def compressor(self) -> Compression:
+        """The parsed ``compression`` setting."""
+        return Compression.parse(self.compression)
+
+    @property
     def chunk_params(self) -> ChunkParams | None:
         """Chunker parameters, or None when chunking is off."""
         return ChunkParams(self.chunk_min, self.chunk_avg, self.chunk_max) if self.chunking else None
@@ -76,8 +89,7 @@ class Settings:
         check_fqrn(self.name)
         self.algorithm  # noqa: B018 - raises on unknown names
         self.chunk_params  # noqa: B018 - raises on bad sizes
-        if not 1 <= self.compression_level <= 9:
-            raise ConfigError("compression_level must be between 1 and 9")
+        self.compressor  # noqa: B018 - raises on unknown libraries and levels
         if self.ttl < 1 or self.whitelist_days < 1:
             raise ConfigError("ttl and whitelist_days must be positive")
         if self.storage and not is_s3(self.storage):
@@ -150,11 +162,22 @@ class Layout:
             ) from None
         except (OSError, ValueError) as exc:
             raise ConfigError(f"cannot read {self.settings_file}: {exc}") from None
-        settings = Settings(**data)
+        if not isinstance(data, dict):
+            raise ConfigError(f"{self.settings_file} does not hold a JSON object of settings")
+        if "compression_level" in data:  # written by an older rcds: that was zlib
+            level = data.pop("compression_level")
+            data.setdefault("compression", f"zlib:{level}")
+        try:
+            settings = Settings(**data)
+        except TypeError as exc:
+            raise ConfigError(f"{self.settings_file} holds an unknown setting ({exc})") from None
         if settings.name != self.name:
             raise ConfigError(f"{self.root} holds repository {settings.name!r}, not {self.name!r}")
         return settings.validate()
 
     def save_settings(self, settings: Settings) -> None:
-        """Write ``repo.json``."""
-        self.settings_file.write_text(json.dumps(asdict(settings), indent=2) + "\n")
+        """Write ``repo.json`` (a new file renamed over the old one: never half written)."""
+        tmp = self.settings_file.with_name(self.settings_file.name + ".new")
+        tmp.write_text(json.dumps(asdict(settings), indent=2) + "\n")
+        tmp.chmod(0o644)
+        os.replace(tmp, self.settings_file)

@@ -20,6 +20,7 @@ from typing import Protocol
 from rcds.errors import InputError
 from rcds.format.chunker import ChunkParams, StreamChunker, should_chunk
 from rcds.format.compression import make_object
+from rcds.format.deflaters import Compression
 from rcds.format.dirent import Chunk
 from rcds.format.hashes import Algorithm, ContentHash, ObjectKind
 from rcds.publish import workers as procs
@@ -35,6 +36,7 @@ POOL_MIN_FILES = 500
 POOL_MIN_BYTES = 8 << 20
 """Worker processes are started once an input has this many small files or bytes of them (a
 small publication does not pay their start-up); a pool already running is used at once."""
+ZLIB_6 = Compression("zlib", 6)
 BATCH_BYTES = 256 << 10
 BATCH_FILES = 256
 
@@ -97,22 +99,25 @@ class ContentWriter:
         store: Store,
         algorithm: Algorithm = Algorithm.SHA1,
         *,
-        level: int = 6,
+        compression: Compression = ZLIB_6,
         chunking: ChunkParams | None = None,
         workers: int | None = None,
         max_in_flight: int = 64 << 20,
         processes: bool | None = None,
     ) -> None:
-        """``processes``: True to use worker processes at once, False never, None (default) once
-        the input proves big enough (see ``POOL_MIN_FILES``); without them, threads do it all.
-        Worker processes write only into a :class:`LocalStore` (they open it by path); for other
-        stores (S3) ``workers`` threads (default: the store's ``parallelism``) compress and upload."""
+        """``compression``: the library and level of every object (its library must import:
+        see :func:`rcds.format.deflaters.resolve`). ``processes``: True to use worker processes
+        at once, False never, None (default) once the input proves big enough (see
+        ``POOL_MIN_FILES``); without them, threads do it all. Worker processes write only into a
+        :class:`LocalStore` (they open it by path); for other stores (S3) ``workers`` threads
+        (default: the store's ``parallelism``) compress and upload."""
         self.store = store
         if not isinstance(store, LocalStore):
             processes = False
         self._root = str(store.root) if isinstance(store, LocalStore) else ""
         self.algorithm = algorithm
-        self.level = level
+        self.compression = compression
+        self._compress = compression.compressor()
         self.chunking = chunking
         self.max_in_flight = max_in_flight
         self.stats = WriteStats()
@@ -157,7 +162,7 @@ class ContentWriter:
     def _add_to_batch(self, pool: WorkerPool, data: bytes) -> _Slot:
         batch = self._batch
         if batch is None:
-            batch = self._batch = Batch(self._root, self.algorithm, self.level)
+            batch = self._batch = Batch(self._root, self.algorithm, str(self.compression))
         slot = _Slot(batch, batch.add(data))
         if batch.nbytes >= self._batch_limit or len(batch.items) >= BATCH_FILES:
             self._flush_batch()
@@ -165,7 +170,7 @@ class ContentWriter:
         return slot
 
     def _store(self, data: bytes, kind: ObjectKind) -> ContentHash:
-        obj = make_object(data, self.algorithm, self.level)
+        obj = make_object(data, self.algorithm, self._compress)
         if self.store.put_if_absent(obj.hash.object_name(kind), obj.data):
             self.stats.objects_written += 1
             self.stats.bytes_written += len(obj.data)

@@ -1,10 +1,10 @@
 """Batches of small contents, and the worker process side of :mod:`rcds.publish.workers`.
 
 A worker is a fresh interpreter running :func:`serve` on two inherited pipe ends. It says
-``ready``, then answers each request (a header: store root, hash algorithm, zlib level, object
-kind, content sizes; then one buffer holding the contents) with ``("ok", digests, objects
-written, bytes written)`` or ``("error", error class name, message)``. It exits when the request
-pipe reaches end of file: when the parent closes it, or dies.
+``ready``, then answers each request (a header: store root, hash algorithm, compression
+``LIBRARY:LEVEL``, object kind, content sizes; then one buffer holding the contents) with
+``("ok", digests, objects written, bytes written)`` or ``("error", error class name, message)``.
+It exits when the request pipe reaches end of file: when the parent closes it, or dies.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from multiprocessing.connection import Connection
 
 from rcds.errors import RcdsError
 from rcds.format.compression import make_object
+from rcds.format.deflaters import Compress, Compression
 from rcds.format.hashes import Algorithm, ContentHash, ObjectKind
 from rcds.storage.local import LocalStore
 
@@ -25,7 +26,8 @@ class Batch:
 
     root: str
     algorithm: Algorithm
-    level: int
+    compression: str
+    """``LIBRARY:LEVEL`` (already resolved by the parent: its library imports)."""
     kind: ObjectKind = ObjectKind.FILE
     items: list[bytes] = field(default_factory=list)
     sizes: list[int] = field(default_factory=list)
@@ -46,14 +48,19 @@ class Batch:
         """Bytes the request takes in a pipe: contents, framing, the pickled sizes."""
         return self.nbytes + 64 + 8 * len(self.sizes)
 
-    def message(self) -> tuple[tuple[str, str, int, str, list[int]], bytes]:
+    def message(self) -> tuple[tuple[str, str, str, str, list[int]], bytes]:
         """The request header and the one buffer holding every content."""
-        head = (self.root, self.algorithm.value, self.level, self.kind.value, self.sizes)
+        head = (self.root, self.algorithm.value, self.compression, self.kind.value, self.sizes)
         return head, b"".join(self.items)
 
 
 def store_batch(
-    store: LocalStore, algorithm: Algorithm, level: int, kind: ObjectKind, sizes: list[int], blob: bytes
+    store: LocalStore,
+    algorithm: Algorithm,
+    compress: Compress,
+    kind: ObjectKind,
+    sizes: list[int],
+    blob: bytes,
 ) -> tuple[bytes, int, int]:
     """Compress, hash and store each content of ``blob``; return digests, objects and bytes written."""
     view = memoryview(blob)
@@ -61,7 +68,7 @@ def store_batch(
     written = nbytes = 0
     offset = 0
     for size in sizes:
-        obj = make_object(view[offset : offset + size], algorithm, level)
+        obj = make_object(view[offset : offset + size], algorithm, compress)
         offset += size
         digests += obj.hash.digest
         if store.put_if_absent(obj.hash.object_name(kind), obj.data):
@@ -85,14 +92,21 @@ def _serve(requests: Connection, replies: Connection) -> None:
             blob = requests.recv_bytes()
         except (EOFError, OSError):
             return  # the parent is gone
-        root, algo, level, kind, sizes = head
+        root, algo, compression, kind, sizes = head
         try:
             store = stores.get(root)
             if store is None:
                 store = stores[root] = LocalStore(root)
             reply: tuple[object, ...] = (
                 "ok",
-                *store_batch(store, Algorithm(algo), level, ObjectKind(kind), sizes, blob),
+                *store_batch(
+                    store,
+                    Algorithm(algo),
+                    Compression.parse(compression).compressor(),
+                    ObjectKind(kind),
+                    sizes,
+                    blob,
+                ),
             )
         except RcdsError as exc:
             reply = ("error", type(exc).__name__, str(exc))

@@ -7,6 +7,7 @@ signed manifest by atomic rename. A crash before the rename leaves the previous 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import shutil
@@ -23,6 +24,7 @@ from rcds.format import manifest as manifest_fmt
 from rcds.format import whitelist as whitelist_fmt
 from rcds.format.catalog_schema import Tally
 from rcds.format.compression import make_object
+from rcds.format.deflaters import Compress, Compression, resolve
 from rcds.format.dirent import FLAG_DIR, FLAG_NESTED_ROOT, Dirent
 from rcds.format.hashes import ContentHash, ObjectKind
 from rcds.format.pathhash import parent_path
@@ -43,6 +45,8 @@ log = logging.getLogger("rcds.publish")
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric import rsa
+
+log = logging.getLogger("rcds.publish")
 
 
 @dataclass(frozen=True)
@@ -71,12 +75,20 @@ class Stratum0:
 
     def __init__(self, root: Path, name: str, *, on_revision: Callable[[bytes], None] | None = None) -> None:
         self.layout = Layout(Path(root), name)
+        self.name = name
         self.settings: Settings = self.layout.load_settings()
         self.store = self.layout.open_store(self.settings)
-        self.name = name
         self.on_revision = on_revision
         """Called with the signed manifest of every new revision once it is visible (e.g. to
         send a notification); its failures are logged, never raised."""
+        self.compression, self.compress = self._compressor()
+        """What new objects are written with: the setting, or its fallback if its library is missing."""
+
+    def _compressor(self) -> tuple[Compression, Compress]:
+        resolved = resolve(self.settings.compressor)
+        if resolved.note:
+            log.warning("%s: %s", self.name, resolved.note)
+        return resolved.compression, resolved.compress
 
     # -- state ------------------------------------------------------------------------
     def manifest(self) -> manifest_fmt.Manifest:
@@ -129,12 +141,18 @@ class Stratum0:
             old = self.manifest()
             stamp = _monotonic_stamp(now, old)
             chain = CatalogChain(
-                self.store, work, self.settings.algorithm, old.root_catalog, old.root_catalog_size, target
+                self.store,
+                work,
+                self.settings.algorithm,
+                old.root_catalog,
+                old.root_catalog_size,
+                target,
+                self.compress,
             )
             writer = ContentWriter(
                 self.store,
                 self.settings.algorithm,
-                level=self.settings.compression_level,
+                compression=self.compression,
                 chunking=self.settings.chunk_params,
             )
             try:
@@ -188,7 +206,7 @@ class Stratum0:
             raise
         counters = cat.finalize(revision=revision, previous=previous, last_modified=now, subtree=Tally())
         content = db.read_bytes()
-        obj = make_object(content, self.settings.algorithm)
+        obj = make_object(content, self.settings.algorithm, self.compress)
         self.store.put_if_absent(obj.hash.object_name(ObjectKind.CATALOG), obj.data)
         db.unlink()
         return obj.hash, len(content), root_row, counters.total()
@@ -219,6 +237,7 @@ class Stratum0:
                     old.root_catalog,
                     old.root_catalog_size,
                     pending[0],
+                    self.compress,
                 )
                 try:
                     here = [p for p in pending if chain.holds(p)] or pending[:1]
@@ -284,6 +303,20 @@ class Stratum0:
             if m.metainfo is not None:
                 extra.append(m.metainfo.object_name(ObjectKind.METAINFO))
             return collect(self.store, work, m.root_catalog, extra, keep_revisions)
+
+    def set_compression(self, compression: Compression) -> Settings:
+        """Write new objects with ``compression`` from now on (saved in ``repo.json``).
+
+        Objects already stored stay valid and referenced; contents published again are stored
+        anew with the new compressor (the names differ), and ``gc`` removes the old objects once
+        no kept revision references them.
+        """
+        with self.lock():
+            settings = dataclasses.replace(self.layout.load_settings(), compression=str(compression))
+            self.layout.save_settings(settings.validate())
+            self.settings = settings
+            self.compression, self.compress = self._compressor()
+        return settings
 
     def whitelist(self) -> whitelist_fmt.Whitelist | None:
         """The whitelist being served, if readable."""

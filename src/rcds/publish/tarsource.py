@@ -7,6 +7,7 @@ valid until the next member is requested.
 from __future__ import annotations
 
 import bz2
+import contextlib
 import gzip
 import io
 import lzma
@@ -16,6 +17,15 @@ from collections.abc import Callable, Iterator
 from typing import IO, Any, BinaryIO
 
 import zstandard
+
+try:  # ISA-L's gzip reader: ~2.5x less CPU than the gzip module, on its own thread (GIL released)
+    from isal import igzip_threaded as _igzip_threaded
+    from isal import isal_zlib as _isal_zlib
+
+    _ISAL_ERRORS: tuple[type[BaseException], ...] = (getattr(_isal_zlib, "error"),)  # noqa: B009
+except ImportError:  # pragma: no cover - a platform without its wheel: the gzip module
+    _igzip_threaded = None  # type: ignore[assignment]
+    _ISAL_ERRORS = ()
 
 from rcds.errors import InputError
 from rcds.publish.members import Kind, Member
@@ -36,6 +46,7 @@ _STREAM_ERRORS: tuple[type[BaseException], ...] = (
     zstandard.ZstdError,
     OSError,
     ValueError,
+    *_ISAL_ERRORS,
 )
 
 
@@ -96,7 +107,10 @@ def _open_decompressed(stream: BinaryIO) -> tuple[IO[bytes], str]:
     buffered = io.BufferedReader(_Borrowed(stream), 1 << 20)
     kind = detect_compression(buffered.peek(8)[:8])
     opened: Any = buffered
-    if kind == "gzip":
+    if kind == "gzip" and _igzip_threaded is not None:
+        # inflated on a thread of its own, a block or two ahead of the tar parser
+        opened = _igzip_threaded.open(buffered, "rb", threads=1)  # type: ignore[no-untyped-call]
+    elif kind == "gzip":
         opened = gzip.GzipFile(fileobj=buffered, mode="rb")
     elif kind == "bzip2":
         opened = bz2.BZ2File(buffered, "rb")
@@ -112,6 +126,7 @@ def iter_tar(stream: BinaryIO, limits: Limits | None = None) -> Iterator[Member]
     limits = limits or Limits()
     current = "(archive start)"
     count = 0
+    raw: IO[bytes] | None = None
     try:
         raw, _kind = _open_decompressed(stream)
         counted = io.BufferedReader(_Counted(raw, limits.max_bytes), 1 << 20)
@@ -134,6 +149,10 @@ def iter_tar(stream: BinaryIO, limits: Limits | None = None) -> Iterator[Member]
         raise InputError(
             f"the archive is corrupt or truncated at member {current!r}: {exc or type(exc).__name__}", current
         ) from None
+    finally:
+        if raw is not None:  # stops the inflating thread (the caller's stream stays open)
+            with contextlib.suppress(*_STREAM_ERRORS):
+                raw.close()
 
 
 def _reader(tar: TarReader, name: str) -> Callable[[int], bytes]:

@@ -10,9 +10,11 @@ from types import MappingProxyType
 from typing import Any
 
 from rcds.errors import ConfigError, InputError
+from rcds.format.deflaters import Compression
 from rcds.service.cid import validate_cid
 from rcds.service.config import (
     DEFAULT_BASE_DIR,
+    DEFAULT_COMPRESSION,
     DEFAULT_MAX_UNPACKED_SIZE,
     DEFAULT_MAX_UPLOAD_SIZE,
     DEFAULT_REPOSITORIES,
@@ -105,7 +107,7 @@ class ConfigBuilder:
         top = self.table(data, "", {
             "base_dir", "repositories", "prefix", "stamp_prefix", "state_dir", "spool_dir",
             "max_upload_size", "max_unpacked_size", "cleanup", "listen", "tls", "auth", "acl", "replica",
-            "serve", "stamps", "notify", "storage",
+            "serve", "stamps", "notify", "storage", "compression",
         })  # fmt: skip
         base = self.opt_path(top.get("base_dir"), "base_dir") or base_default or DEFAULT_BASE_DIR
         repos = self.str_list(top.get("repositories", list(DEFAULT_REPOSITORIES)), "repositories")
@@ -127,6 +129,7 @@ class ConfigBuilder:
         except (ValueError, TypeError) as e:
             raise self.fail("max_unpacked_size", str(e)) from None
 
+        compression = self.compression(top.get("compression", DEFAULT_COMPRESSION))
         cl = self.table(top.get("cleanup"), "cleanup", {"maxdays", "start_hour"})
         cleanup = CleanupConfig(
             maxdays=self.int_(cl.get("maxdays", 30), "cleanup.maxdays", 1),
@@ -156,6 +159,7 @@ class ConfigBuilder:
             max_unpacked_size=max_unpacked,
             notify=self.notify(top.get("notify")),
             storage=self.storage(top.get("storage")),
+            compression=compression,
         )
 
     def notify(self, value: object) -> NotifyConfig:
@@ -191,6 +195,13 @@ class ConfigBuilder:
         except ConfigError as e:
             raise self.fail("storage.s3", str(e)) from None
         return StorageConfig(**got)
+
+    def compression(self, value: object) -> str:
+        """``LIBRARY:LEVEL``, checked (a library that is not installed is reported when used)."""
+        try:
+            return str(Compression.parse(self.str_(value, "compression")))
+        except ConfigError as e:
+            raise self.fail("compression", str(e)) from None
 
     def serve(self, value: object) -> ServeConfig:
         t = self.table(value, "serve", {"host", "port"})

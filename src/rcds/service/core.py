@@ -15,6 +15,7 @@ from pathlib import Path
 
 from rcds.clock import Clock, system_clock
 from rcds.errors import NotFoundError
+from rcds.format.deflaters import Compression
 from rcds.net.notify_post import NotifySender
 from rcds.notify.broker import Broker
 from rcds.publish.create import create_repository
@@ -38,9 +39,6 @@ from rcds.service.whitelist_keeper import WhitelistKeeper
 log = logging.getLogger("rcds.service")
 REPOSITORY_TTL = 15
 """Catalog TTL of service repositories: clients look for new revisions every 15 s, as today."""
-COMPRESSION_LEVEL = 1
-"""zlib level of service repositories: twice as fast as level 6 for ~6% larger objects, which
-brings a 100 MB tarball from upload to PRESENT in a few seconds (docs/performance.md)."""
 
 
 @dataclass(frozen=True)
@@ -64,7 +62,7 @@ def init_repositories(config: ServiceConfig, clock: Clock = system_clock) -> lis
     for name in config.repositories:
         root = config.state_dir / name
         if not (root / "repo.json").exists():
-            settings = Settings(name=name, ttl=REPOSITORY_TTL, compression_level=COMPRESSION_LEVEL)
+            settings = Settings(name=name, ttl=REPOSITORY_TTL, compression=config.compression)
             s3 = config.storage
             if s3 is not None:
                 settings = dataclasses.replace(
@@ -101,6 +99,13 @@ class Service:
         self.slots = [
             RepoSlot(n, Stratum0(config.state_dir / n, n, on_revision=announce)) for n in config.repositories
         ]
+        for slot in self.slots:
+            old = slot.s0.settings.compression
+            if old != config.compression:  # the TOML names the compressor of new objects
+                slot.s0.set_compression(Compression.parse(config.compression))
+                log.info(
+                    "%s: new objects are compressed with %s (was %s)", slot.name, config.compression, old
+                )
         self.presence = Presence(config.prefix)
         for s in self.slots:
             self.presence.add_repository(s.name, s.public, own=True)
