@@ -4,8 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages: squid (tests run a real proxy), fuse3 (mounts), openssl (format cross-checks)
-APT_PACKAGES=(squid fuse3 libfuse3-dev pkg-config openssl)
+# Debian packages: squid (tests run a real proxy), fuse3 (mounts), libfuse3-dev + pkg-config (pyfuse3
+# builds against them with gcc), openssl (format cross-checks)
+APT_PACKAGES=(squid fuse3 libfuse3-dev pkg-config gcc openssl)
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 missing=()
@@ -29,7 +30,7 @@ stamp=.venv/.rcds-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "setup: installing rcds and its test tools into .venv"
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-  .venv/bin/python -m pip install -q -e '.[test]'
+  .venv/bin/python -m pip install -q -e '.[test,mount]'
   touch "$stamp"
 fi
 echo "setup: ready (.venv/bin/rcds)"
