@@ -5,8 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages: squid (tests run a real proxy), fuse3 (mounts), libfuse3-dev + pkg-config (pyfuse3
-# builds against them with gcc), openssl (format cross-checks)
-APT_PACKAGES=(squid fuse3 libfuse3-dev pkg-config gcc openssl)
+# builds against them with gcc), attr (getfattr, used by the mount tests), openssl (format cross-checks)
+APT_PACKAGES=(squid fuse3 libfuse3-dev pkg-config gcc attr openssl)
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 missing=()

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import logging
 import os
 import stat as stat_mod
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import pyfuse3
@@ -39,6 +40,26 @@ from rcds.mount.repomount import RepoMount, StaleError
 log = logging.getLogger("rcds.mount")
 
 T = TypeVar("T")
+H = TypeVar("H", bound=Callable[..., Awaitable[Any]])
+
+
+def handler(fn: H) -> H:
+    """Wrap a request handler: an unexpected exception is logged and answered with EIO (pyfuse3
+    would otherwise end the main loop, and with it the mount)."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await fn(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except Exception:
+            log.exception("unexpected error in %s", fn.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
 DEFAULT_THREADS = 32
 """Worker threads serving blocking requests at once (catalog queries, downloads)."""
@@ -68,7 +89,14 @@ def entry_attributes(st: os.stat_result, timeout: float) -> pyfuse3.EntryAttribu
 def _top_stat(count: int, owner: tuple[int, int]) -> os.stat_result:
     now = int(time.time())
     return os.stat_result(
-        (stat_mod.S_IFDIR | 0o755, FUSE_ROOT, 0, 2 + count, owner[0], owner[1], 4096, now, now, now)
+        (stat_mod.S_IFDIR | 0o755, FUSE_ROOT, 0, 2 + count, owner[0], owner[1], 4096, now, now, now),
+        {
+            "st_atime_ns": now * 10**9,
+            "st_mtime_ns": now * 10**9,
+            "st_ctime_ns": now * 10**9,
+            "st_blksize": 4096,
+            "st_blocks": 8,
+        },
     )
 
 
@@ -196,6 +224,7 @@ class RcdsOperations(pyfuse3.Operations):
 
     # -- lookups and attributes -----------------------------------------------------------------
 
+    @handler
     async def lookup(
         self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
@@ -248,15 +277,18 @@ class RcdsOperations(pyfuse3.Operations):
         known.lookups += 1
         return self._attrs(known)
 
+    @handler
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         """The kernel dropped inodes."""
         for ino, count in inode_list:
             self.table.forget(ino, count)
 
+    @handler
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext | None = None) -> pyfuse3.EntryAttributes:
         """Attributes of a known inode (no catalog query: kept up to date on revision switches)."""
         return self._attrs(self._node(inode))
 
+    @handler
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
         """A symbolic link's target, as stored."""
         node = self._node(inode)
@@ -264,6 +296,7 @@ class RcdsOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EINVAL)
         return os.fsencode(node.entry.symlink)
 
+    @handler
     async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
         """Read-only: write access is refused with EROFS; the rest by the mode bits."""
         node = self._node(inode)
@@ -282,6 +315,7 @@ class RcdsOperations(pyfuse3.Operations):
 
     # -- directories ----------------------------------------------------------------------------
 
+    @handler
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         """List the directory once (``.`` and ``..`` first); readdir serves from that list."""
         node = self._node(inode)
@@ -308,6 +342,7 @@ class RcdsOperations(pyfuse3.Operations):
         self._dirs[fh] = (inode, entries)
         return fh
 
+    @handler
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         """Entries from ``start_id`` on (pyfuse3 answers READDIRPLUS: each entry but ``.`` and
         ``..`` counts as a lookup)."""
@@ -319,6 +354,7 @@ class RcdsOperations(pyfuse3.Operations):
             if i >= 2:
                 self.table.looked_up(node, inode, name)
 
+    @handler
     async def releasedir(self, fh: int) -> None:
         """Drop a directory listing."""
         self._dirs.pop(fh, None)
@@ -329,6 +365,7 @@ class RcdsOperations(pyfuse3.Operations):
 
     # -- files ----------------------------------------------------------------------------------
 
+    @handler
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
         """Open a regular file read-only; its pages stay in the kernel's cache (same inode, same
         content)."""
@@ -347,6 +384,7 @@ class RcdsOperations(pyfuse3.Operations):
         mount.open_files += 1
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
 
+    @handler
     async def read(self, fh: int, off: int, size: int) -> bytes:
         """``size`` bytes at ``off`` (fetched and verified on first use)."""
         h = self._handles.get(fh)
@@ -354,6 +392,7 @@ class RcdsOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EBADF)
         return await self._run(h.mount, h.read, off, size)
 
+    @handler
     async def release(self, fh: int) -> None:
         """Close a file."""
         h = self._handles.pop(fh, None)
@@ -363,6 +402,7 @@ class RcdsOperations(pyfuse3.Operations):
 
     # -- file system ----------------------------------------------------------------------------
 
+    @handler
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         """Sizes of the local cache (total = quota) and the number of entries of the repositories."""
 
@@ -387,6 +427,7 @@ class RcdsOperations(pyfuse3.Operations):
         s.f_namemax = 255
         return s
 
+    @handler
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
         """A stock magic attribute, or one of the entry's own."""
         node = self._node(inode)
@@ -398,6 +439,7 @@ class RcdsOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         return found
 
+    @handler
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
         """The attribute names of an entry."""
         node = self._node(inode)
