@@ -97,24 +97,25 @@ class Mounted:
 
 @pytest.fixture
 def mount_site(site: Any, mounter: MakeMount, tmp_path: Path) -> Callable[..., Mounted]:
-    """Mount the test site's repository: ``mount_site(urls=None, extra_config=None, *more_args)``."""
+    """Mount the test site's repository: ``mount_site(*more_args, urls=, extra=, where=)`` (server
+    URLs, more default.local settings, the mount point's name in the test's directory)."""
 
     def make(*more: str, urls: Sequence[str] | None = None, extra: dict[str, str] | None = None) -> Mounted:
         config = write_config(tmp_path / f"etc{len(os.listdir(tmp_path))}", extra)
         args = [
             client.NAME,
-            str(tmp_path / "mnt"),
+            str(tmp_path / where),
             "--config-dir",
             str(config),
             "--cache",
-            str(tmp_path / "mcache"),
+            str(tmp_path / f"{where}-cache"),
             "--key",
             str(site.key),
         ]
         for url in urls or site.urls:
             args += ["--server", url]
         args += list(more)
-        proc = mounter(tmp_path / "mnt", args)
+        proc = mounter(tmp_path / where, args)
         return Mounted(site, proc, args, config)
 
     return make

@@ -99,9 +99,9 @@ def test_read_only(mount_site: Any) -> None:
     m = mount_site()
     f = m.mp / "sw/g/c1/a/hello.txt"
     for attempt in (
-        lambda: open(f, "ab"),
-        lambda: open(f, "r+b"),
-        lambda: open(m.mp / "sw/g/c1/new", "wb"),
+        lambda: os.open(f, os.O_WRONLY | os.O_APPEND),
+        lambda: os.open(f, os.O_RDWR),
+        lambda: os.open(m.mp / "sw/g/c1/new", os.O_WRONLY | os.O_CREAT),
         lambda: os.mkdir(m.mp / "sw/g/c1/d"),
         lambda: os.unlink(f),
         lambda: os.rename(f, m.mp / "sw/g/c1/moved"),
