@@ -100,7 +100,12 @@ def mount_site(site: Any, mounter: MakeMount, tmp_path: Path) -> Callable[..., M
     """Mount the test site's repository: ``mount_site(*more_args, urls=, extra=, where=)`` (server
     URLs, more default.local settings, the mount point's name in the test's directory)."""
 
-    def make(*more: str, urls: Sequence[str] | None = None, extra: dict[str, str] | None = None) -> Mounted:
+    def make(
+        *more: str,
+        urls: Sequence[str] | None = None,
+        extra: dict[str, str] | None = None,
+        where: str = "mnt",
+    ) -> Mounted:
         config = write_config(tmp_path / f"etc{len(os.listdir(tmp_path))}", extra)
         args = [
             client.NAME,

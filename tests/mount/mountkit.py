@@ -43,7 +43,7 @@ def write_config(directory: Path, extra: dict[str, str] | None = None, **repos: 
 
 def is_mounted(path: Path) -> bool:
     """True if ``path`` is a mount point (a live or a dead one)."""
-    target = str(path.resolve()) if path.exists() else str(path)
+    target = os.path.abspath(path)
     with open("/proc/self/mounts") as f:
         return any(line.split()[1] == target for line in f)
 

@@ -68,7 +68,16 @@ def test_rcds_wait_sees_a_new_cid_through_the_mount(site: Any, mounter: Any, tmp
     config = write_config(tmp_path / "etc")
     root = tmp_path / "cvmfs"
     mp = root / NAME
-    args = [NAME, str(mp), "--config-dir", str(config), "--cache", str(tmp_path / "c"), "--key", str(site.key)]
+    args = [
+        NAME,
+        str(mp),
+        "--config-dir",
+        str(config),
+        "--cache",
+        str(tmp_path / "c"),
+        "--key",
+        str(site.key),
+    ]
     args += ["--server", site.urls[0], "--ttl", "0.3"]
     mounter(mp, args)
     result: dict[str, Any] = {}

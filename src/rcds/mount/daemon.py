@@ -47,17 +47,27 @@ def _unmount_lazily(mountpoint: Path) -> None:
     )
 
 
-def prepare_mountpoint(mountpoint: Path) -> Path:
-    """Check that ``mountpoint`` can be mounted on, detaching a dead FUSE mount left there."""
+def _dead(mountpoint: Path) -> bool:
+    """True if ``mountpoint`` is a FUSE mount whose daemon is gone (``ENOTCONN``). ``statfs``
+    always reaches the file system (a ``stat`` may be answered from the kernel's cache)."""
     try:
         os.stat(mountpoint)
+        os.statvfs(mountpoint)
     except OSError as exc:
-        if exc.errno != errno.ENOTCONN:
-            raise ConfigError(
-                f"mount point {mountpoint}: {exc.strerror}; create it as an empty directory"
-            ) from None
+        if exc.errno == errno.ENOTCONN:
+            return True
+        raise ConfigError(
+            f"mount point {mountpoint}: {exc.strerror}; create it as an empty directory"
+        ) from None
+    return False
+
+
+def prepare_mountpoint(mountpoint: Path) -> Path:
+    """Check that ``mountpoint`` can be mounted on, detaching a dead FUSE mount left there."""
+    if _dead(mountpoint):
         _unmount_lazily(mountpoint)
-        os.stat(mountpoint)
+        if _dead(mountpoint):
+            raise ConfigError(f"{mountpoint} is still a dead mount; run 'fusermount3 -u -z {mountpoint}'")
     if not mountpoint.is_dir():
         raise ConfigError(f"mount point {mountpoint} is not a directory")
     if os.path.ismount(mountpoint):
