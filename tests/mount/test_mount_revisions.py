@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from mountkit import wait_for
 from rcds.jobs.wait import PollPolicy, wait_for_code
+
+from mountkit import wait_for
 from testkit import NAME, Entry
 
 C1 = "/sw/g/c1"
@@ -50,7 +51,7 @@ def test_new_revision_while_a_file_is_open(site: Any, mount_site: Any) -> None:
         assert (m.mp / "sw/g/c1/a/hello.txt").read_bytes() == b"hello rcds\n"
     finally:
         held.close()
-    assert "revision %d applied" % revision in m.proc.logs()
+    assert f"revision {revision} applied" in m.proc.logs()
 
 
 def test_a_removed_cid_disappears(site: Any, mount_site: Any) -> None:
