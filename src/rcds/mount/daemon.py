@@ -85,18 +85,22 @@ def fuse_options(fsname: str) -> set[str]:
     return opts
 
 
-async def _main(ops: RcdsOperations, ready: Callable[[], None]) -> None:
+async def _main(ops: RcdsOperations, ready: Callable[[], None], pending: list[int]) -> None:
+    async def on_signals(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with trio.open_signal_receiver(*SIGNALS) as signals:
+            task_status.started()
+            if pending:  # a signal arrived while mounting
+                log.info("signal %d: unmounting", pending[0])
+                pyfuse3.terminate()
+                return
+            async for signum in signals:
+                log.info("signal %d: unmounting", signum)
+                pyfuse3.terminate()
+                return
+
     async with trio.open_nursery() as nursery:
+        await nursery.start(on_signals)
         nursery.start_soon(ops.revision_loop)
-
-        async def on_signals() -> None:
-            with trio.open_signal_receiver(*SIGNALS) as signals:
-                async for signum in signals:
-                    log.info("signal %d: unmounting", signum)
-                    pyfuse3.terminate()
-                    return
-
-        nursery.start_soon(on_signals)
         ready()
         await pyfuse3.main()
         nursery.cancel_scope.cancel()
@@ -105,14 +109,20 @@ async def _main(ops: RcdsOperations, ready: Callable[[], None]) -> None:
 def serve(ops: RcdsOperations, mountpoint: Path, fsname: str, ready: Callable[[], None]) -> None:
     """Mount ``ops`` at ``mountpoint`` and serve until a signal or an unmount (see the module)."""
     mountpoint = prepare_mountpoint(mountpoint)
+    pending: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, frame: pending.append(signum)) for s in SIGNALS}
     try:
         pyfuse3.init(ops, str(mountpoint), fuse_options(fsname))
     except RuntimeError as exc:
         ops.close()
+        for s, h in previous.items():
+            signal.signal(s, h)
         raise ConfigError(f"cannot mount at {mountpoint}: {exc} (is /dev/fuse usable?)") from None
     try:
-        trio.run(_main, ops, ready)
+        trio.run(_main, ops, ready, pending)
     finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
         try:
             pyfuse3.close(unmount=True)
         finally:
