@@ -107,11 +107,12 @@ def _foreground(args: argparse.Namespace, mountpoint: Path) -> int:
         import pyfuse3  # noqa: F401 - checked here for a clear message
     except ImportError:
         raise ConfigError("rcds mount needs pyfuse3: pip install 'rcds[mount]' (and libfuse3)") from None
-    from rcds.mount.daemon import serve
+    from rcds.mount.daemon import prepare_mountpoint, serve
     from rcds.mount.operations import RcdsOperations
     from rcds.mount.options import MountOptions
 
     _log_to(args.log_file)
+    prepare_mountpoint(mountpoint)  # before any download: a bad mount point fails at once
     options = MountOptions(
         config_dir=args.config_dir,
         overrides=_overrides(args),
