@@ -115,6 +115,23 @@ class _Handle:
             self.file.seek(offset)
             return self.file.read(size)
 
+    def read_if_local(self, offset: int, size: int) -> bytes | None:
+        """The bytes if they come from an object already open or in the local cache and nobody
+        else is reading this file; None if a worker thread should do it (it may download)."""
+        at = self.file.piece_at(offset)
+        if at is None:
+            return b""
+        piece, loaded = at
+        if offset + size > piece.end or not (loaded or self.mount.is_cached(piece)):
+            return None
+        if not self.lock.acquire(blocking=False):
+            return None
+        try:
+            self.file.seek(offset)
+            return self.file.read(size)
+        finally:
+            self.lock.release()
+
 
 class RcdsOperations(pyfuse3.Operations):
     """Request handlers for one repository (``mounts`` holds it, ``opener`` is None) or, with an
@@ -183,6 +200,22 @@ class RcdsOperations(pyfuse3.Operations):
             log.exception("unexpected error in a request")
             raise pyfuse3.FUSEError(errno.EIO) from None
 
+    def _now(self, mount: RepoMount | None, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` on the event loop (for work that needs no download: a thread hop costs
+        more than the work); rcds errors become FUSE errors as in :meth:`_run`."""
+        try:
+            return fn(*args)
+        except StaleError:
+            raise pyfuse3.FUSEError(errno.ESTALE) from None
+        except NotFoundError:
+            raise pyfuse3.FUSEError(errno.ENOENT) from None
+        except (RcdsError, OSError) as exc:
+            log.warning("%s", exc)
+            if mount is not None:
+                mount.io_errors += 1
+                mount.last_io_error = time.time()
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
     def _node(self, ino: int) -> Node:
         node = self.table.get(ino)
         if node is None:
@@ -249,7 +282,9 @@ class RcdsOperations(pyfuse3.Operations):
         mount = self._mount_of(parent)
         path = f"{parent.path}/{os.fsdecode(name)}"
         try:
-            found = await self._run(mount, mount.node, path)
+            found = self._now(mount, mount.node_if_local, path)
+            if found is None:
+                found = await self._run(mount, mount.node, path)
         except pyfuse3.FUSEError as exc:
             if exc.errno != errno.ENOENT:
                 raise
@@ -377,7 +412,9 @@ class RcdsOperations(pyfuse3.Operations):
         if not stat_mod.S_ISREG(node.stat.st_mode):
             raise pyfuse3.FUSEError(errno.EINVAL)
         mount = self._mount_of(node)
-        f = await self._run(mount, mount.open, node)
+        f = self._now(mount, mount.open_if_local, node)
+        if f is None:
+            f = await self._run(mount, mount.open, node)
         fh = self._next_fh
         self._next_fh += 1
         self._handles[fh] = _Handle(f, mount)
@@ -390,7 +427,8 @@ class RcdsOperations(pyfuse3.Operations):
         h = self._handles.get(fh)
         if h is None:
             raise pyfuse3.FUSEError(errno.EBADF)
-        return await self._run(h.mount, h.read, off, size)
+        data = self._now(h.mount, h.read_if_local, off, size)
+        return data if data is not None else await self._run(h.mount, h.read, off, size)
 
     @handler
     async def release(self, fh: int) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from rcds.client.repository import Repository
-from rcds.client.tree.files import RepoFile, pieces_of
+from rcds.client.tree.files import Piece, RepoFile, pieces_of
 from rcds.client.tree.mounted import Located
 from rcds.client.tree.stat import make_stat
 from rcds.errors import NotFoundError
@@ -111,6 +111,31 @@ class RepoMount:
         r = self.resolve(path)
         assert r.stat is not None and r.located is not None
         return Node(r.ino, self.fqrn, r.path, r.located.entry, r.stat, r.revision)
+
+    def node_if_local(self, path: str) -> Node | None:
+        """Like :meth:`node` when it needs no download (the catalog of the parent directory is
+        loaded in the current revision): a few SQLite queries, fine on the event loop; else None."""
+        with self.repo.using() as m:
+            parent = path.rpartition("/")[0]
+            if m.known_directory(parent) is None:
+                return None
+            loc = m.resolve(path, follow=False)
+            r = self._resolved(loc, m.revision)
+        assert r.stat is not None
+        return Node(r.ino, self.fqrn, r.path, loc.entry, r.stat, r.revision)
+
+    def open_if_local(self, node: Node) -> RepoFile | None:
+        """Like :meth:`open` when the node's catalog is loaded (same revision, directory known)."""
+        if node.revision != self.repo.revision:
+            return None
+        with self.repo.using() as m:
+            if m.revision != node.revision or m.known_directory(node.path.rpartition("/")[0]) is None:
+                return None
+        return self.open(node)
+
+    def is_cached(self, piece: Piece) -> bool:
+        """True if the object is in the local cache (reading it needs no download)."""
+        return self.repo.source.is_cached(piece.hash, piece.kind)
 
     def listing(self, path: str) -> tuple[Resolved, list[Resolved]]:
         """The directory at ``path`` and its visible entries (sorted by name)."""
