@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +54,20 @@ def test_new_revision_while_a_file_is_open(site: Any, mount_site: Any) -> None:
     finally:
         held.close()
     assert f"revision {revision} applied" in m.proc.logs()
+
+
+def test_sigusr1_applies_a_new_revision_before_the_ttl(site: Any, mount_site: Any) -> None:
+    m = mount_site()  # the catalog TTL: 240 s
+    before = _revision(m.mp)
+    with pytest.raises(FileNotFoundError):
+        os.stat(m.mp / "sw/g/c9")
+    revision = site.publish([Entry("now.txt", b"now\n")], "/sw/g/c9")
+    time.sleep(1.5)
+    assert _revision(m.mp) == before  # no check before the TTL...
+    os.kill(m.proc.pid, signal.SIGUSR1)  # ...unless asked (as a notification subscriber does)
+    assert wait_for(lambda: _revision(m.mp) == revision, timeout=10)
+    assert (m.mp / "sw/g/c9/now.txt").read_bytes() == b"now\n"
+    assert m.proc.proc is not None and m.proc.proc.poll() is None
 
 
 def test_a_removed_cid_disappears(site: Any, mount_site: Any) -> None:

@@ -98,8 +98,16 @@ async def _main(ops: RcdsOperations, ready: Callable[[], None], pending: list[in
                 pyfuse3.terminate()
                 return
 
+    async def on_reload(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with trio.open_signal_receiver(signal.SIGUSR1) as signals:
+            task_status.started()
+            async for _ in signals:
+                log.info("SIGUSR1: checking for new revisions now")
+                ops.refresh()
+
     async with trio.open_nursery() as nursery:
         await nursery.start(on_signals)
+        await nursery.start(on_reload)
         nursery.start_soon(ops.revision_loop)
         ready()
         await pyfuse3.main()
@@ -111,6 +119,7 @@ def serve(ops: RcdsOperations, mountpoint: Path, fsname: str, ready: Callable[[]
     mountpoint = prepare_mountpoint(mountpoint)
     pending: list[int] = []
     previous = {s: signal.signal(s, lambda signum, frame: pending.append(signum)) for s in SIGNALS}
+    previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     try:
         pyfuse3.init(ops, str(mountpoint), fuse_options(fsname))
     except RuntimeError as exc:

@@ -542,7 +542,8 @@ class RcdsOperations(pyfuse3.Operations):
         notification. Thread safe, returns at once; the switch happens in :meth:`revision_loop`."""
         names = [fqrn] if fqrn else list(self.mounts)
         token = self._token
-        if token is None:
+        if token is None:  # the loop has not started: it will see them first thing
+            self._forced.update(names)
             return
 
         def wake() -> None:
@@ -598,6 +599,7 @@ class RcdsOperations(pyfuse3.Operations):
         entries += list(self.table.negative)
         self.table.negative.clear()
         await trio.to_thread.run_sync(_invalidate, entries, inodes)
+        mount.applied = max((r.revision for r in now.values()), default=mount.repo.revision)
         log.info(
             "%s: revision %d applied (%d names and %d inodes invalidated)",
             mount.fqrn,

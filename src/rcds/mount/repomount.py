@@ -86,6 +86,8 @@ class RepoMount:
         self.owner = owner
         self.auto_update = auto_update
         self.started = time.time()
+        self.applied = repo.revision
+        """The revision the kernel's caches were brought in line with (``user.revision``)."""
         self.open_files = 0
         self.open_dirs = 0
         self.io_errors = 0

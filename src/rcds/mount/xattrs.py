@@ -198,7 +198,7 @@ _REPO: dict[str, Callable[[RepoMount], str]] = {
     "user.pubkeys": lambda rm: "",
     "user.repo_counters": lambda rm: _counters(rm, True),
     "user.repo_metainfo": _metainfo,
-    "user.revision": lambda rm: str(rm.repo.revision),
+    "user.revision": lambda rm: str(rm.applied),
     "user.root_hash": lambda rm: rm.repo.trust.manifest.root_catalog.hex,
     "user.rx": lambda rm: "n/a",
     "user.speed": lambda rm: "n/a",
