@@ -59,19 +59,16 @@ def _fuse_usable() -> str | None:
     return None
 
 
-@pytest.fixture(autouse=True)
-def _need_fuse() -> None:
-    reason = _fuse_usable()
-    if reason:
-        pytest.skip(reason)
-
-
 MakeMount = Callable[..., MountProc]
 
 
 @pytest.fixture
 def mounter(tmp_path: Path) -> Iterator[MakeMount]:
-    """Start ``rcds mount`` daemons: ``mounter(mountpoint, args)``; all stopped at teardown."""
+    """Start ``rcds mount`` daemons: ``mounter(mountpoint, args)``; all stopped at teardown.
+    Skips the test where FUSE mounts are not possible."""
+    reason = _fuse_usable()
+    if reason:
+        pytest.skip(reason)
     procs: list[MountProc] = []
 
     def make(mountpoint: Path, args: Sequence[str], start: bool = True) -> MountProc:

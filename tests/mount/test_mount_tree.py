@@ -148,3 +148,17 @@ def test_root_mode_mounts_on_first_lookup(site: Any, mounter: Any, tmp_path: Pat
     with pytest.raises(FileNotFoundError):
         os.stat(stock)
     assert os.stat(root / NAME).st_dev == os.stat(root).st_dev
+
+
+def test_objects_land_in_the_local_and_alien_caches(site: Any, mount_site: Any, tmp_path: Path) -> None:
+    alien = tmp_path / "alien"
+    m = mount_site(extra={"CVMFS_ALIEN_CACHE": str(alien), "CVMFS_QUOTA_LIMIT": "100"})
+    repo = site.open()
+    h = repo.entry("/sw/g/c1/b/c/d.txt").hash
+    assert (m.mp / "sw/g/c1/b/c/d.txt").read_bytes() == b"deep\n"
+    stored = {p.name for p in alien.rglob("*") if p.is_file()}
+    assert any(name.startswith(h.hex[2:]) for name in stored)  # a second node would find it there
+    assert int(os.getxattr(m.mp, "user.ndownload")) >= 1
+    assert os.getxattr(m.mp / "sw/g/c1/b/c/d.txt", "user.lhash") == h.hex.encode()  # in the local cache
+    st = os.statvfs(m.mp)
+    assert st.f_blocks * st.f_bsize == 100 << 20  # the quota
