@@ -1,31 +1,22 @@
 """The FUSE request handlers (pyfuse3, low level, inode based) over one or several repositories.
 
-Handlers run as trio tasks; everything that may block (catalog queries, downloads, cache
-reads) goes to worker threads through one capacity limiter, so many readers are served at
-once and a slow download never holds up ``getattr`` of cached inodes, which is answered from
-the node table without a thread. Every request that would change something is answered with
-``EROFS``.
-
-Revisions: :meth:`RcdsOperations.revision_loop` asks each repository once a second whether its
-TTL expired (the client's :meth:`~rcds.client.repository.Repository.refresh`), and
-:meth:`RcdsOperations.refresh` lets a notification subscriber ask at once. After a switch the
-inodes the kernel holds are resolved again in the new revision; names whose inode changed or
-vanished and the negative entries handed out are invalidated in the kernel, and so are the
-attributes of directories (their listings) and of changed entries. Open files keep reading the
-content of their own inode.
+Handlers run as trio tasks. Work that needs no download (a lookup in a directory whose catalog is
+loaded, opening such a file, reading an object already in the local cache) runs on the event
+loop, where it costs less than a thread hop; anything that may download goes to worker threads
+through one capacity limiter, so many readers are served at once and a slow download never
+holds up other requests. ``getattr`` is answered from the node table. Writes get ``EROFS``
+(:mod:`rcds.mount.readonly`); new revisions are applied by :mod:`rcds.mount.revisions`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import functools
 import logging
 import os
 import stat as stat_mod
 import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import pyfuse3
@@ -35,55 +26,16 @@ from rcds.client.tree.files import RepoFile
 from rcds.errors import NotFoundError, RcdsError
 from rcds.mount import xattrs
 from rcds.mount.inodes import FUSE_ROOT, Node, NodeTable
+from rcds.mount.readonly import ReadOnlyOperations, entry_attributes, handler
 from rcds.mount.repomount import RepoMount, StaleError
+from rcds.mount.revisions import RevisionKeeper
 
 log = logging.getLogger("rcds.mount")
 
 T = TypeVar("T")
-H = TypeVar("H", bound=Callable[..., Awaitable[Any]])
-
-
-def handler(fn: H) -> H:
-    """Wrap a request handler: an unexpected exception is logged and answered with EIO (pyfuse3
-    would otherwise end the main loop, and with it the mount)."""
-
-    @functools.wraps(fn)
-    async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return await fn(*args, **kwargs)
-        except pyfuse3.FUSEError:
-            raise
-        except Exception:
-            log.exception("unexpected error in %s", fn.__name__)
-            raise pyfuse3.FUSEError(errno.EIO) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
 DEFAULT_THREADS = 32
 """Worker threads serving blocking requests at once (catalog queries, downloads)."""
-
-
-def entry_attributes(st: os.stat_result, timeout: float) -> pyfuse3.EntryAttributes:
-    """pyfuse3 attributes of a stat result, cached by the kernel for ``timeout`` seconds."""
-    a = pyfuse3.EntryAttributes()
-    a.st_ino = st.st_ino
-    a.generation = 0
-    a.entry_timeout = timeout
-    a.attr_timeout = timeout
-    a.st_mode = st.st_mode
-    a.st_nlink = st.st_nlink
-    a.st_uid = st.st_uid
-    a.st_gid = st.st_gid
-    a.st_rdev = 0
-    a.st_size = st.st_size
-    a.st_blksize = st.st_blksize
-    a.st_blocks = st.st_blocks
-    a.st_atime_ns = st.st_atime_ns
-    a.st_mtime_ns = st.st_mtime_ns
-    a.st_ctime_ns = st.st_ctime_ns
-    return a
 
 
 def _top_stat(count: int, owner: tuple[int, int]) -> os.stat_result:
@@ -133,7 +85,7 @@ class _Handle:
             self.lock.release()
 
 
-class RcdsOperations(pyfuse3.Operations):
+class RcdsOperations(ReadOnlyOperations):
     """Request handlers for one repository (``mounts`` holds it, ``opener`` is None) or, with an
     ``opener``, for a directory of repositories that appear on first lookup of their name.
 
@@ -160,12 +112,10 @@ class RcdsOperations(pyfuse3.Operations):
         self.limiter = trio.CapacityLimiter(threads)
         self.table = NodeTable()
         self._handles: dict[int, _Handle] = {}
-        self._dirs: dict[int, tuple[int, list[tuple[bytes, Node]]]] = {}
+        self._dirs: dict[int, tuple[int, list[tuple[bytes, Node]], RepoMount | None]] = {}
         self._next_fh = 1
         self._opening: dict[str, trio.Lock] = {}
-        self._wake = trio.Event()
-        self._forced: set[str] = set()
-        self._token: trio.lowlevel.TrioToken | None = None
+        self.revisions = RevisionKeeper(self.table, self.mounts, self.limiter)
         if opener is None:
             if len(self.mounts) != 1:
                 raise ValueError("one repository, or an opener for several")
@@ -374,14 +324,14 @@ class RcdsOperations(pyfuse3.Operations):
             mount.open_dirs += 1
         fh = self._next_fh
         self._next_fh += 1
-        self._dirs[fh] = (inode, entries)
+        self._dirs[fh] = (inode, entries, None if self._is_top(node) else self._mount_of(node))
         return fh
 
     @handler
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         """Entries from ``start_id`` on (pyfuse3 answers READDIRPLUS: each entry but ``.`` and
         ``..`` counts as a lookup)."""
-        inode, entries = self._dirs.get(fh, (0, []))
+        inode, entries, _ = self._dirs.get(fh, (0, [], None))
         for i in range(start_id, len(entries)):
             name, node = entries[i]
             if not pyfuse3.readdir_reply(token, name, self._attrs(node), i + 1):
@@ -392,11 +342,9 @@ class RcdsOperations(pyfuse3.Operations):
     @handler
     async def releasedir(self, fh: int) -> None:
         """Drop a directory listing."""
-        self._dirs.pop(fh, None)
-        for m in self.mounts.values():
-            if m.open_dirs:
-                m.open_dirs -= 1
-                break
+        _, _, mount = self._dirs.pop(fh, (0, [], None))
+        if mount is not None:
+            mount.open_dirs -= 1
 
     # -- files ----------------------------------------------------------------------------------
 
@@ -485,129 +433,16 @@ class RcdsOperations(pyfuse3.Operations):
             return []
         return [os.fsencode(n) for n in xattrs.names(node)]
 
-    # -- everything that writes: read-only file system -----------------------------------------
-
-    async def setattr(self, *args: Any) -> pyfuse3.EntryAttributes:
-        """Refused: EROFS."""
-        raise pyfuse3.FUSEError(errno.EROFS)
-
-    async def mknod(self, *args: Any) -> pyfuse3.EntryAttributes:
-        """Refused: EROFS."""
-        raise pyfuse3.FUSEError(errno.EROFS)
-
-    async def mkdir(self, *args: Any) -> pyfuse3.EntryAttributes:
-        """Refused: EROFS."""
-        raise pyfuse3.FUSEError(errno.EROFS)
-
-    async def unlink(self, *args: Any) -> None:
-        """Refused: EROFS."""
-        raise pyfuse3.FUSEError(errno.EROFS)
-
-    async def rmdir(self, *args: Any) -> None:
-        """Refused: EROFS."""
-        raise pyfuse3.FUSEError(errno.EROFS)
-
-    async def symlink(self, *args: Any) -> pyfuse3.EntryAttributes:
-        """Refused: EROFS."""
-        raise pyfuse3.FUSEError(errno.EROFS)
-
-    async def rename(self, *args: Any) -> None:
-        """Refused: EROFS."""
-        raise pyfuse3.FUSEError(errno.EROFS)
-
-    async def link(self, *args: Any) -> pyfuse3.EntryAttributes:
-        """Refused: EROFS."""
-        raise pyfuse3.FUSEError(errno.EROFS)
-
-    async def write(self, *args: Any) -> int:
-        """Refused: EROFS."""
-        raise pyfuse3.FUSEError(errno.EROFS)
-
-    async def create(self, *args: Any) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
-        """Refused: EROFS."""
-        raise pyfuse3.FUSEError(errno.EROFS)
-
-    async def setxattr(self, *args: Any) -> None:
-        """Refused: EROFS."""
-        raise pyfuse3.FUSEError(errno.EROFS)
-
-    async def removexattr(self, *args: Any) -> None:
-        """Refused: EROFS."""
-        raise pyfuse3.FUSEError(errno.EROFS)
-
     # -- revisions ------------------------------------------------------------------------------
 
     def refresh(self, fqrn: str | None = None) -> None:
         """Ask for a revision check of ``fqrn`` (every repository if None) now, e.g. after a
-        notification. Thread safe, returns at once; the switch happens in :meth:`revision_loop`."""
-        names = [fqrn] if fqrn else list(self.mounts)
-        token = self._token
-        if token is None:  # the loop has not started: it will see them first thing
-            self._forced.update(names)
-            return
-
-        def wake() -> None:
-            self._forced.update(names)
-            self._wake.set()
-
-        try:
-            trio.from_thread.run_sync(wake, trio_token=token)
-        except RuntimeError:  # called from the trio thread itself
-            wake()
+        notification. Thread safe, returns at once (see :class:`~rcds.mount.revisions.RevisionKeeper`)."""
+        self.revisions.refresh(fqrn)
 
     async def revision_loop(self, interval: float = 1.0) -> None:
-        """Check each repository's TTL every ``interval`` seconds (or at once when asked) and
-        apply new revisions; runs until cancelled."""
-        self._token = trio.lowlevel.current_trio_token()
-        while True:
-            with trio.move_on_after(interval):
-                await self._wake.wait()
-            self._wake = trio.Event()
-            forced, self._forced = self._forced, set()
-            for mount in list(self.mounts.values()):
-                try:
-                    switched = await trio.to_thread.run_sync(mount.check, mount.fqrn in forced)
-                except Exception:
-                    log.exception("revision check of %s failed", mount.fqrn)
-                    continue
-                if switched:
-                    await self.apply_revision(mount)
-
-    async def apply_revision(self, mount: RepoMount) -> int:
-        """Bring the kernel's caches in line with the mounted revision of ``mount`` (after a
-        switch); returns how many invalidations were sent."""
-        nodes = self.table.of_repository(mount.fqrn)
-        paths = sorted({n.path for n in nodes})
-        now = await trio.to_thread.run_sync(mount.reresolve, paths, limiter=self.limiter)
-        entries: list[tuple[int, bytes]] = []
-        inodes: list[int] = []
-        for node in nodes:
-            r = now.get(node.path)
-            if r is None:
-                continue
-            if r.stat is None or r.ino != node.ino:
-                node.stale = True
-                entries += node.links
-                node.links = set()
-                continue
-            changed = node.is_dir or r.stat != node.stat
-            node.stat = r.stat
-            node.entry = r.located.entry if r.located is not None else node.entry
-            node.revision = r.revision
-            if changed:
-                inodes.append(node.ino)
-        entries += list(self.table.negative)
-        self.table.negative.clear()
-        await trio.to_thread.run_sync(_invalidate, entries, inodes)
-        mount.applied = max((r.revision for r in now.values()), default=mount.repo.revision)
-        log.info(
-            "%s: revision %d applied (%d names and %d inodes invalidated)",
-            mount.fqrn,
-            mount.repo.revision,
-            len(entries),
-            len(inodes),
-        )
-        return len(entries) + len(inodes)
+        """Check the repositories for new revisions and apply them, until cancelled."""
+        await self.revisions.loop(interval)
 
     def close(self) -> None:
         """Close open files and every repository."""
@@ -616,13 +451,3 @@ class RcdsOperations(pyfuse3.Operations):
         self._handles.clear()
         for m in self.mounts.values():
             m.close()
-
-
-def _invalidate(entries: list[tuple[int, bytes]], inodes: list[int]) -> None:
-    """Tell the kernel to forget names and inode attributes/pages (unknown ones are skipped)."""
-    for parent, name in entries:
-        with contextlib.suppress(OSError):
-            pyfuse3.invalidate_entry(parent, name)
-    for ino in inodes:
-        with contextlib.suppress(OSError):
-            pyfuse3.invalidate_inode(ino)
