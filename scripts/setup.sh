@@ -4,10 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages: squid (tests run a real proxy), fuse3 (mounts), openssl (format cross-checks),
+# Debian packages: squid (tests run a real proxy), fuse3 (mounts), libfuse3-dev + pkg-config (pyfuse3
+# builds against them with gcc), attr (getfattr, used by the mount tests), openssl (format cross-checks),
 # nginx (the sample web server configuration in front of a replica is tested),
 # chromium (the status page is tested in a headless browser)
-APT_PACKAGES=(squid fuse3 libfuse3-dev pkg-config openssl nginx chromium)
+APT_PACKAGES=(squid fuse3 libfuse3-dev pkg-config gcc attr openssl nginx chromium)
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 missing=()
@@ -33,7 +34,7 @@ stamp=.venv/.rcds-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "setup: installing rcds and its test tools into .venv"
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-  .venv/bin/python -m pip install -q -e '.[test]'
+  .venv/bin/python -m pip install -q -e '.[test,mount]'
   touch "$stamp"
 fi
 echo "setup: ready (.venv/bin/rcds)"

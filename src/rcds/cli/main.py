@@ -39,6 +39,7 @@ COMMAND_GROUPS: dict[str, tuple[str, ...]] = {
     "rcds.cli.replica": ("replica",),
     "rcds.cli.client": ("ls", "cat", "stat", "get", "info", "config"),
     "rcds.cli.jobs": ("publish", "wait"),
+    "rcds.cli.mount": ("mount",),
     "rcds.cli.demo": ("demo",),
     "rcds.cli.notify": ("notify",),
 }

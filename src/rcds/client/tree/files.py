@@ -160,6 +160,13 @@ class RepoFile(io.RawIOBase):
             self._current = index
         return self._file
 
+    def piece_at(self, offset: int) -> tuple[Piece, bool] | None:
+        """The object covering ``offset`` and whether it is open already (None past the end)."""
+        if offset >= self.size or not self._pieces:
+            return None
+        index = bisect.bisect_right(self._starts, offset) - 1
+        return self._pieces[index], self._current == index and self._file is not None
+
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
         """Read into ``buffer`` from the object covering the current position."""
         self._checkClosed()
