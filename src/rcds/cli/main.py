@@ -39,6 +39,7 @@ COMMAND_GROUPS: dict[str, tuple[str, ...]] = {
     "rcds.cli.client": ("ls", "cat", "stat", "get", "info", "config"),
     "rcds.cli.jobs": ("publish", "wait"),
     "rcds.cli.demo": ("demo",),
+    "rcds.cli.node": ("probe", "exec"),
 }
 """The modules registering commands (``register(subparsers)``) and the commands each registers.
 
