@@ -4,8 +4,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages: squid (tests run a real proxy), fuse3 (mounts), openssl (format cross-checks)
-APT_PACKAGES=(squid fuse3 libfuse3-dev pkg-config openssl)
+# Debian packages: squid (tests run a real proxy), fuse3 (mounts), openssl (format cross-checks),
+# python3 (Debian's interpreter, readable by the unprivileged user of the rcds exec tests)
+APT_PACKAGES=(squid fuse3 libfuse3-dev pkg-config openssl python3)
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 missing=()
