@@ -4,9 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages: squid (tests run a real proxy), fuse3 (mounts), openssl (format cross-checks),
+# Debian packages: squid (tests run a real proxy), fuse3 (mounts), libfuse3-dev + pkg-config (pyfuse3
+# builds against them with gcc), attr (getfattr, used by the mount tests), openssl (format cross-checks),
 # python3 (Debian's interpreter, readable by the unprivileged user of the rcds exec tests)
-APT_PACKAGES=(squid fuse3 libfuse3-dev pkg-config openssl python3)
+APT_PACKAGES=(squid fuse3 libfuse3-dev pkg-config gcc attr openssl python3)
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 missing=()
@@ -30,7 +31,7 @@ stamp=.venv/.rcds-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   echo "setup: installing rcds and its test tools into .venv"
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-  .venv/bin/python -m pip install -q -e '.[test]'
+  .venv/bin/python -m pip install -q -e '.[test,mount]'
   touch "$stamp"
 fi
 echo "setup: ready (.venv/bin/rcds)"

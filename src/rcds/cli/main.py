@@ -38,6 +38,7 @@ COMMAND_GROUPS: dict[str, tuple[str, ...]] = {
     "rcds.cli.server": ("server",),
     "rcds.cli.client": ("ls", "cat", "stat", "get", "info", "config"),
     "rcds.cli.jobs": ("publish", "wait"),
+    "rcds.cli.mount": ("mount",),
     "rcds.cli.demo": ("demo",),
     "rcds.cli.node": ("probe", "exec"),
 }

@@ -107,6 +107,7 @@ class Repository:
         self._lock = threading.RLock()
         self._live: list[Mounted] = []
         self._closed = False
+        self._checking = False
         self.last_error: str | None = None
         self.offline = False
         if probe and len(fetcher.servers) > 1:
@@ -281,36 +282,45 @@ class Repository:
 
         A failed check (network, or no trustworthy manifest) keeps the current revision
         ("offline"), records :attr:`last_error` and is retried after at most 180 s. Files open
-        on the old revision stay readable.
+        on the old revision stay readable. The check runs without holding the repository's
+        lock, so readers are served meanwhile; one check runs at a time (a concurrent call
+        returns False at once).
         """
         with self._lock:
-            if not force and self._clock() < self._next_check:
+            if self._checking or (not force and self._clock() < self._next_check):
                 return False
+            self._checking = True
             old = self._current_mounted()
+        new: Mounted | None = None
+        try:
             try:
                 trust = self._fetch_trust()
-                if trust.manifest.revision <= old.revision:
-                    switched = False
-                else:
+                if trust.manifest.revision > old.revision:
                     new = self._mount(trust)
-                    self._current = new
-                    switched = True
             except (NetworkError, IntegrityError, NotFoundError, StorageError) as exc:
-                self.offline = True
-                self.last_error = str(exc)
-                self._next_check = self._clock() + min(OFFLINE_RETRY, self.ttl)
+                with self._lock:
+                    self.offline = True
+                    self.last_error = str(exc)
+                    self._next_check = self._clock() + min(OFFLINE_RETRY, self.ttl)
                 log.warning(
                     "revision check of %s failed, staying on revision %d: %s", self.fqrn, old.revision, exc
                 )
                 return False
-            self.offline = False
-            self.last_error = None
-            self._next_check = self._clock() + self.ttl
-        if switched:
-            log.info("%s: switched from revision %d to %d", self.fqrn, old.revision, self.revision)
-            if old.retire():
-                self._close_mounted(old)
-        return switched
+            with self._lock:
+                if new is not None:
+                    self._current = new
+                self.offline = False
+                self.last_error = None
+                self._next_check = self._clock() + self.ttl
+        finally:
+            with self._lock:
+                self._checking = False
+        if new is None:
+            return False
+        log.info("%s: switched from revision %d to %d", self.fqrn, old.revision, new.revision)
+        if old.retire():
+            self._close_mounted(old)
+        return True
 
     def _close_mounted(self, m: Mounted) -> None:
         with self._lock:

@@ -1,1 +1,2 @@
-"""The worker node: the FUSE mount, and unprivileged access for pilots (``rcds exec``, ``rcds probe``)."""
+"""The worker node: the repositories as a read-only FUSE file system (``rcds mount``), and
+unprivileged access for pilots (``rcds exec``, ``rcds probe``)."""

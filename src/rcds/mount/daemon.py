@@ -1,0 +1,120 @@
+"""Running the mount: preparing the mount point, the FUSE session, signals, clean unmount.
+
+A mount point left behind by a killed daemon answers ``ENOTCONN``; :func:`prepare_mountpoint`
+detaches it (``fusermount3 -u -z``, or ``umount -l`` as root) so mounting again just works.
+:func:`serve` mounts, calls ``ready`` once the kernel has the mount (scripts wait for that line,
+or for the mount point's ``st_dev`` to change), serves until SIGTERM/SIGINT/SIGHUP or an
+external unmount, then unmounts and closes the repositories.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+import signal
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from rcds.errors import ConfigError
+from rcds.mount.operations import RcdsOperations
+
+log = logging.getLogger("rcds.mount")
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def _unmount_lazily(mountpoint: Path) -> None:
+    commands = []
+    if shutil.which("fusermount3"):
+        commands.append(["fusermount3", "-u", "-z", str(mountpoint)])
+    if os.geteuid() == 0 and shutil.which("umount"):
+        commands.append(["umount", "-l", str(mountpoint)])
+    for cmd in commands:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
+        if done.returncode == 0:
+            log.info("detached the dead mount at %s (%s)", mountpoint, cmd[0])
+            return
+        log.debug("%s: %s", " ".join(cmd), done.stderr.strip())
+    raise ConfigError(
+        f"{mountpoint} is a dead mount (ENOTCONN) and could not be detached; "
+        f"run 'fusermount3 -u -z {mountpoint}'"
+    )
+
+
+def _dead(mountpoint: Path) -> bool:
+    """True if ``mountpoint`` is a FUSE mount whose daemon is gone (``ENOTCONN``). ``statfs``
+    always reaches the file system (a ``stat`` may be answered from the kernel's cache)."""
+    try:
+        os.stat(mountpoint)
+        os.statvfs(mountpoint)
+    except OSError as exc:
+        if exc.errno == errno.ENOTCONN:
+            return True
+        raise ConfigError(
+            f"mount point {mountpoint}: {exc.strerror}; create it as an empty directory"
+        ) from None
+    return False
+
+
+def prepare_mountpoint(mountpoint: Path) -> Path:
+    """Check that ``mountpoint`` can be mounted on, detaching a dead FUSE mount left there."""
+    if _dead(mountpoint):
+        _unmount_lazily(mountpoint)
+        if _dead(mountpoint):
+            raise ConfigError(f"{mountpoint} is still a dead mount; run 'fusermount3 -u -z {mountpoint}'")
+    if not mountpoint.is_dir():
+        raise ConfigError(f"mount point {mountpoint} is not a directory")
+    if os.path.ismount(mountpoint):
+        raise ConfigError(
+            f"{mountpoint} is already a mount point; unmount it first (fusermount3 -u {mountpoint})"
+        )
+    return mountpoint.resolve()
+
+
+def fuse_options(fsname: str) -> set[str]:
+    """Mount options: read-only, named, kernel permission checks; others may read as root."""
+    opts = {"ro", f"fsname={fsname}", "subtype=rcds", "default_permissions"}
+    if os.geteuid() == 0:
+        opts.add("allow_other")
+    return opts
+
+
+async def _main(ops: RcdsOperations, ready: Callable[[], None]) -> None:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ops.revision_loop)
+
+        async def on_signals() -> None:
+            with trio.open_signal_receiver(*SIGNALS) as signals:
+                async for signum in signals:
+                    log.info("signal %d: unmounting", signum)
+                    pyfuse3.terminate()
+                    return
+
+        nursery.start_soon(on_signals)
+        ready()
+        await pyfuse3.main()
+        nursery.cancel_scope.cancel()
+
+
+def serve(ops: RcdsOperations, mountpoint: Path, fsname: str, ready: Callable[[], None]) -> None:
+    """Mount ``ops`` at ``mountpoint`` and serve until a signal or an unmount (see the module)."""
+    mountpoint = prepare_mountpoint(mountpoint)
+    try:
+        pyfuse3.init(ops, str(mountpoint), fuse_options(fsname))
+    except RuntimeError as exc:
+        ops.close()
+        raise ConfigError(f"cannot mount at {mountpoint}: {exc} (is /dev/fuse usable?)") from None
+    try:
+        trio.run(_main, ops, ready)
+    finally:
+        try:
+            pyfuse3.close(unmount=True)
+        finally:
+            ops.close()
+            log.info("unmounted %s", mountpoint)

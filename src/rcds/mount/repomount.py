@@ -1,0 +1,173 @@
+"""One repository inside the mount: resolving paths to nodes, opening files, switching revisions.
+
+Everything here blocks (catalog queries, downloads through the client's caches, proxies and
+fail-over) and is called from worker threads by :mod:`rcds.mount.operations`; the client's
+:class:`~rcds.client.repository.Repository` does the verified work, this module only turns its
+answers into inode attributes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from rcds.client.repository import Repository
+from rcds.client.tree.files import RepoFile, pieces_of
+from rcds.client.tree.mounted import Located
+from rcds.client.tree.stat import make_stat
+from rcds.errors import NotFoundError
+from rcds.mount.inodes import InodeSpace, Node
+
+log = logging.getLogger("rcds.mount")
+
+
+class StaleError(NotFoundError):
+    """An inode that no longer exists in the mounted revision (answered with ``ESTALE``)."""
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """What a path is in one revision: its inode number and attributes (``entry`` None: absent)."""
+
+    path: str
+    ino: int
+    stat: os.stat_result | None
+    located: Located | None
+    revision: int
+
+
+def restamp(st: os.stat_result, ino: int, owner: tuple[int, int] | None) -> os.stat_result:
+    """``st`` with inode ``ino`` and, if given, the (uid, gid) ``owner``."""
+    uid, gid = owner if owner is not None else (st.st_uid, st.st_gid)
+    return os.stat_result(
+        (
+            st.st_mode,
+            ino,
+            st.st_dev,
+            st.st_nlink,
+            uid,
+            gid,
+            st.st_size,
+            st.st_atime,
+            st.st_mtime,
+            st.st_ctime,
+        ),
+        {
+            "st_atime_ns": st.st_atime_ns,
+            "st_mtime_ns": st.st_mtime_ns,
+            "st_ctime_ns": st.st_ctime_ns,
+            "st_blksize": st.st_blksize,
+            "st_blocks": st.st_blocks,
+        },
+    )
+
+
+class RepoMount:
+    """A repository served by the mount (see the module docstring).
+
+    ``owner`` is the (uid, gid) every entry is shown with (``CVMFS_CLAIM_OWNERSHIP``), or None
+    for the catalog's own; ``auto_update`` False never switches revisions (``CVMFS_AUTO_UPDATE=no``).
+    """
+
+    def __init__(
+        self,
+        repo: Repository,
+        space: InodeSpace,
+        *,
+        owner: tuple[int, int] | None,
+        auto_update: bool = True,
+    ) -> None:
+        self.repo = repo
+        self.fqrn = repo.fqrn
+        self.space = space
+        self.owner = owner
+        self.auto_update = auto_update
+        self.started = time.time()
+        self.open_files = 0
+        self.open_dirs = 0
+        self.io_errors = 0
+        self.last_io_error = 0.0
+
+    # -- resolution -----------------------------------------------------------------------------
+
+    def _resolved(self, loc: Located, revision: int) -> Resolved:
+        e = loc.entry
+        ino = self.space.of(e, loc.catalog.mountpoint)
+        st = restamp(make_stat(e, loc.catalog.mountpoint, 0), ino, self.owner)
+        return Resolved(e.path, ino, st, loc, revision)
+
+    def resolve(self, path: str) -> Resolved:
+        """The entry at the canonical ``path`` (``""`` = root) in the current revision, not following
+        a final symlink; :class:`NotFoundError` if absent."""
+        with self.repo.using() as m:
+            loc = m.resolve(path or "/", follow=False)
+            return self._resolved(loc, m.revision)
+
+    def node(self, path: str) -> Node:
+        """A new node for ``path`` (lookup count 0)."""
+        r = self.resolve(path)
+        assert r.stat is not None and r.located is not None
+        return Node(r.ino, self.fqrn, r.path, r.located.entry, r.stat, r.revision)
+
+    def listing(self, path: str) -> tuple[Resolved, list[Resolved]]:
+        """The directory at ``path`` and its visible entries (sorted by name)."""
+        with self.repo.using() as m:
+            here = m.resolve(path or "/", follow=False)
+            if not here.entry.is_dir:
+                raise NotFoundError(f"{path or '/'} is not a directory")
+            return self._resolved(here, m.revision), [self._resolved(c, m.revision) for c in m.listdir(here)]
+
+    def open(self, node: Node) -> RepoFile:
+        """A file object for a regular file node; :class:`StaleError` if its content is gone."""
+        with self.repo.using() as m:
+            try:
+                loc = m.resolve(node.path, follow=False)
+            except NotFoundError:
+                raise StaleError(f"{node.path} is gone from revision {m.revision}") from None
+            if self.space.of(loc.entry, loc.catalog.mountpoint) != node.ino:
+                raise StaleError(f"{node.path} changed in revision {m.revision}")
+            pieces = pieces_of(loc.entry, loc.catalog)
+        e = loc.entry
+        return RepoFile(
+            node.path,
+            e.size,
+            pieces,
+            lambda h, kind, size, compressed: self.repo.source.open_object(
+                h, kind, size=size, compressed=compressed
+            ),
+            compressed=e.compressed,
+        )
+
+    def chunks(self, path: str) -> list[tuple[str, int, int]]:
+        """(hash, offset, size) of each object of a regular file."""
+        with self.repo.using() as m:
+            loc = m.resolve(path, follow=False)
+            return [(p.hash.hex, p.offset, p.size) for p in pieces_of(loc.entry, loc.catalog)]
+
+    # -- revisions ------------------------------------------------------------------------------
+
+    def check(self, force: bool = False) -> bool:
+        """Switch to a newer revision if the TTL expired (or ``force``); True if switched."""
+        if not self.auto_update and not force:
+            return False
+        return self.repo.refresh(force=force)
+
+    def reresolve(self, paths: Sequence[str]) -> dict[str, Resolved]:
+        """What each path is now (``stat`` None when it is gone), all in one revision."""
+        out: dict[str, Resolved] = {}
+        with self.repo.using() as m:
+            for path in paths:
+                try:
+                    loc = m.resolve(path or "/", follow=False)
+                except NotFoundError:
+                    out[path] = Resolved(path, 0, None, None, m.revision)
+                    continue
+                out[path] = self._resolved(loc, m.revision)
+        return out
+
+    def close(self) -> None:
+        """Close the repository (caches, connections)."""
+        self.repo.close()
