@@ -125,31 +125,37 @@ class Node:
             "LANG": "C.UTF-8",
         }
 
-    def argv(self, args: Sequence[str]) -> list[str]:
-        """``rcds ARGS`` as the user."""
+    def argv(self, args: Sequence[str], no_userns: bool = False) -> list[str]:
+        """``rcds ARGS`` as the user; with ``no_userns`` on a node where user namespaces are refused.
+
+        The kernel refuses a new user namespace to a process whose root directory is not the
+        root of its mount namespace (``unshare(2)``, EPERM). The ``user.max_user_namespaces``
+        knob is read-only in these containers, so such a node is made with that rule: a private
+        mount namespace, ``/`` bound recursively below itself, and ``chroot`` into the copy.
+        """
         env = [f"{k}={v}" for k, v in self.env().items()]
-        return [
-            "runuser",
-            "-u",
-            USER,
-            "--",
-            "env",
-            "-i",
-            *env,
-            str(SYSTEM_PYTHON),
-            "-m",
-            "rcds.cli.main",
-            *args,
-        ]
+        python = [str(SYSTEM_PYTHON), "-m", "rcds.cli.main"]
+        argv = ["runuser", "-u", USER, "--", "env", "-i", *env, *python, *args]
+        if not no_userns:
+            return argv
+        jail = self.base / "jail"
+        jail.mkdir(exist_ok=True)
+        enter = 'cd "$1" && shift && exec "$@"'
+        script = f"mount --rbind / {jail} && exec chroot {jail} sh -c '{enter}' - \"$@\""
+        return ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "-", str(self.home), *argv]
 
-    def run(self, args: Sequence[str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, args: Sequence[str], timeout: float = 120, no_userns: bool = False
+    ) -> subprocess.CompletedProcess[str]:
         """Run ``rcds ARGS`` as the user and wait (bounded)."""
-        return subprocess.run(self.argv(args), capture_output=True, text=True, timeout=timeout, cwd=self.home)
+        argv = self.argv(args, no_userns)
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=self.home)
 
-    def start(self, args: Sequence[str]) -> subprocess.Popen[str]:
+    def start(self, args: Sequence[str], no_userns: bool = False) -> subprocess.Popen[str]:
         """Start ``rcds ARGS`` as the user (output to pipes)."""
+        argv = self.argv(args, no_userns)
         return subprocess.Popen(
-            self.argv(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=self.home
+            argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=self.home
         )
 
     def processes(self) -> list[tuple[int, str]]:

@@ -22,7 +22,9 @@ from testkit import NAME
 
 pytestmark = pytest.mark.timeout(180)
 
-READ = f"cat /cvmfs/{NAME}{TREE}/hello.txt && cmp /cvmfs/{NAME}{TREE}/sub/data.bin {{data}} && id -u"
+READ = (
+    f'cat "$RCDS_ROOT/{NAME}{TREE}/hello.txt" && cmp "$RCDS_ROOT/{NAME}{TREE}/sub/data.bin" {{data}} && id -u'
+)
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +35,9 @@ def site() -> Iterator[Node]:
         yield n
 
 
-def _exec(site: Node, script: str, *extra: str) -> subprocess.CompletedProcess[str]:
-    return site.run(["exec", "--repos", NAME, *extra, *site.access, "--", "sh", "-c", script])
+def _exec(site: Node, script: str, *extra: str, userns: bool = True) -> subprocess.CompletedProcess[str]:
+    args = ["exec", "--repos", NAME, *extra, *site.access, "--", "sh", "-c", script]
+    return site.run(args, no_userns=not userns)
 
 
 def _assert_clean(site: Node) -> None:
@@ -45,18 +48,40 @@ def _assert_clean(site: Node) -> None:
     assert not runtime.exists() or list(runtime.iterdir()) == []
 
 
-@pytest.mark.parametrize(("fuse_mode", "expected"), [(0o666, "userns"), (0o600, "fusermount")])
-def test_the_command_sees_the_repository_and_its_exit_code_is_passed_on(
-    site: Node, fuse_mode: int, expected: str
-) -> None:
-    script = READ.format(data=site.base / "data.bin") + "; exit 7"
+MODES = {
+    # name: (/dev/fuse mode, extra rcds exec options, user namespaces allowed, expected mode, in /cvmfs)
+    "userns": (0o666, (), True, "userns", True),
+    "fusermount+namespace": (0o666, ("--mode", "fusermount"), True, "fusermount", True),
+    "fusermount, no namespaces": (0o666, (), False, "fusermount", False),
+}
+
+
+@pytest.mark.parametrize("case", list(MODES))
+def test_the_command_sees_the_repository_and_its_exit_code_is_passed_on(site: Node, case: str) -> None:
+    fuse_mode, extra, userns, expected, in_cvmfs = MODES[case]
+    script = READ.format(data=site.base / "data.bin") + ' && echo "root=$RCDS_ROOT"; exit 7'
     with dev_fuse_mode(fuse_mode):
-        result = _exec(site, script)
+        result = _exec(site, script, *extra, userns=userns)
     assert result.returncode == 7, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == FILES["hello.txt"].decode().strip()
-    assert lines[1] == str(site.user.pw_uid)  # back in the user's own uid, not namespace root
+    assert lines[1] == str(site.user.pw_uid)  # the user's own uid, not namespace root
+    if in_cvmfs:
+        assert lines[2] == "root=/cvmfs"
+    else:
+        assert lines[2].startswith(f"root={site.runtime_dir()}/mnt-")
     assert f"rcds exec: {expected} mode" in result.stderr
+    _assert_clean(site)
+
+
+def test_dev_fuse_0600_no_mode_and_a_clear_error(site: Node) -> None:
+    marker = site.home / "ran-0600"
+    with dev_fuse_mode(0o600):
+        result = site.run(["exec", *site.access, "--", "touch", str(marker)])
+    assert result.returncode == 2
+    assert "cannot mount here" in result.stderr and "chmod 0666 /dev/fuse" in result.stderr
+    assert "rcds get" in result.stderr
+    assert not marker.exists()
     _assert_clean(site)
 
 
@@ -80,8 +105,11 @@ def test_an_unknown_repository_fails_before_the_command_runs(site: Node) -> None
     _assert_clean(site)
 
 
-def _start_and_wait(site: Node, script: str, marker: Path) -> subprocess.Popen[str]:
-    proc = site.start(["exec", "-q", "--repos", NAME, *site.access, "--", "sh", "-c", script])
+def _start_and_wait(
+    site: Node, script: str, marker: Path, *extra: str, userns: bool = True
+) -> subprocess.Popen[str]:
+    args = ["exec", "-q", "--repos", NAME, *extra, *site.access, "--", "sh", "-c", script]
+    proc = site.start(args, no_userns=not userns)
     deadline = time.monotonic() + 60
     while not marker.exists():
         assert proc.poll() is None, proc.communicate()
@@ -90,22 +118,28 @@ def _start_and_wait(site: Node, script: str, marker: Path) -> subprocess.Popen[s
     return proc
 
 
-@pytest.mark.parametrize("fuse_mode", [0o666, 0o600])
-def test_sigkill_of_rcds_exec_leaves_nothing_behind(site: Node, fuse_mode: int) -> None:
-    marker = site.home / f"started-{fuse_mode:o}"
-    script = f"ls /cvmfs/{NAME}{TREE} >/dev/null && (sleep 300 &) && sleep 300 & touch {marker}; wait"
+@pytest.mark.parametrize("case", list(MODES))
+def test_sigkill_of_rcds_exec_leaves_nothing_behind(site: Node, case: str) -> None:
+    fuse_mode, extra, userns, _, _ = MODES[case]
+    marker = site.home / f"started-{len(case)}"
+    marker.unlink(missing_ok=True)
+    # In a PID namespace even the command's orphans go; without one only its own process is followed.
+    listing = f'ls "$RCDS_ROOT/{NAME}{TREE}" >/dev/null'
+    if userns:
+        script = f"{listing} && (sleep 300 &) && sleep 300 & touch {marker}; wait"
+    else:
+        script = f"{listing} && touch {marker} && exec sleep 300"
     with dev_fuse_mode(fuse_mode):
-        proc = _start_and_wait(site, script, marker)
+        proc = _start_and_wait(site, script, marker, *extra, userns=userns)
         assert len(site.processes()) >= 3  # rcds exec, the mount daemon, the command
         exec_pid = next(pid for pid, cmd in site.processes() if "rcds.cli.main exec" in cmd)
         os.kill(exec_pid, signal.SIGKILL)
         proc.wait(30)
-    left = site.wait_no_processes()
-    assert left == [], f"processes left behind: {left}"
-    assert fuse_mounts_of(site.user.pw_uid) == []
-    # An empty runtime directory may stay after SIGKILL; the next rcds exec removes it.
-    with dev_fuse_mode(fuse_mode):
-        assert _exec(site, "true").returncode == 0
+        left = site.wait_no_processes()
+        assert left == [], f"processes left behind: {left}"
+        assert fuse_mounts_of(site.user.pw_uid) == []
+        # An empty runtime directory may stay after SIGKILL; the next rcds exec removes it.
+        assert _exec(site, "true", *extra, userns=userns).returncode == 0
     _assert_clean(site)
 
 

@@ -13,9 +13,10 @@ from typing import Any
 
 import pytest
 
-from mountkit import compare_tree, write_config
 from rcds.client.repository import Repository
 from rcds.serve.http import make_server
+
+from mountkit import compare_tree, write_config
 
 FIXTURES = next(
     (
@@ -82,7 +83,9 @@ def test_stock_repository_mounted_like_its_source(
     args += ["--server", stock_server[name], "--key", str(key)]
     mounter(mp, args)
     assert _compare_with_source(_source_tree(name, tmp_path / "src"), mp) >= 80
-    with Repository.open_urls([stock_server[name]], [key], cache_dir=tmp_path / "ccache", probe=False) as repo:
+    with Repository.open_urls(
+        [stock_server[name]], [key], cache_dir=tmp_path / "ccache", probe=False
+    ) as repo:
         assert compare_tree(repo, mp) >= 80
         assert os.getxattr(mp, "user.revision") == str(SOURCES[name][1]).encode()
         assert os.getxattr(mp, "user.root_hash") == repo.trust.manifest.root_catalog.hex.encode()

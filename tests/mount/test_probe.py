@@ -20,20 +20,27 @@ def site() -> Iterator[Node]:
         yield n
 
 
-def _probe(site: Node, *args: str) -> dict[str, object]:
+def _probe(site: Node, *args: str, code: int = 0) -> dict[str, object]:
     result = site.run(["probe", "--json", "--config-dir", str(site.config_dir), *args])
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == code, result.stderr
     return dict(json.loads(result.stdout))
 
 
-def test_dev_fuse_0600_is_reported_and_fusermount3_is_the_mode(site: Node) -> None:
+def test_dev_fuse_0600_is_reported_and_no_mode_works(site: Node) -> None:
     with dev_fuse_mode(0o600):
-        report = _probe(site, "--root", str(site.base / "no-such-root"))
+        report = _probe(site, "--root", str(site.base / "no-such-root"), code=1)
     assert report["uid"] == site.user.pw_uid
     dev_fuse = report["dev_fuse"]
     assert isinstance(dev_fuse, dict)
     assert dev_fuse["ok"] is False and "0600" in dev_fuse["detail"] and "chmod 0666" in dev_fuse["detail"]
-    assert report["mode"] == "fusermount"
+    fusermount = report["fusermount3"]
+    assert (
+        isinstance(fusermount, dict)
+        and fusermount["ok"] is False
+        and "opens /dev/fuse" in fusermount["detail"]
+    )
+    assert report["mode"] is None
+    assert "rcds get" in str(report["reason"])
     assert report["userns"] == {"ok": True, "detail": "user and mount namespaces work for this user"}
 
 
@@ -49,18 +56,32 @@ def test_dev_fuse_0666_allows_fuse_inside_a_user_namespace(site: Node) -> None:
     assert isinstance(cache, dict) and cache["ok"] is True
 
 
+def test_a_node_without_user_namespaces_falls_back_to_fusermount3(site: Node) -> None:
+    with dev_fuse_mode(0o666):
+        result = site.run(["probe", "--json", "--config-dir", str(site.config_dir)], no_userns=True)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["userns"]["ok"] is False and "cannot create a user namespace" in report["userns"]["detail"]
+    assert report["fuse_in_userns"] == {"ok": False, "detail": "needs user namespaces"}
+    assert report["mode"] == "fusermount" and "RCDS_ROOT" in report["reason"]
+
+
 def test_an_unwritable_cache_is_reported(site: Node) -> None:
-    report = _probe(site, "--cache", "/root/rcds-cache")
+    with dev_fuse_mode(0o666):
+        report = _probe(site, "--cache", "/root/rcds-cache")
     cache = report["cache_writable"]
     assert isinstance(cache, dict) and cache["ok"] is False and "RCDS_CACHE_DIR" in cache["detail"]
 
 
 def test_text_output_names_the_mode(site: Node) -> None:
-    with dev_fuse_mode(0o600):
+    with dev_fuse_mode(0o666):
         result = site.run(["probe", "--config-dir", str(site.config_dir)])
     assert result.returncode == 0
-    assert "mode:" in result.stdout and "fusermount" in result.stdout
-    assert "0600" in result.stdout
+    assert "mode:" in result.stdout and "userns" in result.stdout
+    with dev_fuse_mode(0o600):
+        result = site.run(["probe", "--config-dir", str(site.config_dir)])
+    assert result.returncode == 1
+    assert "mode:                   none" in result.stdout and "0600" in result.stdout
 
 
 def test_a_root_that_serves_the_repositories_is_native(tmp_path: Path) -> None:

@@ -100,6 +100,7 @@ def start_daemon(root: Path, options: Sequence[str], death_signal: int) -> subpr
     return subprocess.Popen(
         mount_command(root, options),
         stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,  # its ready line is not the command's output; errors go to stderr
         preexec_fn=lambda: ns.set_parent_death_signal(death_signal),
     )
 

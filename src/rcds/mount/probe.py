@@ -13,7 +13,8 @@ directory by creating a file in it. The modes, best first:
     unprivileged user namespaces and ``/dev/fuse`` usable inside one: user, mount and PID
     namespaces with the FUSE mount inside them, bound at ``--root`` (cvmfsexec's way).
 ``fusermount``
-    the setuid ``fusermount3`` mounts into a directory the user owns; the command runs in a
+    the setuid ``fusermount3`` mounts into a directory the user owns (it opens ``/dev/fuse`` as
+    the user, so the device must be usable by the user here too); the command runs in a
     namespace with that directory at ``--root`` if user namespaces work, else it gets
     ``RCDS_ROOT`` (and a symbolic link at ``--root`` where the user may create one).
 """
@@ -182,11 +183,10 @@ def check_fuse_in_userns(userns: Fact, dev_fuse: Fact) -> Fact:
     return Fact(False, f"FUSE mount inside a user namespace refused: {err}")
 
 
-def check_fusermount() -> Fact:
-    """Is ``fusermount3`` installed setuid root?"""
-    path = shutil.which("fusermount3") or (
-        "/usr/bin/fusermount3" if os.path.exists("/usr/bin/fusermount3") else None
-    )
+def check_fusermount(dev_fuse: Fact) -> Fact:
+    """Can this user mount through ``fusermount3``? It must be setuid root, and it opens
+    ``/dev/fuse`` with the user's own file permissions (so the device mode rules here too)."""
+    path = shutil.which("fusermount3", path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/bin", "/bin"]))
     if path is None:
         return Fact(False, "fusermount3 is not installed (Debian/Ubuntu package fuse3)")
     st = os.stat(path)
@@ -194,6 +194,8 @@ def check_fusermount() -> Fact:
         return Fact(False, f"{path} is not setuid root")
     if not os.access(path, os.X_OK):
         return Fact(False, f"{path} is not executable by this user")
+    if not dev_fuse.ok:
+        return Fact(False, f"{path} is setuid root, but it opens /dev/fuse as this user, who cannot")
     return Fact(True, f"{path} (setuid root)")
 
 
@@ -289,7 +291,7 @@ def choose_mode(
         return "root", "running as root: a private mount namespace with the FUSE mount inside"
     if fuse_in_userns.ok:
         return "userns", "unprivileged user namespaces with FUSE inside them"
-    if fusermount3.ok and os.path.exists("/dev/fuse"):
+    if fusermount3.ok:
         how = "the command in a user namespace" if userns.ok else "RCDS_ROOT for the command"
         return "fusermount", f"fusermount3 into a user-owned directory, {how}"
     reasons = [f.detail for f in (userns, dev_fuse, fusermount3) if not f.ok]
@@ -302,7 +304,7 @@ def probe_node(root: Path, wanted: Sequence[str], cache_dir: Path) -> Report:
     userns = check_userns()
     dev_fuse = check_dev_fuse()
     fuse_in_userns = check_fuse_in_userns(userns, dev_fuse)
-    fusermount3 = check_fusermount()
+    fusermount3 = check_fusermount(dev_fuse)
     root_state, served, missing = check_root(root, wanted)
     served_all = (bool(wanted) and not missing) or (not wanted and bool(served))
     mode, reason = choose_mode(uid, userns, dev_fuse, fuse_in_userns, fusermount3, root_state.ok, served_all)
