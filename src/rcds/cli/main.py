@@ -42,6 +42,7 @@ COMMAND_GROUPS: dict[str, tuple[str, ...]] = {
     "rcds.cli.mount": ("mount",),
     "rcds.cli.demo": ("demo",),
     "rcds.cli.notify": ("notify",),
+    "rcds.cli.node": ("probe", "exec"),
 }
 """The modules registering commands (``register(subparsers)``) and the commands each registers.
 

@@ -1,1 +1,2 @@
-"""Worker node role: the repositories as a read-only FUSE file system (``rcds mount``)."""
+"""The worker node: the repositories as a read-only FUSE file system (``rcds mount``), and
+unprivileged access for pilots (``rcds exec``, ``rcds probe``)."""

@@ -78,10 +78,17 @@ def prepare_mountpoint(mountpoint: Path) -> Path:
 
 
 def fuse_options(fsname: str) -> set[str]:
-    """Mount options: read-only, named, kernel permission checks; others may read as root."""
+    """Mount options: read-only, named, kernel permission checks; others may read as root.
+
+    Not as root, ``auto_unmount``: libfuse then mounts through the setuid ``fusermount3``, which
+    opens ``/dev/fuse`` itself (so a ``0600`` device works) and stays behind to unmount if the
+    daemon dies. (Root of a user namespace counts as root: it mounts directly.)
+    """
     opts = {"ro", f"fsname={fsname}", "subtype=rcds", "default_permissions"}
     if os.geteuid() == 0:
         opts.add("allow_other")
+    else:
+        opts.add("auto_unmount")
     return opts
 
 
