@@ -17,9 +17,13 @@ Nothing is written outside the destination: names are checked (no ``..``, ``/`` 
 existing symlinks or files where a directory belongs are replaced, never followed. An error
 stops the copy where it is; what was written is complete and recorded.
 
-Resuming: a small state file ``.rcds-get.json`` in the destination directory records, for
-every completed file, the content it was written with. A file whose record matches the
-catalog's content and whose size and modification time on disk match the catalog is skipped.
+Resuming: a small state file in the local cache directory, named after the destination
+(:func:`rcds.client.get.fs.state_path`; never in the copied tree), records for every completed
+file the content it was written with. A file whose record matches the catalog's content and
+whose size and modification time on disk match the catalog is skipped. The state stays after a
+complete copy: a later copy into the same destination (e.g. of a new revision) writes only what
+changed. A state file ``.rcds-get.json`` left in the destination by an older version is read
+and, once its records are saved in the cache, removed (unless the repository has that name).
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from typing import NamedTuple
 from rcds.client.fetch.bulk import BULK_MAX_OBJECT
 from rcds.client.get.downloads import Downloads, PlannedFile
 from rcds.client.get.fs import (
-    STATE_FILE,
+    LEGACY_STATE_FILE,
     GetState,
     check_name,
     content_key,
@@ -47,6 +51,7 @@ from rcds.client.get.fs import (
     mtime_ns,
     prepare_dir,
     read_umask,
+    state_path,
     write_file,
     write_symlink,
 )
@@ -57,7 +62,7 @@ from rcds.client.tree.mounted import Located, is_canonical
 from rcds.errors import InputError, IntegrityError, StorageError
 from rcds.format.dirent import Dirent
 
-__all__ = ["STATE_FILE", "GetReport", "Progress", "content_key", "materialize"]
+__all__ = ["GetReport", "Progress", "content_key", "materialize"]
 
 SAVE_EVERY = 2.0
 """Seconds between saves of the resume state during a copy."""
@@ -166,7 +171,14 @@ class _Plan:
         self.special = 0
         self.hardlinks = 0
         self._cut = len(top.entry.path) + 1
-        self.state = GetState(target / STATE_FILE if self.is_dir else None, repo.fqrn)
+        self.state = GetState(
+            state_path(repo.cache.dir, target) if self.is_dir else None,
+            repo.fqrn,
+            target,
+            legacy=target / LEGACY_STATE_FILE,
+        )
+        self.legacy_is_an_entry = False
+        """The repository has an entry where older versions kept the state: it is not theirs."""
         self.prog = Progress()
         self._progress: Callable[[Progress], None] | None = None  # silent until the walk is over
         self._last_save = time.monotonic()
@@ -190,6 +202,8 @@ class _Plan:
                 raise IntegrityError(
                     f"refusing to write {e.path!r}: its path would leave the destination", e.path
                 )
+        if rel == LEGACY_STATE_FILE:
+            self.legacy_is_an_entry = True
         if e.is_dir:
             self.dirs.append((rel, e))
             if self.is_dir:
@@ -240,6 +254,8 @@ class _Plan:
                 finish_dir(self.path(rel), e)
         finally:
             self.state.save(self.revision)
+        if not self.legacy_is_an_entry:  # complete, state saved: the older version's file goes
+            self.state.drop_legacy()
         if self._progress is not None:
             self._progress(self.prog)
 
