@@ -62,5 +62,6 @@ def object_of(site: Site, data: bytes) -> Path:
 
 def recorded(cache: Path, dest: Path) -> dict[str, str]:
     """The resume records of the copy into ``dest`` (kept in the cache directory ``cache``)."""
-    data: dict[str, dict[str, str]] = json.loads(state_path(cache, dest).read_text())
-    return data["files"]
+    head, *lines = state_path(cache, dest).read_text().splitlines()
+    assert json.loads(head)["target"] == os.path.realpath(dest)
+    return {rel: key for rel, key in map(json.loads, lines)}

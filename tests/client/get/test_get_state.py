@@ -42,9 +42,9 @@ def test_a_complete_copy_leaves_no_state_in_the_tree(
     assert LEGACY_STATE_FILE not in names
     assert not [n for n in names if n.endswith(".tmp") or n.endswith(".json")]
     # the state is in the cache directory, under the destination's real path, and names it
-    state = json.loads(state_path(site.cache_dir, dest).read_text())
-    assert state["target"] == os.path.realpath(dest) and state["fqrn"] == NAME
-    assert set(many) <= set(state["files"])
+    head = json.loads(state_path(site.cache_dir, dest).read_text().splitlines()[0])
+    assert head["target"] == os.path.realpath(dest) and head["fqrn"] == NAME
+    assert set(many) <= set(recorded(site.cache_dir, dest))
     # a second copy into the same destination finds everything current and downloads nothing
     before = site.fetched("data/")
     report = materialize(site.open(), MANY, dest, processes=processes)
@@ -119,6 +119,25 @@ def test_a_state_file_of_an_older_version_is_used_and_removed(
     assert set(many) <= set(recorded(tmp_path / "c2", dest))
 
 
+def test_the_state_is_a_log_appended_to_and_compacted(tmp_path: Path) -> None:
+    target = tmp_path / "out"
+    path = state_path(tmp_path / "cache", target)
+    s = GetState(path, NAME, target)
+    s.record("a", "k1")
+    s.save(3)
+    s.record("b\nc", "k2")  # any name, one line each
+    s.record("a", "k3")
+    s.save(3)
+    assert len(path.read_text().splitlines()) == 4  # header, a, b, a again: appended
+    assert GetState(path, NAME, target).done == {"a": "k3", "b\nc": "k2"}
+    with open(path, "a") as f:
+        f.write('["d", "k')  # a line cut short by a crash
+    again = GetState(path, NAME, target)
+    assert again.done == {"a": "k3", "b\nc": "k2"}
+    again.save(4)  # the first save of a copy writes it whole
+    assert len(path.read_text().splitlines()) == 3
+
+
 def test_a_state_of_another_repository_or_destination_is_ignored(tmp_path: Path) -> None:
     target = tmp_path / "out"
     path = state_path(tmp_path / "cache", target)
@@ -127,9 +146,10 @@ def test_a_state_of_another_repository_or_destination_is_ignored(tmp_path: Path)
     s.save(3)
     assert GetState(path, NAME, target).done == {"a": "k1"}
     assert GetState(path, "other.example.org", target).done == {}
-    data = json.loads(path.read_text())
+    head, rest = path.read_text().split("\n", 1)
+    data = json.loads(head)
     data["target"] = str(tmp_path / "elsewhere")
-    path.write_text(json.dumps(data))
+    path.write_text(json.dumps(data) + "\n" + rest)
     assert GetState(path, NAME, target).done == {}
     path.write_text("{not json")
     assert GetState(path, NAME, target).done == {}

@@ -39,7 +39,7 @@ STATE_DIR = "get-state"
 """The directory of the resume states, in the local cache directory."""
 LEGACY_STATE_FILE = ".rcds-get.json"
 """Where older versions kept the resume state: in the destination (read once, then removed)."""
-STATE_VERSION = 1
+STATE_VERSION = 2
 STATE_MAX_AGE = 30 * 86400.0
 """Seconds after which an unused resume state is removed (when another one is written)."""
 COPY_BLOCK = 1 << 20
@@ -132,6 +132,12 @@ class GetState:
     ``path`` is the state file (``None``: nothing is recorded), ``target`` the destination it
     describes (checked on reading: a state names its destination). ``legacy``, if given, is a
     state file of an older version, read when ``path`` has none: :meth:`drop_legacy` removes it.
+
+    The file is a log, so that saving costs what is new, not the whole state: a JSON header
+    line (``version``, ``fqrn``, ``target``), then one JSON ``[path, key]`` line per completed
+    file, appended in one write per save (a later line for a path wins). The first save of a
+    copy writes it whole (temp file and rename: compacted); a line cut short by a crash is
+    ignored when reading.
     """
 
     def __init__(
@@ -144,26 +150,41 @@ class GetState:
         self.legacy: Path | None = None
         self._lock = threading.Lock()
         self._save_lock = threading.Lock()
-        self._dirty = False
+        self._new: list[tuple[str, str]] = []
         self._saved = False
         if path is None:
             return
-        if not self._load(path, check_target=True) and legacy is not None and self._load(legacy, False):
+        if not self._load(path) and legacy is not None and self._load_legacy(legacy):
             self.legacy = legacy
-            self._dirty = True  # written to its new place at the first save
 
-    def _load(self, path: Path, check_target: bool) -> bool:
+    def _header(self) -> dict[str, object]:
+        return {"version": STATE_VERSION, "fqrn": self.fqrn, "target": self.target}
+
+    def _load(self, path: Path) -> bool:
+        try:
+            with open(path, encoding="utf-8") as f:
+                head = json.loads(f.readline())
+                if not isinstance(head, dict) or any(head.get(k) != v for k, v in self._header().items()):
+                    return False
+                done = self.done
+                for line in f:
+                    try:
+                        rel, key = json.loads(line)
+                    except ValueError:  # cut short by a crash (the last line)
+                        continue
+                    done[str(rel)] = str(key)
+        except (OSError, ValueError, UnicodeDecodeError, TypeError):
+            self.done = {}
+            return False
+        return True
+
+    def _load_legacy(self, path: Path) -> bool:
+        """The single JSON object of older versions (``version`` 1, in the destination)."""
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError, UnicodeDecodeError):
             return False
-        if (
-            not isinstance(data, dict)
-            or data.get("version") != STATE_VERSION
-            or data.get("fqrn") != self.fqrn
-        ):
-            return False
-        if check_target and data.get("target") != self.target:
+        if not isinstance(data, dict) or data.get("version") != 1 or data.get("fqrn") != self.fqrn:
             return False
         files = data.get("files", {})
         if not isinstance(files, dict):
@@ -175,38 +196,41 @@ class GetState:
         """Remember that ``rel`` was written with content ``key``."""
         with self._lock:
             self.done[rel] = key
-            self._dirty = True
+            self._new.append((rel, key))
 
     def save(self, revision: int) -> None:
-        """Write the records (temp file + rename) if anything changed."""
+        """Write what was recorded since the last save (the whole state at the first save).
+
+        ``revision`` is the revision copied (noted in the header of a file written whole).
+        """
         if self.path is None:
             return
         with self._save_lock:
             with self._lock:
-                if not self._dirty:
+                if self._saved and not self._new:
                     return
-                text = json.dumps(
-                    {
-                        "version": STATE_VERSION,
-                        "fqrn": self.fqrn,
-                        "target": self.target,
-                        "revision": revision,
-                        "files": self.done,
-                    }
-                )
-                self._dirty = False
-            tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+                lines = self._new if self._saved else list(self.done.items())  # first: all, compacted
+                self._new = []
+            text = "".join(json.dumps(r) + "\n" for r in lines)
             try:
-                if not self._saved:  # the first save: make the directory, prune it if this state is new
-                    self.path.parent.mkdir(parents=True, exist_ok=True)
-                    if not self.path.exists():
-                        _prune(self.path.parent)
-                    self._saved = True
-                tmp.write_text(text)
-                os.replace(tmp, self.path)
+                if self._saved:
+                    with open(self.path, "a", encoding="utf-8") as f:
+                        f.write(text)
+                    return
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                if not self.path.exists():  # a new state: prune the old ones
+                    _prune(self.path.parent)
+                tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+                try:
+                    with open(tmp, "w", encoding="utf-8") as f:
+                        f.write(json.dumps({**self._header(), "revision": revision}) + "\n" + text)
+                    os.replace(tmp, self.path)
+                except BaseException:
+                    with suppress(OSError):
+                        tmp.unlink()
+                    raise
+                self._saved = True
             except OSError as exc:
-                with suppress(OSError):
-                    tmp.unlink()
                 raise StorageError(
                     f"cannot write the resume state {self.path}: {exc.strerror or exc}; "
                     "check that the cache directory is writable (--cache)"
