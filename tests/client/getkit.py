@@ -64,4 +64,4 @@ def recorded(cache: Path, dest: Path) -> dict[str, str]:
     """The resume records of the copy into ``dest`` (kept in the cache directory ``cache``)."""
     head, *lines = state_path(cache, dest).read_text().splitlines()
     assert json.loads(head)["target"] == os.path.realpath(dest)
-    return {rel: key for rel, key in map(json.loads, lines)}
+    return {rel: key for line in lines for rel, key in json.loads(line)}

@@ -134,10 +134,10 @@ class GetState:
     state file of an older version, read when ``path`` has none: :meth:`drop_legacy` removes it.
 
     The file is a log, so that saving costs what is new, not the whole state: a JSON header
-    line (``version``, ``fqrn``, ``target``), then one JSON ``[path, key]`` line per completed
-    file, appended in one write per save (a later line for a path wins). The first save of a
-    copy writes it whole (temp file and rename: compacted); a line cut short by a crash is
-    ignored when reading.
+    line (``version``, ``fqrn``, ``target``), then per save one line, a JSON list of the
+    ``[path, key]`` pairs completed since the last, appended in one write (a later pair for a
+    path wins). The first save of a copy writes it whole (temp file and rename: compacted); a
+    line cut short by a crash is ignored when reading.
     """
 
     def __init__(
@@ -169,10 +169,11 @@ class GetState:
                 done = self.done
                 for line in f:
                     try:
-                        rel, key = json.loads(line)
+                        records = json.loads(line)
                     except ValueError:  # cut short by a crash (the last line)
                         continue
-                    done[str(rel)] = str(key)
+                    for rel, key in records:
+                        done[str(rel)] = str(key)
         except (OSError, ValueError, UnicodeDecodeError, TypeError):
             self.done = {}
             return False
@@ -211,7 +212,7 @@ class GetState:
                     return
                 lines = self._new if self._saved else list(self.done.items())  # first: all, compacted
                 self._new = []
-            text = "".join(json.dumps(r) + "\n" for r in lines)
+            text = json.dumps(lines) + "\n" if lines else ""
             try:
                 if self._saved:
                     with open(self.path, "a", encoding="utf-8") as f:
@@ -309,7 +310,7 @@ def copy_into(src: BinaryIO, fd: int, size: int) -> int:
         written += write_all(fd, block)
 
 
-def write_all(fd: int, data: bytes | memoryview) -> int:
+def write_all(fd: int, data: bytes | bytearray | memoryview) -> int:
     """Write all of ``data`` to ``fd``."""
     n = os.write(fd, data)
     if n == len(data):
@@ -332,7 +333,10 @@ def replace(tmp: str, final: str) -> None:
 
 
 def write_file(
-    final: str, entry: FileAttrs, data: bytes | None = None, fill: Callable[[int], int] | None = None
+    final: str,
+    entry: FileAttrs,
+    data: bytes | bytearray | None = None,
+    fill: Callable[[int], int] | None = None,
 ) -> None:
     """Write ``final`` from ``data``, or by ``fill(fd)`` (which returns the bytes written).
 
