@@ -246,8 +246,7 @@ class _Plan:
         try:
             for group in self.groups.values():
                 self._add_file(group[0])
-            self.downloads.finish()
-            self._write_singles(self.singles)
+            self._write_singles(self.singles, during=self.downloads.finish)
             self.hardlinks = self._link_groups()
             for rel, e in self.links:
                 write_symlink(self.path(rel), e)
@@ -314,20 +313,22 @@ class _Plan:
             and st.st_mtime_ns == mtime_ns(f.entry)
         )
 
-    def _write_singles(self, files: list[PlannedFile]) -> None:
-        """Chunked and large files: pieces fetched one by one through the caches, in worker threads."""
+    def _write_singles(self, files: list[PlannedFile], during: Callable[[], None]) -> None:
+        """Chunked and large files: pieces fetched one by one through the caches, in worker
+        threads, while ``during()`` runs (the batch downloads: the large files no longer wait for
+        the small ones, nor leave the cores idle at the end)."""
         if not files:
+            during()
             return
-        with cf.ThreadPoolExecutor(max(1, self.options.workers), thread_name_prefix="rcds-get") as pool:
-            futures = {pool.submit(self._write_pieces, f): f for f in files}
-            try:
-                for fut in cf.as_completed(futures):
-                    fut.result()
-                    self._done(futures[fut])
-            except BaseException:
-                for fut in futures:
-                    fut.cancel()
-                raise
+        pool = cf.ThreadPoolExecutor(max(1, self.options.workers), thread_name_prefix="rcds-get")
+        futures = {pool.submit(self._write_pieces, f): f for f in files}
+        try:
+            during()
+            for fut in cf.as_completed(futures):
+                fut.result()
+                self._done(futures[fut])
+        finally:  # on an error: what is queued is dropped, what is being written is finished
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def _write_pieces(self, f: PlannedFile) -> None:
         source = self.repo.source
