@@ -92,13 +92,16 @@ def fetch_objects(
     alien = source.alien if keep else None
     for group in batches([wanted[i] for i in todo]):
         items = [wanted[todo[g]] for g in group]
+        names = [w.name for w in items]
 
-        def validate(k: int, raw: bytes, items: list[Wanted] = items) -> tuple[bytes, bytes | bytearray]:
+        def validate(
+            k: int, raw: bytes, items: list[Wanted] = items, names: list[str] = names
+        ) -> tuple[bytes, bytes | bytearray]:
             w = items[k]
-            return raw, verify_sized(raw, w.hash, w.size, compressed=w.compressed, what=w.name)
+            return raw, verify_sized(raw, w.hash, w.size, compressed=w.compressed, what=names[k])
 
         try:
-            for k, (raw, plain) in source.fetcher.fetch_many([w.name for w in items], validate):
+            for k, (raw, plain) in source.fetcher.fetch_many(names, validate):
                 w = items[k]
                 source.count("network")
                 if keep:
