@@ -40,6 +40,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import shutil
 import statistics
 import subprocess
@@ -59,6 +60,30 @@ TARGETS = {"get/tar": 1.5, "get/tgz": 0.5, "read10": 0.2, "warm": 2.0}
 """Scenario 1's targets are on tmpfs outputs (when a tmpfs could be mounted)."""
 
 # -- the parent -----------------------------------------------------------------------------------
+
+
+def children_cpu() -> float:
+    """CPU seconds of this process's finished children so far (user + system)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds a running process has used so far (all its threads), from ``/proc``; 0 if unknown."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+CPU_COLUMNS = ("get", "base", "tar", "tgz", "fill", "one")
+SERVER_PID: list[int] = []
+"""The server process (its CPU is added to every run's)."""
+CPU: dict[str, list[float]] = {}
+"""Per run label: the CPU seconds of its processes (client side + the server), filled by
+:func:`interleaved`: less sensitive to other load on the machine than wall time."""
 
 
 def timed(cmd: list[str], **kw: object) -> float:
@@ -187,6 +212,7 @@ class Bench:
             meta.write_text(json.dumps({"input": self.input_kind, "files": self.files, "bytes": self.nbytes}))
         self.key = str(root / "keys" / f"{REPO}.pub")
         self.server = serve_in_child(public)
+        SERVER_PID[:] = [self.server.pid]
         self.url = self.server.stdout.readline().strip()  # type: ignore[union-attr]
         print(
             f"serving {self.url} (venv.tar {os.path.getsize(public / 'venv.tar') / MB:.0f} MB, "
@@ -321,7 +347,10 @@ def interleaved(n: int, sync: bool, **runs: Callable[[], float]) -> dict[str, li
         for name, fn in runs.items():
             if sync:
                 os.sync()
+            c0, s0 = children_cpu(), process_cpu(SERVER_PID[0]) if SERVER_PID else 0.0
             times[name].append(fn())
+            cpu = children_cpu() - c0 + (process_cpu(SERVER_PID[0]) - s0 if SERVER_PID else 0.0)
+            CPU.setdefault(name, []).append(cpu)
     return times
 
 
@@ -378,6 +407,7 @@ def main() -> None:
         def row(label: str, a: list[float], base: list[float], target: str = "") -> list[object]:
             return [label, cell(a), cell(base), f"{med(a) / med(base):.2f}", target]
 
+        cpu_rows: list[list[object]] = []
         if 1 in args.scenarios:
             for where in args.outputs:
                 out = b.mount_tmpfs() if where == "tmpfs" else b.work
@@ -393,9 +423,14 @@ def main() -> None:
                 if not args.no_variants and where == args.outputs[0]:
                     runs["fill"] = partial(b.rcds_get, ["--fill-cache"], base=out)
                     runs["one"] = partial(b.rcds_get, env={"RCDS_GET_PROCESSES": "0"}, base=out)
+                CPU.clear()
                 t = interleaved(r, not args.no_sync, **runs)
                 b.unmount_tmpfs()
                 print(f"(1) {where}: {t}", flush=True)
+                print(f"(1) {where} CPU s: {CPU}", flush=True)
+                cpu_rows.append(
+                    [f"(1) {where}", *(f"{med(CPU[k]):.2f}" if k in CPU else "" for k in CPU_COLUMNS)]
+                )
                 if where == "tmpfs" or "tmpfs" not in args.outputs:
                     ratios["get/tar"] = med(t["get"]) / med(t["tar"])
                     ratios["get/tgz"] = med(t["get"]) / med(t["tgz"])
@@ -450,6 +485,10 @@ def main() -> None:
         print(f"load average: {load0[0]:.1f} at start, {load1[0]:.1f} (15 min: {load1[2]:.1f}) at end")
         headers = ["scenario", "rcds s", "baseline s", "ratio", "target"]
         print(format_table(headers, rows, markdown=args.markdown))
+        if cpu_rows:
+            print()
+            print("CPU seconds per run (client processes + the server; medians), less moved by other load:")
+            print(format_table(["scenario", *CPU_COLUMNS], cpu_rows, markdown=args.markdown))
         print()
         for key, ratio in ratios.items():
             target = TARGETS[key]
