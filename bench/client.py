@@ -1,11 +1,20 @@
 """Client read performance, side by side with the tarball route jobs use today, in one run.
 
-Run: ``python bench/client.py [--quick] [--repeat N] [--keep DIR] [--scenarios 1,2,3]``.
+Run: ``python bench/client.py [--quick] [--repeat N] [--keep DIR] [--scenarios 1,2,3]
+[--outputs tmpfs,disk] [--base-src DIR]``.
 
-The input is the venv-like tree of ``bench/ingest.py`` (~20k files / ~300 MB at full scale),
+The input is a real software tree (``--input pip``, the default: ``pip install --target`` of
+numpy, scipy, pandas, matplotlib and sympy, ~480 MB in ~13,000 files, made once and kept in
+``~/.cache/rcds-bench``, see ``bench/realtree.py``), or the venv-like generated tree of
+``bench/ingest.py`` (``--input venv``: ~20k files / ~300 MB; ``--quick`` uses it at 1/10),
 published into a fresh repository (default settings: SHA-1, zlib -6, 4/8/16 MiB chunks) and served
 by the engine's HTTP server on loopback (in a process of its own), which also serves
-``venv.tar.gz`` (gzip -6) and ``venv.tar`` of the same tree from the same directory. Every figure
+``venv.tar.gz`` (gzip -6) and ``venv.tar`` of the same tree from the same directory.
+Scenario 1 writes its outputs on a tmpfs (mounted by the bench in its work directory: run it as
+root) and on the disk (``--outputs``): file creation on this ext4 moves by +-30% after mass
+deletions, a tmpfs does not. ``--base-src DIR`` adds ``rcds get`` of another source tree (e.g.
+``git archive main src | tar -x -C DIR``) to scenario 1, interleaved with the others: an A/B in
+the same run. Every figure
 is the wall-clock time of a fresh process, the median of ``--repeat`` runs (min in brackets); the
 runs of a scenario take turns (rcds, baseline, rcds, baseline, ...), each after a ``sync``. The
 timed children (``client_child.py``) import only what they measure: no numpy, no generator, no
@@ -16,7 +25,7 @@ files: on this ext4 (online ``discard``) creating files costs 2-4x the kernel ti
 afterwards; the trees it writes are deleted at the end.
 
 1. ``rcds get`` of the whole tree into an empty directory with an empty cache, against
-   ``curl -s URL | tar -xzf -`` (and ``| tar -xf -`` for the plain tar).
+   ``curl -s URL | tar -xf -`` (the plain tar) and ``curl -s URL | tar -xzf -``.
 2. Reading 10% of the files (a fixed random choice) with an empty cache: ``Repository.prefetch``
    of the list, then ``open`` + ``read`` of each (the target row); also without prefetch, with 8
    threads and sequentially; against the same tarball route (download and extract everything,
@@ -31,6 +40,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import shutil
 import statistics
 import subprocess
@@ -38,6 +48,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from client_child import TREE
@@ -45,9 +56,34 @@ from common import MB, format_table, machine
 
 REPO = "bench.example.org"
 CHILD = Path(__file__).resolve().with_name("client_child.py")
-TARGETS = {"get": 1.2, "read10": 0.2, "warm": 2.0}
+TARGETS = {"get/tar": 1.5, "get/tgz": 0.5, "read10": 0.2, "warm": 2.0}
+"""Scenario 1's targets are on tmpfs outputs (when a tmpfs could be mounted)."""
 
 # -- the parent -----------------------------------------------------------------------------------
+
+
+def children_cpu() -> float:
+    """CPU seconds of this process's finished children so far (user + system)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds a running process has used so far (all its threads), from ``/proc``; 0 if unknown."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+CPU_COLUMNS = ("get", "base", "tar", "tgz", "fill", "one")
+SERVER_PID: list[int] = []
+"""The server process (its CPU is added to every run's)."""
+CPU: dict[str, list[float]] = {}
+"""Per run label: the CPU seconds of its processes (client side + the server), filled by
+:func:`interleaved`: less sensitive to other load on the machine than wall time."""
 
 
 def timed(cmd: list[str], **kw: object) -> float:
@@ -74,28 +110,54 @@ def child(mode: str, *args: str) -> dict[str, float]:
 class Bench:
     """Holds the served repository and the scratch directories."""
 
-    def __init__(self, work: Path, quick: bool) -> None:
+    def __init__(self, work: Path, quick: bool, input_kind: str = "pip") -> None:
         self.work = work
         self.quick = quick
+        self.input_kind = "venv" if quick else input_kind
         self.n = 0
+        self.tmpfs: Path | None = None
 
-    def fresh(self, name: str) -> Path:
+    def fresh(self, name: str, base: Path | None = None) -> Path:
         self.n += 1
-        p = self.work / f"{name}-{self.n}"
+        p = (base or self.work) / f"{name}-{self.n}"
         shutil.rmtree(p, ignore_errors=True)
         return p
 
     def discard(self, path: Path) -> None:
-        """Put a tree aside; all are deleted at the end.
+        """Put a tree aside; all are deleted at the end (on a tmpfs: deleted now).
 
         Deleting ~20k files right before the next timed run slows that run's file creation
         (ext4 skips recently freed inodes when allocating, and checking them is not free), so
-        no timed run follows a large deletion.
+        no timed run follows a large deletion on disk. A tmpfs frees its memory at once and has
+        no such after-effect.
         """
+        if self.tmpfs is not None and path.is_relative_to(self.tmpfs):
+            shutil.rmtree(path, ignore_errors=True)
+            return
         trash = self.work / "trash"
         trash.mkdir(exist_ok=True)
         if path.exists():
             path.rename(trash / f"{path.name}-{time.monotonic_ns()}")
+
+    def mount_tmpfs(self) -> Path | None:
+        """A tmpfs in the work directory for scenario 1's outputs (needs root); None if it fails."""
+        where = self.work / "tmpfs"
+        where.mkdir(exist_ok=True)
+        r = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=6g,mode=0755", "rcds-bench", str(where)],
+            capture_output=True,
+            text=True,
+        )
+        if r.returncode != 0:
+            print(f"no tmpfs outputs (mount failed: {r.stderr.strip()}); run as root for them", flush=True)
+            return None
+        self.tmpfs = where
+        return where
+
+    def unmount_tmpfs(self) -> None:
+        if self.tmpfs is not None:
+            subprocess.run(["umount", str(self.tmpfs)], check=False)
+            self.tmpfs = None
 
     def setup(self) -> None:
         import numpy as np
@@ -113,18 +175,31 @@ class Bench:
         root = self.work / "repo"
         public = root / "public"
         meta = self.work / "input.json"
-        if meta.exists() and (public / "venv.tar.gz").exists():  # --keep DIR of an earlier run
-            self.files, self.nbytes = json.loads(meta.read_text())
+        known = json.loads(meta.read_text()) if meta.exists() else None
+        reuse = isinstance(known, dict) and known.get("input") == self.input_kind
+        if reuse and (public / "venv.tar.gz").exists():
+            assert isinstance(known, dict)
+            self.files, self.nbytes = known["files"], known["bytes"]  # --keep DIR of an earlier run
             print(
-                f"input: {self.files} files, {self.nbytes / MB:.0f} MB (reused from {self.work})", flush=True
+                f"input: {self.input_kind}, {self.files} files, {self.nbytes / MB:.0f} MB "
+                f"(reused from {self.work})",
+                flush=True,
             )
         else:
             shutil.rmtree(root, ignore_errors=True)
             tar = self.work / "venv.tar"
             t0 = time.perf_counter()
-            self.files, self.nbytes = write_tar(tar, plan_venv(np.random.default_rng(11), scale), 11)
+            if self.input_kind == "pip":
+                from realtree import pip_tree, tar_tree, tree_size
+
+                tree = pip_tree()
+                self.files, self.nbytes = tree_size(tree)
+                tar_tree(tree, tar)
+            else:
+                self.files, self.nbytes = write_tar(tar, plan_venv(np.random.default_rng(11), scale), 11)
             print(
-                f"input: {self.files} files, {self.nbytes / MB:.0f} MB ({time.perf_counter() - t0:.0f} s)",
+                f"input: {self.input_kind}, {self.files} files, {self.nbytes / MB:.0f} MB "
+                f"({time.perf_counter() - t0:.0f} s)",
                 flush=True,
             )
             create_repository(root, Settings(name=REPO))
@@ -134,9 +209,10 @@ class Bench:
             print(f"published in {time.perf_counter() - t0:.0f} s", flush=True)
             os.replace(tar, public / "venv.tar")
             gzip_file(public / "venv.tar", public / "venv.tar.gz")
-            meta.write_text(json.dumps([self.files, self.nbytes]))
+            meta.write_text(json.dumps({"input": self.input_kind, "files": self.files, "bytes": self.nbytes}))
         self.key = str(root / "keys" / f"{REPO}.pub")
         self.server = serve_in_child(public)
+        SERVER_PID[:] = [self.server.pid]
         self.url = self.server.stdout.readline().strip()  # type: ignore[union-attr]
         print(
             f"serving {self.url} (venv.tar {os.path.getsize(public / 'venv.tar') / MB:.0f} MB, "
@@ -159,8 +235,16 @@ class Bench:
         self.subset_local = self.work / "subset-local.json"
         self.subset_local.write_text(json.dumps([p[len(TREE) + 1 :] for p in subset]))
 
-    def rcds_get(self, extra: list[str] | None = None, env: dict[str, str] | None = None) -> float:
-        dest, cache = self.fresh("get"), self.fresh("cache")
+    def rcds_get(
+        self,
+        extra: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        base: Path | None = None,
+        src: Path | None = None,
+    ) -> float:
+        """``rcds get`` of the whole tree into ``base`` (with its cache there too); ``src``: the
+        rcds source tree to run (default: the installed one)."""
+        dest, cache = self.fresh("get", base), self.fresh("cache", base)
         cmd = [
             sys.executable,
             "-m",
@@ -173,13 +257,18 @@ class Bench:
             self.key,
         ]
         cmd += ["--cache", str(cache), *(extra or []), f"{REPO}:{TREE}", str(dest)]
-        seconds = timed(cmd, stdout=subprocess.DEVNULL, env={**os.environ, **(env or {})})
+        environ = {**os.environ, **(env or {})}
+        if src is not None:
+            environ["PYTHONPATH"] = str(src)
+        seconds = timed(cmd, stdout=subprocess.DEVNULL, env=environ)
         self.discard(dest)
         self.discard(cache)
         return seconds
 
-    def tarball(self, gz: bool, then: Callable[[Path], None] | None = None) -> float:
-        dest = self.fresh("tar")
+    def tarball(
+        self, gz: bool, then: Callable[[Path], None] | None = None, base: Path | None = None
+    ) -> float:
+        dest = self.fresh("tar", base)
         dest.mkdir()
         name, flag = ("venv.tar.gz", "-xzf") if gz else ("venv.tar", "-xf")
         t0 = time.perf_counter()
@@ -227,7 +316,7 @@ def serve_in_child(public: Path) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-c", code, str(public)], stdout=subprocess.PIPE, text=True)
 
 
-def use_bytecode_cache(prefix: Path) -> None:
+def use_bytecode_cache(prefix: Path, *more: Path) -> None:
     """Let every child process load compiled bytecode, as an installed package does.
 
     These machines set ``PYTHONDONTWRITEBYTECODE`` and the source tree has no ``__pycache__``, so
@@ -244,6 +333,8 @@ def use_bytecode_cache(prefix: Path) -> None:
     sys.dont_write_bytecode = False
     compileall.compile_dir(os.path.dirname(rcds.__file__), quiet=1)
     compileall.compile_file(CHILD, quiet=1)
+    for src in more:  # other rcds source trees (--base-src)
+        compileall.compile_dir(src, quiet=1)
 
 
 def interleaved(n: int, sync: bool, **runs: Callable[[], float]) -> dict[str, list[float]]:
@@ -256,7 +347,10 @@ def interleaved(n: int, sync: bool, **runs: Callable[[], float]) -> dict[str, li
         for name, fn in runs.items():
             if sync:
                 os.sync()
+            c0, s0 = children_cpu(), process_cpu(SERVER_PID[0]) if SERVER_PID else 0.0
             times[name].append(fn())
+            cpu = children_cpu() - c0 + (process_cpu(SERVER_PID[0]) - s0 if SERVER_PID else 0.0)
+            CPU.setdefault(name, []).append(cpu)
     return times
 
 
@@ -271,6 +365,21 @@ def main() -> None:
     ap.add_argument("--keep", type=Path, metavar="DIR", help="work in DIR and keep it")
     ap.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     ap.add_argument("--no-sync", action="store_true", help="no sync before each timed run")
+    ap.add_argument("--input", choices=["pip", "venv"], default="pip", help="the tree (see the docstring)")
+    ap.add_argument(
+        "--outputs",
+        type=lambda text: [x for x in text.split(",") if x],
+        default=["tmpfs", "disk"],
+        metavar="tmpfs,disk",
+        help="where scenario 1 writes (default: both)",
+    )
+    ap.add_argument(
+        "--base-src",
+        type=Path,
+        metavar="DIR",
+        help="also run rcds get from this source tree (the directory holding rcds/), e.g. main's",
+    )
+    ap.add_argument("--no-variants", action="store_true", help="scenario 1 without --fill-cache/one-process")
     ap.add_argument(
         "--scenarios",
         type=lambda text: {int(x) for x in text.split(",")},
@@ -282,8 +391,9 @@ def main() -> None:
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="rcds-bench-client-"))
     work.mkdir(parents=True, exist_ok=True)
-    use_bytecode_cache(work / "pycache")
-    b = Bench(work, args.quick)
+    base_src = args.base_src.resolve() if args.base_src else None
+    use_bytecode_cache(work / "pycache", *([base_src] if base_src else []))
+    b = Bench(work, args.quick, args.input)
     try:
         print(f"machine: {machine()}", flush=True)
         load0 = os.getloadavg()
@@ -297,24 +407,48 @@ def main() -> None:
         def row(label: str, a: list[float], base: list[float], target: str = "") -> list[object]:
             return [label, cell(a), cell(base), f"{med(a) / med(base):.2f}", target]
 
+        cpu_rows: list[list[object]] = []
         if 1 in args.scenarios:
-            t = interleaved(
-                r,
-                not args.no_sync,
-                get=b.rcds_get,
-                tgz=lambda: b.tarball(True),
-                fill=lambda: b.rcds_get(["--fill-cache"]),
-                one=lambda: b.rcds_get(env={"RCDS_GET_PROCESSES": "0"}),
-                tar=lambda: b.tarball(False),
-            )
-            print(f"(1) {t}", flush=True)
-            ratios["get"] = med(t["get"]) / med(t["tgz"])
-            rows += [
-                row("(1) rcds get, whole tree, cold cache", t["get"], t["tgz"], "<= 1.2"),
-                row("    rcds get --fill-cache", t["fill"], t["tgz"]),
-                row("    rcds get in one process (RCDS_GET_PROCESSES=0)", t["one"], t["tgz"]),
-                row("    rcds get vs plain .tar instead of .tar.gz", t["get"], t["tar"]),
-            ]
+            for where in args.outputs:
+                out = b.mount_tmpfs() if where == "tmpfs" else b.work
+                if out is None:
+                    continue
+                runs: dict[str, Callable[[], float]] = {
+                    "get": partial(b.rcds_get, base=out),
+                    "tar": partial(b.tarball, False, base=out),
+                    "tgz": partial(b.tarball, True, base=out),
+                }
+                if base_src is not None:
+                    runs["base"] = partial(b.rcds_get, base=out, src=base_src)
+                if not args.no_variants and where == args.outputs[0]:
+                    runs["fill"] = partial(b.rcds_get, ["--fill-cache"], base=out)
+                    runs["one"] = partial(b.rcds_get, env={"RCDS_GET_PROCESSES": "0"}, base=out)
+                CPU.clear()
+                t = interleaved(r, not args.no_sync, **runs)
+                b.unmount_tmpfs()
+                print(f"(1) {where}: {t}", flush=True)
+                print(f"(1) {where} CPU s: {CPU}", flush=True)
+                cpu_rows.append(
+                    [f"(1) {where}", *(f"{med(CPU[k]):.2f}" if k in CPU else "" for k in CPU_COLUMNS)]
+                )
+                if where == "tmpfs" or "tmpfs" not in args.outputs:
+                    ratios["get/tar"] = med(t["get"]) / med(t["tar"])
+                    ratios["get/tgz"] = med(t["get"]) / med(t["tgz"])
+                rows += [
+                    row(f"(1) rcds get, whole tree, {where} vs curl | tar -x", t["get"], t["tar"], "<= 1.5"),
+                    row(f"    rcds get, {where} vs curl | tar -xz", t["get"], t["tgz"], "<= 0.5"),
+                    row(f"    curl | tar -xz, {where} vs curl | tar -x", t["tgz"], t["tar"]),
+                ]
+                if "base" in t:
+                    rows += [
+                        row(f"    rcds get, {where}: this tree vs --base-src", t["get"], t["base"]),
+                        row(f"    rcds get of --base-src, {where} vs curl | tar -x", t["base"], t["tar"]),
+                    ]
+                if "fill" in t:
+                    rows += [
+                        row(f"    rcds get --fill-cache, {where} vs curl | tar -x", t["fill"], t["tar"]),
+                        row(f"    rcds get in one process, {where} vs curl | tar -x", t["one"], t["tar"]),
+                    ]
         if 2 in args.scenarios:
             t = interleaved(
                 r,
@@ -343,17 +477,25 @@ def main() -> None:
 
         print()
         print(f"date: {time.strftime('%Y-%m-%d')}; machine: {machine()}")
-        print(f"tree: {b.files} files, {b.nbytes / MB:.0f} MB; baseline = curl | tar -xz (or a local copy)")
+        print(
+            f"tree ({b.input_kind}): {b.files} files, {b.nbytes / MB:.0f} MB; baseline = curl | tar -x "
+            "or -xz from the same server, or a local copy"
+        )
         load1 = os.getloadavg()
         print(f"load average: {load0[0]:.1f} at start, {load1[0]:.1f} (15 min: {load1[2]:.1f}) at end")
         headers = ["scenario", "rcds s", "baseline s", "ratio", "target"]
         print(format_table(headers, rows, markdown=args.markdown))
+        if cpu_rows:
+            print()
+            print("CPU seconds per run (client processes + the server; medians), less moved by other load:")
+            print(format_table(["scenario", *CPU_COLUMNS], cpu_rows, markdown=args.markdown))
         print()
         for key, ratio in ratios.items():
             target = TARGETS[key]
             ok = ratio <= target
             print(f"{key}: ratio {ratio:.2f} (target <= {target}) {'ok' if ok else 'MISSED'}")
     finally:
+        b.unmount_tmpfs()
         if hasattr(b, "server"):
             b.server.terminate()
             b.server.wait()

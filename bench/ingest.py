@@ -8,8 +8,8 @@ Inputs are uncompressed tar files, so decompression is not measured (except in t
 row):
 
 * ``real``: a real tree, ``pip install --target`` of numpy, scipy, pandas, matplotlib and sympy
-  (with the ``.pyc`` files pip writes), made once into a cache directory (``--cache``, default
-  ``~/.cache/rcds-bench``) and tarred: ~490 MB, ~13,000 files.
+  (with the ``.pyc`` files pip writes), made once by ``bench/realtree.py`` into ``--cache DIR``
+  (default ``~/.cache/rcds-bench/pip-target``) and tarred: ~490 MB, ~13,000 files.
 * ``venv``: a Python-virtualenv-like tree, ~20k files / ~300 MB: many small ``.py`` files of
   source-like text (zlib -6 ratio ~3.5; ~1.8 below 2 KB), ``__pycache__/*.pyc``, dist-info metadata, empty
   ``__init__.py`` files, ``.so`` binaries of 100 KB-2 MB with partly random content, symlinks.
@@ -67,7 +67,8 @@ from pathlib import Path
 
 import numpy as np
 from common import MB, MiB, format_table, machine, machine_busy_seconds, mb_per_s, proc_status_kib, wait_idle
-from inputs import DEFAULT_CACHE, Entry, gzip_file, plan_compiled, plan_venv, real_tree, tar_tree, write_tar
+from inputs import Entry, gzip_file, plan_compiled, plan_venv, write_tar
+from realtree import default_dir, pip_tree, tar_tree
 
 from rcds.format.deflaters import DEFAULT, Compress, Compression
 from rcds.testing.seaweedfs import SeaweedFS
@@ -370,7 +371,7 @@ def generate(work: Path, names: list[str], quick: bool, gz: bool, cache: Path) -
         t0 = time.perf_counter()
         tar = work / f"{name}.tar"
         if name == "real":
-            files, nbytes = tar_tree(real_tree(cache), tar)
+            files, nbytes = tar_tree(pip_tree(cache), tar)
         else:
             seed, plan = plans[name]
             files, nbytes = write_tar(tar, plan(np.random.default_rng(seed)), seed)
@@ -470,7 +471,7 @@ def main() -> None:
         default=",".join(INPUTS),
         help=f"inputs to measure, in this order (default {','.join(INPUTS)})",
     )
-    ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where the real tree is kept")
+    ap.add_argument("--cache", type=Path, default=default_dir(), help="where the real tree is kept")
     ap.add_argument("--keep-inputs", metavar="DIR", type=Path, help="write the tarballs here and keep them")
     ap.add_argument(
         "--repeat", type=int, default=1, help="passes over all inputs; the least disturbed pass counts"

@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import gzip
 import io
-import os
 import shutil
-import subprocess
-import sys
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -315,45 +312,3 @@ def gzip_file(src: Path, dst: Path, level: int = 6) -> None:
 
 
 # -- a real tree --------------------------------------------------------------------------------
-
-REAL_PACKAGES = ("numpy", "scipy", "pandas", "matplotlib", "sympy")
-DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "rcds-bench"
-
-
-def real_tree(cache: Path = DEFAULT_CACHE) -> Path:
-    """``pip install --target`` of :data:`REAL_PACKAGES` (with their ``.pyc`` files, as pip writes
-    them), made once into ``cache/pip-target`` and reused: ~490 MB, ~13,000 files.
-
-    The tree is what a user publishes (real Python sources, ``.pyc``, shared libraries, data); the
-    versions are whatever the index offers when the cache is made (``cache/pip-target.txt``
-    lists them), so figures of different caches are compared within one run only.
-    """
-    target = cache / "pip-target"
-    if (cache / "pip-target.txt").exists() and target.is_dir():
-        return target
-    partial = cache / "pip-target.partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    cache.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "install", "-q", "--target", str(partial), *REAL_PACKAGES]
-    subprocess.run(cmd, check=True, stdin=subprocess.DEVNULL)
-    shutil.rmtree(target, ignore_errors=True)
-    os.rename(partial, target)
-    versions = sorted(p.name.removesuffix(".dist-info") for p in target.glob("*.dist-info"))
-    (cache / "pip-target.txt").write_text("\n".join(versions) + "\n")
-    return target
-
-
-def tar_tree(src: Path, dst: Path) -> tuple[int, int]:
-    """A plain tar of a directory tree (sorted, as ``tar -C src -cf dst .``); return (files, bytes)."""
-    files = nbytes = 0
-    with tarfile.open(dst, "w", format=tarfile.PAX_FORMAT) as tf:
-        for path in sorted(src.rglob("*")):
-            ti = tf.gettarinfo(str(path), str(path.relative_to(src)))
-            if ti.isreg():
-                with open(path, "rb") as f:
-                    tf.addfile(ti, f)
-                files += 1
-                nbytes += ti.size
-            else:
-                tf.addfile(ti)
-    return files, nbytes

@@ -33,7 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from common import MB, format_table, machine
-from realtree import IMPORTS, pip_target
+from realtree import IMPORTS, pip_tree, tree_size
 
 REPO = "bench.example.org"
 TREE = "/sw/tree"
@@ -88,8 +88,9 @@ def serve_in_child(public: Path) -> tuple[subprocess.Popen[str], str]:
 class Bench:
     """The served repository, the mount and the scratch directories."""
 
-    def __init__(self, work: Path) -> None:
+    def __init__(self, work: Path, tree_dir: Path | None) -> None:
         self.work = work
+        self.tree_dir = tree_dir
         self.mnt = work / "mnt"
         self.mnt.mkdir(exist_ok=True)
         self.daemon: subprocess.Popen[bytes] | None = None
@@ -100,9 +101,9 @@ class Bench:
         from rcds.publish.layout import Settings
         from rcds.publish.stratum0 import Stratum0
 
-        self.local = self.work / "tree"
+        self.local = pip_tree(self.tree_dir)
         t0 = time.perf_counter()
-        files, nbytes = pip_target(self.local)
+        files, nbytes = tree_size(self.local)
         print(f"input: {files} files, {nbytes / MB:.0f} MB ({time.perf_counter() - t0:.0f} s)", flush=True)
         root = self.work / "repo"
         if not (root / "public" / ".cvmfspublished").exists():
@@ -192,6 +193,9 @@ def main() -> None:
     ap.add_argument("--keep", type=Path, metavar="DIR", help="work in DIR and keep it (the tree is reused)")
     ap.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     ap.add_argument(
+        "--tree", type=Path, metavar="DIR", help="the pip --target tree (default: bench/realtree.py's)"
+    )
+    ap.add_argument(
         "--scenarios", type=lambda t: {int(x) for x in t.split(",")}, default={1, 2, 3, 4}, metavar="1,2,3,4"
     )
     args = ap.parse_args()
@@ -199,7 +203,7 @@ def main() -> None:
         raise SystemExit("bench/mount.py mounts FUSE file systems and drops the page cache: run it as root")
     work = args.keep or Path(tempfile.mkdtemp(prefix="rcds-bench-mount-"))
     work.mkdir(parents=True, exist_ok=True)
-    b = Bench(work)
+    b = Bench(work, args.tree)
     rows: list[list[object]] = []
     med = statistics.median
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
-from rcds.client.get.materialize import STATE_FILE
+from rcds.client.get.fs import state_path
 
 from testkit import Entry
 
@@ -43,7 +44,7 @@ def regular_files(dest: Path) -> dict[str, bytes]:
         for n in names:
             p = Path(d, n)
             rel = p.relative_to(dest).as_posix()
-            if not p.is_symlink() and rel not in (STATE_FILE, ".cvmfscatalog"):
+            if not p.is_symlink() and rel != ".cvmfscatalog":
                 out[rel] = p.read_bytes()
     return out
 
@@ -57,3 +58,10 @@ def object_of(site: Site, data: bytes) -> Path:
             if repo.lstat(path).st_mode & 0o170000 == 0o100000 and repo.read_bytes(path) == data:
                 return site.object_path(site.public, repo.pieces(path)[0].hash)
     raise AssertionError("no such content")
+
+
+def recorded(cache: Path, dest: Path) -> dict[str, str]:
+    """The resume records of the copy into ``dest`` (kept in the cache directory ``cache``)."""
+    head, *lines = state_path(cache, dest).read_text().splitlines()
+    assert json.loads(head)["target"] == os.path.realpath(dest)
+    return {rel: key for line in lines for rel, key in json.loads(line)}

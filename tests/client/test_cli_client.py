@@ -104,19 +104,20 @@ def test_get_copies_a_subtree_and_resumes(
     assert got["a/run.sh"][2] == 0o755 and got["a/hello.txt"][2] == 0o644
     assert os.stat(dest / "a/hello.txt").st_ino == os.stat(dest / "a/hl").st_ino
     assert os.stat(dest / "a/run.sh").st_mtime == 1_700_000_000
-    assert (dest / ".rcds-get.json").is_file()
+    assert not (dest / ".rcds-get.json").exists()  # the resume state is kept in the cache directory
     assert not list(dest.rglob("*.tmp"))
 
-    # A second run finds everything in place and downloads nothing.
+    # A second run (same cache directory: the resume state is there) finds everything in place
+    # and downloads nothing.
     before = site.fetched("data/")
-    code, out, _ = run(capsys, "get", *opts(site, cache=tmp_path / "fresh-cache"), f"{NAME}:{C1}", str(dest))
+    code, out, _ = run(capsys, "get", *opts(site), f"{NAME}:{C1}", str(dest))
     assert code == 0 and "6 already up to date" in out
     fetched_catalogs_and_cert = site.fetched("data/") - before
     # An interrupted run (a file missing, another one changed) redoes only those.
     (dest / "b/c/d.txt").unlink()
     (dest / "a/run.sh").write_bytes(b"changed")
     before = site.fetched("data/")
-    code, out, _ = run(capsys, "get", *opts(site, cache=tmp_path / "fresh-cache2"), f"{NAME}:{C1}", str(dest))
+    code, out, _ = run(capsys, "get", *opts(site), f"{NAME}:{C1}", str(dest))
     assert code == 0 and "4 already up to date" in out
     assert site.fetched("data/") - before == fetched_catalogs_and_cert + 2
     assert tree(dest) == got

@@ -6,7 +6,6 @@ so that the batch path runs in several lanes.
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import subprocess
@@ -17,11 +16,12 @@ from typing import TYPE_CHECKING
 import pytest
 
 from rcds.client.get import materialize as mat
-from rcds.client.get.materialize import STATE_FILE, materialize
+from rcds.client.get.fs import LEGACY_STATE_FILE, state_path
+from rcds.client.get.materialize import materialize
 from rcds.errors import IntegrityError
 from rcds.format.pathhash import md5_pair
 
-from getkit import MANY, N, content, object_of, regular_files
+from getkit import MANY, N, content, object_of, recorded, regular_files
 from repo_tamper import Tamper
 from testkit import NAME
 
@@ -45,6 +45,8 @@ def test_get_in_batches_gives_an_identical_tree_and_fetches_each_object_once(
     objects = site.fetched("data/") - before - 1  # the nested catalog of MANY
     assert objects == len(set(many.values()) - {b""})
     assert not list((tmp_path / "out").rglob("*.tmp"))
+    assert not (tmp_path / "out" / LEGACY_STATE_FILE).exists()  # the state is in the cache directory
+    assert set(many) <= set(recorded(site.cache_dir, tmp_path / "out"))
     # everything went into the cache: a second copy needs no data download
     repo.source.flush()
     before = site.fetched("data/")
@@ -77,17 +79,18 @@ def test_a_corrupt_object_everywhere_is_reported_and_the_copy_resumes(
     with pytest.raises(IntegrityError, match="corrupt"):
         materialize(repo, MANY, dest)
     # nothing unverified under a real name, no temp files left, the state file records what is done
-    assert (dest / STATE_FILE).is_file()
+    assert state_path(tmp_path / "cache", dest).is_file()
+    assert not (dest / LEGACY_STATE_FILE).exists()
     for rel, data in regular_files(dest).items():
         assert data == many[rel]
     assert "d0/f042.txt" not in regular_files(dest)
     assert not list(dest.rglob("*.tmp"))
-    recorded = json.loads((dest / STATE_FILE).read_text())["files"]
-    assert set(recorded) - {".cvmfscatalog"} <= set(regular_files(dest))
+    done = recorded(tmp_path / "cache", dest)
+    assert set(done) - {".cvmfscatalog"} <= set(regular_files(dest))
     obj.write_bytes(good)
-    report = materialize(site.open(cache_dir=tmp_path / "cache2"), MANY, dest)
+    report = materialize(site.open(cache_dir=tmp_path / "cache"), MANY, dest)
     assert regular_files(dest) == many
-    assert report.skipped == len(recorded)
+    assert report.skipped == len(done)
 
 
 @pytest.mark.parametrize("name", ["..", "x/../../../evil"])
@@ -132,9 +135,17 @@ def test_an_interrupted_get_resumes_where_it_stopped(
     partial = regular_files(dest)
     assert 0 < len(partial) < len(many)
     assert all(many[r] == d for r, d in partial.items())
-    report = materialize(site.open(cache_dir=tmp_path / "c2"), MANY, dest)
+    assert set(recorded(tmp_path / "c1", dest)) - {".cvmfscatalog"} <= set(partial)
+    before = site.fetched("data/")
+    report = materialize(site.open(cache_dir=tmp_path / "c1"), MANY, dest)
     assert report.skipped >= 100
     assert regular_files(dest) == many
+    assert not (dest / LEGACY_STATE_FILE).exists()
+    # only what was missing was downloaded (the copy in the cache has no objects: no fill)
+    assert site.fetched("data/") - before <= len(many) - report.skipped
+    # a copy with another cache has no state: it writes every file again, and correctly
+    report = materialize(site.open(cache_dir=tmp_path / "c2"), MANY, dest)
+    assert report.skipped == 0 and regular_files(dest) == many
 
 
 def test_get_copies_cached_objects_from_the_cache(site: Site, many: dict[str, bytes], tmp_path: Path) -> None:

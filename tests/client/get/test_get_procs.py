@@ -6,7 +6,6 @@ go through them in several small batches.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 from pathlib import Path
@@ -18,13 +17,13 @@ from rcds.client.get import downloads as getdownloads
 from rcds.client.get import materialize as mat
 from rcds.client.get import procs as getprocs
 from rcds.client.get import worker as getworker
-from rcds.client.get.materialize import STATE_FILE, materialize
+from rcds.client.get.materialize import materialize
 from rcds.client.get.procs import GetProcesses, batches
 from rcds.client.get.worker import Job, Target
 from rcds.errors import IntegrityError, StorageError
 from rcds.format.hashes import ContentHash, ObjectKind
 
-from getkit import MANY, content, object_of, regular_files
+from getkit import MANY, content, object_of, recorded, regular_files
 
 if TYPE_CHECKING:
     from conftest import Site
@@ -71,8 +70,7 @@ def test_workers_copy_an_identical_tree_and_fill_the_cache_when_asked(
     assert site.fetched("data/") - before - 1 == distinct  # each object once (plus the nested catalog)
     assert repo.source.stats["network"] >= distinct  # the workers' figures reach the caller
     assert not list((tmp_path / "out").rglob("*.tmp"))
-    recorded = json.loads((tmp_path / "out" / STATE_FILE).read_text())["files"]
-    assert set(many) <= set(recorded)
+    assert set(many) <= set(recorded(site.cache_dir, tmp_path / "out"))
     # the workers filled the cache: a second copy downloads no object
     before = site.fetched("data/")
     materialize(repo, MANY, tmp_path / "again", processes=2)
@@ -113,8 +111,7 @@ def test_batches_go_out_while_the_walk_goes_on(
     distinct = len(set(many.values()) - {b""})
     duplicates = sum(1 for data in many.values() if data) - distinct
     assert distinct <= site.fetched("data/") - before - 1 <= distinct + duplicates
-    recorded = json.loads((tmp_path / "out" / STATE_FILE).read_text())["files"]
-    assert set(many) <= set(recorded)
+    assert set(many) <= set(recorded(site.cache_dir, tmp_path / "out"))
 
 
 def test_without_fill_the_cache_gets_no_objects(
@@ -165,7 +162,7 @@ def test_corrupt_data_everywhere_is_reported_and_the_copy_resumes(
         assert data == many[rel]
     assert not list(dest.rglob("*.tmp"))
     obj.write_bytes(good)
-    report = materialize(site.open(cache_dir=tmp_path / "c2"), MANY, dest, processes=2)
+    report = materialize(site.open(cache_dir=tmp_path / "c1"), MANY, dest, processes=2)  # its state
     assert regular_files(dest) == many
     assert report.skipped > 0
 
@@ -225,7 +222,7 @@ def test_an_interrupted_copy_stops_its_workers_and_resumes(
     assert 0 < len(partial) < len(many)
     assert all(many[r] == d for r, d in partial.items())
     assert not list(dest.rglob("*.tmp"))  # SIGTERM: the workers removed what they were writing
-    report = materialize(site.open(cache_dir=tmp_path / "c2"), MANY, dest, processes=2)
+    report = materialize(site.open(cache_dir=tmp_path / "c1"), MANY, dest, processes=2)
     assert report.skipped >= 40
     assert regular_files(dest) == many
 

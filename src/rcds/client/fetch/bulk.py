@@ -18,8 +18,8 @@ from typing import NamedTuple
 
 from rcds.client.cache.source import CachedSource
 from rcds.errors import StorageError
-from rcds.format.compression import verify_object
 from rcds.format.hashes import ContentHash, ObjectKind
+from rcds.format.wholeinflate import verify_sized
 from rcds.net.failures import FetchError
 from rcds.repo.http_source import translate
 
@@ -65,7 +65,7 @@ def batches(
 
 def fetch_objects(
     source: CachedSource, wanted: Sequence[Wanted], *, keep: bool = True
-) -> Iterator[tuple[int, bytes]]:
+) -> Iterator[tuple[int, bytes | bytearray]]:
     """Yield ``(index into wanted, verified plain bytes)`` for every object, in completion order.
 
     The local cache is not consulted (pass what it lacks, see :meth:`CachedSource.cached`).
@@ -81,28 +81,31 @@ def fetch_objects(
                 yield i, f.read()
             continue
         if source.alien is not None:
-            plain = source.alien.get_verified(w.hash, w.kind, w.size, compressed=w.compressed)
-            if plain is not None:
+            found = source.alien.get_verified(w.hash, w.kind, w.size, compressed=w.compressed)
+            if found is not None:
                 source.count("alien")
                 if keep:
-                    source.inserter.put(w.hash, w.kind, plain)
-                yield i, plain
+                    source.inserter.put(w.hash, w.kind, found)
+                yield i, found
                 continue
         todo.append(i)
     alien = source.alien if keep else None
     for group in batches([wanted[i] for i in todo]):
         items = [wanted[todo[g]] for g in group]
+        names = [w.name for w in items]
 
-        def validate(k: int, raw: bytes, items: list[Wanted] = items) -> tuple[bytes, bytes]:
+        def validate(
+            k: int, raw: bytes, items: list[Wanted] = items, names: list[str] = names
+        ) -> tuple[bytes, bytes | bytearray]:
             w = items[k]
-            return raw, verify_object(raw, w.hash, compressed=w.compressed, size=w.size, what=w.name)
+            return raw, verify_sized(raw, w.hash, w.size, compressed=w.compressed, what=names[k])
 
         try:
-            for k, (raw, plain) in source.fetcher.fetch_many([w.name for w in items], validate):
+            for k, (raw, plain) in source.fetcher.fetch_many(names, validate):
                 w = items[k]
                 source.count("network")
                 if keep:
-                    source.inserter.put(w.hash, w.kind, plain)
+                    source.inserter.put(w.hash, w.kind, bytes(plain))
                 if alien is not None:
                     try:
                         alien.put_raw(w.hash, w.kind, raw, verify=False)

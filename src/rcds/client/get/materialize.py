@@ -17,9 +17,13 @@ Nothing is written outside the destination: names are checked (no ``..``, ``/`` 
 existing symlinks or files where a directory belongs are replaced, never followed. An error
 stops the copy where it is; what was written is complete and recorded.
 
-Resuming: a small state file ``.rcds-get.json`` in the destination directory records, for
-every completed file, the content it was written with. A file whose record matches the
-catalog's content and whose size and modification time on disk match the catalog is skipped.
+Resuming: a small state file in the local cache directory, named after the destination
+(:func:`rcds.client.get.fs.state_path`; never in the copied tree), records for every completed
+file the content it was written with. A file whose record matches the catalog's content and
+whose size and modification time on disk match the catalog is skipped. The state stays after a
+complete copy: a later copy into the same destination (e.g. of a new revision) writes only what
+changed. A state file ``.rcds-get.json`` left in the destination by an older version is read
+and, once its records are saved in the cache, removed (unless the repository has that name).
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from typing import NamedTuple
 from rcds.client.fetch.bulk import BULK_MAX_OBJECT
 from rcds.client.get.downloads import Downloads, PlannedFile
 from rcds.client.get.fs import (
-    STATE_FILE,
+    LEGACY_STATE_FILE,
     GetState,
     check_name,
     content_key,
@@ -47,6 +51,7 @@ from rcds.client.get.fs import (
     mtime_ns,
     prepare_dir,
     read_umask,
+    state_path,
     write_file,
     write_symlink,
 )
@@ -57,7 +62,7 @@ from rcds.client.tree.mounted import Located, is_canonical
 from rcds.errors import InputError, IntegrityError, StorageError
 from rcds.format.dirent import Dirent
 
-__all__ = ["STATE_FILE", "GetReport", "Progress", "content_key", "materialize"]
+__all__ = ["GetReport", "Progress", "content_key", "materialize"]
 
 SAVE_EVERY = 2.0
 """Seconds between saves of the resume state during a copy."""
@@ -132,11 +137,12 @@ def materialize(
             for loc in m.walk(top):
                 plan.add(loc)
             plan.run()
+            return plan.report(time.monotonic() - t0)
         finally:
             plan.close()
+            del plan  # no cycles: freed now, not left to a collection of everything it held
             if collecting:
                 gc.enable()
-        return plan.report(time.monotonic() - t0)
 
 
 class _Options(NamedTuple):
@@ -166,7 +172,14 @@ class _Plan:
         self.special = 0
         self.hardlinks = 0
         self._cut = len(top.entry.path) + 1
-        self.state = GetState(target / STATE_FILE if self.is_dir else None, repo.fqrn)
+        self.state = GetState(
+            state_path(repo.cache.dir, target) if self.is_dir else None,
+            repo.fqrn,
+            target,
+            legacy=target / LEGACY_STATE_FILE,
+        )
+        self.legacy_is_an_entry = False
+        """The repository has an entry where older versions kept the state: it is not theirs."""
         self.prog = Progress()
         self._progress: Callable[[Progress], None] | None = None  # silent until the walk is over
         self._last_save = time.monotonic()
@@ -190,6 +203,8 @@ class _Plan:
                 raise IntegrityError(
                     f"refusing to write {e.path!r}: its path would leave the destination", e.path
                 )
+        if rel == LEGACY_STATE_FILE:
+            self.legacy_is_an_entry = True
         if e.is_dir:
             self.dirs.append((rel, e))
             if self.is_dir:
@@ -231,8 +246,7 @@ class _Plan:
         try:
             for group in self.groups.values():
                 self._add_file(group[0])
-            self.downloads.finish()
-            self._write_singles(self.singles)
+            self._write_singles(self.singles, during=self.downloads.finish)
             self.hardlinks = self._link_groups()
             for rel, e in self.links:
                 write_symlink(self.path(rel), e)
@@ -240,12 +254,20 @@ class _Plan:
                 finish_dir(self.path(rel), e)
         finally:
             self.state.save(self.revision)
+        if not self.legacy_is_an_entry:  # complete, state saved: the older version's file goes
+            self.state.drop_legacy()
         if self._progress is not None:
             self._progress(self.prog)
 
     def close(self) -> None:
-        """Stop the worker processes if still running; save the resume state (after an error too)."""
-        self.downloads.close()
+        """Stop the worker processes if still running; save the resume state (after an error too).
+
+        Drops the downloads, which refer back to the plan: the plan is then freed as soon as
+        its caller lets go of it, with no garbage collection of its ~10 objects per file.
+        """
+        downloads: Downloads | None = self.__dict__.pop("downloads", None)
+        if downloads is not None:
+            downloads.close()
         self.state.save(self.revision)
 
     def report(self, seconds: float) -> GetReport:
@@ -291,20 +313,22 @@ class _Plan:
             and st.st_mtime_ns == mtime_ns(f.entry)
         )
 
-    def _write_singles(self, files: list[PlannedFile]) -> None:
-        """Chunked and large files: pieces fetched one by one through the caches, in worker threads."""
+    def _write_singles(self, files: list[PlannedFile], during: Callable[[], None]) -> None:
+        """Chunked and large files: pieces fetched one by one through the caches, in worker
+        threads, while ``during()`` runs (the batch downloads: the large files no longer wait for
+        the small ones, nor leave the cores idle at the end)."""
         if not files:
+            during()
             return
-        with cf.ThreadPoolExecutor(max(1, self.options.workers), thread_name_prefix="rcds-get") as pool:
-            futures = {pool.submit(self._write_pieces, f): f for f in files}
-            try:
-                for fut in cf.as_completed(futures):
-                    fut.result()
-                    self._done(futures[fut])
-            except BaseException:
-                for fut in futures:
-                    fut.cancel()
-                raise
+        pool = cf.ThreadPoolExecutor(max(1, self.options.workers), thread_name_prefix="rcds-get")
+        futures = {pool.submit(self._write_pieces, f): f for f in files}
+        try:
+            during()
+            for fut in cf.as_completed(futures):
+                fut.result()
+                self._done(futures[fut])
+        finally:  # on an error: what is queued is dropped, what is being written is finished
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def _write_pieces(self, f: PlannedFile) -> None:
         source = self.repo.source
