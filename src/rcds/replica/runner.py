@@ -25,12 +25,14 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 from rcds.errors import ConfigError, IntegrityError, RcdsError
 from rcds.format import manifest as manifest_fmt
 from rcds.replica.replicator import ReplicaSpec, Replicator
 from rcds.replica.snapshot import SnapshotResult
+from rcds.storage.locate import open_store
 
 log = logging.getLogger("rcds.replica")
 
@@ -236,7 +238,14 @@ class ReplicaRunner:
 
 def _held_revision(spec: ReplicaSpec) -> int | None:
     try:
-        data = (spec.dest / ".cvmfspublished").read_bytes()
+        if isinstance(spec.dest, Path):
+            data = (spec.dest / ".cvmfspublished").read_bytes()
+        else:
+            store = open_store(spec.dest)
+            try:
+                data = store.get(".cvmfspublished")
+            finally:
+                store.close()
         return manifest_fmt.parse(data).manifest.revision
-    except (OSError, IntegrityError):
+    except (OSError, RcdsError):
         return None

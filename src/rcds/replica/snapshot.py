@@ -293,7 +293,8 @@ def snapshot(
             extra_objects, extra_bytes = _copy_manifest_objects(source, recorder, dest, m)
             dest.sync()
             _copy_root_files(source, recorder, dest)
-            record_root(dest.root, m.root_catalog)
+            if isinstance(dest, LocalStore):  # served roots are kept for replica gc (local replicas)
+                record_root(dest.root, m.root_catalog)
             dest.put(LAST_SNAPSHOT, date_utc(now).encode())
         finally:
             dest.delete(IS_SNAPSHOTTING)

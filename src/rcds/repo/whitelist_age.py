@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-from rcds.errors import IntegrityError
+from rcds.errors import IntegrityError, RcdsError
 from rcds.format import whitelist as whitelist_fmt
+from rcds.storage.base import Store
 
 RENEW_FRACTION = 1 / 3
 """Re-sign when less than this part of the whitelist's validity is left (10 of 30 days)."""
@@ -119,11 +120,14 @@ def assess_bytes(repository: str, data: bytes, now: dt.datetime) -> WhitelistAge
     return assess(repository, wl, now)
 
 
-def assess_tree(repository: str, public: Path, now: dt.datetime) -> WhitelistAge:
-    """The state of the whitelist of a local repository tree (own stratum 0 or replica)."""
+def assess_tree(repository: str, public: Path | Store, now: dt.datetime) -> WhitelistAge:
+    """The state of the whitelist of a repository tree (own stratum 0 or replica, local or a store)."""
     try:
-        data = (Path(public) / WHITELIST).read_bytes()
-    except OSError as exc:
-        reason = f"cannot read {Path(public) / WHITELIST}: {exc.strerror or exc}"
+        data = public.get(WHITELIST) if isinstance(public, Store) else (Path(public) / WHITELIST).read_bytes()
+    except (OSError, RcdsError) as exc:
+        where = (
+            f"{public.location}/{WHITELIST}" if isinstance(public, Store) else str(Path(public) / WHITELIST)
+        )
+        reason = f"cannot read {where}: {getattr(exc, 'strerror', None) or exc}"
         return WhitelistAge(repository, _aware(now), WhitelistState.UNREADABLE, error=reason)
     return assess_bytes(repository, data, now)
