@@ -130,6 +130,7 @@ def _wait_for_signal(on_hup: Callable[[], None]) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from rcds.replica.notifications import ReplicaNotifications
     from rcds.replica.replicator import Replicator
     from rcds.replica.runconfig import load_run_config
     from rcds.replica.runner import ReplicaRunner
@@ -155,17 +156,39 @@ def _run(args: argparse.Namespace) -> int:
             object_max_age=s.object_max_age,
         )
         server.start_background()
+    broker = None
+    if cfg.notify.broker_port is not None:
+        from rcds.notify.server import BrokerThread
+
+        broker = BrokerThread(host=cfg.serve.host if cfg.serve else "127.0.0.1", port=cfg.notify.broker_port)
+    notes: ReplicaNotifications | None = None
+
+    def on_result(fqrn: str, res: SnapshotResult | RcdsError) -> None:
+        print(describe(fqrn, res), flush=True)
+        if notes is not None:
+            notes.pulled(fqrn, res)
+
     runner = ReplicaRunner(
         [e.spec() for e in entries],
         interval=cfg.interval,
         retry=cfg.retry,
         parallel=cfg.parallel,
         replicator=Replicator(workers=cfg.workers),
-        on_result=lambda fqrn, res: print(describe(fqrn, res), flush=True),
+        on_result=on_result,
+    )
+    notes = ReplicaNotifications(
+        runner,
+        {e.fqrn: e.dir for e in entries},
+        subscribe=cfg.notify.subscribe,
+        announce=cfg.notify.announce,
+        local=[broker.broker.publish_threadsafe] if broker is not None else [],
     )
     names = ", ".join(e.fqrn for e in entries)
     where = f"; serving at http://{cfg.serve.host}:{server.port}/cvmfs/" if server and cfg.serve else ""
+    if broker is not None:
+        where += f"; notifications at {broker.url}/notifications/"
     print(f"rcds replica run: {names} every {cfg.interval:g} s{where}", flush=True)
+    notes.start()
     runner.start()
     try:
 
@@ -176,6 +199,9 @@ def _run(args: argparse.Namespace) -> int:
         _wait_for_signal(pull_all_now)
     finally:
         runner.stop()
+        notes.close()
+        if broker is not None:
+            broker.stop()
         if server is not None:
             server.stop()
     return 0

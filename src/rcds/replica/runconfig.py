@@ -15,6 +15,11 @@
     root_max_age = 61       # Cache-Control of .cvmfs* files
     object_max_age = 259200 # Cache-Control of objects (immutable)
 
+    [notify]                # optional: revision notifications (stock CernVM-FS protocol)
+    subscribe = ["http://stratum0.example.org:8080"]  # pull as soon as these brokers announce
+    announce = ["http://broker.example.org:4929"]     # announce each pulled revision to these
+    broker_port = 4929      # and serve a broker of our own (on [serve] host, else 127.0.0.1)
+
     [[repository]]          # optional: replicas to add (or update) at start
     name = "sw.example.org"
     upstream = "http://stratum0.example.org/cvmfs/sw.example.org"
@@ -53,6 +58,15 @@ class ServeConfig:
 
 
 @dataclass(frozen=True)
+class NotifyConfig:
+    """The ``[notify]`` table: brokers to follow and to announce to, and an own broker."""
+
+    subscribe: tuple[str, ...] = ()
+    announce: tuple[str, ...] = ()
+    broker_port: int | None = None
+
+
+@dataclass(frozen=True)
 class RunConfig:
     """The whole ``rcds replica run`` configuration."""
 
@@ -63,6 +77,7 @@ class RunConfig:
     workers: int = 8
     serve: ServeConfig | None = None
     repositories: list[RepositoryConfig] = field(default_factory=list)
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
 
 
 def _number(table: dict[str, Any], key: str, default: float, where: str, *, integer: bool = False) -> Any:
@@ -95,7 +110,7 @@ def load_run_config(path: Path) -> RunConfig:
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
     base = Path(path).resolve().parent
-    _unknown(data, {"replica", "serve", "repository"}, str(path))
+    _unknown(data, {"replica", "serve", "repository", "notify"}, str(path))
     rep = data.get("replica")
     if not isinstance(rep, dict) or not isinstance(rep.get("root"), str):
         raise ConfigError(f'{path}: a [replica] table with root = "DIR" is required')
@@ -132,6 +147,7 @@ def load_run_config(path: Path) -> RunConfig:
             raise ConfigError(f"{rw}: name, upstream and key (strings) are required")
         repos.append(RepositoryConfig(t["name"], t["upstream"], base / t["key"]))
     return RunConfig(
+        notify=_notify(data.get("notify", {}), f"{path} [notify]"),
         root=base / rep["root"],
         interval=float(_number(rep, "interval", 60, where)),
         retry=float(_number(rep, "retry", 10, where)),
@@ -140,3 +156,21 @@ def load_run_config(path: Path) -> RunConfig:
         serve=serve,
         repositories=repos,
     )
+
+
+def _notify(table: object, where: str) -> NotifyConfig:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where} must be a table")
+    _unknown(table, {"subscribe", "announce", "broker_port"}, where)
+    lists = {}
+    for key in ("subscribe", "announce"):
+        value = table.get(key, [])
+        if not isinstance(value, list) or not all(
+            isinstance(u, str) and u.startswith(("http://", "https://")) for u in value
+        ):
+            raise ConfigError(f'{where}: {key} must be a list of broker URLs like ["http://host:4929"]')
+        lists[key] = tuple(u.rstrip("/") for u in value)
+    port = table.get("broker_port")
+    if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 0 <= port < 65536):
+        raise ConfigError(f"{where}: broker_port must be 0-65535 (0: any free port), not {port!r}")
+    return NotifyConfig(lists["subscribe"], lists["announce"], port)

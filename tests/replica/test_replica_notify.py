@@ -1,0 +1,85 @@
+"""``rcds replica run`` with ``[notify]``: pulls when the stratum 0 announces, then announces itself.
+
+Real parts on loopback: a stratum 0 served by ``rcds.serve``, the upstream's broker, the
+``rcds replica run`` process with its own broker, and a subscriber of that broker. The pull
+interval is long (300 s), so only a notification can bring the new revision within the bound.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from test_replica_run import Lines
+
+from rcds.format import manifest as manifest_fmt
+from rcds.net.notify_post import NotifySender
+from rcds.net.notify_stream import Subscription
+from rcds.notify.server import BrokerThread
+from rcds.publish.stratum0 import Stratum0
+from rcds.serve.http import make_server
+
+from replkit import RCDS, cid_entries, key_file, revision_of
+from testkit import publish
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def test_a_notification_pulls_at_once_and_the_replica_announces_what_it_pulled(
+    repo: Stratum0, tmp_path: Path
+) -> None:
+    publish(repo, cid_entries("a"), "/sw/g/a")
+    fqrn = repo.name
+    with make_server({fqrn: repo.layout.public}) as upstream, BrokerThread() as s0_broker:
+        upstream.start_background()
+        cfg = tmp_path / "replica.toml"
+        cfg.write_text(
+            "[replica]\nroot = 's1'\ninterval = 300\n\n[serve]\nport = 0\n\n"
+            f"[notify]\nsubscribe = ['{s0_broker.url}']\nbroker_port = 0\n\n"
+            f"[[repository]]\nname = '{fqrn}'\nupstream = '{upstream.url_for(fqrn)}'\n"
+            f"key = '{key_file(repo)}'\n"
+        )
+        proc = subprocess.Popen(
+            [*RCDS, "replica", "run", "--config", str(cfg)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        sub: Subscription | None = None
+        try:
+            lines = Lines(proc)
+            broker_url = lines.wait_for(r"notifications at (http://127\.0\.0\.1:\d+)/notifications/").group(1)
+            lines.wait_for(rf"{fqrn}: revision 1\b")  # the first pull, at start
+            replica = tmp_path / "s1" / fqrn
+            assert revision_of(replica) == 1
+            sub = Subscription(broker_url, fqrn, backoff=(0.05, 0.2))
+            received: list[int] = []
+
+            def listen() -> None:
+                for activity in sub:  # type: ignore[union-attr]
+                    received.append(manifest_fmt.parse(activity.manifest).manifest.revision)
+
+            threading.Thread(target=listen, daemon=True).start()
+            assert sub.connected.wait(10)
+            time.sleep(0.2)  # the replica's subscription to the stratum 0's broker is up too
+            sender = NotifySender([s0_broker.url])
+            announcing = Stratum0(repo.layout.root, fqrn, on_revision=sender.announce)
+            t0 = time.monotonic()
+            publish(announcing, cid_entries("b"), "/sw/g/b")
+            sender.close()
+            deadline = t0 + 10
+            while 2 not in received and time.monotonic() < deadline:
+                time.sleep(0.02)
+            took = time.monotonic() - t0
+            assert 2 in received, f"the replica announced {received} within {took:.1f} s"
+            assert revision_of(replica) == 2  # announced only once it was in place
+            assert took < 10
+        finally:
+            if sub is not None:
+                sub.close()
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0
