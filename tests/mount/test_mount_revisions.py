@@ -14,7 +14,7 @@ import pytest
 from rcds.jobs.wait import PollPolicy, wait_for_code
 
 from mountkit import wait_for
-from testkit import NAME, Entry
+from testkit import NAME, Entry, publish
 
 C1 = "/sw/g/c1"
 C2 = "/sw/g/c2"
@@ -122,3 +122,29 @@ def test_rcds_wait_sees_a_new_cid_through_the_mount(site: Any, mounter: Any, tmp
     outcome = result["outcome"]
     assert outcome.found.via == "mount"
     assert (tmp_path / "code" / "run.py").read_bytes() == b"print('c3')\n"
+
+
+def test_an_announced_revision_is_applied_at_once(site: Any, mount_site: Any) -> None:
+    """``CVMFS_NOTIFICATION_SERVER``: the mount subscribes, verifies the pushed manifest and
+    applies it (kernel caches invalidated) long before the 240 s TTL."""
+    from rcds.net.notify_post import NotifySender
+    from rcds.notify.server import BrokerThread
+    from rcds.publish.stratum0 import Stratum0
+
+    with BrokerThread() as broker:
+        m = mount_site(extra={"CVMFS_NOTIFICATION_SERVER": broker.url})
+        before = _revision(m.mp)
+        with pytest.raises(FileNotFoundError):
+            os.stat(m.mp / "sw/g/c8")  # a negative entry the kernel keeps
+        assert wait_for(lambda: broker.call(lambda: broker.broker.subscribers()) == 1, timeout=10)
+        sender = NotifySender([broker.url])
+        announcing = Stratum0(site.root, NAME, on_revision=sender.announce)
+        t0 = time.monotonic()
+        revision = publish(announcing, [Entry("pushed.txt", b"pushed\n")], "/sw/g/c8")
+        sender.close()
+        assert revision > before
+        assert wait_for(lambda: _revision(m.mp) == revision, timeout=10)
+        took = time.monotonic() - t0
+        assert (m.mp / "sw/g/c8/pushed.txt").read_bytes() == b"pushed\n"
+        assert took < 10
+        assert f"revision {revision} applied" in m.proc.logs()

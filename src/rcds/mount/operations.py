@@ -116,6 +116,8 @@ class RcdsOperations(ReadOnlyOperations):
         self._next_fh = 1
         self._opening: dict[str, trio.Lock] = {}
         self.revisions = RevisionKeeper(self.table, self.mounts, self.limiter)
+        for m in self.mounts.values():
+            self.revisions.follow(m)
         if opener is None:
             if len(self.mounts) != 1:
                 raise ValueError("one repository, or an opener for several")
@@ -200,6 +202,7 @@ class RcdsOperations(ReadOnlyOperations):
                     log.warning("cannot mount %s: %s", name, exc)
                     return None
                 self.mounts[name] = found
+                self.revisions.follow(found)
                 log.info("mounted %s (revision %d)", name, found.repo.revision)
                 top = self.table.nodes[FUSE_ROOT]
                 top.stat = _top_stat(len(self.mounts), self.owner)
@@ -446,6 +449,7 @@ class RcdsOperations(ReadOnlyOperations):
 
     def close(self) -> None:
         """Close open files and every repository."""
+        self.revisions.close()
         for h in self._handles.values():
             h.file.close()
         self._handles.clear()

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rcds.client.config.settings import DEFAULT_ETC, ClientConfig, load_client_config
+from rcds.client.fetch.notifications import notification_server
 from rcds.client.repository import Repository
 from rcds.errors import ConfigError
 from rcds.mount.inodes import InodeSpace
@@ -85,4 +86,10 @@ class MountOptions:
         repo = Repository.open_name(
             fqrn, config, cache_dir=self.cache_dir, auto_update=False, ttl_override=self.ttl
         )
-        return RepoMount(repo, InodeSpace(fqrn, shared=self.shared), owner=self.owner(), auto_update=auto)
+        return RepoMount(
+            repo,
+            InodeSpace(fqrn, shared=self.shared),
+            owner=self.owner(),
+            auto_update=auto,
+            notification_server=notification_server(config),
+        )

@@ -79,8 +79,11 @@ class RepoMount:
         *,
         owner: tuple[int, int] | None,
         auto_update: bool = True,
+        notification_server: str | None = None,
     ) -> None:
         self.repo = repo
+        self.notification_server = notification_server
+        """The broker announcing new revisions (``CVMFS_NOTIFICATION_SERVER``), or None."""
         self.fqrn = repo.fqrn
         self.space = space
         self.owner = owner

@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 
 import pyfuse3
 import trio
 
+from rcds.errors import RcdsError
 from rcds.mount.inodes import NodeTable
 from rcds.mount.repomount import RepoMount
+from rcds.net.notify_stream import Subscription
 
 log = logging.getLogger("rcds.mount")
 
@@ -32,7 +35,35 @@ class RevisionKeeper:
         self.limiter = limiter
         self._wake = trio.Event()
         self._forced: set[str] = set()
+        self._pushed: dict[str, bytes] = {}
         self._token: trio.lowlevel.TrioToken | None = None
+        self._subscriptions: list[Subscription] = []
+
+    def follow(self, mount: RepoMount) -> None:
+        """Subscribe to ``mount``'s notification broker (``CVMFS_NOTIFICATION_SERVER``), if any:
+        each announced manifest is applied (verified) at once, not after the TTL."""
+        if mount.notification_server is None:
+            return
+        sub = Subscription(mount.notification_server, mount.fqrn)
+        self._subscriptions.append(sub)
+
+        def run() -> None:
+            for activity in sub:  # ends when the subscription is closed
+                if activity.repository == mount.fqrn:
+                    self.pushed(mount.fqrn, activity.manifest)
+
+        threading.Thread(target=run, name=f"rcds-mount-notify-{mount.fqrn}", daemon=True).start()
+        log.info("%s: following notifications of %s", mount.fqrn, mount.notification_server)
+
+    def pushed(self, fqrn: str, manifest: bytes) -> None:
+        """A signed manifest announced for ``fqrn``: applied by the loop at once (thread safe)."""
+        self._pushed[fqrn] = manifest
+        self.refresh(fqrn)
+
+    def close(self) -> None:
+        """Stop following notifications."""
+        for sub in self._subscriptions:
+            sub.close()
 
     def refresh(self, fqrn: str | None = None) -> None:
         """Ask for a revision check of ``fqrn`` (every repository if None) now, e.g. after a
@@ -62,13 +93,27 @@ class RevisionKeeper:
             self._wake = trio.Event()
             forced, self._forced = self._forced, set()
             for mount in list(self.mounts.values()):
+                pushed = self._pushed.pop(mount.fqrn, None)
                 try:
-                    switched = await trio.to_thread.run_sync(mount.check, mount.fqrn in forced)
+                    if pushed is not None and mount.auto_update:
+                        switched = await trio.to_thread.run_sync(self._apply_pushed, mount, pushed)
+                    else:
+                        switched = await trio.to_thread.run_sync(mount.check, mount.fqrn in forced)
                 except Exception:
                     log.exception("revision check of %s failed", mount.fqrn)
                     continue
                 if switched:
                     await self.apply_revision(mount)
+
+    @staticmethod
+    def _apply_pushed(mount: RepoMount, manifest: bytes) -> bool:
+        """Switch to a pushed manifest's revision (verified as a downloaded one); a manifest
+        that fails the checks is ignored (it was only a hint) and the server is asked instead."""
+        try:
+            return mount.repo.apply_manifest(manifest)
+        except RcdsError as exc:
+            log.warning("%s: announced manifest ignored (%s); checking the server", mount.fqrn, exc)
+            return mount.check(True)
 
     async def apply_revision(self, mount: RepoMount) -> int:
         """Bring the kernel's caches in line with the mounted revision of ``mount`` (after a
