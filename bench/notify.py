@@ -20,6 +20,7 @@ default 240 s). Bounded: ``R`` rounds per scenario, each round at most 5 s, the 
 from __future__ import annotations
 
 import argparse
+import socket
 import statistics
 import subprocess
 import sys
@@ -37,7 +38,7 @@ from rcds.publish.layout import Settings
 from rcds.publish.stratum0 import Stratum0
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine
+from common import machine, proc_status_kib
 
 NAME = "bench.example.org"
 OTHER = "nobody.example.org"
@@ -91,6 +92,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=200)
     ap.add_argument("--subscribers", default="1,100", help="comma-separated subscriber counts")
     ap.add_argument("--max-seconds", type=float, default=120.0)
+    ap.add_argument("--idle", type=int, default=500, help="idle subscribers for the broker memory figure")
     args = ap.parse_args()
     counts = [int(x) for x in args.subscribers.split(",")]
     deadline = time.monotonic() + args.max_seconds
@@ -149,6 +151,7 @@ def main() -> int:
                 for t in threads:
                     t.join(10)
                 rows.append((f"{n} subscriber(s)", answered, first, last))
+            idle_kib = idle_cost(broker.pid, url, args.idle)
         finally:
             broker.terminate()
             broker.wait(20)
@@ -164,7 +167,36 @@ def main() -> int:
 
         ratio = f"{pct(last, 0.5) / base:6.1f}x" if last else f"{pct(answered, 0.5) / base:6.1f}x"
         print(f"{label:44} {cell(answered):>16} {cell(first):>16} {cell(last):>16} {ratio:>7}")
+    before, after, n = idle_kib
+    print(
+        f"# broker RSS: {before / 1024:.1f} MiB, with {n} idle subscribers {after / 1024:.1f} MiB "
+        f"= {(after - before) / max(n, 1):.1f} KiB per subscriber"
+    )
     return 0
+
+
+def idle_cost(pid: int, url: str, n: int) -> tuple[int, int, int]:
+    """The broker's RSS (KiB) before and with ``n`` idle stock-style subscriptions (raw sockets)."""
+    host, port = url.removeprefix("http://").split(":")
+    body = ('{"version":1,"repository":"' + NAME + '"}').encode()
+    request = (
+        f"GET /notifications/subscribe HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: cvmfs/2.11\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    before = proc_status_kib("VmRSS", str(pid))
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.create_connection((host, int(port)), timeout=10)
+            s.sendall(request)
+            socks.append(s)
+        for s in socks:
+            s.recv(65536)  # the head and the kept message: the subscription is registered
+        time.sleep(0.5)
+        return before, proc_status_kib("VmRSS", str(pid)), n
+    finally:
+        for s in socks:
+            s.close()
 
 
 if __name__ == "__main__":
