@@ -10,8 +10,8 @@ validity is left (:data:`RENEW_FRACTION`), expired with stock's rule (see
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
 from enum import Enum
+from typing import NamedTuple
 from pathlib import Path
 
 from rcds.errors import IntegrityError, RcdsError
@@ -35,9 +35,8 @@ class WhitelistState(Enum):
     """Missing or malformed: clients refuse the repository."""
 
 
-@dataclass(frozen=True)
-class WhitelistAge:
-    """A whitelist's validity at ``now``."""
+class WhitelistAge(NamedTuple):
+    """A whitelist's validity at ``now`` (a NamedTuple: the client imports this, without dataclasses)."""
 
     repository: str
     now: dt.datetime
