@@ -5,8 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages: squid (tests run a real proxy), fuse3 (mounts), openssl (format cross-checks),
-# chromium (the status page is tested in a headless browser)
-APT_PACKAGES=(squid fuse3 libfuse3-dev pkg-config openssl chromium)
+# chromium and a font for it (the status page is tested in a headless browser)
+APT_PACKAGES=(squid fuse3 libfuse3-dev pkg-config openssl chromium fonts-dejavu-core)
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 missing=()
