@@ -7,9 +7,9 @@ cd "$(dirname "$0")/.."
 # Debian packages: squid (tests run a real proxy), fuse3 (mounts), libfuse3-dev + pkg-config (pyfuse3
 # builds against them with gcc), attr (getfattr, used by the mount tests), openssl (format cross-checks),
 # nginx (the sample web server configuration in front of a replica is tested),
-# chromium (the status page is tested in a headless browser),
+# chromium and a font for it (the status page is tested in a headless browser),
 # python3 (Debian's interpreter, readable by the unprivileged user of the rcds exec tests)
-APT_PACKAGES=(squid fuse3 libfuse3-dev pkg-config gcc attr openssl nginx chromium python3)
+APT_PACKAGES=(squid fuse3 libfuse3-dev pkg-config gcc attr openssl nginx chromium fonts-dejavu-core python3)
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 missing=()

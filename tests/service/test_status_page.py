@@ -226,6 +226,9 @@ def test_series_and_progress_are_bounded_and_exact() -> None:
     assert act.published_total == 6000 and act.ingested_total == 60000
     later = act.snapshot(960.0 + 6000 + 6 * 3600 - 120)[3]  # the window moved past all but one bucket
     assert len(later) == 1
+    now = 960.0 + 6000 + 10  # 10 s into the last bucket: its point is not drawn in the future
+    act.published(PublishEvent("g/now", "r", 1, 10, 0.7, now, "me"))
+    assert act.snapshot(now)[3][-1] == (now, 0.7, 0.7, 0.7)
 
 
 @pytest.fixture(scope="module")

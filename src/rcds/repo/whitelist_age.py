@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import datetime as dt
 from enum import Enum
-from typing import NamedTuple
 from pathlib import Path
+from typing import NamedTuple
 
 from rcds.errors import IntegrityError, RcdsError
 from rcds.format import whitelist as whitelist_fmt

@@ -161,10 +161,13 @@ class RangeSeries:
             b[3] = max(b[3], value)
 
     def points(self, now: float) -> list[tuple[float, float, float, float]]:
-        """(bucket middle, mean, min, max) of the buckets within the window before ``now``."""
+        """(bucket middle, mean, min, max) of the buckets within the window before ``now`` (the
+        current bucket's point at ``now`` at the latest, never in the future)."""
         first = int(now // self.width) - self.count + 1
         return [
-            ((k + 0.5) * self.width, b[1] / b[0], b[2], b[3]) for k, b in self._buckets.items() if k >= first
+            (min((k + 0.5) * self.width, now), b[1] / b[0], b[2], b[3])
+            for k, b in self._buckets.items()
+            if k >= first
         ]
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rcds.errors import RcdsError
-from rcds.service.repo_reader import Published, Tree, cid_mounts, published, tree_bytes
+from rcds.service.repo_reader import Published, Tree, cid_mounts, published
 from rcds.storage.base import Store
 
 log = logging.getLogger("rcds.service.presence")
@@ -78,8 +78,9 @@ class Presence:
                 rev = published(idx.public)
                 if rev is None or (idx.revision is not None and rev.root == idx.revision.root):
                     continue
-                cids = cid_mounts(idx.public, rev, self.prefix, self.max_depth)
-                size = tree_bytes(idx.public, rev)
+                totals: dict[str, int] = {}
+                cids = cid_mounts(idx.public, rev, self.prefix, self.max_depth, totals)
+                size = totals.get("file_size", 0)
             except RcdsError as exc:
                 log.warning("cannot index %s: %s", idx.name, exc)
                 continue

@@ -62,8 +62,13 @@ def open_catalog(public: Tree, h: ContentHash, mount: str, size: int | None = No
             cat.close()
 
 
-def cid_mounts(public: Tree, rev: Published, prefix: str, max_depth: int) -> dict[str, str]:
+def cid_mounts(
+    public: Tree, rev: Published, prefix: str, max_depth: int, totals: dict[str, int] | None = None
+) -> dict[str, str]:
     """CID -> mount point of every nested catalog that is a CID under ``/<prefix>``.
+
+    ``totals``, if given, receives the root catalog's whole-tree counters (``file_size``, ...),
+    read from the root catalog this walk opens anyway.
 
     A nested catalog at depth 1..max_depth below the prefix is a CID unless it has nested
     catalogs of its own within that depth (stock layouts make ``/sw/<group>`` a catalog too).
@@ -74,6 +79,8 @@ def cid_mounts(public: Tree, rev: Published, prefix: str, max_depth: int) -> dic
     while todo:
         h, mount, size = todo.pop()
         with open_catalog(public, h, mount, size) as cat:
+            if mount == "" and totals is not None:
+                totals.update(cat.counters().total().values)
             children = [(m, ch, s) for m, ch, s in cat.nested() if m.startswith(base)]
         for m, ch, s in children:
             depth = m[len(base) :].count("/") + 1
@@ -85,12 +92,6 @@ def cid_mounts(public: Tree, rev: Published, prefix: str, max_depth: int) -> dic
             else:
                 found[m[len(base) :]] = m
     return found
-
-
-def tree_bytes(public: Tree, rev: Published) -> int:
-    """Bytes of all regular files of the revision, from the root catalog's statistics counters."""
-    with open_catalog(public, rev.root, "", rev.root_size) as cat:
-        return int(cat.counters().total().values["file_size"])
 
 
 def _has_nested(public: Tree, h: ContentHash, mount: str, size: int) -> bool:

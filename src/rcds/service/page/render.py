@@ -42,7 +42,7 @@ def when(t: float) -> str:
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[str]], empty: str) -> str:
     """An HTML table; cells are given already escaped (so they may hold markup)."""
-    body = ["<tr>" + "".join(rows_cell for rows_cell in r) + "</tr>" for r in rows]
+    body = ["<tr>" + "".join(r) + "</tr>" for r in rows]
     if not body:
         return f'<p class="muted">{escape(empty)}</p>'
     head = "".join(f"<th>{escape(h)}</th>" for h in headers)
