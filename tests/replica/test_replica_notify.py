@@ -11,10 +11,12 @@ import signal
 import subprocess
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
-from test_replica_run import Lines
+from prometheus_client.parser import text_string_to_metric_families
+from test_replica_run import Lines, get
 
 from rcds.format import manifest as manifest_fmt
 from rcds.net.notify_post import NotifySender
@@ -29,6 +31,17 @@ from testkit import publish
 pytestmark = pytest.mark.timeout(90)
 
 
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of a ``/metrics`` page, parsed by Prometheus' own text parser."""
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        text = resp.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
 def test_a_notification_pulls_at_once_and_the_replica_announces_what_it_pulled(
     repo: Stratum0, tmp_path: Path
 ) -> None:
@@ -39,7 +52,7 @@ def test_a_notification_pulls_at_once_and_the_replica_announces_what_it_pulled(
         cfg = tmp_path / "replica.toml"
         cfg.write_text(
             "[replica]\nroot = 's1'\ninterval = 300\n\n[serve]\nport = 0\n\n"
-            f"[notify]\nsubscribe = ['{s0_broker.url}']\nbroker_port = 0\n\n"
+            f"[notify]\nsubscribe = ['{s0_broker.url}']\nbroker_port = 0\n\n[metrics]\nport = 0\n\n"
             f"[[repository]]\nname = '{fqrn}'\nupstream = '{upstream.url_for(fqrn)}'\n"
             f"key = '{key_file(repo)}'\n"
         )
@@ -52,7 +65,11 @@ def test_a_notification_pulls_at_once_and_the_replica_announces_what_it_pulled(
         sub: Subscription | None = None
         try:
             lines = Lines(proc)
-            broker_url = lines.wait_for(r"notifications at (http://127\.0\.0\.1:\d+)/notifications/").group(1)
+            started = lines.wait_for(
+                r"serving at http://127\.0\.0\.1:(\d+)/cvmfs/; notifications at (http://127\.0\.0\.1:\d+)"
+                r"/notifications/; metrics at (http://127\.0\.0\.1:\d+/metrics)"
+            )
+            serve_port, broker_url, metrics_url = int(started.group(1)), started.group(2), started.group(3)
             lines.wait_for(rf"{fqrn}: revision 1\b")  # the first pull, at start
             replica = tmp_path / "s1" / fqrn
             assert revision_of(replica) == 1
@@ -78,6 +95,14 @@ def test_a_notification_pulls_at_once_and_the_replica_announces_what_it_pulled(
             assert 2 in received, f"the replica announced {received} within {took:.1f} s"
             assert revision_of(replica) == 2  # announced only once it was in place
             assert took < 10
+            status, _, _ = get(serve_port, f"/cvmfs/{fqrn}/.cvmfspublished")
+            assert status == 200
+            samples = scrape(metrics_url)
+            assert samples[("rcds_replica_pulls_total", (("outcome", "ok"), ("repository", fqrn)))] >= 2
+            assert samples[("rcds_repository_revision", (("repository", fqrn),))] == 2
+            assert samples[("rcds_replica_fetched_bytes_total", (("repository", fqrn),))] > 0
+            key = ("rcds_repo_requests_total", (("method", "GET"), ("status", "200"), ("verb", fqrn)))
+            assert samples[key] >= 1
         finally:
             if sub is not None:
                 sub.close()

@@ -50,6 +50,13 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--ttl", type=float, metavar="SECONDS", help="check for new revisions this often (default: the TTL)"
     )
     p.add_argument("--threads", type=int, default=32, help="worker threads for downloads (default 32)")
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve Prometheus metrics at http://127.0.0.1:PORT/metrics (caches, failovers, revisions)",
+    )
+    p.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST", help="address for --metrics-port")
     p.add_argument("--detached", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=_mount)
 
@@ -142,7 +149,18 @@ def _foreground(args: argparse.Namespace, mountpoint: Path) -> int:
         what = "repositories"
         fsname = "rcds"
 
+    metrics = None
+
     def ready() -> None:
+        nonlocal metrics
+        if args.metrics_port is not None:
+            from rcds.metrics.exposition import start_server
+            from rcds.mount.metrics import mount_registry
+
+            metrics = start_server(mount_registry(lambda: ops.mounts), args.metrics_host, args.metrics_port)
+            logging.getLogger("rcds.mount").info(
+                "metrics at http://%s:%d/metrics", args.metrics_host, metrics.port
+            )
         print(f"{READY} {what} at {mountpoint}", flush=True)
         if args.detached:
             null = os.open(os.devnull, os.O_RDWR)
@@ -150,7 +168,11 @@ def _foreground(args: argparse.Namespace, mountpoint: Path) -> int:
                 os.dup2(null, fd)
             os.close(null)
 
-    serve(ops, mountpoint, fsname, ready)
+    try:
+        serve(ops, mountpoint, fsname, ready)
+    finally:
+        if metrics is not None:
+            metrics.stop()
     return 0
 
 

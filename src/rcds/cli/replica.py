@@ -130,6 +130,7 @@ def _wait_for_signal(on_hup: Callable[[], None]) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from rcds.replica.metrics import ReplicaMetrics
     from rcds.replica.notifications import ReplicaNotifications
     from rcds.replica.replicator import Replicator
     from rcds.replica.runconfig import load_run_config
@@ -145,6 +146,7 @@ def _run(args: argparse.Namespace) -> int:
             f"no replicas under {cfg.root}: add [[repository]] tables to {args.config} "
             "or use rcds replica add"
         )
+    stats = ReplicaMetrics({e.fqrn for e in entries}) if cfg.metrics is not None else None
     server = None
     if cfg.serve is not None:
         s = cfg.serve
@@ -154,6 +156,7 @@ def _run(args: argparse.Namespace) -> int:
             s.port,
             root_max_age=s.root_max_age,
             object_max_age=s.object_max_age,
+            access_log=(lambda r: stats.served(r.target, r.method, r.status, r.sent)) if stats else None,
         )
         server.start_background()
     broker = None
@@ -165,6 +168,8 @@ def _run(args: argparse.Namespace) -> int:
 
     def on_result(fqrn: str, res: SnapshotResult | RcdsError) -> None:
         print(describe(fqrn, res), flush=True)
+        if stats is not None:
+            stats.pulled(fqrn, res)
         if notes is not None:
             notes.pulled(fqrn, res)
 
@@ -187,6 +192,12 @@ def _run(args: argparse.Namespace) -> int:
     where = f"; serving at http://{cfg.serve.host}:{server.port}/cvmfs/" if server and cfg.serve else ""
     if broker is not None:
         where += f"; notifications at {broker.url}/notifications/"
+    exporter = None
+    if stats is not None and cfg.metrics is not None:
+        from rcds.metrics.exposition import start_server
+
+        exporter = start_server(stats.registry, *cfg.metrics)
+        where += f"; metrics at http://{cfg.metrics[0]}:{exporter.port}/metrics"
     print(f"rcds replica run: {names} every {cfg.interval:g} s{where}", flush=True)
     notes.start()
     runner.start()
@@ -200,6 +211,8 @@ def _run(args: argparse.Namespace) -> int:
     finally:
         runner.stop()
         notes.close()
+        if exporter is not None:
+            exporter.stop()
         if broker is not None:
             broker.stop()
         if server is not None:

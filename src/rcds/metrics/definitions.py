@@ -7,7 +7,7 @@ Names follow Prometheus conventions: ``rcds_`` prefix, ``_total`` for counters, 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -63,6 +63,15 @@ class HttpMetrics:
             self.bytes_in.labels(verb).inc(received)
         if sent:
             self.bytes_out.labels(verb).inc(sent)
+
+    def observe_repository_request(
+        self, target: str, method: str, status: int, sent: int, names: Container[str]
+    ) -> None:
+        """Record one request a repository server answered: the verb is the repository of
+        ``/cvmfs/<name>/...`` when it is one of ``names``, else ``other`` (bounded label values)."""
+        parts = target.split("?", 1)[0].split("/")
+        name = parts[2] if len(parts) > 2 and parts[1] == "cvmfs" else ""
+        self.observe(name if name in names else "other", method, status, None, 0, sent)
 
 
 @dataclass(frozen=True)

@@ -289,6 +289,10 @@ class Fetcher:
         """The state of every host and proxy: current, ok/failed, last error, latency."""
         return self._state.status()
 
+    def failovers(self) -> dict[tuple[str, str], int]:
+        """Failovers so far by (host, proxy) that failed (a copy; see :class:`FailoverState`)."""
+        return dict(self._state.failovers)
+
     def close(self) -> None:
         """Close the kept-alive connections (the fetcher stays usable)."""
         self._transport.close()

@@ -86,6 +86,8 @@ class FailoverState:
         self._proxy_switched_at: float | None = None
         self._proxy_records = {p: _Record() for g in self._groups for p in g}
         self.probed = False
+        self.failovers: dict[tuple[str, str], int] = {}
+        """Failovers so far, by (the host that failed or was in use, the proxy that failed or was in use)."""
         self._rebalance()
 
     @property
@@ -127,6 +129,8 @@ class FailoverState:
             self._mark(self._proxy_records[failed], reason, self._proxy_reset_after)
             if failed != self._proxy:
                 return self._proxy
+            key = (self.hosts[self._order[self._host_pos]], failed or "DIRECT")
+            self.failovers[key] = self.failovers.get(key, 0) + 1
             self._burned.add(failed)
             if self._burned >= set(self._groups[self._group]):
                 self._group = (self._group + 1) % len(self._groups)
@@ -148,6 +152,8 @@ class FailoverState:
         with self._lock:
             self._mark(self._host_records[failed], reason, self._host_reset_after)
             if failed == self.hosts[self._order[self._host_pos]]:
+                key = (failed, self._proxy or "DIRECT")
+                self.failovers[key] = self.failovers.get(key, 0) + 1
                 self._host_pos = (self._host_pos + 1) % len(self.hosts)
                 if self._host_switched_at is None:
                     self._host_switched_at = self._clock()

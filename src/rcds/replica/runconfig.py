@@ -20,6 +20,10 @@
     announce = ["http://broker.example.org:4929"]     # announce each pulled revision to these
     broker_port = 4929      # and serve a broker of our own (on [serve] host, else 127.0.0.1)
 
+    [metrics]               # optional: Prometheus metrics at http://host:port/metrics
+    host = "127.0.0.1"
+    port = 9108
+
     [[repository]]          # optional: replicas to add (or update) at start
     name = "sw.example.org"
     upstream = "http://stratum0.example.org/cvmfs/sw.example.org"
@@ -78,6 +82,8 @@ class RunConfig:
     serve: ServeConfig | None = None
     repositories: list[RepositoryConfig] = field(default_factory=list)
     notify: NotifyConfig = field(default_factory=NotifyConfig)
+    metrics: tuple[str, int] | None = None
+    """(host, port) of the ``/metrics`` server, if any."""
 
 
 def _number(table: dict[str, Any], key: str, default: float, where: str, *, integer: bool = False) -> Any:
@@ -110,7 +116,7 @@ def load_run_config(path: Path) -> RunConfig:
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
     base = Path(path).resolve().parent
-    _unknown(data, {"replica", "serve", "repository", "notify"}, str(path))
+    _unknown(data, {"replica", "serve", "repository", "notify", "metrics"}, str(path))
     rep = data.get("replica")
     if not isinstance(rep, dict) or not isinstance(rep.get("root"), str):
         raise ConfigError(f'{path}: a [replica] table with root = "DIR" is required')
@@ -148,6 +154,7 @@ def load_run_config(path: Path) -> RunConfig:
         repos.append(RepositoryConfig(t["name"], t["upstream"], base / t["key"]))
     return RunConfig(
         notify=_notify(data.get("notify", {}), f"{path} [notify]"),
+        metrics=_metrics(data["metrics"], f"{path} [metrics]") if "metrics" in data else None,
         root=base / rep["root"],
         interval=float(_number(rep, "interval", 60, where)),
         retry=float(_number(rep, "retry", 10, where)),
@@ -174,3 +181,18 @@ def _notify(table: object, where: str) -> NotifyConfig:
     if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 0 <= port < 65536):
         raise ConfigError(f"{where}: broker_port must be 0-65535 (0: any free port), not {port!r}")
     return NotifyConfig(lists["subscribe"], lists["announce"], port)
+
+
+def _metrics(table: object, where: str) -> tuple[str, int]:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where} must be a table")
+    _unknown(table, {"host", "port"}, where)
+    host, port = table.get("host", "127.0.0.1"), table.get("port")
+    if (
+        not isinstance(host, str)
+        or isinstance(port, bool)
+        or not isinstance(port, int)
+        or not 0 <= port < 65536
+    ):
+        raise ConfigError(f"{where}: port (0-65535) is required and host must be a string, e.g. port = 9108")
+    return host, port

@@ -64,10 +64,9 @@ class Telemetry:
 
     def repo_access(self, record: AccessRecord) -> None:
         """Count one request answered by the repository server (its body bytes sent)."""
-        parts = record.target.split("?", 1)[0].split("/")
-        name = parts[2] if len(parts) > 2 and parts[1] == "cvmfs" else ""
-        verb = name if name in self._repo_names() else "other"  # bounded label values
-        self.repo.observe(verb, record.method, record.status, None, 0, record.sent)
+        self.repo.observe_repository_request(
+            record.target, record.method, record.status, record.sent, self._repo_names()
+        )
 
 
 class WhitelistMetrics(Collector):

@@ -123,6 +123,8 @@ class LocalCache:
         self._txn = str(self.txn)
         self._tmp_prefix = f"{os.getpid()}.b{os.urandom(3).hex()}."
         self._serial = itertools.count()
+        self.evictions = 0
+        """Objects removed to keep the quota (a plain counter: a daemon exposes it as a metric)."""
         fresh = self._make_tree()
         clean_txn(self.txn, stale_txn_age, check_pid=True)
         with self._flock():
@@ -434,6 +436,7 @@ class LocalCache:
         self._remove(victims)
 
     def _remove(self, names: list[str]) -> int:
+        self.evictions += len(names)
         freed = 0
         for victim in names:
             freed += self._db.remove(victim)
