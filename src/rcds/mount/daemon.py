@@ -15,7 +15,7 @@ import os
 import shutil
 import signal
 import subprocess
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import pyfuse3
@@ -85,7 +85,12 @@ def fuse_options(fsname: str) -> set[str]:
     return opts
 
 
-async def _main(ops: RcdsOperations, ready: Callable[[], None], pending: list[int]) -> None:
+async def _main(
+    ops: RcdsOperations,
+    ready: Callable[[], None],
+    pending: list[int],
+    tasks: Sequence[Callable[[], Awaitable[None]]],
+) -> None:
     async def on_signals(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         with trio.open_signal_receiver(*SIGNALS) as signals:
             task_status.started()
@@ -108,14 +113,26 @@ async def _main(ops: RcdsOperations, ready: Callable[[], None], pending: list[in
     async with trio.open_nursery() as nursery:
         await nursery.start(on_signals)
         await nursery.start(on_reload)
+        for task in tasks:
+            nursery.start_soon(task)
         nursery.start_soon(ops.revision_loop)
         ready()
         await pyfuse3.main()
         nursery.cancel_scope.cancel()
 
 
-def serve(ops: RcdsOperations, mountpoint: Path, fsname: str, ready: Callable[[], None]) -> None:
-    """Mount ``ops`` at ``mountpoint`` and serve until a signal or an unmount (see the module)."""
+def serve(
+    ops: RcdsOperations,
+    mountpoint: Path,
+    fsname: str,
+    ready: Callable[[], None],
+    tasks: Sequence[Callable[[], Awaitable[None]]] = (),
+) -> None:
+    """Mount ``ops`` at ``mountpoint`` and serve until a signal or an unmount (see the module).
+
+    ``tasks`` run as trio tasks beside the file system while it is mounted (e.g. a revision
+    notification subscriber that calls ``ops.refresh(fqrn)``); they are cancelled at unmount.
+    """
     mountpoint = prepare_mountpoint(mountpoint)
     pending: list[int] = []
     previous = {s: signal.signal(s, lambda signum, frame: pending.append(signum)) for s in SIGNALS}
@@ -128,7 +145,7 @@ def serve(ops: RcdsOperations, mountpoint: Path, fsname: str, ready: Callable[[]
             signal.signal(s, h)
         raise ConfigError(f"cannot mount at {mountpoint}: {exc} (is /dev/fuse usable?)") from None
     try:
-        trio.run(_main, ops, ready, pending)
+        trio.run(_main, ops, ready, pending, tasks)
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
