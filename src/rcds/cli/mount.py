@@ -50,6 +50,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--ttl", type=float, metavar="SECONDS", help="check for new revisions this often (default: the TTL)"
     )
     p.add_argument("--threads", type=int, default=32, help="worker threads for downloads (default 32)")
+    p.add_argument(
+        "--no-allow-other",
+        action="store_true",
+        help="only the mounting user may use the mount (default as root: every user)",
+    )
     p.add_argument("--detached", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=_mount)
 
@@ -150,7 +155,7 @@ def _foreground(args: argparse.Namespace, mountpoint: Path) -> int:
                 os.dup2(null, fd)
             os.close(null)
 
-    serve(ops, mountpoint, fsname, ready)
+    serve(ops, mountpoint, fsname, ready, allow_other=False if args.no_allow_other else None)
     return 0
 
 

@@ -77,10 +77,11 @@ def prepare_mountpoint(mountpoint: Path) -> Path:
     return mountpoint.resolve()
 
 
-def fuse_options(fsname: str) -> set[str]:
-    """Mount options: read-only, named, kernel permission checks; others may read as root."""
+def fuse_options(fsname: str, allow_other: bool | None = None) -> set[str]:
+    """Mount options: read-only, named, kernel permission checks; other users may read it when
+    ``allow_other`` (default: when running as root, also root of a user namespace)."""
     opts = {"ro", f"fsname={fsname}", "subtype=rcds", "default_permissions"}
-    if os.geteuid() == 0:
+    if allow_other if allow_other is not None else os.geteuid() == 0:
         opts.add("allow_other")
     return opts
 
@@ -127,6 +128,7 @@ def serve(
     fsname: str,
     ready: Callable[[], None],
     tasks: Sequence[Callable[[], Awaitable[None]]] = (),
+    allow_other: bool | None = None,
 ) -> None:
     """Mount ``ops`` at ``mountpoint`` and serve until a signal or an unmount (see the module).
 
@@ -138,7 +140,7 @@ def serve(
     previous = {s: signal.signal(s, lambda signum, frame: pending.append(signum)) for s in SIGNALS}
     previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     try:
-        pyfuse3.init(ops, str(mountpoint), fuse_options(fsname))
+        pyfuse3.init(ops, str(mountpoint), fuse_options(fsname, allow_other))
     except RuntimeError as exc:
         ops.close()
         for s, h in previous.items():
