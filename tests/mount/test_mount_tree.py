@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import subprocess
@@ -122,8 +123,13 @@ def test_read_only(mount_site: Any) -> None:
 def test_sigterm_unmounts_cleanly(mount_site: Any) -> None:
     m = mount_site()
     assert is_mounted(m.mp)
-    assert m.proc.stop() == 0
-    assert not is_mounted(m.mp)
+    busy = open(m.mp / "sw/g/c1/a/hello.txt", "rb")  # noqa: SIM115 - a user of the mount
+    try:
+        assert m.proc.stop() == 0
+        assert not is_mounted(m.mp)  # detached even while busy
+    finally:
+        with contextlib.suppress(OSError):  # ENOTCONN: its file system is gone
+            busy.close()
     assert os.listdir(m.mp) == []
     assert "unmounted" in m.proc.logs()
 

@@ -57,6 +57,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="serve Prometheus metrics at http://127.0.0.1:PORT/metrics (caches, failovers, revisions)",
     )
     p.add_argument("--metrics-host", default="127.0.0.1", metavar="HOST", help="address for --metrics-port")
+    p.add_argument(
+        "--no-allow-other",
+        action="store_true",
+        help="only the mounting user may use the mount (default as root: every user)",
+    )
     p.add_argument("--detached", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=_mount)
 
@@ -169,7 +174,7 @@ def _foreground(args: argparse.Namespace, mountpoint: Path) -> int:
             os.close(null)
 
     try:
-        serve(ops, mountpoint, fsname, ready)
+        serve(ops, mountpoint, fsname, ready, allow_other=False if args.no_allow_other else None)
     finally:
         if metrics is not None:
             metrics.stop()

@@ -15,7 +15,7 @@ import os
 import shutil
 import signal
 import subprocess
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import pyfuse3
@@ -77,22 +77,29 @@ def prepare_mountpoint(mountpoint: Path) -> Path:
     return mountpoint.resolve()
 
 
-def fuse_options(fsname: str) -> set[str]:
-    """Mount options: read-only, named, kernel permission checks; others may read as root.
+def fuse_options(fsname: str, allow_other: bool | None = None) -> set[str]:
+    """Mount options: read-only, named, kernel permission checks; other users may read it when
+    ``allow_other`` (default: when running as root, also root of a user namespace).
 
-    Not as root, ``auto_unmount``: libfuse then mounts through the setuid ``fusermount3``, which
-    opens ``/dev/fuse`` itself (so a ``0600`` device works) and stays behind to unmount if the
-    daemon dies. (Root of a user namespace counts as root: it mounts directly.)
+    Not as root, ``auto_unmount``: libfuse then mounts through the setuid ``fusermount3`` (which
+    opens ``/dev/fuse`` with the user's permissions) and it stays behind to unmount if the daemon
+    dies. Root of a user namespace counts as root: it mounts directly.
     """
     opts = {"ro", f"fsname={fsname}", "subtype=rcds", "default_permissions"}
-    if os.geteuid() == 0:
+    root = os.geteuid() == 0
+    if allow_other if allow_other is not None else root:
         opts.add("allow_other")
-    else:
+    if not root:
         opts.add("auto_unmount")
     return opts
 
 
-async def _main(ops: RcdsOperations, ready: Callable[[], None], pending: list[int]) -> None:
+async def _main(
+    ops: RcdsOperations,
+    ready: Callable[[], None],
+    pending: list[int],
+    tasks: Sequence[Callable[[], Awaitable[None]]],
+) -> None:
     async def on_signals(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         with trio.open_signal_receiver(*SIGNALS) as signals:
             task_status.started()
@@ -115,27 +122,40 @@ async def _main(ops: RcdsOperations, ready: Callable[[], None], pending: list[in
     async with trio.open_nursery() as nursery:
         await nursery.start(on_signals)
         await nursery.start(on_reload)
+        for task in tasks:
+            nursery.start_soon(task)
         nursery.start_soon(ops.revision_loop)
         ready()
         await pyfuse3.main()
         nursery.cancel_scope.cancel()
 
 
-def serve(ops: RcdsOperations, mountpoint: Path, fsname: str, ready: Callable[[], None]) -> None:
-    """Mount ``ops`` at ``mountpoint`` and serve until a signal or an unmount (see the module)."""
+def serve(
+    ops: RcdsOperations,
+    mountpoint: Path,
+    fsname: str,
+    ready: Callable[[], None],
+    tasks: Sequence[Callable[[], Awaitable[None]]] = (),
+    allow_other: bool | None = None,
+) -> None:
+    """Mount ``ops`` at ``mountpoint`` and serve until a signal or an unmount (see the module).
+
+    ``tasks`` run as trio tasks beside the file system while it is mounted (e.g. a revision
+    notification subscriber that calls ``ops.refresh(fqrn)``); they are cancelled at unmount.
+    """
     mountpoint = prepare_mountpoint(mountpoint)
     pending: list[int] = []
     previous = {s: signal.signal(s, lambda signum, frame: pending.append(signum)) for s in SIGNALS}
     previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, signal.SIG_IGN)
     try:
-        pyfuse3.init(ops, str(mountpoint), fuse_options(fsname))
+        pyfuse3.init(ops, str(mountpoint), fuse_options(fsname, allow_other))
     except RuntimeError as exc:
         ops.close()
         for s, h in previous.items():
             signal.signal(s, h)
         raise ConfigError(f"cannot mount at {mountpoint}: {exc} (is /dev/fuse usable?)") from None
     try:
-        trio.run(_main, ops, ready, pending)
+        trio.run(_main, ops, ready, pending, tasks)
     finally:
         for s, h in previous.items():
             signal.signal(s, h)

@@ -420,10 +420,11 @@ class RcdsOperations(ReadOnlyOperations):
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
         """A stock magic attribute, or one of the entry's own."""
         node = self._node(inode)
-        if self._is_top(node):
+        text = os.fsdecode(name)
+        if self._is_top(node) or text not in xattrs.names(node):  # e.g. security.capability at exec
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         mount = self._mount_of(node)
-        found = await self._run(mount, xattrs.value, mount, node, os.fsdecode(name))
+        found = await self._run(mount, xattrs.value, mount, node, text)
         if found is None:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         return found
