@@ -88,11 +88,3 @@ def s3_url(s3_env: SeaweedFS, request: pytest.FixtureRequest) -> str:
     """A fresh ``s3://rcds/<unique prefix>`` (one per test) on the session's SeaweedFS."""
     safe = "".join(c if c.isalnum() else "-" for c in request.node.name.lower())[:40].strip("-")
     return f"s3://{S3_BUCKET}/t{next(_s3_prefixes)}-{os.getpid()}-{safe}"
-
-
-@pytest.fixture(params=["local", "s3"])
-def storage(request: pytest.FixtureRequest) -> str:
-    """Where a repository's served tree goes: "" (ROOT/public) or an S3 URL on SeaweedFS."""
-    if request.param == "local":
-        return ""
-    return str(request.getfixturevalue("s3_url"))

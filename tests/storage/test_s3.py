@@ -17,7 +17,7 @@ import pytest
 from rcds.errors import ConfigError, NotFoundError, StorageError
 from rcds.format.hashes import ContentHash, ObjectKind
 from rcds.storage.locate import open_store
-from rcds.storage.s3 import S3Store
+from rcds.storage.s3 import BLIND_PUT_BYTES, S3Store
 from rcds.storage.s3client import S3Location
 from rcds.testing.seaweedfs import SeaweedFS
 
@@ -50,17 +50,25 @@ def test_large_objects_go_up_in_parts(s3_url: str, tmp_path: Path) -> None:
     assert store.clean_temp() == 0  # completed uploads leave nothing behind
 
 
-def test_small_objects_are_one_put(s3_url: str) -> None:
+def test_put_if_absent(s3_url: str) -> None:
     store = S3Store(_loc(s3_url))
-    blob = b"x" * 1000
-    name = ContentHash.of(blob).object_name()
-    assert store.put_if_absent(name, blob) is True
-    assert store.put_if_absent(name, b"other") is False
-    head = store._client.head_object(Bucket=store.loc.bucket, Key=store.loc.key(name))
-    assert "-" not in head["ETag"]
+    big = os.urandom(BLIND_PUT_BYTES + 1)
+    name = ContentHash.of(big).object_name()
+    assert store.put_if_absent(name, big) is True
+    assert store.put_if_absent(name, bytes(len(big))) is False  # a HEAD found it: not rewritten
+    assert store.get(name) == big
+    small = b"x" * 1000
+    small_name = ContentHash.of(small).object_name()
+    assert store.put_if_absent(small_name, small) is True
+    assert store.put_if_absent(small_name, small) is True  # small: PUT again, no HEAD first
+    assert store.get(small_name) == small
+    head = store._client.head_object(Bucket=store.loc.bucket, Key=store.loc.key(small_name))
+    assert "-" not in head["ETag"]  # one plain PUT
     assert head["CacheControl"] == "public, max-age=259200"
-    store.put(".cvmfspublished", b"m")
-    head = store._client.head_object(Bucket=store.loc.bucket, Key=store.loc.key(".cvmfspublished"))
+    assert store.put_if_absent(".cvmfswhitelist", b"w") is True  # root files: always checked
+    assert store.put_if_absent(".cvmfswhitelist", b"x") is False
+    assert store.get(".cvmfswhitelist") == b"w"
+    head = store._client.head_object(Bucket=store.loc.bucket, Key=store.loc.key(".cvmfswhitelist"))
     assert head["CacheControl"] == "max-age=61"
 
 

@@ -25,6 +25,7 @@ from rcds.repo.source import Source, StoreSource
 from rcds.repo.verify import verify_repository
 from rcds.repo.whitelist_age import WhitelistAge, WhitelistState, assess_tree
 from rcds.serve.http import make_server
+from rcds.storage.local import LocalStore
 
 NOTIFY_WAIT = 5.0
 """Seconds a command waits at most for its notifications to be delivered (failures are only logged)."""
@@ -297,7 +298,9 @@ def _verify(args: argparse.Namespace) -> int:
     else:
         name = args.name
         layout = Layout(_root(args), name)
-        store = layout.open_store(layout.load_settings())
+        # a tree without repo.json (e.g. a copied stratum directory) is read from ROOT/public
+        store = layout.open_store(layout.load_settings()) if layout.settings_file.exists() else None
+        store = store or LocalStore(layout.public)
         source = StoreSource(store, store.location)
     key_file = args.key or Layout(_root(args), name).key("pub")
     report = verify_repository(source, name, [load_public_key_file(key_file)])

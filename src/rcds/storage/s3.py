@@ -32,6 +32,10 @@ PART_SIZE = 8 << 20
 """Bytes per part of a multipart upload (S3 wants at least 5 MiB for all parts but the last)."""
 MULTIPART_THRESHOLD = 16 << 20
 """Objects of at least this size are uploaded in parts."""
+BLIND_PUT_BYTES = 64 << 10
+"""Objects up to this size are PUT without a HEAD first: for them a HEAD costs about as much as
+the PUT (one round trip, and botocore's per-request CPU), and rewriting an existing object with
+the same bytes (content addressed) is harmless."""
 SPOOL_BYTES = 8 << 20
 """``open`` keeps objects up to this size in memory, larger ones in a temporary file."""
 ROOT_CACHE = "max-age=61"
@@ -96,7 +100,14 @@ class S3Store(Store):
             raise translate(exc, self.loc, f"write {name}") from None
 
     def put_if_absent(self, name: str, data: bytes | memoryview) -> bool:
-        """HEAD, then PUT if absent: a re-published content costs one round trip, no upload."""
+        """HEAD, then PUT if absent: a re-published content costs one round trip, no upload.
+
+        Objects of at most :data:`BLIND_PUT_BYTES` are PUT at once (True even if the same bytes
+        were there already); root files are always checked first.
+        """
+        if is_object_name(name) and memoryview(data).nbytes <= BLIND_PUT_BYTES:
+            self.put(name, data)
+            return True
         if self._head(name) is not None:
             return False
         self.put(name, data)
