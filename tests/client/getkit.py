@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from rcds.client.get.fs import state_path
+from rcds.client.get.state import state_path
 
 from testkit import Entry
 

@@ -482,3 +482,23 @@ def test_keep_alive_with_descriptors_above_fd_setsize(raw_server: MakeRaw) -> No
         t.close()
         for fd in held:
             os.close(fd)
+
+
+@pytest.mark.parametrize(
+    ("base", "proxy"),
+    [
+        ("http://127.0.0.1:8000/cvmfs/r.example.org", "DIRECT"),
+        ("http://[::1]:8000/cvmfs/r.example.org", "DIRECT"),
+        ("http://s.example.org/cvmfs/r.example.org", "http://127.0.0.1:3128"),
+    ],
+)
+def test_a_preparer_makes_the_requests_prepare_makes(base: str, proxy: str) -> None:
+    t = Transport(FAST)
+    made = t.preparer(base, proxy)
+    assert made is not None
+    pool, make = made
+    for path in ["data/ab/" + "c" * 38, "data/00/" + "1" * 38 + "C", ".cvmfspublished", "a/b.c~d-e_f"]:
+        prepared = t.prepare(f"{base}/{path}", proxy)
+        assert prepared is not None and prepared[0] is pool
+        assert make(path) == prepared[1]
+    assert t.preparer("https://s.example.org/cvmfs/r", "DIRECT") is None  # through urllib3

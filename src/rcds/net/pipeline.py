@@ -21,6 +21,7 @@ one through the ordinary path.
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import TypeVar
@@ -34,6 +35,8 @@ T = TypeVar("T")
 
 CONNECTIONS = 2
 """Connections per :func:`pipelined` call."""
+_PLAIN = re.compile(r"[A-Za-z0-9._~-][A-Za-z0-9/._~-]*").fullmatch
+"""Relative paths whose URL below a host is the host, ``/`` and the path as it is."""
 WINDOW = 32
 """Requests in flight per connection."""
 MAX_LOST = 2
@@ -43,14 +46,18 @@ MAX_LOST = 2
 class _Lane:
     """One pipelined connection to one route and the indices it has in flight, in order."""
 
-    __slots__ = ("conn", "fresh", "host", "inflight", "ok", "pool", "proxy", "served")
+    __slots__ = ("conn", "fresh", "host", "inflight", "make", "ok", "pool", "proxy", "served")
 
-    def __init__(self, pool: Pool, conn: Connection, host: str, proxy: str) -> None:
+    def __init__(
+        self, pool: Pool, conn: Connection, host: str, proxy: str, make: Callable[[str], bytes] | None
+    ) -> None:
         self.pool = pool
         self.conn = conn
         self.fresh = not conn.reused
         self.host = host
         self.proxy = proxy
+        self.make = make
+        """Request bytes of a plain path below ``host`` on this lane's pool (None: prepare each)."""
         self.inflight: deque[int] = deque()
         self.served = 0
         self.ok = False
@@ -95,18 +102,24 @@ def pipelined(
         if room <= 0 or not pending:
             return
         batch: list[bytes] = []
+        make = lane.make
         while room and pending:
             i = pending[0]
             if lost[i] >= MAX_LOST:
                 break
-            try:
-                prepared = transport.prepare(url_for(lane.host, paths[i]), lane.proxy)
-            except AttemptError:
-                break
-            if prepared is None or prepared[0] is not lane.pool:
-                break
+            path = paths[i]
+            if make is not None and _PLAIN(path) is not None:  # object names: one concatenation
+                request = make(path)
+            else:
+                try:
+                    prepared = transport.prepare(url_for(lane.host, path), lane.proxy)
+                except AttemptError:
+                    break
+                if prepared is None or prepared[0] is not lane.pool:
+                    break
+                request = prepared[1]
             pending.popleft()
-            batch.append(prepared[1])
+            batch.append(request)
             lane.inflight.append(i)
             room -= 1
         if batch:
@@ -132,7 +145,9 @@ def pipelined(
                     pending.popleft()
                     yield i, fallback(i, None)
                     continue
-                lane = _Lane(prepared[0], conn, host, proxy)
+                lane = _Lane(
+                    prepared[0], conn, host, proxy, _maker(transport, prepared[0], host, proxy, url_for)
+                )
                 lanes.append(lane)
                 try:
                     fill(lane)
@@ -168,6 +183,21 @@ def pipelined(
     finally:
         for lane in lanes:
             lane.conn.close()
+
+
+def _maker(
+    transport: Transport, pool: Pool, host: str, proxy: str, url_for: Callable[[str, str], str]
+) -> Callable[[str], bytes] | None:
+    """The request maker of a new lane (see :meth:`Transport.preparer`), if ``url_for`` puts a
+    plain path after a ``/`` below one base URL, as the fetcher's does; else None."""
+    probe = url_for(host, "x")
+    if not probe.endswith("/x"):
+        return None
+    try:
+        quick = transport.preparer(probe[:-2], proxy)
+    except AttemptError:
+        return None
+    return quick[1] if quick is not None and quick[0] is pool else None
 
 
 def _serve_one(

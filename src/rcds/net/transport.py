@@ -69,6 +69,27 @@ class Transport:
             return self._pool(proxy, phost, pport, True), request_bytes(url, authority, fixed)
         return self._pool("DIRECT " + authority, host, port, False), request_bytes(path, authority, fixed)
 
+    def preparer(self, base: str, proxy: str) -> tuple[Pool, Callable[[str], bytes]] | None:
+        """For many requests below the base URL ``base`` via ``proxy``: the pool, and a function
+        that gives the request bytes of a plain relative path (``[A-Za-z0-9/._~-]``, as object
+        names are) with one concatenation: what :meth:`prepare` gives for ``base + "/" + path``.
+
+        ``None`` where :meth:`prepare` gives ``None``. Other paths must go through :meth:`prepare`.
+        """
+        prepared = self.prepare(f"{base}/x", proxy)
+        if prepared is None:
+            return None
+        pool, request = prepared
+        end = request.index(b" HTTP/1.1\r\n")
+        if request[end - 2 : end] != b"/x":  # pragma: no cover - prepare keeps the target as given
+            return None
+        head, tail = request[: end - 1], request[end:]
+
+        def make(path: str) -> bytes:
+            return head + path.encode("ascii") + tail
+
+        return pool, make
+
     def _pool(self, key: str, host: str, port: int, proxied: bool) -> Pool:
         pool = self._pools.get(key)
         if pool is not None:

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 import pytest
 
 from rcds.client.get import materialize as mat
-from rcds.client.get.fs import LEGACY_STATE_FILE, state_path
 from rcds.client.get.materialize import materialize
+from rcds.client.get.state import LEGACY_STATE_FILE, state_path
 from rcds.errors import IntegrityError
 from rcds.format.pathhash import md5_pair
 

@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from rcds.client.get import fs
 from rcds.client.get import materialize as mat
-from rcds.client.get.fs import LEGACY_STATE_FILE, STATE_DIR, GetState, state_path
+from rcds.client.get import state as getstate
 from rcds.client.get.materialize import materialize
+from rcds.client.get.state import LEGACY_STATE_FILE, STATE_DIR, GetState, state_path
 
 from getkit import MANY, recorded, regular_files
 from testkit import NAME, Entry
@@ -161,7 +161,7 @@ def test_old_states_are_pruned_when_a_new_one_is_written(tmp_path: Path) -> None
     stale, recent = cache / STATE_DIR / "stale.json", cache / STATE_DIR / "recent.json"
     for p in (stale, recent):
         p.write_text("{}")
-    old = time.time() - fs.STATE_MAX_AGE - 60
+    old = time.time() - getstate.STATE_MAX_AGE - 60
     os.utime(stale, (old, old))
     s = GetState(state_path(cache, tmp_path / "out"), NAME, tmp_path / "out")
     s.record("a", "k")

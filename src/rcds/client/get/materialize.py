@@ -18,7 +18,7 @@ existing symlinks or files where a directory belongs are replaced, never followe
 stops the copy where it is; what was written is complete and recorded.
 
 Resuming: a small state file in the local cache directory, named after the destination
-(:func:`rcds.client.get.fs.state_path`; never in the copied tree), records for every completed
+(:mod:`rcds.client.get.state`; never in the copied tree), records for every completed
 file the content it was written with. A file whose record matches the catalog's content and
 whose size and modification time on disk match the catalog is skipped. The state stays after a
 complete copy: a later copy into the same destination (e.g. of a new revision) writes only what
@@ -41,8 +41,6 @@ from typing import NamedTuple
 from rcds.client.fetch.bulk import BULK_MAX_OBJECT
 from rcds.client.get.downloads import Downloads, PlannedFile
 from rcds.client.get.fs import (
-    LEGACY_STATE_FILE,
-    GetState,
     check_name,
     content_key,
     copy_into,
@@ -51,11 +49,11 @@ from rcds.client.get.fs import (
     mtime_ns,
     prepare_dir,
     read_umask,
-    state_path,
     write_file,
     write_symlink,
 )
 from rcds.client.get.procs import configured_processes
+from rcds.client.get.state import LEGACY_STATE_FILE, GetState, state_path
 from rcds.client.repository import Repository
 from rcds.client.tree.files import pieces_of
 from rcds.client.tree.mounted import Located, is_canonical
