@@ -173,7 +173,8 @@ class Simulation:
         self.rng = random.Random(20310106)
         self.m = Model()
         self.disk: dict[str, list[int]] = {s.name: [] for srv in self.servers for s in srv.slots}
-        self.clients: list[tuple[str, Repository]] = []
+        self.clients: list[tuple[str, str, Repository]] = []  # repository, "<repo> via <server>", client
+        self.revisions: dict[str, int] = {}
         self.seq = 0
         self.spent: dict[str, float] = {}  # real seconds per kind of step, printed at the end
 
@@ -298,6 +299,9 @@ class Simulation:
                 assert (found is not None) == present, (day, s.name, cid)
                 if present and self.m.last[cid] >= now - DAY:  # today's news, also through the API
                     assert s.api.get("exists", cid).text.startswith("PRESENT:"), (day, s.name, cid)
+        self.revisions = {
+            slot.name: slot.s0.manifest().revision for srv in self.servers for slot in srv.slots
+        }
         for s in self.servers:
             svc = s.st.service
             for slot in s.slots:
@@ -312,9 +316,13 @@ class Simulation:
             for name, public in svc.partner.publics().items():
                 assert assess_tree(name, public, utc(now)).state is not WhitelistState.EXPIRED
             assert s.api.get("status").text == "OK\n", (day, s.name)
-        for label, client in self.clients:
-            client.refresh(force=True)
+        for repository, label, client in self.clients:
+            client.refresh(force=True)  # the trust chain again, whitelist expiry at the simulated date
             assert client.last_error is None and not client.offline, (day, label, client.last_error)
+            assert client.revision == self.revisions[repository], (day, label)  # it took the newest
+            for cid, repo in self.m.repo_of.items():
+                if repo == repository:
+                    assert client.exists(f"/sw/{cid}/lib/x.so"), (day, label, cid)
 
     def open_clients(self) -> None:
         """A long-lived client per repository and server (own tree, partner's replica)."""
@@ -330,10 +338,10 @@ class Simulation:
                         now=lambda: utc(self.clock()),
                         ttl_override=0,
                     )
-                    self.clients.append((f"{slot.name} via {via.name}", client))
+                    self.clients.append((slot.name, f"{slot.name} via {via.name}", client))
 
     def close(self) -> None:
-        for _, c in self.clients:
+        for _, _, c in self.clients:
             c.close()
 
     # -- the day ---------------------------------------------------------------------------
