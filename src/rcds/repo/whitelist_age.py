@@ -10,9 +10,9 @@ validity is left (:data:`RENEW_FRACTION`), expired with stock's rule (see
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import NamedTuple
 
 from rcds.errors import IntegrityError
 from rcds.format import whitelist as whitelist_fmt
@@ -34,9 +34,8 @@ class WhitelistState(Enum):
     """Missing or malformed: clients refuse the repository."""
 
 
-@dataclass(frozen=True)
-class WhitelistAge:
-    """A whitelist's validity at ``now``."""
+class WhitelistAge(NamedTuple):
+    """A whitelist's validity at ``now`` (a NamedTuple: the client imports this without dataclasses)."""
 
     repository: str
     now: dt.datetime
