@@ -320,9 +320,10 @@ class Simulation:
             client.refresh(force=True)  # the trust chain again, whitelist expiry at the simulated date
             assert client.last_error is None and not client.offline, (day, label, client.last_error)
             assert client.revision == self.revisions[repository], (day, label)  # it took the newest
-            for cid, repo in self.m.repo_of.items():
-                if repo == repository:
-                    assert client.exists(f"/sw/{cid}/lib/x.so"), (day, label, cid)
+            mine = sorted(c for c, r in self.m.repo_of.items() if r == repository)
+            fresh = [c for c in mine if self.m.last[c] >= now - DAY]  # published or used today
+            for cid in fresh + self.rng.sample(mine, min(2, len(mine))):
+                assert client.exists(f"/sw/{cid}/lib/x.so"), (day, label, cid)
 
     def open_clients(self) -> None:
         """A long-lived client per repository and server (own tree, partner's replica)."""
