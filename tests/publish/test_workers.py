@@ -40,6 +40,9 @@ def _entries(n: int = 600) -> list[Entry]:
     return out
 
 
+NOW = 2_000_000_000  # after the repositories' creation: a revision is never dated before the previous one
+
+
 def _repo(root: Path, compression: str = "zlib:6") -> Stratum0:
     create_repository(root, Settings(name=NAME, compression=compression, **SMALL_CHUNKS))  # type: ignore[arg-type]
     return Stratum0(root, NAME)
@@ -74,11 +77,11 @@ def test_worker_processes_store_exactly_what_the_in_process_path_stores(
     tar = make_tar(_entries(), "none")
     monkeypatch.setenv(workers.ENV_PROCESSES, "0")
     threads = _repo(tmp_path / "threads", compression)
-    r_threads = threads.ingest_tar(io.BytesIO(tar), "/sw/grp/cid", now=1_700_000_000)
+    r_threads = threads.ingest_tar(io.BytesIO(tar), "/sw/grp/cid", now=NOW)
     assert workers._shared is None  # nothing was started
     monkeypatch.setenv(workers.ENV_PROCESSES, "2")
     procs = _repo(tmp_path / "procs", compression)
-    r_procs = procs.ingest_tar(io.BytesIO(tar), "/sw/grp/cid", now=1_700_000_000)
+    r_procs = procs.ingest_tar(io.BytesIO(tar), "/sw/grp/cid", now=NOW)
     pool = workers._shared
     assert pool is not None and len(pool.pids) == 2 and all(Path(f"/proc/{p}").exists() for p in pool.pids)
     # byte for byte: every file and chunk object; the same catalog entries (row order may differ)
@@ -95,7 +98,7 @@ def test_worker_processes_store_exactly_what_the_in_process_path_stores(
     assert os.listdir(procs.layout.public / "data" / "txn") == []
     # the pool is reused by the next ingest (no new processes), and deduplication works through it
     before = list(pool.pids)
-    again = procs.ingest_tar(io.BytesIO(tar), "/sw/grp/cid2", now=1_700_000_001)
+    again = procs.ingest_tar(io.BytesIO(tar), "/sw/grp/cid2", now=NOW + 1)
     assert workers._shared is pool and pool.pids == before
     assert again.stats.objects_written == 0
     verify(procs)

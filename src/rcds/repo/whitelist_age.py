@@ -36,7 +36,7 @@ class WhitelistState(Enum):
 
 
 class WhitelistAge(NamedTuple):
-    """A whitelist's validity at ``now`` (a NamedTuple: the client imports this, without dataclasses)."""
+    """A whitelist's validity at ``now`` (a NamedTuple: the client imports this without dataclasses)."""
 
     repository: str
     now: dt.datetime
