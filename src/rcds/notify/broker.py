@@ -151,7 +151,10 @@ class Broker:
         """:meth:`publish` from another thread (e.g. a publish worker); dropped if not running."""
         loop = self._loop
         if loop is None or loop.is_closed():
-            log.warning("notification for %s dropped: the broker is not running", activity.repository)
+            log.info(
+                "notification for %s not sent: the broker is not running (no subscriber can hear it)",
+                activity.repository,
+            )
             return
         with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
             loop.call_soon_threadsafe(self.publish, activity)
