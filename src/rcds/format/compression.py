@@ -13,11 +13,13 @@ import hashlib
 import zlib
 from collections.abc import Iterable, Iterator
 from types import ModuleType
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from rcds.errors import IntegrityError
-from rcds.format.deflaters import Compress
 from rcds.format.hashes import Algorithm, ContentHash, HashState
+
+if TYPE_CHECKING:  # the client imports this module: no dataclasses from deflaters at run time
+    from rcds.format.deflaters import Compress
 
 _inflater: ModuleType
 try:
