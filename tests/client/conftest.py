@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib.util
-import os
 import shutil
 import sys
 import threading
@@ -35,6 +34,7 @@ from rcds.publish.stratum0 import Stratum0
 from rcds.serve.handler import AccessRecord
 from rcds.serve.http import RepositoryServer, make_server
 
+from clientkit import BIG, C1, C2, FILES, LINKS, template_entries
 from getkit import many  # noqa: F401 - the fixture, for every test here
 from testkit import NAME, SMALL_CHUNKS, Entry, publish
 
@@ -75,46 +75,6 @@ FAST = NetSettings(
 )
 """Network settings for tests: short timeouts and back-off."""
 
-BIG = bytes(os.urandom(900_000))
-TEXT = b"hello rcds\n"
-C1 = "/sw/g/c1"
-C2 = "/sw/g/c2"
-FILES: dict[str, bytes] = {
-    f"{C1}/a/hello.txt": TEXT,
-    f"{C1}/a/hl": TEXT,
-    f"{C1}/a/big.bin": BIG,
-    f"{C1}/a/empty": b"",
-    f"{C1}/a/run.sh": b"#!/bin/sh\necho hi\n",
-    f"{C1}/b/c/d.txt": b"deep\n",
-    f"{C1}/.cvmfscatalog": b"",
-    f"{C2}/x.txt": b"in c2\n",
-    f"{C2}/.cvmfscatalog": b"",
-}
-"""Every regular file of the template repository and its content."""
-
-LINKS = {
-    f"{C1}/a/link": "hello.txt",
-    f"{C1}/alib": "a",
-    f"{C1}/abs": f"/cvmfs/{NAME}{C1}/a/hello.txt",
-    f"{C1}/outside": "/etc/passwd",
-}
-
-
-def _template_entries() -> list[Entry]:
-    return [
-        Entry("a", kind="dir", mode=0o755),
-        Entry("a/hello.txt", TEXT),
-        Entry("a/big.bin", BIG),
-        Entry("a/empty", b""),
-        Entry("a/run.sh", FILES[f"{C1}/a/run.sh"], mode=0o755),
-        Entry("a/link", kind="symlink", target="hello.txt"),
-        Entry("a/hl", kind="hardlink", target="a/hello.txt"),
-        Entry("b/c/d.txt", b"deep\n"),
-        Entry("alib", kind="symlink", target="a"),
-        Entry("abs", kind="symlink", target=LINKS[f"{C1}/abs"]),
-        Entry("outside", kind="symlink", target="/etc/passwd"),
-    ]
-
 
 @pytest.fixture(scope="session")
 def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -122,7 +82,7 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("client-template") / "repo"
     create_repository(root, Settings(name=NAME, **SMALL_CHUNKS))  # type: ignore[arg-type]
     s0 = Stratum0(root, NAME)
-    publish(s0, _template_entries(), C1)
+    publish(s0, template_entries(), C1)
     publish(s0, [Entry("x.txt", b"in c2\n")], C2)
     return root
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from rcds.client.materialize import STATE_FILE
+from rcds.client.get.materialize import STATE_FILE
 
 from testkit import Entry
 

@@ -228,7 +228,7 @@ def test_errors_have_exit_codes_and_hints(
 def test_get_does_not_fill_the_cache_by_default(
     site: Site, capsys: pytest.CaptureFixture[str], tmp_path: Path, flag: list[str]
 ) -> None:
-    from rcds.client.cache import LocalCache
+    from rcds.client.cache.local import LocalCache
 
     cache = tmp_path / "c"
     code, _, err = run(
@@ -243,7 +243,7 @@ def test_get_does_not_fill_the_cache_by_default(
 def test_get_fills_the_cache_when_asked(
     site: Site, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    from rcds.client.cache import LocalCache
+    from rcds.client.cache.local import LocalCache
 
     cache = tmp_path / "c"
     code, _, err = run(

@@ -20,7 +20,7 @@ HEAVY = ("dataclasses", "inspect", "ssl", "concurrent.futures")
     "modules",
     [
         ("rcds.client.repository",),
-        ("rcds.client.repository", "rcds.client.prefetch", "rcds.client.resolve_many"),
+        ("rcds.client.repository", "rcds.client.fetch.prefetch", "rcds.client.tree.resolve_many"),
     ],
 )
 def test_client_import_loads_no_heavy_module(modules: tuple[str, ...]) -> None:

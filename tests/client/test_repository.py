@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from rcds.client.config import load_client_config
+from rcds.client.config.settings import load_client_config
+from rcds.client.fetch.trust import BreadcrumbFile
 from rcds.client.repository import Repository
-from rcds.client.trust import BreadcrumbFile
 from rcds.errors import ConfigError, IntegrityError, NetworkError, NotFoundError
 from rcds.format.hashes import ObjectKind
 
@@ -264,8 +264,8 @@ def test_processes_share_the_cache_and_the_alien_cache(site: Site, tmp_path: Pat
     import sys
     import time
 
-    from rcds.client.alien_cache import AlienCache
-    from rcds.client.cache import LocalCache
+    from rcds.client.cache.alien import AlienCache
+    from rcds.client.cache.local import LocalCache
     from rcds.format.compression import verify_object
     from rcds.format.hashes import parse_object_name
 

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from rcds.client.cache import LocalCache, object_name
-from rcds.client.inserter import BackgroundInserter
+from rcds.client.cache.inserter import BackgroundInserter
+from rcds.client.cache.local import LocalCache, object_name
 from rcds.format.hashes import ContentHash, ObjectKind
 
 if TYPE_CHECKING:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TextIO
 
 from rcds.cli.output import human_bytes, print_kv
-from rcds.client.config import DEFAULT_ETC
+from rcds.client.config.settings import DEFAULT_ETC
 from rcds.errors import ConfigError
 from rcds.jobs.credentials import Credentials
 from rcds.jobs.pubapi_client import PubapiClient, RetryPolicy

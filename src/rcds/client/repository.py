@@ -29,13 +29,10 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Literal, overload
 
-from rcds.client.cache import LocalCache
-from rcds.client.cached_source import CachedSource
-from rcds.client.files import Piece, RepoFile, pieces_of
-from rcds.client.mounted import Located, Mounted
-from rcds.client.prefetch import prefetch
-from rcds.client.resolve_many import resolve_many
-from rcds.client.stat import device_of, make_stat
+from rcds.client.cache.local import LocalCache
+from rcds.client.cache.source import CachedSource
+from rcds.client.fetch.prefetch import prefetch
+from rcds.client.fetch.trust import MANIFEST, MANIFEST_MAX_SIZE, Breadcrumb, BreadcrumbFile, fetch_trusted
 from rcds.client.support import (
     DEFAULT_QUOTA,
     DirEntry,
@@ -45,7 +42,10 @@ from rcds.client.support import (
     default_cache_dir,
     load_master_keys,
 )
-from rcds.client.trust import MANIFEST, MANIFEST_MAX_SIZE, Breadcrumb, BreadcrumbFile, fetch_trusted
+from rcds.client.tree.files import Piece, RepoFile, pieces_of
+from rcds.client.tree.mounted import Located, Mounted
+from rcds.client.tree.resolve_many import resolve_many
+from rcds.client.tree.stat import device_of, make_stat
 from rcds.errors import ConfigError, IntegrityError, NetworkError, NotFoundError, RcdsError, StorageError
 from rcds.format.dirent import Dirent
 from rcds.format.hashes import ContentHash, ObjectKind
@@ -57,8 +57,8 @@ from rcds.repo.catalog import Catalog
 from rcds.repo.view import RepositoryView, Trust
 
 if TYPE_CHECKING:
-    from rcds.client.alien_cache import AlienCache
-    from rcds.client.config import ClientConfig
+    from rcds.client.cache.alien import AlienCache
+    from rcds.client.config.settings import ClientConfig
 
 log = logging.getLogger("rcds.client")
 
@@ -161,7 +161,7 @@ class Repository:
         tunables. The cache directory is ``cache_dir``, else ``RCDS_CACHE_DIR``, else
         :func:`default_cache_dir` (never the stock client's cache).
         """
-        from rcds.client.config import load_client_config
+        from rcds.client.config.settings import load_client_config
 
         if config is None:
             config = (
@@ -205,7 +205,7 @@ class Repository:
         try:
             alien = None
             if alien_cache:
-                from rcds.client.alien_cache import AlienCache
+                from rcds.client.cache.alien import AlienCache
 
                 alien = AlienCache(alien_cache)
             return cls(fqrn, fetcher, cache, keys, alien=alien, **kw)  # type: ignore[arg-type]
@@ -421,7 +421,7 @@ class Repository:
     def open(self, path: str, mode: Literal["r", "rt"], encoding: str | None = None) -> io.TextIOWrapper: ...
 
     def open(self, path: str, mode: str = "rb", encoding: str | None = None) -> RepoFile | io.TextIOWrapper:
-        """Open a regular file: ``rb`` gives a seekable :class:`~rcds.client.files.RepoFile`
+        """Open a regular file: ``rb`` gives a seekable :class:`~rcds.client.tree.files.RepoFile`
         (chunks loaded on demand), ``r``/``rt`` a text stream."""
         if mode not in ("rb", "r", "rt"):
             raise ConfigError(f"mode {mode!r}: repository files are read-only; use 'rb' or 'r'")
@@ -452,10 +452,10 @@ class Repository:
 
         Worth it before reading many files that are likely not cached: one batch of pipelined
         requests instead of a round trip per file. The paths are resolved in batches
-        (:mod:`rcds.client.resolve_many`), symlinks followed; objects already cached are
+        (:mod:`rcds.client.tree.resolve_many`), symlinks followed; objects already cached are
         skipped. Returns how many objects were downloaded (or taken from the alien cache). With
         a quota smaller than the files, early ones may be evicted again. Downloading and
-        inflating run on two threads (:mod:`rcds.client.prefetch`).
+        inflating run on two threads (:mod:`rcds.client.fetch.prefetch`).
         """
         collecting = gc.isenabled()
         gc.disable()  # a few small objects per file, none of them in a cycle: no scans meanwhile

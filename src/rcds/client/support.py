@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
-from rcds.client.stat import make_stat
+from rcds.client.tree.stat import make_stat
 from rcds.errors import ConfigError
 from rcds.format import signed
 from rcds.format.dirent import Dirent

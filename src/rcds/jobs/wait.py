@@ -5,7 +5,7 @@ A worker node looks for ``<cvmfs root>/<repo>/<prefix>/<cid>`` in every candidat
 reads the repository with the client library (server URLs and master keys, or the CernVM-FS
 client configuration). Polls start at one second and back off to fifteen; the whole wait is
 bounded. When found, the code is linked (a symbolic link to the mounted path) or, without a
-mount, copied with :func:`rcds.client.materialize.materialize` to the requested place.
+mount, copied with :func:`rcds.client.get.materialize.materialize` to the requested place.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from rcds.client.config import DEFAULT_ETC, check_fqrn, load_client_config
-from rcds.client.materialize import materialize
+from rcds.client.config.settings import DEFAULT_ETC, check_fqrn, load_client_config
+from rcds.client.get.materialize import materialize
 from rcds.client.repository import Repository
 from rcds.errors import ConfigError, InputError, NotFoundError, RcdsError
 from rcds.service.cid import validate_cid

@@ -1,0 +1,1 @@
+"""The client's caches: the local cache under a quota, the shared alien cache, and reading through them."""

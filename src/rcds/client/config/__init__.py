@@ -1,0 +1,1 @@
+"""Client configuration: CVMFS-style ``key=value`` files and the settings they make."""

@@ -1,0 +1,1 @@
+"""Fetching from servers: the verified trust chain, batched object downloads and prefetch."""

@@ -1,0 +1,335 @@
+"""``rcds get``: copy a repository subtree to a local directory, in parallel and resumably.
+
+The subtree is walked on one revision (kept mounted for the whole copy), and every entry is
+planned as the walk reaches it: directories are created at once (parents come first), files
+already complete from an earlier run are skipped, empty files written, and the single-object
+files go to :class:`~rcds.client.get.downloads.Downloads`, which copies cached objects from the
+local cache and downloads the others in pipelined batches, one verified download per distinct
+object, in worker processes that start while the walk is still going on (or in two threads
+for a small copy). Chunked and very large files are fetched piece by piece by worker threads
+(``workers``) after the walk. Files are written as :func:`rcds.client.get.fs.write_file` does
+(in place when the name is free, else through a temp file and a rename), with their mode and
+modification time, and only recorded once complete. Symbolic links are created as links and
+never followed; members of a hard-link group become hard links of one file; directories get
+their modes and times last.
+
+Nothing is written outside the destination: names are checked (no ``..``, ``/`` or NUL), and
+existing symlinks or files where a directory belongs are replaced, never followed. An error
+stops the copy where it is; what was written is complete and recorded.
+
+Resuming: a small state file ``.rcds-get.json`` in the destination directory records, for
+every completed file, the content it was written with. A file whose record matches the
+catalog's content and whose size and modification time on disk match the catalog is skipped.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import gc
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+from rcds.client.fetch.bulk import BULK_MAX_OBJECT
+from rcds.client.get.downloads import Downloads, PlannedFile
+from rcds.client.get.fs import (
+    STATE_FILE,
+    GetState,
+    check_name,
+    content_key,
+    copy_into,
+    finish_dir,
+    hard_link,
+    mtime_ns,
+    prepare_dir,
+    read_umask,
+    write_file,
+    write_symlink,
+)
+from rcds.client.get.procs import configured_processes
+from rcds.client.repository import Repository
+from rcds.client.tree.files import pieces_of
+from rcds.client.tree.mounted import Located, is_canonical
+from rcds.errors import InputError, IntegrityError, StorageError
+from rcds.format.dirent import Dirent
+
+__all__ = ["STATE_FILE", "GetReport", "Progress", "content_key", "materialize"]
+
+SAVE_EVERY = 2.0
+"""Seconds between saves of the resume state during a copy."""
+
+
+@dataclass(slots=True)
+class Progress:
+    """Counters passed to the progress callback."""
+
+    files_total: int = 0
+    bytes_total: int = 0
+    files_done: int = 0
+    bytes_done: int = 0
+    skipped: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+
+@dataclass(frozen=True, slots=True)
+class GetReport:
+    """What :func:`materialize` did."""
+
+    target: Path
+    revision: int
+    files: int
+    directories: int
+    symlinks: int
+    hardlinks: int
+    bytes: int
+    skipped: int
+    special_skipped: int
+    seconds: float
+
+
+def materialize(
+    repo: Repository,
+    source_path: str,
+    dest: Path,
+    *,
+    workers: int = 8,
+    progress: Callable[[Progress], None] | None = None,
+    keep_in_cache: bool = False,
+    processes: int | None = None,
+) -> GetReport:
+    """Copy ``source_path`` of ``repo`` to ``dest`` (see the module docstring).
+
+    A directory becomes ``dest`` itself (created if needed); a file is written to ``dest``, or
+    into ``dest`` when that is an existing directory. Objects already in the local cache are
+    copied from it; with ``keep_in_cache`` the downloaded ones are added to it too.
+    ``processes`` worker processes download when there are many objects (see
+    :mod:`rcds.client.get.downloads`; ``None``: ``RCDS_GET_PROCESSES`` or the CPU count, ``0``:
+    none). ``progress`` is called once the walk is over, and after each file from then on.
+    """
+    t0 = time.monotonic()
+    dest = Path(dest)
+    read_umask()
+    with repo.using() as m:
+        top = m.resolve(source_path, follow=True)
+        if top.entry.is_dir:
+            target = dest
+            if dest.is_symlink() or (dest.exists() and not dest.is_dir()):
+                raise InputError(f"{dest} exists and is not a directory; choose another destination")
+        else:
+            name = source_path.rstrip("/").rsplit("/", 1)[-1] or top.entry.name
+            if name in (".", ".."):
+                name = top.entry.name
+            target = dest / check_name(name, source_path) if dest.is_dir() else dest
+        n = configured_processes() if processes is None else processes
+        plan = _Plan(repo, m.revision, top, target, _Options(workers, progress, keep_in_cache, n))
+        collecting = gc.isenabled()
+        gc.disable()  # the plan holds ~10 objects per file: no need to scan them over and over
+        try:
+            for loc in m.walk(top):
+                plan.add(loc)
+            plan.run()
+        finally:
+            plan.close()
+            if collecting:
+                gc.enable()
+        return plan.report(time.monotonic() - t0)
+
+
+class _Options(NamedTuple):
+    workers: int
+    progress: Callable[[Progress], None] | None
+    keep: bool
+    processes: int
+
+
+class _Plan:
+    """The copy of one subtree: files are planned as the walk finds them, downloads start at once."""
+
+    def __init__(
+        self, repo: Repository, revision: int, top: Located, target: Path, options: _Options
+    ) -> None:
+        self.repo = repo
+        self.revision = revision
+        self.top = top
+        self.target = target
+        self.options = options
+        self._target = str(target)
+        self.is_dir = top.entry.is_dir
+        self.dirs: list[tuple[str, Dirent]] = []
+        self.singles: list[PlannedFile] = []
+        self.links: list[tuple[str, Dirent]] = []
+        self.groups: dict[tuple[str, int], list[PlannedFile]] = {}
+        self.special = 0
+        self.hardlinks = 0
+        self._cut = len(top.entry.path) + 1
+        self.state = GetState(target / STATE_FILE if self.is_dir else None, repo.fqrn)
+        self.prog = Progress()
+        self._progress: Callable[[Progress], None] | None = None  # silent until the walk is over
+        self._last_save = time.monotonic()
+        self._lock = threading.Lock()
+        self.downloads = Downloads(repo.source, self.path, self._done, options.keep, options.processes)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create {target.parent}: {exc.strerror or exc}") from exc
+
+    def path(self, rel: str) -> str:
+        return f"{self._target}/{rel}" if rel else self._target
+
+    def add(self, loc: Located) -> None:
+        """Plan one entry of the walk (parents come before their children)."""
+        e = loc.entry
+        rel = e.path[self._cut :] if e.path != self.top.entry.path else ""
+        if rel:  # a plain name, on a path without empty, ".", ".." or NUL parts (nested roots too)
+            check_name(e.name, e.path)
+            if not is_canonical("/" + rel) or "\0" in rel:
+                raise IntegrityError(
+                    f"refusing to write {e.path!r}: its path would leave the destination", e.path
+                )
+        if e.is_dir:
+            self.dirs.append((rel, e))
+            if self.is_dir:
+                try:
+                    prepare_dir(Path(self.path(rel)))
+                except OSError as exc:
+                    raise StorageError(f"cannot create the directory {self.path(rel)}: {exc}") from exc
+        elif e.is_symlink:
+            self.links.append((rel, e))
+        elif e.is_regular:
+            pieces = tuple(pieces_of(e, loc.catalog))
+            f = PlannedFile(rel, e, pieces, content_key(e, pieces))
+            if e.hardlink_group and e.link_count > 1:
+                self.groups.setdefault((loc.catalog.mountpoint, e.hardlink_group), []).append(f)
+            else:
+                self._add_file(f)
+        else:
+            self.special += 1
+
+    def _add_file(self, f: PlannedFile) -> None:
+        prog = self.prog
+        prog.files_total += 1
+        prog.bytes_total += f.entry.size
+        if self._is_current(f):
+            prog.skipped += 1
+            prog.files_done += 1
+            prog.bytes_done += f.entry.size
+        elif f.entry.size == 0:  # nothing to fetch (whatever object an empty file names)
+            write_file(self.path(f.rel), f.entry, b"")
+            self._done(f)
+        elif len(f.pieces) == 1 and f.pieces[0].size <= BULK_MAX_OBJECT:
+            self.downloads.add(f)
+        else:
+            self.singles.append(f)
+
+    def run(self) -> None:
+        """The walk is over: write everything not written yet."""
+        self._progress = self.options.progress
+        try:
+            for group in self.groups.values():
+                self._add_file(group[0])
+            self.downloads.finish()
+            self._write_singles(self.singles)
+            self.hardlinks = self._link_groups()
+            for rel, e in self.links:
+                write_symlink(self.path(rel), e)
+            for rel, e in reversed(self.dirs):
+                finish_dir(self.path(rel), e)
+        finally:
+            self.state.save(self.revision)
+        if self._progress is not None:
+            self._progress(self.prog)
+
+    def close(self) -> None:
+        """Stop the worker processes if still running; save the resume state (after an error too)."""
+        self.downloads.close()
+        self.state.save(self.revision)
+
+    def report(self, seconds: float) -> GetReport:
+        prog = self.prog
+        return GetReport(
+            target=self.target,
+            revision=self.revision,
+            files=prog.files_total,
+            directories=len(self.dirs),
+            symlinks=len(self.links),
+            hardlinks=self.hardlinks,
+            bytes=prog.bytes_total,
+            skipped=prog.skipped,
+            special_skipped=self.special,
+            seconds=seconds,
+        )
+
+    def _done(self, f: PlannedFile) -> None:
+        """Record a completed file (resume state, progress); save the state now and then."""
+        self.state.record(f.rel, f.key)
+        with self._lock:
+            prog = self.prog
+            prog.files_done += 1
+            prog.bytes_done += f.entry.size
+            if self._progress is not None:
+                self._progress(prog)
+            now = time.monotonic()
+            if now - self._last_save <= SAVE_EVERY:
+                return
+            self._last_save = now
+        self.state.save(self.revision)
+
+    def _is_current(self, f: PlannedFile) -> bool:
+        if self.state.done.get(f.rel) != f.key:
+            return False
+        try:
+            st = os.lstat(self.path(f.rel))
+        except OSError:
+            return False
+        return (
+            st.st_mode & 0o170000 == 0o100000
+            and st.st_size == f.entry.size
+            and st.st_mtime_ns == mtime_ns(f.entry)
+        )
+
+    def _write_singles(self, files: list[PlannedFile]) -> None:
+        """Chunked and large files: pieces fetched one by one through the caches, in worker threads."""
+        if not files:
+            return
+        with cf.ThreadPoolExecutor(max(1, self.options.workers), thread_name_prefix="rcds-get") as pool:
+            futures = {pool.submit(self._write_pieces, f): f for f in files}
+            try:
+                for fut in cf.as_completed(futures):
+                    fut.result()
+                    self._done(futures[fut])
+            except BaseException:
+                for fut in futures:
+                    fut.cancel()
+                raise
+
+    def _write_pieces(self, f: PlannedFile) -> None:
+        source = self.repo.source
+        keep = self.options.keep
+
+        def fill(fd: int) -> int:
+            written = 0
+            for p in f.pieces:
+                with source.open_object(
+                    p.hash, p.kind, size=p.size, compressed=f.entry.compressed, keep=keep
+                ) as obj:
+                    if copy_into(obj, fd, p.size) != p.size:
+                        raise IntegrityError(
+                            f"{f.entry.path}: object {p.hash.hex} is shorter than {p.size} bytes",
+                            f.entry.path,
+                        )
+                written += p.size
+            return written
+
+        write_file(self.path(f.rel), f.entry, fill=fill)
+
+    def _link_groups(self) -> int:
+        count = 0
+        for group in self.groups.values():
+            primary = self.path(group[0].rel)
+            for f in group[1:]:
+                count += hard_link(primary, self.path(f.rel))
+        return count

@@ -1,0 +1,197 @@
+"""``rcds get`` and ``Repository.prefetch`` through pipelined batches (``Fetcher.fetch_many``).
+
+Real engine servers on loopback; a tree of a few hundred small files (with duplicated contents)
+so that the batch path runs in several lanes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+
+from rcds.client.get import materialize as mat
+from rcds.client.get.materialize import STATE_FILE, materialize
+from rcds.errors import IntegrityError
+from rcds.format.pathhash import md5_pair
+
+from getkit import MANY, N, content, object_of, regular_files
+from repo_tamper import Tamper
+from testkit import NAME
+
+if TYPE_CHECKING:
+    from conftest import Site
+
+
+def test_get_in_batches_gives_an_identical_tree_and_fetches_each_object_once(
+    site: Site, many: dict[str, bytes], tmp_path: Path
+) -> None:
+    repo = site.open()
+    before = site.fetched("data/")
+    report = materialize(repo, MANY, tmp_path / "out", keep_in_cache=True)
+    assert regular_files(tmp_path / "out") == many
+    assert os.readlink(tmp_path / "out/lnk") == "d0/f000.txt"
+    st = os.stat(tmp_path / "out/d0/f007.txt")
+    assert st.st_mode & 0o777 == 0o600 and st.st_mtime == 1_700_000_000
+    assert os.stat(tmp_path / "out/d1").st_mode & 0o777 == 0o750
+    assert report.files == N + 2 and report.symlinks == 1  # with the empty file and .cvmfscatalog
+    # one request per distinct content (catalogs aside), none for the empty file
+    objects = site.fetched("data/") - before - 1  # the nested catalog of MANY
+    assert objects == len(set(many.values()) - {b""})
+    assert not list((tmp_path / "out").rglob("*.tmp"))
+    # everything went into the cache: a second copy needs no data download
+    repo.source.flush()
+    before = site.fetched("data/")
+    materialize(repo, MANY, tmp_path / "again")
+    assert site.fetched("data/") == before
+    assert regular_files(tmp_path / "again") == many
+
+
+def test_a_corrupt_object_mid_batch_is_fetched_again_from_the_other_server(
+    site: Site, many: dict[str, bytes], tmp_path: Path
+) -> None:
+    bad = site.copy("bad")
+    obj = object_of(site, content(123))
+    target = bad / obj.relative_to(site.public)
+    target.write_bytes(target.read_bytes()[:-3] + b"xyz")
+    bad_url = site.serve(bad)
+    repo = site.open([bad_url, site.urls[0]], cache_dir=tmp_path / "cache")
+    materialize(repo, MANY, tmp_path / "out", keep_in_cache=False)
+    assert regular_files(tmp_path / "out") == many
+
+
+def test_a_corrupt_object_everywhere_is_reported_and_the_copy_resumes(
+    site: Site, many: dict[str, bytes], tmp_path: Path
+) -> None:
+    obj = object_of(site, content(42))
+    good = obj.read_bytes()
+    obj.write_bytes(good[:-3] + b"xyz")
+    repo = site.open(cache_dir=tmp_path / "cache")
+    dest = tmp_path / "out"
+    with pytest.raises(IntegrityError, match="corrupt"):
+        materialize(repo, MANY, dest)
+    # nothing unverified under a real name, no temp files left, the state file records what is done
+    assert (dest / STATE_FILE).is_file()
+    for rel, data in regular_files(dest).items():
+        assert data == many[rel]
+    assert "d0/f042.txt" not in regular_files(dest)
+    assert not list(dest.rglob("*.tmp"))
+    recorded = json.loads((dest / STATE_FILE).read_text())["files"]
+    assert set(recorded) - {".cvmfscatalog"} <= set(regular_files(dest))
+    obj.write_bytes(good)
+    report = materialize(site.open(cache_dir=tmp_path / "cache2"), MANY, dest)
+    assert regular_files(dest) == many
+    assert report.skipped == len(recorded)
+
+
+@pytest.mark.parametrize("name", ["..", "x/../../../evil"])
+def test_a_name_that_would_leave_the_destination_is_refused(
+    site: Site, many: dict[str, bytes], tmp_path: Path, name: str
+) -> None:
+    # a publisher gone bad: a row renamed (under the path hash of its new path), everything re-signed
+    old, new = f"{MANY}/d3/f010.txt", f"{MANY}/d3/{name}"
+
+    def rename(db: sqlite3.Connection) -> None:
+        cur = db.execute(
+            "UPDATE catalog SET name = ?, md5path_1 = ?, md5path_2 = ? WHERE md5path_1 = ? AND md5path_2 = ?",
+            (name, *md5_pair(new), *md5_pair(old)),
+        )
+        assert cur.rowcount == 1
+
+    Tamper(site.root, NAME).edit_catalog(MANY, rename)
+    dest = tmp_path / "area" / "out"
+    with pytest.raises(IntegrityError, match="would leave the destination"):
+        materialize(site.open(cache_dir=tmp_path / "cache"), MANY, dest)
+    assert sorted(p.name for p in (tmp_path / "area").iterdir()) == ["out"]  # nothing beside it
+    assert not (tmp_path / "evil").exists()
+    for rel, data in regular_files(dest).items():  # what was written before the refusal is right
+        assert data == many[rel]
+
+
+def test_an_interrupted_get_resumes_where_it_stopped(
+    site: Site, many: dict[str, bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(mat, "SAVE_EVERY", 0.0)
+    dest = tmp_path / "out"
+    seen = 0
+
+    def stop_midway(p: mat.Progress) -> None:
+        nonlocal seen
+        seen += 1
+        if p.files_done == 120:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        materialize(site.open(cache_dir=tmp_path / "c1"), MANY, dest, progress=stop_midway)
+    partial = regular_files(dest)
+    assert 0 < len(partial) < len(many)
+    assert all(many[r] == d for r, d in partial.items())
+    report = materialize(site.open(cache_dir=tmp_path / "c2"), MANY, dest)
+    assert report.skipped >= 100
+    assert regular_files(dest) == many
+
+
+def test_get_copies_cached_objects_from_the_cache(site: Site, many: dict[str, bytes], tmp_path: Path) -> None:
+    repo = site.open()
+    for rel in list(many)[:50]:
+        repo.read_bytes(f"{MANY}/{rel}")
+    repo.source.flush()
+    stats = dict(repo.source.stats)
+    materialize(repo, MANY, tmp_path / "out")
+    assert regular_files(tmp_path / "out") == many
+    assert repo.source.stats["local"] - stats["local"] >= 40
+
+
+def test_prefetch_brings_files_into_the_cache(site: Site, many: dict[str, bytes]) -> None:
+    repo = site.open()
+    paths = [f"{MANY}/{rel}" for rel in list(many)[::3]]
+    n = repo.prefetch([*paths, f"{MANY}/lnk"])  # symlinks are followed
+    assert n == len({many[p[len(MANY) + 1 :]] for p in paths} - {b""})
+    assert repo.prefetch(paths) == 0  # all cached (or queued for the cache) now
+    before = site.fetched("data/")
+    for p in paths:
+        assert repo.read_bytes(p) == many[p[len(MANY) + 1 :]]
+    assert site.fetched("data/") == before
+
+
+def test_cache_batches_respect_the_quota(site: Site, many: dict[str, bytes], tmp_path: Path) -> None:
+    quota = 200 << 10  # the pinned catalogs take ~120 KiB
+    repo = site.open(cache_dir=tmp_path / "small", quota_bytes=quota)
+    repo.prefetch([f"{MANY}/{rel}" for rel in many])
+    repo.source.flush()
+    assert repo.cache.check() == []
+    assert repo.cache.size() <= quota
+    for rel in list(many)[:20]:
+        assert repo.read_bytes(f"{MANY}/{rel}") == many[rel]
+
+
+def test_client_commands_import_nothing_of_the_service() -> None:
+    """Start-up cost: no service, publisher, numpy, nor urllib3 (only https needs it)."""
+    code = (
+        "import sys\n"
+        "from rcds.cli.main import build_parser\n"
+        "build_parser(['get', 'x:/y', 'z'])\n"
+        "import rcds.client.get.materialize\n"
+        "heavy = ('aiohttp', 'rcds.service', 'rcds.publish', 'numpy', 'urllib3')\n"
+        "bad = [m for m in heavy if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_every_command_group_is_listed() -> None:
+    from rcds.cli import main
+
+    for module, commands in main.COMMAND_GROUPS.items():
+        for command in commands:
+            assert main._groups_for([command, "--x"]) == [module]
+    assert main._groups_for(["--help"]) == list(main.COMMAND_GROUPS)
+    parser = main.build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    assert set(sub.choices) == {c for cs in main.COMMAND_GROUPS.values() for c in cs}  # type: ignore[attr-defined]
