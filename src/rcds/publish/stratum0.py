@@ -116,7 +116,11 @@ class Stratum0:
         now: int | None = None,
     ) -> ChangeResult:
         """Publish a tar stream (plain, gzip, bzip2, xz, zstd) as a nested catalog at ``path``."""
-        return self.ingest(iter_tar(stream, limits), path, replace=replace, now=now)
+        members = iter_tar(stream, limits)
+        try:
+            return self.ingest(members, path, replace=replace, now=now)
+        finally:
+            members.close()  # at once, also after an error: stops a gzip stream's inflating thread
 
     def ingest_dir(
         self,

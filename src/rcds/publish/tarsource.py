@@ -13,7 +13,7 @@ import io
 import lzma
 import tarfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from typing import IO, Any, BinaryIO
 
 import zstandard
@@ -121,7 +121,7 @@ def _open_decompressed(stream: BinaryIO) -> tuple[IO[bytes], str]:
     return opened, kind
 
 
-def iter_tar(stream: BinaryIO, limits: Limits | None = None) -> Iterator[Member]:
+def iter_tar(stream: BinaryIO, limits: Limits | None = None) -> Generator[Member, None, None]:
     """Yield the members of a tar stream (plain, gzip, bzip2, xz or zstd) under the input policy."""
     limits = limits or Limits()
     current = "(archive start)"
