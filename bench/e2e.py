@@ -50,7 +50,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import MB, format_table, machine
 from e2e_parts import Announcements, Proc, percentile, tar_variant
-from service import write_tarball
+
+from service import write_tarball  # the realistic code-tree generator
 
 FQRN = "user1.example.org"
 ROOT = Path(__file__).resolve().parents[1]
@@ -199,10 +200,8 @@ class Chain:
 
         pool = urllib3.PoolManager(timeout=urllib3.Timeout(connect=5, read=600), retries=False)
         with open(path, "rb") as f:
-            r = pool.request(
-                "POST", f"{self.pubapi}/pubapi/publish?cid={cid}", body=f,
-                headers={"Content-Length": str(path.stat().st_size), "Content-Type": "application/octet-stream"},
-            )  # fmt: skip
+            headers = {"Content-Length": str(path.stat().st_size), "Content-Type": "application/octet-stream"}
+            r = pool.request("POST", f"{self.pubapi}/pubapi/publish?cid={cid}", body=f, headers=headers)
         t = time.time()
         if r.status != 200:
             raise RuntimeError(f"upload refused: {r.status} {r.data[:200]!r}")
@@ -345,8 +344,9 @@ def main() -> None:
                     r = chain.round(mode, tarball, first, mb, n)
                     results.setdefault((mode, mb), []).append(r)
                     print(
-                        f"  {mode} {mb} MB round {n + 1}: {r.total:.2f} s (queue {r.queue:.2f}, ingest "
-                        f"{r.ingest:.2f}, announce {r.announce:.2f}, replica {r.replica:.2f}, client {r.client:.2f})",
+                        f"  {mode} {mb} MB round {n + 1}: {r.total:.2f} s (queue {r.queue:.2f}, "
+                        f"ingest {r.ingest:.2f}, announce {r.announce:.2f}, replica {r.replica:.2f}, "
+                        f"client {r.client:.2f})",
                         flush=True,
                     )
                     tarball.unlink()
@@ -365,9 +365,8 @@ def main() -> None:
         rounds = results.get(("notify", mb))
         if rounds:
             p95 = percentile([r.total for r in rounds], 95)
-            print(
-                f"{mb} MB with notifications: p95 {p95:.2f} s (aim <= {aim:g} s): {'met' if p95 <= aim else 'MISSED'}"
-            )
+            verdict = "met" if p95 <= aim else "MISSED"
+            print(f"{mb} MB with notifications: p95 {p95:.2f} s (aim <= {aim:g} s): {verdict}")
     for mb in sizes:
         on, off = results.get(("notify", mb)), results.get(("poll", mb))
         if on and off:
