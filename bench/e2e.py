@@ -49,7 +49,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import MB, format_table, machine
-from e2e_parts import Announcements, Proc, percentile, tar_variant
+from e2e_parts import Announcements, Proc, percentile, tar_variant, tree_cpu_seconds
 
 from service import write_tarball  # the realistic code-tree generator
 
@@ -63,7 +63,12 @@ AIM = {5: 2.0, 100: 5.0}  # p95 seconds for the notify mode
 
 
 def child_client(spec: dict[str, Any]) -> None:
-    """Open the repository through Squid, report ready, wait for ``path`` and read it; print times."""
+    """The worker node: open the repository through Squid and report ready; then, for each request
+    line on stdin (``{"path": ...}``), wait until ``path`` exists, read it and print the times.
+
+    One process for all the rounds of a mode, like a client mount that was there before the job:
+    its TTL and Squid's copy of the manifest run on their own clocks, not in step with the uploads.
+    """
     from rcds.client.fetch.notifications import NotificationFollower
     from rcds.client.repository import Repository
 
@@ -75,42 +80,40 @@ def child_client(spec: dict[str, Any]) -> None:
         cache_dir=Path(spec["cache"]),
         probe=False,
     )
-    switched: list[float] = []
     follower = None
     if spec["notify"]:
-        follower = NotificationFollower(
-            repo, spec["notify"], on_switch=lambda _r: switched.append(time.time())
-        )
+        follower = NotificationFollower(repo, spec["notify"])
         follower.subscription.backoff = (0.05, 0.5)
         follower.start()
         if not follower.subscription.connected.wait(30):
             raise SystemExit("the client could not subscribe to the stratum 1's broker")
     print(json.dumps({"ready": repo.revision}), flush=True)
-    path, ttl = spec["path"], spec["ttl"]
-    deadline = time.monotonic() + spec["timeout"]
+    ttl = spec["ttl"]
     next_poll = time.monotonic() + ttl
-    while time.monotonic() < deadline:
-        if repo.exists(path):
-            break
-        now = time.monotonic()
-        if now >= next_poll:
-            if repo.refresh(force=True):
-                switched.append(time.time())
-            next_poll = now + ttl
-            continue
-        wait = min(next_poll - now, deadline - now)
-        if follower is not None:
-            rev = repo.revision
-            follower.wait_for(lambda rev=rev: repo.revision > rev, wait)
+    for request in sys.stdin:
+        path = json.loads(request)["path"]
+        deadline = time.monotonic() + spec["timeout"]
+        while time.monotonic() < deadline:
+            if repo.exists(path):
+                break
+            now = time.monotonic()
+            if now >= next_poll:
+                repo.refresh(force=True)
+                next_poll = now + ttl
+                continue
+            wait = min(next_poll - now, deadline - now)
+            if follower is not None:
+                rev = repo.revision
+                follower.wait_for(lambda rev=rev: repo.revision > rev, wait)
+            else:
+                time.sleep(wait)
         else:
-            time.sleep(wait)
-    else:
-        raise SystemExit(f"{path} did not appear within {spec['timeout']} s")
-    t_found = time.time()
-    size = len(repo.read_bytes(path))
-    t_read = time.time()
-    print(json.dumps({"switched": switched[-1] if switched else None, "found": t_found, "read": t_read,
-                      "bytes": size, "revision": repo.revision}), flush=True)  # fmt: skip
+            raise SystemExit(f"{path} did not appear within {spec['timeout']} s")
+        t_found = time.time()
+        size = len(repo.read_bytes(path))
+        t_read = time.time()
+        out = {"found": t_found, "read": t_read, "bytes": size, "revision": repo.revision}
+        print(json.dumps(out), flush=True)
     if follower is not None:
         follower.stop()
     repo.close()
@@ -129,6 +132,9 @@ class Round:
     announce: float
     replica: float
     client: float
+    cpu_service: float
+    cpu_replica: float
+    cpu_client: float
 
 
 class Chain:
@@ -166,6 +172,7 @@ class Chain:
         self.replica: Proc | None = None
         self.s1_url = self.s1_broker = ""
         self.s1_announce: Announcements | None = None
+        self.client: subprocess.Popen[str] | None = None
 
     def start_replica(self, mode: str) -> None:
         """A fresh stratum 1 (its own root) for ``mode``."""
@@ -187,8 +194,31 @@ class Chain:
         self.s1_announce = Announcements(self.s1_broker, FQRN)
         if not self.s1_announce.sub.connected.wait(30) or not self.s0_announce.sub.connected.wait(30):
             raise RuntimeError("could not subscribe to the brokers")
+        spec = {
+            "url": self.s1_url, "key": str(self.key), "proxy": self.squid_url,
+            "cache": str(self.work / "cache" / mode), "timeout": self.args.round_timeout,
+            "notify": self.s1_broker if mode == "notify" else None, "ttl": self.args.client_ttl,
+        }  # fmt: skip
+        self.client = subprocess.Popen(
+            [sys.executable, __file__, "--child", json.dumps(spec)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.client.stdout is not None
+        if not self.client.stdout.readline():
+            raise RuntimeError("the worker-node client did not start")
 
     def stop_replica(self) -> None:
+        if self.client is not None:
+            assert self.client.stdin is not None
+            self.client.stdin.close()
+            try:
+                self.client.wait(30)
+            except subprocess.TimeoutExpired:
+                self.client.kill()
+                self.client.wait(10)
+            self.client = None
         if self.s1_announce is not None:
             self.s1_announce.close()
         if self.replica is not None:
@@ -207,33 +237,24 @@ class Chain:
             raise RuntimeError(f"upload refused: {r.status} {r.data[:200]!r}")
         return t
 
-    def round(self, mode: str, tarball: Path, first: str, size_mb: int, n: int) -> Round:
+    def round(self, tarball: Path, first: str, size_mb: int) -> Round:
         import hashlib
 
         cid = "dune/" + hashlib.sha256(tarball.read_bytes()).hexdigest()
         assert self.replica is not None and self.s1_announce is not None
-        spec = {
-            "url": self.s1_url, "key": str(self.key), "proxy": self.squid_url,
-            "cache": str(self.work / "cache" / f"{mode}-{size_mb}-{n}"),
-            "notify": self.s1_broker if mode == "notify" else None, "ttl": self.args.client_ttl,
-            "path": f"/sw/{cid}/{first}", "timeout": self.args.round_timeout,
-        }  # fmt: skip
-        client = subprocess.Popen(
-            [sys.executable, __file__, "--child", json.dumps(spec)], stdout=subprocess.PIPE, text=True
-        )
-        try:
-            assert client.stdout is not None
-            ready = client.stdout.readline()
-            if not ready:
-                raise RuntimeError("the client did not start")
-            mark = self.service.mark()
-            t_end = self.upload(tarball, cid)
-            line = client.stdout.readline()
-            if not line:
-                raise RuntimeError(f"the client gave up on {cid} (round timeout {self.args.round_timeout} s)")
-            got = json.loads(line)
-        finally:
-            client.wait(60)
+        client = self.client
+        assert client is not None and client.stdin is not None and client.stdout is not None
+        mark = self.service.mark()
+        cpu0 = [tree_cpu_seconds(p.pid) for p in (self.service.proc, self.replica.proc, client)]  # fmt: skip
+        t_end = self.upload(tarball, cid)
+        client.stdin.write(json.dumps({"path": f"/sw/{cid}/{first}"}) + "\n")
+        client.stdin.flush()
+        line = client.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the client gave up on {cid} (round timeout {self.args.round_timeout} s)")
+        got = json.loads(line)
+        procs = (self.service.proc, self.replica.proc, client)
+        cpu = [tree_cpu_seconds(p.pid) - c for p, c in zip(procs, cpu0, strict=True)]
         m = self.service.wait_for(
             rf"published {cid} into \S+ as revision (\d+) in ([\d.]+) s \(queued ([\d.]+) s", 30, mark
         )
@@ -243,6 +264,7 @@ class Chain:
         return Round(
             size_mb, tarball.stat().st_size, got["read"] - t_end, queue, ingest,
             t_signed - t_end - queue - ingest, t_replica - t_signed, got["read"] - t_replica,
+            cpu[0], cpu[1], cpu[2],
         )  # fmt: skip
 
     def stop(self) -> None:
@@ -252,6 +274,12 @@ class Chain:
 
 
 # -- report -------------------------------------------------------------------------------------
+
+
+def cpu(rounds: list[Round]) -> str:
+    """Median CPU seconds of the service, the stratum 1 and the client per round."""
+    keys = ("cpu_service", "cpu_replica", "cpu_client")
+    return " / ".join(f"{percentile([getattr(r, k) for r in rounds], 50):.1f}" for k in keys)
 
 
 def report(results: dict[tuple[str, int], list[Round]], markdown: bool) -> str:
@@ -268,7 +296,7 @@ def report(results: dict[tuple[str, int], list[Round]], markdown: bool) -> str:
         rows.append([
             f"{mode} {size} MB", f"{gz:.0f}", len(rounds), f"{percentile(totals, 50):.2f}",
             f"{percentile(totals, 95):.2f}", med("queue"), med("ingest"), med("announce"),
-            med("replica"), med("client"),
+            med("replica"), med("client"), cpu(rounds),
         ])  # fmt: skip
     return format_table(
         [
@@ -282,6 +310,7 @@ def report(results: dict[tuple[str, int], list[Round]], markdown: bool) -> str:
             "announce",
             "replica",
             "client",
+            "CPU s svc/s1/cl",
         ],
         rows,
         markdown,
@@ -341,12 +370,13 @@ def main() -> None:
                     key += 1
                     tarball = work / "round.tar.gz"
                     _, first = tar_variant(bases[mb], tarball, key)
-                    r = chain.round(mode, tarball, first, mb, n)
+                    r = chain.round(tarball, first, mb)
                     results.setdefault((mode, mb), []).append(r)
                     print(
                         f"  {mode} {mb} MB round {n + 1}: {r.total:.2f} s (queue {r.queue:.2f}, "
                         f"ingest {r.ingest:.2f}, announce {r.announce:.2f}, replica {r.replica:.2f}, "
-                        f"client {r.client:.2f})",
+                        f"client {r.client:.2f}; CPU s: service {r.cpu_service:.2f}, "
+                        f"replica {r.cpu_replica:.2f}, client {r.cpu_client:.2f})",
                         flush=True,
                     )
                     tarball.unlink()

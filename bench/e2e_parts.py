@@ -150,3 +150,31 @@ def tar_variant(base: Path, out: Path, key: int) -> tuple[int, str]:
 def percentile(values: list[float], q: float) -> float:
     """The ``q``-th percentile (linear interpolation; with 5 values p95 lies between the two largest)."""
     return float(np.percentile(np.array(values), q)) if values else float("nan")
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds used so far by process ``pid`` and all its live descendants (and their reaped
+    children), from ``/proc``: the part of the machine this chain used, whatever else runs."""
+    import os
+
+    tick = os.sysconf("SC_CLK_TCK")
+    parent: dict[int, int] = {}
+    used: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parent[int(entry)] = int(fields[1])
+        used[int(entry)] = sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+    total = 0
+    for p, ticks in used.items():
+        q = p
+        while q > 1 and q != pid:
+            q = parent.get(q, 0)
+        if q == pid:
+            total += ticks
+    return total / tick
