@@ -10,11 +10,12 @@ Every part is its own process on 127.0.0.1, as in production:
   ``Cache-Control: max-age=--max-age`` on the manifest, announces each pulled revision on a
   broker of its own); in mode ``notify`` it also subscribes to the service's broker;
 * a real Squid from ``examples/squid/site-squid.conf`` (``rcds.testing.squid``);
-* per round, a fresh worker-node client process (``rcds.client`` through the Squid, its own empty
-  cache), started and ready *before* the upload. In mode ``notify`` it follows the stratum 1's
-  broker (``CVMFS_NOTIFICATION_SERVER``); in both modes it also checks for a new revision every
-  ``--client-ttl`` s (``poll``: only that, like today's RCDS with its 15 s TTL and 30 s replica
-  snapshots).
+* a worker-node client process (``rcds.client`` through the Squid, its own cache), one per mode,
+  open and waiting *before* the upload, like a client mount that was there before the job; its
+  TTL and Squid's copy of the manifest run on their own clocks. In mode ``notify`` it follows the
+  stratum 1's broker (``CVMFS_NOTIFICATION_SERVER``); in both modes it also checks for a new
+  revision every ``--client-ttl`` s (``poll``: only that, like today's RCDS with its 15 s TTL and
+  30 s replica snapshots, through a site Squid that keeps the manifest for its max-age).
 
 A round uploads a fresh tarball (realistic code tree: ``bench/service.py``'s generator, made once
 per size; each round XORs every file with its own byte so every object is new) and measures from
@@ -29,6 +30,10 @@ service's broker and the stratum 1's broker (all wall-clock on one machine):
   or interval, plus the pull);
 * client: from there until the worker read the file (notification or TTL, new manifest through
   Squid, catalogs and the file through Squid).
+
+Also reported: the CPU seconds each process tree (service with its ingest workers, stratum 1,
+client) used from the upload's start to the file read, a figure the machine's load does not
+inflate (wall times on a shared machine do).
 
 Bounded: every wait has a time limit (``--round-timeout``); at most 20 rounds.
 """
