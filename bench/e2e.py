@@ -179,13 +179,17 @@ class Chain:
         self.s1_announce: Announcements | None = None
         self.client: subprocess.Popen[str] | None = None
 
-    def start_replica(self, mode: str) -> None:
-        """A fresh stratum 1 (its own root) for ``mode``."""
-        d = self.work / f"s1-{mode}"
+    def start_replica(self, label: str) -> None:
+        """A fresh stratum 1 (its own root) for mode ``label``: ``notify`` or ``poll``, with
+        ``/wN`` for N download threads per pull (default: the replica's default, 8)."""
+        mode, _, workers = label.partition("/w")
+        d = self.work / f"s1-{mode}-{workers}"
         d.mkdir()
         sub = f"subscribe = ['{self.s0_broker}']\n" if mode == "notify" else ""
         (d / "replica.toml").write_text(
-            f"[replica]\nroot = 'root'\ninterval = {self.args.replica_interval}\n\n"
+            f"[replica]\nroot = 'root'\ninterval = {self.args.replica_interval}\n"
+            + (f"workers = {int(workers)}\n" if workers else "")
+            + "\n"
             f"[serve]\nport = 0\nroot_max_age = {self.args.max_age}\n\n"
             f"[notify]\n{sub}broker_port = 0\n\n"
             f"[[repository]]\nname = '{FQRN}'\nupstream = '{self.upstream}'\nkey = '{self.key}'\n"
@@ -201,7 +205,7 @@ class Chain:
             raise RuntimeError("could not subscribe to the brokers")
         spec = {
             "url": self.s1_url, "key": str(self.key), "proxy": self.squid_url,
-            "cache": str(self.work / "cache" / mode), "timeout": self.args.round_timeout,
+            "cache": str(d / "cache"), "timeout": self.args.round_timeout,
             "notify": self.s1_broker if mode == "notify" else None, "ttl": self.args.client_ttl,
         }  # fmt: skip
         self.client = subprocess.Popen(
@@ -330,7 +334,9 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="5 MB, 2 rounds, short polling (a smoke test)")
     ap.add_argument("--sizes", default="5,100,1000", help="upload sizes in MB (5,100,1000)")
     ap.add_argument("--rounds", type=int, default=5, help="rounds per size and mode (5, at most 20)")
-    ap.add_argument("--modes", default="notify,poll", help="notify and/or poll (both)")
+    ap.add_argument(
+        "--modes", default="notify,poll", help="notify and/or poll (both); notify/w16: 16 replica threads"
+    )
     ap.add_argument("--replica-interval", type=float, default=30.0, help="stratum 1 pull interval, s (30)")
     ap.add_argument("--client-ttl", type=float, default=15.0, help="client revision check interval, s (15)")
     ap.add_argument("--max-age", type=int, default=61, help="max-age of the replica's manifest, s (61)")
@@ -343,8 +349,8 @@ def main() -> None:
     args.rounds = max(1, min(args.rounds, 20))
     sizes = [int(s) for s in args.sizes.split(",") if s]
     modes = [m for m in args.modes.split(",") if m]
-    if not set(modes) <= {"notify", "poll"}:
-        raise SystemExit("--modes takes notify and/or poll")
+    if not all(m.partition("/w")[0] in ("notify", "poll") for m in modes):
+        raise SystemExit("--modes takes notify and/or poll (optionally /wN: N replica download threads)")
 
     from rcds.testing.squid import Squid
 
@@ -403,10 +409,12 @@ def main() -> None:
             verdict = "met" if p95 <= aim else "MISSED"
             print(f"{mb} MB with notifications: p95 {p95:.2f} s (aim <= {aim:g} s): {verdict}")
     for mb in sizes:
-        on, off = results.get(("notify", mb)), results.get(("poll", mb))
-        if on and off:
-            a, b = percentile([r.total for r in on], 50), percentile([r.total for r in off], 50)
-            print(f"{mb} MB: polling p50 / notifications p50 = {b / a:.1f}x")
+        on = results.get(("notify", mb))
+        for mode in modes:
+            other = results.get((mode, mb))
+            if on and other and mode != "notify":
+                a, b = percentile([r.total for r in on], 50), percentile([r.total for r in other], 50)
+                print(f"{mb} MB: {mode} p50 / notify p50 = {b / a:.2f}x")
     print(f"# load average after: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
