@@ -17,6 +17,10 @@ Every part is its own process on 127.0.0.1, as in production:
   revision every ``--client-ttl`` s (``poll``: only that, like today's RCDS with its 15 s TTL and
   30 s replica snapshots, through a site Squid that keeps the manifest for its max-age).
 
+In mode ``poll`` each upload waits a random pause first (uniform up to the manifest's max-age),
+so that it falls at a random moment of the stratum 1's interval, Squid's copy of the manifest and
+the client's TTL, as uploads do in production (rounds back to back would lock them in step).
+
 A round uploads a fresh tarball (realistic code tree: ``bench/service.py``'s generator, made once
 per size; each round XORs every file with its own byte so every object is new) and measures from
 the end of the upload (the service answered) to the first file of the tree read completely on the
@@ -43,7 +47,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -343,6 +349,7 @@ def main() -> None:
     ap.add_argument("--round-timeout", type=float, default=600.0, help="limit per round, s (600)")
     ap.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("terminated"))  # stop the children on the way out
     if args.quick:
         args.sizes, args.rounds = "5", 2
         args.replica_interval, args.client_ttl, args.max_age = 6.0, 3.0, 12
@@ -374,6 +381,7 @@ def main() -> None:
         squid = Squid.from_file(ROOT / "examples" / "squid" / "site-squid.conf")
         chain = Chain(work, args, squid.url)
         key = 0
+        jitter = random.Random(12)
         for mode in modes:
             chain.start_replica(mode)
             for mb in sizes:
@@ -381,6 +389,8 @@ def main() -> None:
                     key += 1
                     tarball = work / "round.tar.gz"
                     _, first = tar_variant(bases[mb], tarball, key)
+                    if mode.startswith("poll"):  # upload at a random moment of the polling cycles
+                        time.sleep(jitter.uniform(0, max(args.max_age, args.replica_interval)))
                     r = chain.round(tarball, first, mb)
                     results.setdefault((mode, mb), []).append(r)
                     print(
