@@ -217,11 +217,13 @@ class PublishQueue:
                 )
             )
             log.info(
-                "published %s into %s as revision %d in %.2f s",
+                "published %s into %s as revision %d in %.2f s (queued %.2f s, signing %.2f s)",
                 cid,
                 slot.name,
                 result.revision,
                 result.seconds,
+                start - job.queued_at,
+                result.commit_seconds,
             )
         finally:
             self.spool.discard(job.item)
