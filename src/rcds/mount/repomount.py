@@ -23,6 +23,9 @@ from rcds.mount.inodes import InodeSpace, Node
 
 log = logging.getLogger("rcds.mount")
 
+RECIPE_CACHE_SIZE = 65536
+"""Files whose objects :meth:`RepoMount.open` remembers (cleared whole when full)."""
+
 
 class StaleError(NotFoundError):
     """An inode that no longer exists in the mounted revision (answered with ``ESTALE``)."""
@@ -95,6 +98,10 @@ class RepoMount:
         self.open_dirs = 0
         self.io_errors = 0
         self.last_io_error = 0.0
+        self._recipes: dict[int, tuple[int, str, int, list[Piece], bool]] = {}
+        """Per file inode: (revision, path, size, pieces, compressed) as :meth:`open` found them.
+        A file's inode number depends on its content, so its pieces never change; the revision
+        keeps the check that the file is still in the mounted revision (else ``ESTALE``)."""
 
     # -- resolution -----------------------------------------------------------------------------
 
@@ -131,8 +138,12 @@ class RepoMount:
 
     def open_if_local(self, node: Node) -> RepoFile | None:
         """Like :meth:`open` when the node's catalog is loaded (same revision, directory known)."""
-        if node.revision != self.repo.revision:
+        revision = self.repo.revision
+        if node.revision != revision:
             return None
+        recipe = self._recipes.get(node.ino)
+        if recipe is not None and recipe[0] == revision and recipe[1] == node.path:
+            return self._file(node.path, recipe[2], recipe[3], recipe[4])
         with self.repo.using() as m:
             if m.revision != node.revision or m.known_directory(node.path.rpartition("/")[0]) is None:
                 return None
@@ -160,15 +171,21 @@ class RepoMount:
             if self.space.of(loc.entry, loc.catalog.mountpoint) != node.ino:
                 raise StaleError(f"{node.path} changed in revision {m.revision}")
             pieces = pieces_of(loc.entry, loc.catalog)
+            revision = m.revision
         e = loc.entry
+        if len(self._recipes) >= RECIPE_CACHE_SIZE:
+            self._recipes.clear()
+        self._recipes[node.ino] = (revision, node.path, e.size, pieces, e.compressed)
+        return self._file(node.path, e.size, pieces, e.compressed)
+
+    def _file(self, path: str, size: int, pieces: list[Piece], compressed: bool) -> RepoFile:
+        source = self.repo.source
         return RepoFile(
-            node.path,
-            e.size,
+            path,
+            size,
             pieces,
-            lambda h, kind, size, compressed: self.repo.source.open_object(
-                h, kind, size=size, compressed=compressed
-            ),
-            compressed=e.compressed,
+            lambda h, kind, size, compressed: source.open_object(h, kind, size=size, compressed=compressed),
+            compressed=compressed,
         )
 
     def chunks(self, path: str) -> list[tuple[str, int, int]]:
