@@ -10,6 +10,7 @@ holds up other requests. ``getattr`` is answered from the node table. Writes get
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -106,6 +107,7 @@ class RcdsOperations(ReadOnlyOperations):
         kcache: float = 60.0,
         threads: int = DEFAULT_THREADS,
         owner: tuple[int, int] = (0, 0),
+        prefetch: bool = True,
     ) -> None:
         super().__init__()
         self.mounts: dict[str, RepoMount] = {m.fqrn: m for m in mounts}
@@ -117,6 +119,9 @@ class RcdsOperations(ReadOnlyOperations):
         self._handles: dict[int, _Handle] = {}
         self._dirs: dict[int, tuple[int, list[_Listed], RepoMount | None]] = {}
         self._listings: dict[tuple[str, str], tuple[int, list[_Listed]]] = {}
+        self._prefetched: set[tuple[str, str, int]] = set()
+        self.prefetch = prefetch
+        """Fetch a directory's small files in one batch when one of them is first opened."""
         self._next_fh = 1
         self._opening: dict[str, trio.Lock] = {}
         self.revisions = RevisionKeeper(self.table, self.mounts, self.limiter)
@@ -392,11 +397,33 @@ class RcdsOperations(ReadOnlyOperations):
         f = self._now(mount, mount.open_if_local, node)
         if f is None:
             f = await self._run(mount, mount.open, node)
+        if self.prefetch:
+            self._maybe_prefetch(mount, node, f)
         fh = self._next_fh
         self._next_fh += 1
         self._handles[fh] = _Handle(f, mount)
         mount.open_files += 1
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+
+    def _maybe_prefetch(self, mount: RepoMount, node: Node, f: RepoFile) -> None:
+        """Start fetching the directory's small files in the background if ``f`` is not cached
+        (once per directory and revision; see :meth:`RepoMount.prefetch_directory`)."""
+        directory = node.path.rpartition("/")[0]
+        key = (mount.fqrn, directory, node.revision)
+        if key in self._prefetched:
+            return
+        at = f.piece_at(0)
+        if at is None or at[1] or mount.is_cached(at[0]):
+            return
+        if len(self._prefetched) >= LISTING_CACHE_SIZE:
+            self._prefetched.clear()
+        self._prefetched.add(key)
+
+        async def fetch() -> None:
+            with contextlib.suppress(pyfuse3.FUSEError):  # logged by _run; reads fetch on their own
+                await self._run(mount, mount.prefetch_directory, directory)
+
+        trio.lowlevel.spawn_system_task(fetch)
 
     @handler
     async def read(self, fh: int, off: int, size: int) -> bytes:
