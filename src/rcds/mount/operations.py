@@ -67,6 +67,9 @@ class _Handle:
         self.lock = threading.Lock()
 
     def read(self, offset: int, size: int) -> bytes:
+        at = self.file.piece_at(offset)
+        if at is not None and not at[1]:
+            self.mount.wait_prefetched(at[0])
         with self.lock:
             self.file.seek(offset)
             return self.file.read(size)
@@ -408,7 +411,7 @@ class RcdsOperations(ReadOnlyOperations):
     def _maybe_prefetch(self, mount: RepoMount, node: Node, f: RepoFile) -> None:
         """Start fetching the directory's small files in the background if ``f`` is not cached
         (once per directory and revision; see :meth:`RepoMount.prefetch_directory`)."""
-        directory = node.path.rpartition("/")[0]
+        directory, _, name = node.path.rpartition("/")
         key = (mount.fqrn, directory, node.revision)
         if key in self._prefetched:
             return
@@ -421,7 +424,7 @@ class RcdsOperations(ReadOnlyOperations):
 
         async def fetch() -> None:
             with contextlib.suppress(pyfuse3.FUSEError):  # logged by _run; reads fetch on their own
-                await self._run(mount, mount.prefetch_directory, directory)
+                await self._run(mount, mount.prefetch_directory, directory, name)
 
         trio.lowlevel.spawn_system_task(fetch)
 
