@@ -10,6 +10,7 @@ holds up other requests. ``getattr`` is answered from the node table. Writes get
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -36,6 +37,9 @@ T = TypeVar("T")
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
 DEFAULT_THREADS = 32
 """Worker threads serving blocking requests at once (catalog queries, downloads)."""
+LISTING_CACHE_SIZE = 4096
+"""Directory listings kept for ``opendir`` (oldest dropped first)."""
+_Listed = tuple[bytes, Node, pyfuse3.EntryAttributes]
 
 
 def _top_stat(count: int, owner: tuple[int, int]) -> os.stat_result:
@@ -63,6 +67,9 @@ class _Handle:
         self.lock = threading.Lock()
 
     def read(self, offset: int, size: int) -> bytes:
+        at = self.file.piece_at(offset)
+        if at is not None and not at[1]:
+            self.mount.wait_prefetched(at[0])
         with self.lock:
             self.file.seek(offset)
             return self.file.read(size)
@@ -103,6 +110,7 @@ class RcdsOperations(ReadOnlyOperations):
         kcache: float = 60.0,
         threads: int = DEFAULT_THREADS,
         owner: tuple[int, int] = (0, 0),
+        prefetch: bool = True,
     ) -> None:
         super().__init__()
         self.mounts: dict[str, RepoMount] = {m.fqrn: m for m in mounts}
@@ -112,7 +120,11 @@ class RcdsOperations(ReadOnlyOperations):
         self.limiter = trio.CapacityLimiter(threads)
         self.table = NodeTable()
         self._handles: dict[int, _Handle] = {}
-        self._dirs: dict[int, tuple[int, list[tuple[bytes, Node]], RepoMount | None]] = {}
+        self._dirs: dict[int, tuple[int, list[_Listed], RepoMount | None]] = {}
+        self._listings: dict[tuple[str, str], tuple[int, list[_Listed]]] = {}
+        self._prefetched: set[tuple[str, str, int]] = set()
+        self.prefetch = prefetch
+        """Fetch a directory's small files in one batch when one of them is first opened."""
         self._next_fh = 1
         self._opening: dict[str, trio.Lock] = {}
         self.revisions = RevisionKeeper(self.table, self.mounts, self.limiter)
@@ -305,42 +317,64 @@ class RcdsOperations(ReadOnlyOperations):
 
     @handler
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
-        """List the directory once (``.`` and ``..`` first); readdir serves from that list."""
+        """List the directory (``.`` and ``..`` first); readdir serves from that list.
+
+        Listings are kept per directory and revision, so listing a directory again (``find``,
+        ``ls``, Python's import system) needs no catalog query and no thread hop.
+        """
         node = self._node(inode)
         if not node.is_dir:
             raise pyfuse3.FUSEError(errno.ENOTDIR)
-        entries: list[tuple[bytes, Node]] = [(b".", node), (b"..", node)]
+        entries: list[_Listed] = [(b".", node, self._attrs(node)), (b"..", node, self._attrs(node))]
+        mount: RepoMount | None = None
         if self._is_top(node):
             for name in sorted(self.mounts):
                 root = self.table.get(self.mounts[name].space.root)
                 if root is not None:
-                    entries.append((os.fsencode(name), root))
+                    entries.append((os.fsencode(name), root, self._attrs(root)))
         else:
             mount = self._mount_of(node)
-            _here, children = await self._run(mount, mount.listing, node.path)
             if node.path == "" and self.opener is not None:
-                entries[1] = (b"..", self.table.nodes[FUSE_ROOT])
-            for c in children:
-                if c.stat is not None and c.located is not None:
-                    child = Node(c.ino, mount.fqrn, c.path, c.located.entry, c.stat, c.revision)
-                    entries.append((os.fsencode(c.path.rpartition("/")[2]), child))
+                top = self.table.nodes[FUSE_ROOT]
+                entries[1] = (b"..", top, self._attrs(top))
+            entries += await self._children(mount, node.path)
             mount.open_dirs += 1
         fh = self._next_fh
         self._next_fh += 1
-        self._dirs[fh] = (inode, entries, None if self._is_top(node) else self._mount_of(node))
+        self._dirs[fh] = (inode, entries, mount)
         return fh
+
+    async def _children(self, mount: RepoMount, path: str) -> list[_Listed]:
+        """The visible entries of a directory in the mounted revision (kept per revision)."""
+        key = (mount.fqrn, path)
+        known = self._listings.get(key)
+        if known is not None and known[0] == mount.repo.revision:
+            return known[1]
+        here, children = await self._run(mount, mount.listing, path)
+        listed: list[_Listed] = []
+        for c in children:
+            if c.stat is not None and c.located is not None:
+                child = Node(c.ino, mount.fqrn, c.path, c.located.entry, c.stat, c.revision)
+                listed.append((os.fsencode(c.path.rpartition("/")[2]), child, self._attrs(child)))
+        if len(self._listings) >= LISTING_CACHE_SIZE:
+            del self._listings[next(iter(self._listings))]
+        self._listings[key] = (here.revision, listed)
+        return listed
 
     @handler
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
         """Entries from ``start_id`` on (pyfuse3 answers READDIRPLUS: each entry but ``.`` and
         ``..`` counts as a lookup)."""
         inode, entries, _ = self._dirs.get(fh, (0, [], None))
+        table = self.table
         for i in range(start_id, len(entries)):
-            name, node = entries[i]
-            if not pyfuse3.readdir_reply(token, name, self._attrs(node), i + 1):
+            name, node, attrs = entries[i]
+            if not pyfuse3.readdir_reply(token, name, attrs, i + 1):
                 break
             if i >= 2:
-                self.table.looked_up(node, inode, name)
+                if table.get(node.ino) is None:  # the table's nodes change; the listing's must not
+                    node = Node(node.ino, node.fqrn, node.path, node.entry, node.stat, node.revision)
+                table.looked_up(node, inode, name)
 
     @handler
     async def releasedir(self, fh: int) -> None:
@@ -366,11 +400,33 @@ class RcdsOperations(ReadOnlyOperations):
         f = self._now(mount, mount.open_if_local, node)
         if f is None:
             f = await self._run(mount, mount.open, node)
+        if self.prefetch:
+            self._maybe_prefetch(mount, node, f)
         fh = self._next_fh
         self._next_fh += 1
         self._handles[fh] = _Handle(f, mount)
         mount.open_files += 1
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+
+    def _maybe_prefetch(self, mount: RepoMount, node: Node, f: RepoFile) -> None:
+        """Start fetching the directory's small files in the background if ``f`` is not cached
+        (once per directory and revision; see :meth:`RepoMount.prefetch_directory`)."""
+        directory, _, name = node.path.rpartition("/")
+        key = (mount.fqrn, directory, node.revision)
+        if key in self._prefetched:
+            return
+        at = f.piece_at(0)
+        if at is None or at[1] or mount.is_cached(at[0]):
+            return
+        if len(self._prefetched) >= LISTING_CACHE_SIZE:
+            self._prefetched.clear()
+        self._prefetched.add(key)
+
+        async def fetch() -> None:
+            with contextlib.suppress(pyfuse3.FUSEError):  # logged by _run; reads fetch on their own
+                await self._run(mount, mount.prefetch_directory, directory, name)
+
+        trio.lowlevel.spawn_system_task(fetch)
 
     @handler
     async def read(self, fh: int, off: int, size: int) -> bytes:

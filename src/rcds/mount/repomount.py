@@ -10,18 +10,31 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from rcds.client.fetch.prefetch import prefetch
 from rcds.client.repository import Repository
 from rcds.client.tree.files import Piece, RepoFile, pieces_of
 from rcds.client.tree.mounted import Located
 from rcds.client.tree.stat import make_stat
 from rcds.errors import NotFoundError
+from rcds.format.hashes import ContentHash, ObjectKind
 from rcds.mount.inodes import InodeSpace, Node
 
 log = logging.getLogger("rcds.mount")
+
+PREFETCH_MAX_FILE = 1 << 20
+PREFETCH_MAX_BYTES = 32 << 20
+"""Directory prefetch (:meth:`RepoMount.prefetch_directory`) takes files of at most this size,
+up to this many bytes in all."""
+PREFETCH_WAIT = 1.0
+"""At most this many seconds a read waits for a directory prefetch bringing its object, then it
+fetches the object itself (a batch is one connection: a slow server must not serialize readers)."""
+RECIPE_CACHE_SIZE = 65536
+"""Files whose objects :meth:`RepoMount.open` remembers (cleared whole when full)."""
 
 
 class StaleError(NotFoundError):
@@ -95,6 +108,12 @@ class RepoMount:
         self.open_dirs = 0
         self.io_errors = 0
         self.last_io_error = 0.0
+        self._pending: dict[tuple[ContentHash, ObjectKind], threading.Event] = {}
+        self._pending_lock = threading.Lock()
+        self._recipes: dict[int, tuple[int, str, int, list[Piece], bool]] = {}
+        """Per file inode: (revision, path, size, pieces, compressed) as :meth:`open` found them.
+        A file's inode number depends on its content, so its pieces never change; the revision
+        keeps the check that the file is still in the mounted revision (else ``ESTALE``)."""
 
     # -- resolution -----------------------------------------------------------------------------
 
@@ -131,8 +150,12 @@ class RepoMount:
 
     def open_if_local(self, node: Node) -> RepoFile | None:
         """Like :meth:`open` when the node's catalog is loaded (same revision, directory known)."""
-        if node.revision != self.repo.revision:
+        revision = self.repo.revision
+        if node.revision != revision:
             return None
+        recipe = self._recipes.get(node.ino)
+        if recipe is not None and recipe[0] == revision and recipe[1] == node.path:
+            return self._file(node.path, recipe[2], recipe[3], recipe[4])
         with self.repo.using() as m:
             if m.revision != node.revision or m.known_directory(node.path.rpartition("/")[0]) is None:
                 return None
@@ -160,16 +183,74 @@ class RepoMount:
             if self.space.of(loc.entry, loc.catalog.mountpoint) != node.ino:
                 raise StaleError(f"{node.path} changed in revision {m.revision}")
             pieces = pieces_of(loc.entry, loc.catalog)
+            revision = m.revision
         e = loc.entry
+        if len(self._recipes) >= RECIPE_CACHE_SIZE:
+            self._recipes.clear()
+        self._recipes[node.ino] = (revision, node.path, e.size, pieces, e.compressed)
+        return self._file(node.path, e.size, pieces, e.compressed)
+
+    def _file(self, path: str, size: int, pieces: list[Piece], compressed: bool) -> RepoFile:
+        source = self.repo.source
         return RepoFile(
-            node.path,
-            e.size,
+            path,
+            size,
             pieces,
-            lambda h, kind, size, compressed: self.repo.source.open_object(
-                h, kind, size=size, compressed=compressed
-            ),
-            compressed=e.compressed,
+            lambda h, kind, size, compressed: source.open_object(h, kind, size=size, compressed=compressed),
+            compressed=compressed,
         )
+
+    def prefetch_directory(self, path: str, skip: str = "") -> int:
+        """Bring the small regular files of the directory ``path`` (but ``skip``, a name) into the
+        local cache in one pipelined batch (:func:`rcds.client.fetch.prefetch.prefetch`); how many
+        objects came.
+
+        Called when a file whose object is not cached is opened: its neighbours (the modules of
+        a package, the ``.pyc`` files of a ``__pycache__``) are likely read next, and one batch
+        costs far less than a round trip per file. Meanwhile a read of one of these objects
+        waits for the batch (:meth:`wait_prefetched`) instead of fetching it a second time.
+        """
+        done = threading.Event()
+        keys: list[tuple[ContentHash, ObjectKind]] = []
+        try:
+            with self.repo.using() as m:
+                here = m.resolve(path or "/", follow=False)
+                files = []
+                total = 0
+                for loc in m.listdir(here):
+                    e = loc.entry
+                    if not e.is_regular or e.is_external or e.size > PREFETCH_MAX_FILE or e.name == skip:
+                        continue
+                    total += e.size
+                    if total > PREFETCH_MAX_BYTES:
+                        break
+                    files.append(loc)
+                    if e.hash is not None and e.size and not e.is_chunked:
+                        keys.append((e.hash, ObjectKind.FILE))
+                with self._pending_lock:
+                    for k in keys:
+                        self._pending.setdefault(k, done)
+                return prefetch(self.repo.source, files)
+        finally:
+            done.set()
+            with self._pending_lock:
+                for k in keys:
+                    if self._pending.get(k) is done:
+                        del self._pending[k]
+
+    def wait_prefetched(self, piece: Piece, timeout: float = PREFETCH_WAIT) -> None:
+        """If a directory prefetch is bringing ``piece``'s object, wait until it is cached (or
+        the prefetch ended, or ``timeout`` seconds passed); a thread about to download it calls
+        this first."""
+        event = self._pending.get((piece.hash, piece.kind))
+        if event is None:
+            return
+        deadline = time.monotonic() + timeout
+        source = self.repo.source
+        while not source.is_cached(piece.hash, piece.kind):
+            left = deadline - time.monotonic()
+            if left <= 0 or event.wait(min(left, 0.005)):
+                return
 
     def chunks(self, path: str) -> list[tuple[str, int, int]]:
         """(hash, offset, size) of each object of a regular file."""
