@@ -103,8 +103,53 @@ def test_a_notification_pulls_at_once_and_the_replica_announces_what_it_pulled(
             assert samples[("rcds_replica_fetched_bytes_total", (("repository", fqrn),))] > 0
             key = ("rcds_repo_requests_total", (("method", "GET"), ("status", "200"), ("verb", fqrn)))
             assert samples[key] >= 1
+            # the upstream's fresh whitelist, passed on: 30 days left, nothing to re-sign
+            assert samples[("rcds_whitelist_seconds_left", (("repository", fqrn),))] > 29 * 86400
+            assert samples[("rcds_whitelist_needs_resign", (("repository", fqrn),))] == 0
         finally:
             if sub is not None:
                 sub.close()
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0
+
+
+def test_a_served_whitelist_near_expiry_is_reported_loudly(tmp_path: Path) -> None:
+    """A stratum 1 only passes on its upstream's whitelist: when it has under a third of its
+    validity left, ``rcds replica run`` says so (the upstream must re-sign) and ``/metrics`` shows it."""
+    from rcds.publish.create import create_repository
+    from rcds.publish.layout import Settings
+
+    from testkit import NAME
+
+    root = tmp_path / "s0"
+    create_repository(root, Settings(name=NAME), now=int(time.time()) - 25 * 86400)  # 5 days left
+    s0 = Stratum0(root, NAME)
+    publish(s0, cid_entries("a"), "/sw/g/a")
+    with make_server({NAME: s0.layout.public}) as upstream:
+        upstream.start_background()
+        cfg = tmp_path / "replica.toml"
+        cfg.write_text(
+            "[replica]\nroot = 's1'\ninterval = 300\n\n[metrics]\nport = 0\n\n"
+            f"[[repository]]\nname = '{NAME}'\nupstream = '{upstream.url_for(NAME)}'\n"
+            f"key = '{key_file(s0)}'\n"
+        )
+        proc = subprocess.Popen(
+            [*RCDS, "replica", "run", "--config", str(cfg)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            lines = Lines(proc)
+            metrics_url = lines.wait_for(r"metrics at (http://127\.0\.0\.1:\d+/metrics)").group(1)
+            lines.wait_for(
+                rf"WARNING: the whitelist of {NAME} expires in [45] days .*the upstream must re-sign it"
+            )
+            samples = scrape(metrics_url)
+            assert samples[("rcds_whitelist_needs_resign", (("repository", NAME),))] == 1
+            assert (
+                4 * 86400 < samples[("rcds_whitelist_seconds_left", (("repository", NAME),))] < 5 * 86400 + 60
+            )
+        finally:
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(30) == 0

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
@@ -135,6 +137,7 @@ def _run(args: argparse.Namespace) -> int:
     from rcds.replica.replicator import Replicator
     from rcds.replica.runconfig import load_run_config
     from rcds.replica.runner import ReplicaRunner
+    from rcds.repo.whitelist_age import assess_tree
     from rcds.serve.http import make_server
 
     cfg = load_run_config(args.config)
@@ -146,7 +149,11 @@ def _run(args: argparse.Namespace) -> int:
             f"no replicas under {cfg.root}: add [[repository]] tables to {args.config} "
             "or use rcds replica add"
         )
-    stats = ReplicaMetrics({e.fqrn for e in entries}) if cfg.metrics is not None else None
+    stats = (
+        ReplicaMetrics({e.fqrn for e in entries}, replicas={e.fqrn: e.dir for e in entries})
+        if cfg.metrics is not None
+        else None
+    )
     server = None
     if cfg.serve is not None:
         s = cfg.serve
@@ -159,6 +166,18 @@ def _run(args: argparse.Namespace) -> int:
             access_log=(lambda r: stats.served(r.target, r.method, r.status, r.sent)) if stats else None,
         )
         server.start_background()
+    dirs = {e.fqrn: e.dir for e in entries}
+    warned: dict[str, float] = {}
+
+    def warn_whitelist(fqrn: str, where: Path | None) -> None:
+        """Say loudly (at most hourly) when a served whitelist is near expiry (the upstream must fix it)."""
+        if where is None:
+            return
+        age = assess_tree(fqrn, where, dt.datetime.now(dt.UTC))
+        if age.needs_resign and time.monotonic() - warned.get(fqrn, -3600.0) >= 3600.0:
+            warned[fqrn] = time.monotonic()
+            print(f"rcds replica run: WARNING: {age.message()}; the upstream must re-sign it", flush=True)
+
     broker = None
     if cfg.notify.broker_port is not None:
         from rcds.notify.server import BrokerThread
@@ -168,6 +187,7 @@ def _run(args: argparse.Namespace) -> int:
 
     def on_result(fqrn: str, res: SnapshotResult | RcdsError) -> None:
         print(describe(fqrn, res), flush=True)
+        warn_whitelist(fqrn, dirs.get(fqrn))
         if stats is not None:
             stats.pulled(fqrn, res)
         if notes is not None:

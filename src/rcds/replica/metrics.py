@@ -1,21 +1,35 @@
-"""``/metrics`` of ``rcds replica run``: pulls, what they fetched, revisions, and the requests served."""
+"""``/metrics`` of ``rcds replica run``: pulls, what they fetched, revisions, the whitelists served
+(a stratum 1 only passes on its upstream's: an alert here says the upstream must re-sign), and the
+requests served."""
 
 from __future__ import annotations
 
-from collections.abc import Container
+import datetime as dt
+from collections.abc import Container, Iterable, Mapping
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from rcds.errors import RcdsError
 from rcds.metrics.definitions import PUBLISH_BUCKETS, HttpMetrics, new_registry
 from rcds.replica.snapshot import SnapshotResult
+from rcds.repo.whitelist_age import assess_tree
 
 
 class ReplicaMetrics:
     """The metric families of a stratum 1 process, on a registry of its own."""
 
-    def __init__(self, names: Container[str], registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        names: Container[str],
+        registry: CollectorRegistry | None = None,
+        replicas: Mapping[str, Path] | None = None,
+    ) -> None:
         self.registry = registry or new_registry()
+        if replicas:
+            self.registry.register(ServedWhitelists(replicas))
         self.names = names
         r = self.registry
         self.pulls = Counter("rcds_replica_pulls", "Pulls by outcome", ["repository", "outcome"], registry=r)
@@ -49,3 +63,32 @@ class ReplicaMetrics:
     def served(self, target: str, method: str, status: int, sent: int) -> None:
         """Record one request answered by the replica's HTTP server."""
         self.http.observe_repository_request(target, method, status, sent, self.names)
+
+
+class ServedWhitelists(Collector):
+    """``rcds_whitelist_seconds_left`` and ``rcds_whitelist_needs_resign`` of every replica served,
+    read from its ``.cvmfswhitelist`` at each scrape."""
+
+    def __init__(self, replicas: Mapping[str, Path]) -> None:
+        self.replicas = dict(replicas)
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        """Two families, one sample per replica."""
+        left = GaugeMetricFamily(
+            "rcds_whitelist_seconds_left", "Seconds until the served whitelist expires", labels=["repository"]
+        )
+        due = GaugeMetricFamily(
+            "rcds_whitelist_needs_resign",
+            "1 when the served whitelist has under a third of its validity left (the upstream must re-sign)",
+            labels=["repository"],
+        )
+        now = dt.datetime.now(dt.UTC)
+        for name, where in sorted(self.replicas.items()):
+            age = assess_tree(name, where, now)
+            left.add_metric([name], age.seconds_left)
+            due.add_metric([name], 1.0 if age.needs_resign else 0.0)
+        return [left, due]
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        """Nothing ahead: read at scrape time."""
+        return []
