@@ -17,7 +17,7 @@ import pytest
 from rcds.errors import ConfigError, NotFoundError, StorageError
 from rcds.format.hashes import ContentHash, ObjectKind
 from rcds.storage.locate import open_store
-from rcds.storage.s3 import BLIND_PUT_BYTES, S3Store
+from rcds.storage.s3 import S3Store
 from rcds.storage.s3client import S3Location
 from rcds.testing.seaweedfs import SeaweedFS
 
@@ -52,7 +52,7 @@ def test_large_objects_go_up_in_parts(s3_url: str, tmp_path: Path) -> None:
 
 def test_put_if_absent(s3_url: str) -> None:
     store = S3Store(_loc(s3_url))
-    big = os.urandom(BLIND_PUT_BYTES + 1)
+    big = os.urandom(64 << 10)
     name = ContentHash.of(big).object_name()
     assert store.put_if_absent(name, big) is True
     assert store.put_if_absent(name, bytes(len(big))) is False  # a HEAD found it: not rewritten
@@ -60,7 +60,7 @@ def test_put_if_absent(s3_url: str) -> None:
     small = b"x" * 1000
     small_name = ContentHash.of(small).object_name()
     assert store.put_if_absent(small_name, small) is True
-    assert store.put_if_absent(small_name, small) is True  # small: PUT again, no HEAD first
+    assert store.put_if_absent(small_name, small) is False  # never written again, small or not
     assert store.get(small_name) == small
     head = store._client.head_object(Bucket=store.loc.bucket, Key=store.loc.key(small_name))
     assert "-" not in head["ETag"]  # one plain PUT
@@ -68,6 +68,11 @@ def test_put_if_absent(s3_url: str) -> None:
     assert store.put_if_absent(".cvmfswhitelist", b"w") is True  # root files: always checked
     assert store.put_if_absent(".cvmfswhitelist", b"x") is False
     assert store.get(".cvmfswhitelist") == b"w"
+    # an empty object (an upload cut off by a crash) counts as absent and is written again
+    store._client.put_object(Bucket=store.loc.bucket, Key=store.loc.key(name), Body=b"")
+    assert not store.has(name)
+    assert store.put_if_absent(name, big) is True
+    assert store.get(name) == big
     head = store._client.head_object(Bucket=store.loc.bucket, Key=store.loc.key(".cvmfswhitelist"))
     assert head["CacheControl"] == "max-age=61"
 

@@ -32,10 +32,6 @@ PART_SIZE = 8 << 20
 """Bytes per part of a multipart upload (S3 wants at least 5 MiB for all parts but the last)."""
 MULTIPART_THRESHOLD = 16 << 20
 """Objects of at least this size are uploaded in parts."""
-BLIND_PUT_BYTES = 64 << 10
-"""Objects up to this size are PUT without a HEAD first: for them a HEAD costs about as much as
-the PUT (one round trip, and botocore's per-request CPU), and rewriting an existing object with
-the same bytes (content addressed) is harmless."""
 SPOOL_BYTES = 8 << 20
 """``open`` keeps objects up to this size in memory, larger ones in a temporary file."""
 ROOT_CACHE = "max-age=61"
@@ -77,14 +73,21 @@ class S3Store(Store):
         return extra
 
     def _head(self, name: str) -> dict[str, Any] | None:
+        """The object's metadata, or None if absent. An empty data object counts as absent: a
+        stored object is never empty (a zlib stream has at least 8 bytes), but an upload cut off by
+        a crash can leave an empty entry behind in some object stores (seen with SeaweedFS), and
+        taking it for the content would let a later publish reference it."""
         key = self._key(name)
         try:
-            return dict(self._client.head_object(Bucket=self.loc.bucket, Key=key))
+            head = dict(self._client.head_object(Bucket=self.loc.bucket, Key=key))
         except Exception as exc:
             err = translate(exc, self.loc, f"look up {name}")
             if isinstance(err, NotFoundError):
                 return None
             raise err from None
+        if is_object_name(name) and int(head.get("ContentLength", 1)) == 0:
+            return None
+        return head
 
     # -- writing -----------------------------------------------------------------------------
     def put(self, name: str, data: bytes | memoryview) -> None:
@@ -102,12 +105,10 @@ class S3Store(Store):
     def put_if_absent(self, name: str, data: bytes | memoryview) -> bool:
         """HEAD, then PUT if absent: a re-published content costs one round trip, no upload.
 
-        Objects of at most :data:`BLIND_PUT_BYTES` are PUT at once (True even if the same bytes
-        were there already); root files are always checked first.
+        An object that is there is never written again, not even with the same bytes: an upload
+        cut off by a crash may leave an empty object behind (SeaweedFS does), which would then
+        replace a good object that a committed revision references.
         """
-        if is_object_name(name) and memoryview(data).nbytes <= BLIND_PUT_BYTES:
-            self.put(name, data)
-            return True
         if self._head(name) is not None:
             return False
         self.put(name, data)
