@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import http.client
 import os
+import queue
+import re
+import signal
 import subprocess
 import sys
 import threading
+import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 from rcds.format import manifest
 from rcds.format.dirent import FLAG_EXTERNAL
@@ -107,3 +114,71 @@ class Recorder:
         """Body bytes sent for targets containing ``prefix``."""
         with self.lock:
             return sum(r.sent for r in self.records if prefix in r.target)
+
+
+def get(port: int, path: str) -> tuple[int, dict[str, str], bytes]:
+    """GET ``path`` from a server on loopback: status, headers (lower-case names) and body."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+class Lines:
+    """The stdout of a process (``proc``), line by line, readable with a timeout."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self.q: queue.Queue[str] = queue.Queue()
+        assert proc.stdout is not None
+        threading.Thread(target=self._read, args=(proc.stdout,), daemon=True).start()
+
+    def _read(self, out: IO[str]) -> None:
+        with out:  # closed here, at the end of the output, by the one thread that reads it
+            for line in out:
+                self.q.put(line)
+
+    def wait_for(self, pattern: str, timeout: float = 30.0) -> re.Match[str]:
+        """The match of the first line from now on that matches ``pattern``, within ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self.q.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"no line matching {pattern!r} within {timeout} s") from None
+            m = re.search(pattern, line)
+            if m:
+                return m
+
+
+@contextmanager
+def replica_run(config: Path, *, stop_within: float = 30.0) -> Iterator[Lines]:
+    """A running ``rcds replica run --config config`` process, as its stdout lines.
+
+    On leaving, the process gets SIGTERM and must exit with status 0 within ``stop_within``
+    seconds (its stderr is the assertion's message); one that does not is killed.
+    """
+    proc = subprocess.Popen(
+        [*RCDS, "replica", "run", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        yield Lines(proc)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            code = proc.wait(stop_within)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise
+        finally:
+            assert proc.stderr is not None
+            with proc.stderr:
+                err = proc.stderr.read()
+        assert code == 0, err

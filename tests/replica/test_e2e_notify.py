@@ -13,15 +13,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
-import signal
-import subprocess
 import tarfile
 import time
 from pathlib import Path
 
 import pytest
 import urllib3
-from test_replica_run import Lines
 
 from rcds.client.fetch.notifications import NotificationFollower
 from rcds.client.repository import Repository
@@ -29,7 +26,7 @@ from rcds.service.config import ListenConfig, ServeConfig, ServiceConfig
 from rcds.service.runner import ServiceThread
 from rcds.testing.squid import SQUID, Squid
 
-from replkit import RCDS
+from replkit import replica_run
 
 pytestmark = [
     pytest.mark.timeout(120),
@@ -67,14 +64,7 @@ def test_a_published_cid_reaches_a_client_behind_squid_through_notifications_alo
             f"[notify]\nsubscribe = ['{st.url}']\nbroker_port = 0\n\n"
             f"[[repository]]\nname = '{FQRN}'\nupstream = '{st.repo_url(FQRN)}'\nkey = '{key}'\n"
         )
-        proc = subprocess.Popen(
-            [*RCDS, "replica", "run", "--config", str(conf)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            lines = Lines(proc)
+        with replica_run(conf) as lines:
             m = lines.wait_for(r"serving at (\S+)/cvmfs/; notifications at (\S+)/notifications/")
             s1_url, s1_broker = f"{m.group(1)}/cvmfs/{FQRN}", m.group(2)
             lines.wait_for(rf"{FQRN}: revision \d+")  # the first pull, at start
@@ -103,8 +93,5 @@ def test_a_published_cid_reaches_a_client_behind_squid_through_notifications_alo
                 assert repo.read_bytes(path) == b"hello from the worker node\n"
                 assert repo.revision > before and follower.switched >= 1
             repo.close()
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(30) == 0
         # the new catalog and the file came through Squid, not around it
         assert squid.wait_logged(f"/cvmfs/{FQRN}/data/"), squid.log_lines()[-10:]

@@ -7,8 +7,7 @@ interval is long (300 s), so only a notification can bring the new revision with
 
 from __future__ import annotations
 
-import signal
-import subprocess
+import contextlib
 import threading
 import time
 import urllib.request
@@ -16,7 +15,6 @@ from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from test_replica_run import Lines, get
 
 from rcds.format import manifest as manifest_fmt
 from rcds.net.notify_post import NotifySender
@@ -25,7 +23,7 @@ from rcds.notify.server import BrokerThread
 from rcds.publish.stratum0 import Stratum0
 from rcds.serve.http import make_server
 
-from replkit import RCDS, cid_entries, key_file, revision_of
+from replkit import cid_entries, get, key_file, replica_run, revision_of
 from testkit import publish
 
 pytestmark = pytest.mark.timeout(90)
@@ -56,15 +54,7 @@ def test_a_notification_pulls_at_once_and_the_replica_announces_what_it_pulled(
             f"[[repository]]\nname = '{fqrn}'\nupstream = '{upstream.url_for(fqrn)}'\n"
             f"key = '{key_file(repo)}'\n"
         )
-        proc = subprocess.Popen(
-            [*RCDS, "replica", "run", "--config", str(cfg)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        sub: Subscription | None = None
-        try:
-            lines = Lines(proc)
+        with replica_run(cfg) as lines, contextlib.ExitStack() as cleanup:
             started = lines.wait_for(
                 r"serving at http://127\.0\.0\.1:(\d+)/cvmfs/; notifications at (http://127\.0\.0\.1:\d+)"
                 r"/notifications/; metrics at (http://127\.0\.0\.1:\d+/metrics)"
@@ -74,10 +64,11 @@ def test_a_notification_pulls_at_once_and_the_replica_announces_what_it_pulled(
             replica = tmp_path / "s1" / fqrn
             assert revision_of(replica) == 1
             sub = Subscription(broker_url, fqrn, backoff=(0.05, 0.2))
+            cleanup.callback(sub.close)  # before the replica stops
             received: list[int] = []
 
             def listen() -> None:
-                for activity in sub:  # type: ignore[union-attr]
+                for activity in sub:
                     received.append(manifest_fmt.parse(activity.manifest).manifest.revision)
 
             threading.Thread(target=listen, daemon=True).start()
@@ -106,11 +97,6 @@ def test_a_notification_pulls_at_once_and_the_replica_announces_what_it_pulled(
             # the upstream's fresh whitelist, passed on: 30 days left, nothing to re-sign
             assert samples[("rcds_whitelist_seconds_left", (("repository", fqrn),))] > 29 * 86400
             assert samples[("rcds_whitelist_needs_resign", (("repository", fqrn),))] == 0
-        finally:
-            if sub is not None:
-                sub.close()
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(30) == 0
 
 
 def test_a_served_whitelist_near_expiry_is_reported_loudly(tmp_path: Path) -> None:
@@ -133,14 +119,7 @@ def test_a_served_whitelist_near_expiry_is_reported_loudly(tmp_path: Path) -> No
             f"[[repository]]\nname = '{NAME}'\nupstream = '{upstream.url_for(NAME)}'\n"
             f"key = '{key_file(s0)}'\n"
         )
-        proc = subprocess.Popen(
-            [*RCDS, "replica", "run", "--config", str(cfg)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            lines = Lines(proc)
+        with replica_run(cfg) as lines:
             metrics_url = lines.wait_for(r"metrics at (http://127\.0\.0\.1:\d+/metrics)").group(1)
             lines.wait_for(
                 rf"WARNING: the whitelist of {NAME} expires in [45] days .*the upstream must re-sign it"
@@ -150,6 +129,3 @@ def test_a_served_whitelist_near_expiry_is_reported_loudly(tmp_path: Path) -> No
             assert (
                 4 * 86400 < samples[("rcds_whitelist_seconds_left", (("repository", NAME),))] < 5 * 86400 + 60
             )
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(30) == 0

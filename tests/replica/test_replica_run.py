@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import http.client
-import queue
 import re
 import signal
 import subprocess
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -19,41 +15,10 @@ from rcds.publish.stratum0 import Stratum0
 from rcds.replica.runconfig import load_run_config
 from rcds.serve.http import make_server
 
-from replkit import RCDS, cid_entries, key_file
+from replkit import RCDS, cid_entries, get, key_file, replica_run
 from testkit import publish
 
 pytestmark = pytest.mark.timeout(90)
-
-
-def get(port: int, path: str) -> tuple[int, dict[str, str], bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
-    finally:
-        conn.close()
-
-
-class Lines:
-    """The stdout of a process, line by line, readable with a timeout."""
-
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
-        self.q: queue.Queue[str] = queue.Queue()
-        assert proc.stdout is not None
-        out = proc.stdout
-        threading.Thread(target=lambda: [self.q.put(line) for line in out], daemon=True).start()
-
-    def wait_for(self, pattern: str, timeout: float = 30.0) -> re.Match[str]:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                line = self.q.get(timeout=max(0.01, deadline - time.monotonic()))
-            except queue.Empty:
-                raise AssertionError(f"no line matching {pattern!r} within {timeout} s") from None
-            m = re.search(pattern, line)
-            if m:
-                return m
 
 
 def test_run_pulls_serves_with_stock_headers_and_follows_new_revisions(
@@ -69,14 +34,7 @@ def test_run_pulls_serves_with_stock_headers_and_follows_new_revisions(
             f"[[repository]]\nname = '{fqrn}'\nupstream = '{upstream.url_for(fqrn)}'\n"
             f"key = '{key_file(repo)}'\n"
         )
-        proc = subprocess.Popen(
-            [*RCDS, "replica", "run", "--config", str(cfg)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            lines = Lines(proc)
+        with replica_run(cfg, stop_within=20) as lines:
             port = int(lines.wait_for(r"serving at http://127\.0\.0\.1:(\d+)/cvmfs/").group(1))
             lines.wait_for(rf"{re.escape(fqrn)}: revision {repo.manifest().revision}:")
 
@@ -106,12 +64,6 @@ def test_run_pulls_serves_with_stock_headers_and_follows_new_revisions(
             lines.wait_for(rf"{re.escape(fqrn)}: revision {new}: 2 catalogs")
             status, _, body = get(port, f"{base}/.cvmfspublished")
             assert body == (repo.layout.public / ".cvmfspublished").read_bytes()
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(20) == 0, proc.stderr.read() if proc.stderr else ""
-            for stream in (proc.stdout, proc.stderr):
-                if stream:
-                    stream.close()
 
 
 def test_sighup_pulls_at_once_without_waiting_for_the_interval(repo: Stratum0, tmp_path: Path) -> None:
@@ -124,24 +76,11 @@ def test_sighup_pulls_at_once_without_waiting_for_the_interval(repo: Stratum0, t
         cfg.write_text("[replica]\nroot = 's1'\ninterval = 3600\n")  # no [serve]: pulling only
         add = [*RCDS, "replica", "add", fqrn, "--upstream", upstream.url_for(fqrn), "--root", str(root)]
         subprocess.run([*add, "--key", str(key_file(repo))], check=True, capture_output=True, timeout=60)
-        proc = subprocess.Popen(
-            [*RCDS, "replica", "run", "--config", str(cfg)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            lines = Lines(proc)
+        with replica_run(cfg, stop_within=20) as lines:
             lines.wait_for(rf"{re.escape(fqrn)}: revision {repo.manifest().revision}:")
             new = publish(repo, cid_entries("b"), "/sw/g/b")
-            proc.send_signal(signal.SIGHUP)
+            lines.proc.send_signal(signal.SIGHUP)
             lines.wait_for(rf"{re.escape(fqrn)}: revision {new}: 2 catalogs", timeout=20)
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(20) == 0, proc.stderr.read() if proc.stderr else ""
-            for stream in (proc.stdout, proc.stderr):
-                if stream:
-                    stream.close()
 
 
 def test_run_config_errors_name_the_setting(tmp_path: Path) -> None:

@@ -17,8 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from rcds.errors import IntegrityError, LockedError, NetworkError, NotFoundError
 from rcds.format import manifest
-from rcds.format.dirent import FLAG_EXTERNAL
-from rcds.format.hashes import Algorithm, ContentHash, ObjectKind, parse_object_name
+from rcds.format.hashes import ObjectKind, parse_object_name
 from rcds.format.keys import load_public_key_file
 from rcds.net.fetcher import Fetcher
 from rcds.net.settings import NetSettings
@@ -35,6 +34,7 @@ from rcds.serve.handler import AccessLog, AccessRecord
 from rcds.serve.http import RepositoryServer, make_server
 from rcds.storage.local import LocalStore
 
+from replkit import assert_closed
 from testkit import Entry, publish, verify
 
 pytestmark = pytest.mark.timeout(120)
@@ -118,28 +118,6 @@ def verify_replica(dest: LocalStore, fqrn: str, key: rsa.RSAPublicKey) -> Verify
         local.objects,
     )
     return local
-
-
-def assert_closed(dest: LocalStore, work: Path) -> None:
-    """The crash-safety invariant: every catalog in the replica has its whole subtree there."""
-    for name in dest.list_objects():
-        if not name.endswith("C"):
-            continue
-        db = work / "check.db"
-        db.write_bytes(zlib.decompress(dest.get(name)))
-        with Catalog(db, "") as cat:
-            rows = cat.db.execute("SELECT hash, flags FROM catalog WHERE hash IS NOT NULL").fetchall()
-            chunk_rows = cat.db.execute(
-                "SELECT chunks.hash, catalog.flags FROM chunks JOIN catalog USING (md5path_1, md5path_2)"
-            ).fetchall()
-            for kind, found in ((ObjectKind.FILE, rows), (ObjectKind.PARTIAL, chunk_rows)):
-                for raw, flags in found:
-                    if raw and not flags & FLAG_EXTERNAL:
-                        h = ContentHash(Algorithm.from_flag_value((flags >> 8) & 7), bytes(raw))
-                        assert dest.has(h.object_name(kind)), f"{name} is stored without its objects"
-            for mount, h, _ in cat.nested():
-                assert dest.has(h.object_name(ObjectKind.CATALOG)), f"{name} lacks its nested {mount}"
-        db.unlink()
 
 
 def assert_identical(dest: LocalStore, upstream: Path, *, subset: bool = True) -> None:
