@@ -1,10 +1,14 @@
-"""Shared test helpers: tar builders, publishing and verification shortcuts (import as ``testkit``)."""
+"""Shared test helpers: tar builders, publishing and verification shortcuts, the command line in a
+fresh interpreter (import as ``testkit``)."""
 
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
 import tarfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import zstandard
@@ -15,6 +19,8 @@ from rcds.repo.source import StoreSource
 from rcds.repo.verify import VerifyReport, verify_repository
 
 NAME = "test.example.org"
+RCDS = [sys.executable, "-m", "rcds.cli.main"]
+"""The argv that runs the ``rcds`` command line in a fresh interpreter."""
 SMALL_CHUNKS = {"chunk_min": 64 << 10, "chunk_avg": 128 << 10, "chunk_max": 256 << 10}
 
 
@@ -67,3 +73,24 @@ def source_of(s0: Stratum0) -> StoreSource:
 def verify(s0: Stratum0) -> VerifyReport:
     """Full verification with the repository's own master key."""
     return verify_repository(source_of(s0), s0.name, [load_public_key_file(s0.layout.key("pub"))])
+
+
+def rcds(
+    *args: str, check: bool = True, env: Mapping[str, str] | None = None, stdin: bytes | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``rcds ARGS`` in a fresh interpreter (120 s at most) and return its decoded output.
+
+    ``env`` is added to this process's environment; ``stdin`` is the input (else none);
+    ``check``: an exit status other than 0 fails the test, with the command's stderr.
+    """
+    raw = subprocess.run(
+        [*RCDS, *args],
+        input=stdin if stdin is not None else b"",
+        capture_output=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
+    proc = subprocess.CompletedProcess(raw.args, raw.returncode, raw.stdout.decode(), raw.stderr.decode())
+    if check and proc.returncode != 0:
+        raise AssertionError(f"rcds {' '.join(args)} failed ({proc.returncode}): {proc.stderr}")
+    return proc

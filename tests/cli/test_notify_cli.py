@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,23 +13,9 @@ from rcds.format.notification import Activity
 from rcds.notify.server import BrokerThread
 from rcds.serve.http import make_server
 
+from testkit import rcds
+
 NAME = "notify.example.org"
-
-
-def rcds(
-    *args: str, check: bool = True, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    """Run the command line in a fresh interpreter."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "rcds.cli.main", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, **(env or {})},
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"rcds {' '.join(args)} failed ({proc.returncode}): {proc.stderr}")
-    return proc
 
 
 @pytest.fixture(scope="module")

@@ -14,18 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from testkit import rcds
+
 NAME = "cli.example.org"
-
-
-def rcds(*args: str, check: bool = True, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
-    """Run the command line in a fresh interpreter."""
-    raw = subprocess.run(
-        [sys.executable, "-m", "rcds.cli.main", *args], input=stdin, capture_output=True, timeout=120
-    )
-    proc = subprocess.CompletedProcess(raw.args, raw.returncode, raw.stdout.decode(), raw.stderr.decode())
-    if check and proc.returncode != 0:
-        raise AssertionError(f"rcds {' '.join(args)} failed ({proc.returncode}): {proc.stderr}")
-    return proc
 
 
 def tarball(files: dict[str, bytes]) -> bytes:

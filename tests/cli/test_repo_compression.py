@@ -6,32 +6,15 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import zlib
 from pathlib import Path
 
 import pytest
 
+from testkit import rcds
+
 NAME = "compress.example.org"
 TEXT = b"def f(x):\n    return x * 2  # a line deflate can squeeze\n" * 400
-
-
-def rcds(
-    *args: str, env: dict[str, str] | None = None, check: bool = True
-) -> subprocess.CompletedProcess[str]:
-    """Run the command line in a fresh interpreter."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "rcds.cli.main", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-        stdin=subprocess.DEVNULL,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"rcds {' '.join(args)} failed ({proc.returncode}): {proc.stderr}")
-    return proc
 
 
 def src_tree(tmp_path: Path, text: bytes = TEXT) -> Path:

@@ -8,7 +8,6 @@ import queue
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 import zlib
@@ -28,9 +27,7 @@ from rcds.repo.verify import VerifyReport, verify_repository
 from rcds.serve.handler import AccessRecord
 from rcds.storage.local import LocalStore
 
-from testkit import Entry
-
-RCDS = [sys.executable, "-m", "rcds.cli.main"]
+from testkit import RCDS, Entry
 
 
 def cid_entries(tag: str, n: int = 6, size: int = 0) -> list[Entry]:
@@ -41,14 +38,6 @@ def cid_entries(tag: str, n: int = 6, size: int = 0) -> list[Entry]:
         out.append(Entry(f"bin/tool{i}", body + os.urandom(max(0, size - len(body))), mode=0o755))
     out.append(Entry("link", kind="symlink", target="bin/tool0", mode=0o777))
     return out
-
-
-def rcds(*args: str, check: bool = True, **kw: object) -> subprocess.CompletedProcess[str]:
-    """Run the rcds command line in a fresh interpreter."""
-    proc = subprocess.run([*RCDS, *args], capture_output=True, text=True, timeout=120, **kw)  # type: ignore[call-overload]
-    if check and proc.returncode != 0:
-        raise AssertionError(f"rcds {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
-    return proc  # type: ignore[no-any-return]
 
 
 def key_file(s0: Stratum0) -> Path:

@@ -22,8 +22,8 @@ from rcds.serve.handler import AccessRecord
 from rcds.serve.http import make_server
 from rcds.storage.local import LocalStore
 
-from replkit import RCDS, Recorder, assert_closed, cid_entries, key_file, rcds, revision_of, verify_dir
-from testkit import publish
+from replkit import Recorder, assert_closed, cid_entries, key_file, revision_of, verify_dir
+from testkit import RCDS, publish, rcds
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -15,8 +15,8 @@ from rcds.publish.stratum0 import Stratum0
 from rcds.replica.runconfig import load_run_config
 from rcds.serve.http import make_server
 
-from replkit import RCDS, cid_entries, get, key_file, replica_run
-from testkit import publish
+from replkit import cid_entries, get, key_file, replica_run
+from testkit import RCDS, publish
 
 pytestmark = pytest.mark.timeout(90)
 
