@@ -7,11 +7,16 @@ directory has its own).
 from __future__ import annotations
 
 import contextlib
+import random
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
-from rcds.net import NetSettings, Timeouts
+from rcds.net import DIRECT, Fetcher, NetSettings, ProxyConfig, Timeouts
+
+if TYPE_CHECKING:
+    from conftest import RepoServer
 
 FQRN = "test.example.org"
 
@@ -24,6 +29,28 @@ FAST = NetSettings(
     backoff_init=0.5,
     backoff_max=2,
 )
+
+
+def make_fetcher(
+    servers: Sequence[RepoServer],
+    clock: Callable[[], float],
+    sleep: Callable[[float], object],
+    proxies: str = DIRECT,
+    fallback: str | None = None,
+    *,
+    settings: NetSettings = FAST,
+    **overrides: object,
+) -> Fetcher:
+    """A Fetcher of ``servers`` through ``proxies`` (a CVMFS_HTTP_PROXY string) on a test clock:
+    ``settings`` with ``overrides``, and a fixed random seed (the same proxy order every run)."""
+    return Fetcher(
+        [s.base for s in servers],
+        ProxyConfig.parse(proxies, fallback),
+        settings._replace(**overrides),
+        clock=clock,
+        sleep=sleep,
+        rng=random.Random(0),
+    )
 
 
 class RawConn:

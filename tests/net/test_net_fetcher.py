@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 import io
-import random
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import pytest
 
 from rcds.errors import IntegrityError, NetworkError
 from rcds.format.compression import StreamVerifier, make_object
-from rcds.net import DIRECT, Fetcher, FetchError, Outcome, ProxyConfig, Timeouts
+from rcds.net import DIRECT, FetchError, Outcome, Timeouts
 
-from netkit import FAST
+from netkit import make_fetcher
 
 if TYPE_CHECKING:
     from conftest import FakeClock, FakeSleep, RepoServer
@@ -25,24 +24,6 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.timeout(60)
 
 BODY = b"the quick brown fox jumps over the lazy dog\n" * 50
-
-
-def make_fetcher(
-    servers: Sequence[RepoServer],
-    clock: FakeClock,
-    sleep: FakeSleep,
-    proxies: str = "DIRECT",
-    fallback: str | None = None,
-    **overrides: object,
-) -> Fetcher:
-    return Fetcher(
-        [s.base for s in servers],
-        ProxyConfig.parse(proxies, fallback),
-        FAST._replace(**overrides),
-        clock=clock,
-        sleep=sleep,
-        rng=random.Random(0),
-    )
 
 
 def expect(data: bytes) -> Callable[[bytes], int]:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import random
-from collections.abc import Callable, Sequence
+import functools
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import pytest
 
 from rcds.errors import IntegrityError
-from rcds.net import DIRECT, Fetcher, FetchError, NetSettings, Outcome, ProxyConfig, Timeouts
+from rcds.net import DIRECT, FetchError, Outcome, Timeouts
+
+from netkit import FAST, make_fetcher
 
 if TYPE_CHECKING:
     from conftest import FakeClock, FakeSleep, RepoServer, Squid
@@ -19,35 +21,9 @@ if TYPE_CHECKING:
 
 pytestmark = pytest.mark.timeout(60)
 
-FAST = NetSettings(
-    timeout=Timeouts(3, 3),
-    timeout_direct=Timeouts(3, 3),
-    low_speed_limit=0,
-    max_retries=1,
-    backoff_init=0.5,
-    backoff_max=2,
-    proxy_reset_after=300,
-)
+SETTINGS = FAST._replace(timeout=Timeouts(3, 3), timeout_direct=Timeouts(3, 3), proxy_reset_after=300)
+fetcher = functools.partial(make_fetcher, settings=SETTINGS)
 BODY = b"0123456789abcdef" * 64
-
-
-def make_fetcher(
-    hosts: Sequence[RepoServer],
-    proxies: str,
-    clock: FakeClock,
-    sleep: FakeSleep,
-    fallback: str | None = None,
-    seed: int = 0,
-    **overrides: object,
-) -> Fetcher:
-    return Fetcher(
-        [h.base for h in hosts],
-        ProxyConfig.parse(proxies, fallback),
-        FAST._replace(**overrides),
-        clock=clock,
-        sleep=sleep,
-        rng=random.Random(seed),
-    )
 
 
 def hosts(make_server: MakeServer, n: int, path: str, data: bytes = BODY) -> list[RepoServer]:
@@ -61,7 +37,7 @@ def test_fetch_through_squid(
     make_server: MakeServer, squid: Squid, clock: FakeClock, sleep: FakeSleep
 ) -> None:
     (h1,) = hosts(make_server, 1, "data/sq/plain")
-    f = make_fetcher([h1], squid.url, clock, sleep)
+    f = fetcher([h1], clock, sleep, squid.url)
     assert f.fetch("data/sq/plain") == BODY
     lines = squid.wait_logged(f"{h1.base}/data/sq/plain")
     assert len(lines) == 1 and "/200 " in lines[0]
@@ -85,11 +61,11 @@ def test_bad_data_cached_in_squid_is_refreshed_by_the_no_cache_retry(
             raise IntegrityError("hash mismatch")
         return body
 
-    f = make_fetcher([h1], squid.url, clock, sleep)
+    f = fetcher([h1], clock, sleep, squid.url)
     assert f.fetch("data/sq/bad", validate=validate) == BODY
     assert [r.headers.get("pragma") for r in h1.requests] == [None, "no-cache"]
     # The refreshed, good copy now sits in the cache.
-    assert make_fetcher([h1], squid.url, clock, sleep).fetch("data/sq/bad", validate=validate) == BODY
+    assert fetcher([h1], clock, sleep, squid.url).fetch("data/sq/bad", validate=validate) == BODY
     assert h1.count("data/sq/bad") == 2
     lines = squid.wait_logged(f"{h1.base}/data/sq/bad", 3)
     assert len(lines) == 3 and "HIT" in lines[2]
@@ -100,7 +76,7 @@ def test_dead_host_behind_squid_is_a_proxy_error_then_next_host(
 ) -> None:
     h1, h2 = hosts(make_server, 2, "data/sq/deadhost")
     h1.stop()
-    f = make_fetcher([h1, h2], squid.url, clock, sleep)
+    f = fetcher([h1, h2], clock, sleep, squid.url)
     assert f.fetch("data/sq/deadhost") == BODY
     recs = {r.url: r for r in f.status()}
     assert "from the proxy" in (recs[h1.base].last_error or "")
@@ -118,7 +94,7 @@ def test_all_hosts_dead_behind_squid(
     h1.stop()
     h2.stop()
     with pytest.raises(FetchError) as info:
-        make_fetcher([h1, h2], squid.url, clock, sleep).fetch("data/sq/alldead")
+        fetcher([h1, h2], clock, sleep, squid.url).fetch("data/sq/alldead")
     attempts = info.value.attempts
     assert [(a.host, a.proxy) for a in attempts] == [(h1.base, squid.url), (h2.base, squid.url)]
     assert all(a.failure.outcome is Outcome.PROXY and "ERR_" in a.failure.reason for a in attempts)
@@ -133,7 +109,7 @@ def test_killed_proxy_fails_over_to_the_next_group_and_sticks_until_reset(
     for p in paths:
         h1.put(p, BODY)
     doomed = squid_factory()
-    f = make_fetcher([h1], f"{doomed.url};{squid.url}", clock, sleep)
+    f = fetcher([h1], clock, sleep, f"{doomed.url};{squid.url}")
     assert f.fetch(paths[0]) == BODY
     assert doomed.wait_logged(paths[0])
     doomed.stop()
@@ -156,7 +132,7 @@ def test_dead_proxy_then_direct(
     make_server: MakeServer, dead: str, clock: FakeClock, sleep: FakeSleep
 ) -> None:
     (h1,) = hosts(make_server, 1, "data/sq/direct")
-    f = make_fetcher([h1], f"{dead};DIRECT", clock, sleep, max_retries=0)
+    f = fetcher([h1], clock, sleep, f"{dead};DIRECT", max_retries=0)
     assert f.fetch("data/sq/direct") == BODY
     assert "via" not in h1.requests[0].headers
     assert [r.url for r in f.status() if r.role == "proxy" and r.current] == [DIRECT]
@@ -167,7 +143,7 @@ def test_load_balanced_group_member_dies(
 ) -> None:
     (h1,) = hosts(make_server, 1, "data/sq/lb")
     a, b = squid_factory(), squid_factory()
-    f = make_fetcher([h1], f"{a.url}|{b.url}", clock, sleep, max_retries=0)
+    f = fetcher([h1], clock, sleep, f"{a.url}|{b.url}", max_retries=0)
     chosen = next(r.url for r in f.status() if r.role == "proxy" and r.current)
     survivor = b if chosen == a.url else a
     (a if chosen == a.url else b).stop()
@@ -180,7 +156,7 @@ def test_fallback_proxy(
     make_server: MakeServer, squid: Squid, dead: str, clock: FakeClock, sleep: FakeSleep
 ) -> None:
     (h1,) = hosts(make_server, 1, "data/sq/fallback")
-    f = make_fetcher([h1], f"{dead};DIRECT", clock, sleep, fallback=squid.url, max_retries=0)
+    f = fetcher([h1], clock, sleep, f"{dead};DIRECT", fallback=squid.url, max_retries=0)
     assert f.proxies.all_groups == ((dead,), (squid.url,))  # DIRECT removed
     assert f.fetch("data/sq/fallback") == BODY
     cur = next(r for r in f.status() if r.role == "proxy" and r.current)
@@ -193,7 +169,7 @@ def test_stall_behind_the_proxy_blames_the_proxy(
 ) -> None:
     h1, h2 = hosts(make_server, 2, "data/sq/stall")
     h1.fail("stall", seconds=20)
-    f = make_fetcher([h1, h2], squid.url, clock, sleep, timeout=Timeouts(3, 0.5))
+    f = fetcher([h1, h2], clock, sleep, squid.url, timeout=Timeouts(3, 0.5))
     assert f.fetch("data/sq/stall") == BODY
     recs = {r.url: r for r in f.status()}
     assert "stalled" in (recs[squid.url].last_error or "")

@@ -27,7 +27,7 @@ from rcds.repo.verify import VerifyReport, verify_repository
 from rcds.serve.handler import AccessRecord
 from rcds.storage.local import LocalStore
 
-from testkit import RCDS, Entry
+from testkit import RCDS, Entry, rcds
 
 
 def cid_entries(tag: str, n: int = 6, size: int = 0) -> list[Entry]:
@@ -38,6 +38,11 @@ def cid_entries(tag: str, n: int = 6, size: int = 0) -> list[Entry]:
         out.append(Entry(f"bin/tool{i}", body + os.urandom(max(0, size - len(body))), mode=0o755))
     out.append(Entry("link", kind="symlink", target="bin/tool0", mode=0o777))
     return out
+
+
+def add_replica(root: Path, fqrn: str, upstream: str, key: Path) -> None:
+    """``rcds replica add`` (in a fresh interpreter): register ``fqrn`` under ``root``."""
+    rcds("replica", "add", fqrn, "--upstream", upstream, "--key", str(key), "--root", str(root))
 
 
 def key_file(s0: Stratum0) -> Path:

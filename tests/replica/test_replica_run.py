@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import signal
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -15,8 +14,8 @@ from rcds.publish.stratum0 import Stratum0
 from rcds.replica.runconfig import load_run_config
 from rcds.serve.http import make_server
 
-from replkit import cid_entries, get, key_file, replica_run
-from testkit import RCDS, publish
+from replkit import add_replica, cid_entries, get, key_file, replica_run
+from testkit import publish
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -74,8 +73,7 @@ def test_sighup_pulls_at_once_without_waiting_for_the_interval(repo: Stratum0, t
         root = tmp_path / "s1"
         cfg = tmp_path / "replica.toml"
         cfg.write_text("[replica]\nroot = 's1'\ninterval = 3600\n")  # no [serve]: pulling only
-        add = [*RCDS, "replica", "add", fqrn, "--upstream", upstream.url_for(fqrn), "--root", str(root)]
-        subprocess.run([*add, "--key", str(key_file(repo))], check=True, capture_output=True, timeout=60)
+        add_replica(root, fqrn, upstream.url_for(fqrn), key_file(repo))
         with replica_run(cfg, stop_within=20) as lines:
             lines.wait_for(rf"{re.escape(fqrn)}: revision {repo.manifest().revision}:")
             new = publish(repo, cid_entries("b"), "/sw/g/b")
