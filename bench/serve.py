@@ -50,7 +50,7 @@ import sys
 import tempfile
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from common import format_table, machine
@@ -91,14 +91,19 @@ def copy_tree(root: Path, source: Path) -> dict[str, bytes]:
     return bodies
 
 
-def drop_cache(root: Path, bodies: dict[str, bytes]) -> float:
-    """Drop the page cache of every served file; return the share of a sample found cold."""
-    for rel in bodies:
+def _evict(root: Path, paths: Iterable[str]) -> None:
+    """Drop the page cache of the files ``paths`` under ``root``."""
+    for rel in paths:
         fd = os.open(root / rel, os.O_RDONLY)
         try:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
+
+
+def drop_cache(root: Path, bodies: dict[str, bytes]) -> float:
+    """Drop the page cache of every served file; return the share of a sample found cold."""
+    _evict(root, bodies)
     sample = random.Random(len(bodies)).sample(sorted(bodies), min(200, len(bodies)))
     cold = 0
     for rel in sample:  # a read that must not wait starts the read-ahead: drop these again below
@@ -111,12 +116,7 @@ def drop_cache(root: Path, bodies: dict[str, bytes]) -> float:
         finally:
             os.close(fd)
     time.sleep(0.2)
-    for rel in sample:
-        fd = os.open(root / rel, os.O_RDONLY)
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
+    _evict(root, sample)
     return cold / len(sample)
 
 
