@@ -36,23 +36,17 @@ def last_revision(b: BrokerThread) -> int | None:
     return last.signed_manifest().manifest.revision if isinstance(last, Activity) else None
 
 
-def test_ingest_and_rm_announce_their_revision(root: Path, broker: BrokerThread, tmp_path: Path) -> None:
+def ingest(root: Path, tmp_path: Path, name: str, notify: str) -> subprocess.CompletedProcess[str]:
+    """``rcds repo ingest --notify`` of a directory with one file ``NAME.txt``, at ``/sw/NAME``."""
     src = tmp_path / "src"
     src.mkdir()
-    (src / "a.txt").write_text("a\n")
-    out = rcds(
-        "repo",
-        "ingest",
-        NAME,
-        "--root",
-        str(root),
-        "--dir",
-        str(src),
-        "--path",
-        "/sw/a",
-        "--notify",
-        broker.url,
-    )
+    (src / f"{name}.txt").write_text(f"{name}\n")
+    where = ["--root", str(root), "--dir", str(src), "--path", f"/sw/{name}"]
+    return rcds("repo", "ingest", NAME, *where, "--notify", notify)
+
+
+def test_ingest_and_rm_announce_their_revision(root: Path, broker: BrokerThread, tmp_path: Path) -> None:
+    out = ingest(root, tmp_path, "a", broker.url)
     revision = int(out.stdout.split("as revision ")[1].split(":")[0])
     assert last_revision(broker) == revision
     assert last_revision(broker) is not None
@@ -65,22 +59,7 @@ def test_ingest_and_rm_announce_their_revision(root: Path, broker: BrokerThread,
 
 
 def test_unreachable_broker_never_fails_the_publish(root: Path, tmp_path: Path) -> None:
-    src = tmp_path / "src"
-    src.mkdir()
-    (src / "b.txt").write_text("b\n")
-    proc = rcds(
-        "repo",
-        "ingest",
-        NAME,
-        "--root",
-        str(root),
-        "--dir",
-        str(src),
-        "--path",
-        "/sw/b",
-        "--notify",
-        "http://127.0.0.1:9",
-    )
+    proc = ingest(root, tmp_path, "b", "http://127.0.0.1:9")
     assert "published /sw/b" in proc.stdout
     assert "notification of notify.example.org not delivered" in proc.stderr
 
