@@ -40,8 +40,8 @@ def cid_entries(tag: str, n: int = 6, size: int = 0) -> list[Entry]:
     return out
 
 
-def add_replica(root: Path, fqrn: str, upstream: str, key: Path) -> None:
-    """``rcds replica add`` (in a fresh interpreter): register ``fqrn`` under ``root``."""
+def replica_add(root: Path, fqrn: str, upstream: str, key: Path) -> None:
+    """The command line ``rcds replica add`` (fresh interpreter): register ``fqrn`` under ``root``."""
     rcds("replica", "add", fqrn, "--upstream", upstream, "--key", str(key), "--root", str(root))
 
 

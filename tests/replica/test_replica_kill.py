@@ -22,7 +22,7 @@ from rcds.serve.handler import AccessRecord
 from rcds.serve.http import make_server
 from rcds.storage.local import LocalStore
 
-from replkit import Recorder, add_replica, assert_closed, cid_entries, key_file, revision_of, verify_dir
+from replkit import Recorder, assert_closed, cid_entries, key_file, replica_add, revision_of, verify_dir
 from testkit import RCDS, publish, rcds
 
 pytestmark = pytest.mark.timeout(180)
@@ -44,7 +44,7 @@ def test_snapshot_killed_at_several_points_resumes_without_downloading_twice(
     server.start_background()
     root = tmp_path / "s1"
     try:
-        add_replica(root, fqrn, server.url_for(fqrn), key_file(repo))
+        replica_add(root, fqrn, server.url_for(fqrn), key_file(repo))
         rcds("replica", "snapshot", fqrn, "--root", str(root))
         replica = root / fqrn
         old_revision = revision_of(replica)
@@ -122,7 +122,7 @@ def test_snapshot_killed_at_random_moments_never_shows_a_partial_revision(
     root = tmp_path / "s1"
     replica = root / fqrn
     try:
-        add_replica(root, fqrn, server.url_for(fqrn), key_file(repo))
+        replica_add(root, fqrn, server.url_for(fqrn), key_file(repo))
         rcds("replica", "snapshot", fqrn, "--root", str(root))
         store = LocalStore(replica)
         rng = random.Random(12)

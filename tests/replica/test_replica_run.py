@@ -14,7 +14,7 @@ from rcds.publish.stratum0 import Stratum0
 from rcds.replica.runconfig import load_run_config
 from rcds.serve.http import make_server
 
-from replkit import add_replica, cid_entries, get, key_file, replica_run
+from replkit import cid_entries, get, key_file, replica_add, replica_run
 from testkit import publish
 
 pytestmark = pytest.mark.timeout(90)
@@ -73,7 +73,7 @@ def test_sighup_pulls_at_once_without_waiting_for_the_interval(repo: Stratum0, t
         root = tmp_path / "s1"
         cfg = tmp_path / "replica.toml"
         cfg.write_text("[replica]\nroot = 's1'\ninterval = 3600\n")  # no [serve]: pulling only
-        add_replica(root, fqrn, upstream.url_for(fqrn), key_file(repo))
+        replica_add(root, fqrn, upstream.url_for(fqrn), key_file(repo))
         with replica_run(cfg, stop_within=20) as lines:
             lines.wait_for(rf"{re.escape(fqrn)}: revision {repo.manifest().revision}:")
             new = publish(repo, cid_entries("b"), "/sw/g/b")
