@@ -217,18 +217,21 @@ class Session:
             self.finished.set()
 
     def _dispatch(self, fn: Handler, req: Request) -> None:
+        silent = req.opcode in p.NO_REPLY_OPS
         try:
             answer = fn(req)
         except FuseReplyError as exc:
-            self._send(req.unique, -exc.errno, [])
+            if not silent:
+                self._send(req.unique, -exc.errno, [])
             return
         except Exception:
             log.exception("unexpected error in a %s request", self._names.get(req.opcode, req.opcode))
-            self._send(req.unique, -errno.EIO, [])
+            if not silent:
+                self._send(req.unique, -errno.EIO, [])
             return
         if isinstance(answer, Later):
             self.pool.submit(self._later, req.unique, answer)
-        elif req.opcode not in p.NO_REPLY_OPS:
+        elif not silent:
             self._reply(req.unique, answer)
 
     def _later(self, unique: int, later: Later) -> None:
