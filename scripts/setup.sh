@@ -4,12 +4,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages: squid (tests run a real proxy), fuse3 (mounts), libfuse3-dev + pkg-config (pyfuse3
-# builds against them with gcc), attr (getfattr, used by the mount tests), openssl (format cross-checks),
+# Debian packages: squid (tests run a real proxy), fuse3 (fusermount3: mounts as a user; rcds speaks
+# the FUSE protocol itself, no libfuse binding), gcc (pip builds any dependency that has no wheel),
+# attr (getfattr, used by the mount tests), openssl (format cross-checks),
 # nginx (the sample web server configuration in front of a replica is tested),
 # chromium and a font for it (the status page is tested in a headless browser),
 # python3 (Debian's interpreter, readable by the unprivileged user of the rcds exec tests)
-APT_PACKAGES=(squid fuse3 libfuse3-dev pkg-config gcc attr openssl nginx chromium fonts-dejavu-core python3)
+APT_PACKAGES=(squid fuse3 gcc attr openssl nginx chromium fonts-dejavu-core python3)
 SUDO=""
 if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 missing=()

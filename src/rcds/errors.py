@@ -66,3 +66,11 @@ class AuthError(RcdsError):
             raise ValueError(f"AuthError status must be 401 or 403, not {status!r}")
         super().__init__(message)
         self.status = status
+
+
+class FuseReplyError(RcdsError):
+    """A FUSE request answered with an error number (``errno``: ENOENT, EROFS, EIO, ...)."""
+
+    def __init__(self, errno: int, message: str = "") -> None:
+        super().__init__(message or f"FUSE request failed with errno {errno}")
+        self.errno = errno

@@ -52,10 +52,6 @@ def _fuse_usable() -> str | None:
         return "no /dev/fuse"
     if shutil.which("fusermount3") is None:
         return "no fusermount3 (Debian package fuse3)"
-    try:
-        import pyfuse3  # noqa: F401
-    except ImportError:
-        return "pyfuse3 is not installed (pip install -e '.[mount]')"
     return None
 
 

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import os
 import queue
+import re
 import signal
 import stat
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from rcds.client.repository import Repository
 
@@ -157,3 +161,23 @@ def compare_tree(repo: Repository, mountpoint: Path, top: str = "/") -> int:
     assert all(len(v) == 1 for v in groups.values())
     assert len({next(iter(v)) for v in groups.values()}) == len(groups)
     return count
+
+
+def metrics_url(proc: MountProc) -> str:
+    """The ``/metrics`` address a daemon started with ``--metrics-port 0`` logged."""
+    assert wait_for(lambda: "metrics at http://" in proc.logs(), timeout=10)
+    found = re.search(r"metrics at (http://127\.0\.0\.1:\d+/metrics)", proc.logs())
+    assert found is not None
+    return found.group(1)
+
+
+def fuse_requests(url: str) -> dict[str, float]:
+    """FUSE requests the daemon received so far, by opcode (``rcds_mount_requests_total``)."""
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        text = resp.read().decode()
+    return {
+        s.labels["opcode"]: s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "rcds_mount_requests_total"
+    }

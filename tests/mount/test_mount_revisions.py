@@ -13,7 +13,7 @@ import pytest
 
 from rcds.jobs.wait import PollPolicy, wait_for_code
 
-from mountkit import wait_for
+from mountkit import fuse_requests, metrics_url, wait_for
 from testkit import NAME, Entry, publish
 
 C1 = "/sw/g/c1"
@@ -54,6 +54,27 @@ def test_new_revision_while_a_file_is_open(site: Any, mount_site: Any) -> None:
     finally:
         held.close()
     assert f"revision {revision} applied" in m.proc.logs()
+
+
+def test_a_file_open_before_a_revision_rereads_its_old_content_from_the_daemon(
+    site: Any, mount_site: Any
+) -> None:
+    # no OPEN reaches the daemon (no-open mode): a held file whose pages the kernel dropped is
+    # read again by its old inode, which the daemon still serves with the old content
+    m = mount_site("--ttl", "0.3", "--metrics-port", "0")
+    url = metrics_url(m.proc)
+    x = m.mp / "sw/g/c2/x.txt"
+    with open(x, "rb", buffering=0) as held:
+        assert held.read() == b"in c2\n"
+        new = b"a newer x\n"
+        revision = site.publish([Entry("x.txt", new)], C2, replace=True)
+        assert wait_for(lambda: _revision(m.mp) == revision, timeout=15)
+        assert x.read_bytes() == new
+        os.posix_fadvise(held.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)  # drop its cached pages
+        reads = fuse_requests(url).get("READ", 0)
+        assert os.pread(held.fileno(), 100, 0) == b"in c2\n"
+        assert fuse_requests(url).get("READ", 0) > reads  # served by the daemon, not the kernel
+        assert os.pread(held.fileno(), 3, 3) == b"c2\n"
 
 
 def test_sigusr1_applies_a_new_revision_before_the_ttl(site: Any, mount_site: Any) -> None:

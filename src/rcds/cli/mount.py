@@ -115,10 +115,6 @@ def _log_to(path: Path | None) -> None:
 
 
 def _foreground(args: argparse.Namespace, mountpoint: Path) -> int:
-    try:
-        import pyfuse3  # noqa: F401 - checked here for a clear message
-    except ImportError:
-        raise ConfigError("rcds mount needs pyfuse3: pip install 'rcds[mount]' (and libfuse3)") from None
     from rcds.mount.daemon import prepare_mountpoint, serve
     from rcds.mount.operations import RcdsOperations
     from rcds.mount.options import MountOptions
@@ -162,7 +158,9 @@ def _foreground(args: argparse.Namespace, mountpoint: Path) -> int:
             from rcds.metrics.exposition import start_server
             from rcds.mount.metrics import mount_registry
 
-            metrics = start_server(mount_registry(lambda: ops.mounts), args.metrics_host, args.metrics_port)
+            metrics = start_server(
+                mount_registry(lambda: ops.mounts, ops.request_counts), args.metrics_host, args.metrics_port
+            )
             logging.getLogger("rcds.mount").info(
                 "metrics at http://%s:%d/metrics", args.metrics_host, metrics.port
             )

@@ -15,18 +15,20 @@ import os
 import shutil
 import signal
 import subprocess
-from collections.abc import Awaitable, Callable, Sequence
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
-import pyfuse3
-import trio
-
 from rcds.errors import ConfigError
+from rcds.mount.fuse import mounting
+from rcds.mount.fuse.session import Session
 from rcds.mount.operations import RcdsOperations
 
 log = logging.getLogger("rcds.mount")
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+READERS = 4
+"""Threads reading requests from the FUSE device."""
 
 
 def _unmount_lazily(mountpoint: Path) -> None:
@@ -77,57 +79,10 @@ def prepare_mountpoint(mountpoint: Path) -> Path:
     return mountpoint.resolve()
 
 
-def fuse_options(fsname: str, allow_other: bool | None = None) -> set[str]:
-    """Mount options: read-only, named, kernel permission checks; other users may read it when
-    ``allow_other`` (default: when running as root, also root of a user namespace).
-
-    Not as root, ``auto_unmount``: libfuse then mounts through the setuid ``fusermount3`` (which
-    opens ``/dev/fuse`` with the user's permissions) and it stays behind to unmount if the daemon
-    dies. Root of a user namespace counts as root: it mounts directly.
-    """
-    opts = {"ro", f"fsname={fsname}", "subtype=rcds", "default_permissions"}
-    root = os.geteuid() == 0
-    if allow_other if allow_other is not None else root:
-        opts.add("allow_other")
-    if not root:
-        opts.add("auto_unmount")
-    return opts
-
-
-async def _main(
-    ops: RcdsOperations,
-    ready: Callable[[], None],
-    pending: list[int],
-    tasks: Sequence[Callable[[], Awaitable[None]]],
-) -> None:
-    async def on_signals(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        with trio.open_signal_receiver(*SIGNALS) as signals:
-            task_status.started()
-            if pending:  # a signal arrived while mounting
-                log.info("signal %d: unmounting", pending[0])
-                pyfuse3.terminate()
-                return
-            async for signum in signals:
-                log.info("signal %d: unmounting", signum)
-                pyfuse3.terminate()
-                return
-
-    async def on_reload(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        with trio.open_signal_receiver(signal.SIGUSR1) as signals:
-            task_status.started()
-            async for _ in signals:
-                log.info("SIGUSR1: checking for new revisions now")
-                ops.refresh()
-
-    async with trio.open_nursery() as nursery:
-        await nursery.start(on_signals)
-        await nursery.start(on_reload)
-        for task in tasks:
-            nursery.start_soon(task)
-        nursery.start_soon(ops.revision_loop)
-        ready()
-        await pyfuse3.main()
-        nursery.cancel_scope.cancel()
+def _allow_other(allow_other: bool | None) -> bool:
+    """Other users may use the mount: when asked, by default when running as root (also root
+    of a user namespace)."""
+    return allow_other if allow_other is not None else os.geteuid() == 0
 
 
 def serve(
@@ -135,32 +90,55 @@ def serve(
     mountpoint: Path,
     fsname: str,
     ready: Callable[[], None],
-    tasks: Sequence[Callable[[], Awaitable[None]]] = (),
     allow_other: bool | None = None,
+    readers: int = READERS,
 ) -> None:
     """Mount ``ops`` at ``mountpoint`` and serve until a signal or an unmount (see the module).
 
-    ``tasks`` run as trio tasks beside the file system while it is mounted (e.g. a revision
-    notification subscriber that calls ``ops.refresh(fqrn)``); they are cancelled at unmount.
+    ``readers`` threads read requests from the device (see :mod:`rcds.mount.fuse.session`).
     """
     mountpoint = prepare_mountpoint(mountpoint)
+    stop = threading.Event()
     pending: list[int] = []
-    previous = {s: signal.signal(s, lambda signum, frame: pending.append(signum)) for s in SIGNALS}
-    previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+
+    def on_signal(signum: int, frame: object) -> None:
+        pending.append(signum)
+        stop.set()
+
+    def on_reload(signum: int, frame: object) -> None:
+        log.info("SIGUSR1: checking for new revisions now")
+        ops.refresh()
+
+    previous = {s: signal.signal(s, on_signal) for s in SIGNALS}
+    previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, on_reload)
+    mounted = None
     try:
-        pyfuse3.init(ops, str(mountpoint), fuse_options(fsname, allow_other))
-    except RuntimeError as exc:
-        ops.close()
-        for s, h in previous.items():
-            signal.signal(s, h)
+        mounted = mounting.mount(mountpoint, fsname, allow_other=_allow_other(allow_other))
+        session = Session(mounted.fd, ops, ops.pool, readers=readers)
+        ops.attach(session)
+        session.start()
+        ops.revisions.start()
+        ready()
+        while not stop.wait(0.25):
+            if session.finished.is_set():
+                log.info("unmounted from outside")
+                break
+        if pending:
+            log.info("signal %d: unmounting", pending[0])
+        mounted.unmount()
+        session.join(2.0)
+    except ConfigError:
+        raise
+    except OSError as exc:
         raise ConfigError(f"cannot mount at {mountpoint}: {exc} (is /dev/fuse usable?)") from None
-    try:
-        trio.run(_main, ops, ready, pending, tasks)
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
         try:
-            pyfuse3.close(unmount=True)
+            if mounted is not None:
+                mounted.release()
+                mounted.close()
         finally:
             ops.close()
-            log.info("unmounted %s", mountpoint)
+            if mounted is not None:
+                log.info("unmounted %s", mountpoint)

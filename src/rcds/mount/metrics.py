@@ -4,7 +4,8 @@ Everything is read at scrape time from plain counters the client keeps anyway
 (objects served by the local cache, the alien cache or the network, as
 :class:`~rcds.client.cache.source.CachedSource` counts them; evictions of the
 :class:`~rcds.client.cache.local.LocalCache`; the fetcher's
-failovers by host and proxy; each mount's revision, open files and I/O errors), so the client
+failovers by host and proxy; each mount's revision, open files and I/O errors; the FUSE
+requests by opcode), so the client
 never imports Prometheus.
 """
 
@@ -23,8 +24,13 @@ from rcds.mount.repomount import RepoMount
 class MountCollector(Collector):
     """The families of a mount's repositories, read from ``mounts()`` at each scrape."""
 
-    def __init__(self, mounts: Callable[[], Mapping[str, RepoMount]]) -> None:
+    def __init__(
+        self,
+        mounts: Callable[[], Mapping[str, RepoMount]],
+        requests: Callable[[], Mapping[str, int]] | None = None,
+    ) -> None:
         self._mounts = mounts
+        self._requests = requests
 
     def collect(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
         """One family per metric."""
@@ -42,7 +48,14 @@ class MountCollector(Collector):
             "rcds_failovers", "Failovers away from a host/proxy", labels=["repository", "host", "proxy"]
         )
         revision = GaugeMetricFamily("rcds_repository_revision", "Revision mounted", labels=["repository"])
-        open_files = GaugeMetricFamily("rcds_mount_open_files", "Files open", labels=["repository"])
+        open_files = GaugeMetricFamily(
+            "rcds_mount_open_files", "Files being read (file objects kept per inode)", labels=["repository"]
+        )
+        requests = CounterMetricFamily(
+            "rcds_mount_requests", "FUSE requests received from the kernel", labels=["opcode"]
+        )
+        for opcode, n in sorted((self._requests() if self._requests is not None else {}).items()):
+            requests.add_metric([opcode], n)
         io_errors = CounterMetricFamily("rcds_mount_io_errors", "Reads answered EIO", labels=["repository"])
         for name, m in sorted(mounts.items()):
             served = m.repo.source.stats
@@ -55,15 +68,17 @@ class MountCollector(Collector):
             revision.add_metric([name], m.applied)
             open_files.add_metric([name], m.open_files)
             io_errors.add_metric([name], m.io_errors)
-        return [hits, misses, evictions, failovers, revision, open_files, io_errors]
+        return [hits, misses, evictions, failovers, revision, open_files, io_errors, requests]
 
     def describe(self) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
         """Nothing ahead: the families are read at scrape time."""
         return []
 
 
-def mount_registry(mounts: Callable[[], Mapping[str, RepoMount]]) -> CollectorRegistry:
-    """A registry holding :class:`MountCollector`."""
+def mount_registry(
+    mounts: Callable[[], Mapping[str, RepoMount]], requests: Callable[[], Mapping[str, int]] | None = None
+) -> CollectorRegistry:
+    """A registry holding :class:`MountCollector` (``requests``: FUSE requests by opcode)."""
     registry = new_registry()
-    registry.register(MountCollector(mounts))
+    registry.register(MountCollector(mounts, requests))
     return registry

@@ -1,11 +1,17 @@
-"""The FUSE request handlers (pyfuse3, low level, inode based) over one or several repositories.
+"""The FUSE request handlers (inode based) over one or several repositories.
 
-Handlers run as trio tasks. Work that needs no download (a lookup in a directory whose catalog is
-loaded, opening such a file, reading an object already in the local cache) runs on the event
-loop, where it costs less than a thread hop; anything that may download goes to worker threads
-through one capacity limiter, so many readers are served at once and a slow download never
-holds up other requests. ``getattr`` is answered from the node table. Writes get ``EROFS``
-(:mod:`rcds.mount.readonly`); new revisions are applied by :mod:`rcds.mount.revisions`.
+Handlers run on the session's reader threads (:mod:`rcds.mount.fuse.session`). Work that
+needs no download (a lookup in a directory whose catalog is loaded, a listing already made, a
+read of an object in the local cache) is answered at once; anything that may download returns
+:class:`~rcds.mount.fuse.session.Later` and runs on the bounded worker pool, so many readers
+are served at once and a slow download never holds up other requests.
+
+The kernel is asked to cache as much as it can: names and attributes for the kernel cache
+timeout, file pages (no-open mode: after the first ``OPEN`` is answered ``ENOSYS`` the kernel
+never sends ``OPEN``/``RELEASE`` again, reads name the inode, pages are kept) and directory
+listings (no-opendir mode: listings kept in the kernel's page cache until invalidated), and
+symbolic links. New revisions invalidate what changed (:mod:`rcds.mount.revisions`). Writes
+get ``EROFS``.
 """
 
 from __future__ import annotations
@@ -17,29 +23,40 @@ import os
 import stat as stat_mod
 import threading
 import time
-from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
-
-import pyfuse3
-import trio
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 from rcds.client.tree.files import RepoFile
-from rcds.errors import NotFoundError, RcdsError
+from rcds.errors import FuseReplyError, RcdsError
 from rcds.mount import xattrs
+from rcds.mount.directories import Listings
+from rcds.mount.fuse import protocol as p
+from rcds.mount.fuse.protocol import InitFlag, Op
+from rcds.mount.fuse.session import Connection, Handler, Later, Payload, Request, Session
 from rcds.mount.inodes import FUSE_ROOT, Node, NodeTable
-from rcds.mount.readonly import ReadOnlyOperations, entry_attributes, handler
-from rcds.mount.repomount import RepoMount, StaleError
+from rcds.mount.reading import Handle, OpenFiles
+from rcds.mount.readonly import guarded, refuse
+from rcds.mount.repomount import RepoMount
 from rcds.mount.revisions import RevisionKeeper
 
 log = logging.getLogger("rcds.mount")
 
-T = TypeVar("T")
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
 DEFAULT_THREADS = 32
 """Worker threads serving blocking requests at once (catalog queries, downloads)."""
-LISTING_CACHE_SIZE = 4096
-"""Directory listings kept for ``opendir`` (oldest dropped first)."""
-_Listed = tuple[bytes, Node, pyfuse3.EntryAttributes]
+PREFETCHED_LIMIT = 4096
+"""Directories remembered as prefetched (forgotten all at once when full)."""
+WANTED = (
+    InitFlag.ASYNC_READ
+    | InitFlag.BIG_WRITES
+    | InitFlag.PARALLEL_DIROPS
+    | InitFlag.DO_READDIRPLUS
+    | InitFlag.CACHE_SYMLINKS
+    | InitFlag.NO_OPEN_SUPPORT
+    | InitFlag.NO_OPENDIR_SUPPORT
+    | InitFlag.MAX_PAGES
+)
+"""Kernel capabilities asked for at INIT."""
 
 
 def _top_stat(count: int, owner: tuple[int, int]) -> os.stat_result:
@@ -56,51 +73,13 @@ def _top_stat(count: int, owner: tuple[int, int]) -> os.stat_result:
     )
 
 
-class _Handle:
-    """An open file: the client's file object and a lock (the kernel may read in parallel)."""
-
-    __slots__ = ("file", "lock", "mount")
-
-    def __init__(self, file: RepoFile, mount: RepoMount) -> None:
-        self.file = file
-        self.mount = mount
-        self.lock = threading.Lock()
-
-    def read(self, offset: int, size: int) -> bytes:
-        at = self.file.piece_at(offset)
-        if at is not None and not at[1]:
-            self.mount.wait_prefetched(at[0])
-        with self.lock:
-            self.file.seek(offset)
-            return self.file.read(size)
-
-    def read_if_local(self, offset: int, size: int) -> bytes | None:
-        """The bytes if they come from an object already open or in the local cache and nobody
-        else is reading this file; None if a worker thread should do it (it may download)."""
-        at = self.file.piece_at(offset)
-        if at is None:
-            return b""
-        piece, loaded = at
-        if offset + size > piece.end or not (loaded or self.mount.is_cached(piece)):
-            return None
-        if not self.lock.acquire(blocking=False):
-            return None
-        try:
-            self.file.seek(offset)
-            return self.file.read(size)
-        finally:
-            self.lock.release()
-
-
-class RcdsOperations(ReadOnlyOperations):
+class RcdsOperations:
     """Request handlers for one repository (``mounts`` holds it, ``opener`` is None) or, with an
     ``opener``, for a directory of repositories that appear on first lookup of their name.
 
-    ``kcache`` is the kernel's entry/attribute cache lifetime in seconds.
+    ``kcache`` is the kernel's entry/attribute cache lifetime in seconds; ``threads`` the
+    worker pool's size.
     """
-
-    supports_dot_lookup = True
-    enable_writeback_cache = False
 
     def __init__(
         self,
@@ -112,22 +91,23 @@ class RcdsOperations(ReadOnlyOperations):
         owner: tuple[int, int] = (0, 0),
         prefetch: bool = True,
     ) -> None:
-        super().__init__()
         self.mounts: dict[str, RepoMount] = {m.fqrn: m for m in mounts}
         self.opener = opener
         self.kcache = kcache
         self.owner = owner
-        self.limiter = trio.CapacityLimiter(threads)
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="rcds-mount-worker")
         self.table = NodeTable()
-        self._handles: dict[int, _Handle] = {}
-        self._dirs: dict[int, tuple[int, list[_Listed], RepoMount | None]] = {}
-        self._listings: dict[tuple[str, str], tuple[int, list[_Listed]]] = {}
-        self._prefetched: set[tuple[str, str, int]] = set()
+        self.lock = threading.Lock()
+        """Guards the node table (lookup counts) against concurrent requests."""
+        self.files = OpenFiles()
+        self.listings = Listings(self)
         self.prefetch = prefetch
-        """Fetch a directory's small files in one batch when one of them is first opened."""
-        self._next_fh = 1
-        self._opening: dict[str, trio.Lock] = {}
-        self.revisions = RevisionKeeper(self.table, self.mounts, self.limiter)
+        """Fetch a directory's small files in one batch when one of them is first read cold."""
+        self._prefetched: set[tuple[str, str, int]] = set()
+        self._opening: dict[str, threading.Lock] = {}
+        self.session: Session | None = None
+        self.conn: Connection | None = None
+        self.revisions = RevisionKeeper(self.table, self.mounts, self.lock)
         for m in self.mounts.values():
             self.revisions.follow(m)
         if opener is None:
@@ -136,277 +116,268 @@ class RcdsOperations(ReadOnlyOperations):
             (only,) = self.mounts.values()
             self.table.nodes[FUSE_ROOT] = only.node("")
         else:
-            self.table.nodes[FUSE_ROOT] = self._top()
+            self.table.nodes[FUSE_ROOT] = Node(FUSE_ROOT, "", "", None, _top_stat(0, owner), 0)
         self.table.nodes[FUSE_ROOT].lookups = 1 << 60  # the root is never forgotten
 
-    def _top(self) -> Node:
-        return Node(FUSE_ROOT, "", "", None, _top_stat(len(self.mounts), self.owner), 0)
+    # -- the session -----------------------------------------------------------------------------
+
+    def wanted_flags(self) -> int:
+        """Kernel capabilities asked for (see :data:`WANTED`)."""
+        return WANTED
+
+    def initialised(self, conn: Connection) -> None:
+        """INIT is done: remember what the kernel granted."""
+        self.conn = conn
+
+    def attach(self, session: Session) -> None:
+        """Serve ``session`` (its device gets the revision switches' invalidations)."""
+        self.session = session
+        self.revisions.session = session
+
+    def request_counts(self) -> dict[str, int]:
+        """Requests received so far, by opcode name (empty before the session starts)."""
+        return dict(self.session.counts) if self.session is not None else {}
+
+    def handlers(self) -> Mapping[int, Handler]:
+        """Handler per opcode; others are answered ``ENOSYS`` by the session."""
+        table: dict[int, Handler] = {op: refuse for op in p.WRITE_OPS}
+        table.update(
+            {
+                Op.LOOKUP: self.lookup,
+                Op.FORGET: self.forget,
+                Op.BATCH_FORGET: self.batch_forget,
+                Op.GETATTR: self.getattr,
+                Op.READLINK: self.readlink,
+                Op.ACCESS: self.access,
+                Op.OPEN: self.open,
+                Op.READ: self.read,
+                Op.RELEASE: _empty,
+                Op.OPENDIR: self.opendir,
+                Op.READDIR: self.listings.readdir,
+                Op.READDIRPLUS: self.listings.readdirplus,
+                Op.RELEASEDIR: _empty,
+                Op.STATFS: self.statfs,
+                Op.GETXATTR: self.getxattr,
+                Op.LISTXATTR: self.listxattr,
+                Op.DESTROY: _empty,
+            }
+        )
+        return table
 
     # -- helpers --------------------------------------------------------------------------------
 
-    async def _run(self, mount: RepoMount | None, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(*args)`` on a worker thread; rcds errors become FUSE errors."""
-        try:
-            return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
-        except StaleError:
-            raise pyfuse3.FUSEError(errno.ESTALE) from None
-        except NotFoundError:
-            raise pyfuse3.FUSEError(errno.ENOENT) from None
-        except pyfuse3.FUSEError:
-            raise
-        except (RcdsError, OSError) as exc:
-            log.warning("%s", exc)
-            if mount is not None:
-                mount.io_errors += 1
-                mount.last_io_error = time.time()
-            raise pyfuse3.FUSEError(errno.EIO) from None
-        except Exception:
-            log.exception("unexpected error in a request")
-            raise pyfuse3.FUSEError(errno.EIO) from None
-
-    def _now(self, mount: RepoMount | None, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(*args)`` on the event loop (for work that needs no download: a thread hop costs
-        more than the work); rcds errors become FUSE errors as in :meth:`_run`."""
-        try:
-            return fn(*args)
-        except StaleError:
-            raise pyfuse3.FUSEError(errno.ESTALE) from None
-        except NotFoundError:
-            raise pyfuse3.FUSEError(errno.ENOENT) from None
-        except (RcdsError, OSError) as exc:
-            log.warning("%s", exc)
-            if mount is not None:
-                mount.io_errors += 1
-                mount.last_io_error = time.time()
-            raise pyfuse3.FUSEError(errno.EIO) from None
-
-    def _node(self, ino: int) -> Node:
+    def node(self, ino: int) -> Node:
+        """The node the kernel calls ``ino``; ``ENOENT`` if unknown."""
         node = self.table.get(ino)
         if node is None:
-            raise pyfuse3.FUSEError(errno.ENOENT)
+            raise FuseReplyError(errno.ENOENT)
         return node
 
-    def _mount_of(self, node: Node) -> RepoMount:
+    def mount_of(self, node: Node) -> RepoMount:
+        """The repository of ``node``."""
         mount = self.mounts.get(node.fqrn)
         if mount is None:
-            raise pyfuse3.FUSEError(errno.ENOENT)
+            raise FuseReplyError(errno.ENOENT)
         return mount
 
-    def _attrs(self, node: Node) -> pyfuse3.EntryAttributes:
-        return entry_attributes(node.stat, self.kcache)
-
-    def _is_top(self, node: Node) -> bool:
+    def is_top(self, node: Node) -> bool:
+        """True for the directory of repositories (``--root``)."""
         return self.opener is not None and node.ino == FUSE_ROOT
 
-    async def _repository(self, name: str) -> RepoMount | None:
-        """The repository ``name`` in a directory of repositories, opened on first use."""
+    def entry(self, node: Node, parent: int, name: bytes) -> bytes:
+        """Answer a lookup of ``name`` in ``parent`` with ``node`` (one more kernel reference)."""
+        with self.lock:
+            known = self.table.looked_up(node, parent, name)
+            return p.entry_out(known.stat, self.kcache)
+
+    def repository(self, name: str) -> RepoMount | None:
+        """The repository ``name`` in a directory of repositories, opened on first use (blocks)."""
         found = self.mounts.get(name)
         if found is not None or self.opener is None:
             return found
-        lock = self._opening.setdefault(name, trio.Lock())
-        async with lock:
+        with self.lock:
+            lock = self._opening.setdefault(name, threading.Lock())
+        with lock:
             found = self.mounts.get(name)
             if found is None:
-                opener = self.opener
                 try:
-                    found = await trio.to_thread.run_sync(opener, name, limiter=self.limiter)
+                    found = self.opener(name)
                 except RcdsError as exc:
                     log.warning("cannot mount %s: %s", name, exc)
                     return None
                 self.mounts[name] = found
                 self.revisions.follow(found)
                 log.info("mounted %s (revision %d)", name, found.repo.revision)
-                top = self.table.nodes[FUSE_ROOT]
-                top.stat = _top_stat(len(self.mounts), self.owner)
+                self.table.nodes[FUSE_ROOT].stat = _top_stat(len(self.mounts), self.owner)
+                self.listings.forget_top()
         return found
 
     # -- lookups and attributes -----------------------------------------------------------------
 
-    @handler
-    async def lookup(
-        self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
-    ) -> pyfuse3.EntryAttributes:
+    def lookup(self, req: Request) -> Payload | Later:
         """The entry ``name`` in a directory (negative answers are cached by the kernel)."""
-        parent = self._node(parent_inode)
+        name = p.cstring(req.body)
+        parent = self.node(req.nodeid)
         if name == b".":
-            parent.lookups += 1
-            return self._attrs(parent)
+            return self.entry(parent, req.nodeid, name)
         if name == b"..":
-            return await self._lookup_parent(parent)
-        if self._is_top(parent):
-            mount = await self._repository(os.fsdecode(name))
-            if mount is None:
-                raise pyfuse3.FUSEError(errno.ENOENT)
-            root = self.table.get(mount.space.root)
-            if root is None:
-                root = await self._run(mount, mount.node, "")
-            node = self.table.looked_up(root, parent_inode, name)
-            return self._attrs(node)
+            return Later(self._lookup_parent, parent)
+        if self.is_top(parent):
+            return Later(self._lookup_repository, req.nodeid, name)
         if not parent.is_dir:
-            raise pyfuse3.FUSEError(errno.ENOTDIR)
-        mount = self._mount_of(parent)
+            raise FuseReplyError(errno.ENOTDIR)
+        mount = self.mount_of(parent)
         path = f"{parent.path}/{os.fsdecode(name)}"
         try:
-            found = self._now(mount, mount.node_if_local, path)
-            if found is None:
-                found = await self._run(mount, mount.node, path)
-        except pyfuse3.FUSEError as exc:
+            found = guarded(mount, mount.node_if_local, path)
+        except FuseReplyError as exc:
             if exc.errno != errno.ENOENT:
                 raise
-            self.table.add_negative(parent_inode, name)
-            absent = pyfuse3.EntryAttributes()
-            absent.st_ino = 0
-            absent.entry_timeout = self.kcache
-            return absent
-        return self._attrs(self.table.looked_up(found, parent_inode, name))
+            return self._negative(req.nodeid, name)
+        if found is None:
+            return Later(self._lookup_slow, mount, req.nodeid, name, path)
+        return self.entry(found, req.nodeid, name)
 
-    async def _lookup_parent(self, node: Node) -> pyfuse3.EntryAttributes:
-        if node.ino == FUSE_ROOT:
-            node.lookups += 1
-            return self._attrs(node)
-        mount = self._mount_of(node)
-        if node.path == "":
-            top = self.table.nodes[FUSE_ROOT]
-            top.lookups += 1
-            return self._attrs(top)
-        parent_path = node.path.rpartition("/")[0]
-        found = await self._run(mount, mount.node, parent_path)
-        known = self.table.get(found.ino)
-        if known is None:
-            self.table.nodes[found.ino] = known = found
-        known.lookups += 1
-        return self._attrs(known)
+    def _lookup_slow(self, mount: RepoMount, parent: int, name: bytes, path: str) -> Payload:
+        try:
+            found = guarded(mount, mount.node, path)
+        except FuseReplyError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+            return self._negative(parent, name)
+        return self.entry(found, parent, name)
 
-    @handler
-    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
-        """The kernel dropped inodes."""
-        for ino, count in inode_list:
-            self.table.forget(ino, count)
+    def _negative(self, parent: int, name: bytes) -> bytes:
+        with self.lock:
+            self.table.add_negative(parent, name)
+        return p.negative_entry(self.kcache)
 
-    @handler
-    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext | None = None) -> pyfuse3.EntryAttributes:
+    def _lookup_repository(self, parent: int, name: bytes) -> Payload:
+        mount = self.repository(os.fsdecode(name))
+        if mount is None:
+            raise FuseReplyError(errno.ENOENT)
+        root = self.table.get(mount.space.root)
+        if root is None:
+            root = guarded(mount, mount.node, "")
+        return self.entry(root, parent, name)
+
+    def _lookup_parent(self, node: Node) -> Payload:
+        if node.ino == FUSE_ROOT or node.path == "":
+            found = self.table.nodes[FUSE_ROOT]
+        else:
+            mount = self.mount_of(node)
+            found = guarded(mount, mount.node, node.path.rpartition("/")[0])
+        with self.lock:
+            known = self.table.get(found.ino)
+            if known is None:
+                self.table.nodes[found.ino] = known = found
+            known.lookups += 1
+            return p.entry_out(known.stat, self.kcache)
+
+    def forget(self, req: Request) -> None:
+        """The kernel dropped references to one inode."""
+        (count,) = p.FORGET_IN.unpack_from(req.body)
+        self._forget(((req.nodeid, count),))
+
+    def batch_forget(self, req: Request) -> None:
+        """The kernel dropped references to several inodes."""
+        (n, _) = p.BATCH_FORGET_IN.unpack_from(req.body)
+        start = p.BATCH_FORGET_IN.size
+        size = p.FORGET_ONE.size
+        self._forget([p.FORGET_ONE.unpack_from(req.body, start + i * size) for i in range(n)])
+
+    def _forget(self, items: Sequence[tuple[int, int]]) -> None:
+        gone = []
+        with self.lock:
+            for ino, count in items:
+                self.table.forget(ino, count)
+                if ino not in self.table.nodes:
+                    gone.append(ino)
+        for ino in gone:
+            self.files.drop(ino)
+
+    def getattr(self, req: Request) -> Payload:
         """Attributes of a known inode (no catalog query: kept up to date on revision switches)."""
-        return self._attrs(self._node(inode))
+        return p.attr_out(self.node(req.nodeid).stat, self.kcache)
 
-    @handler
-    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+    def readlink(self, req: Request) -> Payload:
         """A symbolic link's target, as stored."""
-        node = self._node(inode)
+        node = self.node(req.nodeid)
         if node.entry is None or not node.entry.is_symlink:
-            raise pyfuse3.FUSEError(errno.EINVAL)
+            raise FuseReplyError(errno.EINVAL)
         return os.fsencode(node.entry.symlink)
 
-    @handler
-    async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
+    def access(self, req: Request) -> Payload:
         """Read-only: write access is refused with EROFS; the rest by the mode bits."""
-        node = self._node(inode)
+        (mode, _) = p.ACCESS_IN.unpack_from(req.body)
+        node = self.node(req.nodeid)
         if mode & os.W_OK:
-            raise pyfuse3.FUSEError(errno.EROFS)
+            raise FuseReplyError(errno.EROFS)
         st = node.stat
-        if ctx.uid == 0:
-            return not (mode & os.X_OK) or bool(st.st_mode & 0o111) or node.is_dir
-        if ctx.uid == st.st_uid:
-            bits = (st.st_mode >> 6) & 7
-        elif ctx.gid == st.st_gid:
-            bits = (st.st_mode >> 3) & 7
+        if req.uid == 0:
+            ok = not (mode & os.X_OK) or bool(st.st_mode & 0o111) or node.is_dir
         else:
-            bits = st.st_mode & 7
-        return (mode & 7) & ~bits == 0
-
-    # -- directories ----------------------------------------------------------------------------
-
-    @handler
-    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
-        """List the directory (``.`` and ``..`` first); readdir serves from that list.
-
-        Listings are kept per directory and revision, so listing a directory again (``find``,
-        ``ls``, Python's import system) needs no catalog query and no thread hop.
-        """
-        node = self._node(inode)
-        if not node.is_dir:
-            raise pyfuse3.FUSEError(errno.ENOTDIR)
-        entries: list[_Listed] = [(b".", node, self._attrs(node)), (b"..", node, self._attrs(node))]
-        mount: RepoMount | None = None
-        if self._is_top(node):
-            for name in sorted(self.mounts):
-                root = self.table.get(self.mounts[name].space.root)
-                if root is not None:
-                    entries.append((os.fsencode(name), root, self._attrs(root)))
-        else:
-            mount = self._mount_of(node)
-            if node.path == "" and self.opener is not None:
-                top = self.table.nodes[FUSE_ROOT]
-                entries[1] = (b"..", top, self._attrs(top))
-            entries += await self._children(mount, node.path)
-            mount.open_dirs += 1
-        fh = self._next_fh
-        self._next_fh += 1
-        self._dirs[fh] = (inode, entries, mount)
-        return fh
-
-    async def _children(self, mount: RepoMount, path: str) -> list[_Listed]:
-        """The visible entries of a directory in the mounted revision (kept per revision)."""
-        key = (mount.fqrn, path)
-        known = self._listings.get(key)
-        if known is not None and known[0] == mount.repo.revision:
-            return known[1]
-        here, children = await self._run(mount, mount.listing, path)
-        listed: list[_Listed] = []
-        for c in children:
-            if c.stat is not None and c.located is not None:
-                child = Node(c.ino, mount.fqrn, c.path, c.located.entry, c.stat, c.revision)
-                listed.append((os.fsencode(c.path.rpartition("/")[2]), child, self._attrs(child)))
-        if len(self._listings) >= LISTING_CACHE_SIZE:
-            del self._listings[next(iter(self._listings))]
-        self._listings[key] = (here.revision, listed)
-        return listed
-
-    @handler
-    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        """Entries from ``start_id`` on (pyfuse3 answers READDIRPLUS: each entry but ``.`` and
-        ``..`` counts as a lookup)."""
-        inode, entries, _ = self._dirs.get(fh, (0, [], None))
-        table = self.table
-        for i in range(start_id, len(entries)):
-            name, node, attrs = entries[i]
-            if not pyfuse3.readdir_reply(token, name, attrs, i + 1):
-                break
-            if i >= 2:
-                if table.get(node.ino) is None:  # the table's nodes change; the listing's must not
-                    node = Node(node.ino, node.fqrn, node.path, node.entry, node.stat, node.revision)
-                table.looked_up(node, inode, name)
-
-    @handler
-    async def releasedir(self, fh: int) -> None:
-        """Drop a directory listing."""
-        _, _, mount = self._dirs.pop(fh, (0, [], None))
-        if mount is not None:
-            mount.open_dirs -= 1
+            if req.uid == st.st_uid:
+                bits = (st.st_mode >> 6) & 7
+            elif req.gid == st.st_gid:
+                bits = (st.st_mode >> 3) & 7
+            else:
+                bits = st.st_mode & 7
+            ok = (mode & 7) & ~bits == 0
+        if not ok:
+            raise FuseReplyError(errno.EACCES)
+        return None
 
     # -- files ----------------------------------------------------------------------------------
 
-    @handler
-    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
-        """Open a regular file read-only; its pages stay in the kernel's cache (same inode, same
-        content)."""
+    def open(self, req: Request) -> Payload:
+        """Refused with ``ENOSYS`` when the kernel can do without (it then never asks again and
+        keeps pages); else a handle-less answer with the pages kept."""
+        (flags, _) = p.OPEN_IN.unpack_from(req.body)
         if flags & _WRITE_FLAGS:
-            raise pyfuse3.FUSEError(errno.EROFS)
-        node = self._node(inode)
+            raise FuseReplyError(errno.EROFS)
+        node = self.node(req.nodeid)
         if node.is_dir:
-            raise pyfuse3.FUSEError(errno.EISDIR)
-        if not stat_mod.S_ISREG(node.stat.st_mode):
-            raise pyfuse3.FUSEError(errno.EINVAL)
-        mount = self._mount_of(node)
-        f = self._now(mount, mount.open_if_local, node)
-        if f is None:
-            f = await self._run(mount, mount.open, node)
+            raise FuseReplyError(errno.EISDIR)
+        if self.conn is not None and self.conn.has(InitFlag.NO_OPEN_SUPPORT):
+            raise FuseReplyError(errno.ENOSYS)
+        return p.OPEN_OUT.pack(0, p.OpenFlag.KEEP_CACHE, 0)
+
+    def opendir(self, req: Request) -> Payload:
+        """As :meth:`open`, for directories (listings cached by the kernel)."""
+        if not self.node(req.nodeid).is_dir:
+            raise FuseReplyError(errno.ENOTDIR)
+        if self.conn is not None and self.conn.has(InitFlag.NO_OPENDIR_SUPPORT):
+            raise FuseReplyError(errno.ENOSYS)
+        return p.OPEN_OUT.pack(0, p.OpenFlag.KEEP_CACHE | p.OpenFlag.CACHE_DIR, 0)
+
+    def read(self, req: Request) -> Payload | Later:
+        """``size`` bytes at ``offset`` of the inode (fetched and verified on first use)."""
+        _, offset, size, *_ = p.READ_IN.unpack_from(req.body)
+        h = self.files.get(req.nodeid)
+        if h is None:
+            node = self.node(req.nodeid)
+            if not stat_mod.S_ISREG(node.stat.st_mode):
+                raise FuseReplyError(errno.EINVAL)
+            mount = self.mount_of(node)
+            f = guarded(mount, mount.open_if_local, node)
+            if f is None:
+                return Later(self._open_and_read, node, mount, offset, size)
+            h = self._opened(node, mount, f)
+        data = guarded(h.mount, h.read_if_local, offset, size)
+        return data if data is not None else Later(guarded, h.mount, h.read, offset, size)
+
+    def _opened(self, node: Node, mount: RepoMount, f: RepoFile) -> Handle:
+        h = self.files.add(node.ino, f, mount)
         if self.prefetch:
             self._maybe_prefetch(mount, node, f)
-        fh = self._next_fh
-        self._next_fh += 1
-        self._handles[fh] = _Handle(f, mount)
-        mount.open_files += 1
-        return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+        return h
+
+    def _open_and_read(self, node: Node, mount: RepoMount, offset: int, size: int) -> Payload:
+        h = self.files.get(node.ino)
+        if h is None:
+            h = self._opened(node, mount, guarded(mount, mount.open, node))
+        return guarded(mount, h.read, offset, size)
 
     def _maybe_prefetch(self, mount: RepoMount, node: Node, f: RepoFile) -> None:
         """Start fetching the directory's small files in the background if ``f`` is not cached
@@ -418,40 +389,22 @@ class RcdsOperations(ReadOnlyOperations):
         at = f.piece_at(0)
         if at is None or at[1] or mount.is_cached(at[0]):
             return
-        if len(self._prefetched) >= LISTING_CACHE_SIZE:
+        if len(self._prefetched) >= PREFETCHED_LIMIT:
             self._prefetched.clear()
         self._prefetched.add(key)
 
-        async def fetch() -> None:
-            with contextlib.suppress(pyfuse3.FUSEError):  # logged by _run; reads fetch on their own
-                await self._run(mount, mount.prefetch_directory, directory, name)
+        def fetch() -> None:
+            with contextlib.suppress(FuseReplyError):  # logged by guarded; reads fetch on their own
+                guarded(mount, mount.prefetch_directory, directory, name)
 
-        trio.lowlevel.spawn_system_task(fetch)
-
-    @handler
-    async def read(self, fh: int, off: int, size: int) -> bytes:
-        """``size`` bytes at ``off`` (fetched and verified on first use)."""
-        h = self._handles.get(fh)
-        if h is None:
-            raise pyfuse3.FUSEError(errno.EBADF)
-        data = self._now(h.mount, h.read_if_local, off, size)
-        return data if data is not None else await self._run(h.mount, h.read, off, size)
-
-    @handler
-    async def release(self, fh: int) -> None:
-        """Close a file."""
-        h = self._handles.pop(fh, None)
-        if h is not None:
-            h.mount.open_files -= 1
-            h.file.close()
+        self.pool.submit(fetch)
 
     # -- file system ----------------------------------------------------------------------------
 
-    @handler
-    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+    def statfs(self, req: Request) -> Later:
         """Sizes of the local cache (total = quota) and the number of entries of the repositories."""
 
-        def figures() -> tuple[int, int, int]:
+        def figures() -> Payload:
             used = quota = files = 0
             for m in list(self.mounts.values()):
                 used = max(used, m.repo.cache.size())
@@ -460,38 +413,35 @@ class RcdsOperations(ReadOnlyOperations):
                 with m.repo.using() as mounted:
                     total = mounted.view.root_catalog().counters().total().values
                 files += sum(total.get(k, 0) for k in ("regular", "dir", "symlink", "special"))
-            return used, max(quota, used), files
+            total_bytes = max(quota, used)
+            free = max(0, total_bytes - used) // 4096
+            return p.statfs_out(total_bytes // 4096, free, free, files, 0, 4096, 255)
 
-        used, total, files = await self._run(None, figures)
-        s = pyfuse3.StatvfsData()
-        s.f_bsize = s.f_frsize = 4096
-        s.f_blocks = total // 4096
-        s.f_bfree = s.f_bavail = max(0, total - used) // 4096
-        s.f_files = files
-        s.f_ffree = s.f_favail = 0
-        s.f_namemax = 255
-        return s
+        return Later(guarded, None, figures)
 
-    @handler
-    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+    def getxattr(self, req: Request) -> Payload | Later:
         """A stock magic attribute, or one of the entry's own."""
-        node = self._node(inode)
-        text = os.fsdecode(name)
-        if self._is_top(node) or text not in xattrs.names(node):  # e.g. security.capability at exec
-            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
-        mount = self._mount_of(node)
-        found = await self._run(mount, xattrs.value, mount, node, text)
-        if found is None:
-            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
-        return found
+        (size, _) = p.GETXATTR_IN.unpack_from(req.body)
+        text = os.fsdecode(p.cstring(req.body, p.GETXATTR_IN.size))
+        node = self.node(req.nodeid)
+        if self.is_top(node) or text not in xattrs.names(node):  # e.g. security.capability at exec
+            raise FuseReplyError(errno.ENODATA)
+        mount = self.mount_of(node)
 
-    @handler
-    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        def value() -> Payload:
+            found = guarded(mount, xattrs.value, mount, node, text)
+            if found is None:
+                raise FuseReplyError(errno.ENODATA)
+            return _sized(found, size)
+
+        return Later(value)
+
+    def listxattr(self, req: Request) -> Payload:
         """The attribute names of an entry."""
-        node = self._node(inode)
-        if self._is_top(node):
-            return []
-        return [os.fsencode(n) for n in xattrs.names(node)]
+        (size, _) = p.GETXATTR_IN.unpack_from(req.body)
+        node = self.node(req.nodeid)
+        names = [] if self.is_top(node) else xattrs.names(node)
+        return _sized(b"".join(os.fsencode(n) + b"\0" for n in names), size)
 
     # -- revisions ------------------------------------------------------------------------------
 
@@ -500,15 +450,24 @@ class RcdsOperations(ReadOnlyOperations):
         notification. Thread safe, returns at once (see :class:`~rcds.mount.revisions.RevisionKeeper`)."""
         self.revisions.refresh(fqrn)
 
-    async def revision_loop(self, interval: float = 1.0) -> None:
-        """Check the repositories for new revisions and apply them, until cancelled."""
-        await self.revisions.loop(interval)
-
     def close(self) -> None:
-        """Close open files and every repository."""
+        """Stop the revision checks and the workers, close files and every repository."""
         self.revisions.close()
-        for h in self._handles.values():
-            h.file.close()
-        self._handles.clear()
-        for m in self.mounts.values():
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.files.close()
+        for m in list(self.mounts.values()):
             m.close()
+
+
+def _empty(req: Request) -> None:
+    """A request answered with success and nothing else (``RELEASE``, ``DESTROY``)."""
+    return None
+
+
+def _sized(value: bytes, size: int) -> bytes:
+    """An xattr answer: the size alone when asked with size 0, ``ERANGE`` when it does not fit."""
+    if size == 0:
+        return p.GETXATTR_OUT.pack(len(value), 0)
+    if len(value) > size:
+        raise FuseReplyError(errno.ERANGE)
+    return value

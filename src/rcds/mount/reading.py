@@ -1,0 +1,114 @@
+"""Reading files by inode: the client's file objects kept per inode, most recently read first.
+
+The kernel never opens a file with us (no-open mode: it reads by inode, and keeps the pages),
+so the file object for an inode is made on its first read and kept while the kernel holds the
+inode (dropped on ``FORGET``) or until newer ones push it out. A file's inode number depends
+on its content (:mod:`rcds.mount.inodes`), so a process that opened a file before a new
+revision reads the old content through the old inode's file object.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+
+from rcds.client.tree.files import RepoFile
+from rcds.mount.repomount import RepoMount
+
+OPEN_FILES = 256
+"""File objects kept (each may hold one open cache file)."""
+
+
+class Handle:
+    """A file being read: the client's file object and a lock (the kernel reads in parallel)."""
+
+    __slots__ = ("file", "lock", "mount")
+
+    def __init__(self, file: RepoFile, mount: RepoMount) -> None:
+        self.file = file
+        self.mount = mount
+        self.lock = threading.Lock()
+
+    def read(self, offset: int, size: int) -> bytes:
+        """``size`` bytes at ``offset`` (may download: on a worker thread)."""
+        at = self.file.piece_at(offset)
+        if at is not None and not at[1]:
+            self.mount.wait_prefetched(at[0])
+        with self.lock:
+            self.file.seek(offset)
+            return self.file.read(size)
+
+    def read_if_local(self, offset: int, size: int) -> bytes | None:
+        """The bytes if they come from an object already open or in the local cache and nobody
+        else is reading this file; None if a worker thread should do it (it may download)."""
+        at = self.file.piece_at(offset)
+        if at is None:
+            return b""
+        piece, loaded = at
+        if offset + size > piece.end or not (loaded or self.mount.is_cached(piece)):
+            return None
+        if not self.lock.acquire(blocking=False):
+            return None
+        try:
+            self.file.seek(offset)
+            return self.file.read(size)
+        finally:
+            self.lock.release()
+
+    def close(self) -> None:
+        """Close the file object (a read in progress finishes first)."""
+        with self.lock:
+            self.file.close()
+
+
+class OpenFiles:
+    """:class:`Handle` per inode, least recently read dropped first (thread safe)."""
+
+    def __init__(self, limit: int = OPEN_FILES) -> None:
+        self.limit = limit
+        self._handles: OrderedDict[int, Handle] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, ino: int) -> Handle | None:
+        """The handle of ``ino``, now the most recent."""
+        with self._lock:
+            h = self._handles.get(ino)
+            if h is not None:
+                self._handles.move_to_end(ino)
+            return h
+
+    def add(self, ino: int, file: RepoFile, mount: RepoMount) -> Handle:
+        """Keep ``file`` for ``ino`` (another thread's, if it got there first, wins)."""
+        dropped: list[Handle] = []
+        with self._lock:
+            h = self._handles.get(ino)
+            if h is not None:
+                dropped.append(Handle(file, mount))
+            else:
+                h = self._handles[ino] = Handle(file, mount)
+                mount.open_files += 1
+                while len(self._handles) > self.limit:
+                    _, old = self._handles.popitem(last=False)
+                    old.mount.open_files -= 1
+                    dropped.append(old)
+        for d in dropped:
+            d.close()
+        return h
+
+    def drop(self, ino: int) -> None:
+        """Forget the handle of ``ino`` (the kernel forgot the inode)."""
+        with self._lock:
+            h = self._handles.pop(ino, None)
+            if h is not None:
+                h.mount.open_files -= 1
+        if h is not None:
+            h.close()
+
+    def close(self) -> None:
+        """Close every file object."""
+        with self._lock:
+            handles = list(self._handles.values())
+            self._handles.clear()
+        for h in handles:
+            h.mount.open_files -= 1
+            h.file.close()
