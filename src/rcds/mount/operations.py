@@ -70,6 +70,7 @@ class _Handle:
         at = self.file.piece_at(offset)
         if at is not None and not at[1]:
             self.mount.wait_prefetched(at[0])
+            self.mount.read_ahead(self.file, at[0])
         with self.lock:
             self.file.seek(offset)
             return self.file.read(size)
@@ -409,24 +410,10 @@ class RcdsOperations(ReadOnlyOperations):
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
 
     def _maybe_prefetch(self, mount: RepoMount, node: Node, f: RepoFile) -> None:
-        """Start fetching the directory's small files in the background if ``f`` is not cached
-        (once per directory and revision; see :meth:`RepoMount.prefetch_directory`)."""
-        directory, _, name = node.path.rpartition("/")
-        key = (mount.fqrn, directory, node.revision)
-        if key in self._prefetched:
-            return
-        at = f.piece_at(0)
-        if at is None or at[1] or mount.is_cached(at[0]):
-            return
-        if len(self._prefetched) >= LISTING_CACHE_SIZE:
-            self._prefetched.clear()
-        self._prefetched.add(key)
-
-        async def fetch() -> None:
-            with contextlib.suppress(pyfuse3.FUSEError):  # logged by _run; reads fetch on their own
-                await self._run(mount, mount.prefetch_directory, directory, name)
-
-        trio.lowlevel.spawn_system_task(fetch)
+        """Queue the directory's small files for download if ``f`` is not cached (once per
+        directory and revision; see :meth:`RepoMount.prefetch_for`: a catalog query, no download)."""
+        with contextlib.suppress(RcdsError, OSError):  # reads fetch on their own
+            mount.prefetch_for(node.path, f)
 
     @handler
     async def read(self, fh: int, off: int, size: int) -> bytes:
