@@ -69,6 +69,8 @@ class Prefetcher:
         """Objects a lane could not bring (its batch failed); readers fetch them themselves."""
         self.refused = 0
         """Objects not queued because the queue was full."""
+        self.taken = 0
+        """Objects a reader took off the queue to fetch itself (:meth:`wait`)."""
 
     def want(self, items: Iterable[Wanted]) -> int:
         """Queue objects for download (not those queued or in flight already); how many were queued."""
@@ -111,6 +113,7 @@ class Prefetcher:
             w = self._queued.pop(key, None)
             if w is not None:
                 self._queued_bytes -= w.size
+                self.taken += 1
                 event = self._pending.pop(key)
                 if event is not None:
                     event.set()

@@ -314,5 +314,16 @@ class RepoMount:
 
     def close(self) -> None:
         """Stop prefetching, close the repository (caches, connections)."""
-        self.prefetcher.close()
+        pf = self.prefetcher
+        pf.close()
+        log.info(
+            "%s: %d objects prefetched, %d taken by readers, %d failed, %d not queued (queue full); "
+            "objects from: %s",
+            self.fqrn,
+            pf.fetched,
+            pf.taken,
+            pf.failed,
+            pf.refused,
+            self.repo.source.stats,
+        )
         self.repo.close()
