@@ -34,7 +34,7 @@ from rcds.mount.fuse import protocol as p
 from rcds.mount.fuse.protocol import InitFlag, Op
 from rcds.mount.fuse.session import Connection, Handler, Later, Payload, Request, Session
 from rcds.mount.inodes import FUSE_ROOT, Node, NodeTable
-from rcds.mount.reading import Handle, OpenFiles
+from rcds.mount.reading import DroppedError, Handle, OpenFiles
 from rcds.mount.readonly import guarded, refuse
 from rcds.mount.repomount import RepoMount
 from rcds.mount.revisions import RevisionKeeper
@@ -44,8 +44,6 @@ log = logging.getLogger("rcds.mount")
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
 DEFAULT_THREADS = 32
 """Worker threads serving blocking requests at once (catalog queries, downloads)."""
-PREFETCHED_LIMIT = 4096
-"""Directories remembered as prefetched (forgotten all at once when full)."""
 WANTED = (
     InitFlag.ASYNC_READ
     | InitFlag.BIG_WRITES
@@ -103,7 +101,6 @@ class RcdsOperations:
         self.listings = Listings(self)
         self.prefetch = prefetch
         """Fetch a directory's small files in one batch when one of them is first read cold."""
-        self._prefetched: set[tuple[str, str, int]] = set()
         self._opening: dict[str, threading.Lock] = {}
         self.session: Session | None = None
         self.conn: Connection | None = None
@@ -365,7 +362,21 @@ class RcdsOperations:
                 return Later(self._open_and_read, node, mount, offset, size)
             h = self._opened(node, mount, f)
         data = guarded(h.mount, h.read_if_local, offset, size)
-        return data if data is not None else Later(guarded, h.mount, h.read, offset, size)
+        return data if data is not None else Later(self._read_later, h, req.nodeid, offset, size)
+
+    def _read_later(self, h: Handle, ino: int, offset: int, size: int) -> Payload:
+        """A read that may download; a handle dropped meanwhile (the kept files' bound) is opened
+        again."""
+        for _ in range(3):
+            try:
+                return guarded(h.mount, h.read, offset, size)
+            except DroppedError:
+                node = self.node(ino)
+                found = self.files.get(ino)
+                if found is None:
+                    found = self._opened(node, h.mount, guarded(h.mount, h.mount.open, node))
+                h = found
+        raise FuseReplyError(errno.EIO)
 
     def _opened(self, node: Node, mount: RepoMount, f: RepoFile) -> Handle:
         h = self.files.add(node.ino, f, mount)
@@ -377,27 +388,13 @@ class RcdsOperations:
         h = self.files.get(node.ino)
         if h is None:
             h = self._opened(node, mount, guarded(mount, mount.open, node))
-        return guarded(mount, h.read, offset, size)
+        return self._read_later(h, node.ino, offset, size)
 
     def _maybe_prefetch(self, mount: RepoMount, node: Node, f: RepoFile) -> None:
-        """Start fetching the directory's small files in the background if ``f`` is not cached
-        (once per directory and revision; see :meth:`RepoMount.prefetch_directory`)."""
-        directory, _, name = node.path.rpartition("/")
-        key = (mount.fqrn, directory, node.revision)
-        if key in self._prefetched:
-            return
-        at = f.piece_at(0)
-        if at is None or at[1] or mount.is_cached(at[0]):
-            return
-        if len(self._prefetched) >= PREFETCHED_LIMIT:
-            self._prefetched.clear()
-        self._prefetched.add(key)
-
-        def fetch() -> None:
-            with contextlib.suppress(FuseReplyError):  # logged by guarded; reads fetch on their own
-                guarded(mount, mount.prefetch_directory, directory, name)
-
-        self.pool.submit(fetch)
+        """Queue the directory's small files for download if ``f`` is not cached (once per
+        directory and revision; see :meth:`RepoMount.prefetch_for`: a catalog query, no download)."""
+        with contextlib.suppress(RcdsError, OSError):  # reads fetch on their own
+            mount.prefetch_for(node.path, f)
 
     # -- file system ----------------------------------------------------------------------------
 

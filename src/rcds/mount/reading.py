@@ -19,24 +19,42 @@ OPEN_FILES = 256
 """File objects kept (each may hold one open cache file)."""
 
 
+class DroppedError(Exception):
+    """The handle was dropped and closed before this read got to it: open the file again."""
+
+
 class Handle:
     """A file being read: the client's file object and a lock (the kernel reads in parallel)."""
 
-    __slots__ = ("file", "lock", "mount")
+    __slots__ = ("_dropped", "_readers", "file", "lock", "mount")
 
     def __init__(self, file: RepoFile, mount: RepoMount) -> None:
         self.file = file
         self.mount = mount
         self.lock = threading.Lock()
+        self._readers = 0
+        self._dropped = False
 
     def read(self, offset: int, size: int) -> bytes:
-        """``size`` bytes at ``offset`` (may download: on a worker thread)."""
-        at = self.file.piece_at(offset)
-        if at is not None and not at[1]:
-            self.mount.wait_prefetched(at[0])
+        """``size`` bytes at ``offset`` (may download: on a worker thread). A handle dropped
+        while this read waits for its object is closed when the read is done, not under it."""
         with self.lock:
-            self.file.seek(offset)
-            return self.file.read(size)
+            if self.file.closed:
+                raise DroppedError
+            self._readers += 1
+        try:
+            at = self.file.piece_at(offset)
+            if at is not None and not at[1]:
+                self.mount.wait_prefetched(at[0])
+                self.mount.read_ahead(self.file, at[0])
+            with self.lock:
+                self.file.seek(offset)
+                return self.file.read(size)
+        finally:
+            with self.lock:
+                self._readers -= 1
+                if self._dropped and not self._readers:
+                    self.file.close()
 
     def read_if_local(self, offset: int, size: int) -> bytes | None:
         """The bytes if they come from an object already open or in the local cache and nobody
@@ -50,15 +68,19 @@ class Handle:
         if not self.lock.acquire(blocking=False):
             return None
         try:
+            if self.file.closed:  # dropped meanwhile: the slow path opens it again
+                return None
             self.file.seek(offset)
             return self.file.read(size)
         finally:
             self.lock.release()
 
     def close(self) -> None:
-        """Close the file object (a read in progress finishes first)."""
+        """Close the file object now, or when the last read in progress is done."""
         with self.lock:
-            self.file.close()
+            self._dropped = True
+            if not self._readers:
+                self.file.close()
 
 
 class OpenFiles:
@@ -111,4 +133,4 @@ class OpenFiles:
             self._handles.clear()
         for h in handles:
             h.mount.open_files -= 1
-            h.file.close()
+            h.close()

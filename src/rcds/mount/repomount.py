@@ -8,6 +8,7 @@ answers into inode attributes.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import os
 import threading
@@ -15,14 +16,15 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from rcds.client.fetch.prefetch import prefetch
+from rcds.client.fetch.bulk import Wanted
 from rcds.client.repository import Repository
 from rcds.client.tree.files import Piece, RepoFile, pieces_of
 from rcds.client.tree.mounted import Located
 from rcds.client.tree.stat import make_stat
 from rcds.errors import NotFoundError
-from rcds.format.hashes import ContentHash, ObjectKind
+from rcds.format.hashes import ObjectKind
 from rcds.mount.inodes import InodeSpace, Node
+from rcds.mount.prefetcher import WAIT, Prefetcher
 
 log = logging.getLogger("rcds.mount")
 
@@ -30,9 +32,10 @@ PREFETCH_MAX_FILE = 1 << 20
 PREFETCH_MAX_BYTES = 32 << 20
 """Directory prefetch (:meth:`RepoMount.prefetch_directory`) takes files of at most this size,
 up to this many bytes in all."""
-PREFETCH_WAIT = 1.0
-"""At most this many seconds a read waits for a directory prefetch bringing its object, then it
-fetches the object itself (a batch is one connection: a slow server must not serialize readers)."""
+READ_AHEAD_CHUNKS = 2
+"""A read that fetches a chunk of a chunked file queues this many of the following chunks."""
+PLANNED_SIZE = 65536
+"""Directories remembered as prefetched (forgotten all at once when full)."""
 RECIPE_CACHE_SIZE = 65536
 """Files whose objects :meth:`RepoMount.open` remembers (cleared whole when full)."""
 
@@ -108,8 +111,10 @@ class RepoMount:
         self.open_dirs = 0
         self.io_errors = 0
         self.last_io_error = 0.0
-        self._pending: dict[tuple[ContentHash, ObjectKind], threading.Event] = {}
-        self._pending_lock = threading.Lock()
+        self.prefetcher = Prefetcher(repo.source)
+        """Downloads ahead of reads (:meth:`prefetch_for`, :meth:`read_ahead`)."""
+        self._planned: set[tuple[str, int]] = set()
+        self._planned_lock = threading.Lock()
         self._recipes: dict[int, tuple[int, str, int, list[Piece], bool]] = {}
         """Per file inode: (revision, path, size, pieces, compressed) as :meth:`open` found them.
         A file's inode number depends on its content, so its pieces never change; the revision
@@ -156,6 +161,11 @@ class RepoMount:
         recipe = self._recipes.get(node.ino)
         if recipe is not None and recipe[0] == revision and recipe[1] == node.path:
             return self._file(node.path, recipe[2], recipe[3], recipe[4])
+        e = node.entry
+        if e is not None and e.is_regular and not e.is_chunked and not e.is_external and e.hash is not None:
+            # resolved in this revision, one object: the entry is the whole recipe (no query)
+            pieces = [Piece(0, e.size, e.hash, ObjectKind.FILE)] if e.size > 0 else []
+            return self._file(node.path, e.size, pieces, e.compressed)
         with self.repo.using() as m:
             if m.revision != node.revision or m.known_directory(node.path.rpartition("/")[0]) is None:
                 return None
@@ -200,57 +210,80 @@ class RepoMount:
             compressed=compressed,
         )
 
-    def prefetch_directory(self, path: str, skip: str = "") -> int:
-        """Bring the small regular files of the directory ``path`` (but ``skip``, a name) into the
-        local cache in one pipelined batch (:func:`rcds.client.fetch.prefetch.prefetch`); how many
-        objects came.
+    def prefetch_for(self, path: str, f: RepoFile) -> int:
+        """The trigger of directory prefetch: ``f`` (the file at ``path``) is about to be read;
+        if its first object is not cached, queue the small files of its directory
+        (:meth:`prefetch_directory`, once per directory and revision); how many objects were queued.
 
-        Called when a file whose object is not cached is opened: its neighbours (the modules of
-        a package, the ``.pyc`` files of a ``__pycache__``) are likely read next, and one batch
-        costs far less than a round trip per file. Meanwhile a read of one of these objects
-        waits for the batch (:meth:`wait_prefetched`) instead of fetching it a second time.
+        Call it before the first read of a file, on any thread: it runs a catalog query (the
+        directory's catalog is loaded, the file was just opened from it) and returns; the
+        downloads run on the prefetcher's lanes.
         """
-        done = threading.Event()
-        keys: list[tuple[ContentHash, ObjectKind]] = []
-        try:
-            with self.repo.using() as m:
-                here = m.resolve(path or "/", follow=False)
-                files = []
-                total = 0
-                for loc in m.listdir(here):
-                    e = loc.entry
-                    if not e.is_regular or e.is_external or e.size > PREFETCH_MAX_FILE or e.name == skip:
-                        continue
-                    total += e.size
-                    if total > PREFETCH_MAX_BYTES:
-                        break
-                    files.append(loc)
-                    if e.hash is not None and e.size and not e.is_chunked:
-                        keys.append((e.hash, ObjectKind.FILE))
-                with self._pending_lock:
-                    for k in keys:
-                        self._pending.setdefault(k, done)
-                return prefetch(self.repo.source, files)
-        finally:
-            done.set()
-            with self._pending_lock:
-                for k in keys:
-                    if self._pending.get(k) is done:
-                        del self._pending[k]
+        directory, _, name = path.rpartition("/")
+        key = (directory, self.repo.revision)
+        if key in self._planned:
+            return 0
+        at = f.piece_at(0)
+        if at is None or at[1] or self.is_cached(at[0]) or self.prefetcher.pending(at[0].hash, at[0].kind):
+            return 0
+        with self._planned_lock:
+            if key in self._planned:
+                return 0
+            if len(self._planned) >= PLANNED_SIZE:
+                self._planned.clear()
+            self._planned.add(key)
+            # planned under the lock: a neighbour read that lost the race finds its object queued
+            return self.prefetch_directory(directory, name)
 
-    def wait_prefetched(self, piece: Piece, timeout: float = PREFETCH_WAIT) -> None:
-        """If a directory prefetch is bringing ``piece``'s object, wait until it is cached (or
-        the prefetch ended, or ``timeout`` seconds passed); a thread about to download it calls
-        this first."""
-        event = self._pending.get((piece.hash, piece.kind))
-        if event is None:
-            return
-        deadline = time.monotonic() + timeout
-        source = self.repo.source
-        while not source.is_cached(piece.hash, piece.kind):
-            left = deadline - time.monotonic()
-            if left <= 0 or event.wait(min(left, 0.005)):
-                return
+    def prefetch_directory(self, path: str, skip: str = "") -> int:
+        """Queue the objects of the small regular files of the directory ``path`` (but ``skip``,
+        a name) for the prefetcher (:mod:`rcds.mount.prefetcher`); how many were queued.
+
+        The bound: files of at most :data:`PREFETCH_MAX_FILE` bytes, at most
+        :data:`PREFETCH_MAX_BYTES` in all, of this directory only (not its subdirectories), so
+        reading one file never fetches more than that. Those after ``skip`` in name order come
+        first (readers tend to go in name order), then those before it.
+        """
+        with self.repo.using() as m:
+            here = m.resolve(path or "/", follow=False)
+            after: list[Wanted] = []
+            before: list[Wanted] = []
+            seen = False
+            total = 0
+            for loc in m.listdir(here):
+                e = loc.entry
+                if e.name == skip:
+                    seen = True
+                    continue
+                if not e.is_regular or e.is_external or e.is_chunked or not e.size or e.hash is None:
+                    continue
+                if e.size > PREFETCH_MAX_FILE:
+                    continue
+                total += e.size
+                if total > PREFETCH_MAX_BYTES:
+                    break
+                (after if seen else before).append(Wanted(e.hash, ObjectKind.FILE, e.size, e.compressed))
+        return self.prefetcher.want(after + before)
+
+    def wait_prefetched(self, piece: Piece, timeout: float = WAIT) -> None:
+        """A thread about to fetch ``piece``'s object calls this first: if the prefetcher has
+        it queued it is taken off the queue (the caller fetches it now), if a lane is
+        downloading it the call waits until it is cached (at most ``timeout`` seconds)."""
+        self.prefetcher.wait(piece.hash, piece.kind, timeout)
+
+    def read_ahead(self, f: RepoFile, piece: Piece) -> int:
+        """``piece`` of ``f`` is about to be fetched for a read: queue the next
+        :data:`READ_AHEAD_CHUNKS` objects of the file (a chunked file read in order); how many."""
+        pieces = f.pieces
+        if len(pieces) < 2:
+            return 0
+        index = bisect.bisect_left([p.offset for p in pieces], piece.offset)
+        ahead = [
+            Wanted(p.hash, p.kind, p.size, f.compressed)
+            for p in pieces[index + 1 : index + 1 + READ_AHEAD_CHUNKS]
+            if not self.is_cached(p)
+        ]
+        return self.prefetcher.want(ahead)
 
     def chunks(self, path: str) -> list[tuple[str, int, int]]:
         """(hash, offset, size) of each object of a regular file."""
@@ -280,5 +313,17 @@ class RepoMount:
         return out
 
     def close(self) -> None:
-        """Close the repository (caches, connections)."""
+        """Stop prefetching, close the repository (caches, connections)."""
+        pf = self.prefetcher
+        pf.close()
+        log.info(
+            "%s: %d objects prefetched, %d taken by readers, %d failed, %d not queued (queue full); "
+            "objects from: %s",
+            self.fqrn,
+            pf.fetched,
+            pf.taken,
+            pf.failed,
+            pf.refused,
+            self.repo.source.stats,
+        )
         self.repo.close()

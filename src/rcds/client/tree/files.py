@@ -117,6 +117,16 @@ class RepoFile(io.RawIOBase):
         self._file: BinaryIO | None = None
 
     @property
+    def pieces(self) -> Sequence[Piece]:
+        """The objects of the file, in file order."""
+        return self._pieces
+
+    @property
+    def compressed(self) -> bool:
+        """Whether the file's objects are stored compressed."""
+        return self._compressed
+
+    @property
     def mode(self) -> str:
         """Always ``rb``."""
         return "rb"

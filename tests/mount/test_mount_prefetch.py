@@ -1,0 +1,143 @@
+"""Prefetch under a real mount: a cold read brings its directory's small files, within the bound.
+
+What is asserted is the local cache's content (objects present or absent), never timing; every
+wait is bounded. The bound (:mod:`rcds.mount.repomount`): the first cold read in a directory
+queues that directory's regular files of at most ``PREFETCH_MAX_FILE`` bytes, at most
+``PREFETCH_MAX_BYTES`` in all, and nothing of other directories; a read that fetches a chunk of
+a chunked file queues the next ``READ_AHEAD_CHUNKS`` chunks.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rcds.client.cache.local import object_name
+from rcds.format.hashes import ContentHash, ObjectKind
+from rcds.mount.repomount import PREFETCH_MAX_BYTES, PREFETCH_MAX_FILE, READ_AHEAD_CHUNKS
+
+from mountkit import wait_for
+from testkit import Entry
+
+TOP = "sw/pf"
+SMALL = [f"a{i:02d}.txt" for i in range(12)]
+MANY_SIZE = 60_000  # below the test repository's chunking threshold: one object each
+MANY = (PREFETCH_MAX_BYTES // MANY_SIZE) + 40  # more than the bound allows
+
+
+def _many(i: int) -> bytes:
+    return f"{i:05d}".encode() * (MANY_SIZE // 5)
+
+
+@pytest.fixture
+def pf_site(site: Any) -> Any:
+    """The test site with a new revision: a directory of small files (with a chunked file and a
+    subdirectory), a directory of more small files than the bound, and a sibling directory."""
+    entries = [Entry(f"small/{n}", f"small file {n}\n".encode()) for n in SMALL]
+    entries += [
+        Entry("small/big.bin", site.big),  # chunked: not prefetched with the directory
+        Entry("small/sub/deep.txt", b"deep\n"),
+        Entry("other/o.txt", b"other\n"),
+        Entry("many/sub/s.txt", b"below many\n"),
+    ]
+    entries += [Entry(f"many/f{i:05d}.dat", _many(i)) for i in range(MANY)]
+    site.publish(entries, TOP)
+    return site
+
+
+def _cached(cache: Path, hashes: list[ContentHash], kind: ObjectKind = ObjectKind.FILE) -> list[bool]:
+    return [(cache / object_name(h, kind)).exists() for h in hashes]
+
+
+def _hashes(repo: Any, paths: list[str]) -> list[ContentHash]:
+    return [repo.entry(f"/{TOP}/{p}").hash for p in paths]
+
+
+def _data_objects(cache: Path) -> int:
+    """Plain file objects in the cache (no suffix: not catalogs, not chunks)."""
+    return sum(
+        1
+        for bucket in cache.iterdir()
+        if len(bucket.name) == 2 and bucket.is_dir()
+        for name in os.listdir(bucket)
+        if all(c in "0123456789abcdef" for c in name)
+    )
+
+
+def test_a_cold_read_brings_the_directorys_small_files_only(pf_site: Any, mount_site: Any) -> None:
+    m = mount_site()
+    cache = Path(m.args[m.args.index("--cache") + 1])
+    repo = pf_site.open()
+    neighbours = _hashes(repo, [f"small/{n}" for n in SMALL[1:]])
+    with open(m.mp / TOP / "small" / SMALL[0], "rb") as f:
+        assert f.read() == f"small file {SMALL[0]}\n".encode()
+    assert wait_for(lambda: all(_cached(cache, neighbours)), timeout=30), _cached(cache, neighbours)
+    # not the subdirectory, not the sibling directory, not the chunked file
+    assert _cached(cache, _hashes(repo, ["small/sub/deep.txt", "other/o.txt"])) == [False, False]
+    chunks = pf_site.chunk_hashes(repo, f"/{TOP}/small/big.bin")
+    assert len(chunks) > 1 and not any(_cached(cache, chunks, ObjectKind.PARTIAL))
+    for n in SMALL:  # and what came by prefetch reads right
+        assert (m.mp / TOP / "small" / n).read_bytes() == f"small file {n}\n".encode()
+    assert (m.mp / TOP / "small" / "sub" / "deep.txt").read_bytes() == b"deep\n"
+
+
+def test_reading_one_file_fetches_no_more_than_the_bound(pf_site: Any, mount_site: Any) -> None:
+    m = mount_site()
+    cache = Path(m.args[m.args.index("--cache") + 1])
+    repo = pf_site.open()
+    names = [f"many/f{i:05d}.dat" for i in range(MANY)]
+    hashes = _hashes(repo, names)
+    within = PREFETCH_MAX_BYTES // MANY_SIZE  # files after the one read that fit the bound
+    assert MANY_SIZE <= PREFETCH_MAX_FILE and within < MANY - 1
+    before = _data_objects(cache)
+    with open(m.mp / TOP / names[0], "rb") as f:
+        assert f.read(5) == b"00000"
+    assert wait_for(lambda: all(_cached(cache, hashes[1 : 1 + within])), timeout=60)
+    time.sleep(0.5)  # anything queued beyond the bound would be arriving now
+    assert not any(_cached(cache, hashes[1 + within :]))
+    assert _cached(cache, _hashes(repo, ["many/sub/s.txt", "other/o.txt"])) == [False, False]
+    assert _data_objects(cache) - before <= 1 + within  # the file read and its neighbours
+    assert (m.mp / TOP / names[-1]).read_bytes() == _many(MANY - 1)  # beyond the bound: read on demand
+
+
+def test_a_chunked_file_read_brings_the_next_chunks(pf_site: Any, mount_site: Any) -> None:
+    m = mount_site()
+    cache = Path(m.args[m.args.index("--cache") + 1])
+    repo = pf_site.open()
+    chunks = pf_site.chunk_hashes(repo, f"/{TOP}/small/big.bin")
+    assert len(chunks) > READ_AHEAD_CHUNKS + 1
+    fd = os.open(m.mp / TOP / "small" / "big.bin", os.O_RDONLY)
+    try:
+        assert os.pread(fd, 4096, 0) == pf_site.big[:4096]
+    finally:
+        os.close(fd)
+    ahead = chunks[1 : 1 + READ_AHEAD_CHUNKS]
+    assert wait_for(lambda: all(_cached(cache, ahead, ObjectKind.PARTIAL)), timeout=30)
+    time.sleep(0.3)  # the kernel may read a little beyond the first chunk, never to the end
+    assert not _cached(cache, chunks[-1:], ObjectKind.PARTIAL)[0]
+    assert (m.mp / TOP / "small" / "big.bin").read_bytes() == pf_site.big
+
+
+def test_prefetch_failing_breaks_no_read_of_cached_files(pf_site: Any, mount_site: Any) -> None:
+    m = mount_site()
+    cache = Path(m.args[m.args.index("--cache") + 1])
+    repo = pf_site.open()
+    assert (m.mp / TOP / "small" / SMALL[0]).read_bytes() == f"small file {SMALL[0]}\n".encode()
+    assert wait_for(lambda: all(_cached(cache, _hashes(repo, [f"small/{n}" for n in SMALL[1:]]))), timeout=30)
+    for srv in pf_site.servers:
+        srv.stop()
+    started = time.monotonic()
+    with pytest.raises(OSError) as exc:  # its directory's prefetch fails too
+        (m.mp / TOP / "many" / "f00000.dat").read_bytes()
+    assert exc.value.errno == errno.EIO
+    with pytest.raises(OSError) as exc:  # a neighbour whose prefetch failed: EIO, no hang
+        (m.mp / TOP / "many" / "f00001.dat").read_bytes()
+    assert exc.value.errno == errno.EIO
+    assert time.monotonic() - started < 40  # the configured timeouts, twice at most
+    for n in SMALL:  # cached by the earlier prefetch: still served
+        assert (m.mp / TOP / "small" / n).read_bytes() == f"small file {n}\n".encode()
