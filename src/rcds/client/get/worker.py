@@ -75,20 +75,26 @@ class Job(NamedTuple):
 
     def wanted(self) -> Wanted:
         """What :func:`~rcds.client.fetch.bulk.fetch_objects` takes."""
-        return Wanted(
-            ContentHash(Algorithm(self.algorithm), self.digest),
-            ObjectKind(self.kind),
-            self.size,
-            self.compressed,
+        return _NEW(
+            Wanted,
+            (
+                ContentHash(_ALGORITHMS[self.algorithm], self.digest),
+                _KINDS[self.kind],
+                self.size,
+                self.compressed,
+            ),
         )
 
+
+_ALGORITHMS = {a.value: a for a in Algorithm}
+_KINDS = {k.value: k for k in ObjectKind}
+"""The enum members by value: a dict lookup, not an ``Enum`` call, per object."""
+_NEW = tuple.__new__
 
 WireTarget = tuple[str, str, int, int, int, "int | None"]
 WireJob = tuple[bytes, str, str, int, bool, tuple[WireTarget, ...]]
 """A :class:`Job` as sent: plain tuples, which pickle in C alone (a NamedTuple costs a Python
 call each way, six times the time). A :class:`Job` is one too."""
-
-_NEW = tuple.__new__
 
 
 def wire_job(
