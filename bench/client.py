@@ -1,7 +1,7 @@
 """Client read performance, side by side with the tarball route jobs use today, in one run.
 
 Run: ``python bench/client.py [--quick] [--repeat N] [--keep DIR] [--scenarios 1,2,3]
-[--outputs tmpfs,disk] [--base-src DIR]``.
+[--outputs tmpfs,disk] [--base-src DIR] [--no-nginx]``.
 
 The input is a real software tree (``--input pip``, the default: ``pip install --target`` of
 numpy, scipy, pandas, matplotlib and sympy, ~480 MB in ~13,000 files, made once and kept in
@@ -9,7 +9,11 @@ numpy, scipy, pandas, matplotlib and sympy, ~480 MB in ~13,000 files, made once 
 ``bench/ingest.py`` (``--input venv``: ~20k files / ~300 MB; ``--quick`` uses it at 1/10),
 published into a fresh repository (default settings: SHA-1, zlib -6, 4/8/16 MiB chunks) and served
 by the engine's HTTP server on loopback (in a process of its own), which also serves
-``venv.tar.gz`` (gzip -6) and ``venv.tar`` of the same tree from the same directory.
+``venv.tar.gz`` (gzip -6) and ``venv.tar`` of the same tree from the same directory. Scenario 1
+is also run against nginx (when installed; ``--no-nginx`` leaves it out), serving that same
+directory on loopback with the project's sample replica configuration (``bench/nginx_site.py``),
+as a real stratum 1 does: ``rcds get`` and both ``curl | tar`` routes from the same nginx (rows
+``(1n)``), beside the rows where both routes are served by the engine's server.
 Scenario 1 writes its outputs on a tmpfs (mounted by the bench in its work directory: run it as
 root) and on the disk (``--outputs``): file creation on this ext4 moves by +-30% after mass
 deletions, a tmpfs does not. ``--base-src DIR`` adds ``rcds get`` of another source tree (e.g.
