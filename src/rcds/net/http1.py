@@ -210,7 +210,8 @@ class Connection:
 
     def unread(self, data: bytes) -> None:
         """Put ``data`` back in front of the buffer (the start of the next message)."""
-        self._buf = data + self._compact() if self._compact() else data
+        rest = self._compact()
+        self._buf = data + rest if rest else data
 
     def read_head(self, stall: float) -> Head:
         """Read and parse the next response head (1xx responses are skipped)."""
