@@ -1,7 +1,7 @@
 """Client read performance, side by side with the tarball route jobs use today, in one run.
 
 Run: ``python bench/client.py [--quick] [--repeat N] [--keep DIR] [--scenarios 1,2,3]
-[--outputs tmpfs,disk] [--base-src DIR]``.
+[--outputs tmpfs,disk] [--base-src DIR] [--no-nginx]``.
 
 The input is a real software tree (``--input pip``, the default: ``pip install --target`` of
 numpy, scipy, pandas, matplotlib and sympy, ~480 MB in ~13,000 files, made once and kept in
@@ -9,7 +9,11 @@ numpy, scipy, pandas, matplotlib and sympy, ~480 MB in ~13,000 files, made once 
 ``bench/ingest.py`` (``--input venv``: ~20k files / ~300 MB; ``--quick`` uses it at 1/10),
 published into a fresh repository (default settings: SHA-1, zlib -6, 4/8/16 MiB chunks) and served
 by the engine's HTTP server on loopback (in a process of its own), which also serves
-``venv.tar.gz`` (gzip -6) and ``venv.tar`` of the same tree from the same directory.
+``venv.tar.gz`` (gzip -6) and ``venv.tar`` of the same tree from the same directory. Scenario 1
+is also run against nginx (when installed; ``--no-nginx`` leaves it out), serving that same
+directory on loopback with the project's sample replica configuration (``bench/nginx_site.py``),
+as a real stratum 1 does: ``rcds get`` and both ``curl | tar`` routes from the same nginx (rows
+``(1n)``), beside the rows where both routes are served by the engine's server.
 Scenario 1 writes its outputs on a tmpfs (mounted by the bench in its work directory: run it as
 root) and on the disk (``--outputs``): file creation on this ext4 moves by +-30% after mass
 deletions, a tmpfs does not. ``--base-src DIR`` adds ``rcds get`` of another source tree (e.g.
@@ -53,10 +57,18 @@ from pathlib import Path
 
 from client_child import TREE
 from common import MB, format_table, machine
+from nginx_site import start_nginx
 
 REPO = "bench.example.org"
 CHILD = Path(__file__).resolve().with_name("client_child.py")
-TARGETS = {"get/tar": 1.5, "get/tgz": 0.5, "read10": 0.2, "warm": 2.0}
+TARGETS = {
+    "get/tar": 1.5,
+    "get/tgz": 0.5,
+    "nginx get/tar": 1.5,
+    "nginx get/tgz": 0.5,
+    "read10": 0.2,
+    "warm": 2.0,
+}
 """Scenario 1's targets are on tmpfs outputs (when a tmpfs could be mounted)."""
 
 # -- the parent -----------------------------------------------------------------------------------
@@ -78,9 +90,10 @@ def process_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-CPU_COLUMNS = ("get", "base", "tar", "tgz", "fill", "one")
+CPU_COLUMNS = ("get", "base", "tar", "tgz", "fill", "one", "nx-get", "nx-base", "nx-tar", "nx-tgz")
 SERVER_PID: list[int] = []
-"""The server process (its CPU is added to every run's)."""
+"""The server processes (the engine's, nginx's): their CPU is added to every run's (an idle
+server uses next to none)."""
 CPU: dict[str, list[float]] = {}
 """Per run label: the CPU seconds of its processes (client side + the server), filled by
 :func:`interleaved`: less sensitive to other load on the machine than wall time."""
@@ -116,6 +129,7 @@ class Bench:
         self.input_kind = "venv" if quick else input_kind
         self.n = 0
         self.tmpfs: Path | None = None
+        self.use_nginx = True
 
     def fresh(self, name: str, base: Path | None = None) -> Path:
         self.n += 1
@@ -214,6 +228,18 @@ class Bench:
         self.server = serve_in_child(public)
         SERVER_PID[:] = [self.server.pid]
         self.url = self.server.stdout.readline().strip()  # type: ignore[union-attr]
+        self.nginx: subprocess.Popen[bytes] | None = None
+        self.nginx_url: str | None = None
+        if self.use_nginx:
+            try:
+                self.nginx, self.nginx_url = start_nginx(
+                    public, REPO, self.work / "nginx", ["venv.tar", "venv.tar.gz"]
+                )
+            except (OSError, RuntimeError) as exc:
+                print(f"no nginx rows: {exc}", flush=True)
+            else:
+                SERVER_PID.append(self.nginx.pid)
+                print(f"nginx serving {self.nginx_url} (the same directory)", flush=True)
         print(
             f"serving {self.url} (venv.tar {os.path.getsize(public / 'venv.tar') / MB:.0f} MB, "
             f"venv.tar.gz {os.path.getsize(public / 'venv.tar.gz') / MB:.0f} MB)",
@@ -241,9 +267,11 @@ class Bench:
         env: dict[str, str] | None = None,
         base: Path | None = None,
         src: Path | None = None,
+        url: str | None = None,
     ) -> float:
         """``rcds get`` of the whole tree into ``base`` (with its cache there too); ``src``: the
-        rcds source tree to run (default: the installed one)."""
+        rcds source tree to run (default: the installed one); ``url``: the server (default: the
+        engine's)."""
         dest, cache = self.fresh("get", base), self.fresh("cache", base)
         cmd = [
             sys.executable,
@@ -252,7 +280,7 @@ class Bench:
             "get",
             "--no-progress",
             "--server",
-            self.url,
+            url or self.url,
             "--key",
             self.key,
         ]
@@ -266,13 +294,17 @@ class Bench:
         return seconds
 
     def tarball(
-        self, gz: bool, then: Callable[[Path], None] | None = None, base: Path | None = None
+        self,
+        gz: bool,
+        then: Callable[[Path], None] | None = None,
+        base: Path | None = None,
+        url: str | None = None,
     ) -> float:
         dest = self.fresh("tar", base)
         dest.mkdir()
         name, flag = ("venv.tar.gz", "-xzf") if gz else ("venv.tar", "-xf")
         t0 = time.perf_counter()
-        subprocess.run(f"curl -sf {self.url}/{name} | tar {flag} - -C {dest}", shell=True, check=True)
+        subprocess.run(f"curl -sf {url or self.url}/{name} | tar {flag} - -C {dest}", shell=True, check=True)
         if then is not None:
             then(dest)
         seconds = time.perf_counter() - t0
@@ -347,9 +379,9 @@ def interleaved(n: int, sync: bool, **runs: Callable[[], float]) -> dict[str, li
         for name, fn in runs.items():
             if sync:
                 os.sync()
-            c0, s0 = children_cpu(), process_cpu(SERVER_PID[0]) if SERVER_PID else 0.0
+            c0, s0 = children_cpu(), sum(process_cpu(pid) for pid in SERVER_PID)
             times[name].append(fn())
-            cpu = children_cpu() - c0 + (process_cpu(SERVER_PID[0]) - s0 if SERVER_PID else 0.0)
+            cpu = children_cpu() - c0 + sum(process_cpu(pid) for pid in SERVER_PID) - s0
             CPU.setdefault(name, []).append(cpu)
     return times
 
@@ -379,6 +411,7 @@ def main() -> None:
         metavar="DIR",
         help="also run rcds get from this source tree (the directory holding rcds/), e.g. main's",
     )
+    ap.add_argument("--no-nginx", action="store_true", help="scenario 1 without the rows served by nginx")
     ap.add_argument("--no-variants", action="store_true", help="scenario 1 without --fill-cache/one-process")
     ap.add_argument(
         "--scenarios",
@@ -394,6 +427,7 @@ def main() -> None:
     base_src = args.base_src.resolve() if args.base_src else None
     use_bytecode_cache(work / "pycache", *([base_src] if base_src else []))
     b = Bench(work, args.quick, args.input)
+    b.use_nginx = not args.no_nginx
     try:
         print(f"machine: {machine()}", flush=True)
         load0 = os.getloadavg()
@@ -420,6 +454,13 @@ def main() -> None:
                 }
                 if base_src is not None:
                     runs["base"] = partial(b.rcds_get, base=out, src=base_src)
+                nx = b.nginx_url
+                if nx is not None:
+                    runs["nx-get"] = partial(b.rcds_get, base=out, url=nx)
+                    runs["nx-tar"] = partial(b.tarball, False, base=out, url=nx)
+                    runs["nx-tgz"] = partial(b.tarball, True, base=out, url=nx)
+                    if base_src is not None:
+                        runs["nx-base"] = partial(b.rcds_get, base=out, src=base_src, url=nx)
                 if not args.no_variants and where == args.outputs[0]:
                     runs["fill"] = partial(b.rcds_get, ["--fill-cache"], base=out)
                     runs["one"] = partial(b.rcds_get, env={"RCDS_GET_PROCESSES": "0"}, base=out)
@@ -444,6 +485,33 @@ def main() -> None:
                         row(f"    rcds get, {where}: this tree vs --base-src", t["get"], t["base"]),
                         row(f"    rcds get of --base-src, {where} vs curl | tar -x", t["base"], t["tar"]),
                     ]
+                if "nx-get" in t:
+                    rows += [
+                        row(
+                            f"(1n) nginx: rcds get, {where} vs curl | tar -x",
+                            t["nx-get"],
+                            t["nx-tar"],
+                            "<= 1.5",
+                        ),
+                        row(
+                            f"     nginx: rcds get, {where} vs curl | tar -xz",
+                            t["nx-get"],
+                            t["nx-tgz"],
+                            "<= 0.5",
+                        ),
+                        row(f"     nginx: curl | tar -x, {where}: nginx vs engine", t["nx-tar"], t["tar"]),
+                    ]
+                    if "nx-base" in t:
+                        rows.append(
+                            row(
+                                f"     nginx: rcds get, {where}: this tree vs --base-src",
+                                t["nx-get"],
+                                t["nx-base"],
+                            )
+                        )
+                    if where == "tmpfs" or "tmpfs" not in args.outputs:
+                        ratios["nginx get/tar"] = med(t["nx-get"]) / med(t["nx-tar"])
+                        ratios["nginx get/tgz"] = med(t["nx-get"]) / med(t["nx-tgz"])
                 if "fill" in t:
                     rows += [
                         row(f"    rcds get --fill-cache, {where} vs curl | tar -x", t["fill"], t["tar"]),
@@ -499,6 +567,9 @@ def main() -> None:
         if hasattr(b, "server"):
             b.server.terminate()
             b.server.wait()
+        if getattr(b, "nginx", None) is not None:
+            b.nginx.terminate()
+            b.nginx.wait()
         shutil.rmtree(work / "trash", ignore_errors=True)
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

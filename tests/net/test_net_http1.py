@@ -502,3 +502,44 @@ def test_a_preparer_makes_the_requests_prepare_makes(base: str, proxy: str) -> N
         assert prepared is not None and prepared[0] is pool
         assert make(path) == prepared[1]
     assert t.preparer("https://s.example.org/cvmfs/r", "DIRECT") is None  # through urllib3
+
+
+def test_buffered_ok_body_takes_only_whole_plain_successes() -> None:
+    """The pipelined fast path: whole 200 answers straight from the buffer; anything else (another
+    status, chunked, closing, a partial body, a doubled length) is left to the full parse."""
+    from rcds.net.body import BodyLimits
+    from rcds.net.http1 import Connection
+
+    def ok(body: bytes, extra: bytes = b"") -> bytes:
+        return b"HTTP/1.1 200 OK\r\nContent-Type: x\r\nContent-length: %d\r\n%s\r\n%s" % (
+            len(body),
+            extra,
+            body,
+        )
+
+    a, b = socket.socketpair()
+    with a, b:
+        conn = Connection(a, proxied=False)
+        b.sendall(ok(b"one") + ok(b"two", b"Connection: keep-alive\r\n") + ok(b"") + ok(b"big" * 10))
+        conn.unread(conn.recv())
+        assert conn.buffered_ok_body(None) == b"one"
+        assert conn.buffered_ok_body(None) == b"two"
+        assert conn.buffered_ok_body(None) == b""
+        assert conn.buffered_ok_body(29) is None  # over max_size: the full path reports it
+        assert conn.served == 3
+        head = conn.read_head(1.0)  # the rest of the buffer is intact for the full path
+        parts: list[bytes] = []
+        conn.read_body(head, parts.append, BodyLimits(1.0, 0, None))
+        assert (head.status, b"".join(parts)) == (200, b"big" * 10)
+        for wire in (
+            ok(b"x", b"Connection: close\r\n"),
+            ok(b"x", b"Transfer-Encoding: chunked\r\n"),
+            ok(b"x", b"Content-Length: 1\r\n"),
+            b"HTTP/1.1 404 Not Found\r\nContent-Length: 1\r\n\r\nx",
+            b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\nx",
+            ok(b"xyz")[:-1],
+        ):
+            conn.take()
+            conn.unread(wire)
+            assert conn.buffered_ok_body(None) is None, wire
+            assert conn.take() == wire  # nothing consumed

@@ -17,10 +17,13 @@ path is :func:`~rcds.format.compression.verify_object`.
 
 from __future__ import annotations
 
+from hashlib import sha1 as _sha1
 from types import ModuleType
 
 from rcds.format.compression import check_hash, inflate_checked
-from rcds.format.hashes import ContentHash
+from rcds.format.hashes import Algorithm, ContentHash
+
+_SHA1 = Algorithm.SHA1
 
 _libdeflate: ModuleType | None
 try:
@@ -44,7 +47,8 @@ def verify_sized(
     :class:`~rcds.errors.IntegrityError` as :func:`~rcds.format.compression.verify_object`
     for a wrong hash, a bad stream or a wrong size.
     """
-    check_hash(data, expected, what)
+    if expected.algorithm is not _SHA1 or _sha1(data).digest() != expected.digest:
+        check_hash(data, expected, what)  # another algorithm (or the precise error)
     if not compressed or _libdeflate is None or size <= 0:
         return inflate_checked(data, compressed=compressed, size=size, what=what)
     try:

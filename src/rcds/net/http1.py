@@ -144,7 +144,7 @@ def request_bytes(target: str, authority: str, fixed_headers: str) -> bytes:
 class Connection:
     """One TCP connection with a read buffer; ``reused`` once it has served a response."""
 
-    __slots__ = ("_buf", "closed", "proxied", "reused", "served", "sock")
+    __slots__ = ("_buf", "_pos", "closed", "proxied", "reused", "served", "sock")
 
     def __init__(self, sock: socket.socket, proxied: bool) -> None:
         self.sock = sock
@@ -153,6 +153,16 @@ class Connection:
         self.closed = False
         self.served = 0
         self._buf = b""
+        self._pos = 0
+        """``_buf[:_pos]`` was consumed already (by :meth:`buffered_ok_body`, which never copies
+        the rest of the buffer); every other method first drops it (:meth:`_compact`)."""
+
+    def _compact(self) -> bytes:
+        """The unconsumed buffer, from its start."""
+        if self._pos:
+            self._buf = self._buf[self._pos :]
+            self._pos = 0
+        return self._buf
 
     @property
     def blame(self) -> Outcome:
@@ -161,7 +171,7 @@ class Connection:
 
     def alive(self) -> bool:
         """False when the peer closed (or sent unexpected bytes on) an idle connection."""
-        if self._buf:
+        if self._compact():
             return False
         try:
             if _poll is not None:  # no FD_SETSIZE limit, unlike select()
@@ -195,12 +205,13 @@ class Connection:
 
     def take(self) -> bytes:
         """The bytes received but not yet parsed (the buffer is then empty)."""
-        data, self._buf = self._buf, b""
+        data, self._buf = self._compact(), b""
         return data
 
     def unread(self, data: bytes) -> None:
         """Put ``data`` back in front of the buffer (the start of the next message)."""
-        self._buf = data + self._buf if self._buf else data
+        rest = self._compact()
+        self._buf = data + rest if rest else data
 
     def read_head(self, stall: float) -> Head:
         """Read and parse the next response head (1xx responses are skipped)."""
@@ -210,7 +221,7 @@ class Connection:
                 return head
 
     def _read_one_head(self, stall: float) -> Head:
-        buf = self._buf
+        buf = self._compact()
         first = not buf
         while True:
             end = buf.find(b"\r\n\r\n")
@@ -290,12 +301,48 @@ class Connection:
             keep_alive = False  # the body ends at EOF
         return Head(status, Headers(kept), length, chunked, keep_alive, bad, has_body)
 
+    def buffered_ok_body(self, max_size: int | None) -> bytes | None:
+        """The body of the next response if it is already buffered whole and plainly a success.
+
+        A success is ``HTTP/1.1 200`` with one decimal ``Content-Length`` (at most
+        ``max_size``), kept alive, not chunked (the usual answer to a pipelined request for an
+        object). The head and body are then consumed and the body returned without another
+        system call or parse; for anything else (another status or framing, a body not
+        complete in the buffer yet) nothing is consumed and None returned: :meth:`read_head`
+        and :meth:`read_body` then handle it, with every check.
+        """
+        buf, pos = self._buf, self._pos
+        if not buf.startswith(b"HTTP/1.1 200 ", pos):
+            return None
+        end = buf.find(b"\r\n\r\n", pos)
+        if end < 0:
+            return None
+        head = buf[pos : end + 2].lower()
+        if b"\n\n" in head or b"\r\ntransfer-encoding:" in head:
+            return None
+        i = head.find(b"\r\nconnection:")
+        if i >= 0 and b"close" in head[i : head.find(b"\r\n", i + 13)]:
+            return None
+        i = head.find(b"\r\ncontent-length:")
+        if i < 0:
+            return None
+        raw = head[i + 17 : head.find(b"\r\n", i + 17)].strip()
+        if not raw.isdigit() or head.find(b"\r\ncontent-length:", i + 17) >= 0:
+            return None
+        n = int(raw)
+        start = end + 4
+        if len(buf) - start < n or (max_size is not None and n > max_size):
+            return None
+        self._pos = start + n
+        self.served += 1
+        return buf[start : start + n]
+
     def read_body(self, head: Head, write: Callable[[bytes], object], limits: BodyLimits) -> int:
         """Pass the body of ``head`` to ``write``; returns its size. Checks every limit."""
         if not head.has_body:
             return 0
         if head.length is not None:
-            buf = self._buf
+            buf = self._compact()
             n = head.length
             if len(buf) >= n and (limits.max_size is None or n <= limits.max_size):
                 if n:  # the whole body is buffered already (small files, pipelining)

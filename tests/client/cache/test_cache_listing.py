@@ -72,3 +72,23 @@ def test_presence_counts_objects_still_queued_for_the_cache(cache: LocalCache) -
         assert has(absent, FILE) == source.is_cached(absent, FILE)
     finally:
         source.close()
+
+
+@pytest.mark.parametrize("list_max", [cache_listing.LIST_MAX_BYTES, 0])
+def test_presence_skips_empty_directories_and_finds_the_rest(
+    cache: LocalCache, list_max: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cache_listing, "LIST_MAX_BYTES", list_max)
+    objects = _objects(600)
+    for h, data in objects[::3]:
+        cache.insert_bytes(h, FILE, data)
+    listing = CacheListing(str(cache.dir))
+    for h, _ in objects:  # an empty directory never holds the object; a large one is not called empty
+        if listing.bucket_is_empty(h.digest[0]):
+            assert not cache.contains(h, FILE) and list_max
+    source = CachedSource(Fetcher(["http://127.0.0.1:9/unused"]), cache)
+    try:
+        has = source.presence()
+        assert [has(h, FILE) for h, _ in objects] == [i % 3 == 0 for i in range(len(objects))]
+    finally:
+        source.close()

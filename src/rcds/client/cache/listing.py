@@ -21,6 +21,9 @@ LIST_MAX_BYTES = 64 << 10
 """Cache directories up to this size (``st_size``: ~1,000 entries on ext4) are listed whole."""
 
 
+_BUCKETS = [f"{i:02x}" for i in range(256)]
+
+
 class CacheListing:
     """Which of the names ``ab/<rest>`` exist under the cache directory ``root``."""
 
@@ -42,6 +45,16 @@ class CacheListing:
         except OSError:
             return False
         return True
+
+    def bucket_is_empty(self, first: int) -> bool:
+        """True if the directory of the objects whose digest starts with byte ``first`` holds
+        nothing (listed once): no name to format for them (an empty cache, a fresh copy)."""
+        bucket = _BUCKETS[first]
+        try:
+            names = self._buckets[bucket]
+        except KeyError:
+            names = self._buckets[bucket] = self._list(bucket)
+        return names is not None and not names
 
     def _list(self, bucket: str) -> frozenset[str] | None:
         path = f"{self.root}/{bucket}"

@@ -129,8 +129,12 @@ class CachedSource(HttpSource):
         listing = CacheListing(self._dir)
         queued = self.inserter.get
 
+        empty = listing.bucket_is_empty
+
         def has(h: ContentHash, kind: ObjectKind) -> bool:
-            return queued(h, kind) is not None or object_name(h, kind) in listing
+            if queued(h, kind) is not None:
+                return True
+            return not empty(h.digest[0]) and object_name(h, kind) in listing
 
         return has
 

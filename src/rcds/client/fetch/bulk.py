@@ -100,10 +100,11 @@ def fetch_objects(
             w = items[k]
             return raw, verify_sized(raw, w.hash, w.size, compressed=w.compressed, what=names[k])
 
+        received = 0
         try:
             for k, (raw, plain) in source.fetcher.fetch_many(names, validate):
                 w = items[k]
-                source.count("network")
+                received += 1
                 if keep:
                     source.inserter.put(w.hash, w.kind, bytes(plain))
                 if alien is not None:
@@ -114,3 +115,5 @@ def fetch_objects(
                 yield todo[group[k]], plain
         except FetchError as exc:
             raise translate(exc.path, exc) from exc
+        finally:
+            source.count("network", received)  # once per batch: a lock per object costs

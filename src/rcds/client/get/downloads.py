@@ -51,6 +51,7 @@ class PlannedFile(NamedTuple):
 
 
 _Key = tuple[ContentHash, ObjectKind, bool]
+_NEW = tuple.__new__
 
 
 class Downloads:
@@ -69,10 +70,13 @@ class Downloads:
         done: Callable[[PlannedFile], None],
         keep: bool,
         processes: int,
+        done_many: Callable[[list[PlannedFile]], None] | None = None,
     ) -> None:
         self.source = source
         self.path = path
         self.done = done
+        self.done_many = done_many
+        """Called for the files of a whole batch at once, if given (else ``done`` for each)."""
         self.keep = keep
         self.processes = processes
         self.procs: GetProcesses | None = None
@@ -90,7 +94,8 @@ class Downloads:
     def add(self, f: PlannedFile) -> None:
         """Plan ``f`` (a file of one piece, not empty, not yet in place)."""
         p = f.pieces[0]
-        key = (p.hash, p.kind, f.entry.compressed)
+        compressed = f.entry.compressed
+        key = (p.hash, p.kind, compressed)
         group = self.from_cache.get(key)
         if group is not None:
             group.append(f)
@@ -103,7 +108,7 @@ class Downloads:
             self.from_cache[key] = [f]
             return
         self._index[key] = len(self.wanted)
-        self.wanted.append(Wanted(p.hash, p.kind, p.size, f.entry.compressed))
+        self.wanted.append(_NEW(Wanted, (p.hash, p.kind, p.size, compressed)))
         self.users.append([f])
         if len(self.wanted) % FEED_EVERY == 0:
             if self.procs is None and self.processes and len(self.wanted) >= MIN_OBJECTS:
@@ -135,8 +140,12 @@ class Downloads:
         return jobs
 
     def _batch_done(self, part: range) -> None:
+        users = self.users
+        if self.done_many is not None:
+            self.done_many([f for i in part for f in users[i]])
+            return
         for i in part:
-            for f in self.users[i]:
+            for f in users[i]:
                 self.done(f)
 
     def finish(self) -> None:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import gc
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -55,15 +56,21 @@ from rcds.client.get.fs import (
 from rcds.client.get.procs import configured_processes
 from rcds.client.get.state import LEGACY_STATE_FILE, GetState, state_path
 from rcds.client.repository import Repository
-from rcds.client.tree.files import pieces_of
+from rcds.client.tree.files import Piece, pieces_of
 from rcds.client.tree.mounted import Located, is_canonical
 from rcds.errors import InputError, IntegrityError, StorageError
-from rcds.format.dirent import Dirent
+from rcds.format.dirent import FLAG_CHUNKED, FLAG_EXTERNAL, Dirent
+from rcds.format.hashes import ObjectKind
 
 __all__ = ["GetReport", "Progress", "content_key", "materialize"]
 
 SAVE_EVERY = 2.0
 """Seconds between saves of the resume state during a copy."""
+
+_NEW = tuple.__new__
+_FILE = ObjectKind.FILE
+_NOT_ONE_OBJECT = FLAG_CHUNKED | FLAG_EXTERNAL
+_S_IFMT, _S_IFDIR, _S_IFREG, _S_IFLNK = 0o170000, stat.S_IFDIR, stat.S_IFREG, stat.S_IFLNK
 
 
 @dataclass(slots=True)
@@ -170,19 +177,24 @@ class _Plan:
         self.special = 0
         self.hardlinks = 0
         self._cut = len(top.entry.path) + 1
+        self._top_path = top.entry.path
         self.state = GetState(
             state_path(repo.cache.dir, target) if self.is_dir else None,
             repo.fqrn,
             target,
             legacy=target / LEGACY_STATE_FILE,
         )
+        self._done_keys = bool(self.state.done)
+        """Files of an earlier copy are recorded: each planned file is checked against them."""
         self.legacy_is_an_entry = False
         """The repository has an entry where older versions kept the state: it is not theirs."""
         self.prog = Progress()
         self._progress: Callable[[Progress], None] | None = None  # silent until the walk is over
         self._last_save = time.monotonic()
         self._lock = threading.Lock()
-        self.downloads = Downloads(repo.source, self.path, self._done, options.keep, options.processes)
+        self.downloads = Downloads(
+            repo.source, self.path, self._done, options.keep, options.processes, self._done_many
+        )
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -194,43 +206,54 @@ class _Plan:
     def add(self, loc: Located) -> None:
         """Plan one entry of the walk (parents come before their children)."""
         e = loc.entry
-        rel = e.path[self._cut :] if e.path != self.top.entry.path else ""
-        if rel:  # a plain name, on a path without empty, ".", ".." or NUL parts (nested roots too)
-            check_name(e.name, e.path)
+        path = e.path
+        if path != self._top_path:  # a plain name, on a path without empty, ".", ".." or NUL parts
+            rel = path[self._cut :]
+            check_name(e.name, path)
             if not is_canonical("/" + rel) or "\0" in rel:
                 raise IntegrityError(
-                    f"refusing to write {e.path!r}: its path would leave the destination", e.path
+                    f"refusing to write {path!r}: its path would leave the destination", path
                 )
-        if rel == LEGACY_STATE_FILE:
-            self.legacy_is_an_entry = True
-        if e.is_dir:
+            if rel == LEGACY_STATE_FILE:
+                self.legacy_is_an_entry = True
+        else:
+            rel = ""
+        kind = e.mode & _S_IFMT
+        if kind == _S_IFREG:
+            h = e.hash
+            if not e.flags & _NOT_ONE_OBJECT and h is not None and e.size > 0:  # the usual file
+                pieces: tuple[Piece, ...] = (_NEW(Piece, (0, e.size, h, _FILE)),)
+                key = h.hex
+            else:
+                pieces = tuple(pieces_of(e, loc.catalog))
+                key = content_key(e, pieces)
+            f = _NEW(PlannedFile, (rel, e, pieces, key))
+            if e.hardlinks >> 32 and e.link_count > 1:
+                self.groups.setdefault((loc.catalog.mountpoint, e.hardlink_group), []).append(f)
+            else:
+                self._add_file(f)
+        elif kind == _S_IFDIR:
             self.dirs.append((rel, e))
             if self.is_dir:
                 try:
                     prepare_dir(Path(self.path(rel)))
                 except OSError as exc:
                     raise StorageError(f"cannot create the directory {self.path(rel)}: {exc}") from exc
-        elif e.is_symlink:
+        elif kind == _S_IFLNK:
             self.links.append((rel, e))
-        elif e.is_regular:
-            pieces = tuple(pieces_of(e, loc.catalog))
-            f = PlannedFile(rel, e, pieces, content_key(e, pieces))
-            if e.hardlink_group and e.link_count > 1:
-                self.groups.setdefault((loc.catalog.mountpoint, e.hardlink_group), []).append(f)
-            else:
-                self._add_file(f)
         else:
             self.special += 1
 
     def _add_file(self, f: PlannedFile) -> None:
         prog = self.prog
+        size = f.entry.size
         prog.files_total += 1
-        prog.bytes_total += f.entry.size
-        if self._is_current(f):
+        prog.bytes_total += size
+        if self._done_keys and self._is_current(f):
             prog.skipped += 1
             prog.files_done += 1
-            prog.bytes_done += f.entry.size
-        elif f.entry.size == 0:  # nothing to fetch (whatever object an empty file names)
+            prog.bytes_done += size
+        elif size == 0:  # nothing to fetch (whatever object an empty file names)
             write_file(self.path(f.rel), f.entry, b"")
             self._done(f)
         elif len(f.pieces) == 1 and f.pieces[0].size <= BULK_MAX_OBJECT:
@@ -292,6 +315,23 @@ class _Plan:
             prog.bytes_done += f.entry.size
             if self._progress is not None:
                 self._progress(prog)
+            now = time.monotonic()
+            if now - self._last_save <= SAVE_EVERY:
+                return
+            self._last_save = now
+        self.state.save(self.revision)
+
+    def _done_many(self, files: list[PlannedFile]) -> None:
+        """:meth:`_done` for a batch of files at once (fewer locks and clock reads)."""
+        self.state.record_many([(f.rel, f.key) for f in files])
+        with self._lock:
+            prog = self.prog
+            progress = self._progress
+            for f in files:
+                prog.files_done += 1
+                prog.bytes_done += f.entry.size
+                if progress is not None:
+                    progress(prog)
             now = time.monotonic()
             if now - self._last_save <= SAVE_EVERY:
                 return

@@ -112,6 +112,12 @@ class GetState:
             self.done[rel] = key
             self._new.append((rel, key))
 
+    def record_many(self, records: list[tuple[str, str]]) -> None:
+        """:meth:`record` for many ``(rel, key)`` pairs at once."""
+        with self._lock:
+            self.done.update(records)
+            self._new += records
+
     def save(self, revision: int) -> None:
         """Write what was recorded since the last save (the whole state at the first save).
 

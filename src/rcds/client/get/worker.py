@@ -20,19 +20,17 @@ import gc
 import os
 import signal
 import sys
-import traceback
 from collections.abc import Sequence
 from contextlib import suppress
-from dataclasses import dataclass
-from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 from rcds.client.cache.alien import AlienCache
 from rcds.client.cache.local import LocalCache
 from rcds.client.cache.source import CachedSource
 from rcds.client.fetch.bulk import Wanted, fetch_objects
 from rcds.client.get.fs import read_umask, write_file
+from rcds.client.get.pipes import Receiver, Sender
 from rcds.errors import RcdsError
 from rcds.format.hashes import Algorithm, ContentHash, ObjectKind
 from rcds.net.fetcher import Fetcher
@@ -75,27 +73,34 @@ class Job(NamedTuple):
 
     def wanted(self) -> Wanted:
         """What :func:`~rcds.client.fetch.bulk.fetch_objects` takes."""
-        return Wanted(
-            ContentHash(Algorithm(self.algorithm), self.digest),
-            ObjectKind(self.kind),
-            self.size,
-            self.compressed,
+        return _NEW(
+            Wanted,
+            (
+                ContentHash(_ALGORITHMS[self.algorithm], self.digest),
+                _KINDS[self.kind],
+                self.size,
+                self.compressed,
+            ),
         )
 
+
+_ALGORITHMS = {a.value: a for a in Algorithm}
+_KINDS = {k.value: k for k in ObjectKind}
+"""The enum members by value: a dict lookup, not an ``Enum`` call, per object."""
+_NEW = tuple.__new__
 
 WireTarget = tuple[str, str, int, int, int, "int | None"]
 WireJob = tuple[bytes, str, str, int, bool, tuple[WireTarget, ...]]
 """A :class:`Job` as sent: plain tuples, which pickle in C alone (a NamedTuple costs a Python
 call each way, six times the time). A :class:`Job` is one too."""
 
-_NEW = tuple.__new__
-
 
 def wire_job(
     h: ContentHash, kind: ObjectKind, size: int, compressed: bool, targets: list[WireTarget]
 ) -> WireJob:
     """The job for object ``h`` of ``kind`` as sent (``targets``: :class:`Target` fields)."""
-    return (h.digest, h.algorithm.value, kind.value, size, compressed, tuple(targets))
+    # _value_: an attribute, not the enum's ``value`` property (a Python call) per object
+    return (h.digest, h.algorithm._value_, kind._value_, size, compressed, tuple(targets))
 
 
 def read_jobs(batch: Sequence[WireJob]) -> list[Job]:
@@ -103,9 +108,12 @@ def read_jobs(batch: Sequence[WireJob]) -> list[Job]:
     return [_NEW(Job, (d, a, k, s, c, tuple([_NEW(Target, t) for t in ts]))) for d, a, k, s, c, ts in batch]
 
 
-@dataclass(frozen=True, slots=True)
-class Setup:
-    """How a worker reaches the repository and which caches it uses."""
+class Setup(NamedTuple):
+    """How a worker reaches the repository and which caches it uses.
+
+    A NamedTuple, not a dataclass: a worker then imports no ``dataclasses`` (nor ``inspect``),
+    part of its start-up CPU.
+    """
 
     servers: tuple[str, ...]
     proxies: ProxyConfig
@@ -170,12 +178,13 @@ def serve(request_fd: int, reply_fd: int) -> None:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides
     gc.disable()  # each batch makes thousands of short-lived tuples, none in cycles: no collections
-    requests = Connection(request_fd, writable=False)
-    replies = Connection(reply_fd, readable=False)
+    requests = Receiver(request_fd)
+    replies = Sender(reply_fd)
     read_umask()
     replies.send(("ready",))
     try:
-        setup: Setup = requests.recv()
+        setup = requests.recv()
+        assert isinstance(setup, Setup)
     except EOFError:
         return
     source: CachedSource | None = None
@@ -183,7 +192,8 @@ def serve(request_fd: int, reply_fd: int) -> None:
         source = setup.open()
         while True:
             try:
-                number, jobs = requests.recv()
+                message = requests.recv()
+                number, jobs = cast(tuple[int, list[WireJob]], message)
             except EOFError:
                 break
             run_jobs(source, read_jobs(jobs), setup.keep)
@@ -195,6 +205,8 @@ def serve(request_fd: int, reply_fd: int) -> None:
     except (BrokenPipeError, ConnectionResetError):  # the parent is gone
         pass
     except Exception as exc:  # a bug: tell the parent what happened
+        import traceback  # here: a worker that works never needs it (start-up time)
+
         text = "".join(traceback.format_exception_only(exc)).strip()
         _report(replies, "", f"{text} (pid {os.getpid()})")
         traceback.print_exc(file=sys.stderr)
@@ -203,6 +215,6 @@ def serve(request_fd: int, reply_fd: int) -> None:
             source.close()
 
 
-def _report(replies: Connection, kind: str, message: str) -> None:
+def _report(replies: Sender, kind: str, message: str) -> None:
     with suppress(OSError):
         replies.send(("error", kind, message))

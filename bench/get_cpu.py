@@ -1,0 +1,114 @@
+"""CPU of ``rcds get`` per process (main process, worker processes, server), A/B between source trees.
+
+Run: ``python bench/get_cpu.py --keep DIR [--base-src SRC] [--rounds N] [--out DIR]``, where
+``DIR`` is the work directory of an earlier ``bench/client.py --keep DIR`` run (its published
+repository is reused). nginx serves the repository on loopback (``bench/nginx_site.py``); each
+round copies the whole tree once with this tree's ``rcds`` and once with ``--base-src`` (if
+given), in turn, onto ``--out`` (default: ``/dev/shm``, a tmpfs). Per copy it prints the wall
+time, the CPU seconds of the ``rcds get`` process itself (rusage, read in that process at its
+end), of its worker processes (its children's rusage) and of nginx (``/proc``); then the medians.
+CPU seconds are what to compare on a shared machine: other load moves them far less than the
+wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from client_child import TREE
+from nginx_site import start_nginx
+
+from client import REPO, process_cpu, use_bytecode_cache
+
+_RUN = r"""
+import resource, runpy, sys, time
+t0 = time.perf_counter()
+sys.argv = ["rcds", *sys.argv[1:]]
+try:
+    runpy.run_module("rcds.cli.main", run_name="__main__")
+except SystemExit as exc:
+    if exc.code:
+        raise
+own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+print("CPU", time.perf_counter() - t0, own.ru_utime + own.ru_stime, kids.ru_utime + kids.ru_stime,
+      file=sys.stderr)
+"""
+
+
+COMMAND = [sys.executable, "-c", _RUN, "get", "--no-progress"]
+
+
+def where(work: Path) -> list[str]:
+    """What to copy and where to."""
+    return [f"{REPO}:{TREE}", str(work / "out")]
+
+
+def show(name: str, wall: float, main: float, workers: float, server: float) -> None:
+    """Print one line of figures."""
+    print(f"{name:>10}: wall {wall:.2f} s, CPU main {main:.2f}, workers {workers:.2f}, nginx {server:.2f}")
+
+
+def one_copy(src: Path | None, url: str, key: str, out: Path, server_pid: int) -> tuple[float, ...]:
+    """Copy the tree once; (wall, main process CPU, workers CPU, server CPU)."""
+    work = Path(tempfile.mkdtemp(prefix="rcds-get-cpu-", dir=out))
+    env = dict(os.environ)
+    if src is not None:
+        env["PYTHONPATH"] = str(src)
+    try:
+        subprocess.run(["sync"], check=False)
+        before = process_cpu(server_pid)
+        done = subprocess.run(
+            [*COMMAND, "--server", url, "--key", key, "--cache", str(work / "cache"), *where(work)],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        server = process_cpu(server_pid) - before
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    line = next(x for x in done.stderr.splitlines() if x.startswith("CPU "))
+    wall, main, workers = (float(v) for v in line.split()[1:])
+    return wall, main, workers, server
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--keep", type=Path, required=True, help="the work directory of bench/client.py --keep")
+    ap.add_argument("--base-src", type=Path, help="another rcds source tree (the directory holding rcds/)")
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--out", type=Path, default=Path("/dev/shm"), help="where the copies go (default: tmpfs)")
+    args = ap.parse_args()
+    public = args.keep / "repo" / "public"
+    key = str(args.keep / "repo" / "keys" / f"{REPO}.pub")
+    srcs: dict[str, Path | None] = {"this tree": None}
+    if args.base_src is not None:
+        srcs["--base-src"] = args.base_src.resolve()
+    use_bytecode_cache(args.keep / "pycache", *[p for p in srcs.values() if p is not None])
+    nginx_dir = Path(tempfile.mkdtemp(prefix="rcds-get-cpu-nginx-"))
+    nginx, url = start_nginx(public, REPO, nginx_dir, [])
+    results: dict[str, list[tuple[float, ...]]] = {name: [] for name in srcs}
+    try:
+        for _ in range(args.rounds):
+            for name, src in srcs.items():
+                r = one_copy(src, url, key, args.out, nginx.pid)
+                results[name].append(r)
+                show(name, *r)
+    finally:
+        nginx.terminate()
+        nginx.wait()
+        shutil.rmtree(nginx_dir, ignore_errors=True)
+    print("medians (CPU seconds):")
+    for name, rows in results.items():
+        show(name, *(statistics.median(c) for c in zip(*rows, strict=True)))
+
+
+if __name__ == "__main__":
+    main()
