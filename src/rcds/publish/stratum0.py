@@ -1,8 +1,9 @@
 """The stratum 0 of one repository: every change is one new, signed revision.
 
-Order of a change: objects, then catalogs children before parents, then one ``syncfs``, then the
-signed manifest by atomic rename. A crash before the rename leaves the previous revision intact
-(new objects are unreferenced garbage for ``gc``); readers are never blocked.
+Order of a change: objects (each one's writing to disk starts as it is stored), then catalogs
+children before parents, then one ``syncfs``, then the signed manifest by atomic rename. A crash
+before the rename leaves the previous revision intact (new objects are unreferenced garbage for
+``gc``); readers are never blocked.
 """
 
 from __future__ import annotations
@@ -288,6 +289,7 @@ class Stratum0:
         stats: WriteStats,
         start: float,
     ) -> ChangeResult:
+        """Store the chain's catalogs, make the change durable, then sign and swap the manifest."""
         commit_start = time.monotonic()
         root_hash, root_size, revision = chain.commit(now, self.settings.ttl)
         new = old.evolve(

@@ -24,12 +24,16 @@ from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
 from rcds.errors import InputError, StorageError
+from rcds.storage.local import start_writeback
 
 if TYPE_CHECKING:
     from rcds.service.live import LiveFeed
 
 DISK_RESERVE = 256 << 20
 """Bytes always left free on the spool's filesystem."""
+WRITEBACK_BYTES = 8 << 20
+"""Writing an upload to disk starts every this many bytes, so its fsync at the end (and the
+publish's ``syncfs``) find little left to write."""
 MAX_CID_LENGTH = 240
 """The longest CID the service takes, so that its file names here (``/`` as ``%2F``, a suffix) fit
 in the 255 bytes a file name may have."""
@@ -88,6 +92,7 @@ class Upload:
             self._check(expected)  # before creating the file, so a refusal leaves nothing behind
         self.tmp = spool.incoming / f"{secrets.token_hex(8)}.part"
         self._f = open(self.tmp, "wb")  # noqa: SIM115 - closed by commit/abort
+        self._unflushed = 0
         self.feed: LiveFeed | None = None
         """Set when a publish worker reads the upload as it arrives (:mod:`rcds.service.live`)."""
 
@@ -108,8 +113,12 @@ class Upload:
             raise TooLargeError(f"upload exceeds the maximum of {self.spool.max_size} bytes", self.cid)
         try:
             self._f.write(block)
-            if self.feed is not None:
-                self._f.flush()  # the worker reads the file: every byte counted must be in it
+            self._unflushed += len(block)
+            if self.feed is not None or self._unflushed >= WRITEBACK_BYTES:
+                self._f.flush()  # a live worker reads the file: every byte counted must be in it
+            if self._unflushed >= WRITEBACK_BYTES:
+                self._unflushed = 0
+                start_writeback(self._f.fileno())
             if self._digest is not None:
                 self._digest.update(block)
         except OSError as exc:
