@@ -12,6 +12,9 @@ from pathlib import Path
 import pytest
 
 from rcds.errors import InputError
+from rcds.publish.create import create_repository
+from rcds.publish.layout import Settings
+from rcds.publish.stratum0 import Stratum0
 from rcds.service.live import GaveWayError, LiveFeed
 from rcds.service.runner import ServiceThread
 
@@ -217,3 +220,29 @@ def test_live_jobs_give_way_to_a_queued_upload(svc: ServiceThread) -> None:
     assert [recs[kit.cid_of(d)].live for d in slow].count(False) >= 1
     assert kit.wait_until(lambda: kit.spool_files(svc.service.config.spool_dir) == [], timeout=10)
     api.close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("compression", ["gz", "none"])
+def test_giving_way_inside_the_stream_stops_the_ingest_and_changes_nothing(
+    tmp_path: Path, compression: str
+) -> None:
+    root = tmp_path / "repo"
+    create_repository(root, Settings(name="r.example.org", compression="isal:2"), now=1_700_000_000)
+    s0 = Stratum0(root, "r.example.org")
+    data = kit.tarball({f"f{i}.bin": bytes([i]) * 400_000 for i in range(20)}, compression=compression)
+    path = tmp_path / "up.part"
+    path.write_bytes(data[: len(data) // 2])
+    feed = LiveFeed(path)
+    feed.grew(len(data) // 2)
+    asked = threading.Event()
+    threading.Timer(0.3, asked.set).start()
+    threads = threading.active_count()
+    before = s0.manifest().revision
+    reader = feed.reader(asked.is_set)
+    with pytest.raises(GaveWayError):
+        s0.ingest_tar(reader, "/sw/x")  # type: ignore[arg-type]
+    reader.close()
+    assert threading.active_count() <= threads  # the inflating thread (gzip) has ended
+    assert s0.manifest().revision == before
+    assert feed.done("item") is False
