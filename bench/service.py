@@ -22,7 +22,9 @@ ingest (decompress, chunk, compress, hash, write objects: the engine), sign (cat
 signed manifest: ``PublishRecord.commit``) and the rest (hand-over, index, polling). A publish
 that began while the upload arrived (``(live)``, :mod:`rcds.service.live`) shows as ingest only
 its part after the upload's end. Also the service's peak RSS growth while the upload streams and
-while the tarball is published.
+while the tarball is published, and the CPU seconds the service (this process and its worker
+processes) used from the upload's start to PRESENT: on a busy machine a steadier figure than the
+wall-clock times.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import hashlib
 import io
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -362,6 +365,30 @@ class Latency:
     sign: float
     rss_upload_mb: float
     rss_publish_mb: float
+    cpu: float = 0.0
+
+
+def service_cpu_seconds() -> float:
+    """CPU seconds of this process (the service; the bench's own threads idle meanwhile) and of its
+    live child processes (the ingest's worker processes; the upload child has exited when this is
+    read after it)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    total = r.ru_utime + r.ru_stime
+    tick = os.sysconf("SC_CLK_TCK")
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/children") as f:
+                children = f.read().split()
+        except OSError:
+            continue
+        for pid in children:
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+            except (OSError, IndexError, ValueError):
+                pass
+    return total
 
 
 class RssSampler:
@@ -408,7 +435,9 @@ def measure_latency(st: Any, sizes_mb: list[int], work: Path, idle: float) -> li
         )
         wait_idle(idle)
         sampler = RssSampler()
+        cpu0 = service_cpu_seconds()
         times = run_child("upload", st.url, cid, str(path))
+        cpu = service_cpu_seconds() - cpu0
         sampler.stop()
         rec = next(r for r in st.service.queue.records if r.cid == cid)
         ingest, queue_wait = rec.ingest - rec.commit, rec.queue_wait
@@ -427,6 +456,7 @@ def measure_latency(st: Any, sizes_mb: list[int], work: Path, idle: float) -> li
                 rec.commit,
                 sampler.growth_mb(times["t0"], times["t1"]),
                 sampler.growth_mb(times["t1"], times["t2"]),
+                cpu,
             )
         )
         path.unlink()
@@ -505,12 +535,13 @@ def main() -> None:
                     f"{r.to_present:.2f}",
                     f"{total:.2f}",
                     f"{r.rss_upload_mb:.0f} / {r.rss_publish_mb:.0f}",
+                    f"{r.cpu:.2f}",
                 ]
             )
         print(
             format_table(
                 ["tarball", "MB gz/unpacked", "upload s", "queue s", "ingest s", "sign s", "other s",
-                 "end->PRESENT s", "total s", "RSS +MB up/pub"],
+                 "end->PRESENT s", "total s", "RSS +MB up/pub", "service CPU s"],
                 rows,
                 args.markdown,
             )

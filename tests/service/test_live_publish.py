@@ -17,6 +17,7 @@ from rcds.publish.layout import Settings
 from rcds.publish.stratum0 import Stratum0
 from rcds.service.live import GaveWayError, LiveFeed
 from rcds.service.runner import ServiceThread
+from rcds.service.spool import Spooled
 
 import servicekit as kit
 
@@ -129,6 +130,22 @@ def test_reader_fails_on_abort_and_gives_way_when_asked(tmp_path: Path) -> None:
     with pytest.raises(GaveWayError):
         reader.readinto(bytearray(100))
     assert feed.done("item") is False  # the worker gave it back: the handler queues it
+    reader.close()
+
+
+@pytest.mark.timeout(30)
+def test_reader_finds_an_upload_completed_before_the_worker_came(tmp_path: Path) -> None:
+    part, final = tmp_path / "up.part", tmp_path / "queue.tar"
+    part.write_bytes(b"all of it")
+    feed = LiveFeed(part)
+    feed.grew(9)
+    feed.verified()
+    part.rename(final)
+    threading.Timer(0.2, feed.done, args=(Spooled("dune/x", final, 9),)).start()
+    reader = feed.reader(lambda: False)  # waits for the handler to say where the file went
+    buf = bytearray(100)
+    assert reader.readinto(buf) == 9 and bytes(buf[:9]) == b"all of it"
+    assert reader.readinto(buf) == 0
     reader.close()
 
 

@@ -281,6 +281,7 @@ class Service:
             self.status.release(upload.cid)
             raise
         if upload.feed is not None and upload.feed.done(item):
+            self.status.promote(upload.cid, upload.feed.repository)
             return  # a worker is publishing it already
         self.queue.submit(Job(item, identity))
 

@@ -59,6 +59,8 @@ class LiveFeed:
         self._state = _State.RECEIVING
         self._item: Any = None
         self._released = False
+        self.repository: str | None = None
+        """The repository whose worker took the job (set by :meth:`take`)."""
 
     # -- the upload's side -----------------------------------------------------------------
     def grew(self, size: int) -> None:
@@ -91,6 +93,12 @@ class LiveFeed:
             self._cond.notify_all()
 
     # -- the worker's side -----------------------------------------------------------------
+    def take(self, repository: str) -> bool:
+        """A worker of ``repository`` starts the job; True if the upload is complete already."""
+        with self._cond:
+            self.repository = repository
+            return self._state is _State.DONE
+
     @property
     def was_aborted(self) -> bool:
         """True once the upload failed."""
@@ -125,6 +133,20 @@ class LiveFeed:
             self._wait(lambda: self._state in (_State.DONE, _State.ABORTED), None)
             return self._item
 
+    def open(self) -> int:
+        """A file descriptor of the upload's file: the incoming one, or where it went if the
+        upload completed before the worker came (read-only; stays valid after the rename)."""
+        flags = os.O_RDONLY | os.O_CLOEXEC
+        try:
+            return os.open(self.path, flags)
+        except FileNotFoundError:
+            pass
+        with self._cond:  # moved (or deleted): wait for the handler to say which
+            self._wait(lambda: self._state in (_State.DONE, _State.ABORTED), None)
+            if self._state is _State.ABORTED:
+                raise InputError("the upload was interrupted or refused")
+            return os.open(self._item.path, flags)
+
     def _read_limit(self, pos: int, give_way: Callable[[], bool]) -> int:
         """Bytes of the file readable from ``pos`` on (0 at the end of a complete upload)."""
         with self._cond:
@@ -141,7 +163,7 @@ class LiveReader(io.RawIOBase):
         self.feed = feed
         self.give_way = give_way
         self.pos = 0
-        self._fd = os.open(feed.path, os.O_RDONLY | os.O_CLOEXEC)  # stays valid after the rename
+        self._fd = feed.open()
 
     def readable(self) -> bool:
         return True

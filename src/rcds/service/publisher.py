@@ -115,6 +115,13 @@ class PublishQueue:
             self._cond.notify_all()
         return True
 
+    def _upload_complete(
+        self, feed: LiveFeed, give_way: Callable[[], bool], cid: str, repository: str
+    ) -> None:
+        """A live ingest's ``ready``: wait for the whole upload and its CID check."""
+        feed.wait_verified(give_way)
+        self.status.promote(cid, repository)
+
     def _give_way(self, slot: RepoSlot) -> bool:
         """True if a live job of ``slot`` waiting for data should let others go first."""
         return self._stop or slot.cleaning or bool(self._jobs)
@@ -192,7 +199,9 @@ class PublishQueue:
                 with slot.lock:
                     if feed is not None:
                         give_way = functools.partial(self._give_way, slot)
-                        ready: Callable[[], None] | None = functools.partial(feed.wait_verified, give_way)
+                        ready: Callable[[], None] | None = functools.partial(
+                            self._upload_complete, feed, give_way, job.item.cid, slot.name
+                        )
                         f: BinaryIO = feed.reader(give_way)  # type: ignore[assignment]
                     else:
                         ready, f = None, open(job.item.path, "rb")  # noqa: SIM115
@@ -226,8 +235,10 @@ class PublishQueue:
             self.activity.finished(cid)
             return
         feed = job.feed
-        if feed is None:  # a live job stays RECEIVING until its upload is complete
+        if feed is None:
             self.status.set(cid, State.PUBLISHING, slot.name)
+        elif feed.take(slot.name):  # a live job is RECEIVING until its upload is complete
+            self.status.promote(cid, slot.name)
         reader = ProgressReader()
         self.activity.publishing(cid, slot.name, job.item.size, reader)
         try:
