@@ -149,6 +149,21 @@ def test_reader_finds_an_upload_completed_before_the_worker_came(tmp_path: Path)
     reader.close()
 
 
+@pytest.mark.timeout(30)
+def test_an_upload_that_stops_moving_is_given_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("rcds.service.live.STALL_SECONDS", 0.3)
+    path = tmp_path / "up.part"
+    path.write_bytes(b"")
+    feed = LiveFeed(path)
+    reader = feed.reader(lambda: False)  # nobody else waits: only the stall ends the wait
+    with pytest.raises(GaveWayError):
+        reader.readinto(bytearray(10))
+    reader.close()
+    feed = LiveFeed(path)
+    assert feed.wait_done() is None  # a worker after a refused tarball stops waiting too
+    assert feed.done("item") is False  # and the handler, if it ever completes, queues the upload
+
+
 # -- through the service -------------------------------------------------------------------------
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 import os
 import threading
+import time
 from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
@@ -32,6 +33,9 @@ __all__ = ["GaveWayError", "LiveFeed", "LiveReader"]
 
 POLL_SECONDS = 0.1
 """How often a waiting reader looks whether it should give way."""
+STALL_SECONDS = 300.0
+"""A live job whose upload has not moved for this long is given back (the web handler drops an
+upload idle for 120 s; this only guards against a handler that vanished without a word)."""
 
 
 class GaveWayError(RcdsError):
@@ -59,6 +63,7 @@ class LiveFeed:
         self._state = _State.RECEIVING
         self._item: Any = None
         self._released = False
+        self._moved = time.monotonic()
         self.repository: str | None = None
         """The repository whose worker took the job (set by :meth:`take`)."""
 
@@ -67,6 +72,7 @@ class LiveFeed:
         """``size`` bytes of the upload are in the file now."""
         with self._cond:
             self._size = size
+            self._moved = time.monotonic()
             self._cond.notify_all()
 
     def verified(self) -> None:
@@ -110,11 +116,19 @@ class LiveFeed:
         return LiveReader(self, give_way)
 
     def _wait(self, until: Callable[[], bool], give_way: Callable[[], bool] | None) -> None:
-        """Wait (holding the condition) until ``until()``; give way if asked while receiving."""
+        """Wait (holding the condition) until ``until()``; give way if asked while receiving.
+
+        An upload that stopped moving for ``STALL_SECONDS`` is given back: with ``give_way``
+        GaveWayError is raised, without it the wait just ends (``until()`` still false).
+        """
         while not until():
-            if give_way is not None and self._state is _State.RECEIVING and give_way():
-                self._released = True
-                raise GaveWayError("the upload is still arriving and others are waiting: queued instead")
+            if self._state is _State.RECEIVING:
+                stalled = time.monotonic() - self._moved > STALL_SECONDS
+                if stalled or (give_way is not None and give_way()):
+                    self._released = True
+                    if give_way is None:
+                        return
+                    raise GaveWayError("the upload is still arriving and others wait: queued instead")
             self._cond.wait(POLL_SECONDS)
 
     def wait_verified(self, give_way: Callable[[], bool]) -> None:
@@ -131,7 +145,7 @@ class LiveFeed:
         """
         with self._cond:
             self._wait(lambda: self._state in (_State.DONE, _State.ABORTED), None)
-            return self._item
+            return self._item if self._state is _State.DONE else None
 
     def open(self) -> int:
         """A file descriptor of the upload's file: the incoming one, or where it went if the
@@ -143,7 +157,7 @@ class LiveFeed:
             pass
         with self._cond:  # moved (or deleted): wait for the handler to say which
             self._wait(lambda: self._state in (_State.DONE, _State.ABORTED), None)
-            if self._state is _State.ABORTED:
+            if self._state is not _State.DONE:
                 raise InputError("the upload was interrupted or refused")
             return os.open(self._item.path, flags)
 
