@@ -27,7 +27,6 @@ import hashlib
 import resource
 import shutil
 import stat
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -35,7 +34,7 @@ from pathlib import Path
 
 from common import MB, format_table, machine
 from ingest import _pieces, new_repository, run_ingest
-from inputs import DEFAULT_CACHE, real_tree, tar_tree
+from realtree import default_dir, pip_tree, tar_tree
 
 from rcds.format.catalog_schema import Tally
 from rcds.format.deflaters import Compression
@@ -106,7 +105,7 @@ def build_tree(tar: Path, work: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--tar", type=Path, help="a plain tarball (default: the real tree, tarred)")
-    ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="where the real tree is kept")
+    ap.add_argument("--cache", type=Path, default=default_dir(), help="where the real tree is kept")
     ap.add_argument("--compressions", default="zlib:6,libdeflate:5,isal:2")
     ap.add_argument("--markdown", action="store_true")
     args = ap.parse_args()
@@ -116,7 +115,7 @@ def main() -> None:
         tar = args.tar
         if tar is None:
             tar = work / "real.tar"
-            tar_tree(real_tree(args.cache), tar)
+            tar_tree(pip_tree(args.cache), tar)
         pieces = list(_pieces(tar))
         nbytes = sum(map(len, pieces))
         print(f"machine: {machine()}")
@@ -168,4 +167,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

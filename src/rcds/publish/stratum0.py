@@ -1,8 +1,9 @@
 """The stratum 0 of one repository: every change is one new, signed revision.
 
-Order of a change: objects, then catalogs children before parents, then one ``syncfs``, then the
-signed manifest by atomic rename. A crash before the rename leaves the previous revision intact
-(new objects are unreferenced garbage for ``gc``); readers are never blocked.
+Order of a change: objects (each one's writing to disk starts as it is stored), then catalogs
+children before parents, then one ``syncfs``, then the signed manifest by atomic rename. A crash
+before the rename leaves the previous revision intact (new objects are unreferenced garbage for
+``gc``); readers are never blocked.
 """
 
 from __future__ import annotations
@@ -114,11 +115,15 @@ class Stratum0:
         replace: bool = False,
         limits: Limits | None = None,
         now: int | None = None,
+        ready: Callable[[], None] | None = None,
     ) -> ChangeResult:
-        """Publish a tar stream (plain, gzip, bzip2, xz, zstd) as a nested catalog at ``path``."""
+        """Publish a tar stream (plain, gzip, bzip2, xz, zstd) as a nested catalog at ``path``.
+
+        ``ready``: see :meth:`ingest`.
+        """
         members = iter_tar(stream, limits)
         try:
-            return self.ingest(members, path, replace=replace, now=now)
+            return self.ingest(members, path, replace=replace, now=now, ready=ready)
         finally:
             members.close()  # at once, also after an error: stops a gzip stream's inflating thread
 
@@ -135,9 +140,20 @@ class Stratum0:
         return self.ingest(iter_directory(src, limits), path, replace=replace, now=now)
 
     def ingest(
-        self, members: Iterable[Member], path: str, *, replace: bool = False, now: int | None = None
+        self,
+        members: Iterable[Member],
+        path: str,
+        *,
+        replace: bool = False,
+        now: int | None = None,
+        ready: Callable[[], None] | None = None,
     ) -> ChangeResult:
-        """Publish members as a new nested catalog at ``path`` (one new revision)."""
+        """Publish members as a new nested catalog at ``path`` (one new revision).
+
+        ``ready``, if given, is called once all members are stored and before anything changes
+        the repository; whatever it raises aborts the change (the service passes the check that
+        an upload read while it arrived is complete and matches its CID).
+        """
         target = target_path(path)
         start = time.monotonic()
         with self.lock():
@@ -168,6 +184,8 @@ class Stratum0:
                 link = chain.deepest.catalog.find_nested(target) if existing is not None else None
                 previous = link[1] if link is not None else None
                 h, size, root_row, total = self._build_child(work, target, members, writer, stamp, previous)
+                if ready is not None:
+                    ready()
                 if existing is not None:
                     chain.drop_subtree(target)
                 chain.ensure_directory(parent_path(target), stamp)
@@ -271,6 +289,7 @@ class Stratum0:
         stats: WriteStats,
         start: float,
     ) -> ChangeResult:
+        """Store the chain's catalogs, make the change durable, then sign and swap the manifest."""
         commit_start = time.monotonic()
         root_hash, root_size, revision = chain.commit(now, self.settings.ttl)
         new = old.evolve(

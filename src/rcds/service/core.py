@@ -26,11 +26,12 @@ from rcds.serve.http import RepositoryServer, make_server
 from rcds.service.activity import CleanupEvent
 from rcds.service.cleanup import Cleaner, CleanResult
 from rcds.service.config import ServiceConfig
+from rcds.service.live import LiveFeed
 from rcds.service.partner import PartnerReplicas
 from rcds.service.presence import Presence
 from rcds.service.publisher import Job, PublishQueue
 from rcds.service.slots import RepoSlot
-from rcds.service.spool import Spool, Upload
+from rcds.service.spool import Spool, Spooled, Upload
 from rcds.service.stamps import StampBook
 from rcds.service.status import CidStatus, State, StatusBook
 from rcds.service.telemetry import Telemetry
@@ -248,8 +249,12 @@ class Service:
             self.stamps.touch(cid)
         return found
 
-    def begin_upload(self, cid: str, length: int | None) -> Upload | Found | None:
-        """Start receiving ``cid``: an Upload, Found if already published, None if already in progress."""
+    def begin_upload(self, cid: str, length: int | None, identity: str = "") -> Upload | Found | None:
+        """Start receiving ``cid``: an Upload, Found if already published, None if already in progress.
+
+        If a repository worker is idle, it starts publishing the upload while it arrives
+        (:mod:`rcds.service.live`).
+        """
         found = self.update(cid)
         if found is not None:
             return found
@@ -261,6 +266,10 @@ class Service:
             self.status.release(cid)
             raise
         self.activity.receiving(id(upload), cid, length, lambda: upload.size)
+        feed = LiveFeed(upload.tmp)
+        upload.feed = feed
+        if not self.queue.offer_live(Job(Spooled(cid, upload.tmp, length or 0), identity, feed=feed)):
+            upload.feed = None
         return upload
 
     def finish_upload(self, upload: Upload, identity: str) -> None:
@@ -271,6 +280,9 @@ class Service:
         except BaseException:
             self.status.release(upload.cid)
             raise
+        if upload.feed is not None and upload.feed.done(item):
+            self.status.promote(upload.cid, upload.feed.repository)
+            return  # a worker is publishing it already
         self.queue.submit(Job(item, identity))
 
     def abort_upload(self, upload: Upload) -> None:

@@ -1,22 +1,26 @@
 """The publish queue: one FIFO, one worker per own repository, so repositories publish in parallel.
 
 Whichever repository is free takes the next upload. A worker whose repository is being cleaned
-takes nothing until the cleanup ends; the others go on.
+takes nothing until the cleanup ends; the others go on. An upload that begins while a worker is
+idle and nothing is queued is published while it arrives (:mod:`rcds.service.live`).
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 from rcds.errors import InputError, LockedError, RcdsError
 from rcds.publish.policy import Limits
 from rcds.publish.stratum0 import ChangeResult
 from rcds.service.activity import Activity, ProgressReader, PublishEvent
+from rcds.service.live import GaveWayError, LiveFeed
 from rcds.service.presence import Presence
 from rcds.service.slots import RepoSlot
 from rcds.service.spool import Spool, Spooled
@@ -35,6 +39,8 @@ class Job:
     item: Spooled
     identity: str
     queued_at: float = field(default_factory=time.monotonic)
+    feed: LiveFeed | None = None
+    """Set for a live job: the upload is still arriving (``item.path`` is its incoming file)."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,10 @@ class PublishRecord:
     total: float
     commit: float = 0.0
     """Of ``ingest``: writing the catalogs, syncing and signing the new revision."""
+    live: bool = False
+    """Published while the upload arrived: ``ingest`` began with the upload, not after it."""
+    finished: float = 0.0
+    """Wall-clock time (``time.time()``) the revision became visible."""
 
 
 class PublishQueue:
@@ -78,6 +88,7 @@ class PublishQueue:
         self._jobs: collections.deque[Job] = collections.deque()
         self._cond = threading.Condition()
         self._busy = 0
+        self._idle: set[str] = set()  # repositories whose worker waits for a job
         self._stop = False
         self._threads: list[threading.Thread] = []
 
@@ -89,6 +100,31 @@ class PublishQueue:
             self._cond.notify_all()
             length = len(self._jobs)
         self.activity.queue_changed(length)
+
+    def offer_live(self, job: Job) -> bool:
+        """Hand an upload that has just begun to an idle worker; False if none is idle or
+        others are queued (the upload is then queued when complete, as usual)."""
+        with self._cond:
+            if (
+                self._stop
+                or self._jobs
+                or not any(s.name in self._idle and not s.cleaning for s in self.slots)
+            ):
+                return False
+            self._jobs.append(job)
+            self._cond.notify_all()
+        return True
+
+    def _upload_complete(
+        self, feed: LiveFeed, give_way: Callable[[], bool], cid: str, repository: str
+    ) -> None:
+        """A live ingest's ``ready``: wait for the whole upload and its CID check."""
+        feed.wait_verified(give_way)
+        self.status.promote(cid, repository)
+
+    def _give_way(self, slot: RepoSlot) -> bool:
+        """True if a live job of ``slot`` waiting for data should let others go first."""
+        return self._stop or slot.cleaning or bool(self._jobs)
 
     def wake(self) -> None:
         """Let workers re-check their repository's state (after a cleanup)."""
@@ -135,7 +171,9 @@ class PublishQueue:
         while True:
             with self._cond:
                 while not self._stop and (not self._jobs or slot.cleaning):
+                    self._idle.add(slot.name)
                     self._cond.wait(5.0)
+                self._idle.discard(slot.name)
                 if self._stop:
                     return
                 job = self._jobs.popleft()
@@ -155,16 +193,27 @@ class PublishQueue:
         """Ingest the upload; a repository locked by another writer is tried again for a while."""
         deadline = time.monotonic() + LOCK_WAIT
         delay = 0.05
+        feed = job.feed
         while True:
             try:
-                with slot.lock, open(job.item.path, "rb") as f:
-                    reader.attach(f)
-                    return slot.s0.ingest_tar(
-                        reader,  # type: ignore[arg-type]
-                        f"/{self.prefix}/{job.item.cid}",
-                        limits=self.limits,
-                        now=int(self.clock()),
-                    )
+                with slot.lock:
+                    if feed is not None:
+                        give_way = functools.partial(self._give_way, slot)
+                        ready: Callable[[], None] | None = functools.partial(
+                            self._upload_complete, feed, give_way, job.item.cid, slot.name
+                        )
+                        f: BinaryIO = feed.reader(give_way)  # type: ignore[assignment]
+                    else:
+                        ready, f = None, open(job.item.path, "rb")  # noqa: SIM115
+                    with f:
+                        reader.attach(f)
+                        return slot.s0.ingest_tar(
+                            reader,  # type: ignore[arg-type]
+                            f"/{self.prefix}/{job.item.cid}",
+                            limits=self.limits,
+                            now=int(self.clock()),
+                            ready=ready,
+                        )
             except LockedError as exc:
                 if time.monotonic() + delay > deadline:
                     raise
@@ -179,15 +228,30 @@ class PublishQueue:
         if where is not None:
             self.status.set(cid, State.PUBLISHED, where)
             self.stamps.touch(cid)
+            if job.feed is not None:
+                self._end_live(job)
+                return
             self.spool.discard(job.item)
             self.activity.finished(cid)
             return
-        self.status.set(cid, State.PUBLISHING, slot.name)
+        feed = job.feed
+        if feed is None:
+            self.status.set(cid, State.PUBLISHING, slot.name)
+        elif feed.take(slot.name):  # a live job is RECEIVING until its upload is complete
+            self.status.promote(cid, slot.name)
         reader = ProgressReader()
         self.activity.publishing(cid, slot.name, job.item.size, reader)
         try:
             result = self._ingest(slot, job, reader)
+        except GaveWayError:
+            log.info("publish of %s gives way to queued uploads; it is queued once received", cid)
+            self.activity.finished(cid)
+            return  # the upload is the handler's again: nothing to discard
         except InputError as exc:
+            if feed is not None and feed.was_aborted:  # the handler has answered and released it
+                log.info("live publish of %s stopped: %s", cid, exc)
+                self._end_live(job)
+                return
             log.warning("publish of %s by %s refused: %s", cid, job.identity, exc)
             self._failed(cid, slot.name, str(exc))
         except RcdsError as exc:
@@ -214,6 +278,8 @@ class PublishQueue:
                     result.seconds,
                     time.monotonic() - job.queued_at,
                     result.commit_seconds,
+                    live=feed is not None,
+                    finished=time.time(),
                 )
             )
             log.info(
@@ -226,8 +292,18 @@ class PublishQueue:
                 result.commit_seconds,
             )
         finally:
-            self.spool.discard(job.item)
-            self.activity.finished(cid)
+            if feed is None:
+                self.spool.discard(job.item)
+                self.activity.finished(cid)
+        self._end_live(job)
+
+    def _end_live(self, job: Job) -> None:
+        """After a live job: wait for its upload's handler, then delete the spooled file."""
+        if job.feed is not None:
+            item = job.feed.wait_done()
+            if item is not None:
+                self.spool.discard(item)
+            self.activity.finished(job.item.cid)
 
     def _failed(self, cid: str, repository: str, reason: str) -> None:
         self.activity.failed(cid, repository, reason)

@@ -20,12 +20,20 @@ import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
 from rcds.errors import InputError, StorageError
+from rcds.storage.local import start_writeback
+
+if TYPE_CHECKING:
+    from rcds.service.live import LiveFeed
 
 DISK_RESERVE = 256 << 20
 """Bytes always left free on the spool's filesystem."""
+WRITEBACK_BYTES = 8 << 20
+"""Writing an upload to disk starts every this many bytes, so its fsync at the end (and the
+publish's ``syncfs``) find little left to write."""
 MAX_CID_LENGTH = 240
 """The longest CID the service takes, so that its file names here (``/`` as ``%2F``, a suffix) fit
 in the 255 bytes a file name may have."""
@@ -84,6 +92,9 @@ class Upload:
             self._check(expected)  # before creating the file, so a refusal leaves nothing behind
         self.tmp = spool.incoming / f"{secrets.token_hex(8)}.part"
         self._f = open(self.tmp, "wb")  # noqa: SIM115 - closed by commit/abort
+        self._unflushed = 0
+        self.feed: LiveFeed | None = None
+        """Set when a publish worker reads the upload as it arrives (:mod:`rcds.service.live`)."""
 
     def _check(self, total: int) -> None:
         if total > self.spool.max_size:
@@ -102,11 +113,19 @@ class Upload:
             raise TooLargeError(f"upload exceeds the maximum of {self.spool.max_size} bytes", self.cid)
         try:
             self._f.write(block)
+            self._unflushed += len(block)
+            if self.feed is not None or self._unflushed >= WRITEBACK_BYTES:
+                self._f.flush()  # a live worker reads the file: every byte counted must be in it
+            if self._unflushed >= WRITEBACK_BYTES:
+                self._unflushed = 0
+                start_writeback(self._f.fileno())
             if self._digest is not None:
                 self._digest.update(block)
         except OSError as exc:
             raise NoSpaceError(f"cannot write the upload to the spool: {exc.strerror}") from None
         self.size += len(block)
+        if self.feed is not None:
+            self.feed.grew(self.size)
 
     def commit(self) -> Spooled:
         """Make the upload durable and move it to the queue directory."""
@@ -117,6 +136,10 @@ class Upload:
                 f"which does not match cid {self.cid}; the upload was truncated or the cid is wrong",
                 self.cid,
             )
+        if self.feed is not None:
+            self._f.flush()
+            self.feed.grew(self.size)
+            self.feed.verified()  # complete and matching: a live publish may commit its revision
         try:
             self._f.flush()
             os.fsync(self._f.fileno())
@@ -130,6 +153,8 @@ class Upload:
 
     def abort(self) -> None:
         """Discard the partial upload."""
+        if self.feed is not None:
+            self.feed.aborted()
         with contextlib.suppress(OSError):
             self._f.close()
         with contextlib.suppress(OSError):

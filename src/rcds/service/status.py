@@ -89,6 +89,14 @@ class StatusBook:
         if state is State.FAILED:
             self._file(cid).write_text(json.dumps(status.as_json()) + "\n")
 
+    def promote(self, cid: str, repository: str | None) -> None:
+        """``receiving`` → ``publishing`` (a live publish whose upload is complete); any other
+        state stays (the publish may have ended already)."""
+        with self._lock:
+            cur = self._states.get(cid)
+            if cur is not None and cur.state is State.RECEIVING:
+                self._states[cid] = CidStatus(cid, State.PUBLISHING, repository, None, self.clock())
+
     def release(self, cid: str) -> None:
         """Forget an active claim that produced nothing (an upload refused or interrupted)."""
         with self._lock:

@@ -31,7 +31,9 @@ async def handle(request: web.Request) -> web.Response:
     ctx.authorizer.check(identity, cid)
     service = ctx.service
     loop = asyncio.get_running_loop()
-    started = await loop.run_in_executor(None, service.begin_upload, cid.value, request.content_length)
+    started = await loop.run_in_executor(
+        None, service.begin_upload, cid.value, request.content_length, str(identity)
+    )
     if isinstance(started, Found):
         return found(request, cid.value, started.repository, started.path)
     if started is None:
