@@ -183,6 +183,9 @@ class BackgroundInserter:
             except (StorageError, OSError) as exc:
                 self.errors += 1
                 log.warning("could not add %d objects to the cache %s: %s", len(items), self.cache.dir, exc)
+            except Exception:  # a bug: log it, but never leave this thread dead with writers blocked in put()
+                self.errors += 1
+                log.exception("could not add %d objects to the cache %s", len(items), self.cache.dir)
             finally:
                 with self._cv:
                     for h, kind, plain in items:
