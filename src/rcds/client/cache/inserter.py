@@ -101,6 +101,8 @@ class BackgroundInserter:
                         self._cv.wait(1.0)
                 finally:
                     self._urgent -= 1
+                if self._closed or key in self._pending or key in self._kept:
+                    return  # another thread put the same object while this one waited for room
             self._pending[key] = plain
             self._pending_bytes += len(plain)
             if keep:
