@@ -135,3 +135,38 @@ def test_cache_hits_update_the_lru_order_in_batches(site: Site) -> None:
     os.truncate(path, 1)
     assert repo.read_bytes(paths[0]) == site.files[paths[0]]
     assert list((repo.cache.dir / "quarantaine").iterdir())
+
+
+def test_background_inserter_survives_one_object_put_twice_while_waiting_for_room(tmp_path: Path) -> None:
+    """Two threads that put the same object while both wait for room queue it once: the inserter
+    thread keeps running (it used to die on the duplicate, leaving every later put blocked)."""
+    import fcntl
+    import threading
+
+    with LocalCache(tmp_path / "c") as cache:
+        ins = BackgroundInserter(cache, max_pending=15_000)
+        lock_fd = os.open(tmp_path / "c" / "lock_cachemgr", os.O_RDWR)
+        fcntl.flock(lock_fd, fcntl.LOCK_EX)  # the inserter's first commit waits for this
+        try:
+            ins.put(*blob(0))
+            ins.put(*blob(1))
+            twins = [threading.Thread(target=ins.put, args=blob(2)) for _ in range(2)]
+            for t in twins:
+                t.start()
+            time.sleep(0.3)
+            assert all(t.is_alive() for t in twins)  # both wait for room
+        finally:
+            fcntl.flock(lock_fd, fcntl.LOCK_UN)
+            os.close(lock_fd)
+        for t in twins:
+            t.join(10)
+        assert not any(t.is_alive() for t in twins)
+        later = threading.Thread(target=lambda: [ins.put(*blob(i)) for i in range(3, 8)])
+        later.start()
+        later.join(10)
+        assert not later.is_alive()
+        ins.flush(10)
+        assert all(cache.contains(blob(i)[0], ObjectKind.FILE) for i in range(8))
+        assert ins.errors == 0
+        ins.close()
+        assert cache.check() == []

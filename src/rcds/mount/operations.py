@@ -360,7 +360,11 @@ class RcdsOperations:
             f = guarded(mount, mount.open_if_local, node)
             if f is None:
                 return Later(self._open_and_read, node, mount, offset, size)
-            h = self._opened(node, mount, f)
+            h = self.files.add(node.ino, f, mount)
+            if self.prefetch and not _first_local(h):
+                # planning a directory's prefetch is a catalog listing: on a worker, so the
+                # session's readers of /dev/fuse keep answering cached requests meanwhile
+                return Later(self._prefetch_and_read, h, node, offset, size)
         data = guarded(h.mount, h.read_if_local, offset, size)
         return data if data is not None else Later(self._read_later, h, req.nodeid, offset, size)
 
@@ -377,6 +381,10 @@ class RcdsOperations:
                     found = self._opened(node, h.mount, guarded(h.mount, h.mount.open, node))
                 h = found
         raise FuseReplyError(errno.EIO)
+
+    def _prefetch_and_read(self, h: Handle, node: Node, offset: int, size: int) -> Payload:
+        self._maybe_prefetch(h.mount, node, h.file)
+        return self._read_later(h, node.ino, offset, size)
 
     def _opened(self, node: Node, mount: RepoMount, f: RepoFile) -> Handle:
         h = self.files.add(node.ino, f, mount)
@@ -454,6 +462,12 @@ class RcdsOperations:
         self.files.close()
         for m in list(self.mounts.values()):
             m.close()
+
+
+def _first_local(h: Handle) -> bool:
+    """True if the file's first object is open or in the local cache (no prefetch to plan)."""
+    at = h.file.piece_at(0)
+    return at is None or at[1] or h.mount.is_cached(at[0])
 
 
 def _empty(req: Request) -> None:

@@ -231,9 +231,11 @@ class RepoMount:
                 return 0
             if len(self._planned) >= PLANNED_SIZE:
                 self._planned.clear()
+            # marked planned only once queued, under the lock: a neighbour read that comes
+            # meanwhile waits here for the lock instead of fetching its object a second time
+            queued = self.prefetch_directory(directory, name)
             self._planned.add(key)
-            # planned under the lock: a neighbour read that lost the race finds its object queued
-            return self.prefetch_directory(directory, name)
+            return queued
 
     def prefetch_directory(self, path: str, skip: str = "") -> int:
         """Queue the objects of the small regular files of the directory ``path`` (but ``skip``,

@@ -101,6 +101,8 @@ class BackgroundInserter:
                         self._cv.wait(1.0)
                 finally:
                     self._urgent -= 1
+                if self._closed or key in self._pending or key in self._kept:
+                    return  # another thread put the same object while this one waited for room
             self._pending[key] = plain
             self._pending_bytes += len(plain)
             if keep:
@@ -183,6 +185,9 @@ class BackgroundInserter:
             except (StorageError, OSError) as exc:
                 self.errors += 1
                 log.warning("could not add %d objects to the cache %s: %s", len(items), self.cache.dir, exc)
+            except Exception:  # a bug: log it, but never leave this thread dead with writers blocked in put()
+                self.errors += 1
+                log.exception("could not add %d objects to the cache %s", len(items), self.cache.dir)
             finally:
                 with self._cv:
                     for h, kind, plain in items:
