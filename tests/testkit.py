@@ -3,15 +3,20 @@ fresh interpreter (import as ``testkit``)."""
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
 import subprocess
 import sys
 import tarfile
+import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
 
 import zstandard
+from prometheus_client.parser import text_string_to_metric_families
 
 from rcds.format.keys import load_public_key_file
 from rcds.publish.stratum0 import Stratum0
@@ -94,3 +99,38 @@ def rcds(
     if check and proc.returncode != 0:
         raise AssertionError(f"rcds {' '.join(args)} failed ({proc.returncode}): {proc.stderr}")
     return proc
+
+
+def load_conftest(folder: str, name: str) -> ModuleType:
+    """``tests/<folder>/conftest.py`` as module ``name`` (loaded once), so another test folder
+    shares its fixtures and helpers; its own helper modules beside it become importable."""
+    if name in sys.modules:
+        return sys.modules[name]
+    path = Path(__file__).resolve().parent / folder / "conftest.py"
+    if str(path.parent) not in sys.path:
+        sys.path.append(str(path.parent))
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+MetricSamples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def metric_samples(text: str) -> MetricSamples:
+    """Every sample of a ``/metrics`` page, parsed by Prometheus' own text parser, keyed by
+    (name, sorted labels)."""
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def scrape(url: str) -> MetricSamples:
+    """:func:`metric_samples` of the page at ``url``."""
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return metric_samples(resp.read().decode())

@@ -10,14 +10,11 @@ serve tampered copies. The fault-injecting server and the real Squid come from
 from __future__ import annotations
 
 import datetime as dt
-import importlib.util
 import shutil
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -36,26 +33,9 @@ from rcds.serve.http import RepositoryServer, make_server
 
 from clientkit import BIG, C1, C2, FILES, LINKS, template_entries
 from getkit import many  # noqa: F401 - the fixture, for every test here
-from testkit import NAME, SMALL_CHUNKS, Entry, publish
+from testkit import NAME, SMALL_CHUNKS, Entry, load_conftest, publish
 
-
-def _load_net_helpers() -> ModuleType:
-    """``tests/net/conftest.py`` as module ``rcds_net_testkit`` (RepoServer, Squid, fixtures)."""
-    name = "rcds_net_testkit"
-    if name in sys.modules:
-        return sys.modules[name]
-    path = Path(__file__).resolve().parent.parent / "net" / "conftest.py"
-    if str(path.parent) not in sys.path:  # its own helper modules (netkit) live beside it
-        sys.path.append(str(path.parent))
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-net = _load_net_helpers()
+net = load_conftest("net", "rcds_net_testkit")  # RepoServer, Squid, fixtures; netkit beside it
 RepoServer = net.RepoServer
 Squid = net.Squid
 FakeClock = net.FakeClock

@@ -9,36 +9,18 @@ teardown.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
 from mountkit import MountProc, write_config
+from testkit import load_conftest
 
-
-def _load_client_helpers() -> ModuleType:
-    name = "rcds_client_testkit"
-    if name in sys.modules:
-        return sys.modules[name]
-    path = Path(__file__).resolve().parent.parent / "client" / "conftest.py"
-    if str(path.parent) not in sys.path:  # clientkit, getkit beside it
-        sys.path.append(str(path.parent))
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-client = _load_client_helpers()
+client = load_conftest("client", "rcds_client_testkit")  # clientkit, getkit beside it
 Site = client.Site
 template = client.template
 site = client.site

@@ -11,13 +11,12 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
-from prometheus_client.parser import text_string_to_metric_families
-
 from rcds.client.repository import Repository
+
+from testkit import scrape
 
 READY_TIMEOUT = 30.0
 CONFIG = {
@@ -173,11 +172,8 @@ def metrics_url(proc: MountProc) -> str:
 
 def fuse_requests(url: str) -> dict[str, float]:
     """FUSE requests the daemon received so far, by opcode (``rcds_mount_requests_total``)."""
-    with urllib.request.urlopen(url, timeout=10) as resp:
-        text = resp.read().decode()
     return {
-        s.labels["opcode"]: s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == "rcds_mount_requests_total"
+        dict(labels)["opcode"]: v
+        for (name, labels), v in scrape(url).items()
+        if name == "rcds_mount_requests_total"
     }

@@ -10,11 +10,9 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from rcds.format import manifest as manifest_fmt
 from rcds.net.notify_post import NotifySender
@@ -24,20 +22,9 @@ from rcds.publish.stratum0 import Stratum0
 from rcds.serve.http import make_server
 
 from replkit import cid_entries, get, key_file, replica_run, revision_of
-from testkit import publish
+from testkit import publish, scrape
 
 pytestmark = pytest.mark.timeout(90)
-
-
-def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample of a ``/metrics`` page, parsed by Prometheus' own text parser."""
-    with urllib.request.urlopen(url, timeout=10) as resp:
-        text = resp.read().decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
 
 
 def test_a_notification_pulls_at_once_and_the_replica_announces_what_it_pulled(

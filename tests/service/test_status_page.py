@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 import urllib3
-from prometheus_client.parser import text_string_to_metric_families
 
 from rcds.service.activity import Activity, ProgressReader, PublishEvent, Series
 from rcds.service.page.render import render
@@ -19,6 +18,7 @@ from rcds.service.runner import ServiceThread
 
 import pki
 import servicekit as kit
+from testkit import metric_samples
 
 REPOS = ("user1.example.org", "user2.example.org")
 
@@ -40,11 +40,7 @@ def api(svc: ServiceThread) -> Iterator[kit.Api]:
 def metrics(api: kit.Api) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     r = api.page("/metrics")
     assert r.status == 200 and r.headers["Content-Type"].startswith("text/plain; version=")
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for fam in text_string_to_metric_families(r.text)
-        for s in fam.samples
-    }
+    return metric_samples(r.text)
 
 
 @pytest.mark.timeout(60)

@@ -118,7 +118,8 @@ def split_target(text: str) -> tuple[str, str]:
     return name, ("/" + path.lstrip("/")) if sep else "/"
 
 
-def _config(args: argparse.Namespace, fqrn: str | None) -> ClientConfig:
+def overrides_of(args: argparse.Namespace) -> dict[str, str]:
+    """The configuration keys set by the common options (``--server``, ``--key``, ``--proxy``)."""
     overrides: dict[str, str] = {}
     if args.server:
         overrides["CVMFS_SERVER_URL"] = ";".join(args.server)
@@ -126,6 +127,11 @@ def _config(args: argparse.Namespace, fqrn: str | None) -> ClientConfig:
         overrides["CVMFS_PUBLIC_KEY"] = ":".join(str(k.resolve()) for k in args.key)
     if args.proxy:
         overrides["CVMFS_HTTP_PROXY"] = args.proxy
+    return overrides
+
+
+def _config(args: argparse.Namespace, fqrn: str | None) -> ClientConfig:
+    overrides = overrides_of(args)
     if args.cache:
         overrides["RCDS_CACHE_DIR"] = str(args.cache)
     config = load_client_config(fqrn, etc_dir=args.config_dir, overrides=overrides)

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rcds.cli.client import _common
+from rcds.cli.client import _common, overrides_of
 from rcds.client.config.settings import check_fqrn
 from rcds.errors import ConfigError, InputError
 
@@ -64,17 +64,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--detached", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=_mount)
-
-
-def _overrides(args: argparse.Namespace) -> dict[str, str]:
-    overrides: dict[str, str] = {}
-    if args.server:
-        overrides["CVMFS_SERVER_URL"] = ";".join(args.server)
-    if args.key:
-        overrides["CVMFS_PUBLIC_KEY"] = ":".join(str(k.resolve()) for k in args.key)
-    if args.proxy:
-        overrides["CVMFS_HTTP_PROXY"] = args.proxy
-    return overrides
 
 
 def _check(args: argparse.Namespace) -> Path:
@@ -123,7 +112,7 @@ def _foreground(args: argparse.Namespace, mountpoint: Path) -> int:
     prepare_mountpoint(mountpoint)  # before any download: a bad mount point fails at once
     options = MountOptions(
         config_dir=args.config_dir,
-        overrides=_overrides(args),
+        overrides=overrides_of(args),
         cache_dir=args.cache,
         ttl=args.ttl,
         shared=args.root is not None,
