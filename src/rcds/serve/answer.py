@@ -66,6 +66,28 @@ def answer_to(
     return ([head, data] if data else [head]), HTTPStatus.OK, len(data), keep
 
 
+def object_answer(
+    heads: Heads, fd: int, size: int, keep_alive: bool, *, defer: bool = False
+) -> Deferred | Ready:
+    """The answer to a ``GET`` of the object opened as ``fd`` (:meth:`~rcds.serve.objects.ObjectGets.open`),
+    decided as :func:`answer_to` decides for any ``GET`` of a file that is not a root file."""
+    if size > SMALL_BODY:
+        return Deferred(fd, size, False, sendfile=True)
+    if defer and size:
+        return Deferred(fd, size, False, sendfile=False)
+    try:
+        data = read_cached(fd, size) if size else b""
+    except BaseException:
+        os.close(fd)
+        raise
+    if data is None:
+        return Deferred(fd, size, False, sendfile=False)
+    os.close(fd)
+    keep = keep_alive and len(data) == size
+    head = heads.ok(False, size, keep)
+    return ([head, data] if data else [head]), HTTPStatus.OK, len(data), keep
+
+
 def error(heads: Heads, status: HTTPStatus, body: bool, keep: bool) -> Ready:
     """An error answer (with its short body unless ``body`` is False, as for ``HEAD``)."""
     head, payload = heads.error(status, keep)

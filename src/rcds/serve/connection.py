@@ -21,10 +21,11 @@ import time
 from http import HTTPStatus
 from typing import Protocol
 
-from rcds.serve.answer import Chunk, answer_to
+from rcds.serve.answer import Chunk, Ready, answer_to, object_answer
 from rcds.serve.batch import Batch, Unread
 from rcds.serve.body import Deferred, no_delay, send_file
 from rcds.serve.handler import AccessLog, AccessRecord
+from rcds.serve.objects import ObjectGets
 from rcds.serve.request import MAX_HEAD, Request, next_request
 from rcds.serve.response import CONTINUE, Heads
 
@@ -47,6 +48,7 @@ class ServerContext(Protocol):
     """What a :class:`Connection` needs from its server."""
 
     heads: Heads
+    objects: ObjectGets
     idle_timeout: float
     access_log: AccessLog | None
     connections: set[Connection]
@@ -176,20 +178,30 @@ class Connection(asyncio.Protocol):
         buf, pos, pending, close, answered = self._buf, 0, 0, False, False
         out: list[Chunk] = []
         logged = self.ctx.access_log is not None or log.isEnabledFor(logging.DEBUG)
+        heads, objects = self.ctx.heads, self.ctx.objects
+        objects.refresh(time.monotonic())
         while not self._closing and not self._write_paused:  # answers wait while the client lags
             if pos == len(buf):
                 close = self._eof
                 break
-            request, after = next_request(buf, pos)
-            if request is None:
-                close = after < 0 or self._eof
-                pos = len(buf) if after < 0 else pos
-                break
+            opened = objects.open(buf, pos)
+            if opened is None:
+                request, after = next_request(buf, pos)
+                if request is None:
+                    close = after < 0 or self._eof
+                    pos = len(buf) if after < 0 else pos
+                    break
+                if request.expect_continue:
+                    out.append(CONTINUE)
+                answer = answer_to(request, heads, self.ctx.lookup)
+            else:
+                fd, size, keep_alive, after = opened
+                answer = object_answer(heads, fd, size, keep_alive)
+                deferred = type(answer) is Deferred
+                request = _object_request(buf, pos, keep_alive) if logged or deferred else None
             pos, answered = after, True
-            if request.expect_continue:
-                out.append(CONTINUE)
-            answer = answer_to(request, self.ctx.heads, self.ctx.lookup)
             if isinstance(answer, Deferred):  # on disk, or large: answered by a task, in a batch
+                assert request is not None
                 batch = Batch()
                 if batch.add(request, False, answer):
                     pos = self._fill(batch, buf, pos)
@@ -201,7 +213,7 @@ class Connection(asyncio.Protocol):
             chunks, status, sent, keep = answer
             out += chunks
             pending += sent + 200
-            if logged:
+            if logged and request is not None:  # (a request on the short path is made only then)
                 self._flush(out)
                 pending = 0
                 self._log(request, status, sent)
@@ -234,12 +246,20 @@ class Connection(asyncio.Protocol):
     def _fill(self, batch: Batch, buf: bytes, pos: int) -> int:
         """Answer the requests after a cold one into ``batch`` while it has room; the new offset."""
         try:
+            heads, objects = self.ctx.heads, self.ctx.objects
             while batch.has_room() and pos < len(buf):
-                request, after = next_request(buf, pos)
-                if request is None:
-                    break  # incomplete, or an empty line: left to _answer_buffered
+                opened = objects.open(buf, pos)
+                answer: Ready | Deferred
+                if opened is None:
+                    request, after = next_request(buf, pos)
+                    if request is None:
+                        break  # incomplete, or an empty line: left to _answer_buffered
+                    answer = answer_to(request, heads, self.ctx.lookup, defer=True)
+                else:
+                    fd, size, keep_alive, after = opened
+                    answer = object_answer(heads, fd, size, keep_alive, defer=True)
+                    request = _object_request(buf, pos, keep_alive)
                 pos = after
-                answer = answer_to(request, self.ctx.heads, self.ctx.lookup, defer=True)
                 if not batch.add(request, request.expect_continue, answer):
                     break
         except BaseException:
@@ -322,3 +342,8 @@ class Connection(asyncio.Protocol):
                 callback(record)
             except Exception:
                 log.error("access log callback failed for %s", self.client, exc_info=True)
+
+
+def _object_request(buf: bytes, pos: int, keep_alive: bool) -> Request:
+    """The :class:`Request` of an object ``GET`` taken on the short path (for batches and records)."""
+    return Request("GET", ObjectGets.target(buf, pos), keep_alive, http11=True)

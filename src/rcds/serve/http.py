@@ -25,6 +25,7 @@ from pathlib import Path
 from rcds.errors import ConfigError, NotFoundError
 from rcds.serve.connection import Connection
 from rcds.serve.handler import URL_PREFIX, AccessLog, AccessRecord, is_valid_repository_name
+from rcds.serve.objects import ObjectGets
 from rcds.serve.response import OBJECT_CONTENT_TYPE, ROOT_CONTENT_TYPE, Heads
 
 __all__ = [
@@ -70,6 +71,7 @@ class RepositoryServer:
         self.idle_timeout = idle_timeout
         self.access_log = access_log
         self.heads = Heads(root_max_age, object_max_age)
+        self.objects = ObjectGets(self.lookup)
         self.connections: set[Connection] = set()
         self._lock = threading.Lock()
         self._repos: dict[str, str] = {}
@@ -157,6 +159,7 @@ class RepositoryServer:
             with self._lock:
                 self._running = False
                 self._loop = None
+            self.objects.close()
             self._close_socket()
             self._finished.set()
 

@@ -62,3 +62,8 @@ def open_no_symlinks(path: str, flags: int) -> int:
         _syscall = None  # not on this kernel (or filtered): never again
         return NO_SYMLINK
     raise OSError(err, os.strerror(err), path)
+
+
+def available() -> bool:
+    """True unless ``openat2`` was found missing (or filtered) on this system."""
+    return _syscall is not None
