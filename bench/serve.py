@@ -54,12 +54,13 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from common import format_table, machine
+from nginx_site import start_nginx
 
 REPO = "bench.example.org"
 DEPTH = 16
 WINDOW, CONNECTIONS = 32, 2  # as rcds.net.pipeline
 SMALL = 64 * 1024
-SERVERS = ("old", "before", "new", "new-unbatched")
+SERVERS = ("old", "before", "new", "new-unbatched", "nginx")
 
 
 def make_tree(root: Path, count: int) -> dict[str, bytes]:
@@ -78,11 +79,11 @@ def make_tree(root: Path, count: int) -> dict[str, bytes]:
     return bodies
 
 
-def copy_tree(root: Path, source: Path) -> dict[str, bytes]:
-    """Copy the manifest and the objects up to :data:`SMALL` bytes of repository ``source``."""
+def copy_tree(root: Path, source: Path, max_size: int = SMALL) -> dict[str, bytes]:
+    """Copy the manifest and the objects up to ``max_size`` bytes of repository ``source``."""
     bodies: dict[str, bytes] = {}
     for path in [*sorted(source.glob("data/??/*")), source / ".cvmfspublished"]:
-        if path.is_file() and not path.is_symlink() and path.stat().st_size <= SMALL:
+        if path.is_file() and not path.is_symlink() and path.stat().st_size <= max_size:
             rel = str(path.relative_to(source))
             body = path.read_bytes()
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -216,6 +217,7 @@ class Client:
     """One kept-alive raw-socket connection that sends GETs and checks every answer."""
 
     def __init__(self, port: int, bodies: dict[str, bytes]) -> None:
+        self.port = port
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.bodies = bodies
@@ -244,6 +246,18 @@ class Client:
         if self.buf[start : start + size] != self.bodies[path]:
             raise RuntimeError(f"{path}: wrong body")
         self.buf = self.buf[start + size :]
+        if b"\r\nConnection: close" in head:  # nginx: keepalive_requests reached
+            self.reconnect()
+
+    def reconnect(self) -> None:
+        """Open a new connection and send the requests still unanswered again."""
+        self.sock.close()
+        self.sock = socket.create_connection(("127.0.0.1", self.port), timeout=30)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = b""
+        paths, self.inflight = list(self.inflight), deque()
+        if paths:
+            self.send(paths)
 
     def _recv(self) -> bytes:
         data = self.sock.recv(262144)
@@ -298,6 +312,11 @@ class Server:
 
     def __init__(self, kind: str, root: Path, pkg_path: str) -> None:
         self.kind = kind
+        self.proc: subprocess.Popen[str] | subprocess.Popen[bytes]
+        if kind == "nginx":
+            self.proc, url = start_nginx(root, REPO, Path(pkg_path).parent / "nginx", [])
+            self.port = int(url.split(":")[2].split("/")[0])
+            return
         self.proc = subprocess.Popen(
             [sys.executable, __file__, "--child", kind, "--root", str(root), "--pkg-path", pkg_path],
             stdin=subprocess.PIPE,
@@ -317,7 +336,9 @@ class Server:
         return n / seconds, cpu / max(n, 1) * 1e6
 
     def stop(self) -> None:
-        if self.proc.stdin is not None:
+        if self.kind == "nginx":
+            self.proc.terminate()
+        elif self.proc.stdin is not None:
             self.proc.stdin.close()
         try:
             self.proc.wait(10)
@@ -334,6 +355,7 @@ def main() -> None:
     parser.add_argument("--objects", type=int, default=5000, help="distinct small synthetic objects")
     parser.add_argument("--warm-set", type=int, default=5000, help="distinct objects of the warm patterns")
     parser.add_argument("--source", type=Path, help="copy the small files of this repository instead")
+    parser.add_argument("--max-size", type=int, default=SMALL, help="largest object copied by --source")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of everything")
     parser.add_argument("--servers", default="old,before,new", help="which servers, comma-separated")
     parser.add_argument("--patterns", default="sequential,pipelined,cold", help="which load patterns")
@@ -352,13 +374,14 @@ def main() -> None:
     try:
         root = work / "repo"
         root.mkdir()
-        bodies = copy_tree(root, args.source) if args.source else make_tree(root, args.objects)
+        bodies = copy_tree(root, args.source, args.max_size) if args.source else make_tree(root, args.objects)
         os.sync()  # written pages must be clean before they can be dropped
         revs = {
             "old": old_server_package(work / "pkgs", args.baseline_rev),
             "before": before_server_package(work / "pkgs", args.before_rev),
             "new": "working tree",
             "new-unbatched": "working tree",
+            "nginx": "nginx",
         }
         kinds = [k for k in args.servers.split(",") if k in SERVERS and revs[k]]
         print(machine())
@@ -377,6 +400,7 @@ def main() -> None:
             "pipelined": f"pipelined-{DEPTH}",
             "cold": f"cold {CONNECTIONS}x{WINDOW}",
             "cold1": f"cold 1x{DEPTH}",
+            "tree": f"tree {CONNECTIONS}x{WINDOW}",
         }
         patterns = [names[p] for p in args.patterns.split(",") if p in names]
         results: dict[tuple[str, str], list[tuple[float, float]]] = {}
@@ -394,10 +418,10 @@ def main() -> None:
                     if cold:
                         coldness.append(drop_cache(root, bodies))
                     else:
-                        warm_cache(root, warm_paths)
-                    paths = cold_paths if cold else warm_paths
+                        warm_cache(root, cold_paths if pattern == names["tree"] else warm_paths)
+                    paths = cold_paths if cold or pattern == names["tree"] else warm_paths
                     run: Callable[[], int]
-                    if pattern == names["cold"]:
+                    if pattern in (names["cold"], names["tree"]):
                         run = functools.partial(run_window, server.port, bodies, paths, deadline)
                     else:
                         depth = 1 if pattern == "sequential" else DEPTH

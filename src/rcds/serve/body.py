@@ -34,10 +34,18 @@ _nowait = hasattr(os, "preadv") and hasattr(os, "RWF_NOWAIT")
 class Deferred:
     """A body answered outside the request loop: an open descriptor and what to send."""
 
-    __slots__ = ("_fd", "is_root", "sendfile", "size")
+    __slots__ = ("_fd", "is_root", "sendfile", "sent", "size", "started")
 
     def __init__(self, fd: int, size: int, is_root: bool, sendfile: bool) -> None:
         self._fd, self.size, self.is_root, self.sendfile = fd, size, is_root, sendfile
+        self.started = False
+        """True once the head went out (with :attr:`sent` bytes of the body, by :func:`send_now`)."""
+        self.sent = 0
+
+    @property
+    def fd(self) -> int:
+        """The descriptor (still owned by this object; -1 once taken or closed)."""
+        return self._fd
 
     def take(self) -> int:
         """The descriptor, now owned by the caller."""
@@ -87,19 +95,47 @@ def read_and_close(fd: int, size: int) -> bytes:
         os.close(fd)
 
 
+def send_now(sock_fd: int, fd: int, start: int, size: int) -> tuple[int, bool]:
+    """Send bytes ``start`` to ``size`` of ``fd`` to the non-blocking socket ``sock_fd`` with
+    ``sendfile`` while the socket takes them, without waiting; return the offset reached and
+    whether the file ended early (it shrank in place: the answer is cut short).
+
+    For a connection whose transport has nothing buffered (the bytes must follow what it
+    wrote): a body the socket buffer takes whole costs a system call or two, instead of a task
+    and a writer callback of the event loop. Raises :class:`OSError` if the client went away.
+    """
+    sent = start
+    while sent < size:
+        try:
+            n = os.sendfile(sock_fd, fd, sent, size - sent)
+        except (BlockingIOError, InterruptedError):
+            return sent, False
+        if n <= 0:
+            return sent, True
+        sent += n
+    return sent, False
+
+
 async def send_file(
-    transport: asyncio.Transport, head: bytes, fd: int, size: int, progress: Callable[[int], None]
+    transport: asyncio.Transport,
+    head: bytes,
+    fd: int,
+    size: int,
+    progress: Callable[[int], None],
+    start: int = 0,
 ) -> int:
-    """Write ``head``, then ``size`` bytes of ``fd`` with ``sendfile``; close ``fd``; return body bytes sent.
+    """Write ``head`` (unless empty), then bytes ``start`` to ``size`` of ``fd`` with ``sendfile``;
+    close ``fd``; return the offset reached.
 
     Raises :class:`OSError` or :class:`RuntimeError` if the client goes away meanwhile.
     """
-    sent = 0
+    sent = start
     sock: Any = transport.get_extra_info("socket")
     with FileIO(fd, "rb", closefd=True) as f:
         _cork(sock, True)  # head and body in as few segments as possible
         try:
-            transport.write(head)
+            if head:
+                transport.write(head)
             loop = asyncio.get_running_loop()
             while sent < size:
                 count = min(SENDFILE_CHUNK, size - sent)

@@ -23,7 +23,7 @@ from typing import Protocol
 
 from rcds.serve.answer import Chunk, Ready, answer_to, object_answer
 from rcds.serve.batch import Batch, Unread
-from rcds.serve.body import Deferred, no_delay, send_file
+from rcds.serve.body import Deferred, no_delay, send_file, send_now
 from rcds.serve.handler import AccessLog, AccessRecord
 from rcds.serve.objects import ObjectGets
 from rcds.serve.request import MAX_HEAD, Request, next_request
@@ -70,13 +70,16 @@ class Connection(asyncio.Protocol):
         self._sending: asyncio.Task[None] | None = None  # a deferred answer is under way
         self._write_paused = self._read_paused = self._eof = self._closing = self._quiet = False
         self._sent = 0  # body bytes of the deferred answer sent so far
+        self._sock_fd = -1
 
     # -- asyncio callbacks ------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Register with the server, start the idle clock, turn Nagle's algorithm off."""
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
-        no_delay(transport.get_extra_info("socket"))
+        sock = transport.get_extra_info("socket")
+        no_delay(sock)
+        self._sock_fd = sock.fileno() if sock is not None else -1
         peer = transport.get_extra_info("peername")
         self.client = str(peer[0]) if peer else "-"
         self.deadline = time.monotonic() + self.ctx.idle_timeout
@@ -200,6 +203,9 @@ class Connection(asyncio.Protocol):
                 deferred = type(answer) is Deferred
                 request = _object_request(buf, pos, keep_alive) if logged or deferred else None
             pos, answered = after, True
+            if isinstance(answer, Deferred) and answer.sendfile:  # large: at once if the socket takes it
+                assert request is not None
+                answer = self._send_now(out, request, answer)
             if isinstance(answer, Deferred):  # on disk, or large: answered by a task, in a batch
                 assert request is not None
                 batch = Batch()
@@ -237,6 +243,30 @@ class Connection(asyncio.Protocol):
             self._read_paused = False
             self._transport().resume_reading()
 
+    def _send_now(self, out: list[Chunk], request: Request, later: Deferred) -> Ready | Deferred:
+        """Write the head of a large body and as much of it as the socket takes at once.
+
+        The answer's record if the whole body went (the descriptor is closed), else ``later``
+        with its head sent and :attr:`~rcds.serve.body.Deferred.sent` set: a task sends the rest.
+        """
+        keep = request.keep_alive
+        out.append(self.ctx.heads.ok(later.is_root, later.size, keep))
+        self._flush(out)
+        later.started = True
+        if self._closing or self._sock_fd < 0 or self._transport().get_write_buffer_size():
+            return later
+        try:
+            later.sent, shrunk = send_now(self._sock_fd, later.fd, 0, later.size)
+        except OSError as exc:  # the client went away
+            log.debug("sending to %s failed: %s", self.client, exc)
+            later.close()
+            self.abort()
+            return [], HTTPStatus.OK, later.sent, False
+        if later.sent < later.size and not shrunk:
+            return later
+        later.close()
+        return [], HTTPStatus.OK, later.sent, keep and not shrunk
+
     def _flush(self, out: list[Chunk]) -> None:
         if out:
             if not self._closing:
@@ -244,21 +274,31 @@ class Connection(asyncio.Protocol):
             out.clear()
 
     def _fill(self, batch: Batch, buf: bytes, pos: int) -> int:
-        """Answer the requests after a cold one into ``batch`` while it has room; the new offset."""
+        """Answer the requests after a cold one into ``batch`` while it has room; the new offset.
+
+        Their bodies are tried in the page cache as long as at most a quarter of those tried
+        were not there (a cold file among warm ones); after that they are all left to the
+        batch's job (a cold tree: trying each would only add a failed read per file).
+        """
         try:
             heads, objects = self.ctx.heads, self.ctx.objects
+            tried = missed = 0
             while batch.has_room() and pos < len(buf):
+                defer = missed * 4 > tried
                 opened = objects.open(buf, pos)
                 answer: Ready | Deferred
                 if opened is None:
                     request, after = next_request(buf, pos)
                     if request is None:
                         break  # incomplete, or an empty line: left to _answer_buffered
-                    answer = answer_to(request, heads, self.ctx.lookup, defer=True)
+                    answer = answer_to(request, heads, self.ctx.lookup, defer=defer)
                 else:
                     fd, size, keep_alive, after = opened
-                    answer = object_answer(heads, fd, size, keep_alive, defer=True)
+                    answer = object_answer(heads, fd, size, keep_alive, defer=defer)
                     request = _object_request(buf, pos, keep_alive)
+                if not defer:
+                    tried += 1
+                    missed += type(answer) is Deferred and not answer.sendfile
                 pos = after
                 if not batch.add(request, request.expect_continue, answer):
                     break
@@ -279,8 +319,9 @@ class Connection(asyncio.Protocol):
             if keep and batch.tail is not None and not self._closing:
                 current, later = batch.tail
                 keep = current.keep_alive
-                head = self.ctx.heads.ok(later.is_root, later.size, keep)
-                await send_file(transport, head, later.take(), later.size, self._progress)
+                head = b"" if later.started else self.ctx.heads.ok(later.is_root, later.size, keep)
+                self._sent = later.sent
+                await send_file(transport, head, later.take(), later.size, self._progress, later.sent)
                 keep = keep and self._sent == later.size
         except (OSError, RuntimeError) as exc:  # the client went away, the transport closed, EIO
             log.debug("sending to %s failed: %s", self.client, exc)

@@ -32,7 +32,7 @@ import re
 import stat
 from collections.abc import Callable
 
-from rcds.serve import openat2
+from rcds.serve.openat2 import available, open_no_symlinks
 from rcds.serve.request import next_request
 
 DIR_SECONDS = 1.0
@@ -133,10 +133,10 @@ class ObjectGets:
         self._verdicts[buf[start:after]] = request.keep_alive
 
     def _open_dir(self, root: str, bucket: bytes) -> int:
-        if _DIR_FLAGS < 0 or not openat2.available():
+        if _DIR_FLAGS < 0 or not available():
             return -1
         try:
-            fd = openat2.open_no_symlinks(f"{root}/data/{bucket.decode()}", _DIR_FLAGS)
+            fd = open_no_symlinks(f"{root}/data/{bucket.decode()}", _DIR_FLAGS)
         except OSError:
             return -1
         if fd >= 0:
