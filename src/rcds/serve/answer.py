@@ -23,6 +23,7 @@ Ready = tuple[list[Chunk], int, int, bool]
 """An answer in memory: chunks to write, status, body bytes, whether the connection stays open."""
 
 log = logging.getLogger("rcds.serve.http")
+_OK = int(HTTPStatus.OK)  # a plain int: an enum member costs a descriptor call per use
 
 
 def answer_to(
@@ -85,7 +86,7 @@ def object_answer(
     os.close(fd)
     keep = keep_alive and len(data) == size
     head = heads.ok(False, size, keep)
-    return ([head, data] if data else [head]), HTTPStatus.OK, len(data), keep
+    return ([head, data] if data else [head]), _OK, len(data), keep
 
 
 def error(heads: Heads, status: HTTPStatus, body: bool, keep: bool) -> Ready:

@@ -33,7 +33,7 @@ _CONNECTION = {True: b"keep-alive\r\n\r\n", False: b"close\r\n\r\n"}
 class Heads:
     """Builds response heads for one server's cache settings.
 
-    ``ok(is_root, size, keep_alive)`` is the hot path: two cached halves around the
+    ``ok(is_root, size, keep_alive)`` is the hot path: two cached parts around the
     ``Content-Length`` value, refreshed when the second changes.
     """
 
@@ -41,12 +41,14 @@ class Heads:
         self.root_max_age = root_max_age
         self.object_max_age = object_max_age
         self._second = -1
-        self._halves: tuple[tuple[bytes, bytes], tuple[bytes, bytes]] = ((b"", b""), (b"", b""))
+        self._next = 0.0  # when the date strings are due again
+        self._firsts: tuple[bytes, bytes] = (b"", b"")
+        self._rests: tuple[dict[bool, bytes], dict[bool, bytes]] = ({}, {})
         self._date = b""
 
     def _refresh(self, second: int) -> None:
         date = formatdate(second, usegmt=True)
-        halves = []
+        firsts, rests = [], []
         for is_root in (False, True):
             if is_root:
                 ctype, max_age = ROOT_CONTENT_TYPE, self.root_max_age
@@ -60,18 +62,20 @@ class Heads:
             )
             expires = formatdate(second + max_age, usegmt=True)
             second_half = f"\r\nCache-Control: {cache}\r\nExpires: {expires}\r\nConnection: "
-            halves.append((first.encode("latin-1"), second_half.encode("latin-1")))
-        self._halves = (halves[0], halves[1])
+            firsts.append(first.encode("latin-1"))
+            rests.append({keep: second_half.encode("latin-1") + _CONNECTION[keep] for keep in (False, True)})
+        self._firsts = (firsts[0], firsts[1])
+        self._rests = (rests[0], rests[1])
         self._date = date.encode("latin-1")
         self._second = second
+        self._next = second + 1.0
 
     def ok(self, is_root: bool, size: int, keep_alive: bool) -> bytes:
         """The head of a ``200`` for a file of ``size`` bytes."""
-        second = int(time.time())
-        if second != self._second:
-            self._refresh(second)
-        first, rest = self._halves[is_root]
-        return b"%s%d%s%s" % (first, size, rest, _CONNECTION[keep_alive])
+        now = time.time()
+        if not self._second <= now < self._next:
+            self._refresh(int(now))
+        return b"%s%d%s" % (self._firsts[is_root], size, self._rests[is_root][keep_alive])
 
     def error(self, status: HTTPStatus, keep_alive: bool) -> tuple[bytes, bytes]:
         """The head and the body of an error answer (send the body except to ``HEAD``)."""
