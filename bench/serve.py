@@ -1,12 +1,14 @@
 """Small-object request rate of the repository server, warm and cold page cache, several versions in one run.
 
-Run: ``python bench/serve.py [--objects K | --source DIR] [--rounds R] [--servers LIST] [--patterns LIST]``
+Run: ``python bench/serve.py [--objects K | --source DIR [--max-size B]] [--rounds R] [--servers LIST]
+[--patterns LIST]``
 
 A repository of small objects (``data/xx/<hash>``) plus a manifest is written to a temporary
 directory: ``K`` synthetic objects of 0.2-6 KB, or with ``--source DIR`` a copy of the files up
-to 64 KiB of an existing repository directory (only read; e.g. the 18.6k objects of a real
-client download). Each server runs in a child process (so the load client does not share its
-GIL) on ``127.0.0.1``:
+to 64 KiB (``--max-size``) of an existing repository directory (only read; e.g. the 18.6k objects
+of a real client download, or with ``--max-size 100000000`` every object of the real tree that
+``bench/client.py`` publishes). Each server runs in a child process (so the load client does not
+share its GIL) on ``127.0.0.1``:
 
 * ``old``: the threaded ``http.server`` version of ``rcds.serve`` taken from git (the newest
   commit at or before ``--baseline-rev`` whose ``serve/handler.py`` still has ``RequestHandler``);
@@ -14,7 +16,10 @@ GIL) on ``127.0.0.1``:
   ``HEAD``: the working tree without its uncommitted changes);
 * ``new``: :func:`rcds.serve.http.make_server` of this tree;
 * ``new-unbatched`` (only if asked for): the same with ``rcds.serve.batch.MAX_COLD = 1``, so
-  that every cold file is read by a worker-thread job of its own, as ``before`` did.
+  that every cold file is read by a worker-thread job of its own, as ``before`` did;
+* ``nginx`` (only if asked for): nginx as ``bench/nginx_site.py`` runs it (one process,
+  ``sendfile on``), the cost to aim at. It closes a connection after 1,000 requests
+  (``keepalive_requests``); the client then sends the unanswered requests again on a new one.
 
 A lean raw-socket client in this process checks every answer (status 200, exact body). Load
 patterns, each over kept-alive connections:
@@ -27,7 +32,10 @@ patterns, each over kept-alive connections:
   such run the page cache of every served file is dropped
   (``posix_fadvise(POSIX_FADV_DONTNEED)`` on each), and a sample is checked to be cold;
 * ``cold 1x16`` (only if asked for: ``--patterns ...,cold1``): every object once, cold, over one
-  connection in batches of 16.
+  connection in batches of 16;
+* ``tree 2x32`` (only if asked for: ``--patterns ...,tree``): every object once, in random order,
+  as ``cold 2x32`` does, but with every file read just before (what ``rcds get`` of a tree that
+  was just published or read asks of the server).
 
 The servers are measured in turn within each of ``R`` rounds (interleaved, since other work on
 the machine varies); the table shows the median over the rounds, and the range.

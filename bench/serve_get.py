@@ -46,8 +46,9 @@ s = make_server({sys.argv[2]: Path(sys.argv[1])}, access_log=log if sys.argv[3] 
 print(s.url_for(sys.argv[2]), flush=True)
 try:
     s.serve_forever()
-finally:
-    print(count[0], flush=True)
+except KeyboardInterrupt:
+    pass
+print(count[0], flush=True)
 """
 
 

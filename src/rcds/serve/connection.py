@@ -1,12 +1,17 @@
 """One client connection of the repository server: an :class:`asyncio.Protocol`.
 
-Request heads are parsed from whatever arrives (:mod:`rcds.serve.request`); several requests
-in one read (HTTP/1.1 pipelining) are answered in order. Small bodies are read with the head
+Request heads are parsed from whatever arrives; several requests in one read (HTTP/1.1
+pipelining) are answered in order. An object ``GET`` in the usual form takes a short path
+(:mod:`rcds.serve.objects`: one regular expression, the verdict on its header lines looked up,
+one ``openat`` in a cached bucket directory); anything else the general one
+(:mod:`rcds.serve.request`, :mod:`rcds.serve.answer`). Small bodies are read with the head
 and written in one go (the answers to one read are joined into one write when no access log
 is installed). A small body not in the page cache is read by a worker thread together with
-those of the pipelined requests after it, in one job (:mod:`rcds.serve.batch`); bodies above
-:data:`~rcds.serve.body.SMALL_BODY` go out with ``sendfile`` (:mod:`rcds.serve.body`); later
-requests wait meanwhile, answered in order afterwards. When the client does
+those of the pipelined requests after it that are not in the page cache either, in one job
+(:mod:`rcds.serve.batch`). A body above :data:`~rcds.serve.body.SMALL_BODY` goes out with
+``sendfile`` (:mod:`rcds.serve.body`): at once, in the loop, when the socket takes all of it
+(the transport holding nothing), else from a task, with later requests waiting meanwhile and
+answered in order afterwards. When the client does
 not read (the transport asks to pause writing), no further requests are answered and, beyond
 :data:`MAX_INPUT` unanswered bytes, no further input is read. A connection that stays idle,
 takes longer than the idle timeout for one request head, or makes no progress reading an
