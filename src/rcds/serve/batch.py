@@ -4,9 +4,12 @@ A small body not in the page cache (:func:`~rcds.serve.body.read_cached` says so
 worker thread. Rather than one thread hand-off per such file, with the connection's later
 pipelined requests stalled behind each, the connection answers the requests that follow it in
 its buffer as well and collects the answers, in request order, in a :class:`Batch`: those
-ready at once (``HEAD``, errors, empty files) as bytes, and every other small body as a
-descriptor opened exactly as for any request (:func:`~rcds.serve.answer.answer_to` with
-``defer=True``: the page cache is not even tried, the job reads them anyway). One job
+ready at once (``HEAD``, errors, empty files, bodies found in the page cache) as bytes, and
+every other small body as a descriptor opened exactly as for any request. The page cache is
+tried for the following requests as long as at most a quarter of those tried missed (a cold
+file among warm ones, as the kernel's eviction leaves a tree); after that it is not even tried
+(:func:`~rcds.serve.answer.answer_to` with ``defer=True``: a cold tree, the job reads them
+anyway). One job
 (:meth:`Batch.read`) first asks for all of them with ``POSIX_FADV_WILLNEED``, so that the disk
 works on them together, then reads them one after the other; the connection then writes the
 answers in order.
