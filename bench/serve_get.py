@@ -6,7 +6,8 @@ repository is reused). Up to three servers serve that repository on loopback at 
 process of its own: the engine's :func:`rcds.serve.http.make_server` of this tree (``this``), the
 same from ``--base-src`` (``base``, e.g. a copy of ``main``'s ``src``) and nginx
 (``bench/nginx_site.py``, one process, ``sendfile on``). Each round copies the whole tree once
-from each server in turn (alternating, so that a drift of the machine falls on all of them),
+from each server in turn (alternating, so that a drift of the machine falls on all of them; the
+order reversed every other round), with ``--cold`` after dropping the page cache of every object,
 always with this tree's ``rcds get`` onto ``--out`` (default: ``/dev/shm``, a tmpfs). Per copy it
 prints the wall time, the CPU seconds of the server (``/proc/<pid>/stat``, all threads, before
 and after), per request (the requests of a copy are counted once from the engine's access log
@@ -99,6 +100,17 @@ def copy(url: str, key: str, out: Path, server_pid: int) -> tuple[float, float, 
     return wall, server, main + workers
 
 
+def drop_cache(public: Path) -> None:
+    """Drop the page cache of every object of the repository (``POSIX_FADV_DONTNEED``; the
+    kernel's own eviction does the same to a tree left alone for a while on these machines)."""
+    for path in public.glob("data/??/*"):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
 def count_requests(public: Path, key: str, out: Path) -> int:
     """The requests of one copy, from the access log of a server of this tree."""
     proc, url = start_engine(public, None, count=True)
@@ -119,6 +131,7 @@ def main() -> None:
         "--servers", default="this,base,nginx", help="which of this, base, nginx (comma-separated)"
     )
     ap.add_argument("--out", type=Path, default=Path("/dev/shm"), help="where the copies go (default: tmpfs)")
+    ap.add_argument("--cold", action="store_true", help="drop the page cache of every object first")
     args = ap.parse_args()
     public = args.keep / "repo" / "public"
     key = str(args.keep / "repo" / "keys" / f"{REPO}.pub")
@@ -137,9 +150,11 @@ def main() -> None:
                 servers[name] = start_nginx(public, REPO, nginx_dir, [])
             else:
                 servers[name] = start_engine(public, args.base_src.resolve() if name == "base" else None)
-        for _ in range(args.rounds):
-            for name in wanted:
+        for rnd in range(args.rounds):
+            for name in wanted if rnd % 2 == 0 else wanted[::-1]:  # no server always comes first
                 proc, url = servers[name]
+                if args.cold:
+                    drop_cache(public)
                 r = copy(url, key, args.out, proc.pid)
                 results[name].append(r)
                 show(name, requests, *r)
