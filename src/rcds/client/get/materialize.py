@@ -57,10 +57,18 @@ from rcds.client.get.procs import configured_processes
 from rcds.client.get.state import LEGACY_STATE_FILE, GetState, state_path
 from rcds.client.repository import Repository
 from rcds.client.tree.files import Piece, pieces_of
-from rcds.client.tree.mounted import Located, is_canonical
+from rcds.client.tree.mounted import Located
+from rcds.client.tree.rows import lean_row, walk_rows
 from rcds.errors import InputError, IntegrityError, StorageError
-from rcds.format.dirent import FLAG_CHUNKED, FLAG_EXTERNAL, Dirent
-from rcds.format.hashes import ObjectKind
+from rcds.format.dirent import (
+    ALGORITHM_OF_FLAG_VALUE,
+    FLAG_CHUNKED,
+    FLAG_EXTERNAL,
+    Dirent,
+    algorithm_of_flags,
+)
+from rcds.format.hashes import ContentHash, ObjectKind
+from rcds.repo.catalog import Catalog, LeanRow
 
 __all__ = ["GetReport", "Progress", "content_key", "materialize"]
 
@@ -71,6 +79,9 @@ _NEW = tuple.__new__
 _FILE = ObjectKind.FILE
 _NOT_ONE_OBJECT = FLAG_CHUNKED | FLAG_EXTERNAL
 _S_IFMT, _S_IFDIR, _S_IFREG, _S_IFLNK = 0o170000, stat.S_IFDIR, stat.S_IFREG, stat.S_IFLNK
+_ALGORITHMS = ALGORITHM_OF_FLAG_VALUE
+_IDENTIFIERS = tuple("" if a is None else a.identifier for a in ALGORITHM_OF_FLAG_VALUE)
+"""The hash string suffix of each value of flag bits 8-10 (a file's content key is its hash string)."""
 
 
 @dataclass(slots=True)
@@ -126,6 +137,7 @@ def materialize(
     with repo.using() as m:
         top = m.resolve(source_path, follow=True)
         if top.entry.is_dir:
+            top = m.inside(top)
             target = dest
             if dest.is_symlink() or (dest.exists() and not dest.is_dir()):
                 raise InputError(f"{dest} exists and is not a directory; choose another destination")
@@ -137,10 +149,12 @@ def materialize(
         n = configured_processes() if processes is None else processes
         plan = _Plan(repo, m.revision, top, target, _Options(workers, progress, keep_in_cache, n))
         collecting = gc.isenabled()
-        gc.disable()  # the plan holds ~10 objects per file: no need to scan them over and over
+        gc.disable()  # the plan holds a few objects per file: no need to scan them over and over
         try:
-            for loc in m.walk(top):
-                plan.add(loc)
+            plan.add_top()
+            if top.entry.is_dir:
+                for path, cat, rows in walk_rows(m, top):
+                    plan.add_rows(path, cat, rows)
             plan.run()
             return plan.report(time.monotonic() - t0)
         finally:
@@ -158,7 +172,13 @@ class _Options(NamedTuple):
 
 
 class _Plan:
-    """The copy of one subtree: files are planned as the walk finds them, downloads start at once."""
+    """The copy of one subtree: files are planned as the walk finds them, downloads start at once.
+
+    The walk gives each directory's rows as plain tuples (:mod:`rcds.client.tree.rows`); the
+    usual file (one object, not a hard link) becomes its :class:`PlannedFile` straight from its
+    row, with no :class:`Dirent`; the other entries (directories, symlinks, chunked files, hard
+    links) are rarer and planned from a :class:`Dirent` made of their row.
+    """
 
     def __init__(
         self, repo: Repository, revision: int, top: Located, target: Path, options: _Options
@@ -203,42 +223,72 @@ class _Plan:
     def path(self, rel: str) -> str:
         return f"{self._target}/{rel}" if rel else self._target
 
-    def add(self, loc: Located) -> None:
-        """Plan one entry of the walk (parents come before their children)."""
-        e = loc.entry
-        path = e.path
-        if path != self._top_path:  # a plain name, on a path without empty, ".", ".." or NUL parts
-            rel = path[self._cut :]
-            check_name(e.name, path)
-            if not is_canonical("/" + rel) or "\0" in rel:
-                raise IntegrityError(
-                    f"refusing to write {path!r}: its path would leave the destination", path
-                )
-            if rel == LEGACY_STATE_FILE:
-                self.legacy_is_an_entry = True
-        else:
-            rel = ""
+    def add_top(self) -> None:
+        """Plan the top entry of the copy (the target itself)."""
+        self._add_entry("", self.top.entry.path, self._target, lean_row(self.top), self.top.catalog)
+
+    def add_rows(self, path: str, cat: Catalog, rows: list[LeanRow]) -> None:
+        """Plan the entries of directory ``path`` (rows of ``cat``, names checked: see
+        :func:`~rcds.client.tree.rows.walk_rows`); their directory was planned before."""
+        rel_dir = path[self._cut :]
+        prefix = f"{rel_dir}/" if rel_dir else ""
+        if not rel_dir and LEGACY_STATE_FILE in (r[0] for r in rows):
+            self.legacy_is_an_entry = True
+        final_dir = f"{self._target}/{prefix}"
+        repo_dir = f"{path}/"
+        add_file = self._add_file
+        for row in rows:
+            name, mode, size, mtime, ns, flags, hardlinks, raw, _, _, _ = row
+            if (
+                mode & _S_IFMT == _S_IFREG
+                and size > 0
+                and not flags & _NOT_ONE_OBJECT
+                and not hardlinks >> 32
+                and type(raw) is bytes
+                and len(raw) == 20
+            ):  # the usual file: planned from its row
+                v = (flags >> 8) & 7
+                algo = _ALGORITHMS[v]
+                if algo is not None:
+                    h = _NEW(ContentHash, (algo, raw))
+                    attrs = (final_dir + name, repo_dir + name, mode, size, mtime, ns)
+                    add_file(
+                        _NEW(
+                            PlannedFile,
+                            (
+                                prefix + name,
+                                attrs,
+                                (_NEW(Piece, (0, size, h, _FILE)),),
+                                raw.hex() + _IDENTIFIERS[v],
+                                not (flags >> 11) & 7,
+                            ),
+                        )
+                    )
+                    continue
+            self._add_entry(prefix + name, repo_dir + name, final_dir + name, row, cat)
+
+    def _add_entry(self, rel: str, path: str, final: str, row: LeanRow, cat: Catalog) -> None:
+        """Plan any entry (the top, or a row :meth:`add_rows` leaves to it)."""
+        e = _dirent(path, row)
         kind = e.mode & _S_IFMT
         if kind == _S_IFREG:
-            h = e.hash
-            if not e.flags & _NOT_ONE_OBJECT and h is not None and e.size > 0:  # the usual file
-                pieces: tuple[Piece, ...] = (_NEW(Piece, (0, e.size, h, _FILE)),)
-                key = h.hex
-            else:
-                pieces = tuple(pieces_of(e, loc.catalog))
-                key = content_key(e, pieces)
-            f = _NEW(PlannedFile, (rel, e, pieces, key))
+            pieces = tuple(pieces_of(e, cat))
+            attrs = (final, path, e.mode, e.size, e.mtime, e.mtimens)
+            f = _NEW(PlannedFile, (rel, attrs, pieces, content_key(e, pieces), e.compressed))
             if e.hardlinks >> 32 and e.link_count > 1:
-                self.groups.setdefault((loc.catalog.mountpoint, e.hardlink_group), []).append(f)
+                self.groups.setdefault((cat.mountpoint, e.hardlink_group), []).append(f)
             else:
                 self._add_file(f)
         elif kind == _S_IFDIR:
             self.dirs.append((rel, e))
             if self.is_dir:
                 try:
-                    prepare_dir(Path(self.path(rel)))
+                    try:
+                        os.mkdir(final, 0o700)  # the usual case: a fresh copy
+                    except FileExistsError:
+                        prepare_dir(Path(final))
                 except OSError as exc:
-                    raise StorageError(f"cannot create the directory {self.path(rel)}: {exc}") from exc
+                    raise StorageError(f"cannot create the directory {final}: {exc}") from exc
         elif kind == _S_IFLNK:
             self.links.append((rel, e))
         else:
@@ -246,7 +296,7 @@ class _Plan:
 
     def _add_file(self, f: PlannedFile) -> None:
         prog = self.prog
-        size = f.entry.size
+        size = f.attrs[3]
         prog.files_total += 1
         prog.bytes_total += size
         if self._done_keys and self._is_current(f):
@@ -254,7 +304,7 @@ class _Plan:
             prog.files_done += 1
             prog.bytes_done += size
         elif size == 0:  # nothing to fetch (whatever object an empty file names)
-            write_file(self.path(f.rel), f.entry, b"")
+            write_file(self.path(f.rel), f.target(), b"")
             self._done(f)
         elif len(f.pieces) == 1 and f.pieces[0].size <= BULK_MAX_OBJECT:
             self.downloads.add(f)
@@ -312,7 +362,7 @@ class _Plan:
         with self._lock:
             prog = self.prog
             prog.files_done += 1
-            prog.bytes_done += f.entry.size
+            prog.bytes_done += f.attrs[3]
             if self._progress is not None:
                 self._progress(prog)
             now = time.monotonic()
@@ -329,7 +379,7 @@ class _Plan:
             progress = self._progress
             for f in files:
                 prog.files_done += 1
-                prog.bytes_done += f.entry.size
+                prog.bytes_done += f.attrs[3]
                 if progress is not None:
                     progress(prog)
             now = time.monotonic()
@@ -347,8 +397,8 @@ class _Plan:
             return False
         return (
             st.st_mode & 0o170000 == 0o100000
-            and st.st_size == f.entry.size
-            and st.st_mtime_ns == mtime_ns(f.entry)
+            and st.st_size == f.attrs[3]
+            and st.st_mtime_ns == mtime_ns(f.target())
         )
 
     def _write_singles(self, files: list[PlannedFile], during: Callable[[], None]) -> None:
@@ -376,17 +426,17 @@ class _Plan:
             written = 0
             for p in f.pieces:
                 with source.open_object(
-                    p.hash, p.kind, size=p.size, compressed=f.entry.compressed, keep=keep
+                    p.hash, p.kind, size=p.size, compressed=f.compressed, keep=keep
                 ) as obj:
                     if copy_into(obj, fd, p.size) != p.size:
                         raise IntegrityError(
-                            f"{f.entry.path}: object {p.hash.hex} is shorter than {p.size} bytes",
-                            f.entry.path,
+                            f"{f.attrs[1]}: object {p.hash.hex} is shorter than {p.size} bytes",
+                            f.attrs[1],
                         )
                 written += p.size
             return written
 
-        write_file(self.path(f.rel), f.entry, fill=fill)
+        write_file(self.path(f.rel), f.target(), fill=fill)
 
     def _link_groups(self) -> int:
         count = 0
@@ -395,3 +445,14 @@ class _Plan:
             for f in group[1:]:
                 count += hard_link(primary, self.path(f.rel))
         return count
+
+
+def _dirent(path: str, row: LeanRow) -> Dirent:
+    """The entry of a lean row found under ``path`` (its hash column checked as catalogs do)."""
+    name, mode, size, mtime, ns, flags, hardlinks, raw, symlink, _, _ = row
+    h = None
+    if raw:
+        if type(raw) is not bytes or len(raw) != 20:
+            raise IntegrityError(f"{path or '/'} has a malformed hash column", path)
+        h = ContentHash(algorithm_of_flags(flags), raw)
+    return Dirent(path, name, mode, size, mtime, flags, hardlinks, h, symlink, 0, 0, ns, None)
