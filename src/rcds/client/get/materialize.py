@@ -237,6 +237,9 @@ class _Plan:
         final_dir = f"{self._target}/{prefix}"
         repo_dir = f"{path}/"
         add_file = self._add_file
+        download = self.downloads.add
+        direct = not self._done_keys  # no earlier copy to compare with: no check per file
+        files = nbytes = 0
         for row in rows:
             name, mode, size, mtime, ns, flags, hardlinks, raw, _, _, _ = row
             if (
@@ -251,21 +254,26 @@ class _Plan:
                 algo = _ALGORITHMS[v]
                 if algo is not None:
                     h = _NEW(ContentHash, (algo, raw))
-                    attrs = (final_dir + name, repo_dir + name, mode, size, mtime, ns)
-                    add_file(
-                        _NEW(
-                            PlannedFile,
-                            (
-                                prefix + name,
-                                attrs,
-                                (_NEW(Piece, (0, size, h, _FILE)),),
-                                raw.hex() + _IDENTIFIERS[v],
-                                not (flags >> 11) & 7,
-                            ),
-                        )
+                    f = _NEW(
+                        PlannedFile,
+                        (
+                            prefix + name,
+                            (final_dir + name, repo_dir + name, mode, size, mtime, ns),
+                            (_NEW(Piece, (0, size, h, _FILE)),),
+                            raw.hex() + _IDENTIFIERS[v],
+                            not (flags >> 11) & 7,
+                        ),
                     )
+                    if direct and size <= BULK_MAX_OBJECT:  # what _add_file does with it
+                        files += 1
+                        nbytes += size
+                        download(f)
+                    else:
+                        add_file(f)
                     continue
             self._add_entry(prefix + name, repo_dir + name, final_dir + name, row, cat)
+        self.prog.files_total += files
+        self.prog.bytes_total += nbytes
 
     def _add_entry(self, rel: str, path: str, final: str, row: LeanRow, cat: Catalog) -> None:
         """Plan any entry (the top, or a row :meth:`add_rows` leaves to it)."""
