@@ -2,21 +2,22 @@
 
 The subtree is walked on one revision (kept mounted for the whole copy) by
 :func:`rcds.client.tree.rows.walk_rows` (each directory's rows as plain tuples, names checked),
-and every entry is planned as the walk reaches it: directories are created at once (parents come first), files
-already complete from an earlier run are skipped, empty files written, and the single-object
-files go to :class:`~rcds.client.get.downloads.Downloads`, which copies cached objects from the
-local cache and downloads the others in pipelined batches, one verified download per distinct
-object, in worker processes that start while the walk is still going on (or in two threads
-for a small copy). Chunked and very large files are fetched by worker threads (``workers``,
-a file each) after the walk, their pieces pipelined and written at their offsets. Files are written as :func:`rcds.client.get.fs.write_file` does
-(in place when the name is free, else through a temp file and a rename), with their mode and
-modification time, and only recorded once complete. Symbolic links are created as links and
-never followed; members of a hard-link group become hard links of one file; directories get
-their modes and times last.
+and every entry is planned as the walk reaches it: directories are created at once (parents
+come first), files already complete from an earlier run are skipped, empty files written, and
+the single-object files go to :class:`~rcds.client.get.downloads.Downloads`, which copies cached
+objects from the local cache and downloads the others in pipelined batches, one verified
+download per distinct object, in worker processes that start while the walk is still going on
+(or in two threads for a small copy). Chunked and very large files are fetched by worker
+threads (``workers``, a file each) after the walk, their pieces pipelined and written at their
+offsets. Files are written as :func:`rcds.client.get.fs.write_file` does (in place when the
+name is free, else through a temp file and a rename), with their mode and modification time,
+and only recorded once complete. Symbolic links are created as links and never followed;
+members of a hard-link group become hard links of one file; directories get their modes and
+times last.
 
-Nothing is written outside the destination: names are checked (no ``..``, ``/`` or NUL), and
-existing symlinks or files where a directory belongs are replaced, never followed. An error
-stops the copy where it is; what was written is complete and recorded.
+Nothing is written outside the destination: names are checked (no ``..``, ``/`` or NUL, none
+twice in a directory), and existing symlinks or files where a directory belongs are replaced,
+never followed. An error stops the copy where it is; what was written is complete and recorded.
 
 Resuming: a small state file in the local cache directory, named after the destination
 (:mod:`rcds.client.get.state`; never in the copied tree), records for every completed
