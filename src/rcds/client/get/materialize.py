@@ -387,10 +387,13 @@ class _Plan:
         with self._lock:
             prog = self.prog
             progress = self._progress
-            for f in files:
-                prog.files_done += 1
-                prog.bytes_done += f.attrs[3]
-                if progress is not None:
+            if progress is None:  # the walk goes on (or no progress shown): the counts at once
+                prog.files_done += len(files)
+                prog.bytes_done += sum([f.attrs[3] for f in files])
+            else:
+                for f in files:
+                    prog.files_done += 1
+                    prog.bytes_done += f.attrs[3]
                     progress(prog)
             now = time.monotonic()
             if now - self._last_save <= SAVE_EVERY:
