@@ -30,7 +30,6 @@ and, once its records are saved in the cache, removed (unless the repository has
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import gc
 import os
 import stat
@@ -41,12 +40,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
-from rcds.client.fetch.bulk import BULK_MAX_OBJECT, Wanted, fetch_objects
+from rcds.client.fetch.bulk import BULK_MAX_OBJECT
 from rcds.client.get.downloads import Downloads, PlannedFile
 from rcds.client.get.fs import (
     check_name,
     content_key,
-    copy_into,
     finish_dir,
     hard_link,
     mtime_ns,
@@ -55,6 +53,7 @@ from rcds.client.get.fs import (
     write_file,
     write_symlink,
 )
+from rcds.client.get.pieces import write_pieced
 from rcds.client.get.procs import configured_processes
 from rcds.client.get.state import LEGACY_STATE_FILE, GetState, state_path
 from rcds.client.repository import Repository
@@ -327,7 +326,15 @@ class _Plan:
         try:
             for group in self.groups.values():
                 self._add_file(group[0])
-            self._write_singles(self.singles, during=self.downloads.finish)
+            write_pieced(
+                self.repo.source,
+                self.singles,
+                self.path,
+                keep=self.options.keep,
+                workers=self.options.workers,
+                done=self._done,
+                during=self.downloads.finish,
+            )
             self.hardlinks = self._link_groups()
             for rel, e in self.links:
                 write_symlink(self.path(rel), e)
@@ -414,52 +421,6 @@ class _Plan:
             and st.st_mtime_ns == mtime_ns(f.target())
         )
 
-    def _write_singles(self, files: list[PlannedFile], during: Callable[[], None]) -> None:
-        """Chunked and large files: pieces fetched one by one through the caches, in worker
-        threads, while ``during()`` runs (the batch downloads: the large files no longer wait for
-        the small ones, nor leave the cores idle at the end)."""
-        if not files:
-            during()
-            return
-        pool = cf.ThreadPoolExecutor(max(1, self.options.workers), thread_name_prefix="rcds-get")
-        futures = {pool.submit(self._write_pieces, f): f for f in files}
-        try:
-            during()
-            for fut in cf.as_completed(futures):
-                fut.result()
-                self._done(futures[fut])
-        finally:  # on an error: what is queued is dropped, what is being written is finished
-            pool.shutdown(wait=True, cancel_futures=True)
-
-    def _write_pieces(self, f: PlannedFile) -> None:
-        """A chunked or large file: cached pieces copied in the kernel, the others downloaded
-        pipelined (:func:`~rcds.client.fetch.bulk.fetch_objects`, verified, inflated whole by
-        libdeflate) and written at their offsets as they arrive."""
-        source = self.repo.source
-        pieces = f.pieces
-
-        def fill(fd: int) -> int:
-            missing = []
-            for i, p in enumerate(pieces):
-                obj = source.cached(p.hash, p.kind, p.size)
-                if obj is None:
-                    missing.append(i)
-                    continue
-                with obj:
-                    os.lseek(fd, p.offset, os.SEEK_SET)
-                    if copy_into(obj, fd, p.size) != p.size:
-                        raise IntegrityError(
-                            f"{f.attrs[1]}: object {p.hash.hex} is shorter than {p.size} bytes", f.attrs[1]
-                        )
-            wanted = [
-                _NEW(Wanted, (p.hash, p.kind, p.size, f.compressed)) for p in (pieces[i] for i in missing)
-            ]
-            for k, plain in fetch_objects(source, wanted, keep=self.options.keep):
-                _pwrite_all(fd, plain, pieces[missing[k]].offset)  # exactly the piece's size: verified
-            return sum(p.size for p in pieces)
-
-        write_file(self.path(f.rel), f.target(), fill=fill)
-
     def _link_groups(self) -> int:
         count = 0
         for group in self.groups.values():
@@ -467,14 +428,6 @@ class _Plan:
             for f in group[1:]:
                 count += hard_link(primary, self.path(f.rel))
         return count
-
-
-def _pwrite_all(fd: int, data: bytes | bytearray, offset: int) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.pwrite(fd, view, offset)
-        view = view[n:]
-        offset += n
 
 
 def _dirent(path: str, row: LeanRow) -> Dirent:
