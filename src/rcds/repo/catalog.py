@@ -46,6 +46,23 @@ as stock reads them: a NULL number is 0, a NULL text is empty (``mtimens`` stays
 Row = tuple[Any, ...]
 """One row of :data:`_SELECT`."""
 
+_LEAN = (
+    "SELECT ifnull(CAST(name AS TEXT), ''), "
+    + ", ".join(_INT.format(c) for c in ("mode", "size", "mtime"))
+    + ", {mtimens}, "
+    + ", ".join(_INT.format(c) for c in ("flags", "hardlinks"))
+    + ", hash, ifnull(CAST(symlink AS TEXT), ''), parent_1, parent_2 FROM catalog WHERE ("
+    + _INT.format("flags")
+    + " & 32768) = 0{where}"
+)
+"""A lean row (:meth:`Catalog.lean_tree`, :meth:`Catalog.lean_listdir`): what a copy of a file
+needs, typed as in :data:`_SELECT`; hidden rows (flag ``0x8000``) are left out by the query.
+Not sorted (an ``ORDER BY`` of the whole catalog costs more than sorting each directory)."""
+
+LeanRow = tuple[str, int, int, int, "int | None", int, int, "bytes | None", str, int, int]
+"""``(name, mode, size, mtime, mtimens, flags, hardlinks, hash, symlink, parent_1, parent_2)``:
+see :data:`_LEAN`."""
+
 LOOKUP_BATCH = 400
 """Paths per query of :meth:`Catalog.lookup_many` (800 parameters: within every SQLite's limit)."""
 
@@ -237,6 +254,40 @@ class Catalog:
         for row in self.db.execute(self._select(parents=True)):
             groups[row[14], row[15]].append(row[:14])
         return CatalogTree(self.what, groups)
+
+    def _lean(self, where: str = "") -> str:
+        """:data:`_LEAN` for this catalog's columns."""
+        return _LEAN.format(
+            mtimens="CAST(mtimens AS INTEGER)" if self._mtimens else "NULL",
+            where=where,
+        )
+
+    def lean_listdir(self, path: str) -> list[LeanRow]:
+        """The visible rows whose parent is ``path``, as lean rows (:data:`LeanRow`), unsorted.
+
+        Unlike :meth:`listdir`, no :class:`Dirent` is made and the rows' own path hashes are not
+        checked (the caller checks each name; see :mod:`rcds.client.tree.rows`).
+        """
+        sql = self._lean(where=" AND parent_1 = ? AND parent_2 = ?")
+        return self.db.execute(sql, md5_pair(path)).fetchall()
+
+    def lean_tree(self) -> dict[PathHash, list[LeanRow]] | None:
+        """Every visible row as a lean row, grouped by its parent's path hash (one query).
+
+        None for a catalog of more than :data:`BULK_MAX_ROWS` rows (as :meth:`tree`).
+        """
+        if self.count_rows() > BULK_MAX_ROWS:
+            return None
+        groups: dict[PathHash, list[LeanRow]] = {}
+        get = groups.get
+        for row in self.db.execute(self._lean()):
+            key = (row[9], row[10])
+            group = get(key)
+            if group is None:
+                groups[key] = [row]
+            else:
+                group.append(row)
+        return groups
 
     def chunks(self, entry: Dirent) -> list[Chunk]:
         """The chunk list of a chunked file, ordered by offset."""

@@ -20,14 +20,13 @@ import threading
 from collections.abc import Callable
 from typing import BinaryIO, NamedTuple
 
+from rcds.client.cache.listing import CacheListing
 from rcds.client.cache.source import CachedSource
 from rcds.client.fetch.bulk import Wanted, fetch_objects
 from rcds.client.get.fs import copy_into, write_file
 from rcds.client.get.procs import GetProcesses
-from rcds.client.get.worker import Setup, WireJob, wire_job
+from rcds.client.get.worker import Setup, Target, WireJob, WireTarget, wire_job
 from rcds.client.tree.files import Piece
-from rcds.format.dirent import Dirent
-from rcds.format.hashes import ContentHash, ObjectKind
 
 log = logging.getLogger("rcds.client")
 
@@ -42,15 +41,26 @@ FEED_EVERY = 64
 
 
 class PlannedFile(NamedTuple):
-    """A regular file of the copy: its path below the destination, entry, pieces and content key."""
+    """A regular file of the copy: its path below the destination, attributes, pieces, content
+    key and whether its objects are stored compressed.
+
+    ``attrs`` are the fields of a :class:`~rcds.client.get.worker.Target` as a plain tuple
+    (destination, repository path, mode, size, mtime, mtimens): what a job sends as it is.
+    """
 
     rel: str
-    entry: Dirent
+    attrs: WireTarget
     pieces: tuple[Piece, ...]
     key: str
+    compressed: bool
+
+    def target(self) -> Target:
+        """:attr:`attrs` with names (what :func:`~rcds.client.get.fs.write_file` takes)."""
+        return _NEW(Target, self.attrs)
 
 
-_Key = tuple[ContentHash, ObjectKind, bool]
+_Key = tuple[str, bool]
+"""A file's content key and whether stored compressed: its object, for a one-object file."""
 _NEW = tuple.__new__
 
 
@@ -87,25 +97,34 @@ class Downloads:
         self.sent = 0
         """``wanted[:sent]`` went to the worker processes already."""
         self.from_cache: dict[_Key, list[PlannedFile]] = {}
-        self._index: dict[_Key, int] = {}
+        self._index: dict[_Key, int | list[PlannedFile]] = {}
+        """Each object met: its index in :attr:`wanted`, or its files if it is copied from the cache."""
         self._cached = source.presence()
+        self._empty = CacheListing(str(source.cache.dir)).bucket_is_empty
         self._abort = threading.Event()
 
     def add(self, f: PlannedFile) -> None:
-        """Plan ``f`` (a file of one piece, not empty, not yet in place)."""
+        """Plan ``f`` (a file of one piece, not empty, not yet in place).
+
+        An object whose cache directory is empty (a fresh cache) is downloaded without asking
+        the cache further; the cache's queue of objects not yet written is then not consulted
+        either: an object queued there by an earlier read of this process (in a library caller)
+        is downloaded again, which costs a download, never correctness.
+        """
         p = f.pieces[0]
-        compressed = f.entry.compressed
-        key = (p.hash, p.kind, compressed)
-        group = self.from_cache.get(key)
-        if group is not None:
-            group.append(f)
-            return
-        i = self._index.get(key, -1)
-        if i >= self.sent:  # its download has not gone out yet: one download for both
-            self.users[i].append(f)
-            return
-        if self._cached(p.hash, p.kind):  # copied in finish(), where its size is checked
-            self.from_cache[key] = [f]
+        compressed = f.compressed
+        key = (f.key, compressed)
+        found = self._index.get(key)
+        if found is not None:
+            if type(found) is list:
+                found.append(f)
+                return
+            if found >= self.sent:  # type: ignore[operator]  # its download has not gone out yet: share it
+                self.users[found].append(f)  # type: ignore[index]
+                return
+        h = p.hash
+        if not self._empty(h.digest[0]) and self._cached(h, p.kind):  # copied in finish(): size checked
+            self._index[key] = self.from_cache[key] = [f]
             return
         self._index[key] = len(self.wanted)
         self.wanted.append(_NEW(Wanted, (p.hash, p.kind, p.size, compressed)))
@@ -127,16 +146,11 @@ class Downloads:
         self.procs.start(Setup.of(self.source, self.keep), self._batch_done)
 
     def _jobs(self, part: range) -> list[WireJob]:
-        path, wanted, users = self.path, self.wanted, self.users
+        wanted, users = self.wanted, self.users
         jobs = []
         for i in part:
             w = wanted[i]
-            targets = [
-                (path(f.rel), e.path, e.mode, e.size, e.mtime, e.mtimens)
-                for f in users[i]
-                for e in (f.entry,)
-            ]
-            jobs.append(wire_job(w.hash, w.kind, w.size, w.compressed, targets))
+            jobs.append(wire_job(w.hash, w.kind, w.size, w.compressed, [f.attrs for f in users[i]]))
         return jobs
 
     def _batch_done(self, part: range) -> None:
@@ -150,18 +164,18 @@ class Downloads:
 
     def finish(self) -> None:
         """Copy the cached objects, download the rest; return once every file is in place."""
-        for (h, kind, _), group in self.from_cache.items():
-            size = group[0].pieces[0].size
+        for group in self.from_cache.values():
+            h, kind, size = group[0].pieces[0].hash, group[0].pieces[0].kind, group[0].pieces[0].size
             obj = self.source.cached(h, kind, size)
             if obj is None:  # evicted meanwhile (another process): download it after all
-                self.wanted.append(Wanted(h, kind, size, group[0].entry.compressed))
+                self.wanted.append(Wanted(h, kind, size, group[0].compressed))
                 self.users.append(group)
                 continue
             with obj:
                 fill = functools.partial(_copy_from, obj, size)
                 for f in group:
                     obj.seek(0)
-                    write_file(self.path(f.rel), f.entry, fill=fill)
+                    write_file(self.path(f.rel), f.target(), fill=fill)
                     self.done(f)
         self.from_cache.clear()
         procs, self.procs = self.procs, None
@@ -186,7 +200,7 @@ class Downloads:
                 if self._abort.is_set():
                     return  # another lane failed
                 for f in users[share[i]]:
-                    write_file(self.path(f.rel), f.entry, plain)
+                    write_file(self.path(f.rel), f.target(), plain)
                     self.done(f)
 
         if lanes == 1:

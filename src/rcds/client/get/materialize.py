@@ -1,21 +1,23 @@
 """``rcds get``: copy a repository subtree to a local directory, in parallel and resumably.
 
-The subtree is walked on one revision (kept mounted for the whole copy), and every entry is
-planned as the walk reaches it: directories are created at once (parents come first), files
-already complete from an earlier run are skipped, empty files written, and the single-object
-files go to :class:`~rcds.client.get.downloads.Downloads`, which copies cached objects from the
-local cache and downloads the others in pipelined batches, one verified download per distinct
-object, in worker processes that start while the walk is still going on (or in two threads
-for a small copy). Chunked and very large files are fetched piece by piece by worker threads
-(``workers``) after the walk. Files are written as :func:`rcds.client.get.fs.write_file` does
-(in place when the name is free, else through a temp file and a rename), with their mode and
-modification time, and only recorded once complete. Symbolic links are created as links and
-never followed; members of a hard-link group become hard links of one file; directories get
-their modes and times last.
+The subtree is walked on one revision (kept mounted for the whole copy) by
+:func:`rcds.client.tree.rows.walk_rows` (each directory's rows as plain tuples, names checked),
+and every entry is planned as the walk reaches it: directories are created at once (parents
+come first), files already complete from an earlier run are skipped, empty files written, and
+the single-object files go to :class:`~rcds.client.get.downloads.Downloads`, which copies cached
+objects from the local cache and downloads the others in pipelined batches, one verified
+download per distinct object, in worker processes that start while the walk is still going on
+(or in two threads for a small copy). Chunked and very large files are fetched by worker
+threads (``workers``, a file each) after the walk, their pieces pipelined and written at their
+offsets. Files are written as :func:`rcds.client.get.fs.write_file` does (in place when the
+name is free, else through a temp file and a rename), with their mode and modification time,
+and only recorded once complete. Symbolic links are created as links and never followed;
+members of a hard-link group become hard links of one file; directories get their modes and
+times last.
 
-Nothing is written outside the destination: names are checked (no ``..``, ``/`` or NUL), and
-existing symlinks or files where a directory belongs are replaced, never followed. An error
-stops the copy where it is; what was written is complete and recorded.
+Nothing is written outside the destination: names are checked (no ``..``, ``/`` or NUL, none
+twice in a directory), and existing symlinks or files where a directory belongs are replaced,
+never followed. An error stops the copy where it is; what was written is complete and recorded.
 
 Resuming: a small state file in the local cache directory, named after the destination
 (:mod:`rcds.client.get.state`; never in the copied tree), records for every completed
@@ -28,7 +30,6 @@ and, once its records are saved in the cache, removed (unless the repository has
 
 from __future__ import annotations
 
-import concurrent.futures as cf
 import gc
 import os
 import stat
@@ -44,7 +45,6 @@ from rcds.client.get.downloads import Downloads, PlannedFile
 from rcds.client.get.fs import (
     check_name,
     content_key,
-    copy_into,
     finish_dir,
     hard_link,
     mtime_ns,
@@ -53,14 +53,23 @@ from rcds.client.get.fs import (
     write_file,
     write_symlink,
 )
+from rcds.client.get.pieces import write_pieced
 from rcds.client.get.procs import configured_processes
 from rcds.client.get.state import LEGACY_STATE_FILE, GetState, state_path
 from rcds.client.repository import Repository
 from rcds.client.tree.files import Piece, pieces_of
-from rcds.client.tree.mounted import Located, is_canonical
+from rcds.client.tree.mounted import Located
+from rcds.client.tree.rows import lean_row, walk_rows
 from rcds.errors import InputError, IntegrityError, StorageError
-from rcds.format.dirent import FLAG_CHUNKED, FLAG_EXTERNAL, Dirent
-from rcds.format.hashes import ObjectKind
+from rcds.format.dirent import (
+    ALGORITHM_OF_FLAG_VALUE,
+    FLAG_CHUNKED,
+    FLAG_EXTERNAL,
+    Dirent,
+    algorithm_of_flags,
+)
+from rcds.format.hashes import ContentHash, ObjectKind
+from rcds.repo.catalog import Catalog, LeanRow
 
 __all__ = ["GetReport", "Progress", "content_key", "materialize"]
 
@@ -71,6 +80,9 @@ _NEW = tuple.__new__
 _FILE = ObjectKind.FILE
 _NOT_ONE_OBJECT = FLAG_CHUNKED | FLAG_EXTERNAL
 _S_IFMT, _S_IFDIR, _S_IFREG, _S_IFLNK = 0o170000, stat.S_IFDIR, stat.S_IFREG, stat.S_IFLNK
+_ALGORITHMS = ALGORITHM_OF_FLAG_VALUE
+_IDENTIFIERS = tuple("" if a is None else a.identifier for a in ALGORITHM_OF_FLAG_VALUE)
+"""The hash string suffix of each value of flag bits 8-10 (a file's content key is its hash string)."""
 
 
 @dataclass(slots=True)
@@ -126,6 +138,7 @@ def materialize(
     with repo.using() as m:
         top = m.resolve(source_path, follow=True)
         if top.entry.is_dir:
+            top = m.inside(top)
             target = dest
             if dest.is_symlink() or (dest.exists() and not dest.is_dir()):
                 raise InputError(f"{dest} exists and is not a directory; choose another destination")
@@ -137,10 +150,12 @@ def materialize(
         n = configured_processes() if processes is None else processes
         plan = _Plan(repo, m.revision, top, target, _Options(workers, progress, keep_in_cache, n))
         collecting = gc.isenabled()
-        gc.disable()  # the plan holds ~10 objects per file: no need to scan them over and over
+        gc.disable()  # the plan holds a few objects per file: no need to scan them over and over
         try:
-            for loc in m.walk(top):
-                plan.add(loc)
+            plan.add_top()
+            if top.entry.is_dir:
+                for path, cat, rows in walk_rows(m, top):
+                    plan.add_rows(path, cat, rows)
             plan.run()
             return plan.report(time.monotonic() - t0)
         finally:
@@ -158,7 +173,13 @@ class _Options(NamedTuple):
 
 
 class _Plan:
-    """The copy of one subtree: files are planned as the walk finds them, downloads start at once."""
+    """The copy of one subtree: files are planned as the walk finds them, downloads start at once.
+
+    The walk gives each directory's rows as plain tuples (:mod:`rcds.client.tree.rows`); the
+    usual file (one object, not a hard link) becomes its :class:`PlannedFile` straight from its
+    row, with no :class:`Dirent`; the other entries (directories, symlinks, chunked files, hard
+    links) are rarer and planned from a :class:`Dirent` made of their row.
+    """
 
     def __init__(
         self, repo: Repository, revision: int, top: Located, target: Path, options: _Options
@@ -203,42 +224,80 @@ class _Plan:
     def path(self, rel: str) -> str:
         return f"{self._target}/{rel}" if rel else self._target
 
-    def add(self, loc: Located) -> None:
-        """Plan one entry of the walk (parents come before their children)."""
-        e = loc.entry
-        path = e.path
-        if path != self._top_path:  # a plain name, on a path without empty, ".", ".." or NUL parts
-            rel = path[self._cut :]
-            check_name(e.name, path)
-            if not is_canonical("/" + rel) or "\0" in rel:
-                raise IntegrityError(
-                    f"refusing to write {path!r}: its path would leave the destination", path
-                )
-            if rel == LEGACY_STATE_FILE:
-                self.legacy_is_an_entry = True
-        else:
-            rel = ""
+    def add_top(self) -> None:
+        """Plan the top entry of the copy (the target itself)."""
+        self._add_entry("", self.top.entry.path, self._target, lean_row(self.top), self.top.catalog)
+
+    def add_rows(self, path: str, cat: Catalog, rows: list[LeanRow]) -> None:
+        """Plan the entries of directory ``path`` (rows of ``cat``, names checked: see
+        :func:`~rcds.client.tree.rows.walk_rows`); their directory was planned before."""
+        rel_dir = path[self._cut :]
+        prefix = f"{rel_dir}/" if rel_dir else ""
+        if not rel_dir and LEGACY_STATE_FILE in (r[0] for r in rows):
+            self.legacy_is_an_entry = True
+        final_dir = f"{self._target}/{prefix}"
+        repo_dir = f"{path}/"
+        add_file = self._add_file
+        download = self.downloads.add
+        direct = not self._done_keys  # no earlier copy to compare with: no check per file
+        files = nbytes = 0
+        for row in rows:
+            name, mode, size, mtime, ns, flags, hardlinks, raw, _, _, _ = row
+            if (
+                mode & _S_IFMT == _S_IFREG
+                and size > 0
+                and not flags & _NOT_ONE_OBJECT
+                and not hardlinks >> 32
+                and type(raw) is bytes
+                and len(raw) == 20
+            ):  # the usual file: planned from its row
+                v = (flags >> 8) & 7
+                algo = _ALGORITHMS[v]
+                if algo is not None:
+                    h = _NEW(ContentHash, (algo, raw))
+                    f = _NEW(
+                        PlannedFile,
+                        (
+                            prefix + name,
+                            (final_dir + name, repo_dir + name, mode, size, mtime, ns),
+                            (_NEW(Piece, (0, size, h, _FILE)),),
+                            raw.hex() + _IDENTIFIERS[v],
+                            not (flags >> 11) & 7,
+                        ),
+                    )
+                    if direct and size <= BULK_MAX_OBJECT:  # what _add_file does with it
+                        files += 1
+                        nbytes += size
+                        download(f)
+                    else:
+                        add_file(f)
+                    continue
+            self._add_entry(prefix + name, repo_dir + name, final_dir + name, row, cat)
+        self.prog.files_total += files
+        self.prog.bytes_total += nbytes
+
+    def _add_entry(self, rel: str, path: str, final: str, row: LeanRow, cat: Catalog) -> None:
+        """Plan any entry (the top, or a row :meth:`add_rows` leaves to it)."""
+        e = _dirent(path, row)
         kind = e.mode & _S_IFMT
         if kind == _S_IFREG:
-            h = e.hash
-            if not e.flags & _NOT_ONE_OBJECT and h is not None and e.size > 0:  # the usual file
-                pieces: tuple[Piece, ...] = (_NEW(Piece, (0, e.size, h, _FILE)),)
-                key = h.hex
-            else:
-                pieces = tuple(pieces_of(e, loc.catalog))
-                key = content_key(e, pieces)
-            f = _NEW(PlannedFile, (rel, e, pieces, key))
+            pieces = tuple(pieces_of(e, cat))
+            attrs = (final, path, e.mode, e.size, e.mtime, e.mtimens)
+            f = _NEW(PlannedFile, (rel, attrs, pieces, content_key(e, pieces), e.compressed))
             if e.hardlinks >> 32 and e.link_count > 1:
-                self.groups.setdefault((loc.catalog.mountpoint, e.hardlink_group), []).append(f)
+                self.groups.setdefault((cat.mountpoint, e.hardlink_group), []).append(f)
             else:
                 self._add_file(f)
         elif kind == _S_IFDIR:
             self.dirs.append((rel, e))
             if self.is_dir:
                 try:
-                    prepare_dir(Path(self.path(rel)))
+                    try:
+                        os.mkdir(final, 0o700)  # the usual case: a fresh copy
+                    except FileExistsError:
+                        prepare_dir(Path(final))
                 except OSError as exc:
-                    raise StorageError(f"cannot create the directory {self.path(rel)}: {exc}") from exc
+                    raise StorageError(f"cannot create the directory {final}: {exc}") from exc
         elif kind == _S_IFLNK:
             self.links.append((rel, e))
         else:
@@ -246,7 +305,7 @@ class _Plan:
 
     def _add_file(self, f: PlannedFile) -> None:
         prog = self.prog
-        size = f.entry.size
+        size = f.attrs[3]
         prog.files_total += 1
         prog.bytes_total += size
         if self._done_keys and self._is_current(f):
@@ -254,7 +313,7 @@ class _Plan:
             prog.files_done += 1
             prog.bytes_done += size
         elif size == 0:  # nothing to fetch (whatever object an empty file names)
-            write_file(self.path(f.rel), f.entry, b"")
+            write_file(self.path(f.rel), f.target(), b"")
             self._done(f)
         elif len(f.pieces) == 1 and f.pieces[0].size <= BULK_MAX_OBJECT:
             self.downloads.add(f)
@@ -267,7 +326,15 @@ class _Plan:
         try:
             for group in self.groups.values():
                 self._add_file(group[0])
-            self._write_singles(self.singles, during=self.downloads.finish)
+            write_pieced(
+                self.repo.source,
+                self.singles,
+                self.path,
+                keep=self.options.keep,
+                workers=self.options.workers,
+                done=self._done,
+                during=self.downloads.finish,
+            )
             self.hardlinks = self._link_groups()
             for rel, e in self.links:
                 write_symlink(self.path(rel), e)
@@ -312,7 +379,7 @@ class _Plan:
         with self._lock:
             prog = self.prog
             prog.files_done += 1
-            prog.bytes_done += f.entry.size
+            prog.bytes_done += f.attrs[3]
             if self._progress is not None:
                 self._progress(prog)
             now = time.monotonic()
@@ -327,10 +394,13 @@ class _Plan:
         with self._lock:
             prog = self.prog
             progress = self._progress
-            for f in files:
-                prog.files_done += 1
-                prog.bytes_done += f.entry.size
-                if progress is not None:
+            if progress is None:  # the walk goes on (or no progress shown): the counts at once
+                prog.files_done += len(files)
+                prog.bytes_done += sum([f.attrs[3] for f in files])
+            else:
+                for f in files:
+                    prog.files_done += 1
+                    prog.bytes_done += f.attrs[3]
                     progress(prog)
             now = time.monotonic()
             if now - self._last_save <= SAVE_EVERY:
@@ -347,46 +417,9 @@ class _Plan:
             return False
         return (
             st.st_mode & 0o170000 == 0o100000
-            and st.st_size == f.entry.size
-            and st.st_mtime_ns == mtime_ns(f.entry)
+            and st.st_size == f.attrs[3]
+            and st.st_mtime_ns == mtime_ns(f.target())
         )
-
-    def _write_singles(self, files: list[PlannedFile], during: Callable[[], None]) -> None:
-        """Chunked and large files: pieces fetched one by one through the caches, in worker
-        threads, while ``during()`` runs (the batch downloads: the large files no longer wait for
-        the small ones, nor leave the cores idle at the end)."""
-        if not files:
-            during()
-            return
-        pool = cf.ThreadPoolExecutor(max(1, self.options.workers), thread_name_prefix="rcds-get")
-        futures = {pool.submit(self._write_pieces, f): f for f in files}
-        try:
-            during()
-            for fut in cf.as_completed(futures):
-                fut.result()
-                self._done(futures[fut])
-        finally:  # on an error: what is queued is dropped, what is being written is finished
-            pool.shutdown(wait=True, cancel_futures=True)
-
-    def _write_pieces(self, f: PlannedFile) -> None:
-        source = self.repo.source
-        keep = self.options.keep
-
-        def fill(fd: int) -> int:
-            written = 0
-            for p in f.pieces:
-                with source.open_object(
-                    p.hash, p.kind, size=p.size, compressed=f.entry.compressed, keep=keep
-                ) as obj:
-                    if copy_into(obj, fd, p.size) != p.size:
-                        raise IntegrityError(
-                            f"{f.entry.path}: object {p.hash.hex} is shorter than {p.size} bytes",
-                            f.entry.path,
-                        )
-                written += p.size
-            return written
-
-        write_file(self.path(f.rel), f.entry, fill=fill)
 
     def _link_groups(self) -> int:
         count = 0
@@ -395,3 +428,14 @@ class _Plan:
             for f in group[1:]:
                 count += hard_link(primary, self.path(f.rel))
         return count
+
+
+def _dirent(path: str, row: LeanRow) -> Dirent:
+    """The entry of a lean row found under ``path`` (its hash column checked as catalogs do)."""
+    name, mode, size, mtime, ns, flags, hardlinks, raw, symlink, _, _ = row
+    h = None
+    if raw:
+        if type(raw) is not bytes or len(raw) != 20:
+            raise IntegrityError(f"{path or '/'} has a malformed hash column", path)
+        h = ContentHash(algorithm_of_flags(flags), raw)
+    return Dirent(path, name, mode, size, mtime, flags, hardlinks, h, symlink, 0, 0, ns, None)
