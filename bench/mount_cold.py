@@ -13,6 +13,7 @@ seconds, the daemon's and the server's CPU seconds (``/proc/PID/stat``) and the 
 log lines (the prefetcher's counters at unmount). ``--warm`` adds a second read on a new mount
 over the now full cache (page cache dropped): the floor the cold read is compared with.
 ``--get`` adds ``rcds get`` of the same tree (empty cache, page cache dropped) per round.
+``SRC`` may be followed by ``:VARIABLE=VALUE`` settings for the daemon's environment.
 """
 
 from __future__ import annotations
@@ -52,12 +53,13 @@ def serve(public: Path, src: str) -> tuple[subprocess.Popen[str], str]:
     return proc, proc.stdout.readline().strip()
 
 
-def one(repo: Path, src: str, work: Path, warm: bool, label: str) -> None:
+def one(repo: Path, src: str, work: Path, warm: bool, label: str, spy: list[str]) -> None:
     server, url = serve(repo / "public", src)
     key = repo / "keys" / f"{REPO}.pub"
     cache = work / "cache"
     shutil.rmtree(cache, ignore_errors=True)
-    env = {**os.environ, "PYTHONPATH": src}
+    src, *assignments = src.split(":")
+    env = {**os.environ, "PYTHONPATH": src, **dict(a.split("=", 1) for a in assignments)}
     try:
         for phase in ["cold", "warm"] if warm else ["cold"]:
             mnt = work / "mnt"
@@ -73,6 +75,13 @@ def one(repo: Path, src: str, work: Path, warm: bool, label: str) -> None:
                     raise SystemExit(f"rcds mount did not come up: {cmd}")
                 time.sleep(0.02)
             drop_page_cache()
+            profiler = None
+            if spy and phase == "cold":
+                out = f"{work.parent}/spy-{label}-{time.strftime('%H%M%S')}.txt"
+                profiler = subprocess.Popen(
+                    [*spy, "-o", out, "--format", "raw", "-p", str(daemon.pid)], stdout=subprocess.DEVNULL
+                )
+                time.sleep(1)
             s0, d0 = cpu(server.pid), cpu(daemon.pid)
             t0 = time.perf_counter()
             subprocess.run(
@@ -83,6 +92,9 @@ def one(repo: Path, src: str, work: Path, warm: bool, label: str) -> None:
             )
             wall = time.perf_counter() - t0
             s1, d1 = cpu(server.pid), cpu(daemon.pid)
+            if profiler is not None:
+                profiler.send_signal(signal.SIGINT)
+                profiler.wait(60)
             daemon.send_signal(signal.SIGTERM)
             daemon.wait(60)
             tail = [ln for ln in log.read_text().splitlines() if "prefetched" in ln]
@@ -134,16 +146,19 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--warm", action="store_true", help="also read again from the full cache")
     ap.add_argument("--get", action="store_true", help="also time rcds get of the tree")
+    ap.add_argument(
+        "--spy", default="", help="py-spy record command for the cold read (e.g. 'py-spy record --gil')"
+    )
     ap.add_argument("variants", nargs="+", metavar="NAME=SRC")
     args = ap.parse_args()
     variants = [v.split("=", 1) for v in args.variants]
-    with tempfile.TemporaryDirectory(prefix="mount-cold-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="mount-cold-", dir="/tmp") as tmp:
         work = Path(tmp)
         for _ in range(args.rounds):
             for name, src in variants:
-                one(args.repo, src, work, args.warm, name)
+                one(args.repo, src, work, args.warm, name, args.spy.split())
             if args.get:
-                get(args.repo, variants[0][1], work)
+                get(args.repo, variants[0][1].split(":")[0], work)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,9 @@ a few chunks ahead).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -62,6 +64,21 @@ WAKE_DELAY = 0.002
 of them has been done this many seconds (checked as the next one arrives), and at a batch's end."""
 
 Key = tuple[ContentHash, ObjectKind]
+
+
+_thread_state = threading.local()
+BATCH_WAITERS = os.environ.get("RCDS_MOUNT_SCHED_BATCH", "1") != "0"
+
+
+def no_wakeup_preemption() -> None:
+    """Make the calling thread ``SCHED_BATCH`` (once): when woken it does not preempt the thread
+    that woke it, which holds the GIL (else the waker is descheduled with the GIL held, and on a
+    busy machine every thread of the daemon waits for it to be scheduled again)."""
+    if not BATCH_WAITERS or getattr(_thread_state, "batch", False):
+        return
+    _thread_state.batch = True
+    with contextlib.suppress(OSError, AttributeError):
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
 
 
 class _Queued:
@@ -155,7 +172,9 @@ class Prefetcher:
                     lock.acquire()
         if run:
             self._download(run)
-        elif lock is not None and lock.acquire(timeout=timeout):
+            return
+        no_wakeup_preemption()
+        if lock is not None and lock.acquire(timeout=timeout):
             lock.release()  # pass it on: another reader may wait for the same object
 
     def _take_run(self, key: Key) -> list[Wanted]:
