@@ -20,8 +20,9 @@ logs it and releases the readers waiting for its objects, which then fetch throu
 path (fail-over, timeouts, ``EIO``).
 
 Waking waiting readers is done a group of objects at a time (:data:`WAKE_EVERY`), under one
-acquisition of the queue's lock: a lock per object and a thread switch per wake-up cost the
-lanes a third of their time under the GIL.
+acquisition of the queue's lock, and a thread that waits is made ``SCHED_BATCH`` (once): woken,
+it does not preempt the thread that woke it, which holds the GIL (waking readers object by
+object cost the lanes a third of their time under the GIL).
 
 Bounded: at most :data:`MAX_QUEUED_BYTES` of plain bytes wait in the queue (more is not
 queued), and what is queued is decided by the callers' own bounds (a directory's small files,
@@ -116,6 +117,8 @@ class Prefetcher:
         """Objects a reader took off the queue to fetch itself (:meth:`wait`), runs included."""
         self.runs = 0
         """Runs readers took off the queue (each one pipelined exchange)."""
+        self.waited = 0
+        """Waits of readers for an object being downloaded."""
 
     def want(self, items: Iterable[Wanted]) -> int:
         """Queue objects for download, in this order (not those queued or in flight already);
@@ -166,6 +169,7 @@ class Prefetcher:
                 lock = None
             else:
                 run = []
+                self.waited += 1
                 lock = self._pending[key]
                 if lock is None:
                     lock = self._pending[key] = threading.Lock()

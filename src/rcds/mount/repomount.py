@@ -326,12 +326,13 @@ class RepoMount:
         pf = self.prefetcher
         pf.close()
         log.info(
-            "%s: %d objects prefetched, %d taken by readers (%d runs), %d failed, %d not queued (queue "
-            "full); objects from: %s",
+            "%s: %d objects prefetched, %d taken by readers (%d runs), %d waits for one in flight, "
+            "%d failed, %d not queued (queue full); objects from: %s",
             self.fqrn,
             pf.fetched,
             pf.taken,
             pf.runs,
+            pf.waited,
             pf.failed,
             pf.refused,
             self.repo.source.stats,
