@@ -37,7 +37,8 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Generator, Iterable
+from concurrent.futures import ThreadPoolExecutor
 
 from rcds.client.cache.source import CachedSource
 from rcds.client.fetch.bulk import Wanted, fetch_objects
@@ -57,6 +58,8 @@ RUN_BYTES = 2 << 20
 """A reader that finds its object queued takes at most this many objects / plain bytes with it."""
 MAX_QUEUED_BYTES = 64 << 20
 """Plain bytes waiting in the queue at most; objects beyond are not queued."""
+FINISHERS = 2
+"""Threads receiving the rest of readers' runs once the reader's own object came."""
 WAIT = 2.0
 """Seconds a read waits at most for an object being downloaded, then fetches it itself."""
 WAKE_EVERY = 8
@@ -80,6 +83,22 @@ def no_wakeup_preemption() -> None:
     _thread_state.batch = True
     with contextlib.suppress(OSError, AttributeError):
         os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+
+
+Objects = Generator[tuple[int, bytes | bytearray], None, None]
+
+
+class _Received:
+    """An exchange in progress: the objects asked for, which came, and the answers to come."""
+
+    __slots__ = ("fetched", "objects", "todo")
+
+    def __init__(
+        self, todo: list[Wanted], objects: Generator[tuple[int, bytes | bytearray], None, None]
+    ) -> None:
+        self.todo = todo
+        self.fetched = [False] * len(todo)
+        self.objects = objects
 
 
 class _Queued:
@@ -106,6 +125,7 @@ class Prefetcher:
         """Objects queued or being downloaded, with a lock (held while the object is not done)
         made when a reader first waits for it: most objects are never waited for."""
         self._threads: list[threading.Thread] = []
+        self._finisher: ThreadPoolExecutor | None = None
         self._closed = False
         self.fetched = 0
         """Objects the lanes and readers' runs brought into the cache."""
@@ -175,7 +195,7 @@ class Prefetcher:
                     lock = self._pending[key] = threading.Lock()
                     lock.acquire()
         if run:
-            self._download(run)
+            self._download(run, reader=True)
             return
         no_wakeup_preemption()
         if lock is not None and lock.acquire(timeout=timeout):
@@ -213,29 +233,56 @@ class Prefetcher:
                     size += q.wanted.size
             self._download(batch)
 
-    def _download(self, batch: list[Wanted]) -> None:
-        """Fetch ``batch`` (what the cache lacks) into the local cache; release every waiter."""
+    def _download(self, batch: list[Wanted], reader: bool = False) -> None:
+        """Fetch ``batch`` (what the cache lacks) into the local cache; release every waiter.
+
+        ``reader``: the caller needs ``batch[0]`` only; it returns as soon as that object is in,
+        and the rest of the exchange is received on a finishing thread (a slow server answering
+        one request after the other must not keep a reader waiting for its neighbours' objects).
+        """
         is_cached = self.source.is_cached
-        todo = []
-        done: list[Wanted] = []
+        todo: list[Wanted] = []
+        cached: list[Wanted] = []
         for w in batch:
-            if is_cached(w.hash, w.kind):
-                done.append(w)
-            else:
-                todo.append(w)
-        if done:
-            self._done(done)
-            done = []
-        fetched = [False] * len(todo)
+            (cached if is_cached(w.hash, w.kind) else todo).append(w)
+        if cached:
+            self._done(cached)
+        received = _Received(todo, fetch_objects(self.source, todo, keep=True))
+        if reader and todo and todo[0] is batch[0] and len(todo) > 1:
+            if self._receive(received, until=0):
+                return
+            with self._cv:
+                if self._finisher is None:
+                    self._finisher = ThreadPoolExecutor(
+                        FINISHERS, thread_name_prefix="rcds-mount-prefetch-run"
+                    )
+                finisher = self._finisher
+            try:
+                finisher.submit(self._receive, received)
+                return
+            except RuntimeError:  # shut down meanwhile: receive the rest here
+                pass
+        self._receive(received)
+
+    def _receive(self, received: _Received, until: int | None = None) -> bool:
+        """Receive objects of ``received`` (up to and including index ``until`` if given);
+        True once the exchange is over (every object released)."""
+        todo = received.todo
+        fetched = received.fetched
+        done: list[Wanted] = []
         since = 0.0
+        over = True
         try:
-            for i, _ in fetch_objects(self.source, todo, keep=True):
+            for i, _ in received.objects:
                 fetched[i] = True
                 done.append(todo[i])
+                if i == until:
+                    over = False
+                    break
                 if len(done) == 1:
                     since = time.monotonic()
                 elif len(done) >= WAKE_EVERY or time.monotonic() - since > WAKE_DELAY:
-                    self._done(done)
+                    self._done(done, len(done))
                     done = []
         except (RcdsError, FetchError, OSError) as exc:
             missing = fetched.count(False)
@@ -246,8 +293,12 @@ class Prefetcher:
             log.exception("prefetch lane failed")
             raise
         finally:
-            done += [w for w, ok in zip(todo, fetched, strict=True) if not ok]
-            self._done(done, fetched.count(True))
+            n = len(done)
+            if over:
+                received.objects.close()
+                done += [w for w, ok in zip(todo, fetched, strict=True) if not ok]
+            self._done(done, n)
+        return over
 
     def _done(self, items: list[Wanted], fetched: int = 0) -> None:
         """Release ``items`` (fetched, cached already or failed); count ``fetched`` more."""
@@ -269,7 +320,10 @@ class Prefetcher:
             self._pending.clear()
             self._cv.notify_all()
             threads = list(self._threads)
+            finisher = self._finisher
         for lock in locks:
             lock.release()
+        if finisher is not None:
+            finisher.shutdown(wait=False, cancel_futures=True)
         for t in threads:
             t.join(timeout)
