@@ -58,8 +58,11 @@ RUN_BYTES = 2 << 20
 """A reader that finds its object queued takes at most this many objects / plain bytes with it."""
 MAX_QUEUED_BYTES = 64 << 20
 """Plain bytes waiting in the queue at most; objects beyond are not queued."""
+RUN_PATIENCE = 0.05
+"""Seconds from its start a reader receives its run itself (its next reads then find their
+objects cached); what comes later, once its own object is in, is left to a finishing thread."""
 FINISHERS = 2
-"""Threads receiving the rest of readers' runs once the reader's own object came."""
+"""Threads receiving the rest of readers' runs (see :data:`RUN_PATIENCE`)."""
 WAIT = 2.0
 """Seconds a read waits at most for an object being downloaded, then fetches it itself."""
 WAKE_EVERY = 8
@@ -236,9 +239,10 @@ class Prefetcher:
     def _download(self, batch: list[Wanted], reader: bool = False) -> None:
         """Fetch ``batch`` (what the cache lacks) into the local cache; release every waiter.
 
-        ``reader``: the caller needs ``batch[0]`` only; it returns as soon as that object is in,
-        and the rest of the exchange is received on a finishing thread (a slow server answering
-        one request after the other must not keep a reader waiting for its neighbours' objects).
+        ``reader``: the caller needs ``batch[0]`` first; it receives the exchange itself for up
+        to :data:`RUN_PATIENCE` seconds, and, once its object is in, leaves what is still to
+        come to a finishing thread (a slow server answering one request after the other must
+        not keep a reader waiting for its neighbours' objects).
         """
         is_cached = self.source.is_cached
         todo: list[Wanted] = []
@@ -249,7 +253,8 @@ class Prefetcher:
             self._done(cached)
         received = _Received(todo, fetch_objects(self.source, todo, keep=True))
         if reader and todo and todo[0] is batch[0] and len(todo) > 1:
-            if self._receive(received, until=0):
+            patience = time.monotonic() + RUN_PATIENCE
+            if self._receive(received, until=0) or self._receive(received, deadline=patience):
                 return
             with self._cv:
                 if self._finisher is None:
@@ -264,9 +269,9 @@ class Prefetcher:
                 pass
         self._receive(received)
 
-    def _receive(self, received: _Received, until: int | None = None) -> bool:
-        """Receive objects of ``received`` (up to and including index ``until`` if given);
-        True once the exchange is over (every object released)."""
+    def _receive(self, received: _Received, until: int | None = None, deadline: float | None = None) -> bool:
+        """Receive objects of ``received`` (up to and including index ``until`` if given, and
+        no more once ``deadline`` passed); True once the exchange is over (every object released)."""
         todo = received.todo
         fetched = received.fetched
         done: list[Wanted] = []
@@ -276,7 +281,7 @@ class Prefetcher:
             for i, _ in received.objects:
                 fetched[i] = True
                 done.append(todo[i])
-                if i == until:
+                if i == until or (deadline is not None and time.monotonic() > deadline):
                     over = False
                     break
                 if len(done) == 1:
