@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,11 @@ from typing import Any
 import pytest
 
 from rcds.client.cache.local import object_name
+from rcds.client.fetch.bulk import Wanted
 from rcds.format.hashes import ContentHash, ObjectKind
-from rcds.mount.repomount import PREFETCH_MAX_BYTES, PREFETCH_MAX_FILE, READ_AHEAD_CHUNKS
+from rcds.mount.inodes import InodeSpace
+from rcds.mount.prefetcher import RUN_OBJECTS, Prefetcher
+from rcds.mount.repomount import PREFETCH_MAX_BYTES, PREFETCH_MAX_FILE, READ_AHEAD_CHUNKS, RepoMount
 
 from mountkit import wait_for
 from testkit import Entry
@@ -141,3 +145,64 @@ def test_prefetch_failing_breaks_no_read_of_cached_files(pf_site: Any, mount_sit
     assert time.monotonic() - started < 40  # the configured timeouts, twice at most
     for n in SMALL:  # cached by the earlier prefetch: still served
         assert (m.mp / TOP / "small" / n).read_bytes() == f"small file {n}\n".encode()
+
+
+def _laneless(site: Any, tmp_path: Path) -> tuple[Any, RepoMount]:
+    """A repository with an empty cache and its RepoMount whose prefetcher has no lanes: what
+    gets fetched is what readers' runs fetch."""
+    repo = site.open(cache_dir=tmp_path / "cache")
+    rm = RepoMount(repo, InodeSpace(repo.fqrn, shared=False), owner=None)
+    rm.prefetcher.close()
+    rm.prefetcher = Prefetcher(repo.source, lanes=0)
+    return repo, rm
+
+
+def test_the_file_read_first_comes_with_its_neighbours_in_one_run(pf_site: Any, tmp_path: Path) -> None:
+    repo, rm = _laneless(pf_site, tmp_path)
+    pf = rm.prefetcher
+    read = SMALL[3]
+    assert len(SMALL) <= RUN_OBJECTS
+    assert rm.prefetch_directory(f"/{TOP}/small", skip=read) == len(SMALL)  # the file read is queued too
+    hashes = _hashes(repo, [f"small/{n}" for n in SMALL])
+    assert not any(repo.source.is_cached(h, ObjectKind.FILE) for h in hashes)
+    before = pf_site.fetched("data/")
+    pf.wait(hashes[3], ObjectKind.FILE)  # queued: the reader takes it with the run planned after it
+    assert repo.source.is_cached(hashes[3], ObjectKind.FILE)  # the reader's own object is in
+    assert pf.runs == 1 and pf.taken == len(SMALL)
+    # the rest of the run is received in the background
+    assert wait_for(lambda: not any(pf.pending(h, ObjectKind.FILE) for h in hashes), timeout=30)
+    assert all(repo.source.is_cached(h, ObjectKind.FILE) for h in hashes)
+    assert pf_site.fetched("data/") - before == len(SMALL)  # each object once
+    repo.source.flush()
+    assert all(_cached(tmp_path / "cache", hashes))
+
+
+def test_a_run_is_bounded_and_readers_of_its_objects_wait_for_them(pf_site: Any, tmp_path: Path) -> None:
+    repo, rm = _laneless(pf_site, tmp_path)
+    pf = rm.prefetcher
+    names = [f"many/f{i:05d}.dat" for i in range(3 * RUN_OBJECTS)]
+    entries = [repo.entry(f"/{TOP}/{n}") for n in names]
+    hashes = [e.hash for e in entries]
+    assert pf.want(Wanted(e.hash, ObjectKind.FILE, e.size, e.compressed) for e in entries) == len(names)
+    before = pf_site.fetched("data/")
+    found: dict[int, bool] = {}
+
+    def read(i: int) -> None:  # as a read does: wait, then the object must be there
+        pf.wait(hashes[i], ObjectKind.FILE, 30)
+        found[i] = repo.source.is_cached(hashes[i], ObjectKind.FILE)
+
+    readers = [threading.Thread(target=read, args=(i,)) for i in range(RUN_OBJECTS)]
+    for t in readers:  # the first takes a run; the others wait for their object in it (or take one)
+        t.start()
+    for t in readers:
+        t.join(60)
+    assert found == dict.fromkeys(range(RUN_OBJECTS), True)
+    assert pf.taken >= RUN_OBJECTS and pf.taken <= pf.runs * RUN_OBJECTS
+    # the rest of each run arrives in the background; what no reader took stays queued
+    left = len(names) - pf.taken
+    assert wait_for(lambda: sum(pf.pending(h, ObjectKind.FILE) for h in hashes) == left, timeout=30)
+    assert pf_site.fetched("data/") - before == pf.taken  # each object fetched once
+    cached = {h: repo.source.is_cached(h, ObjectKind.FILE) for h in hashes}
+    assert all(cached[h] != pf.pending(h, ObjectKind.FILE) for h in hashes)
+    pf.close()
+    assert not any(pf.pending(h, ObjectKind.FILE) for h in hashes)

@@ -9,12 +9,20 @@ background inserter), so directories asked for by several readers at once share 
 thread is started per directory.
 
 A read that needs an object first asks :meth:`Prefetcher.wait`: an object still in the queue
-is taken off it (the reader fetches it itself, at once, rather than queue behind others); one a
-lane is downloading is waited for, until it arrives (each object has its own event: the reader
-wakes when its object is in the cache, not when the whole batch is) or :data:`WAIT` seconds
+is taken off it together with the queued objects planned right after it (a *run*: the files a
+reader going in name order reads next, at most :data:`RUN_OBJECTS` / :data:`RUN_BYTES`), and
+the reader fetches the run at once in one pipelined exchange, its own object first, rather than
+queue behind others or fetch one object per round trip. An object a lane (or another reader's
+run) is downloading is waited for, until it arrives (each awaited object has its own lock,
+released when the object is in the cache, not when the whole batch is) or :data:`WAIT` seconds
 pass. Nothing here ever fails a read: a lane that cannot download (server gone, bad data)
 logs it and releases the readers waiting for its objects, which then fetch through the usual
 path (fail-over, timeouts, ``EIO``).
+
+Waking waiting readers is done a group of objects at a time (:data:`WAKE_EVERY`), under one
+acquisition of the queue's lock, and a thread that waits is made ``SCHED_BATCH`` (once): woken,
+it does not preempt the thread that woke it, which holds the GIL (waking readers object by
+object cost the lanes a third of their time under the GIL).
 
 Bounded: at most :data:`MAX_QUEUED_BYTES` of plain bytes wait in the queue (more is not
 queued), and what is queued is decided by the callers' own bounds (a directory's small files,
@@ -23,10 +31,14 @@ a few chunks ahead).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Generator, Iterable
+from concurrent.futures import ThreadPoolExecutor
 
 from rcds.client.cache.source import CachedSource
 from rcds.client.fetch.bulk import Wanted, fetch_objects
@@ -41,12 +53,66 @@ LANES = 2
 BATCH_OBJECTS = 128
 BATCH_BYTES = 16 << 20
 """A lane takes at most this many objects / plain bytes off the queue at a time."""
+RUN_OBJECTS = 16
+RUN_BYTES = 2 << 20
+"""A reader that finds its object queued takes at most this many objects / plain bytes with it."""
 MAX_QUEUED_BYTES = 64 << 20
 """Plain bytes waiting in the queue at most; objects beyond are not queued."""
+RUN_PATIENCE = 0.05
+"""Seconds from its start a reader receives its run itself (its next reads then find their
+objects cached); what comes later, once its own object is in, is left to a finishing thread."""
+FINISHERS = 2
+"""Threads receiving the rest of readers' runs (see :data:`RUN_PATIENCE`)."""
 WAIT = 2.0
-"""Seconds a read waits at most for an object a lane is downloading, then fetches it itself."""
+"""Seconds a read waits at most for an object being downloaded, then fetches it itself."""
+WAKE_EVERY = 8
+WAKE_DELAY = 0.002
+"""Objects done are released (waiting readers woken) this many at a time, or when the first
+of them has been done this many seconds (checked as the next one arrives), and at a batch's end."""
 
 Key = tuple[ContentHash, ObjectKind]
+
+
+_thread_state = threading.local()
+BATCH_WAITERS = os.environ.get("RCDS_MOUNT_SCHED_BATCH", "1") != "0"
+
+
+def no_wakeup_preemption() -> None:
+    """Make the calling thread ``SCHED_BATCH`` (once): when woken it does not preempt the thread
+    that woke it, which holds the GIL (else the waker is descheduled with the GIL held, and on a
+    busy machine every thread of the daemon waits for it to be scheduled again)."""
+    if not BATCH_WAITERS or getattr(_thread_state, "batch", False):
+        return
+    _thread_state.batch = True
+    with contextlib.suppress(OSError, AttributeError):
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+
+
+Objects = Generator[tuple[int, bytes | bytearray], None, None]
+
+
+class _Received:
+    """An exchange in progress: the objects asked for, which came, and the answers to come."""
+
+    __slots__ = ("fetched", "objects", "todo")
+
+    def __init__(
+        self, todo: list[Wanted], objects: Generator[tuple[int, bytes | bytearray], None, None]
+    ) -> None:
+        self.todo = todo
+        self.fetched = [False] * len(todo)
+        self.objects = objects
+
+
+class _Queued:
+    """A queued object and where it is in its plan (the order its neighbours were asked for)."""
+
+    __slots__ = ("index", "plan", "wanted")
+
+    def __init__(self, wanted: Wanted, plan: list[Key], index: int) -> None:
+        self.wanted = wanted
+        self.plan = plan
+        self.index = index
 
 
 class Prefetcher:
@@ -56,25 +122,32 @@ class Prefetcher:
         self.source = source
         self.lanes = lanes
         self._cv = threading.Condition()
-        self._queued: OrderedDict[Key, Wanted] = OrderedDict()
+        self._queued: OrderedDict[Key, _Queued] = OrderedDict()
         self._queued_bytes = 0
-        self._pending: dict[Key, threading.Event | None] = {}
-        """Objects queued or being downloaded, with the event set when each is done with (made
-        when a reader first waits for it: most objects are never waited for)."""
+        self._pending: dict[Key, threading.Lock | None] = {}
+        """Objects queued or being downloaded, with a lock (held while the object is not done)
+        made when a reader first waits for it: most objects are never waited for."""
         self._threads: list[threading.Thread] = []
+        self._finisher: ThreadPoolExecutor | None = None
         self._closed = False
         self.fetched = 0
-        """Objects the lanes brought into the cache."""
+        """Objects the lanes and readers' runs brought into the cache."""
         self.failed = 0
-        """Objects a lane could not bring (its batch failed); readers fetch them themselves."""
+        """Objects a lane or run could not bring (its batch failed); readers fetch them themselves."""
         self.refused = 0
         """Objects not queued because the queue was full."""
         self.taken = 0
-        """Objects a reader took off the queue to fetch itself (:meth:`wait`)."""
+        """Objects a reader took off the queue to fetch itself (:meth:`wait`), runs included."""
+        self.runs = 0
+        """Runs readers took off the queue (each one pipelined exchange)."""
+        self.waited = 0
+        """Waits of readers for an object being downloaded."""
 
     def want(self, items: Iterable[Wanted]) -> int:
-        """Queue objects for download (not those queued or in flight already); how many were queued."""
+        """Queue objects for download, in this order (not those queued or in flight already);
+        how many were queued."""
         n = 0
+        plan: list[Key] = []
         with self._cv:
             if self._closed:
                 return 0
@@ -85,7 +158,8 @@ class Prefetcher:
                 if self._queued_bytes + w.size > MAX_QUEUED_BYTES:
                     self.refused += 1
                     continue
-                self._queued[key] = w
+                self._queued[key] = _Queued(w, plan, len(plan))
+                plan.append(key)
                 self._queued_bytes += w.size
                 self._pending[key] = None
                 n += 1
@@ -102,26 +176,49 @@ class Prefetcher:
         return (h, kind) in self._pending
 
     def wait(self, h: ContentHash, kind: ObjectKind, timeout: float = WAIT) -> None:
-        """Before a read fetches an object: take it off the queue if it is still there, or wait
-        (at most ``timeout`` seconds) for the lane downloading it (see the module docstring)."""
+        """Before a read fetches an object: if it is still queued, fetch it now with the run of
+        queued objects planned after it; if it is being downloaded, wait (at most ``timeout``
+        seconds) until it is done (see the module docstring)."""
         key = (h, kind)
         if key not in self._pending:
             return
         with self._cv:
             if key not in self._pending:
                 return
-            w = self._queued.pop(key, None)
-            if w is not None:
-                self._queued_bytes -= w.size
-                self.taken += 1
-                event = self._pending.pop(key)
-                if event is not None:
-                    event.set()
-                return
-            event = self._pending[key]
-            if event is None:
-                event = self._pending[key] = threading.Event()
-        event.wait(timeout)
+            if key in self._queued:
+                run = self._take_run(key)
+                self.taken += len(run)
+                self.runs += 1
+                lock = None
+            else:
+                run = []
+                self.waited += 1
+                lock = self._pending[key]
+                if lock is None:
+                    lock = self._pending[key] = threading.Lock()
+                    lock.acquire()
+        if run:
+            self._download(run, reader=True)
+            return
+        no_wakeup_preemption()
+        if lock is not None and lock.acquire(timeout=timeout):
+            lock.release()  # pass it on: another reader may wait for the same object
+
+    def _take_run(self, key: Key) -> list[Wanted]:
+        """Under the lock: ``key`` and the queued objects planned after it, off the queue."""
+        first = self._queued.pop(key)
+        run = [first.wanted]
+        size = first.wanted.size
+        plan = first.plan
+        for k in plan[first.index + 1 : first.index + 1 + 2 * RUN_OBJECTS]:
+            if len(run) >= RUN_OBJECTS or size >= RUN_BYTES:
+                break
+            q = self._queued.pop(k, None)
+            if q is not None:
+                run.append(q.wanted)
+                size += q.wanted.size
+        self._queued_bytes -= size
+        return run
 
     def _lane(self) -> None:
         while True:
@@ -133,45 +230,89 @@ class Prefetcher:
                 batch: list[Wanted] = []
                 size = 0
                 while self._queued and len(batch) < BATCH_OBJECTS and size < BATCH_BYTES:
-                    _, w = self._queued.popitem(last=False)
-                    self._queued_bytes -= w.size
-                    batch.append(w)
-                    size += w.size
+                    _, q = self._queued.popitem(last=False)
+                    self._queued_bytes -= q.wanted.size
+                    batch.append(q.wanted)
+                    size += q.wanted.size
             self._download(batch)
 
-    def _download(self, batch: list[Wanted]) -> None:
-        """Fetch ``batch`` (what the cache lacks) into the local cache; release every waiter."""
+    def _download(self, batch: list[Wanted], reader: bool = False) -> None:
+        """Fetch ``batch`` (what the cache lacks) into the local cache; release every waiter.
+
+        ``reader``: the caller needs ``batch[0]`` first; it receives the exchange itself for up
+        to :data:`RUN_PATIENCE` seconds, and, once its object is in, leaves what is still to
+        come to a finishing thread (a slow server answering one request after the other must
+        not keep a reader waiting for its neighbours' objects).
+        """
         is_cached = self.source.is_cached
-        todo = []
+        todo: list[Wanted] = []
+        cached: list[Wanted] = []
         for w in batch:
-            if is_cached(w.hash, w.kind):
-                self._done(w)
-            else:
-                todo.append(w)
-        done = [False] * len(todo)
+            (cached if is_cached(w.hash, w.kind) else todo).append(w)
+        if cached:
+            self._done(cached)
+        received = _Received(todo, fetch_objects(self.source, todo, keep=True))
+        if reader and todo and todo[0] is batch[0] and len(todo) > 1:
+            patience = time.monotonic() + RUN_PATIENCE
+            if self._receive(received, until=0) or self._receive(received, deadline=patience):
+                return
+            with self._cv:
+                if self._finisher is None:
+                    self._finisher = ThreadPoolExecutor(
+                        FINISHERS, thread_name_prefix="rcds-mount-prefetch-run"
+                    )
+                finisher = self._finisher
+            try:
+                finisher.submit(self._receive, received)
+                return
+            except RuntimeError:  # shut down meanwhile: receive the rest here
+                pass
+        self._receive(received)
+
+    def _receive(self, received: _Received, until: int | None = None, deadline: float | None = None) -> bool:
+        """Receive objects of ``received`` (up to and including index ``until`` if given, and
+        no more once ``deadline`` passed); True once the exchange is over (every object released)."""
+        todo = received.todo
+        fetched = received.fetched
+        done: list[Wanted] = []
+        since = 0.0
+        over = True
         try:
-            for i, _ in fetch_objects(self.source, todo, keep=True):
-                done[i] = True
-                self.fetched += 1
-                self._done(todo[i])
+            for i, _ in received.objects:
+                fetched[i] = True
+                done.append(todo[i])
+                if i == until or (deadline is not None and time.monotonic() > deadline):
+                    over = False
+                    break
+                if len(done) == 1:
+                    since = time.monotonic()
+                elif len(done) >= WAKE_EVERY or time.monotonic() - since > WAKE_DELAY:
+                    self._done(done, len(done))
+                    done = []
         except (RcdsError, FetchError, OSError) as exc:
-            missing = done.count(False)
-            self.failed += missing
+            missing = fetched.count(False)
+            with self._cv:
+                self.failed += missing
             log.info("prefetch of %d objects stopped (reads fetch them themselves): %s", missing, exc)
         except BaseException:  # a bug: never leave a reader waiting on it
             log.exception("prefetch lane failed")
             raise
         finally:
-            for w, ok in zip(todo, done, strict=True):
-                if not ok:
-                    self._done(w)
+            n = len(done)
+            if over:
+                received.objects.close()
+                done += [w for w, ok in zip(todo, fetched, strict=True) if not ok]
+            self._done(done, n)
+        return over
 
-    def _done(self, w: Wanted) -> None:
-        key = (w.hash, w.kind)
+    def _done(self, items: list[Wanted], fetched: int = 0) -> None:
+        """Release ``items`` (fetched, cached already or failed); count ``fetched`` more."""
         with self._cv:
-            event = self._pending.pop(key, None)
-        if event is not None:
-            event.set()
+            self.fetched += fetched
+            locks = [self._pending.pop((w.hash, w.kind), None) for w in items]
+        for lock in locks:
+            if lock is not None:
+                lock.release()
 
     def close(self, timeout: float = 1.0) -> None:
         """Stop the lanes: drop the queue, release every waiter (a download in progress may
@@ -180,11 +321,14 @@ class Prefetcher:
             self._closed = True
             self._queued.clear()
             self._queued_bytes = 0
-            events = [e for e in self._pending.values() if e is not None]
+            locks = [lock for lock in self._pending.values() if lock is not None]
             self._pending.clear()
             self._cv.notify_all()
             threads = list(self._threads)
-        for e in events:
-            e.set()
+            finisher = self._finisher
+        for lock in locks:
+            lock.release()
+        if finisher is not None:
+            finisher.shutdown(wait=False, cancel_futures=True)
         for t in threads:
             t.join(timeout)

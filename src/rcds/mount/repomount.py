@@ -238,34 +238,41 @@ class RepoMount:
             return queued
 
     def prefetch_directory(self, path: str, skip: str = "") -> int:
-        """Queue the objects of the small regular files of the directory ``path`` (but ``skip``,
-        a name) for the prefetcher (:mod:`rcds.mount.prefetcher`); how many were queued.
+        """Queue the objects of the small regular files of the directory ``path`` for the
+        prefetcher (:mod:`rcds.mount.prefetcher`); how many were queued.
 
         The bound: files of at most :data:`PREFETCH_MAX_FILE` bytes, at most
         :data:`PREFETCH_MAX_BYTES` in all, of this directory only (not its subdirectories), so
-        reading one file never fetches more than that. Those after ``skip`` in name order come
-        first (readers tend to go in name order), then those before it.
+        reading one file never fetches more than that. ``skip`` (a name: the file about to be
+        read) comes first, so that its reader takes it off the queue with the files after it
+        in name order (one pipelined exchange, see :meth:`Prefetcher.wait`); then the rest of
+        those after it (readers tend to go in name order), then those before it.
         """
         with self.repo.using() as m:
             here = m.resolve(path or "/", follow=False)
+            first: list[Wanted] = []
             after: list[Wanted] = []
             before: list[Wanted] = []
             seen = False
             total = 0
             for loc in m.listdir(here):
                 e = loc.entry
-                if e.name == skip:
-                    seen = True
-                    continue
                 if not e.is_regular or e.is_external or e.is_chunked or not e.size or e.hash is None:
+                    seen = seen or e.name == skip
                     continue
                 if e.size > PREFETCH_MAX_FILE:
+                    seen = seen or e.name == skip
+                    continue
+                w = Wanted(e.hash, ObjectKind.FILE, e.size, e.compressed)
+                if e.name == skip:  # read anyway: not counted in the bound
+                    seen = True
+                    first.append(w)
                     continue
                 total += e.size
                 if total > PREFETCH_MAX_BYTES:
                     break
-                (after if seen else before).append(Wanted(e.hash, ObjectKind.FILE, e.size, e.compressed))
-        return self.prefetcher.want(after + before)
+                (after if seen else before).append(w)
+        return self.prefetcher.want(first + after + before)
 
     def wait_prefetched(self, piece: Piece, timeout: float = WAIT) -> None:
         """A thread about to fetch ``piece``'s object calls this first: if the prefetcher has
@@ -319,11 +326,13 @@ class RepoMount:
         pf = self.prefetcher
         pf.close()
         log.info(
-            "%s: %d objects prefetched, %d taken by readers, %d failed, %d not queued (queue full); "
-            "objects from: %s",
+            "%s: %d objects prefetched, %d taken by readers (%d runs), %d waits for one in flight, "
+            "%d failed, %d not queued (queue full); objects from: %s",
             self.fqrn,
             pf.fetched,
             pf.taken,
+            pf.runs,
+            pf.waited,
             pf.failed,
             pf.refused,
             self.repo.source.stats,

@@ -13,7 +13,7 @@ alien cache).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from typing import NamedTuple
 
 from rcds.client.cache.source import CachedSource
@@ -65,7 +65,7 @@ def batches(
 
 def fetch_objects(
     source: CachedSource, wanted: Sequence[Wanted], *, keep: bool = True
-) -> Iterator[tuple[int, bytes | bytearray]]:
+) -> Generator[tuple[int, bytes | bytearray], None, None]:
     """Yield ``(index into wanted, verified plain bytes)`` for every object, in completion order.
 
     The local cache is not consulted (pass what it lacks, see :meth:`CachedSource.cached`).
