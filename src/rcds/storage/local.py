@@ -131,6 +131,11 @@ class LocalStore(Store):
                 return False
             self.put(name, data)
             return True
+        return self.put_object(name, data)
+
+    def put_object(self, name: str, data: bytes | memoryview) -> bool:
+        """:meth:`put_if_absent` for an object name the caller built itself from a digest (not
+        checked again: the per-object path of the ingest's workers); True if written."""
         final = f"{self._root_s}/{name}"
         try:
             os.stat(final)
