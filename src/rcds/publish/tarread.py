@@ -30,6 +30,10 @@ _MAGICS = (tarfile.POSIX_MAGIC, tarfile.GNU_MAGIC)
 _FAST_TYPES = frozenset(
     (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE)
 )
+_PAX_TYPES = frozenset((tarfile.XHDTYPE,))
+_PAX_KEYS = {b"path": "path", b"linkpath": "linkpath"}
+_PAX_MAX = 1 << 16
+"""PAX extended headers up to this size may take the fast path (long names are far smaller)."""
 _REGULAR = frozenset((tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE))
 # name mode uid gid size mtime chksum type linkname magic uname gname devmajor devminor prefix
 _HEADER = struct.Struct("100s8s8s8s12s12s8s1s100s8s32s32s8s8s155s12x")
@@ -72,12 +76,41 @@ def _text(field: bytes) -> str:
     return (field[:cut] if cut >= 0 else field).decode(ENCODING, ERRORS)
 
 
-def fast_header(buf: bytes) -> tarfile.TarInfo | None:
-    """The TarInfo of a common header, exactly as ``tarfile`` builds it, or None to let it."""
+def _pax_records(data: bytes, size: int) -> dict[str, str] | None:
+    """The records of a PAX extended header's data if they are well-formed ``path`` or
+    ``linkpath`` records in UTF-8 and the padding is zeros (what ``tarfile`` reads the same way);
+    else None."""
+    if data.count(0, size) != len(data) - size or b"hdrcharset" in data:
+        return None
+    records: dict[str, str] = {}
+    p = 0
+    while p < size:
+        sp = data.find(b" ", p, p + 21)
+        digits = data[p:sp]
+        if sp < 0 or not digits.isdigit():
+            return None
+        end = p + int(digits)
+        eq = data.find(b"=", sp, end)
+        if end > size or eq < 0 or data[end - 1] != 0x0A:
+            return None
+        key = data[sp + 1 : eq]
+        if key not in _PAX_KEYS:
+            return None
+        try:
+            records[_PAX_KEYS[key]] = data[eq + 1 : end - 1].decode("utf-8", "strict")
+        except UnicodeDecodeError:
+            return None
+        p = end
+    return records
+
+
+def fast_header(buf: bytes, types: frozenset[bytes] = _FAST_TYPES) -> tarfile.TarInfo | None:
+    """The TarInfo of a common header (of one of ``types``), exactly as ``tarfile`` builds it, or
+    None to let it."""
     (name, mode, uid, gid, size, mtime, chksum, kind, link, magic, _u, _g, _dmaj, _dmin, prefix) = (
         _HEADER.unpack(buf)
     )
-    if kind not in _FAST_TYPES or magic not in _MAGICS:
+    if kind not in types or magic not in _MAGICS:
         return None
     try:
         if _number(chksum) != sum(buf) - sum(buf[148:156]) + 256:
@@ -115,11 +148,22 @@ class _Position:
     def __init__(self, stream: IO[bytes]) -> None:
         self.stream = stream
         self.pos = 0
+        self.back = b""  # bytes read ahead and given back (:meth:`unread`)
 
     def read(self, n: int) -> bytes:
-        data = self.stream.read(n)
+        if self.back:
+            data, self.back = self.back[:n], self.back[n:]
+            if len(data) < n:
+                data += self.stream.read(n - len(data))
+        else:
+            data = self.stream.read(n)
         self.pos += len(data)
         return data
+
+    def unread(self, data: bytes) -> None:
+        """Give back bytes just read: the next reads return them again."""
+        self.back = data + self.back
+        self.pos -= len(data)
 
     def tell(self) -> int:
         return self.pos
@@ -148,9 +192,12 @@ class TarReader:
             buf = pos.read(BLOCK)
             if buf == _ZERO_BLOCK:
                 return  # end of archive (tarfile also stops at the first zero block)
+            start = pos.pos - BLOCK
             ti = fast_header(buf) if len(buf) == BLOCK and not self.pax_headers else None
+            if ti is None and buf[156:157] == tarfile.XHDTYPE and len(buf) == BLOCK and not self.pax_headers:
+                ti = self._fast_pax(buf)
             if ti is not None:
-                ti.offset = pos.pos - BLOCK
+                ti.offset = start  # a PAX header's member starts at that header, as in tarfile
                 ti.offset_data = pos.pos
                 self.offset = pos.pos + (-(-ti.size // BLOCK) * BLOCK if ti.type in _REGULAR else 0)
             else:
@@ -159,6 +206,29 @@ class TarReader:
                 ti = ti._proc_member(self)  # type: ignore[attr-defined]  # PAX, GNU, sparse: tarfile's code
             self._remaining = ti.size if ti.isreg() else 0
             yield ti
+
+    def _fast_pax(self, buf: bytes) -> tarfile.TarInfo | None:
+        """The member of a PAX extended header that holds only ``path``/``linkpath`` records (how
+        ``tarfile`` and GNU tar write long names) followed by a common header, exactly as
+        ``tarfile`` builds it; None (nothing consumed) for anything else, which tarfile then reads."""
+        head = fast_header(buf, _PAX_TYPES)
+        if head is None or head.size > _PAX_MAX:
+            return None
+        pos = self.fileobj
+        data = pos.read(-(-head.size // BLOCK) * BLOCK)
+        nbuf = pos.read(BLOCK)
+        records = _pax_records(data, head.size)
+        ti = fast_header(nbuf) if records is not None and len(nbuf) == BLOCK else None
+        if ti is None or records is None:
+            pos.unread(data + nbuf)
+            return None
+        for key, value in records.items():
+            if key == "path":
+                ti.name = value.rstrip("/")
+            else:
+                ti.linkname = value
+        ti.pax_headers = records
+        return ti
 
     def read(self, n: int) -> bytes:
         """Up to ``n`` bytes of the current member's data (b"" at its end)."""
