@@ -63,7 +63,14 @@ class StrictTarInfo(tarfile.TarInfo):
             raise InputError(f"corrupt tar header ({exc})") from None
 
 
-def _number(field: bytes) -> int:
+_CACHE_MAX = 4096
+"""Distinct raw fields remembered by :func:`_number` and :func:`_text`: modes, owners, link
+targets, prefixes and times repeat across the members of an archive."""
+_NUMBERS: dict[bytes, int] = {}
+_TEXTS: dict[bytes, str] = {}
+
+
+def _octal(field: bytes) -> int:
     """An octal header number as ``tarfile.nti`` reads it; ValueError for anything unusual."""
     if field[0] & 0x80:
         raise ValueError("base-256")  # left to tarfile
@@ -71,9 +78,29 @@ def _number(field: bytes) -> int:
     return int(field[:cut] if cut >= 0 else field, 8) if cut != 0 else 0
 
 
-def _text(field: bytes) -> str:
+def _number(field: bytes) -> int:
+    """:func:`_octal` of a field whose values repeat (mode, owner, time, device), remembered."""
+    n = _NUMBERS.get(field)
+    if n is None:
+        n = _octal(field)
+        if len(_NUMBERS) < _CACHE_MAX:
+            _NUMBERS[field] = n
+    return n
+
+
+def _string(field: bytes) -> str:
     cut = field.find(b"\0")
     return (field[:cut] if cut >= 0 else field).decode(ENCODING, ERRORS)
+
+
+def _text(field: bytes) -> str:
+    """:func:`_string` of a field whose values repeat (owner names, link targets, prefixes)."""
+    text = _TEXTS.get(field)
+    if text is None:
+        text = _string(field)
+        if len(_TEXTS) < _CACHE_MAX:
+            _TEXTS[field] = text
+    return text
 
 
 def _pax_records(data: bytes, size: int) -> dict[str, str] | None:
@@ -113,13 +140,14 @@ def fast_header(buf: bytes, types: frozenset[bytes] = _FAST_TYPES) -> tarfile.Ta
     if kind not in types or magic not in _MAGICS:
         return None
     try:
-        if _number(chksum) != sum(buf) - sum(buf[148:156]) + 256:
+        check = _octal(chksum)
+        if check != sum(buf) - sum(buf[148:156]) + 256:
             return None  # maybe a signed checksum, or a bad one: tarfile decides
-        ti = StrictTarInfo(_text(name))
+        ti = StrictTarInfo(_string(name))
         ti.mode = _number(mode)
         ti.uid = _number(uid)
         ti.gid = _number(gid)
-        ti.size = _number(size)
+        ti.size = _octal(size)
         ti.mtime = _number(mtime)
         ti.linkname = _text(link)
         ti.uname = _text(_u)
@@ -129,7 +157,7 @@ def fast_header(buf: bytes, types: frozenset[bytes] = _FAST_TYPES) -> tarfile.Ta
         pre = _text(prefix)
     except ValueError:
         return None
-    ti.chksum = _number(chksum)
+    ti.chksum = check
     ti.type = kind
     if kind == tarfile.AREGTYPE and ti.name.endswith("/"):
         ti.type = tarfile.DIRTYPE
