@@ -137,3 +137,102 @@ def test_hostile_cases_fail_no_later_than_with_tarfile(case) -> None:
     assert ours.startswith("error") == theirs.startswith("error"), (ours, theirs)
     if not ours.startswith("error"):
         assert ours == theirs
+
+
+def _pax_member(records: bytes, header: tarfile.TarInfo, data: bytes = b"", pad: bytes = b"") -> bytes:
+    """A PAX extended header holding ``records`` (padded with ``pad``, then zeros), then ``header``."""
+    x = tarfile.TarInfo("././@PaxHeader")
+    x.type = tarfile.XHDTYPE
+    x.size = len(records)
+    body = records + pad
+    body += bytes(-len(body) % 512)
+    out = x.tobuf(tarfile.USTAR_FORMAT) + body + header.tobuf(tarfile.USTAR_FORMAT)
+    return out + data + bytes(-len(data) % 512)
+
+
+def _record(key: bytes, value: bytes) -> bytes:
+    body = b" " + key + b"=" + value + b"\n"
+    n = len(body) + 1
+    n = len(body) + len(str(n))
+    n = len(body) + len(str(n))
+    return str(n).encode() + body
+
+
+def _file(name: str = "short", size: int = 0, kind: bytes = tarfile.REGTYPE) -> tarfile.TarInfo:
+    ti = tarfile.TarInfo(name)
+    ti.size = size
+    ti.type = kind
+    if kind == tarfile.SYMTYPE:
+        ti.linkname = "target"
+    return ti
+
+
+LONG = b"dir/" * 40 + b"file.py"
+PAX_CASES = {
+    "path": _pax_member(_record(b"path", LONG), _file(size=3), b"abc"),
+    "path and linkpath": _pax_member(
+        _record(b"path", LONG) + _record(b"linkpath", b"t/" * 80), _file(kind=tarfile.SYMTYPE)
+    ),
+    "directory path with slashes": _pax_member(
+        _record(b"path", b"d/" * 60 + b"//"), _file("d", kind=tarfile.DIRTYPE)
+    ),
+    "repeated path": _pax_member(_record(b"path", b"first") + _record(b"path", LONG), _file()),
+    "empty records": _pax_member(b"", _file(size=1), b"z"),
+    "utf-8 path": _pax_member(_record(b"path", "ünï/".encode() * 40), _file()),
+    "not utf-8": _pax_member(_record(b"path", b"\xff\xfe" * 60), _file()),
+    "hdrcharset": _pax_member(_record(b"hdrcharset", b"BINARY") + _record(b"path", b"\xff" * 120), _file()),
+    "mtime": _pax_member(_record(b"mtime", b"1600000000.25") + _record(b"path", LONG), _file()),
+    "size": _pax_member(_record(b"size", b"2") + _record(b"path", LONG), _file(size=2), b"ab"),
+    "no newline": _pax_member(_record(b"path", LONG)[:-1] + b"x", _file()),
+    "length too long": _pax_member(b"999 path=x\n", _file()),
+    "length zero": _pax_member(b"0 path=x\n", _file()),
+    "no digits": _pax_member(b"x path=x\n", _file()),
+    "junk in padding": _pax_member(_record(b"path", LONG), _file(), pad=b"12 path=ab\n"),
+    "gnu sparse key": _pax_member(_record(b"GNU.sparse.name", LONG), _file()),
+    "followed by a pax header": _pax_member(
+        _record(b"path", LONG), _file("./PaxHeaders/x", kind=tarfile.XHDTYPE)
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(PAX_CASES), ids=list(PAX_CASES))
+@pytest.mark.parametrize("end", ["complete", "truncated after the header", "cut inside the records"])
+def test_pax_extended_headers_read_exactly_like_tarfile(case: str, end: str) -> None:
+    member = PAX_CASES[case]
+    data = (
+        member + bytes(1024)
+        if end == "complete"
+        else member[:1024]
+        if end != "cut inside the records"
+        else member[:700]
+    )
+
+    def outcome(read) -> str:  # type: ignore[no-untyped-def]
+        try:
+            return repr(read(data))
+        except (InputError, tarfile.TarError, EOFError, ValueError) as exc:
+            return f"error: {type(exc).__name__}"
+
+    ours, theirs = outcome(_ours), outcome(_reference)
+    assert ours.startswith("error") == theirs.startswith("error"), (ours, theirs)
+    if not ours.startswith("error"):
+        assert ours == theirs
+
+
+def test_long_names_in_pax_headers_take_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = _tar(tarfile.PAX_FORMAT)
+    want = _reference(data)
+    assert any(m[0].startswith("top/long-directory-name/") for m in want)
+
+    def refuse(*args: object) -> object:
+        raise AssertionError("tarfile's PAX code was used")
+
+    monkeypatch.setattr(tarfile.TarInfo, "_proc_pax", refuse)
+    reader = TarReader(
+        io.BytesIO(
+            _tar(tarfile.USTAR_FORMAT)[:0] + _pax_member(_record(b"path", LONG), _file()) + bytes(1024)
+        )
+    )
+    assert [ti.name for ti in reader] == [LONG.decode()]
+    offsets = [(ti.offset, ti.offset_data) for ti in TarReader(io.BytesIO(PAX_CASES["path"] + bytes(1024)))]
+    assert offsets == [(0, 1024 + 512)]

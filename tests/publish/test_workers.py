@@ -104,25 +104,37 @@ def test_worker_processes_store_exactly_what_the_in_process_path_stores(
     verify(procs)
 
 
-def test_store_batch_writes_valid_objects(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("algorithm", "kind"),
+    [
+        (Algorithm.SHA1, ObjectKind.FILE),
+        (Algorithm.SHA1, ObjectKind.PARTIAL),
+        (Algorithm.SHAKE128, ObjectKind.FILE),
+    ],
+)
+def test_store_batch_writes_valid_objects(tmp_path: Path, algorithm: Algorithm, kind: ObjectKind) -> None:
     store = LocalStore(tmp_path / "s", create=True)
     contents = [b"", b"a", b"x" * 100_000, os.urandom(5000), b"a"]
     blob = b"".join(contents)
     digests, written, nbytes = objworker.store_batch(
         store,
-        Algorithm.SHA1,
+        algorithm,
         Compression("zlib", 6).compressor(),
-        ObjectKind.FILE,
+        kind,
         [len(c) for c in contents],
         blob,
     )
     assert written == 4 and len(digests) == 20 * len(contents)  # the second b"a" exists already
     for i, c in enumerate(contents):
-        obj = make_object(c, Algorithm.SHA1)
+        obj = make_object(c, algorithm)
         assert digests[20 * i : 20 * i + 20] == obj.hash.digest
-        stored = store.get(obj.hash.object_name())
+        stored = store.get(obj.hash.object_name(kind))
         assert stored == obj.data and decompress(stored) == c
     assert nbytes == sum(len(make_object(c).data) for c in contents[:4])
+    assert sorted(store.list_objects()) == sorted(
+        {make_object(c, algorithm).hash.object_name(kind) for c in contents}
+    )
+    assert os.listdir(store.staging_dir()) == []  # no temp file left behind
 
 
 def test_small_inputs_do_not_start_processes(

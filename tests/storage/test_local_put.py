@@ -47,3 +47,20 @@ def test_a_missing_txn_directory_is_a_storage_error(tmp_path: Path) -> None:
     os.rmdir(tmp_path / "s" / "data" / "txn")
     with pytest.raises(StorageError, match="cannot write"):
         store.put_if_absent(make_object(b"y").hash.object_name(), b"y")
+
+
+def test_only_large_objects_start_their_writeback_early(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Forcing each small object out to disk costs more system time than the commit's syncfs
+    saves; large ones are started as they are stored."""
+    from rcds.storage import local
+
+    started: list[int] = []
+    monkeypatch.setattr(local, "start_writeback", lambda fd: started.append(os.fstat(fd).st_size))
+    store = LocalStore(tmp_path / "s", create=True)
+    small = os.urandom(local.EARLY_WRITEBACK_MIN - 1)
+    large = os.urandom(local.EARLY_WRITEBACK_MIN)
+    for data in (small, large):
+        store.put_if_absent(make_object(data).hash.object_name(), data)
+    assert started == [len(large)]

@@ -30,6 +30,10 @@ _MAGICS = (tarfile.POSIX_MAGIC, tarfile.GNU_MAGIC)
 _FAST_TYPES = frozenset(
     (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE)
 )
+_PAX_TYPES = frozenset((tarfile.XHDTYPE,))
+_PAX_KEYS = {b"path": "path", b"linkpath": "linkpath"}
+_PAX_MAX = 1 << 16
+"""PAX extended headers up to this size may take the fast path (long names are far smaller)."""
 _REGULAR = frozenset((tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE))
 # name mode uid gid size mtime chksum type linkname magic uname gname devmajor devminor prefix
 _HEADER = struct.Struct("100s8s8s8s12s12s8s1s100s8s32s32s8s8s155s12x")
@@ -59,7 +63,14 @@ class StrictTarInfo(tarfile.TarInfo):
             raise InputError(f"corrupt tar header ({exc})") from None
 
 
-def _number(field: bytes) -> int:
+_CACHE_MAX = 4096
+"""Distinct raw fields remembered by :func:`_number` and :func:`_text`: modes, owners, link
+targets, prefixes and times repeat across the members of an archive."""
+_NUMBERS: dict[bytes, int] = {}
+_TEXTS: dict[bytes, str] = {}
+
+
+def _octal(field: bytes) -> int:
     """An octal header number as ``tarfile.nti`` reads it; ValueError for anything unusual."""
     if field[0] & 0x80:
         raise ValueError("base-256")  # left to tarfile
@@ -67,26 +78,76 @@ def _number(field: bytes) -> int:
     return int(field[:cut] if cut >= 0 else field, 8) if cut != 0 else 0
 
 
-def _text(field: bytes) -> str:
+def _number(field: bytes) -> int:
+    """:func:`_octal` of a field whose values repeat (mode, owner, time, device), remembered."""
+    n = _NUMBERS.get(field)
+    if n is None:
+        n = _octal(field)
+        if len(_NUMBERS) < _CACHE_MAX:
+            _NUMBERS[field] = n
+    return n
+
+
+def _string(field: bytes) -> str:
     cut = field.find(b"\0")
     return (field[:cut] if cut >= 0 else field).decode(ENCODING, ERRORS)
 
 
-def fast_header(buf: bytes) -> tarfile.TarInfo | None:
-    """The TarInfo of a common header, exactly as ``tarfile`` builds it, or None to let it."""
+def _text(field: bytes) -> str:
+    """:func:`_string` of a field whose values repeat (owner names, link targets, prefixes)."""
+    text = _TEXTS.get(field)
+    if text is None:
+        text = _string(field)
+        if len(_TEXTS) < _CACHE_MAX:
+            _TEXTS[field] = text
+    return text
+
+
+def _pax_records(data: bytes, size: int) -> dict[str, str] | None:
+    """The records of a PAX extended header's data if they are well-formed ``path`` or
+    ``linkpath`` records in UTF-8 and the padding is zeros (what ``tarfile`` reads the same way);
+    else None."""
+    if data.count(0, size) != len(data) - size or b"hdrcharset" in data:
+        return None
+    records: dict[str, str] = {}
+    p = 0
+    while p < size:
+        sp = data.find(b" ", p, p + 21)
+        digits = data[p:sp]
+        if sp < 0 or not digits.isdigit():
+            return None
+        end = p + int(digits)
+        eq = data.find(b"=", sp, end)
+        if end > size or eq < 0 or data[end - 1] != 0x0A:
+            return None
+        key = data[sp + 1 : eq]
+        if key not in _PAX_KEYS:
+            return None
+        try:
+            records[_PAX_KEYS[key]] = data[eq + 1 : end - 1].decode("utf-8", "strict")
+        except UnicodeDecodeError:
+            return None
+        p = end
+    return records
+
+
+def fast_header(buf: bytes, types: frozenset[bytes] = _FAST_TYPES) -> tarfile.TarInfo | None:
+    """The TarInfo of a common header (of one of ``types``), exactly as ``tarfile`` builds it, or
+    None to let it."""
     (name, mode, uid, gid, size, mtime, chksum, kind, link, magic, _u, _g, _dmaj, _dmin, prefix) = (
         _HEADER.unpack(buf)
     )
-    if kind not in _FAST_TYPES or magic not in _MAGICS:
+    if kind not in types or magic not in _MAGICS:
         return None
     try:
-        if _number(chksum) != sum(buf) - sum(buf[148:156]) + 256:
+        check = _octal(chksum)
+        if check != sum(buf) - sum(buf[148:156]) + 256:
             return None  # maybe a signed checksum, or a bad one: tarfile decides
-        ti = StrictTarInfo(_text(name))
+        ti = StrictTarInfo(_string(name))
         ti.mode = _number(mode)
         ti.uid = _number(uid)
         ti.gid = _number(gid)
-        ti.size = _number(size)
+        ti.size = _octal(size)
         ti.mtime = _number(mtime)
         ti.linkname = _text(link)
         ti.uname = _text(_u)
@@ -96,7 +157,7 @@ def fast_header(buf: bytes) -> tarfile.TarInfo | None:
         pre = _text(prefix)
     except ValueError:
         return None
-    ti.chksum = _number(chksum)
+    ti.chksum = check
     ti.type = kind
     if kind == tarfile.AREGTYPE and ti.name.endswith("/"):
         ti.type = tarfile.DIRTYPE
@@ -115,11 +176,22 @@ class _Position:
     def __init__(self, stream: IO[bytes]) -> None:
         self.stream = stream
         self.pos = 0
+        self.back = b""  # bytes read ahead and given back (:meth:`unread`)
 
     def read(self, n: int) -> bytes:
-        data = self.stream.read(n)
+        if self.back:
+            data, self.back = self.back[:n], self.back[n:]
+            if len(data) < n:
+                data += self.stream.read(n - len(data))
+        else:
+            data = self.stream.read(n)
         self.pos += len(data)
         return data
+
+    def unread(self, data: bytes) -> None:
+        """Give back bytes just read: the next reads return them again."""
+        self.back = data + self.back
+        self.pos -= len(data)
 
     def tell(self) -> int:
         return self.pos
@@ -148,9 +220,12 @@ class TarReader:
             buf = pos.read(BLOCK)
             if buf == _ZERO_BLOCK:
                 return  # end of archive (tarfile also stops at the first zero block)
+            start = pos.pos - BLOCK
             ti = fast_header(buf) if len(buf) == BLOCK and not self.pax_headers else None
+            if ti is None and buf[156:157] == tarfile.XHDTYPE and len(buf) == BLOCK and not self.pax_headers:
+                ti = self._fast_pax(buf)
             if ti is not None:
-                ti.offset = pos.pos - BLOCK
+                ti.offset = start  # a PAX header's member starts at that header, as in tarfile
                 ti.offset_data = pos.pos
                 self.offset = pos.pos + (-(-ti.size // BLOCK) * BLOCK if ti.type in _REGULAR else 0)
             else:
@@ -159,6 +234,29 @@ class TarReader:
                 ti = ti._proc_member(self)  # type: ignore[attr-defined]  # PAX, GNU, sparse: tarfile's code
             self._remaining = ti.size if ti.isreg() else 0
             yield ti
+
+    def _fast_pax(self, buf: bytes) -> tarfile.TarInfo | None:
+        """The member of a PAX extended header that holds only ``path``/``linkpath`` records (how
+        ``tarfile`` and GNU tar write long names) followed by a common header, exactly as
+        ``tarfile`` builds it; None (nothing consumed) for anything else, which tarfile then reads."""
+        head = fast_header(buf, _PAX_TYPES)
+        if head is None or head.size > _PAX_MAX:
+            return None
+        pos = self.fileobj
+        data = pos.read(-(-head.size // BLOCK) * BLOCK)
+        nbuf = pos.read(BLOCK)
+        records = _pax_records(data, head.size)
+        ti = fast_header(nbuf) if records is not None and len(nbuf) == BLOCK else None
+        if ti is None or records is None:
+            pos.unread(data + nbuf)
+            return None
+        for key, value in records.items():
+            if key == "path":
+                ti.name = value.rstrip("/")
+            else:
+                ti.linkname = value
+        ti.pax_headers = records
+        return ti
 
     def read(self, n: int) -> bytes:
         """Up to ``n`` bytes of the current member's data (b"" at its end)."""
