@@ -132,7 +132,7 @@ def test_a_worker_told_to_stop_while_writing_finishes_that_file_first(
             getworker.run_batch(fetcher, batch)
     finally:
         signal.signal(signal.SIGTERM, previous)
-        monkeypatch.setattr(getworker, "_stopping", False)
+        getworker._stopping = False  # set by the handler; not through monkeypatch, which would restore it
     assert (tmp_path / "0-d0-f007.txt").read_bytes() == many["d0/f007.txt"]  # finished, then stopped
     assert not (tmp_path / "1-d0-f007.txt").exists()
     assert not list(tmp_path.glob(".*.tmp"))
