@@ -17,6 +17,7 @@ caller can retry a kept-alive connection once.
 from __future__ import annotations
 
 import contextlib
+import os
 import select
 import socket
 import threading
@@ -144,7 +145,7 @@ def request_bytes(target: str, authority: str, fixed_headers: str) -> bytes:
 class Connection:
     """One TCP connection with a read buffer; ``reused`` once it has served a response."""
 
-    __slots__ = ("_buf", "_pos", "closed", "proxied", "reused", "served", "sock")
+    __slots__ = ("_buf", "_error", "_fd", "_pos", "chunk", "closed", "proxied", "reused", "served", "sock")
 
     def __init__(self, sock: socket.socket, proxied: bool) -> None:
         self.sock = sock
@@ -152,6 +153,14 @@ class Connection:
         self.reused = False
         self.closed = False
         self.served = 0
+        self.chunk = CHUNK_SIZE
+        """Bytes asked for per receive (a pipelined download asks for more: fewer system calls)."""
+        self._fd = sock.fileno() if sock.gettimeout() is not None else -1
+        """The socket's descriptor when it is in non-blocking mode (a timeout, or 0): read with
+        :func:`os.read` first, which never waits (a socket with a timeout polls before each
+        receive); -1 for a blocking socket."""
+        self._error: OSError | None = None
+        """An error met by :meth:`read_ready`, raised by the next :meth:`recv`."""
         self._buf = b""
         self._pos = 0
         """``_buf[:_pos]`` was consumed already (by :meth:`buffered_ok_body`, which never copies
@@ -200,8 +209,43 @@ class Connection:
             raise AttemptError(failure) from exc
 
     def recv(self) -> bytes:
-        """The next bytes from the socket (b"" at EOF); raises ``OSError``/``TimeoutError``."""
-        return self.sock.recv(CHUNK_SIZE)
+        """The next bytes from the socket (b"" at EOF); raises ``OSError``/``TimeoutError``.
+
+        Bytes already there are read without a poll; otherwise the socket waits for them (at
+        most its timeout, then ``TimeoutError``).
+        """
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        if self._fd >= 0 and not self.closed:
+            try:
+                return os.read(self._fd, self.chunk)
+            except BlockingIOError:
+                pass
+        return self.sock.recv(self.chunk)
+
+    def read_ready(self) -> bool:
+        """Append to the buffer what can be received without waiting, if the buffer holds less
+        than :attr:`chunk` unconsumed bytes; True if bytes were added.
+
+        For :meth:`buffered_ok_body` after it found a response incomplete: one more system
+        call instead of the full parse. At end of file (or on an error, which the next
+        :meth:`recv` raises) nothing is added: the full parse then sees it.
+        """
+        if self._fd < 0 or self.closed or self._error is not None or len(self._buf) - self._pos >= self.chunk:
+            return False
+        try:
+            data = os.read(self._fd, self.chunk)
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            self._error = exc
+            return False
+        if not data:
+            return False  # end of file: the next receive sees it again
+        rest = self._compact()
+        self._buf = rest + data if rest else data
+        return True
 
     def take(self) -> bytes:
         """The bytes received but not yet parsed (the buffer is then empty)."""

@@ -300,7 +300,7 @@ def test_a_worker_told_to_stop_while_writing_finishes_that_file_first(
             getworker.run_jobs(repo.source, getworker.read_jobs([job]), keep=False)
     finally:
         signal.signal(signal.SIGTERM, previous)
-        monkeypatch.setattr(getworker, "_stopping", False)
+        getworker._stopping = False  # set by the handler; not through monkeypatch, which would restore it
     assert (tmp_path / "first").read_bytes() == many[rel]  # finished, then stopped
     assert not (tmp_path / "second").exists()
     assert not list(tmp_path.glob(".*.tmp"))

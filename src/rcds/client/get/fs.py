@@ -20,12 +20,15 @@ import os
 import stat as stat_mod
 from collections.abc import Callable, Sequence
 from contextlib import suppress
-from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
-from rcds.client.tree.files import Piece
 from rcds.errors import IntegrityError, StorageError
-from rcds.format.dirent import Dirent
+
+if TYPE_CHECKING:  # annotations only: a worker process (rcds.client.get.worker) imports this module
+    from pathlib import Path
+
+    from rcds.client.tree.files import Piece
+    from rcds.format.dirent import Dirent
 
 COPY_BLOCK = 1 << 20
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC

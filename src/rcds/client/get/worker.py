@@ -9,9 +9,18 @@ the request pipe it commits what it queued for the local cache, answers ``("bye"
 exits. SIGTERM stops it at once, or, while it writes a file, once that file is complete: no
 file is ever left half-written under its name (nor a temp file) by a worker told to stop.
 
-Everything it writes is verified first, exactly as in the caller's process: the downloads go
-through :func:`rcds.client.fetch.bulk.fetch_objects` on a :class:`~rcds.net.fetcher.Fetcher` of its
-own (same servers, proxies and settings; it starts on the caller's current server).
+Everything it writes is verified first, exactly as in the caller's process. A batch goes
+through :func:`run_batch`: one loop over the pipelined download of
+:meth:`Fetcher.fetch_many <rcds.net.fetcher.Fetcher.fetch_many>` (fail-over, bad data retried
+without caches and elsewhere) on a fetcher of its own (same servers, proxies and settings; it
+starts on the caller's current server), with the object names formatted from the jobs' plain
+values, each body verified inline (:func:`_verify`) and its files written as it arrives. Only
+with an alien cache or for a large object does a batch take the general path,
+:func:`rcds.client.fetch.bulk.fetch_objects` (:func:`run_jobs`).
+
+Start-up is part of the cost of every ``rcds get``: a worker that neither fills the cache nor
+uses an alien cache (the usual case) imports no cache module (nor ``sqlite3``, ``pathlib``,
+``logging``'s users in the cache): those are imported when the setup needs them.
 """
 
 from __future__ import annotations
@@ -22,22 +31,50 @@ import signal
 import sys
 from collections.abc import Sequence
 from contextlib import suppress
-from pathlib import Path
-from typing import NamedTuple, cast
+from hashlib import sha1 as _sha1
+from types import ModuleType
+from typing import TYPE_CHECKING, NamedTuple, cast
 
-from rcds.client.cache.alien import AlienCache
-from rcds.client.cache.local import LocalCache
-from rcds.client.cache.source import CachedSource
-from rcds.client.fetch.bulk import Wanted, fetch_objects
 from rcds.client.get.fs import read_umask, write_file
 from rcds.client.get.pipes import Receiver, Sender
 from rcds.errors import RcdsError
 from rcds.format.hashes import Algorithm, ContentHash, ObjectKind
+from rcds.net.failures import FetchError
 from rcds.net.fetcher import Fetcher
 from rcds.net.proxies import ProxyConfig
 from rcds.net.settings import NetSettings
 
-__all__ = ["Job", "Setup", "Target", "WireJob", "WireTarget", "read_jobs", "serve", "wire_job"]
+if TYPE_CHECKING:
+    from rcds.client.cache.source import CachedSource
+    from rcds.client.fetch.bulk import Wanted
+
+_libdeflate: ModuleType | None
+try:
+    import deflate as _libdeflate
+except ImportError:  # pragma: no cover - a platform without its wheel: verify_sized does it all
+    _libdeflate = None
+
+__all__ = [
+    "FAST_MAX",
+    "WINDOW",
+    "Job",
+    "Setup",
+    "Target",
+    "WireJob",
+    "WireTarget",
+    "read_jobs",
+    "run_batch",
+    "run_jobs",
+    "serve",
+    "wire_job",
+]
+
+FAST_MAX = 8 << 20
+"""Objects up to this plain size go through :func:`run_batch` (the main process sends no larger
+ones: :data:`rcds.client.fetch.bulk.BULK_MAX_OBJECT`, the same value, not imported: start-up)."""
+WINDOW = 128
+"""Requests in flight per connection of a worker's fetcher: a batch is hundreds of objects, and
+each send of requests costs the sender a wake-up of the server (32 by default elsewhere)."""
 
 
 class Target(NamedTuple):
@@ -73,6 +110,8 @@ class Job(NamedTuple):
 
     def wanted(self) -> Wanted:
         """What :func:`~rcds.client.fetch.bulk.fetch_objects` takes."""
+        from rcds.client.fetch.bulk import Wanted
+
         return _NEW(
             Wanted,
             (
@@ -88,6 +127,7 @@ _ALGORITHMS = {a.value: a for a in Algorithm}
 _KINDS = {k.value: k for k in ObjectKind}
 """The enum members by value: a dict lookup, not an ``Enum`` call, per object."""
 _NEW = tuple.__new__
+_SHA1 = Algorithm.SHA1._value_
 
 WireTarget = tuple[str, str, int, int, int, "int | None"]
 WireJob = tuple[bytes, str, str, int, bool, tuple[WireTarget, ...]]
@@ -137,16 +177,35 @@ class Setup(NamedTuple):
             keep,
         )
 
-    def open(self) -> CachedSource:
-        """A source of its own, as described."""
-        fetcher = Fetcher(self.servers, self.proxies, self.settings)
+    @property
+    def uses_caches(self) -> bool:
+        """True if the worker fills the local cache or has an alien cache (:meth:`open` needed)."""
+        return self.keep or self.alien_dir is not None
+
+    def fetcher(self) -> Fetcher:
+        """A fetcher of its own, as described."""
+        return Fetcher(self.servers, self.proxies, self.settings)
+
+    def open(self, fetcher: Fetcher | None = None) -> CachedSource:
+        """A source of its own, as described (on ``fetcher`` if given)."""
+        from pathlib import Path
+
+        from rcds.client.cache.alien import AlienCache
+        from rcds.client.cache.local import LocalCache
+        from rcds.client.cache.source import CachedSource
+
         cache = LocalCache(Path(self.cache_dir), self.quota_bytes)
         alien = AlienCache(Path(self.alien_dir)) if self.alien_dir is not None else None
-        return CachedSource(fetcher, cache, alien)
+        return CachedSource(fetcher or self.fetcher(), cache, alien)
 
 
 def run_jobs(source: CachedSource, jobs: list[Job], keep: bool) -> None:
-    """Fetch the objects of ``jobs`` and write every target (see :func:`write_file`)."""
+    """Fetch the objects of ``jobs`` and write every target (see :func:`write_file`).
+
+    The general path (alien cache, large objects): :func:`~rcds.client.fetch.bulk.fetch_objects`.
+    """
+    from rcds.client.fetch.bulk import fetch_objects
+
     global _writing
     wanted = [j.wanted() for j in jobs]
     for i, plain in fetch_objects(source, wanted, keep=keep):
@@ -158,6 +217,75 @@ def run_jobs(source: CachedSource, jobs: list[Job], keep: bool) -> None:
                 _writing = False
             if _stopping:
                 raise SystemExit(128 + signal.SIGTERM)
+
+
+def run_batch(fetcher: Fetcher, batch: Sequence[WireJob], source: CachedSource | None = None) -> int:
+    """Fetch, verify and write the objects of one batch as received; returns how many were downloaded.
+
+    Every object at most :data:`FAST_MAX` bytes. With ``source``, each object is also queued
+    for its local cache (``--fill-cache``; ``source`` must have no alien cache: see
+    :func:`run_jobs`). Raises what :func:`~rcds.client.fetch.bulk.fetch_objects` raises for an
+    object no server has intact; the files written before are complete.
+    """
+    global _writing
+    names = [_name(d, a, k) for d, a, k, _, _, _ in batch]
+
+    def verify(i: int, raw: bytes) -> bytes | bytearray:
+        d, a, _, size, compressed, _ = batch[i]
+        return _verify(raw, d, a, size, compressed, names[i])
+
+    inserter = source.inserter if source is not None else None
+    received = 0
+    try:
+        for i, plain in fetcher.fetch_many(names, verify):
+            received += 1
+            job = batch[i]
+            if inserter is not None:
+                inserter.put(ContentHash(_ALGORITHMS[job[1]], job[0]), _KINDS[job[2]], bytes(plain))
+            for t in job[5]:
+                _writing = True  # SIGTERM now waits for the end of this file
+                try:
+                    write_file(t[0], _NEW(Target, t), plain)
+                finally:
+                    _writing = False
+                if _stopping:
+                    raise SystemExit(128 + signal.SIGTERM)
+    except FetchError as exc:
+        from rcds.repo.http_source import translate
+
+        raise translate(exc.path, exc) from exc
+    return received
+
+
+def _name(digest: bytes, algorithm: str, kind: str) -> str:
+    """The object name (:meth:`ContentHash.object_name`) from a job's plain values."""
+    if algorithm != _SHA1:
+        return ContentHash(_ALGORITHMS[algorithm], digest).object_name(_KINDS[kind])
+    h = digest.hex()
+    return f"data/{h[:2]}/{h[2:]}{kind}"
+
+
+def _verify(
+    raw: bytes, digest: bytes, algorithm: str, size: int, compressed: bool, what: str
+) -> bytes | bytearray:
+    """:func:`~rcds.format.wholeinflate.verify_sized` of a job's plain values, inline for the
+    usual object (SHA-1, compressed, not empty): the hash of the stored bytes, then libdeflate
+    inflates exactly ``size`` bytes and the stream's Adler-32 trailer must end the bytes.
+    Anything else, or any doubt, goes to ``verify_sized`` (the precise error, or the content)."""
+    lib = _libdeflate
+    if lib is not None and compressed and size > 0 and algorithm == _SHA1 and _sha1(raw).digest() == digest:
+        try:
+            out: bytearray = lib.zlib_decompress(raw, size)
+        except lib.DeflateError:
+            pass
+        else:
+            if len(out) == size and int.from_bytes(raw[-4:], "big") == lib.adler32(out):
+                return out
+    from rcds.format.wholeinflate import verify_sized
+
+    return verify_sized(
+        raw, ContentHash(_ALGORITHMS[algorithm], digest), size, compressed=compressed, what=what
+    )
 
 
 _writing = False
@@ -188,18 +316,30 @@ def serve(request_fd: int, reply_fd: int) -> None:
     except EOFError:
         return
     source: CachedSource | None = None
+    stats = {"local": 0, "alien": 0, "network": 0}
+    fetcher = setup.fetcher()
+    fetcher.pipeline_window = WINDOW
     try:
-        source = setup.open()
+        if setup.uses_caches:
+            source = setup.open(fetcher)
         while True:
             try:
                 message = requests.recv()
-                number, jobs = cast(tuple[int, list[WireJob]], message)
+                number, batch = cast(tuple[int, list[WireJob]], message)
             except EOFError:
                 break
-            run_jobs(source, read_jobs(jobs), setup.keep)
+            if any(j[3] > FAST_MAX for j in batch) or (source is not None and source.alien is not None):
+                if source is None:
+                    source = setup.open(fetcher)
+                run_jobs(source, read_jobs(batch), setup.keep)
+            else:
+                stats["network"] += run_batch(fetcher, batch, source if setup.keep else None)
             replies.send(("done", number))
-        source.flush()
-        replies.send(("bye", dict(source.stats)))
+        if source is not None:
+            source.flush()
+            for where, n in source.stats.items():
+                stats[where] += n
+        replies.send(("bye", stats))
     except RcdsError as exc:
         _report(replies, type(exc).__name__, str(exc))
     except (BrokenPipeError, ConnectionResetError):  # the parent is gone
@@ -213,6 +353,7 @@ def serve(request_fd: int, reply_fd: int) -> None:
     finally:
         if source is not None:
             source.close()
+        fetcher.close()
 
 
 def _report(replies: Sender, kind: str, message: str) -> None:
