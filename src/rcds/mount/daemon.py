@@ -27,7 +27,7 @@ from rcds.mount.operations import RcdsOperations
 log = logging.getLogger("rcds.mount")
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-READERS = 4
+READERS = int(os.environ.get("RCDS_TMP_READERS", "4"))
 """Threads reading requests from the FUSE device."""
 
 
@@ -117,6 +117,7 @@ def serve(
         session = Session(mounted.fd, ops, ops.pool, readers=readers)
         ops.attach(session)
         session.start()
+        mounting.set_read_ahead(mountpoint)
         ops.revisions.start()
         ready()
         while not stop.wait(0.25):

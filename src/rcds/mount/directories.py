@@ -34,6 +34,8 @@ class Listings:
     def __init__(self, ops: RcdsOperations) -> None:
         self.ops = ops
         self._cache: dict[tuple[str, str], tuple[int, list[Listed]]] = {}
+        self._names: dict[tuple[str, str], dict[bytes, Node]] = {}
+        """The same listings by name (for lookups)."""
 
     def forget_top(self) -> None:
         """The directory of repositories changed (a repository appeared): the kernel's copy of
@@ -41,6 +43,19 @@ class Listings:
         session = self.ops.session
         if session is not None:
             self.ops.pool.submit(_inval_top, session)
+
+    def child(self, mount: RepoMount, path: str, name: bytes, revision: int) -> Node | None:
+        """A new node for the entry ``name`` of the directory ``path`` if that directory was
+        listed in ``revision`` (a lookup after a listing then needs no catalog query); None
+        if not listed, or not listed there (the caller asks the catalog)."""
+        key = (mount.fqrn, path)
+        known = self._cache.get(key)
+        if known is None or known[0] != revision:
+            return None
+        found = self._names.get(key, {}).get(name)
+        if found is None:
+            return None
+        return Node(found.ino, found.fqrn, found.path, found.entry, found.stat, found.revision)
 
     def readdir(self, req: Request) -> Payload | Later:
         """Names, inode numbers and types from an offset on."""
@@ -83,9 +98,13 @@ class Listings:
             if c.stat is not None and c.located is not None:
                 child = Node(c.ino, mount.fqrn, c.path, c.located.entry, c.stat, c.revision)
                 listed.append((os.fsencode(c.path.rpartition("/")[2]), child))
+        key = (mount.fqrn, path)
         if len(self._cache) >= LISTING_CACHE_SIZE:
-            self._cache.pop(next(iter(self._cache)), None)
-        self._cache[(mount.fqrn, path)] = (here.revision, listed)
+            oldest = next(iter(self._cache), None)
+            self._cache.pop(oldest, None)  # type: ignore[arg-type]
+            self._names.pop(oldest, None)  # type: ignore[arg-type]
+        self._names[key] = dict(listed)
+        self._cache[key] = (here.revision, listed)
         return listed
 
     def _pack(self, node: Node, children: list[Listed], offset: int, size: int, plus: bool) -> bytes:
