@@ -27,7 +27,7 @@ from rcds.mount.operations import RcdsOperations
 log = logging.getLogger("rcds.mount")
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-READERS = int(os.environ.get("RCDS_TMP_READERS", "4"))
+READERS = 4
 """Threads reading requests from the FUSE device."""
 
 
