@@ -13,6 +13,7 @@ import os
 from typing import TYPE_CHECKING
 
 from rcds.errors import FuseReplyError
+from rcds.format.dirent import FLAG_BIND_MOUNTPOINT, FLAG_NESTED_MOUNTPOINT
 from rcds.mount.fuse import notify
 from rcds.mount.fuse import protocol as p
 from rcds.mount.fuse.session import Later, Payload, Request, Session
@@ -76,6 +77,8 @@ class Listings:
         known = self._cache.get((mount.fqrn, node.path))
         if known is not None and known[0] == mount.repo.revision:
             return self._pack(node, known[1], offset, size, plus)
+        if _catalog_loaded(mount, node):  # a few catalog queries: no thread hop for them
+            return self._slow(node, mount, offset, size, plus)
         return Later(self._slow, node, mount, offset, size, plus)
 
     def _slow(self, node: Node, mount: RepoMount, offset: int, size: int, plus: bool) -> Payload:
@@ -141,6 +144,22 @@ class Listings:
                         )
                     table.looked_up(child, node.ino, name)
         return b"".join(records)
+
+
+def _catalog_loaded(mount: RepoMount, node: Node) -> bool:
+    """True if listing the directory ``node`` needs no download: it was found recently in the
+    mounted revision, or its parent was and it is no nested catalog's mount point (so it is
+    in its parent's catalog, which is loaded)."""
+    path = node.path
+    with mount.repo.using() as m:
+        if m.revision != node.revision:
+            return False
+        if m.known_directory(path) is not None:
+            return True
+        e = node.entry
+        if e is None or e.flags & (FLAG_NESTED_MOUNTPOINT | FLAG_BIND_MOUNTPOINT) or not path:
+            return False
+        return m.known_directory(path.rpartition("/")[0]) is not None
 
 
 def _inval_top(session: Session) -> None:

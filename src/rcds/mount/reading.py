@@ -111,6 +111,8 @@ class OpenFiles:
 
     def get(self, ino: int) -> Handle | None:
         """The handle of ``ino``, now the most recent."""
+        if ino not in self._handles:  # the usual answer, without the lock (a dict lookup is atomic)
+            return None
         with self._lock:
             h = self._handles.get(ino)
             if h is not None:
