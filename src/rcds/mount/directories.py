@@ -104,8 +104,9 @@ class Listings:
         key = (mount.fqrn, path)
         if len(self._cache) >= LISTING_CACHE_SIZE:
             oldest = next(iter(self._cache), None)
-            self._cache.pop(oldest, None)  # type: ignore[arg-type]
-            self._names.pop(oldest, None)  # type: ignore[arg-type]
+            if oldest is not None:
+                self._cache.pop(oldest, None)
+                self._names.pop(oldest, None)
         self._names[key] = dict(listed)
         self._cache[key] = (here.revision, listed)
         return listed
