@@ -117,6 +117,7 @@ def serve(
         session = Session(mounted.fd, ops, ops.pool, readers=readers)
         ops.attach(session)
         session.start()
+        mounting.set_read_ahead(mountpoint)
         ops.revisions.start()
         ready()
         while not stop.wait(0.25):

@@ -13,6 +13,7 @@ import os
 from typing import TYPE_CHECKING
 
 from rcds.errors import FuseReplyError
+from rcds.format.dirent import FLAG_BIND_MOUNTPOINT, FLAG_NESTED_MOUNTPOINT
 from rcds.mount.fuse import notify
 from rcds.mount.fuse import protocol as p
 from rcds.mount.fuse.session import Later, Payload, Request, Session
@@ -34,6 +35,8 @@ class Listings:
     def __init__(self, ops: RcdsOperations) -> None:
         self.ops = ops
         self._cache: dict[tuple[str, str], tuple[int, list[Listed]]] = {}
+        self._names: dict[tuple[str, str], dict[bytes, Node]] = {}
+        """The same listings by name (for lookups)."""
 
     def forget_top(self) -> None:
         """The directory of repositories changed (a repository appeared): the kernel's copy of
@@ -41,6 +44,19 @@ class Listings:
         session = self.ops.session
         if session is not None:
             self.ops.pool.submit(_inval_top, session)
+
+    def child(self, mount: RepoMount, path: str, name: bytes, revision: int) -> Node | None:
+        """A new node for the entry ``name`` of the directory ``path`` if that directory was
+        listed in ``revision`` (a lookup after a listing then needs no catalog query); None
+        if not listed, or not listed there (the caller asks the catalog)."""
+        key = (mount.fqrn, path)
+        known = self._cache.get(key)
+        if known is None or known[0] != revision:
+            return None
+        found = self._names.get(key, {}).get(name)
+        if found is None:
+            return None
+        return Node(found.ino, found.fqrn, found.path, found.entry, found.stat, found.revision)
 
     def readdir(self, req: Request) -> Payload | Later:
         """Names, inode numbers and types from an offset on."""
@@ -61,6 +77,8 @@ class Listings:
         known = self._cache.get((mount.fqrn, node.path))
         if known is not None and known[0] == mount.repo.revision:
             return self._pack(node, known[1], offset, size, plus)
+        if _catalog_loaded(mount, node):  # a few catalog queries: no thread hop for them
+            return self._slow(node, mount, offset, size, plus)
         return Later(self._slow, node, mount, offset, size, plus)
 
     def _slow(self, node: Node, mount: RepoMount, offset: int, size: int, plus: bool) -> Payload:
@@ -83,9 +101,14 @@ class Listings:
             if c.stat is not None and c.located is not None:
                 child = Node(c.ino, mount.fqrn, c.path, c.located.entry, c.stat, c.revision)
                 listed.append((os.fsencode(c.path.rpartition("/")[2]), child))
+        key = (mount.fqrn, path)
         if len(self._cache) >= LISTING_CACHE_SIZE:
-            self._cache.pop(next(iter(self._cache)), None)
-        self._cache[(mount.fqrn, path)] = (here.revision, listed)
+            oldest = next(iter(self._cache), None)
+            if oldest is not None:
+                self._cache.pop(oldest, None)
+                self._names.pop(oldest, None)
+        self._names[key] = dict(listed)
+        self._cache[key] = (here.revision, listed)
         return listed
 
     def _pack(self, node: Node, children: list[Listed], offset: int, size: int, plus: bool) -> bytes:
@@ -122,6 +145,22 @@ class Listings:
                         )
                     table.looked_up(child, node.ino, name)
         return b"".join(records)
+
+
+def _catalog_loaded(mount: RepoMount, node: Node) -> bool:
+    """True if listing the directory ``node`` needs no download: it was found recently in the
+    mounted revision, or its parent was and it is no nested catalog's mount point (so it is
+    in its parent's catalog, which is loaded)."""
+    path = node.path
+    with mount.repo.using() as m:
+        if m.revision != node.revision:
+            return False
+        if m.known_directory(path) is not None:
+            return True
+        e = node.entry
+        if e is None or e.flags & (FLAG_NESTED_MOUNTPOINT | FLAG_BIND_MOUNTPOINT) or not path:
+            return False
+        return m.known_directory(path.rpartition("/")[0]) is not None
 
 
 def _inval_top(session: Session) -> None:

@@ -34,7 +34,7 @@ from rcds.mount.fuse import protocol as p
 from rcds.mount.fuse.protocol import InitFlag, Op
 from rcds.mount.fuse.session import Connection, Handler, Later, Payload, Request, Session
 from rcds.mount.inodes import FUSE_ROOT, Node, NodeTable
-from rcds.mount.reading import DroppedError, Handle, OpenFiles
+from rcds.mount.reading import DroppedError, Handle, OpenFiles, whole_if_local
 from rcds.mount.readonly import guarded, refuse
 from rcds.mount.repomount import RepoMount
 from rcds.mount.revisions import RevisionKeeper
@@ -224,6 +224,9 @@ class RcdsOperations:
         if not parent.is_dir:
             raise FuseReplyError(errno.ENOTDIR)
         mount = self.mount_of(parent)
+        listed = self.listings.child(mount, parent.path, name, mount.repo.revision)
+        if listed is not None:
+            return self.entry(listed, req.nodeid, name)
         path = f"{parent.path}/{os.fsdecode(name)}"
         try:
             found = guarded(mount, mount.node_if_local, path)
@@ -357,6 +360,10 @@ class RcdsOperations:
             if not stat_mod.S_ISREG(node.stat.st_mode):
                 raise FuseReplyError(errno.EINVAL)
             mount = self.mount_of(node)
+            if offset == 0 and size >= node.stat.st_size:  # the whole file in one request
+                data = guarded(mount, whole_if_local, mount, node)
+                if data is not None:
+                    return data
             f = guarded(mount, mount.open_if_local, node)
             if f is None:
                 return Later(self._open_and_read, node, mount, offset, size)

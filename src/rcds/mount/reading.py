@@ -13,10 +13,27 @@ import threading
 from collections import OrderedDict
 
 from rcds.client.tree.files import RepoFile
+from rcds.format.dirent import FLAG_CHUNKED, FLAG_EXTERNAL
+from rcds.format.hashes import ObjectKind
+from rcds.mount.inodes import Node
 from rcds.mount.repomount import RepoMount
 
+_NOT_PLAIN = FLAG_CHUNKED | FLAG_EXTERNAL
 OPEN_FILES = 256
 """File objects kept (each may hold one open cache file)."""
+
+
+def whole_if_local(mount: RepoMount, node: Node) -> bytes | None:
+    """The whole content of a one-object file when its object is in the local cache (or queued
+    for it) and the node is of the mounted revision; None otherwise (the slow path decides).
+
+    The usual read of a small file: the kernel asks for all of it in one ``READ``, and this
+    answers it with three system calls (open, read, close) and no file object or handle.
+    """
+    e = node.entry
+    if e is None or node.revision != mount.repo.revision or e.flags & _NOT_PLAIN or e.hash is None:
+        return None
+    return mount.repo.source.read_cached(e.hash, ObjectKind.FILE, e.size)
 
 
 class DroppedError(Exception):
@@ -94,6 +111,8 @@ class OpenFiles:
 
     def get(self, ino: int) -> Handle | None:
         """The handle of ``ino``, now the most recent."""
+        if ino not in self._handles:  # the usual answer, without the lock (a dict lookup is atomic)
+            return None
         with self._lock:
             h = self._handles.get(ino)
             if h is not None:

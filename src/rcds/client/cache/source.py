@@ -111,6 +111,30 @@ class CachedSource(HttpSource):
         with self.open_object(h, kind, size=size, compressed=compressed) as f:
             return f.read()
 
+    def read_cached(self, h: ContentHash, kind: ObjectKind, size: int) -> bytes | None:
+        """An object's whole plain content (``size`` bytes) if it is in the local cache or still
+        queued for it, else None: never a download (the mount answers such reads on the thread
+        that read the request). A cache file of another size also gives None (the caller's
+        slow path, :meth:`open_object`, quarantines it)."""
+        found = self.inserter.take(h, kind)
+        if found is not None and len(found[0]) == size:
+            if found[1]:
+                self._touched(h, kind)
+            self.count("local")
+            return found[0]
+        try:
+            fd = os.open(f"{self._dir}/{object_name(h, kind)}", _READ)
+        except FileNotFoundError:
+            return None
+        try:
+            data = os.read(fd, size + 1)
+        finally:
+            os.close(fd)
+        if len(data) != size:
+            return None
+        self._touched(h, kind, local=True)
+        return data
+
     def is_cached(self, h: ContentHash, kind: ObjectKind) -> bool:
         """True if the object is in the local cache or queued for it (no LRU update, no size check)."""
         if self.inserter.get(h, kind) is not None:
@@ -211,10 +235,13 @@ class CachedSource(HttpSource):
         self._touched(h, kind)
         return f
 
-    def _touched(self, h: ContentHash, kind: ObjectKind) -> None:
-        """Record a cache hit; the LRU database is updated in batches (it is advisory)."""
+    def _touched(self, h: ContentHash, kind: ObjectKind, *, local: bool = False) -> None:
+        """Record a cache hit (and count it as ``local`` if asked: one lock for both); the LRU
+        database is updated in batches (it is advisory)."""
         now = time.monotonic()
         with self._lock:
+            if local:
+                self.stats["local"] += 1
             self._touches.append((h, kind))
             if len(self._touches) < TOUCH_BATCH and now - self._last_flush < TOUCH_EVERY:
                 return
