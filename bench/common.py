@@ -30,6 +30,22 @@ def proc_status_kib(field: str, pid: str = "self") -> int:
     return 0
 
 
+def proc_stat_fields(pid: int | str) -> list[str]:
+    """The fields of ``/proc/<pid>/stat`` after the command name (``[0]`` is the state, ``[1]`` the
+    parent's pid, ``[11:15]`` utime, stime, cutime, cstime in clock ticks), or [] if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
+def proc_cpu_seconds(pid: int | str) -> float:
+    """User + system CPU seconds a live process has used so far (all its threads), or 0 if gone."""
+    fields = proc_stat_fields(pid)
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") if fields else 0.0
+
+
 def machine_busy_seconds() -> float:
     """CPU seconds spent by the whole machine so far (all processes, from ``/proc/stat``), or 0."""
     try:

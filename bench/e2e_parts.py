@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from common import proc_stat_fields
 from isal import isal_zlib
 
 from rcds.format import manifest as manifest_fmt
@@ -161,12 +162,8 @@ def tree_cpu_seconds(pid: int) -> float:
     parent: dict[int, int] = {}
     used: dict[int, int] = {}
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
+        fields = proc_stat_fields(entry) if entry.isdigit() else []
+        if not fields:
             continue
         parent[int(entry)] = int(fields[1])
         used[int(entry)] = sum(int(x) for x in fields[11:15])  # utime stime cutime cstime

@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import MB, format_table, machine, proc_status_kib, wait_idle
+from common import MB, format_table, machine, proc_cpu_seconds, proc_status_kib, wait_idle
 
 TARGET_EXISTS_PER_S = 2000
 TARGET_100MB_SECONDS = 2.0
@@ -374,20 +374,13 @@ def service_cpu_seconds() -> float:
     read after it)."""
     r = resource.getrusage(resource.RUSAGE_SELF)
     total = r.ru_utime + r.ru_stime
-    tick = os.sysconf("SC_CLK_TCK")
     for task in os.listdir("/proc/self/task"):
         try:
             with open(f"/proc/self/task/{task}/children") as f:
                 children = f.read().split()
         except OSError:
             continue
-        for pid in children:
-            try:
-                with open(f"/proc/{pid}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-                total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
-            except (OSError, IndexError, ValueError):
-                pass
+        total += sum(proc_cpu_seconds(pid) for pid in children)
     return total
 
 
