@@ -17,6 +17,7 @@ from isal import isal_zlib
 
 from rcds.format import manifest as manifest_fmt
 from rcds.net.notify_stream import Subscription
+from rcds.testing.processes import stop_process
 
 
 class Proc:
@@ -66,13 +67,7 @@ class Proc:
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after 20 s."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc, 20)
         self.log.close()
 
 

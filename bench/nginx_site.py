@@ -14,8 +14,9 @@ import re
 import shutil
 import socket
 import subprocess
-import time
 from pathlib import Path
+
+from rcds.testing.processes import stop_process, wait_listening
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "nginx" / "rcds-replica.conf"
 
@@ -68,16 +69,9 @@ def start_nginx(
         f"http {{ access_log off; sendfile on; tcp_nopush on; {temps} include {work}/site.conf; }}\n"
     )
     proc = subprocess.Popen([binary, "-c", str(work / "nginx.conf"), "-p", str(work)])
-    deadline = time.monotonic() + 15
-    while True:
+    if not wait_listening(proc, port, 15):
         if proc.poll() is not None:
             raise RuntimeError(f"nginx exited at start: see {work}/error.log")
-        try:
-            with socket.create_connection(("127.0.0.1", port), 0.2):
-                break
-        except OSError:
-            if time.monotonic() > deadline:
-                proc.terminate()
-                raise RuntimeError("nginx did not start within 15 s") from None
-            time.sleep(0.05)
+        stop_process(proc)
+        raise RuntimeError("nginx did not start within 15 s")
     return proc, f"http://127.0.0.1:{port}/cvmfs/{fqrn}"

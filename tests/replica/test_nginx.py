@@ -11,7 +11,6 @@ import contextlib
 import http.client
 import re
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -29,6 +28,7 @@ from rcds.replica.replicator import Replicator
 from rcds.repo.http_source import HttpSource
 from rcds.repo.verify import verify_repository
 from rcds.serve.http import make_server
+from rcds.testing.processes import stop_process, wait_listening
 from rcds.testing.squid import SQUID, Squid, free_port
 
 pytestmark = [
@@ -68,17 +68,12 @@ def nginx(srv: Path, work: Path) -> Iterator[int]:
         [nginx_binary(), "-c", str(work / "nginx.conf"), "-p", str(work)], stderr=subprocess.PIPE
     )
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else b""
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-                break
-            assert time.monotonic() < deadline, "nginx did not start"
-            time.sleep(0.05)
+        started = wait_listening(proc, port, 15)
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else b""
+        assert started, "nginx did not start"
         yield port
     finally:
-        proc.terminate()
-        proc.wait(10)
+        stop_process(proc)
         if proc.stderr:
             proc.stderr.close()
 

@@ -20,6 +20,8 @@ import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
+from rcds.testing.processes import stop_process, wait_listening
+
 SQUID = shutil.which("squid") or ("/usr/sbin/squid" if os.path.exists("/usr/sbin/squid") else None)
 """The squid binary, or None when Squid is not installed."""
 
@@ -130,14 +132,11 @@ class Squid:
         return f"http://127.0.0.1:{self.port}"
 
     def _wait_ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                self._stderr.close()
-                raise RuntimeError(f"squid exited with {self.proc.returncode}:\n{self.logs()}")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
-                return
-            time.sleep(0.05)
+        if wait_listening(self.proc, self.port, timeout):
+            return
+        if self.proc.poll() is not None:
+            self._stderr.close()
+            raise RuntimeError(f"squid exited with {self.proc.returncode}:\n{self.logs()}")
         self.stop()
         raise RuntimeError(f"squid did not listen on port {self.port} within {timeout} s")
 
@@ -167,13 +166,7 @@ class Squid:
 
     def stop(self) -> None:
         """Stop Squid (TERM, then KILL after 10 s) and remove its directory."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, 10)
         self._stderr.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
