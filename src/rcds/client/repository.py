@@ -111,9 +111,13 @@ class Repository:
         self._checking = False
         self.last_error: str | None = None
         self.offline = False
-        if probe and len(fetcher.servers) > 1:
-            fetcher.probe()
-        self._current = self._mount(self._fetch_trust())
+        try:
+            if probe and len(fetcher.servers) > 1:
+                fetcher.probe()
+            self._current = self._mount(self._fetch_trust())
+        except BaseException:
+            self.source.close()  # stops its cache inserter thread, started by what was fetched
+            raise
         self._next_check = self._clock() + self.ttl
 
     # -- opening ------------------------------------------------------------------------------
