@@ -4,7 +4,9 @@
 * :class:`Pki` holds a test PKI on disk: CA file, a server certificate for 127.0.0.1/localhost,
   user certificates and RFC 3820 proxies, a grid-mapfile and a token issuer;
 * :class:`Api` is a small urllib3 client for ``/pubapi`` (optionally with TLS, a proxy or a token);
-* :func:`tarball` / :func:`cid_of` make tarballs and the CIDs today's clients give them.
+* :func:`tarball` / :func:`cid_of` make tarballs and the CIDs today's clients give them;
+* :func:`revisions`, :func:`connect`, :func:`start_upload` and :func:`read_until_closed` look at a
+  running service.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import urllib3
 
 from rcds.service.auth.tls import client_context
 from rcds.service.config import ServiceConfig
+from rcds.service.runner import ServiceThread
 
 import pki
 from testkit import Entry, make_tar
@@ -43,6 +46,41 @@ def tarball(files: Mapping[str, bytes] | None = None, *, seed: str = "", compres
 def cid_of(data: bytes, group: str = GROUP) -> str:
     """``<group>/<sha256 hex>``, as jobsub makes it."""
     return f"{group}/{hashlib.sha256(data).hexdigest()}"
+
+
+def revisions(svc: ServiceThread) -> dict[str, int]:
+    """The current revision of each of the service's repositories."""
+    return {s.name: s.s0.manifest().revision for s in svc.service.slots}
+
+
+def connect(url: str) -> socket.socket:
+    """A raw connection to the pubapi at ``http://HOST:PORT`` (for requests no client would send)."""
+    host, port = url.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=30)
+
+
+def start_upload(url: str, cid: str, length: int) -> socket.socket:
+    """A raw connection that has sent the head of a publish of ``length`` bytes under ``cid``; the
+    caller sends the body (or part of it)."""
+    s = connect(url)
+    s.sendall(
+        f"POST /pubapi/publish?cid={cid} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Content-Length: {length}\r\nConnection: close\r\n\r\n".encode()
+    )
+    return s
+
+
+def read_until_closed(s: socket.socket) -> bytes:
+    """What the server sends until it closes the connection (or resets it, or times out); then
+    closes ``s``."""
+    out = b""
+    try:
+        while chunk := s.recv(65536):
+            out += chunk
+    except (ConnectionResetError, TimeoutError):
+        pass
+    s.close()
+    return out
 
 
 def free_port() -> int:
