@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import os
 import platform
 import time
 import zlib
 from collections.abc import Sequence
+from typing import Any, BinaryIO
 
 MB = 1_000_000  # throughput and sizes are reported in decimal megabytes
 KiB = 1 << 10
@@ -76,6 +78,35 @@ def machine() -> str:
         f"{os.cpu_count()} cores ({cpu_model()}), {mem:.0f} GiB RAM, Python {platform.python_version()}, "
         f"zlib {zlib.ZLIB_RUNTIME_VERSION}, {platform.system()} {platform.release()}"
     )
+
+
+class DeflateSink(io.RawIOBase):
+    """A write-only stream that deflates what it is given with ``compressor`` (a ``compressobj`` of
+    zlib or a library like it; wbits 31 makes gzip) into the file ``out``. ``written`` counts the
+    compressed bytes so far; :meth:`finish` writes the end of the stream."""
+
+    def __init__(self, out: BinaryIO, compressor: Any) -> None:
+        super().__init__()
+        self.out = out
+        self.compressor = compressor
+        self.written = 0
+
+    def writable(self) -> bool:
+        """True: this is a writable stream."""
+        return True
+
+    def write(self, b: Any) -> int:
+        """Deflate ``b`` into the file; all of it is taken."""
+        data = self.compressor.compress(bytes(b))
+        self.out.write(data)
+        self.written += len(data)
+        return len(b)
+
+    def finish(self) -> None:
+        """Write the rest of the compressed stream."""
+        tail = self.compressor.flush()
+        self.out.write(tail)
+        self.written += len(tail)
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]], markdown: bool = False) -> str:

@@ -9,10 +9,9 @@ import tarfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-from common import proc_stat_fields
+from common import DeflateSink, proc_stat_fields
 from isal import isal_zlib
 
 from rcds.format import manifest as manifest_fmt
@@ -112,23 +111,10 @@ def tar_variant(base: Path, out: Path, key: int) -> tuple[int, str]:
     repeats stay repeats). Compressed with ISA-L level 3 (gzip), which is quick to make.
     Returns the compressed size and the first file's path in the tarball.
     """
-    z = isal_zlib.compressobj(3, isal_zlib.DEFLATED, 31)
     first = ""
-    written = 0
     with open(out, "wb") as f:
-
-        class Sink(io.RawIOBase):
-            def writable(self) -> bool:
-                return True
-
-            def write(self, b: Any) -> int:
-                nonlocal written
-                data = z.compress(bytes(b))
-                f.write(data)
-                written += len(data)
-                return len(b)
-
-        with tarfile.open(base, "r|gz") as src, tarfile.open(fileobj=Sink(), mode="w|") as dst:
+        sink = DeflateSink(f, isal_zlib.compressobj(3, isal_zlib.DEFLATED, 31))
+        with tarfile.open(base, "r|gz") as src, tarfile.open(fileobj=sink, mode="w|") as dst:
             for ti in src:
                 data = src.extractfile(ti) if ti.isfile() else None
                 if data is None:
@@ -137,10 +123,8 @@ def tar_variant(base: Path, out: Path, key: int) -> tuple[int, str]:
                 raw = np.frombuffer(data.read(), dtype=np.uint8) ^ np.uint8(key)
                 first = first or ti.name
                 dst.addfile(ti, io.BytesIO(raw.tobytes()))
-        tail = z.flush()
-        f.write(tail)
-        written += len(tail)
-    return written, first
+        sink.finish()
+    return sink.written, first
 
 
 def percentile(values: list[float], q: float) -> float:
