@@ -17,7 +17,7 @@ import json
 import socket
 import ssl
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from rcds.service.runner import ServiceThread
 
 import pki
 from testkit import Entry, make_tar
+from testkit import wait_until as wait_until  # re-exported: kit.wait_until
 
 GROUP = "dune"
 ALICE_DN = "/DC=org/DC=example/O=Test/CN=Alice Smith"  # grid-mapfile account: dune
@@ -81,13 +82,6 @@ def read_until_closed(s: socket.socket) -> bytes:
         pass
     s.close()
     return out
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def config(
@@ -245,16 +239,6 @@ class Api:
 
     def close(self) -> None:
         self.pool.clear()
-
-
-def wait_until(cond: Callable[[], object], timeout: float = 10.0, interval: float = 0.02) -> bool:
-    """Poll ``cond`` until truthy; False on timeout."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(interval)
-    return bool(cond())
 
 
 def spool_files(spool_dir: Path) -> list[str]:

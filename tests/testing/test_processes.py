@@ -7,8 +7,7 @@ import subprocess
 import sys
 import time
 
-from rcds.testing.processes import stop_process, wait_listening
-from rcds.testing.squid import free_port
+from rcds.testing.processes import free_port, stop_process, wait_listening
 
 LISTEN = """
 import signal, socket, sys, time

@@ -1,5 +1,6 @@
-"""Servers run as child processes in tests and benches (Squid, nginx, Chromium, rcds itself):
-waiting until one listens, and stopping one without hanging. Nothing here is used at run time."""
+"""Servers run as child processes in tests and benches (Squid, nginx, Chromium, rcds itself): a free
+port for one, waiting until it listens, and stopping it without hanging. Nothing here is used at
+run time."""
 
 from __future__ import annotations
 
@@ -8,6 +9,13 @@ import socket
 import subprocess
 import time
 from typing import Any
+
+
+def free_port() -> int:
+    """A currently free TCP port on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def wait_listening(proc: subprocess.Popen[Any], port: int, timeout: float) -> bool:

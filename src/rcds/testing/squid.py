@@ -13,14 +13,13 @@ import contextlib
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from rcds.testing.processes import stop_process, wait_listening
+from rcds.testing.processes import free_port, stop_process, wait_listening
 
 SQUID = shutil.which("squid") or ("/usr/sbin/squid" if os.path.exists("/usr/sbin/squid") else None)
 """The squid binary, or None when Squid is not installed."""
@@ -31,13 +30,6 @@ def _key(line: str) -> str:
     if not words or words[0].startswith("#"):
         return ""
     return " ".join(words[:2]) if words[0] == "acl" else words[0]
-
-
-def free_port() -> int:
-    """A currently free TCP port on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def loopback_config(
