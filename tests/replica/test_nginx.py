@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import re
 import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,15 +26,13 @@ from rcds.replica.replicator import Replicator
 from rcds.repo.http_source import HttpSource
 from rcds.repo.verify import verify_repository
 from rcds.serve.http import make_server
-from rcds.testing.processes import stop_process, wait_listening
-from rcds.testing.squid import SQUID, Squid, free_port
+from rcds.testing.nginx import NGINX, loopback_site, run_nginx
+from rcds.testing.processes import free_port, stop_process
+from rcds.testing.squid import SQUID, Squid
 
 pytestmark = [
     pytest.mark.timeout(60),
-    pytest.mark.skipif(
-        shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists(),
-        reason="nginx is not installed",
-    ),
+    pytest.mark.skipif(NGINX is None, reason="nginx is not installed"),
 ]
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -44,38 +40,16 @@ STOCK = Path("/work/shared/fixtures/stock-cvmfs")
 FQRN = "stock.example.org"
 
 
-def nginx_binary() -> str:
-    return shutil.which("nginx") or "/usr/sbin/nginx"
-
-
 @contextlib.contextmanager
 def nginx(srv: Path, work: Path) -> Iterator[int]:
     """nginx serving ``srv`` (which holds ``cvmfs/<fqrn>``) from the sample server block."""
     port = free_port()
-    sample = (EXAMPLES / "nginx" / "rcds-replica.conf").read_text()
-    site = re.sub(r"listen \[::\]:80;\n", "", sample)
-    site = site.replace("listen 80;", f"listen 127.0.0.1:{port};").replace("root /srv;", f"root {srv};")
-    (work / "site.conf").write_text(site)
-    temps = " ".join(
-        f"{k}_temp_path {work}/{k};" for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
-    (work / "nginx.conf").write_text(
-        f"daemon off; master_process off; worker_processes 1; pid {work}/nginx.pid;\n"
-        f"error_log {work}/error.log;\nevents {{ worker_connections 256; }}\n"
-        f"http {{ access_log {work}/access.log; {temps} include {work}/site.conf; }}\n"
-    )
-    proc = subprocess.Popen(
-        [nginx_binary(), "-c", str(work / "nginx.conf"), "-p", str(work)], stderr=subprocess.PIPE
-    )
+    site = loopback_site((EXAMPLES / "nginx" / "rcds-replica.conf").read_text(), port, srv)
+    proc = run_nginx(site, port, work)
     try:
-        started = wait_listening(proc, port, 15)
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else b""
-        assert started, "nginx did not start"
         yield port
     finally:
         stop_process(proc)
-        if proc.stderr:
-            proc.stderr.close()
 
 
 def head(port: int, path: str) -> tuple[int, list[tuple[str, str]]]:
