@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import os
 import platform
 import time
 import zlib
 from collections.abc import Sequence
+from typing import Any, BinaryIO
 
 MB = 1_000_000  # throughput and sizes are reported in decimal megabytes
 KiB = 1 << 10
@@ -28,6 +30,22 @@ def proc_status_kib(field: str, pid: str = "self") -> int:
     except OSError:
         pass
     return 0
+
+
+def proc_stat_fields(pid: int | str) -> list[str]:
+    """The fields of ``/proc/<pid>/stat`` after the command name (``[0]`` is the state, ``[1]`` the
+    parent's pid, ``[11:15]`` utime, stime, cutime, cstime in clock ticks), or [] if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return []
+
+
+def proc_cpu_seconds(pid: int | str) -> float:
+    """User + system CPU seconds a live process has used so far (all its threads), or 0 if gone."""
+    fields = proc_stat_fields(pid)
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") if fields else 0.0
 
 
 def machine_busy_seconds() -> float:
@@ -60,6 +78,35 @@ def machine() -> str:
         f"{os.cpu_count()} cores ({cpu_model()}), {mem:.0f} GiB RAM, Python {platform.python_version()}, "
         f"zlib {zlib.ZLIB_RUNTIME_VERSION}, {platform.system()} {platform.release()}"
     )
+
+
+class DeflateSink(io.RawIOBase):
+    """A write-only stream that deflates what it is given with ``compressor`` (a ``compressobj`` of
+    zlib or a library like it; wbits 31 makes gzip) into the file ``out``. ``written`` counts the
+    compressed bytes so far; :meth:`finish` writes the end of the stream."""
+
+    def __init__(self, out: BinaryIO, compressor: Any) -> None:
+        super().__init__()
+        self.out = out
+        self.compressor = compressor
+        self.written = 0
+
+    def writable(self) -> bool:
+        """True: this is a writable stream."""
+        return True
+
+    def write(self, b: Any) -> int:
+        """Deflate ``b`` into the file; all of it is taken."""
+        data = self.compressor.compress(bytes(b))
+        self.out.write(data)
+        self.written += len(data)
+        return len(b)
+
+    def finish(self) -> None:
+        """Write the rest of the compressed stream."""
+        tail = self.compressor.flush()
+        self.out.write(tail)
+        self.written += len(tail)
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[object]], markdown: bool = False) -> str:

@@ -9,13 +9,14 @@ import tarfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+from common import DeflateSink, proc_stat_fields
 from isal import isal_zlib
 
 from rcds.format import manifest as manifest_fmt
 from rcds.net.notify_stream import Subscription
+from rcds.testing.processes import stop_process
 
 
 class Proc:
@@ -65,13 +66,7 @@ class Proc:
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after 20 s."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc, 20)
         self.log.close()
 
 
@@ -116,23 +111,10 @@ def tar_variant(base: Path, out: Path, key: int) -> tuple[int, str]:
     repeats stay repeats). Compressed with ISA-L level 3 (gzip), which is quick to make.
     Returns the compressed size and the first file's path in the tarball.
     """
-    z = isal_zlib.compressobj(3, isal_zlib.DEFLATED, 31)
     first = ""
-    written = 0
     with open(out, "wb") as f:
-
-        class Sink(io.RawIOBase):
-            def writable(self) -> bool:
-                return True
-
-            def write(self, b: Any) -> int:
-                nonlocal written
-                data = z.compress(bytes(b))
-                f.write(data)
-                written += len(data)
-                return len(b)
-
-        with tarfile.open(base, "r|gz") as src, tarfile.open(fileobj=Sink(), mode="w|") as dst:
+        sink = DeflateSink(f, isal_zlib.compressobj(3, isal_zlib.DEFLATED, 31))
+        with tarfile.open(base, "r|gz") as src, tarfile.open(fileobj=sink, mode="w|") as dst:
             for ti in src:
                 data = src.extractfile(ti) if ti.isfile() else None
                 if data is None:
@@ -141,10 +123,8 @@ def tar_variant(base: Path, out: Path, key: int) -> tuple[int, str]:
                 raw = np.frombuffer(data.read(), dtype=np.uint8) ^ np.uint8(key)
                 first = first or ti.name
                 dst.addfile(ti, io.BytesIO(raw.tobytes()))
-        tail = z.flush()
-        f.write(tail)
-        written += len(tail)
-    return written, first
+        sink.finish()
+    return sink.written, first
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -161,12 +141,8 @@ def tree_cpu_seconds(pid: int) -> float:
     parent: dict[int, int] = {}
     used: dict[int, int] = {}
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
+        fields = proc_stat_fields(entry) if entry.isdigit() else []
+        if not fields:
             continue
         parent[int(entry)] = int(fields[1])
         used[int(entry)] = sum(int(x) for x in fields[11:15])  # utime stime cutime cstime

@@ -65,7 +65,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
-from common import MB, MiB, format_table, machine, machine_busy_seconds, proc_status_kib, wait_idle
+from common import (
+    MB,
+    MiB,
+    format_table,
+    machine,
+    machine_busy_seconds,
+    proc_cpu_seconds,
+    proc_status_kib,
+    wait_idle,
+)
 from ingest_report import HEADERS, LEGEND, Bound, Input, Row, label, s3_versus_local, side_by_side, verdict
 from inputs import Entry, gzip_file, plan_compiled, plan_venv, write_tar
 from realtree import default_dir, pip_tree, tar_tree
@@ -159,16 +168,6 @@ def bound(tar: Path, compression: str, threads: int = 2) -> Bound:
 # -- the ingest, in a child process ---------------------------------------------------------------
 
 
-def _proc_cpu_seconds(pid: int) -> float:
-    """utime + stime of a live process, from ``/proc/<pid>/stat`` (0 if gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def repository_bytes(root: Path) -> int:
     """Bytes of every stored object (files, chunks, catalogs, certificate) of a repository."""
     data = root / "public" / "data"
@@ -191,7 +190,7 @@ def child_ingest(root: str, tar: str, path: str) -> None:
         result = s0.ingest_tar(f, path)
     seconds = time.perf_counter() - t0
     pids = workers.pids()
-    worker_cpu = sum(_proc_cpu_seconds(p) for p in pids)
+    worker_cpu = sum(proc_cpu_seconds(p) for p in pids)
     worker_peak = sum(proc_status_kib("VmHWM", str(p)) for p in pids)
     cpu = _cpu() - c0 + worker_cpu
     figures = {

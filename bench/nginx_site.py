@@ -10,37 +10,25 @@ time from ``/proc``), with ``sendfile on`` (as distribution packages ship it) an
 
 from __future__ import annotations
 
-import re
-import shutil
-import socket
 import subprocess
-import time
 from pathlib import Path
+
+from rcds.testing.nginx import NGINX, loopback_site, run_nginx
+from rcds.testing.processes import free_port
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "nginx" / "rcds-replica.conf"
 
 
 def nginx_binary() -> str | None:
     """The nginx executable, or None if it is not installed."""
-    found = shutil.which("nginx")
-    if found is not None:
-        return found
-    return "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
-
-
-def free_port() -> int:
-    """A currently free TCP port on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return NGINX
 
 
 def start_nginx(
     public: Path, fqrn: str, work: Path, tarballs: list[str]
 ) -> tuple[subprocess.Popen[bytes], str]:
     """nginx serving ``public`` as ``/cvmfs/<fqrn>`` (and the named tarballs in it); its base URL."""
-    binary = nginx_binary()
-    if binary is None:
+    if NGINX is None:
         raise FileNotFoundError("nginx is not installed")
     work.mkdir(parents=True, exist_ok=True)
     srv = work / "srv"
@@ -50,34 +38,10 @@ def start_nginx(
         link.unlink()
     link.symlink_to(public.resolve())
     port = free_port()
-    site = EXAMPLE.read_text()
-    site = re.sub(r"listen \[::\]:80;\n", "", site)
-    site = site.replace("listen 80;", f"listen 127.0.0.1:{port};").replace("root /srv;", f"root {srv};")
     extra = "".join(
         f"    location = /cvmfs/{fqrn}/{name} {{ types {{ }} default_type application/octet-stream; }}\n"
         for name in tarballs
     )
-    head, _, tail = site.rpartition("}")
-    (work / "site.conf").write_text(head + extra + "}" + tail)
-    temps = " ".join(
-        f"{k}_temp_path {work}/{k};" for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
-    (work / "nginx.conf").write_text(
-        f"daemon off; master_process off; worker_processes 1; pid {work}/nginx.pid;\n"
-        f"error_log {work}/error.log;\nevents {{ worker_connections 256; }}\n"
-        f"http {{ access_log off; sendfile on; tcp_nopush on; {temps} include {work}/site.conf; }}\n"
-    )
-    proc = subprocess.Popen([binary, "-c", str(work / "nginx.conf"), "-p", str(work)])
-    deadline = time.monotonic() + 15
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"nginx exited at start: see {work}/error.log")
-        try:
-            with socket.create_connection(("127.0.0.1", port), 0.2):
-                break
-        except OSError:
-            if time.monotonic() > deadline:
-                proc.terminate()
-                raise RuntimeError("nginx did not start within 15 s") from None
-            time.sleep(0.05)
+    site = loopback_site(EXAMPLE.read_text(), port, srv, extra)
+    proc = run_nginx(site, port, work, http="access_log off; sendfile on; tcp_nopush on;")
     return proc, f"http://127.0.0.1:{port}/cvmfs/{fqrn}"

@@ -44,12 +44,15 @@ import tempfile
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import MB, format_table, machine, proc_status_kib, wait_idle
+from common import MB, DeflateSink, format_table, machine, proc_cpu_seconds, proc_status_kib, wait_idle
+
+from rcds.serving_thread import ServingThread
 
 TARGET_EXISTS_PER_S = 2000
 TARGET_100MB_SECONDS = 2.0
@@ -150,43 +153,28 @@ def run_child(mode: str, *args: str, timeout: float = 1800) -> dict[str, Any]:
 # -- servers ------------------------------------------------------------------------------------
 
 
-class HelloServer:
+class HelloServer(ServingThread):
     """A bare aiohttp hello-world server in a thread: the baseline."""
 
     def __init__(self) -> None:
         from aiohttp import web
 
-        self.url = ""
-        ready = threading.Event()
-        self._stop: asyncio.Event | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-
         async def hello(_: web.Request) -> web.Response:
             return web.Response(text="OK\n")
 
-        async def main() -> None:
+        async def serve(ready: Callable[[str], None], stop: asyncio.Event) -> None:
             app = web.Application()
             app.router.add_get("/hello", hello)
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
             site = web.TCPSite(runner, "127.0.0.1", 0)
             await site.start()
-            self._loop = asyncio.get_running_loop()
-            self._stop = asyncio.Event()
             port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-            self.url = f"http://127.0.0.1:{port}/hello"
-            ready.set()
-            await self._stop.wait()
+            ready(f"http://127.0.0.1:{port}/hello")
+            await stop.wait()
             await runner.cleanup()
 
-        self._thread = threading.Thread(target=lambda: asyncio.run(main()), daemon=True)
-        self._thread.start()
-        ready.wait(10)
-
-    def stop(self) -> None:
-        if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
+        super().__init__(serve, name="bench-hello", what="the hello-world server", timeout=10)
 
 
 def start_service(base: Path, compression: str | None = None) -> Any:
@@ -317,24 +305,12 @@ def write_tarball(path: Path, size: int, seed: int) -> int:
     """A tar.gz (gzip -6) of about ``size`` bytes, about 35% source text and 65% binaries by
     uncompressed size; returns the uncompressed content size."""
     content = Content(seed)
-    written = raw = text_bytes = 0
+    raw = text_bytes = 0
     with open(path, "wb") as out:
-        z = zlib.compressobj(6, zlib.DEFLATED, 31)
-
-        class Sink(io.RawIOBase):
-            def writable(self) -> bool:
-                return True
-
-            def write(self, b: Any) -> int:
-                nonlocal written
-                data = z.compress(bytes(b))
-                out.write(data)
-                written += len(data)
-                return len(b)
-
-        with tarfile.open(fileobj=Sink(), mode="w|", format=tarfile.PAX_FORMAT) as tf:
+        sink = DeflateSink(out, zlib.compressobj(6, zlib.DEFLATED, 31))
+        with tarfile.open(fileobj=sink, mode="w|", format=tarfile.PAX_FORMAT) as tf:
             i = 0
-            while written < size:
+            while sink.written < size:
                 if text_bytes < 0.35 * raw:  # a source file of 2-200 KB
                     data = content.text(int(content.rng.integers(300, 30_000)))
                     name = f"src/pkg{i % 97}/module_{i}.py"
@@ -349,7 +325,7 @@ def write_tarball(path: Path, size: int, seed: int) -> int:
                 ti.mtime = 1_700_000_000
                 tf.addfile(ti, io.BytesIO(data))
                 i += 1
-        out.write(z.flush())
+        sink.finish()
     return raw
 
 
@@ -374,20 +350,13 @@ def service_cpu_seconds() -> float:
     read after it)."""
     r = resource.getrusage(resource.RUSAGE_SELF)
     total = r.ru_utime + r.ru_stime
-    tick = os.sysconf("SC_CLK_TCK")
     for task in os.listdir("/proc/self/task"):
         try:
             with open(f"/proc/self/task/{task}/children") as f:
                 children = f.read().split()
         except OSError:
             continue
-        for pid in children:
-            try:
-                with open(f"/proc/{pid}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-                total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
-            except (OSError, IndexError, ValueError):
-                pass
+        total += sum(proc_cpu_seconds(pid) for pid in children)
     return total
 
 

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from common import format_table, machine
+from common import format_table, machine, proc_cpu_seconds
 
 from rcds.net import Fetcher, NetSettings, ProxyConfig
 from rcds.net.legacy import Urllib3Transport
@@ -46,16 +46,6 @@ srv = make_server({sys.argv[1]: sys.argv[2]})
 print(srv.port, flush=True)
 srv.serve_forever(0.2)
 """
-
-
-def proc_cpu(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` (0 when unknown)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def make_objects(root: Path, n: int, seed: int = 1) -> tuple[list[str], list[int]]:
@@ -177,10 +167,10 @@ def main() -> None:
         results: dict[str, list[tuple[float, float, float]]] = {name: [] for name, _ in modes}
         for _ in range(args.repeat):
             for name, run in modes:  # interleaved, so that load changes hit every mode alike
-                s0, c0, w0 = proc_cpu(server.pid), time.process_time(), time.perf_counter()
+                s0, c0, w0 = proc_cpu_seconds(server.pid), time.process_time(), time.perf_counter()
                 run()
                 wall = time.perf_counter() - w0
-                results[name].append((wall, time.process_time() - c0, proc_cpu(server.pid) - s0))
+                results[name].append((wall, time.process_time() - c0, proc_cpu_seconds(server.pid) - s0))
 
         n = len(paths)
         rows = []

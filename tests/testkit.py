@@ -1,5 +1,5 @@
 """Shared test helpers: tar builders, publishing and verification shortcuts, the command line in a
-fresh interpreter (import as ``testkit``)."""
+fresh interpreter, polling for a condition (import as ``testkit``)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import os
 import subprocess
 import sys
 import tarfile
+import time
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -99,6 +100,17 @@ def rcds(
     if check and proc.returncode != 0:
         raise AssertionError(f"rcds {' '.join(args)} failed ({proc.returncode}): {proc.stderr}")
     return proc
+
+
+def wait_until(cond: Callable[[], object], timeout: float = 10.0, step: float = 0.02) -> bool:
+    """Poll ``cond`` every ``step`` seconds until it is truthy (True) or ``timeout`` seconds have
+    passed (then its last answer, as a bool)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(step)
+    return bool(cond())
 
 
 def load_conftest(folder: str, name: str) -> ModuleType:

@@ -5,7 +5,8 @@ signed, HTTP-cached read-only file system.
 
 Layers (imports point downward only)::
 
-    format -> storage -> net -> repo -> (publish | replica | client | serve) -> service -> jobs -> cli
+    format -> storage -> net -> repo -> (publish | replica | client | serve | notify | mount)
+        -> service -> jobs -> cli
 """
 
 __version__ = "0.1.0"

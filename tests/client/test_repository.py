@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import stat
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -230,9 +231,11 @@ def test_a_foreign_master_key_is_refused(site: Site, tmp_path: Path) -> None:
 
     other = tmp_path / "other.pub"
     other.write_bytes(keys.public_key_pem(keys.generate_key().public_key()))
+    before = set(threading.enumerate())
     with pytest.raises(IntegrityError, match="master public keys"):
         Repository.open_urls(site.urls, [other], cache_dir=site.cache_dir, probe=False)
     assert not [e for e in site.cache_dir.glob("??/*C")]  # nothing of it was cached
+    assert not set(threading.enumerate()) - before  # the failed open left no thread behind
 
 
 _READER = r"""

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from rcds.testing.processes import free_port
 from rcds.testing.squid import SQUID
 from rcds.testing.squid import Squid as _Squid
 
@@ -254,12 +255,6 @@ def make_server(tmp_path: Path) -> Iterator[Callable[[], RepoServer]]:
     yield make
     for s in servers:
         s.stop()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Squid(_Squid):

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
-from collections.abc import Callable
 
 from rcds.format import keys
 from rcds.format.notification import Activity, parse_activity
 from rcds.publish.stratum0 import Stratum0
+
+from testkit import wait_until as wait_until  # re-exported: notifykit.wait_until
 
 
 class Signer:
@@ -27,16 +27,6 @@ class Signer:
     def activity(self, revision: int) -> Activity:
         """The activity message of :meth:`manifest`."""
         return Activity.of(self.manifest(revision))
-
-
-def wait_until(cond: Callable[[], bool], timeout: float = 10.0, step: float = 0.01) -> bool:
-    """Poll ``cond`` until true or ``timeout`` seconds passed."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(step)
-    return cond()
 
 
 def stock_request(port: int, repository: str, prefix: str = "") -> bytes:

@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import re
 import shutil
-import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,14 +26,13 @@ from rcds.replica.replicator import Replicator
 from rcds.repo.http_source import HttpSource
 from rcds.repo.verify import verify_repository
 from rcds.serve.http import make_server
-from rcds.testing.squid import SQUID, Squid, free_port
+from rcds.testing.nginx import NGINX, loopback_site, run_nginx
+from rcds.testing.processes import free_port, stop_process
+from rcds.testing.squid import SQUID, Squid
 
 pytestmark = [
     pytest.mark.timeout(60),
-    pytest.mark.skipif(
-        shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists(),
-        reason="nginx is not installed",
-    ),
+    pytest.mark.skipif(NGINX is None, reason="nginx is not installed"),
 ]
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -44,43 +40,16 @@ STOCK = Path("/work/shared/fixtures/stock-cvmfs")
 FQRN = "stock.example.org"
 
 
-def nginx_binary() -> str:
-    return shutil.which("nginx") or "/usr/sbin/nginx"
-
-
 @contextlib.contextmanager
 def nginx(srv: Path, work: Path) -> Iterator[int]:
     """nginx serving ``srv`` (which holds ``cvmfs/<fqrn>``) from the sample server block."""
     port = free_port()
-    sample = (EXAMPLES / "nginx" / "rcds-replica.conf").read_text()
-    site = re.sub(r"listen \[::\]:80;\n", "", sample)
-    site = site.replace("listen 80;", f"listen 127.0.0.1:{port};").replace("root /srv;", f"root {srv};")
-    (work / "site.conf").write_text(site)
-    temps = " ".join(
-        f"{k}_temp_path {work}/{k};" for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
-    (work / "nginx.conf").write_text(
-        f"daemon off; master_process off; worker_processes 1; pid {work}/nginx.pid;\n"
-        f"error_log {work}/error.log;\nevents {{ worker_connections 256; }}\n"
-        f"http {{ access_log {work}/access.log; {temps} include {work}/site.conf; }}\n"
-    )
-    proc = subprocess.Popen(
-        [nginx_binary(), "-c", str(work / "nginx.conf"), "-p", str(work)], stderr=subprocess.PIPE
-    )
+    site = loopback_site((EXAMPLES / "nginx" / "rcds-replica.conf").read_text(), port, srv)
+    proc = run_nginx(site, port, work)
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            assert proc.poll() is None, proc.stderr.read() if proc.stderr else b""
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-                break
-            assert time.monotonic() < deadline, "nginx did not start"
-            time.sleep(0.05)
         yield port
     finally:
-        proc.terminate()
-        proc.wait(10)
-        if proc.stderr:
-            proc.stderr.close()
+        stop_process(proc)
 
 
 def head(port: int, path: str) -> tuple[int, list[tuple[str, str]]]:

@@ -20,16 +20,13 @@ from rcds.serve.handler import AccessRecord
 from rcds.serve.http import RepositoryServer, make_server
 
 from replkit import Recorder, cid_entries, key_file, revision_of
-from testkit import publish
+from testkit import publish, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
 
 def wait_for(cond: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.02)
+    assert wait_until(cond, timeout), "condition not reached in time"
 
 
 @pytest.fixture

@@ -22,6 +22,8 @@ from typing import Any
 
 import aiohttp
 
+from rcds.testing.processes import stop_process
+
 LISTENING = re.compile(rb"DevTools listening on (ws://\S+)")
 
 
@@ -160,13 +162,7 @@ class Browser:
 
     def close(self) -> None:
         """Stop the browser (its process only)."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        stop_process(self.proc, 10)
         self._log_file.close()
 
     def __enter__(self) -> Browser:

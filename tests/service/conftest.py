@@ -1,14 +1,18 @@
-"""Fixtures for the service tests: a throw-away PKI and token issuers (see pki.py)."""
+"""Fixtures for the service tests: a throw-away PKI and token issuers (see pki.py), and ``api``, a
+pubapi client of the module's own ``svc`` fixture (a running service)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from rcds.service.auth.x509 import TrustStore
+from rcds.service.runner import ServiceThread
 
 import pki
+import servicekit as kit
 
 
 @pytest.fixture(scope="session")
@@ -51,3 +55,11 @@ def ec_key() -> pki.TokenKey:
 def ca_dir(tmp_path: Path, ca: pki.CA) -> Path:
     """A grid-security style directory trusting ``ca``."""
     return pki.write_ca_dir(tmp_path / "certificates", ca)
+
+
+@pytest.fixture
+def api(svc: ServiceThread) -> Iterator[kit.Api]:
+    """A pubapi client of ``svc``, which the test module defines."""
+    a = kit.Api(svc.url)
+    yield a
+    a.close()

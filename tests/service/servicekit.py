@@ -4,7 +4,9 @@
 * :class:`Pki` holds a test PKI on disk: CA file, a server certificate for 127.0.0.1/localhost,
   user certificates and RFC 3820 proxies, a grid-mapfile and a token issuer;
 * :class:`Api` is a small urllib3 client for ``/pubapi`` (optionally with TLS, a proxy or a token);
-* :func:`tarball` / :func:`cid_of` make tarballs and the CIDs today's clients give them.
+* :func:`tarball` / :func:`cid_of` make tarballs and the CIDs today's clients give them;
+* :func:`revisions`, :func:`connect`, :func:`start_upload` and :func:`read_until_closed` look at a
+  running service.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import json
 import socket
 import ssl
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,9 +26,11 @@ import urllib3
 
 from rcds.service.auth.tls import client_context
 from rcds.service.config import ServiceConfig
+from rcds.service.runner import ServiceThread
 
 import pki
 from testkit import Entry, make_tar
+from testkit import wait_until as wait_until  # re-exported: kit.wait_until
 
 GROUP = "dune"
 ALICE_DN = "/DC=org/DC=example/O=Test/CN=Alice Smith"  # grid-mapfile account: dune
@@ -45,11 +49,39 @@ def cid_of(data: bytes, group: str = GROUP) -> str:
     return f"{group}/{hashlib.sha256(data).hexdigest()}"
 
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def revisions(svc: ServiceThread) -> dict[str, int]:
+    """The current revision of each of the service's repositories."""
+    return {s.name: s.s0.manifest().revision for s in svc.service.slots}
+
+
+def connect(url: str) -> socket.socket:
+    """A raw connection to the pubapi at ``http://HOST:PORT`` (for requests no client would send)."""
+    host, port = url.removeprefix("http://").split(":")
+    return socket.create_connection((host, int(port)), timeout=30)
+
+
+def start_upload(url: str, cid: str, length: int) -> socket.socket:
+    """A raw connection that has sent the head of a publish of ``length`` bytes under ``cid``; the
+    caller sends the body (or part of it)."""
+    s = connect(url)
+    s.sendall(
+        f"POST /pubapi/publish?cid={cid} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Content-Length: {length}\r\nConnection: close\r\n\r\n".encode()
+    )
+    return s
+
+
+def read_until_closed(s: socket.socket) -> bytes:
+    """What the server sends until it closes the connection (or resets it, or times out); then
+    closes ``s``."""
+    out = b""
+    try:
+        while chunk := s.recv(65536):
+            out += chunk
+    except (ConnectionResetError, TimeoutError):
+        pass
+    s.close()
+    return out
 
 
 def config(
@@ -207,16 +239,6 @@ class Api:
 
     def close(self) -> None:
         self.pool.clear()
-
-
-def wait_until(cond: Callable[[], object], timeout: float = 10.0, interval: float = 0.02) -> bool:
-    """Poll ``cond`` until truthy; False on timeout."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(interval)
-    return bool(cond())
 
 
 def spool_files(spool_dir: Path) -> list[str]:

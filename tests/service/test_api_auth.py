@@ -44,10 +44,6 @@ def nothing_happened(svc: ServiceThread, before: dict[str, int]) -> bool:
     ) == []
 
 
-def revisions(svc: ServiceThread) -> dict[str, int]:
-    return {s.name: s.s0.manifest().revision for s in svc.service.slots}
-
-
 @pytest.mark.timeout(30)
 def test_ping_and_config_are_open_to_all(svc: ServiceThread, tls: kit.Pki) -> None:
     api = client(svc, tls)
@@ -83,7 +79,7 @@ def test_other_groups_prefix_is_403(svc: ServiceThread, tls: kit.Pki) -> None:
     bob = client(svc, tls, tls.bob)
     data = kit.tarball(seed="mu2e code")
     mu2e_cid = kit.cid_of(data, "mu2e")
-    before = revisions(svc)
+    before = kit.revisions(svc)
     r = alice.publish(mu2e_cid, data)
     assert r.status == 403
     assert r.text == "Alice Smith may not publish under group 'mu2e'; allowed groups: dune\n"
@@ -114,7 +110,7 @@ def test_unknown_and_revoked_dns_are_403(svc: ServiceThread, tls: kit.Pki) -> No
         tls.gridmap.write_text(original)  # revoked by removal, no restart
         r = dave.get("exists", "dune/x")
         assert r.status == 403 and "unrecognized DN" in r.text
-        before = revisions(svc)
+        before = kit.revisions(svc)
         assert dave.publish("dune/revoked", kit.tarball(seed="revoked")).status == 403
         assert nothing_happened(svc, before)
         dave.close()
@@ -141,7 +137,7 @@ def test_bad_certificates_fail_the_handshake(svc: ServiceThread, tls: kit.Pki, o
         "expired proxy": pki.proxy(tls.alice, not_before=past, not_after=past + dt.timedelta(hours=1)),
         "proxy signed by another key": pki.proxy(tls.alice, signing_key=pki.new_key()),
     }
-    before = revisions(svc)
+    before = kit.revisions(svc)
     for what, cred in bad.items():
         api = client(svc, tls, cred)
         assert _refused_at_handshake(api), what
@@ -170,7 +166,7 @@ def test_tokens(svc: ServiceThread, tls: kit.Pki) -> None:
     assert api.wait_status(cid).text.startswith("PUBLISHED:")
     api.close()
 
-    before = revisions(svc)
+    before = kit.revisions(svc)
     other = kit.tarball(seed="token other")
     refused = {
         "wrong group": (tls.token(groups=["/mu2e"]), 403, "may not publish under group 'dune'"),

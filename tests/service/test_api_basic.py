@@ -28,17 +28,6 @@ def svc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceThread]:
         yield st
 
 
-@pytest.fixture
-def api(svc: ServiceThread) -> Iterator[kit.Api]:
-    a = kit.Api(svc.url)
-    yield a
-    a.close()
-
-
-def revisions(svc: ServiceThread) -> dict[str, int]:
-    return {s.name: s.s0.manifest().revision for s in svc.service.slots}
-
-
 def records_for(svc: ServiceThread, cid: str) -> list[object]:
     return [r for r in svc.service.queue.records if r.cid == cid]
 
@@ -66,7 +55,7 @@ def test_publish_exists_update_status(svc: ServiceThread, api: kit.Api) -> None:
     st = api.get("status", cid)
     assert st.status == 404 and st.text.count("\n") == 1 and cid in st.text
 
-    before = revisions(svc)
+    before = kit.revisions(svc)
     r = api.publish(cid, data)
     assert (r.status, r.text) == (200, "OK\n")
     st = api.wait_status(cid)
@@ -80,7 +69,7 @@ def test_publish_exists_update_status(svc: ServiceThread, api: kit.Api) -> None:
         "updated": pytest.approx(time.time(), abs=60),
         "path": path,
     }
-    after = revisions(svc)
+    after = kit.revisions(svc)
     assert after[repo] == before[repo] + 1  # one revision for the tarball
     assert len(records_for(svc, cid)) == 1
 
@@ -172,13 +161,13 @@ BAD_CIDS = [
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize(("raw", "reason"), BAD_CIDS, ids=[b[1] for b in BAD_CIDS])
 def test_bad_cids_get_400_with_reason(svc: ServiceThread, api: kit.Api, raw: str, reason: str) -> None:
-    before = revisions(svc)
+    before = kit.revisions(svc)
     for method, verb in (("GET", "exists"), ("GET", "update"), ("GET", "status"), ("POST", "publish")):
         r = api.request(method, verb, raw, body=b"x" * 100 if verb == "publish" else None)
         assert r.status == 400, (verb, r.text)
         assert r.text.startswith("Bad request: ") and reason in r.text
         assert r.text.endswith("\n") and r.text.count("\n") == 1
-    assert revisions(svc) == before
+    assert kit.revisions(svc) == before
     assert kit.spool_files(svc.service.config.spool_dir) == []
 
 
@@ -205,30 +194,12 @@ def test_content_must_match_a_hash_cid(svc: ServiceThread, api: kit.Api) -> None
     assert api.wait_status(sha1_cid).text.startswith("PUBLISHED:")
 
 
-def _open_upload(url: str, cid: str, length: int) -> socket.socket:
-    host, port = url.removeprefix("http://").split(":")
-    s = socket.create_connection((host, int(port)), timeout=30)
-    s.sendall(
-        f"POST /pubapi/publish?cid={cid} HTTP/1.1\r\nHost: {host}\r\n"
-        f"Content-Length: {length}\r\nConnection: close\r\n\r\n".encode()
-    )
-    return s
-
-
-def _answer(s: socket.socket) -> bytes:
-    out = b""
-    while chunk := s.recv(65536):
-        out += chunk
-    s.close()
-    return out
-
-
 @pytest.mark.timeout(60)
 def test_concurrent_uploads_of_one_cid_publish_once(svc: ServiceThread) -> None:
     data = kit.tarball({"f.bin": bytes(range(256)) * 4096}, seed="dup")  # ~1 MB
     cid = kit.cid_of(data)
     half = len(data) // 2
-    socks = [_open_upload(svc.url, cid, len(data)) for _ in range(5)]
+    socks = [kit.start_upload(svc.url, cid, len(data)) for _ in range(5)]
     for s in socks:  # all five are receiving at once
         s.sendall(data[:half])
     time.sleep(0.2)
@@ -237,7 +208,7 @@ def test_concurrent_uploads_of_one_cid_publish_once(svc: ServiceThread) -> None:
     def finish(s: socket.socket) -> None:
         with contextlib.suppress(OSError):  # a duplicate may be answered without its body being read
             s.sendall(data[half:])
-        answers.append(_answer(s))
+        answers.append(kit.read_until_closed(s))
 
     threads = [threading.Thread(target=finish, args=(s,)) for s in socks]
     for t in threads:
@@ -256,13 +227,13 @@ def test_concurrent_uploads_of_one_cid_publish_once(svc: ServiceThread) -> None:
 @pytest.mark.timeout(60)
 def test_failed_cid_can_be_uploaded_again(svc: ServiceThread, api: kit.Api) -> None:
     cid = "dune/retry-after-failure"  # not a hash: any content may be sent under it
-    before = revisions(svc)
+    before = kit.revisions(svc)
     assert api.publish(cid, b"this is not a tarball" * 100).text == "OK\n"
     st = api.wait_status(cid)
     assert st.text.startswith("FAILED:") and st.text.count("\n") == 1
     j = api.get("status", cid, headers={"Accept": "application/json"}).json()
     assert j["state"] == "failed" and j["reason"] and j["repository"] in REPOS
-    assert revisions(svc) == before
+    assert kit.revisions(svc) == before
     assert api.get("exists", cid).text == "MISSING\n"
     good = kit.tarball(seed="second try")
     assert api.publish(cid, good).text == "OK\n"
@@ -405,15 +376,15 @@ def test_stamps_are_written_in_batches(svc: ServiceThread, api: kit.Api) -> None
     for c in cids:
         assert api.wait_status(c).text.startswith("PUBLISHED:")
     svc.service.stamps.flush()
-    before = revisions(svc)
+    before = kit.revisions(svc)
     time.sleep(1.1)  # stamps have whole seconds: a use in the second of the publish changes nothing
     t0 = time.time()
     for _ in range(5):
         for c in cids:
             assert api.get("update", c).text.startswith("PRESENT:")
-    assert revisions(svc) == before  # 30 touches, no revision yet
+    assert kit.revisions(svc) == before  # 30 touches, no revision yet
     written = svc.service.stamps.flush()
-    after = revisions(svc)
+    after = kit.revisions(svc)
     holders = {svc.service.presence.where(c) for c in cids}
     assert written == len(holders)
     assert {n for n in after if after[n] != before[n]} == holders

@@ -38,10 +38,6 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceThread]:
         yield st
 
 
-def revisions(svc: ServiceThread) -> dict[str, int]:
-    return {s.name: s.s0.manifest().revision for s in svc.service.slots}
-
-
 def spool_clean(svc: ServiceThread) -> bool:
     return kit.wait_until(lambda: kit.spool_files(svc.service.config.spool_dir) == [], timeout=10)
 
@@ -53,7 +49,7 @@ def test_hostile_tarball_corpus(svc: ServiceThread, case: HostileCase) -> None:
     data = case.build()
     cid = kit.cid_of(data)
     svc.service.stamps.flush()  # the stamps of earlier cases now, not in the middle of this one
-    before = revisions(svc)
+    before = kit.revisions(svc)
     r = api.publish(cid, data)
     if api.get("exists", cid).text.startswith("PRESENT:"):  # a sanitize case published already
         assert case.policy == "sanitize"
@@ -68,15 +64,10 @@ def test_hostile_tarball_corpus(svc: ServiceThread, case: HostileCase) -> None:
         assert st.text.count("\n") == 1
         if case.member is not None:
             assert case.member in st.text
-        assert revisions(svc) == before  # the repositories' manifests are unchanged
+        assert kit.revisions(svc) == before  # the repositories' manifests are unchanged
         assert api.get("exists", cid).text == "MISSING\n"
     assert spool_clean(svc)
     api.close()
-
-
-def _connect(url: str) -> socket.socket:
-    host, port = url.removeprefix("http://").split(":")
-    return socket.create_connection((host, int(port)), timeout=30)
 
 
 def _headers(cid: str, extra: str) -> bytes:
@@ -103,20 +94,10 @@ def _read_response(s: socket.socket) -> bytes:
     return out
 
 
-def _read_all(s: socket.socket) -> bytes:
-    out = b""
-    try:
-        while chunk := s.recv(65536):
-            out += chunk
-    except (ConnectionResetError, TimeoutError):
-        pass
-    return out
-
-
 @pytest.mark.timeout(60)
 def test_oversized_upload_is_refused_before_its_body(small: ServiceThread) -> None:
     cid = "dune/too-big"
-    s = _connect(small.url)
+    s = kit.connect(small.url)
     s.sendall(_headers(cid, f"Content-Length: {2 * LIMIT}\r\n"))  # and no body at all
     t0 = time.monotonic()
     answer = _read_response(s)
@@ -136,8 +117,8 @@ def test_oversized_upload_is_refused_before_its_body(small: ServiceThread) -> No
 @pytest.mark.timeout(60)
 def test_oversized_chunked_upload_is_refused_while_streaming(small: ServiceThread) -> None:
     cid = "dune/too-big-chunked"
-    before = revisions(small)
-    s = _connect(small.url)
+    before = kit.revisions(small)
+    s = kit.connect(small.url)
     s.sendall(_headers(cid, "Transfer-Encoding: chunked\r\n"))
     block = b"\1" * 65536
     try:
@@ -146,25 +127,23 @@ def test_oversized_chunked_upload_is_refused_while_streaming(small: ServiceThrea
         s.sendall(b"0\r\n\r\n")
     except OSError:
         pass  # the server may close as soon as it refuses
-    answer = _read_all(s)
-    s.close()
+    answer = kit.read_until_closed(s)
     assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
     assert b"exceeds the maximum" in answer
     assert spool_clean(small)
-    assert revisions(small) == before
+    assert kit.revisions(small) == before
     api = kit.Api(small.url)
     assert api.get("status", cid).status == 404
     # a chunked upload within the limit works
     data = kit.tarball(seed="chunked")
     good = kit.cid_of(data)
-    s = _connect(small.url)
+    s = kit.connect(small.url)
     s.sendall(_headers(good, "Transfer-Encoding: chunked\r\nConnection: close\r\n"))
     for i in range(0, len(data), 1000):
         part = data[i : i + 1000]
         s.sendall(b"%x\r\n%s\r\n" % (len(part), part))
     s.sendall(b"0\r\n\r\n")
-    assert _read_all(s).endswith(b"\r\n\r\nOK\n")
-    s.close()
+    assert kit.read_until_closed(s).endswith(b"\r\n\r\nOK\n")
     assert api.wait_status(good).text.startswith("PUBLISHED:")
     api.close()
 
@@ -174,8 +153,8 @@ def test_oversized_chunked_upload_is_refused_while_streaming(small: ServiceThrea
 def test_interrupted_upload_leaves_nothing(svc: ServiceThread, how: str) -> None:
     data = kit.tarball({"big.bin": bytes(range(256)) * 40000}, seed=how, compression="none")  # ~10 MB
     cid = kit.cid_of(data)
-    before = revisions(svc)
-    s = _connect(svc.url)
+    before = kit.revisions(svc)
+    s = kit.connect(svc.url)
     s.sendall(_headers(cid, f"Content-Length: {len(data)}\r\n"))
     s.sendall(data[: len(data) // 2])
     incoming = svc.service.config.spool_dir / "incoming"
@@ -184,13 +163,12 @@ def test_interrupted_upload_leaves_nothing(svc: ServiceThread, how: str) -> None
         s.close()
     else:  # the client says it is done sending: the upload is truncated
         s.shutdown(socket.SHUT_WR)
-        answer = _read_all(s)
-        s.close()
+        answer = kit.read_until_closed(s)
         assert answer == b"" or answer.startswith(b"HTTP/1.1 400 ")
     assert spool_clean(svc)
     api = kit.Api(svc.url)
     assert kit.wait_until(lambda: api.get("status", cid).status == 404)  # not stuck in "receiving"
-    assert revisions(svc) == before
+    assert kit.revisions(svc) == before
     # the full upload works afterwards
     assert api.publish(cid, data).text == "OK\n"
     assert api.wait_status(cid).text.startswith("PUBLISHED:")
@@ -202,17 +180,16 @@ def test_disconnect_while_queued_upload_is_swallowed(svc: ServiceThread) -> None
     # a duplicate upload abandoned half way changes nothing for the first one
     data = kit.tarball({"f.bin": b"x" * 500_000}, seed="dup-abandon", compression="none")
     cid = kit.cid_of(data)
-    first = _connect(svc.url)
+    first = kit.connect(svc.url)
     first.sendall(_headers(cid, f"Content-Length: {len(data)}\r\nConnection: close\r\n"))
     first.sendall(data[:1000])
     time.sleep(0.1)
-    second = _connect(svc.url)
+    second = kit.connect(svc.url)
     second.sendall(_headers(cid, f"Content-Length: {len(data)}\r\n"))
     second.sendall(data[:1000])
     second.close()
     first.sendall(data[1000:])
-    assert _read_all(first).endswith(b"\r\n\r\nOK\n")
-    first.close()
+    assert kit.read_until_closed(first).endswith(b"\r\n\r\nOK\n")
     api = kit.Api(svc.url)
     assert api.wait_status(cid).text.startswith("PUBLISHED:")
     assert spool_clean(svc)
@@ -226,7 +203,7 @@ def test_stalled_upload_is_dropped_and_frees_its_cid(
     monkeypatch.setattr("rcds.service.api.publish.IDLE_TIMEOUT", 0.5)
     data = kit.tarball(seed="stalled")
     cid = kit.cid_of(data)
-    s = _connect(svc.url)
+    s = kit.connect(svc.url)
     s.sendall(_headers(cid, f"Content-Length: {len(data)}\r\n"))
     s.sendall(data[:100])  # and then nothing
     answer = _read_response(s)

@@ -23,6 +23,7 @@ from rcds.service.cleanup import DAY, CleanResult
 from rcds.service.config import ServiceConfig
 from rcds.service.runner import ServiceThread
 from rcds.storage.local import LocalStore
+from rcds.testing.processes import free_port
 
 import servicekit as kit
 
@@ -206,7 +207,7 @@ def test_publishing_continues_in_other_repositories_during_cleanup(tmp_path: Pat
 @pytest.fixture
 def pair(tmp_path: Path, clock: Clock) -> Iterator[tuple[ServiceThread, ServiceThread]]:
     """Servers A (user1) and B (user3) replicating each other, on one simulated clock."""
-    ports = {k: kit.free_port() for k in ("a_api", "a_repo", "b_api", "b_repo")}
+    ports = {k: free_port() for k in ("a_api", "a_repo", "b_api", "b_repo")}
     keys = {"a": tmp_path / "a-keys", "b": tmp_path / "b-keys"}
 
     def cfg(me: str, other: str, repo: str) -> ServiceConfig:

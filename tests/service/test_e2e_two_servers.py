@@ -23,6 +23,7 @@ from rcds.client.repository import Repository
 from rcds.service.config import ServiceConfig
 from rcds.service.core import init_repositories
 from rcds.service.runner import ServiceThread
+from rcds.testing.processes import free_port
 
 import pki
 import servicekit as kit
@@ -67,7 +68,7 @@ def tls(tmp_path_factory: pytest.TempPathFactory, ca: pki.CA) -> kit.Pki:
 @pytest.fixture(scope="module")
 def sites(tmp_path_factory: pytest.TempPathFactory, tls: kit.Pki) -> Iterator[dict[str, Site]]:
     base = tmp_path_factory.mktemp("e2e")
-    ports = {k: kit.free_port() for k in ("a_api", "a_repo", "b_api", "b_repo")}
+    ports = {k: free_port() for k in ("a_api", "a_repo", "b_api", "b_repo")}
     keys = {"a": base / "a-keys", "b": base / "b-keys"}
 
     def cfg(me: str, other: str, repos: tuple[str, ...]) -> ServiceConfig:

@@ -3,7 +3,6 @@ visible after a cut-off or mismatching upload, and a live job gives way to queue
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -29,33 +28,6 @@ def svc(tmp_path: Path) -> Iterator[ServiceThread]:
     cfg = kit.config(tmp_path / "svc", repositories=REPOS, tables="[stamps]\nflush_interval = 3600")
     with ServiceThread(cfg) as st:
         yield st
-
-
-def revisions(svc: ServiceThread) -> dict[str, int]:
-    return {s.name: s.s0.manifest().revision for s in svc.service.slots}
-
-
-def _connect(url: str) -> socket.socket:
-    host, port = url.removeprefix("http://").split(":")
-    return socket.create_connection((host, int(port)), timeout=30)
-
-
-def _start(url: str, cid: str, length: int) -> socket.socket:
-    s = _connect(url)
-    s.sendall(f"POST /pubapi/publish?cid={cid} HTTP/1.1\r\nHost: 127.0.0.1\r\n".encode())
-    s.sendall(f"Content-Length: {length}\r\nConnection: close\r\n\r\n".encode())
-    return s
-
-
-def _answer(s: socket.socket) -> bytes:
-    out = b""
-    try:
-        while chunk := s.recv(65536):
-            out += chunk
-    except (ConnectionResetError, TimeoutError):
-        pass
-    s.close()
-    return out
 
 
 def _big_tar(seed: str) -> bytes:
@@ -171,22 +143,22 @@ def test_an_upload_that_stops_moving_is_given_back(tmp_path: Path, monkeypatch: 
 def test_live_upload_is_published_and_only_after_it_is_complete(svc: ServiceThread) -> None:
     data = _big_tar("live")
     cid = kit.cid_of(data)
-    before = revisions(svc)
-    s = _start(svc.url, cid, len(data))
+    before = kit.revisions(svc)
+    s = kit.start_upload(svc.url, cid, len(data))
     s.sendall(data[: len(data) - 1])
     incoming = svc.service.config.spool_dir / "incoming"
     assert kit.wait_until(lambda: any(incoming.iterdir()))
     time.sleep(0.5)  # time enough to ingest all but the last byte
-    assert revisions(svc) == before  # nothing visible while the upload is incomplete
+    assert kit.revisions(svc) == before  # nothing visible while the upload is incomplete
     api = kit.Api(svc.url)
     assert "PRESENT" not in api.get("exists", cid).text
     s.sendall(data[-1:])
-    assert _answer(s).endswith(b"\r\n\r\nOK\n")
+    assert kit.read_until_closed(s).endswith(b"\r\n\r\nOK\n")
     assert api.wait_status(cid).text.startswith("PUBLISHED:")
     rec = next(r for r in svc.service.queue.records if r.cid == cid)
     assert rec.live
     assert kit.wait_until(lambda: kit.spool_files(svc.service.config.spool_dir) == [], timeout=10)
-    assert sum(revisions(svc).values()) == sum(before.values()) + 1
+    assert sum(kit.revisions(svc).values()) == sum(before.values()) + 1
     api.close()
 
 
@@ -196,14 +168,14 @@ def test_live_upload_that_fails_leaves_nothing_visible(svc: ServiceThread, how: 
     data = _big_tar(how)
     cid = kit.cid_of(data)
     wrong = kit.cid_of(data + b"other") if how == "mismatch" else cid
-    before = revisions(svc)
+    before = kit.revisions(svc)
     objects_before = {name: _objects(svc, name) for name in REPOS}
-    s = _start(svc.url, wrong, len(data))
+    s = kit.start_upload(svc.url, wrong, len(data))
     s.sendall(data[:-100])
     time.sleep(0.5)  # the live ingest has read all it can
     if how == "mismatch":
         s.sendall(data[-100:])
-        answer = _answer(s)
+        answer = kit.read_until_closed(s)
         assert answer.startswith(b"HTTP/1.1 400 ") and b"does not match cid" in answer
     else:
         s.close()
@@ -211,7 +183,7 @@ def test_live_upload_that_fails_leaves_nothing_visible(svc: ServiceThread, how: 
     assert kit.wait_until(lambda: api.get("status", wrong).status == 404, timeout=10)  # claim released
     assert kit.wait_until(lambda: kit.spool_files(svc.service.config.spool_dir) == [], timeout=10)
     assert kit.wait_until(lambda: svc.service.queue.idle(0.1), timeout=10)
-    assert revisions(svc) == before
+    assert kit.revisions(svc) == before
     assert "PRESENT" not in api.get("exists", wrong).text
     # the aborted ingest wrote objects, all of them garbage: gc removes them
     assert any(_objects(svc, name) - objects_before[name] for name in REPOS)
@@ -231,7 +203,7 @@ def test_live_jobs_give_way_to_a_queued_upload(svc: ServiceThread) -> None:
     slow = [_big_tar(f"slow{i}") for i in range(2)]
     sockets = []
     for data in slow:  # one live job per repository, both waiting for data
-        s = _start(svc.url, kit.cid_of(data), len(data))
+        s = kit.start_upload(svc.url, kit.cid_of(data), len(data))
         s.sendall(data[:1000])
         sockets.append(s)
     assert kit.wait_until(lambda: not svc.service.queue._idle, timeout=5)  # both workers took one
@@ -244,7 +216,7 @@ def test_live_jobs_give_way_to_a_queued_upload(svc: ServiceThread) -> None:
     assert time.monotonic() - t0 < 15  # not held until the slow uploads end
     for s, data in zip(sockets, slow, strict=True):
         s.sendall(data[1000:])
-        assert _answer(s).endswith(b"\r\n\r\nOK\n")
+        assert kit.read_until_closed(s).endswith(b"\r\n\r\nOK\n")
     for data in slow:
         assert api.wait_status(kit.cid_of(data)).text.startswith("PUBLISHED:")
     recs = {r.cid: r for r in svc.service.queue.records}

@@ -46,6 +46,7 @@ from rcds.service.config import ServiceConfig
 from rcds.service.runner import ServiceThread
 from rcds.service.slots import RepoSlot
 from rcds.storage.local import LocalStore
+from rcds.testing.processes import free_port
 
 import servicekit as kit
 
@@ -123,7 +124,7 @@ def workdir(tmp_path: Path) -> Iterator[Path]:
 def servers(workdir: Path) -> Iterator[tuple[Server, Server, Clock]]:
     tmp_path = workdir
     clock = Clock(START)
-    ports = {k: kit.free_port() for k in ("a_api", "a_repo", "b_api", "b_repo")}
+    ports = {k: free_port() for k in ("a_api", "a_repo", "b_api", "b_repo")}
     keys = {"a": tmp_path / "a-keys", "b": tmp_path / "b-keys"}
 
     def cfg(me: str, other: str, repos: tuple[str, ...]) -> ServiceConfig:

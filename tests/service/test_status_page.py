@@ -30,13 +30,6 @@ def svc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceThread]:
         yield st
 
 
-@pytest.fixture
-def api(svc: ServiceThread) -> Iterator[kit.Api]:
-    a = kit.Api(svc.url)
-    yield a
-    a.close()
-
-
 def metrics(api: kit.Api) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     r = api.page("/metrics")
     assert r.status == 200 and r.headers["Content-Type"].startswith("text/plain; version=")

@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 
 from rcds.cli.output import human_bytes, print_kv
-from rcds.client.config.settings import DEFAULT_ETC, ClientConfig, check_fqrn, load_client_config
+from rcds.client.config.names import check_fqrn
+from rcds.client.config.settings import DEFAULT_ETC, ClientConfig, load_client_config
 from rcds.client.get.materialize import Progress, materialize
 from rcds.client.repository import Repository, default_cache_dir
 from rcds.errors import ConfigError, InputError

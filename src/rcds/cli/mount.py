@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rcds.cli.client import _common, overrides_of
-from rcds.client.config.settings import check_fqrn
+from rcds.client.config.names import check_fqrn
 from rcds.errors import ConfigError, InputError
 
 if TYPE_CHECKING:

@@ -13,8 +13,9 @@ import json
 from pathlib import Path
 
 from rcds.cli.output import print_kv
+from rcds.client.config.names import check_fqrn
 from rcds.client.config.settings import DEFAULT_ETC, load_client_config
-from rcds.client.support import check_fqrn, default_cache_dir
+from rcds.client.support import default_cache_dir
 from rcds.errors import ConfigError
 
 DEFAULT_ROOT = Path("/cvmfs")

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, BinaryIO, Literal, overload
 
 from rcds.client.cache.local import LocalCache
 from rcds.client.cache.source import CachedSource
+from rcds.client.config.names import check_fqrn
 from rcds.client.fetch.prefetch import prefetch
 from rcds.client.fetch.trust import MANIFEST, MANIFEST_MAX_SIZE, Breadcrumb, BreadcrumbFile, fetch_trusted
 from rcds.client.support import (
@@ -38,7 +39,6 @@ from rcds.client.support import (
     DirEntry,
     KeySpec,
     RepoInfo,
-    check_fqrn,
     default_cache_dir,
     load_master_keys,
 )
@@ -111,9 +111,13 @@ class Repository:
         self._checking = False
         self.last_error: str | None = None
         self.offline = False
-        if probe and len(fetcher.servers) > 1:
-            fetcher.probe()
-        self._current = self._mount(self._fetch_trust())
+        try:
+            if probe and len(fetcher.servers) > 1:
+                fetcher.probe()
+            self._current = self._mount(self._fetch_trust())
+        except BaseException:
+            self.source.close()  # stops its cache inserter thread, started by what was fetched
+            raise
         self._next_check = self._clock() + self.ttl
 
     # -- opening ------------------------------------------------------------------------------

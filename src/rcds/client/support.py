@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -17,17 +16,8 @@ from rcds.repo.whitelist_age import WhitelistAge
 
 DEFAULT_QUOTA = 4000 << 20
 
-_FQRN = re.compile(r"[A-Za-z0-9]([A-Za-z0-9_-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9_-]*[A-Za-z0-9])?)*")
-
 KeySpec = Path | str | bytes | signed.VerifyKey
 """A master key: a ``.pub`` file, its PEM text, or a key object (e.g. ``cryptography``'s)."""
-
-
-def check_fqrn(fqrn: str) -> str:
-    """Return ``fqrn`` if it is a well-formed repository name (it becomes part of file paths)."""
-    if not _FQRN.fullmatch(fqrn) or len(fqrn) > 253:
-        raise ConfigError(f"{fqrn!r} is not a repository name; expected labels like 'sw.example.org'")
-    return fqrn
 
 
 def default_cache_dir() -> Path:

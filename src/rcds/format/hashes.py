@@ -20,7 +20,8 @@ from rcds.errors import IntegrityError
 class Hasher(Protocol):
     """The part of a hashlib object rcds uses."""
 
-    def update(self, data: bytes | bytearray | memoryview, /) -> None: ...
+    def update(self, data: bytes | bytearray | memoryview, /) -> None:
+        """Hash ``data`` after what came before."""
 
 
 class Algorithm(Enum):

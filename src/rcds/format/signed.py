@@ -81,16 +81,19 @@ class PublicNumbers(Protocol):
     """The two numbers of an RSA public key."""
 
     @property
-    def n(self) -> int: ...
+    def n(self) -> int:
+        """The modulus."""
 
     @property
-    def e(self) -> int: ...
+    def e(self) -> int:
+        """The public exponent."""
 
 
 class VerifyKey(Protocol):
     """What checking a signature needs of a key: its RSA numbers (``cryptography``'s keys fit)."""
 
-    def public_numbers(self) -> PublicNumbers: ...
+    def public_numbers(self) -> PublicNumbers:
+        """The key's RSA numbers."""
 
 
 class RsaPublicKey(NamedTuple):

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from rcds.client.config.settings import DEFAULT_ETC, check_fqrn, load_client_config
+from rcds.client.config.names import check_fqrn
+from rcds.client.config.settings import DEFAULT_ETC, load_client_config
 from rcds.client.get.materialize import materialize
 from rcds.client.repository import Repository
 from rcds.errors import ConfigError, InputError, NotFoundError, RcdsError

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import threading
 from collections.abc import Callable
 
 from aiohttp import web
 
 from rcds.errors import RcdsError
 from rcds.notify.broker import Broker
+from rcds.serving_thread import ServingThread
 
 
 def broker_app(broker: Broker) -> web.Application:
@@ -59,7 +59,7 @@ async def serve_broker(
         await runner.cleanup()
 
 
-class BrokerThread:
+class BrokerThread(ServingThread):
     """A broker serving from a background thread of this process (tests, benches, embedding).
 
     ``url`` is the base URL (``http://127.0.0.1:PORT``); :meth:`stop` aborts all subscriptions.
@@ -67,56 +67,13 @@ class BrokerThread:
 
     def __init__(self, broker: Broker | None = None, host: str = "127.0.0.1", port: int = 0) -> None:
         self.broker = broker or Broker()
-        self.url = ""
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, args=(host, port), name="rcds-broker", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(30) or self._error is not None:
-            raise RcdsError(f"the notification broker did not start: {self._error}")
 
-    def _run(self, host: str, port: int) -> None:
-        async def main() -> None:
-            self._loop = asyncio.get_running_loop()
-            self._stop = asyncio.Event()
+        async def run(ready: Callable[[str], None], stop: asyncio.Event) -> None:
+            await serve_broker(self.broker, host, port, ready=ready, stop=stop, signals=False)
 
-            def ready(url: str) -> None:
-                self.url = url
-                self._ready.set()
-
-            await serve_broker(self.broker, host, port, ready=ready, stop=self._stop, signals=False)
-
-        try:
-            asyncio.run(main())
-        except BaseException as exc:  # reported to the starting thread
-            self._error = exc
-            self._ready.set()
+        super().__init__(run, name="rcds-broker", what="the notification broker")
 
     @property
     def port(self) -> int:
         """The bound port."""
         return int(self.url.rsplit(":", 1)[1])
-
-    def call(self, fn: Callable[[], object], timeout: float = 10.0) -> object:
-        """Run ``fn`` on the broker's loop and return its result (e.g. read counters)."""
-        assert self._loop is not None
-
-        async def wrapped() -> object:
-            return fn()
-
-        return asyncio.run_coroutine_threadsafe(wrapped(), self._loop).result(timeout)
-
-    def stop(self) -> None:
-        """Stop serving (subscriber connections are aborted)."""
-        if self._loop is not None and self._stop is not None:
-            with contextlib.suppress(RuntimeError):
-                self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(30)
-
-    def __enter__(self) -> BrokerThread:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

@@ -100,6 +100,23 @@ class Stratum0:
         """The writer lock of this repository."""
         return WriterLock(self.layout.lock, self.name)
 
+    def _begin(self, target: str, now: float | None) -> tuple[Path, manifest_fmt.Manifest, int, CatalogChain]:
+        """A change starts (under the lock): a clean work directory, the current manifest, the new
+        revision's time and the chain of catalogs from the root down to the one holding ``target``."""
+        work = self._prepare_work()
+        old = self.manifest()
+        stamp = _monotonic_stamp(now, old)
+        chain = CatalogChain(
+            self.store,
+            work,
+            self.settings.algorithm,
+            old.root_catalog,
+            old.root_catalog_size,
+            target,
+            self.compress,
+        )
+        return work, old, stamp, chain
+
     def _prepare_work(self) -> Path:
         shutil.rmtree(self.layout.work, ignore_errors=True)
         self.layout.work.mkdir()
@@ -157,18 +174,7 @@ class Stratum0:
         target = target_path(path)
         start = time.monotonic()
         with self.lock():
-            work = self._prepare_work()
-            old = self.manifest()
-            stamp = _monotonic_stamp(now, old)
-            chain = CatalogChain(
-                self.store,
-                work,
-                self.settings.algorithm,
-                old.root_catalog,
-                old.root_catalog_size,
-                target,
-                self.compress,
-            )
+            work, old, stamp, chain = self._begin(target, now)
             writer = ContentWriter(
                 self.store,
                 self.settings.algorithm,
@@ -249,18 +255,7 @@ class Stratum0:
         with self.lock():
             while pending:
                 start = time.monotonic()
-                work = self._prepare_work()
-                old = self.manifest()
-                stamp = _monotonic_stamp(now, old)
-                chain = CatalogChain(
-                    self.store,
-                    work,
-                    self.settings.algorithm,
-                    old.root_catalog,
-                    old.root_catalog_size,
-                    pending[0],
-                    self.compress,
-                )
+                _, old, stamp, chain = self._begin(pending[0], now)
                 try:
                     here = [p for p in pending if chain.holds(p)] or pending[:1]
                     pending = [p for p in pending if p not in here]

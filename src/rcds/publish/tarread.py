@@ -48,6 +48,7 @@ class StrictTarInfo(tarfile.TarInfo):
 
     @classmethod
     def frombuf(cls, buf: bytes, encoding: str, errors: str) -> tarfile.TarInfo:  # type: ignore[override]
+        """A header from one block; InputError where tarfile would quietly stop (short or bad block)."""
         if len(buf) == 0:
             raise InputError("the archive ends without an end-of-archive marker: it is truncated")
         if len(buf) != BLOCK:

@@ -48,9 +48,11 @@ class ConfigBuilder:
         self.relative_to = relative_to
 
     def fail(self, key: str, problem: str) -> ConfigError:
+        """The error to raise for ``key``: the file, the dotted key and the problem."""
         return ConfigError(f"{self.source}: {key}: {problem}")
 
     def table(self, value: object, key: str, allowed: set[str]) -> Mapping[str, Any]:
+        """A table (empty if absent) whose keys are all in ``allowed``."""
         if value is None:
             return {}
         if not isinstance(value, Mapping):
@@ -62,11 +64,13 @@ class ConfigBuilder:
         return value
 
     def str_(self, value: object, key: str) -> str:
+        """A non-empty string."""
         if not isinstance(value, str) or not value.strip():
             raise self.fail(key, f"must be a non-empty string, got {value!r}")
         return value
 
     def int_(self, value: object, key: str, lo: int, hi: int | None = None) -> int:
+        """An integer from ``lo`` to ``hi`` (no upper bound if None); booleans are refused."""
         if (
             isinstance(value, bool)
             or not isinstance(value, int)
@@ -78,11 +82,13 @@ class ConfigBuilder:
         return value
 
     def path(self, value: object, key: str) -> Path:
+        """A path, relative to the configuration file's directory unless absolute (``~`` expanded)."""
         if not isinstance(value, str) or not value.strip():
             raise self.fail(key, f"must be a non-empty path string, got {value!r}")
         return self.relative_to / Path(value).expanduser()
 
     def opt_path(self, value: object, key: str) -> Path | None:
+        """:meth:`path`, or None if absent."""
         return None if value is None else self.path(value, key)
 
     def str_list(self, value: object, key: str) -> tuple[str, ...]:
@@ -98,12 +104,14 @@ class ConfigBuilder:
         return tuple(value)
 
     def dirname(self, value: object, key: str) -> str:
+        """One directory name of letters, digits, ``-`` and ``_``."""
         name = self.str_(value, key)
         if not DIRNAME_RE.match(name):
             raise self.fail(key, f"must be one directory name of letters, digits, '-' and '_', got {name!r}")
         return name
 
     def build(self, data: Mapping[str, Any], base_default: Path | None) -> ServiceConfig:
+        """The whole configuration from the parsed TOML ``data`` (``base_default``: the default base_dir)."""
         top = self.table(data, "", {
             "base_dir", "repositories", "prefix", "stamp_prefix", "state_dir", "spool_dir",
             "max_upload_size", "max_unpacked_size", "cleanup", "listen", "tls", "auth", "acl", "replica",
@@ -163,6 +171,7 @@ class ConfigBuilder:
         )
 
     def notify(self, value: object) -> NotifyConfig:
+        """The ``[notify]`` table."""
         t = self.table(value, "notify", {"broker", "servers", "allow_publish"})
         broker = t.get("broker", True)
         if not isinstance(broker, bool):
@@ -183,6 +192,7 @@ class ConfigBuilder:
         return NotifyConfig(broker, tuple(u.rstrip("/") for u in servers), tuple(nets))
 
     def storage(self, value: object) -> StorageConfig | None:
+        """The ``[storage]`` table, or None if absent."""
         if value is None:
             return None
         keys = ("s3", "endpoint", "region", "profile", "acl", "public_url")
@@ -204,6 +214,7 @@ class ConfigBuilder:
             raise self.fail("compression", str(e)) from None
 
     def serve(self, value: object) -> ServeConfig:
+        """The ``[serve]`` table."""
         t = self.table(value, "serve", {"host", "port"})
         return ServeConfig(
             host=self.str_(t.get("host", "127.0.0.1"), "serve.host"),
@@ -211,6 +222,7 @@ class ConfigBuilder:
         )
 
     def stamps(self, value: object) -> StampsConfig:
+        """The ``[stamps]`` table."""
         t = self.table(value, "stamps", {"flush_interval"})
         interval = t.get("flush_interval", 10)
         if isinstance(interval, bool) or not isinstance(interval, int | float) or not 0 < interval <= 3600:
@@ -218,6 +230,7 @@ class ConfigBuilder:
         return StampsConfig(float(interval))
 
     def tls(self, value: object) -> TlsConfig | None:
+        """The ``[tls]`` table, or None if absent."""
         if value is None:
             return None
         t = self.table(value, "tls", {"cert_file", "key_file", "ca_dir", "ca_file"})
@@ -232,6 +245,7 @@ class ConfigBuilder:
         )
 
     def auth(self, value: object, acl: object) -> AuthConfig:
+        """The ``[auth]`` table, with the ``[acl]`` table ``acl``."""
         a = self.table(value, "auth", {"grid_mapfile", "token_issuers", "require_auth_on_loopback"})
         raw_issuers = a.get("token_issuers", [])
         if not isinstance(raw_issuers, list):
@@ -254,6 +268,7 @@ class ConfigBuilder:
         )
 
     def issuer(self, value: object, key: str) -> TokenIssuerConfig:
+        """One token issuer of ``[auth]``."""
         t = self.table(value, key, {"issuer", "keys", "audience", "scope"})
         for required in ("issuer", "keys", "audience"):
             if required not in t:
@@ -274,6 +289,7 @@ class ConfigBuilder:
         )
 
     def acl(self, value: object) -> Mapping[str, tuple[str, ...]]:
+        """The ``[acl]`` table: the CID groups each principal may publish to (``*``: any)."""
         if value is None:
             return MappingProxyType({})
         if not isinstance(value, Mapping):
@@ -296,6 +312,7 @@ class ConfigBuilder:
         return MappingProxyType(acl)
 
     def replica(self, value: object) -> ReplicaConfig:
+        """The ``[replica]`` table."""
         r = self.table(
             value, "replica", {"partner_url", "pull_interval", "partner_repository_url", "partner_keys_dir"}
         )

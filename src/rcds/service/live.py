@@ -180,6 +180,7 @@ class LiveReader(io.RawIOBase):
         self._fd = feed.open()
 
     def readable(self) -> bool:
+        """True: this is a readable stream."""
         return True
 
     def readinto(self, buffer: Any) -> int:

@@ -147,7 +147,12 @@ class SeaweedFS:
         ]
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env={**os.environ, "TMPDIR": str(self.base)},  # its log files: here, not in /tmp
             )
         self._wait_ready(timeout)
 
@@ -194,6 +199,7 @@ class SeaweedFS:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(10)
         self.process = None
+        self._remove_sockets()
 
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM the server and wait; SIGKILL if it lingers."""
@@ -207,3 +213,13 @@ class SeaweedFS:
             except subprocess.TimeoutExpired:
                 self.kill()
         self.process = None
+        self._remove_sockets()
+
+    def _remove_sockets(self) -> None:
+        """Remove the Unix sockets weed leaves in /tmp, named by its ports (the gRPC ones cannot be
+        put elsewhere); they are stale once it has stopped."""
+        for port in self.ports:
+            for p in (port, port + GRPC_OFFSET):
+                for sock in Path("/tmp").glob(f"seaweedfs-*-{p}.sock"):
+                    with contextlib.suppress(OSError):
+                        sock.unlink()

@@ -13,12 +13,13 @@ import contextlib
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+
+from rcds.testing.processes import free_port, stop_process, wait_listening
 
 SQUID = shutil.which("squid") or ("/usr/sbin/squid" if os.path.exists("/usr/sbin/squid") else None)
 """The squid binary, or None when Squid is not installed."""
@@ -29,13 +30,6 @@ def _key(line: str) -> str:
     if not words or words[0].startswith("#"):
         return ""
     return " ".join(words[:2]) if words[0] == "acl" else words[0]
-
-
-def free_port() -> int:
-    """A currently free TCP port on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def loopback_config(
@@ -130,14 +124,11 @@ class Squid:
         return f"http://127.0.0.1:{self.port}"
 
     def _wait_ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                self._stderr.close()
-                raise RuntimeError(f"squid exited with {self.proc.returncode}:\n{self.logs()}")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
-                return
-            time.sleep(0.05)
+        if wait_listening(self.proc, self.port, timeout):
+            return
+        if self.proc.poll() is not None:
+            self._stderr.close()
+            raise RuntimeError(f"squid exited with {self.proc.returncode}:\n{self.logs()}")
         self.stop()
         raise RuntimeError(f"squid did not listen on port {self.port} within {timeout} s")
 
@@ -167,13 +158,7 @@ class Squid:
 
     def stop(self) -> None:
         """Stop Squid (TERM, then KILL after 10 s) and remove its directory."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc, 10)
         self._stderr.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 

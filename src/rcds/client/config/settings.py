@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rcds.client.config.files import Assignment, Source, read_config_file
-from rcds.client.support import check_fqrn as check_fqrn  # re-exported: it used to live here
+from rcds.client.config.names import check_fqrn
 from rcds.errors import ConfigError
 
 DEFAULT_ETC = Path("/etc/cvmfs")
