@@ -155,10 +155,11 @@ class Connection:
         self.served = 0
         self.chunk = CHUNK_SIZE
         """Bytes asked for per receive (a pipelined download asks for more: fewer system calls)."""
-        self._fd = sock.fileno() if sock.gettimeout() is not None else -1
-        """The socket's descriptor when it is in non-blocking mode (a timeout, or 0): read with
-        :func:`os.read` first, which never waits (a socket with a timeout polls before each
-        receive); -1 for a blocking socket."""
+        plain = type(sock) is socket.socket  # not a TLS socket: its descriptor carries records
+        self._fd = sock.fileno() if plain and sock.gettimeout() is not None else -1
+        """The socket's descriptor when it is a plain socket in non-blocking mode (a timeout, or
+        0): read with :func:`os.read` first, which never waits (a socket with a timeout polls
+        before each receive); -1 for a blocking or a TLS socket."""
         self._error: OSError | None = None
         """An error met by :meth:`read_ready`, raised by the next :meth:`recv`."""
         self._buf = b""
