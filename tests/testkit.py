@@ -146,3 +146,37 @@ def scrape(url: str) -> MetricSamples:
     """:func:`metric_samples` of the page at ``url``."""
     with urllib.request.urlopen(url, timeout=10) as resp:
         return metric_samples(resp.read().decode())
+
+
+def self_signed(directory: Path, stem: str) -> tuple[Path, Path]:
+    """A self-signed certificate (common name ``stem``) and its key, as PEM files
+    ``<stem>.pem`` and ``<stem>.key`` in ``directory``."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, stem)])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    c, k = directory / f"{stem}.pem", directory / f"{stem}.key"
+    c.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    k.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return c, k

@@ -3,20 +3,15 @@ rest through ``rcds.cli.main.main`` in this process (the same code, without a st
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import socket
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from rcds.cli.main import main
 
-from testkit import rcds
+from testkit import rcds, self_signed
 
 REPOS = ["check1.example.org"]
 
@@ -25,32 +20,6 @@ def check(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
     """``rcds server check ARGS`` in this process: (exit status, stdout)."""
     code = main(["server", "check", *args])
     return code, capsys.readouterr().out
-
-
-def self_signed(directory: Path, stem: str) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1 and its key (PEM files)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, stem)])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    c, k = directory / f"{stem}.pem", directory / f"{stem}.key"
-    c.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    k.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return c, k
 
 
 def write_config(base: Path, text: str = "", *, listen: int = 0, serve: int = 0) -> Path:

@@ -10,7 +10,6 @@ import struct
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
@@ -618,69 +617,3 @@ def test_read_ready_adds_only_what_has_arrived_and_keeps_errors_for_the_next_rec
             assert not conn.read_ready()
             with pytest.raises(ConnectionResetError):
                 conn.recv()  # the error read_ready met
-
-
-def test_a_tls_socket_is_received_through_tls_not_its_descriptor(tmp_path: Path) -> None:
-    """The fast receive reads a plain socket's descriptor directly; a TLS socket's descriptor
-    carries encrypted records, so a TLS connection must always receive through the socket."""
-    import datetime as dt
-    import ssl
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    from rcds.net.http1 import Connection
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
-    start = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(start + dt.timedelta(hours=1))
-        .sign(key, hashes.SHA256())
-    )
-    (tmp_path / "c.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (tmp_path / "k.pem").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server_ctx.load_cert_chain(tmp_path / "c.pem", tmp_path / "k.pem")
-    client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    client_ctx.load_verify_locations(tmp_path / "c.pem")
-    client_ctx.check_hostname = False
-    listener = socket.create_server(("127.0.0.1", 0))
-    payload = b"plain text through TLS\n" * 200
-
-    def serve() -> None:
-        raw, _ = listener.accept()
-        with server_ctx.wrap_socket(raw, server_side=True) as tls:
-            tls.sendall(payload)
-            tls.recv(1)  # until the client closes
-
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
-    try:
-        raw = socket.create_connection(listener.getsockname(), timeout=5)
-        tls = client_ctx.wrap_socket(raw)
-        conn = Connection(tls, proxied=False)
-        got = b""
-        deadline = time.monotonic() + 5
-        while len(got) < len(payload) and time.monotonic() < deadline:
-            time.sleep(0.01)  # let the records arrive, so that a descriptor read would find them
-            got += conn.recv()
-        tls.close()
-        assert got == payload
-    finally:
-        t.join(5)
-        listener.close()
