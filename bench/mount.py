@@ -95,8 +95,9 @@ def serve_in_child(public: Path) -> tuple[subprocess.Popen[str], str]:
 class Bench:
     """The served repository, the mount and the scratch directories."""
 
-    def __init__(self, work: Path, tree_dir: Path | None) -> None:
+    def __init__(self, work: Path, tree_dir: Path | None, mount_args: list[str] | None = None) -> None:
         self.work = work
+        self.mount_args = mount_args or []
         self.tree_dir = tree_dir
         self.mnt = work / "mnt"
         self.mnt.mkdir(exist_ok=True)
@@ -137,7 +138,7 @@ class Bench:
         """A fresh ``rcds mount`` with the cache ``cache``; the tree's path on it."""
         self.unmount()
         cmd = [sys.executable, "-m", "rcds.cli.main", "mount", REPO, str(self.mnt), "--foreground"]
-        cmd += ["--server", self.url, "--key", self.key, "--cache", str(cache)]
+        cmd += ["--server", self.url, "--key", self.key, "--cache", str(cache), *self.mount_args]
         if metrics_port is not None:
             cmd += ["--metrics-port", str(metrics_port)]
         self.daemon = subprocess.Popen(cmd)
@@ -253,12 +254,15 @@ def main() -> None:
         default={1, 2, 3, 4, 5},
         metavar="1,2,3,4,5",
     )
+    ap.add_argument(
+        "--mount-args", default="", metavar="ARGS", help="more options for rcds mount, e.g. --passthrough"
+    )
     args = ap.parse_args()
     if os.getuid() != 0:
         raise SystemExit("bench/mount.py mounts FUSE file systems and drops the page cache: run it as root")
     work = args.keep or Path(tempfile.mkdtemp(prefix="rcds-bench-mount-"))
     work.mkdir(parents=True, exist_ok=True)
-    b = Bench(work, args.tree)
+    b = Bench(work, args.tree, args.mount_args.split())
     rows: list[list[object]] = []
     med = statistics.median
 

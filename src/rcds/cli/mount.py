@@ -51,6 +51,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--threads", type=int, default=32, help="worker threads for downloads (default 32)")
     p.add_argument(
+        "--passthrough",
+        action="store_true",
+        help="let the kernel read cached files itself (FUSE passthrough, root only): fewer daemon "
+        "CPU per first read, but every open then reaches the daemon (see docs/mount.md)",
+    )
+    p.add_argument(
         "--metrics-port",
         type=int,
         metavar="PORT",
@@ -121,7 +127,13 @@ def _foreground(args: argparse.Namespace, mountpoint: Path) -> int:
     shown_owner = owner if owner is not None else (os.getuid(), os.getgid())
     if args.root is None:
         mounts = [options.open(args.repo)]
-        ops = RcdsOperations(mounts, kcache=options.kcache(), threads=args.threads, owner=shown_owner)
+        ops = RcdsOperations(
+            mounts,
+            kcache=options.kcache(),
+            threads=args.threads,
+            owner=shown_owner,
+            passthrough=args.passthrough,
+        )
         what = f"{args.repo} (revision {mounts[0].repo.revision})"
         fsname = args.repo
     else:
@@ -134,7 +146,12 @@ def _foreground(args: argparse.Namespace, mountpoint: Path) -> int:
             return options.open(name)
 
         ops = RcdsOperations(
-            [], opener=opener, kcache=options.kcache(), threads=args.threads, owner=shown_owner
+            [],
+            opener=opener,
+            kcache=options.kcache(),
+            threads=args.threads,
+            owner=shown_owner,
+            passthrough=args.passthrough,
         )
         what = "repositories"
         fsname = "rcds"

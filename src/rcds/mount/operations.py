@@ -31,10 +31,11 @@ from rcds.errors import FuseReplyError, RcdsError
 from rcds.mount import xattrs
 from rcds.mount.directories import Listings
 from rcds.mount.fuse import protocol as p
+from rcds.mount.fuse.passthrough import CACHED, Backings, passthrough_allowed
 from rcds.mount.fuse.protocol import InitFlag, Op
 from rcds.mount.fuse.session import Connection, Handler, Later, Payload, Request, Session
 from rcds.mount.inodes import FUSE_ROOT, Node, NodeTable
-from rcds.mount.reading import DroppedError, Handle, OpenFiles, whole_if_local
+from rcds.mount.reading import DroppedError, Handle, OpenFiles, backing_fd, whole_if_local
 from rcds.mount.readonly import guarded, refuse
 from rcds.mount.repomount import RepoMount
 from rcds.mount.revisions import RevisionKeeper
@@ -76,7 +77,8 @@ class RcdsOperations:
     ``opener``, for a directory of repositories that appear on first lookup of their name.
 
     ``kcache`` is the kernel's entry/attribute cache lifetime in seconds; ``threads`` the
-    worker pool's size.
+    worker pool's size; ``passthrough`` asks for FUSE passthrough where this process may use
+    it (:func:`~rcds.mount.fuse.passthrough.passthrough_allowed`; else no-open mode stays).
     """
 
     def __init__(
@@ -88,6 +90,7 @@ class RcdsOperations:
         threads: int = DEFAULT_THREADS,
         owner: tuple[int, int] = (0, 0),
         prefetch: bool = True,
+        passthrough: bool = False,
     ) -> None:
         self.mounts: dict[str, RepoMount] = {m.fqrn: m for m in mounts}
         self.opener = opener
@@ -104,6 +107,9 @@ class RcdsOperations:
         self._opening: dict[str, threading.Lock] = {}
         self.session: Session | None = None
         self.conn: Connection | None = None
+        self.passthrough = passthrough and passthrough_allowed()
+        self.backings: Backings | None = None
+        """Open files per inode in passthrough mode (set when the kernel grants it)."""
         self.revisions = RevisionKeeper(self.table, self.mounts, self.lock)
         for m in self.mounts.values():
             self.revisions.follow(m)
@@ -118,13 +124,19 @@ class RcdsOperations:
 
     # -- the session -----------------------------------------------------------------------------
 
-    def wanted_flags(self) -> int:
-        """Kernel capabilities asked for (see :data:`WANTED`)."""
+    def wanted_flags(self, kernel: int) -> int:
+        """Kernel capabilities asked for (see :data:`WANTED`). With passthrough (if wanted and
+        the ``kernel`` has it) the kernel must send ``OPEN`` (answered with a backing file),
+        so no-open mode is not asked for."""
+        if self.passthrough and kernel & InitFlag.PASSTHROUGH:
+            return (WANTED | InitFlag.PASSTHROUGH) & ~InitFlag.NO_OPEN_SUPPORT
         return WANTED
 
     def initialised(self, conn: Connection) -> None:
         """INIT is done: remember what the kernel granted."""
         self.conn = conn
+        if conn.has(InitFlag.PASSTHROUGH) and self.session is not None:
+            self.backings = Backings(self.session.fd)
 
     def attach(self, session: Session) -> None:
         """Serve ``session`` (its device gets the revision switches' invalidations)."""
@@ -148,7 +160,7 @@ class RcdsOperations:
                 Op.ACCESS: self.access,
                 Op.OPEN: self.open,
                 Op.READ: self.read,
-                Op.RELEASE: _empty,
+                Op.RELEASE: self.release,
                 Op.OPENDIR: self.opendir,
                 Op.READDIR: self.listings.readdir,
                 Op.READDIRPLUS: self.listings.readdirplus,
@@ -293,8 +305,11 @@ class RcdsOperations:
                 self.table.forget(ino, count)
                 if ino not in self.table.nodes:
                     gone.append(ino)
+        backings = self.backings
         for ino in gone:
             self.files.drop(ino)
+            if backings is not None:
+                backings.forget(ino)
 
     def getattr(self, req: Request) -> Payload:
         """Attributes of a known inode (no catalog query: kept up to date on revision switches)."""
@@ -339,9 +354,29 @@ class RcdsOperations:
         node = self.node(req.nodeid)
         if node.is_dir:
             raise FuseReplyError(errno.EISDIR)
+        backings = self.backings
+        if backings is not None:
+            return self._open_passthrough(backings, node)
         if self.conn is not None and self.conn.has(InitFlag.NO_OPEN_SUPPORT):
             raise FuseReplyError(errno.ENOSYS)
         return p.OPEN_OUT.pack(0, p.OpenFlag.KEEP_CACHE, 0)
+
+    def _open_passthrough(self, backings: Backings, node: Node) -> bytes:
+        """Passthrough mode: a one-object file whose object is in the local cache is read by
+        the kernel from the cache file; any other file the ordinary way (its pages kept)."""
+        if stat_mod.S_ISREG(node.stat.st_mode):
+            mount = self.mount_of(node)
+            mode = backings.open(node.ino, lambda: guarded(mount, backing_fd, mount, node))
+        else:
+            mode = backings.open(node.ino, _no_backing)
+        if mode == CACHED:
+            return p.OPEN_OUT.pack(0, p.OpenFlag.KEEP_CACHE, 0)
+        return p.OPEN_OUT.pack(0, p.OpenFlag.PASSTHROUGH, mode)
+
+    def release(self, req: Request) -> None:
+        """The kernel closed a file (sent only in passthrough mode: no-open mode has no opens)."""
+        if self.backings is not None:
+            self.backings.release(req.nodeid)
 
     def opendir(self, req: Request) -> Payload:
         """As :meth:`open`, for directories (listings cached by the kernel)."""
@@ -465,6 +500,8 @@ class RcdsOperations:
     def close(self) -> None:
         """Stop the revision checks and the workers, close files and every repository."""
         self.revisions.close()
+        if self.backings is not None:
+            self.backings.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.files.close()
         for m in list(self.mounts.values()):
@@ -475,6 +512,11 @@ def _first_local(h: Handle) -> bool:
     """True if the file's first object is open or in the local cache (no prefetch to plan)."""
     at = h.file.piece_at(0)
     return at is None or at[1] or h.mount.is_cached(at[0])
+
+
+def _no_backing() -> None:
+    """No backing file (not a regular file)."""
+    return None
 
 
 def _empty(req: Request) -> None:

@@ -36,6 +36,16 @@ def whole_if_local(mount: RepoMount, node: Node) -> bytes | None:
     return mount.repo.source.read_cached(e.hash, ObjectKind.FILE, e.size)
 
 
+def backing_fd(mount: RepoMount, node: Node) -> int | None:
+    """A descriptor of the cache file holding the whole content of a one-object file (for
+    FUSE passthrough; the caller closes it), or None if it is not in the local cache. The
+    content is the node's own (its inode number depends on it), whatever the revision."""
+    e = node.entry
+    if e is None or e.flags & _NOT_PLAIN or e.hash is None:
+        return None
+    return mount.repo.source.cached_fd(e.hash, ObjectKind.FILE, e.size)
+
+
 class DroppedError(Exception):
     """The handle was dropped and closed before this read got to it: open the file again."""
 

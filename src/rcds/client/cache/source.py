@@ -135,6 +135,24 @@ class CachedSource(HttpSource):
         self._touched(h, kind, local=True)
         return data
 
+    def cached_fd(self, h: ContentHash, kind: ObjectKind, size: int) -> int | None:
+        """A read-only descriptor of the object's file in the local cache if it is there with
+        ``size`` bytes (an LRU hit), else None (also while it is only queued for the cache); the
+        caller closes it. The mount hands it to the kernel as a passthrough backing file."""
+        try:
+            fd = os.open(f"{self._dir}/{object_name(h, kind)}", _READ)
+        except FileNotFoundError:
+            return None
+        try:
+            found = os.fstat(fd).st_size
+        except OSError:
+            found = -1
+        if found != size:
+            os.close(fd)
+            return None
+        self._touched(h, kind, local=True)
+        return fd
+
     def is_cached(self, h: ContentHash, kind: ObjectKind) -> bool:
         """True if the object is in the local cache or queued for it (no LRU update, no size check)."""
         if self.inserter.get(h, kind) is not None:

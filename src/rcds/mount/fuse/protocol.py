@@ -114,6 +114,9 @@ class InitFlag:
     NO_OPENDIR_SUPPORT = 1 << 24
     EXPLICIT_INVAL_DATA = 1 << 25
     INIT_EXT = 1 << 30
+    PASSTHROUGH = 1 << 37
+    """Reads (and mmap) of a file opened with :attr:`OpenFlag.PASSTHROUGH` go to a backing
+    file registered with :data:`IOC_BACKING_OPEN` (kernel 6.9+, protocol 7.40)."""
 
 
 class OpenFlag:
@@ -123,6 +126,7 @@ class OpenFlag:
     KEEP_CACHE = 1 << 1
     NONSEEKABLE = 1 << 2
     CACHE_DIR = 1 << 3
+    PASSTHROUGH = 1 << 7
 
 
 class Notify(IntEnum):
@@ -139,9 +143,9 @@ OUT_HEADER = struct.Struct("<IiQ")
 """``fuse_out_header``: len, error (negative errno or 0; a notify code), unique."""
 INIT_IN = struct.Struct("<IIII")
 """The start of ``fuse_init_in``: major, minor, max_readahead, flags (flags2 follows from 7.36)."""
-INIT_OUT = struct.Struct("<IIIIHHIIHHI28x")
+INIT_OUT = struct.Struct("<IIIIHHIIHHII24x")
 """``fuse_init_out``: major, minor, max_readahead, flags, max_background, congestion_threshold,
-max_write, time_gran, max_pages, map_alignment, flags2, unused."""
+max_write, time_gran, max_pages, map_alignment, flags2, max_stack_depth (7.40), unused."""
 ATTR = struct.Struct("<QQQQQQIIIIIIIIII")
 """``fuse_attr``: ino, size, blocks, atime, mtime, ctime, atimensec, mtimensec, ctimensec,
 mode, nlink, uid, gid, rdev, blksize, flags."""
@@ -150,8 +154,15 @@ ENTRY_OUT_HEAD = struct.Struct("<QQQQII")
 entry_valid_nsec, attr_valid_nsec."""
 ATTR_OUT_HEAD = struct.Struct("<QII")
 """``fuse_attr_out`` before its ``fuse_attr``: attr_valid, attr_valid_nsec, dummy."""
-OPEN_OUT = struct.Struct("<QII")
-"""``fuse_open_out``: fh, open_flags, padding."""
+OPEN_OUT = struct.Struct("<QIi")
+"""``fuse_open_out``: fh, open_flags, backing_id (7.40; padding before)."""
+BACKING_MAP = struct.Struct("<iIQ")
+"""``fuse_backing_map``: fd, flags, padding (the argument of :data:`IOC_BACKING_OPEN`)."""
+IOC_BACKING_OPEN = (1 << 30) | (BACKING_MAP.size << 16) | (229 << 8) | 1
+"""``FUSE_DEV_IOC_BACKING_OPEN`` (``_IOW(229, 1, struct fuse_backing_map)``): registers an open
+file as a backing file, answers its id (needs ``CAP_SYS_ADMIN`` in the initial namespace)."""
+IOC_BACKING_CLOSE = (1 << 30) | (4 << 16) | (229 << 8) | 2
+"""``FUSE_DEV_IOC_BACKING_CLOSE`` (``_IOW(229, 2, uint32_t)``): drops a backing id."""
 READ_IN = struct.Struct("<QQIIQII")
 """``fuse_read_in``: fh, offset, size, read_flags, lock_owner, flags, padding."""
 FORGET_IN = struct.Struct("<Q")

@@ -90,8 +90,8 @@ class Filesystem(Protocol):
         """Handler per opcode (others: ``ENOSYS``; write requests should answer ``EROFS``)."""
         ...
 
-    def wanted_flags(self) -> int:
-        """INIT capabilities asked for (granted where the kernel has them)."""
+    def wanted_flags(self, kernel: int) -> int:
+        """INIT capabilities asked for, knowing the ``kernel``'s (granted where it has them)."""
         ...
 
     def initialised(self, conn: Connection) -> None:
@@ -148,7 +148,9 @@ class Session:
         if flags & p.InitFlag.INIT_EXT and len(body) >= p.INIT_IN.size + 4:
             flags2 = int.from_bytes(body[p.INIT_IN.size : p.INIT_IN.size + 4], "little")
         kernel = flags | (flags2 << 32)
-        granted = kernel & self.fs.wanted_flags()
+        granted = kernel & self.fs.wanted_flags(kernel)
+        if granted >> 32:
+            granted |= p.InitFlag.INIT_EXT  # else the kernel ignores flags2
         out = p.INIT_OUT.pack(
             p.KERNEL_MAJOR,
             min(minor, p.KERNEL_MINOR),
@@ -161,6 +163,9 @@ class Session:
             MAX_PAGES,
             0,
             granted >> 32,
+            1
+            if granted & p.InitFlag.PASSTHROUGH
+            else 0,  # max_stack_depth: backing files on plain file systems
         )
         self._send(unique, 0, [out])
         self.conn = Connection(major, min(minor, p.KERNEL_MINOR), kernel, granted, readahead)
@@ -250,6 +255,8 @@ class Session:
             self.pool.submit(self._later, req.unique, answer)
         elif answer.__class__ is bytes:
             self._answer(req.unique, answer)
+        elif answer is None and req.opcode not in p.NO_REPLY_OPS:
+            self._answer(req.unique, b"")
         elif req.opcode not in p.NO_REPLY_OPS:
             self._reply(req.unique, answer)  # type: ignore[arg-type]
 
