@@ -21,7 +21,7 @@ import os
 import stat as stat_mod
 from dataclasses import dataclass, field
 
-from rcds.client.tree.stat import inode_of
+from rcds.client.tree.stat import BLOCK, inode_of
 from rcds.format.dirent import Dirent
 
 FUSE_ROOT = 1
@@ -55,6 +55,30 @@ class InodeSpace:
             content = entry.hash.hex if entry.hash is not None else "-"
             return _mix("file", self.fqrn if self.shared else "", str(base), content, str(entry.size))
         return _mix("ino", self.fqrn, str(base)) if self.shared else base
+
+
+def entry_stat(entry: Dirent, ino: int, owner: tuple[int, int] | None) -> os.stat_result:
+    """The attributes the mount shows for ``entry``: inode ``ino``, owned by ``owner`` if given
+    (else the catalog's uid/gid), ``st_dev`` 0. Equal to ``restamp(make_stat(...), ino, owner)``
+    (:mod:`rcds.mount.repomount`) in one ``stat_result`` and without hashing the path (a listing
+    makes one per entry)."""
+    ns = entry.mtime * 1_000_000_000 + (entry.mtimens or 0)
+    seconds = ns / 1e9
+    mode = entry.mode
+    if not stat_mod.S_IFMT(mode):  # as make_stat: a row without a type bit is shown as a file
+        mode |= stat_mod.S_IFREG
+    size = entry.size
+    uid, gid = owner if owner is not None else (entry.uid, entry.gid)
+    return os.stat_result(
+        (mode, ino, 0, max(1, entry.link_count), uid, gid, size, seconds, seconds, seconds),
+        {
+            "st_atime_ns": ns,
+            "st_mtime_ns": ns,
+            "st_ctime_ns": ns,
+            "st_blksize": 4096,
+            "st_blocks": (size + BLOCK - 1) // BLOCK,
+        },
+    )
 
 
 @dataclass(eq=False)

@@ -25,13 +25,16 @@ OPEN_FILES = 256
 
 def whole_if_local(mount: RepoMount, node: Node) -> bytes | None:
     """The whole content of a one-object file when its object is in the local cache (or queued
-    for it) and the node is of the mounted revision; None otherwise (the slow path decides).
+    for it) and the node is not stale; None otherwise (the slow path decides).
 
     The usual read of a small file: the kernel asks for all of it in one ``READ``, and this
     answers it with three system calls (open, read, close) and no file object or handle.
     """
     e = node.entry
-    if e is None or node.revision != mount.repo.revision or e.flags & _NOT_PLAIN or e.hash is None:
+    # a node not marked stale is in the mounted revision with this content (the revision
+    # keeper marks the others when it switches), or in the one before while the switch is
+    # applied: either way the content is the inode's own (it depends on it)
+    if e is None or node.stale or e.flags & _NOT_PLAIN or e.hash is None:
         return None
     return mount.repo.source.read_cached(e.hash, ObjectKind.FILE, e.size)
 

@@ -20,10 +20,9 @@ from rcds.client.fetch.bulk import Wanted
 from rcds.client.repository import Repository
 from rcds.client.tree.files import Piece, RepoFile, pieces_of
 from rcds.client.tree.mounted import Located
-from rcds.client.tree.stat import make_stat
 from rcds.errors import NotFoundError
 from rcds.format.hashes import ObjectKind
-from rcds.mount.inodes import InodeSpace, Node
+from rcds.mount.inodes import InodeSpace, Node, entry_stat
 from rcds.mount.prefetcher import WAIT, Prefetcher
 
 log = logging.getLogger("rcds.mount")
@@ -125,7 +124,7 @@ class RepoMount:
     def _resolved(self, loc: Located, revision: int) -> Resolved:
         e = loc.entry
         ino = self.space.of(e, loc.catalog.mountpoint)
-        st = restamp(make_stat(e, loc.catalog.mountpoint, 0), ino, self.owner)
+        st = entry_stat(e, ino, self.owner)  # restamp(make_stat(...)) in one stat_result
         return Resolved(e.path, ino, st, loc, revision)
 
     def resolve(self, path: str) -> Resolved:
