@@ -119,6 +119,8 @@ class Listings:
         used = 0
         counted: list[Listed] = []
         no_entry = p.negative_entry(0) if plus else b""
+        sec, nsec = p.split_seconds(ops.kcache)
+        head, attr, dirent = p.ENTRY_OUT_HEAD.pack, p.pack_attr, p.dirent
         for i in range(offset, len(children) + 2):
             if i == 0:
                 name, ino, mode, entry = b".", node.ino, node.stat.st_mode, no_entry
@@ -127,8 +129,8 @@ class Listings:
             else:
                 name, child = children[i - 2]
                 ino, mode = child.ino, child.stat.st_mode
-                entry = p.entry_out(child.stat, ops.kcache) if plus else b""
-            record = entry + p.dirent(ino, i + 1, name, mode)
+                entry = head(ino, 0, sec, sec, nsec, nsec) + attr(child.stat) if plus else b""
+            record = entry + dirent(ino, i + 1, name, mode)
             if used + len(record) > size:
                 break
             records.append(record)

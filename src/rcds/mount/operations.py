@@ -21,6 +21,7 @@ import errno
 import logging
 import os
 import stat as stat_mod
+import struct
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -56,6 +57,8 @@ WANTED = (
     | InitFlag.MAX_PAGES
 )
 """Kernel capabilities asked for at INIT."""
+_READ_AT = struct.Struct("<8xQI").unpack_from
+"""The offset and size of a ``fuse_read_in`` (the start of :data:`~rcds.mount.fuse.protocol.READ_IN`)."""
 
 
 def _top_stat(count: int, owner: tuple[int, int]) -> os.stat_result:
@@ -388,7 +391,7 @@ class RcdsOperations:
 
     def read(self, req: Request) -> Payload | Later:
         """``size`` bytes at ``offset`` of the inode (fetched and verified on first use)."""
-        _, offset, size, *_ = p.READ_IN.unpack_from(req.body)
+        offset, size = _READ_AT(req.body)
         h = self.files.get(req.nodeid)
         if h is None:
             node = self.node(req.nodeid)

@@ -63,6 +63,7 @@ class CachedSource(HttpSource):
         self._lock = threading.Lock()
         self.stats = {"local": 0, "alien": 0, "network": 0}
         self._dir = str(cache.dir)
+        self._read_flags = _READ | os.O_NOATIME
         self._touches: list[tuple[ContentHash, ObjectKind]] = []
         self._last_flush = time.monotonic()
         self.inserter = BackgroundInserter(cache)
@@ -122,9 +123,8 @@ class CachedSource(HttpSource):
                 self._touched(h, kind)
             self.count("local")
             return found[0]
-        try:
-            fd = os.open(f"{self._dir}/{object_name(h, kind)}", _READ)
-        except FileNotFoundError:
+        fd = self._open_cache_file(f"{self._dir}/{object_name(h, kind)}")
+        if fd is None:
             return None
         try:
             data = os.read(fd, size + 1)
@@ -132,16 +132,15 @@ class CachedSource(HttpSource):
             os.close(fd)
         if len(data) != size:
             return None
-        self._touched(h, kind, local=True)
+        self._hit(h, kind)
         return data
 
     def cached_fd(self, h: ContentHash, kind: ObjectKind, size: int) -> int | None:
         """A read-only descriptor of the object's file in the local cache if it is there with
         ``size`` bytes (an LRU hit), else None (also while it is only queued for the cache); the
         caller closes it. The mount hands it to the kernel as a passthrough backing file."""
-        try:
-            fd = os.open(f"{self._dir}/{object_name(h, kind)}", _READ)
-        except FileNotFoundError:
+        fd = self._open_cache_file(f"{self._dir}/{object_name(h, kind)}")
+        if fd is None:
             return None
         try:
             found = os.fstat(fd).st_size
@@ -150,7 +149,7 @@ class CachedSource(HttpSource):
         if found != size:
             os.close(fd)
             return None
-        self._touched(h, kind, local=True)
+        self._hit(h, kind)
         return fd
 
     def is_cached(self, h: ContentHash, kind: ObjectKind) -> bool:
@@ -263,6 +262,44 @@ class CachedSource(HttpSource):
             self._touches.append((h, kind))
             if len(self._touches) < TOUCH_BATCH and now - self._last_flush < TOUCH_EVERY:
                 return
+            batch, self._touches, self._last_flush = self._touches, [], now
+        self.cache.touch_many(batch)
+
+    def _open_cache_file(self, path: str) -> int | None:
+        """A read-only descriptor of a cache file, None if it is not there. Opened with
+        ``O_NOATIME`` where allowed (the cache's owner): the first read of a file after it was
+        written would otherwise update its access time (``relatime``), one inode write per
+        object; the cache's LRU order is its own database, not the access times."""
+        try:
+            return os.open(path, self._read_flags)
+        except FileNotFoundError:
+            return None
+        except PermissionError:
+            if self._read_flags == _READ:
+                raise
+            self._read_flags = _READ  # not the files' owner: O_NOATIME is refused
+        try:
+            return os.open(path, _READ)
+        except FileNotFoundError:
+            return None
+
+    def _hit(self, h: ContentHash, kind: ObjectKind) -> None:
+        """:meth:`_touched` with ``local`` for the mount's reads from the cache file, one per
+        ``READ``, without the lock (several threads read ``/dev/fuse``: a lock per read made
+        them queue on it). ``list.append`` is atomic; the count may, rarely, miss a hit that
+        raced another (it is a statistic), and a touch racing the batch's hand-over may land
+        in the batch being written or be lost (the LRU order is advisory)."""
+        self.stats["local"] += 1
+        touches = self._touches
+        touches.append((h, kind))
+        if len(touches) >= TOUCH_BATCH or time.monotonic() - self._last_flush >= TOUCH_EVERY:
+            self._touched_batch()
+
+    def _touched_batch(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if len(self._touches) < TOUCH_BATCH and now - self._last_flush < TOUCH_EVERY:
+                return  # another thread wrote it meanwhile
             batch, self._touches, self._last_flush = self._touches, [], now
         self.cache.touch_many(batch)
 

@@ -215,6 +215,9 @@ class Session:
         unpack = p.IN_HEADER.unpack_from
         start = p.IN_HEADER.size
         readv = os.readv
+        writev = os.writev
+        pack_out = _pack_out
+        out_size = _OUT_SIZE
         fd = self.fd
         bufs = [buf]
         try:
@@ -235,22 +238,47 @@ class Session:
                     if opcode not in p.NO_REPLY_OPS:
                         self._send(unique, -errno.ENOSYS, [])
                     continue
-                self._dispatch(fn, Request(opcode, unique, nodeid, uid, gid, pid, view[start:n]))
+                req = Request(opcode, unique, nodeid, uid, gid, pid, view[start:n])
+                try:
+                    answer = fn(req)
+                except Exception as exc:
+                    self._failed(req, exc)
+                    continue
+                if answer.__class__ is bytes:  # the usual answer: one header pack, one writev
+                    try:
+                        writev(fd, [pack_out(out_size + len(answer), 0, unique), answer])
+                    except OSError as exc:
+                        if exc.errno not in (errno.ENOENT, errno.ENODEV):
+                            log.warning("replying to request %d failed: %s", unique, exc)
+                else:
+                    self._dispatched(req, answer)
         finally:
             self.finished.set()
 
+    def _failed(self, req: Request, exc: Exception) -> None:
+        """A handler raised: its error number (``EIO`` for an unexpected error, logged)."""
+        if isinstance(exc, FuseReplyError):
+            code = exc.errno
+        else:
+            log.error(
+                "unexpected error in a %s request",
+                self._names.get(req.opcode, req.opcode),
+                exc_info=(type(exc), exc, exc.__traceback__),
+            )
+            code = errno.EIO
+        if req.opcode not in p.NO_REPLY_OPS:
+            self._send(req.unique, -code, [])
+
     def _dispatch(self, fn: Handler, req: Request) -> None:
+        """Call ``fn`` for ``req`` and answer (the reader loop does the same, inlined)."""
         try:
             answer = fn(req)
-        except FuseReplyError as exc:
-            if req.opcode not in p.NO_REPLY_OPS:
-                self._send(req.unique, -exc.errno, [])
+        except Exception as exc:
+            self._failed(req, exc)
             return
-        except Exception:
-            log.exception("unexpected error in a %s request", self._names.get(req.opcode, req.opcode))
-            if req.opcode not in p.NO_REPLY_OPS:
-                self._send(req.unique, -errno.EIO, [])
-            return
+        self._dispatched(req, answer)
+
+    def _dispatched(self, req: Request, answer: Payload | Later) -> None:
         if answer.__class__ is Later:
             self.pool.submit(self._later, req.unique, answer)
         elif answer.__class__ is bytes:
