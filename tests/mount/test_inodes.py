@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 
-from rcds.client.tree.stat import inode_of
+from rcds.client.tree.stat import inode_of, make_stat
 from rcds.format.dirent import Dirent, link_count_field
 from rcds.format.hashes import ContentHash
-from rcds.mount.inodes import FUSE_ROOT, InodeSpace, Node, NodeTable
+from rcds.mount.inodes import FUSE_ROOT, InodeSpace, Node, NodeTable, entry_stat
+from rcds.mount.repomount import restamp
 from rcds.mount.xattrs import catalog_xattrs
 
 
@@ -76,3 +77,35 @@ def test_catalog_xattrs_blob() -> None:
     assert catalog_xattrs(None) == {}
     assert catalog_xattrs(bytes([2, 1])) == {}  # unknown version
     assert catalog_xattrs(bytes([1, 1, 5, 5]) + b"ab") == {}  # truncated
+
+
+def test_entry_stat_equals_the_client_stat_restamped() -> None:
+    # the listing's one-step attributes must be exactly what make_stat + restamp gave (the
+    # revision keeper compares them to decide what changed)
+    fields = (
+        "st_mode", "st_ino", "st_dev", "st_nlink", "st_uid", "st_gid", "st_size", "st_atime",
+        "st_mtime", "st_ctime", "st_atime_ns", "st_mtime_ns", "st_ctime_ns", "st_blksize", "st_blocks",
+    )  # fmt: skip
+    cases = 0
+    for mode in (0o100644, 0o40755, 0o120777, 0o644):  # the last: no type bit (shown as a file)
+        for mtimens in (None, 0, 123456789):
+            for owner in (None, (5, 6)):
+                for hardlinks in (1, 3):
+                    e = Dirent(
+                        "a/b",
+                        "b",
+                        mode,
+                        12345,
+                        1700000000,
+                        0,
+                        hardlinks=hardlinks,
+                        uid=7,
+                        gid=8,
+                        mtimens=mtimens,
+                    )
+                    want = restamp(make_stat(e, "", 0), 999, owner)
+                    got = entry_stat(e, 999, owner)
+                    assert got == want
+                    assert [getattr(got, f) for f in fields] == [getattr(want, f) for f in fields]
+                    cases += 1
+    assert cases == 48
