@@ -20,6 +20,8 @@ the median of ``--repeat`` interleaved runs (min in brackets), in fresh processe
    local cache is already full, page cache dropped, against the same read of the local copy
    (page cache dropped); also prints the daemon's CPU seconds (user + system, from
    ``/proc/PID/stat``) and the FUSE requests per file (``rcds_mount_requests_total``).
+   ``--full-cache DIR`` keeps the full cache in DIR and reuses it in later runs (A/B runs then
+   skip the cold fill); ``--mount-args`` passes options to ``rcds mount`` (``--passthrough``).
 """
 
 from __future__ import annotations
@@ -45,6 +47,9 @@ from realtree import IMPORTS, pip_tree, tree_size
 REPO = "bench.example.org"
 TREE = "/sw/tree"
 AIMS: dict[int, float | None] = {1: 2.0, 2: 1.5, 3: 2.0, 4: 2.5, 5: None}
+FILLED = ".bench-filled"
+"""Marks a ``--full-cache`` directory as filled by a whole read of the tree."""
+CPU_KEYS = ("cpu", "user", "sys")
 
 READER = r"""
 import os, sys
@@ -178,11 +183,12 @@ class Bench:
         shutil.rmtree(dest, ignore_errors=True)
         return seconds
 
-    def daemon_cpu(self) -> float:
-        """CPU seconds (user + system) the mount daemon used so far."""
+    def daemon_cpu(self) -> tuple[float, float]:
+        """CPU seconds (user, system) the mount daemon used so far."""
         assert self.daemon is not None
         fields = Path(f"/proc/{self.daemon.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        tick = os.sysconf("SC_CLK_TCK")
+        return int(fields[11]) / tick, int(fields[12]) / tick
 
     def full_cache_read(self, cache: Path, out: dict[str, list[float]]) -> float:
         """Scenario 5, one run: wall seconds; appends the daemon's CPU seconds and requests."""
@@ -190,9 +196,12 @@ class Bench:
         tree = self.mount(cache, port)
         before = _requests(port)
         drop_page_cache()
-        cpu = self.daemon_cpu()
+        user, system = self.daemon_cpu()
         seconds = self.read_all(tree, 16)
-        out["cpu"].append(self.daemon_cpu() - cpu)
+        user2, system2 = self.daemon_cpu()
+        out["cpu"].append(user2 - user + system2 - system)
+        out.setdefault("user", []).append(user2 - user)
+        out.setdefault("sys", []).append(system2 - system)
         after = _requests(port)
         for op in set(after) | set(before):
             out.setdefault(op, []).append(after.get(op, 0) - before.get(op, 0))
@@ -255,6 +264,12 @@ def main() -> None:
         metavar="1,2,3,4,5",
     )
     ap.add_argument(
+        "--full-cache",
+        type=Path,
+        metavar="DIR",
+        help="scenario 5: keep the full cache in DIR and reuse it in later runs (no cold fill per run)",
+    )
+    ap.add_argument(
         "--mount-args", default="", metavar="ARGS", help="more options for rcds mount, e.g. --passthrough"
     )
     args = ap.parse_args()
@@ -303,9 +318,12 @@ def main() -> None:
             if 4 in args.scenarios:
                 row(4, "warm stat of every entry (find -ls)", warm["find"], warm["find_local"], "local")
         if 5 in args.scenarios:
-            cache = b.fresh("cache")
-            b.read_all(b.mount(cache), 16)  # fills the local cache
-            b.unmount()
+            cache = args.full_cache or b.fresh("cache")
+            if not (cache / FILLED).exists():
+                b.read_all(b.mount(cache), 16)  # fills the local cache
+                b.unmount()
+                if args.full_cache:
+                    (cache / FILLED).write_text("")
             daemon: dict[str, list[float]] = {"cpu": []}
 
             def local_cold() -> float:
@@ -315,10 +333,13 @@ def main() -> None:
             t = interleaved(r, mount=lambda: b.full_cache_read(cache, daemon), local=local_cold)
             row(5, "read of every file, full cache, page cache dropped", t["mount"], t["local"], "local")
             files = tree_size(b.local)[0]
-            per_file = {op: med(v) / files for op, v in sorted(daemon.items()) if op != "cpu" and med(v)}
+            per_file = {
+                op: med(v) / files for op, v in sorted(daemon.items()) if op not in CPU_KEYS and med(v)
+            }
             ms = med(daemon["cpu"]) / files * 1000
             ops = ", ".join(f"{op} {n:.2f}" for op, n in per_file.items())
             print(f"(5) daemon CPU {cell(daemon['cpu'])} s = {ms:.3f} ms per file; requests per file: {ops}")
+            print(f"(5) daemon user CPU {cell(daemon['user'])} s, system {cell(daemon['sys'])} s")
     finally:
         b.close()
     print(f"load average at the end: {os.getloadavg()[0]:.1f}")
