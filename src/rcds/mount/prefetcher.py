@@ -76,8 +76,10 @@ WORKER_BATCH_BYTES = 4 << 20
 """With worker processes, a lane's batch: small, so that a reader's urgent run or object,
 which its worker takes next, waits behind little."""
 WORKER_WAIT = 30.0
-"""With worker processes, seconds a read waits at most for an object a worker is bringing (a
-worker always reports every object, done or not, within its network timeouts)."""
+"""With worker processes, seconds a read waits at most for the object it sent to a worker, first
+of its batch (a worker reports every object, done or not, within its network timeouts). A read
+waiting for an object another sent waits :data:`WAIT` seconds, then fetches it itself (a slow
+server answering one request after the other must not keep it waiting for the whole batch)."""
 TROUBLE_SECONDS = 5.0
 """After a worker could not bring objects (servers failing), downloads run in the daemon for
 this long: reads then fail over and time out once, as without workers, not twice."""
@@ -242,13 +244,11 @@ class Prefetcher:
                 if lock is None:
                     lock = self._pending[key] = threading.Lock()
                     lock.acquire()
-        if self.workers is not None:
-            timeout = max(timeout, WORKER_WAIT)
         if single is not None:
             run = [single]
         if run:
             if workers and self.workers is not None and self.workers.submit(run, self._finished, urgent=True):
-                self._await(lock, timeout)
+                self._await(lock, max(timeout, WORKER_WAIT))  # its worker takes it next
                 return
             self._download(run, reader=True)  # releases the lock made above, if any
             return
