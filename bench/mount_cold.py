@@ -20,6 +20,7 @@ over the now full cache (page cache dropped): the floor the cold read is compare
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -58,10 +59,8 @@ def cpus(pids: list[int]) -> float:
     """CPU seconds of those of ``pids`` still alive."""
     total = 0.0
     for pid in pids:
-        try:
+        with contextlib.suppress(OSError):
             total += cpu(pid)
-        except OSError:
-            pass
     return total
 
 

@@ -74,7 +74,8 @@ def test_a_cold_object_is_brought_by_a_worker_into_the_cache(mounted: Any, tmp_p
     e = repo.entry(f"/{TOP}/d/{NAMES[0]}")
     network, size = repo.source.stats["network"], repo.cache.size()
     pf.wait(e.hash, FILE, 30, e.size, e.compressed)  # as a read does before it reads
-    assert (tmp_path / "cache" / object_name(e.hash, FILE)).read_bytes() == f"content of {NAMES[0]}\n".encode()
+    want = f"content of {NAMES[0]}\n".encode()
+    assert (tmp_path / "cache" / object_name(e.hash, FILE)).read_bytes() == want
     assert pf.singles == 1 and pf.workers.sent == 1
     assert repo.source.stats["network"] == network  # the daemon's own source downloaded nothing
     assert repo.cache.size() == size + e.size  # the worker accounted it in the cache database
