@@ -25,7 +25,8 @@ raw into it as in :func:`rcds.client.fetch.bulk.fetch_objects`. Objects larger t
 :data:`~rcds.client.cache.source.STREAM_THRESHOLD` are streamed into the cache by
 :meth:`CachedSource.open_object <rcds.client.cache.source.CachedSource.open_object>`.
 
-Urgent batches (a reader waits for their first object) are taken before the others. At end of
+Urgent batches (a reader waits for their first object) have a downloading thread of their own
+(see :class:`_Worker`), so they never wait behind a prefetch batch. At end of
 file on the request pipe (the daemon stopped, or was killed) the worker exits at once: a
 temp file it leaves in the cache's ``txn/`` is removed by the next process that opens the cache
 (its writer is dead), and a database row without its file is healed on lookup.
@@ -166,30 +167,36 @@ class _Committer:
 
 
 class _Worker:
-    """The downloading thread: batches in, verified objects to the committer."""
+    """The downloading threads: batches in, verified objects to the committer.
+
+    Two threads, each one pipelined exchange at a time: one takes urgent batches only (a
+    reader waits for them: they never wait behind a prefetch batch), the other takes the
+    others, and urgent ones too while the first is busy."""
 
     def __init__(self, source: CachedSource, committer: _Committer) -> None:
         self.source = source
         self.committer = committer
         self._cv = threading.Condition()
-        self._batches: deque[tuple[int, list[WireObject]]] = deque()
+        self._urgent: deque[tuple[int, list[WireObject]]] = deque()
+        self._bulk: deque[tuple[int, list[WireObject]]] = deque()
+
+    def start(self) -> None:
+        """Start the threads."""
+        for urgent_only in (True, False):
+            threading.Thread(target=self._run, args=(urgent_only,), name="rcds-fetch", daemon=True).start()
 
     def add(self, number: int, urgent: bool, batch: list[WireObject]) -> None:
         """Queue a batch (``urgent``: before the others)."""
         with self._cv:
-            if urgent:
-                self._batches.appendleft((number, batch))
-            else:
-                self._batches.append((number, batch))
-            self._cv.notify()
+            (self._urgent if urgent else self._bulk).append((number, batch))
+            self._cv.notify_all()
 
-    def run(self) -> None:
-        """Take batches until the process ends."""
+    def _run(self, urgent_only: bool) -> None:
         while True:
             with self._cv:
-                while not self._batches:
+                while not self._urgent and (urgent_only or not self._bulk):
                     self._cv.wait()
-                number, batch = self._batches.popleft()
+                number, batch = self._urgent.popleft() if self._urgent else self._bulk.popleft()
             self._batch(number, batch)
 
     def _batch(self, number: int, batch: Sequence[WireObject]) -> None:
@@ -259,7 +266,7 @@ def serve(request_fd: int, reply_fd: int) -> None:
     assert isinstance(setup, Setup)
     source = setup.open()
     worker = _Worker(source, _Committer(source, replies))
-    threading.Thread(target=worker.run, name="rcds-fetch", daemon=True).start()
+    worker.start()
     replies.send(("ready",))
     while True:
         try:

@@ -187,7 +187,7 @@ class Prefetcher:
                     t = threading.Thread(target=self._lane, name="rcds-mount-prefetch", daemon=True)
                     self._threads.append(t)
                     t.start()
-                self._cv.notify_all()
+                self._cv.notify()  # one lane; it wakes the next if it leaves objects queued
         return n
 
     def pending(self, h: ContentHash, kind: ObjectKind) -> bool:
@@ -305,6 +305,8 @@ class Prefetcher:
                     self._queued_bytes -= q.wanted.size
                     batch.append(q.wanted)
                     size += q.wanted.size
+                if self._queued:
+                    self._cv.notify()
             self._download(batch)
 
     def _download(self, batch: list[Wanted], reader: bool = False) -> None:
