@@ -25,9 +25,9 @@ raw into it as in :func:`rcds.client.fetch.bulk.fetch_objects`. Objects larger t
 :data:`~rcds.client.cache.source.STREAM_THRESHOLD` are streamed into the cache by
 :meth:`CachedSource.open_object <rcds.client.cache.source.CachedSource.open_object>`.
 
-Urgent batches (a reader waits for their first object) are done by the receiving thread itself,
-committed there too, the first object at once (see :class:`_Worker`): they never wait behind a
-prefetch batch nor pass from thread to thread. At end of
+Urgent batches (a reader waits for their first object) have threads of their own, which commit
+what they download themselves, the first object at once (see :class:`_Worker`): they never wait
+behind a prefetch batch nor pass from thread to thread. At end of
 file on the request pipe (the daemon stopped, or was killed) the worker exits at once: a
 temp file it leaves in the cache's ``txn/`` is removed by the next process that opens the cache
 (its writer is dead), and a database row without its file is healed on lookup.
@@ -63,6 +63,8 @@ COMMIT_BYTES = 16 << 20
 """A commit takes at most this many objects / plain bytes."""
 MAX_WAITING_BYTES = 64 << 20
 """Verified bytes waiting for their commit at most; the download waits beyond."""
+URGENT_THREADS = 4
+"""Threads per worker downloading urgent batches (readers' runs and objects) at the same time."""
 STREAM_MIN = 64 << 20
 """Objects larger than this are streamed into the cache (the source's stream threshold)."""
 
@@ -208,32 +210,49 @@ class _Inline:
 class _Worker:
     """The downloading: batches in, verified objects to the committer.
 
-    A thread takes the batches that are not urgent, one pipelined exchange at a time; an
-    urgent batch (a reader waits for it) is done by the thread that received it
-    (:meth:`urgent`), committed on that thread too (:class:`_Inline`): it never waits behind
-    a prefetch batch, and its objects pass no other thread of the worker."""
+    A thread takes the batches that are not urgent, one pipelined exchange at a time. Urgent
+    batches (a reader waits for each) are taken by :data:`URGENT_THREADS` threads of their own,
+    each committing what it downloads itself (:class:`_Inline`): an urgent batch never waits
+    behind a prefetch batch, nor, up to that many, behind another reader's batch (in the daemon
+    every reader fetched its own run at once: runs of several directories are in flight together)."""
 
     def __init__(self, source: CachedSource, committer: _Committer) -> None:
         self.source = source
         self.committer = committer
         self._cv = threading.Condition()
         self._bulk: deque[tuple[int, list[WireObject]]] = deque()
+        self._urgent: deque[tuple[int, list[WireObject]]] = deque()
+        self._urgent_cv = threading.Condition()
 
     def start(self) -> None:
-        """Start the thread."""
+        """Start the threads."""
         threading.Thread(target=self._run, name="rcds-fetch", daemon=True).start()
+        for _ in range(URGENT_THREADS):
+            threading.Thread(target=self._run_urgent, name="rcds-fetch-urgent", daemon=True).start()
 
-    def add(self, number: int, batch: list[WireObject]) -> None:
-        """Queue a batch that is not urgent."""
+    def add(self, number: int, urgent: bool, batch: list[WireObject]) -> None:
+        """Queue a batch (``urgent``: for the urgent threads)."""
+        if urgent:
+            with self._urgent_cv:
+                self._urgent.append((number, batch))
+                self._urgent_cv.notify()
+            return
         with self._cv:
             self._bulk.append((number, batch))
             self._cv.notify()
 
-    def urgent(self, number: int, batch: list[WireObject]) -> None:
-        """Do an urgent batch now, on the calling thread."""
-        inline = _Inline(self.committer)
-        self._batch(number, batch, inline.put, inline.fail)
-        inline.flush()
+    def _run_urgent(self) -> None:
+        while True:
+            with self._urgent_cv:
+                while not self._urgent:
+                    self._urgent_cv.wait()
+                number, batch = self._urgent.popleft()
+            inline = _Inline(self.committer)
+            try:
+                self._batch(number, batch, inline.put, inline.fail)
+                inline.flush()
+            except (BrokenPipeError, ConnectionResetError):
+                os._exit(0)  # the daemon is gone
 
     def _run(self) -> None:
         while True:
@@ -322,10 +341,4 @@ def serve(request_fd: int, reply_fd: int) -> None:
             number, urgent, batch = cast(tuple[int, bool, list[WireObject]], requests.recv())
         except (EOFError, OSError):
             os._exit(0)  # the daemon stopped or died: nothing here is worth finishing
-        try:
-            if urgent:
-                worker.urgent(number, batch)
-            else:
-                worker.add(number, batch)
-        except (BrokenPipeError, ConnectionResetError):
-            os._exit(0)  # the daemon is gone
+        worker.add(number, urgent, batch)
