@@ -139,3 +139,21 @@ def test_no_workers_when_turned_off(w_site: Any, mount_site: Any, monkeypatch: p
     assert _children(m.proc.pid) == []
     assert m.proc.stop() == 0
     assert "sent to worker processes: 0" in m.proc.logs()
+
+
+def test_workers_fill_and_use_the_alien_cache(w_site: Any, tmp_path: Path) -> None:
+    alien = tmp_path / "alien"
+    e = None
+    for n, local in enumerate(("cache-a", "cache-b")):
+        repo = w_site.open(cache_dir=tmp_path / local, alien_cache=alien)
+        rm = RepoMount(repo, InodeSpace(repo.fqrn, shared=False), owner=None, workers=2)
+        try:
+            e = repo.entry(f"/{TOP}/d/{NAMES[5]}")
+            before = w_site.fetched("data/")
+            rm.prefetcher.wait(e.hash, FILE, 30, e.size, e.compressed)
+            assert (tmp_path / local / object_name(e.hash, FILE)).exists()
+            assert repo.source.alien is not None and repo.source.alien.contains(e.hash, FILE)
+            # the first fetched it from a server, the second took the first's alien copy
+            assert w_site.fetched("data/") - before == (1 if n == 0 else 0)
+        finally:
+            rm.close()
