@@ -3,7 +3,9 @@ HTTP servers, a real cache directory.
 
 Asserted: what a worker brought is in the local cache (file and quota row) while the daemon's
 own source downloaded nothing; a killed worker leaves reads working (in the daemon); a killed
-daemon leaves no worker behind; ``RCDS_MOUNT_PROCESSES=0`` starts none. Every wait is bounded.
+daemon leaves no worker behind; by default (no ``RCDS_MOUNT_PROCESSES``) none is started. The
+failure tests of the mount (tests/mount/test_mount_failures.py) and its prefetch bounds
+(test_mount_prefetch.py) run with and without workers. Every wait is bounded.
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ def test_a_cold_object_is_brought_by_a_worker_into_the_cache(mounted: Any, tmp_p
     pf = rm.prefetcher
     assert pf.workers is not None and len(pf.workers.workers) == 2
     e = repo.entry(f"/{TOP}/d/{NAMES[0]}")
+    repo.source.flush()  # what opening the repository queued for the cache (its certificate)
     network, size = repo.source.stats["network"], repo.cache.size()
     pf.wait(e.hash, FILE, 30, e.size, e.compressed)  # as a read does before it reads
     want = f"content of {NAMES[0]}\n".encode()
@@ -111,7 +114,13 @@ def test_killed_workers_leave_reads_to_the_daemon(mounted: Any) -> None:
     assert repo.source.read_object(e.hash, FILE, e.size) == f"content of {NAMES[1]}\n".encode()
 
 
-def test_sigkill_of_the_daemon_leaves_no_worker(w_site: Any, mount_site: Any) -> None:
+@pytest.fixture
+def with_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Mount daemons started by the test run 2 download workers (the default is none)."""
+    monkeypatch.setenv("RCDS_MOUNT_PROCESSES", "2")
+
+
+def test_sigkill_of_the_daemon_leaves_no_worker(w_site: Any, mount_site: Any, with_workers: None) -> None:
     m = mount_site()
     assert wait_for(lambda: len(_children(m.proc.pid)) == 2, timeout=15), _children(m.proc.pid)
     workers = _children(m.proc.pid)
@@ -120,7 +129,9 @@ def test_sigkill_of_the_daemon_leaves_no_worker(w_site: Any, mount_site: Any) ->
     assert wait_for(lambda: not any(_alive(p) for p in workers), timeout=15)
 
 
-def test_sigterm_stops_the_workers_and_logs_what_they_did(w_site: Any, mount_site: Any) -> None:
+def test_sigterm_stops_the_workers_and_logs_what_they_did(
+    w_site: Any, mount_site: Any, with_workers: None
+) -> None:
     m = mount_site()
     assert wait_for(lambda: len(_children(m.proc.pid)) == 2, timeout=15)
     workers = _children(m.proc.pid)
@@ -132,8 +143,8 @@ def test_sigterm_stops_the_workers_and_logs_what_they_did(w_site: Any, mount_sit
     assert int(line.rsplit(": ", 1)[1]) >= len(NAMES)
 
 
-def test_no_workers_when_turned_off(w_site: Any, mount_site: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("RCDS_MOUNT_PROCESSES", "0")
+def test_no_workers_by_default(w_site: Any, mount_site: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RCDS_MOUNT_PROCESSES", raising=False)
     m = mount_site()
     assert (m.mp / TOP / "d" / NAMES[4]).read_bytes() == f"content of {NAMES[4]}\n".encode()
     assert _children(m.proc.pid) == []

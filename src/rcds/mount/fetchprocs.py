@@ -16,14 +16,17 @@ reported failed (readers fetch those objects themselves); with no worker left
 :meth:`FetchWorkers.submit` refuses, and the prefetcher works in-process. Workers exit at end of
 file on their request pipe: when the daemon stops them, and when the daemon is killed.
 
-``RCDS_MOUNT_PROCESSES`` sets their number per repository (``0``: none, every download in the
-daemon, the path for tiny machines; default: :data:`DEFAULT`, fewer on a machine with fewer
-CPUs).
+``RCDS_MOUNT_PROCESSES`` sets their number per repository; without it, :data:`DEFAULT` (none:
+every download in the daemon). Off by default because on the shared 2-core machine of session 9
+(load 13-30) the cold read of the real tree took 1.3-2x the wall time with 2 workers than in
+the daemon, for 25-40 % less daemon CPU (docs/performance.md, "Mount, cold read: downloads in
+worker processes"): the hand-overs on a reader's path cost more there than the GIL they free.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable, Sequence
 from contextlib import suppress
@@ -39,8 +42,8 @@ log = logging.getLogger("rcds.mount")
 
 ENV_PROCESSES = "RCDS_MOUNT_PROCESSES"
 """Environment variable: download worker processes per mounted repository (``0``: none)."""
-DEFAULT = 2
-"""Workers per repository unless ``RCDS_MOUNT_PROCESSES`` says otherwise (at most the CPU count)."""
+DEFAULT = 0
+"""Workers per repository unless ``RCDS_MOUNT_PROCESSES`` says otherwise (see the module)."""
 STOP_SECONDS = 2.0
 
 Done = Callable[[list[Wanted], bool], None]
@@ -48,9 +51,11 @@ Done = Callable[[list[Wanted], bool], None]
 
 
 def configured_workers() -> int:
-    """Worker processes per repository: ``RCDS_MOUNT_PROCESSES``, else :data:`DEFAULT` (at most
-    the CPU count)."""
-    return configured_count(ENV_PROCESSES, DEFAULT)
+    """Worker processes per repository: ``RCDS_MOUNT_PROCESSES`` (unparsable: 0), else
+    :data:`DEFAULT`."""
+    if os.environ.get(ENV_PROCESSES, "").strip():
+        return configured_count(ENV_PROCESSES)
+    return DEFAULT
 
 
 class _Batch:

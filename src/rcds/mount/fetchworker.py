@@ -25,9 +25,8 @@ raw into it as in :func:`rcds.client.fetch.bulk.fetch_objects`. Objects larger t
 :data:`~rcds.client.cache.source.STREAM_THRESHOLD` are streamed into the cache by
 :meth:`CachedSource.open_object <rcds.client.cache.source.CachedSource.open_object>`.
 
-Urgent batches (a reader waits for their first object) have threads of their own, which commit
-what they download themselves, the first object at once (see :class:`_Worker`): they never wait
-behind a prefetch batch nor pass from thread to thread. At end of
+Urgent batches (a reader waits for their first object) have a downloading thread of their own
+(see :class:`_Worker`), so they never wait behind a prefetch batch. At end of
 file on the request pipe (the daemon stopped, or was killed) the worker exits at once: a
 temp file it leaves in the cache's ``txn/`` is removed by the next process that opens the cache
 (its writer is dead), and a database row without its file is healed on lookup.
@@ -40,7 +39,7 @@ import os
 import signal
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import suppress
 from typing import TYPE_CHECKING, cast
 
@@ -63,8 +62,6 @@ COMMIT_BYTES = 16 << 20
 """A commit takes at most this many objects / plain bytes."""
 MAX_WAITING_BYTES = 64 << 20
 """Verified bytes waiting for their commit at most; the download waits beyond."""
-URGENT_THREADS = 4
-"""Threads per worker downloading urgent batches (readers' runs and objects) at the same time."""
 STREAM_MIN = 64 << 20
 """Objects larger than this are streamed into the cache (the source's stream threshold)."""
 
@@ -92,7 +89,6 @@ class _Committer:
         self._failures: deque[tuple[int, list[int], str]] = deque()
         self._bytes = 0
         self._evictions = source.cache.evictions
-        self._send_lock = threading.Lock()
         threading.Thread(target=self._run, name="rcds-fetch-commit", daemon=True).start()
 
     def put(self, number: int, index: int, h: ContentHash, kind: ObjectKind, plain: bytes | None) -> None:
@@ -126,6 +122,7 @@ class _Committer:
             return items
 
     def _run(self) -> None:
+        cache = self.source.cache
         try:
             while True:
                 items = self._take()
@@ -134,36 +131,26 @@ class _Committer:
                     items.pop()
                     with self._cv:
                         failure = self._failures.popleft()
-                size = self.commit(items)
+                plain = [
+                    (h, kind, data) for _, _, h, kind, data in items if h is not None and data is not None
+                ]
+                ok = True
+                message = ""
+                if plain:
+                    try:
+                        cache.insert_many(plain)
+                    except (RcdsError, OSError) as exc:
+                        ok = False
+                        message = f"cannot write into the cache {cache.dir}: {exc}"
+                size = sum(len(data) for _, _, data in plain)
                 with self._cv:
                     self._bytes -= size
                     self._cv.notify_all()
+                self._send(items, ok, message)
                 if failure is not None:
-                    self.send_failed(*failure)
+                    self.replies.send(("failed", *failure))
         except (BrokenPipeError, ConnectionResetError, EOFError):
             os._exit(0)  # the daemon is gone
-
-    def commit(self, items: list[_Item]) -> int:
-        """Write ``items`` into the cache (one lock, one transaction) and report them, on the
-        calling thread; the plain bytes written."""
-        cache = self.source.cache
-        plain = [(h, kind, data) for _, _, h, kind, data in items if h is not None and data is not None]
-        ok = True
-        message = ""
-        if plain:
-            try:
-                cache.insert_many(plain)
-            except (RcdsError, OSError) as exc:
-                ok = False
-                message = f"cannot write into the cache {cache.dir}: {exc}"
-        with self._send_lock:
-            self._send(items, ok, message)
-        return sum(len(data) for _, _, data in plain)
-
-    def send_failed(self, number: int, indices: list[int], message: str) -> None:
-        """Report ``indices`` of batch ``number`` as not brought, now."""
-        with self._send_lock:
-            self.replies.send(("failed", number, indices, message))
 
     def _send(self, items: list[_Item], ok: bool, message: str) -> None:
         by_batch: dict[int, list[int]] = {}
@@ -179,97 +166,42 @@ class _Committer:
                 self.replies.send(("failed", number, indices, message))
 
 
-class _Inline:
-    """Commits on the calling thread, for an urgent batch: its first object (a reader waits
-    for it) at once, the others at the end of the batch (no thread hand-over on the way)."""
-
-    def __init__(self, committer: _Committer) -> None:
-        self.committer = committer
-        self.items: list[_Item] = []
-        self.first = True
-
-    def put(self, number: int, index: int, h: ContentHash, kind: ObjectKind, plain: bytes | None) -> None:
-        """Take a verified object (``plain`` None: in the cache already)."""
-        self.items.append((number, index, h, kind, plain))
-        if self.first:
-            self.first = False
-            self.flush()
-
-    def flush(self) -> None:
-        """Commit and report what was taken."""
-        if self.items:
-            items, self.items = self.items, []
-            self.committer.commit(items)
-
-    def fail(self, number: int, indices: list[int], message: str) -> None:
-        """Report ``indices`` as not brought, after what was taken."""
-        self.flush()
-        self.committer.send_failed(number, indices, message)
-
-
 class _Worker:
-    """The downloading: batches in, verified objects to the committer.
+    """The downloading threads: batches in, verified objects to the committer.
 
-    A thread takes the batches that are not urgent, one pipelined exchange at a time. Urgent
-    batches (a reader waits for each) are taken by :data:`URGENT_THREADS` threads of their own,
-    each committing what it downloads itself (:class:`_Inline`): an urgent batch never waits
-    behind a prefetch batch, nor, up to that many, behind another reader's batch (in the daemon
-    every reader fetched its own run at once: runs of several directories are in flight together)."""
+    Two threads, each one pipelined exchange at a time: one takes urgent batches only (a
+    reader waits for them: they never wait behind a prefetch batch), the other takes the
+    others, and urgent ones too while the first is busy."""
 
     def __init__(self, source: CachedSource, committer: _Committer) -> None:
         self.source = source
         self.committer = committer
         self._cv = threading.Condition()
-        self._bulk: deque[tuple[int, list[WireObject]]] = deque()
         self._urgent: deque[tuple[int, list[WireObject]]] = deque()
-        self._urgent_cv = threading.Condition()
+        self._bulk: deque[tuple[int, list[WireObject]]] = deque()
 
     def start(self) -> None:
         """Start the threads."""
-        threading.Thread(target=self._run, name="rcds-fetch", daemon=True).start()
-        for _ in range(URGENT_THREADS):
-            threading.Thread(target=self._run_urgent, name="rcds-fetch-urgent", daemon=True).start()
+        for urgent_only in (True, False):
+            threading.Thread(target=self._run, args=(urgent_only,), name="rcds-fetch", daemon=True).start()
 
     def add(self, number: int, urgent: bool, batch: list[WireObject]) -> None:
-        """Queue a batch (``urgent``: for the urgent threads)."""
-        if urgent:
-            with self._urgent_cv:
-                self._urgent.append((number, batch))
-                self._urgent_cv.notify()
-            return
+        """Queue a batch (``urgent``: before the others)."""
         with self._cv:
-            self._bulk.append((number, batch))
-            self._cv.notify()
+            (self._urgent if urgent else self._bulk).append((number, batch))
+            self._cv.notify_all()
 
-    def _run_urgent(self) -> None:
-        while True:
-            with self._urgent_cv:
-                while not self._urgent:
-                    self._urgent_cv.wait()
-                number, batch = self._urgent.popleft()
-            inline = _Inline(self.committer)
-            try:
-                self._batch(number, batch, inline.put, inline.fail)
-                inline.flush()
-            except (BrokenPipeError, ConnectionResetError):
-                os._exit(0)  # the daemon is gone
-
-    def _run(self) -> None:
+    def _run(self, urgent_only: bool) -> None:
         while True:
             with self._cv:
-                while not self._bulk:
+                while not self._urgent and (urgent_only or not self._bulk):
                     self._cv.wait()
-                number, batch = self._bulk.popleft()
-            self._batch(number, batch, self.committer.put, self.committer.fail)
+                number, batch = self._urgent.popleft() if self._urgent else self._bulk.popleft()
+            self._batch(number, batch)
 
-    def _batch(
-        self,
-        number: int,
-        batch: Sequence[WireObject],
-        put: Callable[[int, int, ContentHash, ObjectKind, bytes | None], None],
-        fail: Callable[[int, list[int], str], None],
-    ) -> None:
+    def _batch(self, number: int, batch: Sequence[WireObject]) -> None:
         source = self.source
+        put = self.committer.put
         cache_dir = str(source.cache.dir)
         alien = source.alien
         todo: list[int] = []
@@ -317,7 +249,7 @@ class _Worker:
                 put(number, i, h, kind, bytes(plain))
             source.count("network", len(small))
         except (RcdsError, FetchError, OSError) as exc:
-            fail(number, [i for i in todo if i not in done], str(exc).splitlines()[0])
+            self.committer.fail(number, [i for i in todo if i not in done], str(exc).splitlines()[0])
 
 
 def serve(request_fd: int, reply_fd: int) -> None:
