@@ -9,7 +9,8 @@ of ``bench/mount.py --keep``), served on loopback by the engine's HTTP server in
 its own (a fresh one per run, so its CPU is the run's). Each round runs every ``NAME=SRC`` in
 turn (``rcds mount --foreground`` with ``PYTHONPATH=SRC``, a fresh empty cache, page cache
 dropped; the reader of ``bench/mount.py``, 16 threads, over the whole tree) and prints wall
-seconds, the daemon's and the server's CPU seconds (``/proc/PID/stat``) and the daemon's last
+seconds, the daemon's, its download workers' (its child processes, if any) and the server's CPU
+seconds (``/proc/PID/stat``) and the daemon's last
 log lines (the prefetcher's counters at unmount). ``--warm`` adds a second read on a new mount
 over the now full cache (page cache dropped): the floor the cold read is compared with.
 ``--get`` adds ``rcds get`` of the same tree (empty cache, page cache dropped) per round.
@@ -19,6 +20,7 @@ over the now full cache (page cache dropped): the floor the cold read is compare
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -37,6 +39,29 @@ def cpu(pid: int) -> float:
     """User + system CPU seconds of a live process."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def children(pid: int) -> list[int]:
+    """The live child processes of ``pid`` (the daemon's download workers)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def cpus(pids: list[int]) -> float:
+    """CPU seconds of those of ``pids`` still alive."""
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            total += cpu(pid)
+    return total
 
 
 def serve(public: Path, src: str) -> tuple[subprocess.Popen[str], str]:
@@ -82,7 +107,8 @@ def one(repo: Path, src: str, work: Path, warm: bool, label: str, spy: list[str]
                     [*spy, "-o", out, "--format", "raw", "-p", str(daemon.pid)], stdout=subprocess.DEVNULL
                 )
                 time.sleep(1)
-            s0, d0 = cpu(server.pid), cpu(daemon.pid)
+            workers = children(daemon.pid)
+            s0, d0, w0 = cpu(server.pid), cpu(daemon.pid), cpus(workers)
             t0 = time.perf_counter()
             subprocess.run(
                 [sys.executable, "-c", READER, str(mnt / TREE.lstrip("/")), "16"],
@@ -91,7 +117,7 @@ def one(repo: Path, src: str, work: Path, warm: bool, label: str, spy: list[str]
                 timeout=600,
             )
             wall = time.perf_counter() - t0
-            s1, d1 = cpu(server.pid), cpu(daemon.pid)
+            s1, d1, w1 = cpu(server.pid), cpu(daemon.pid), cpus(workers)
             if profiler is not None:
                 profiler.send_signal(signal.SIGINT)
                 profiler.wait(60)
@@ -100,7 +126,8 @@ def one(repo: Path, src: str, work: Path, warm: bool, label: str, spy: list[str]
             tail = [ln for ln in log.read_text().splitlines() if "prefetched" in ln]
             print(
                 f"{label:>10} {phase}: {wall:6.2f} s  daemon {d1 - d0:5.2f} CPU-s"
-                f"  server {s1 - s0:5.2f} CPU-s  load {os.getloadavg()[0]:.1f}",
+                f"  workers ({len(workers)}) {w1 - w0:5.2f} CPU-s  server {s1 - s0:5.2f} CPU-s"
+                f"  load {os.getloadavg()[0]:.1f}",
                 flush=True,
             )
             for ln in tail:

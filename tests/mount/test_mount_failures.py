@@ -19,6 +19,14 @@ HELLO = "sw/g/c1/a/hello.txt"
 BIG = "sw/g/c1/a/big.bin"
 
 
+@pytest.fixture(autouse=True, params=["in-daemon", "workers"])
+def downloads(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test here runs with the downloads in the daemon and in 2 worker processes
+    (``RCDS_MOUNT_PROCESSES``, read by the daemons the test starts)."""
+    monkeypatch.setenv("RCDS_MOUNT_PROCESSES", "0" if request.param == "in-daemon" else "2")
+    return str(request.param)
+
+
 def _drop_pages(path: Path) -> None:
     """Forget the kernel's cached pages of one file, so the next read reaches the daemon."""
     fd = os.open(path, os.O_RDONLY)

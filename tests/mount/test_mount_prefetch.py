@@ -54,6 +54,14 @@ def pf_site(site: Any) -> Any:
     return site
 
 
+@pytest.fixture(params=["in-daemon", "workers"])
+def downloads(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The test runs with the downloads in the daemon and in 2 worker processes
+    (``RCDS_MOUNT_PROCESSES``, read by the daemons the test starts): the bounds hold for both."""
+    monkeypatch.setenv("RCDS_MOUNT_PROCESSES", "0" if request.param == "in-daemon" else "2")
+    return str(request.param)
+
+
 def _cached(cache: Path, hashes: list[ContentHash], kind: ObjectKind = ObjectKind.FILE) -> list[bool]:
     return [(cache / object_name(h, kind)).exists() for h in hashes]
 
@@ -73,6 +81,7 @@ def _data_objects(cache: Path) -> int:
     )
 
 
+@pytest.mark.usefixtures("downloads")
 def test_a_cold_read_brings_the_directorys_small_files_only(pf_site: Any, mount_site: Any) -> None:
     m = mount_site()
     cache = Path(m.args[m.args.index("--cache") + 1])
@@ -90,6 +99,7 @@ def test_a_cold_read_brings_the_directorys_small_files_only(pf_site: Any, mount_
     assert (m.mp / TOP / "small" / "sub" / "deep.txt").read_bytes() == b"deep\n"
 
 
+@pytest.mark.usefixtures("downloads")
 def test_reading_one_file_fetches_no_more_than_the_bound(pf_site: Any, mount_site: Any) -> None:
     m = mount_site()
     cache = Path(m.args[m.args.index("--cache") + 1])
@@ -109,6 +119,7 @@ def test_reading_one_file_fetches_no_more_than_the_bound(pf_site: Any, mount_sit
     assert (m.mp / TOP / names[-1]).read_bytes() == _many(MANY - 1)  # beyond the bound: read on demand
 
 
+@pytest.mark.usefixtures("downloads")
 def test_a_chunked_file_read_brings_the_next_chunks(pf_site: Any, mount_site: Any) -> None:
     m = mount_site()
     cache = Path(m.args[m.args.index("--cache") + 1])
@@ -127,6 +138,7 @@ def test_a_chunked_file_read_brings_the_next_chunks(pf_site: Any, mount_site: An
     assert (m.mp / TOP / "small" / "big.bin").read_bytes() == pf_site.big
 
 
+@pytest.mark.usefixtures("downloads")
 def test_prefetch_failing_breaks_no_read_of_cached_files(pf_site: Any, mount_site: Any) -> None:
     m = mount_site()
     cache = Path(m.args[m.args.index("--cache") + 1])

@@ -24,6 +24,7 @@ class _File(io.BytesIO):
     def __init__(self, data: bytes) -> None:
         super().__init__(data)
         self.size = len(data)
+        self.compressed = True
 
     def piece_at(self, offset: int) -> tuple[object, bool] | None:
         return (SimpleNamespace(end=self.size), False) if offset < self.size else None
@@ -36,7 +37,7 @@ class _Mount:
         self.go = threading.Event()
         self.read_ahead_calls = 0
 
-    def wait_prefetched(self, piece: object) -> None:
+    def wait_prefetched(self, piece: object, compressed: bool = True) -> None:
         self.waiting.set()
         assert self.go.wait(10)
 

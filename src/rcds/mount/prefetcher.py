@@ -44,6 +44,7 @@ from rcds.client.cache.source import CachedSource
 from rcds.client.fetch.bulk import Wanted, fetch_objects
 from rcds.errors import RcdsError
 from rcds.format.hashes import ContentHash, ObjectKind
+from rcds.mount.fetchprocs import FetchWorkers
 from rcds.net.failures import FetchError
 
 log = logging.getLogger("rcds.mount")
@@ -69,6 +70,19 @@ WAKE_EVERY = 8
 WAKE_DELAY = 0.002
 """Objects done are released (waiting readers woken) this many at a time, or when the first
 of them has been done this many seconds (checked as the next one arrives), and at a batch's end."""
+
+WORKER_BATCH_OBJECTS = 32
+WORKER_BATCH_BYTES = 4 << 20
+"""With worker processes, a lane's batch: small, so that a reader's urgent run or object,
+which its worker takes next, waits behind little."""
+WORKER_WAIT = 30.0
+"""With worker processes, seconds a read waits at most for the object it sent to a worker, first
+of its batch (a worker reports every object, done or not, within its network timeouts). A read
+waiting for an object another sent waits :data:`WAIT` seconds, then fetches it itself (a slow
+server answering one request after the other must not keep it waiting for the whole batch)."""
+TROUBLE_SECONDS = 5.0
+"""After a worker could not bring objects (servers failing), downloads run in the daemon for
+this long: reads then fail over and time out once, as without workers, not twice."""
 
 Key = tuple[ContentHash, ObjectKind]
 
@@ -118,9 +132,12 @@ class _Queued:
 class Prefetcher:
     """The download queue of one repository and its lanes (see the module docstring). Thread safe."""
 
-    def __init__(self, source: CachedSource, lanes: int = LANES) -> None:
+    def __init__(self, source: CachedSource, lanes: int = LANES, workers: FetchWorkers | None = None) -> None:
         self.source = source
-        self.lanes = lanes
+        self.workers = workers
+        """Worker processes that do the downloads (None: all in this process)."""
+        self.lanes = lanes if workers is None or not lanes else 2 * len(workers.workers)
+        self._trouble_until = 0.0
         self._cv = threading.Condition()
         self._queued: OrderedDict[Key, _Queued] = OrderedDict()
         self._queued_bytes = 0
@@ -142,6 +159,8 @@ class Prefetcher:
         """Runs readers took off the queue (each one pipelined exchange)."""
         self.waited = 0
         """Waits of readers for an object being downloaded."""
+        self.singles = 0
+        """Objects a read sent to a worker alone (neither queued nor in flight)."""
 
     def want(self, items: Iterable[Wanted]) -> int:
         """Queue objects for download, in this order (not those queued or in flight already);
@@ -168,41 +187,88 @@ class Prefetcher:
                     t = threading.Thread(target=self._lane, name="rcds-mount-prefetch", daemon=True)
                     self._threads.append(t)
                     t.start()
-                self._cv.notify_all()
+                self._cv.notify()  # one lane; it wakes the next if it leaves objects queued
         return n
 
     def pending(self, h: ContentHash, kind: ObjectKind) -> bool:
         """True if the object is queued or being downloaded."""
         return (h, kind) in self._pending
 
-    def wait(self, h: ContentHash, kind: ObjectKind, timeout: float = WAIT) -> None:
+    def _use_workers(self) -> bool:
+        """True if downloads go to the worker processes now."""
+        w = self.workers
+        return w is not None and w.alive and time.monotonic() >= self._trouble_until
+
+    def wait(
+        self,
+        h: ContentHash,
+        kind: ObjectKind,
+        timeout: float = WAIT,
+        size: int | None = None,
+        compressed: bool = True,
+    ) -> None:
         """Before a read fetches an object: if it is still queued, fetch it now with the run of
         queued objects planned after it; if it is being downloaded, wait (at most ``timeout``
-        seconds) until it is done (see the module docstring)."""
+        seconds) until it is done (see the module docstring). With worker processes, the run
+        goes to a worker, and so does an object neither queued nor in flight (given its plain
+        ``size``) that is not cached: the read waits for it and then reads the cache."""
         key = (h, kind)
-        if key not in self._pending:
+        workers = self._use_workers()
+        if key not in self._pending and (
+            not workers or size is None or size <= 0 or self.source.is_cached(h, kind)
+        ):
             return
+        single: Wanted | None = None
+        lock: threading.Lock | None = None
+        run: list[Wanted] = []
         with self._cv:
-            if key not in self._pending:
+            if self._closed:
                 return
-            if key in self._queued:
+            if key not in self._pending:
+                if not workers or size is None:
+                    return
+                single = Wanted(h, kind, size, compressed)
+                lock = self._pending[key] = threading.Lock()
+                lock.acquire()
+                self.singles += 1
+            elif key in self._queued:
                 run = self._take_run(key)
                 self.taken += len(run)
                 self.runs += 1
-                lock = None
+                if workers:
+                    lock = self._pending[key] = threading.Lock()
+                    lock.acquire()
             else:
-                run = []
                 self.waited += 1
                 lock = self._pending[key]
                 if lock is None:
                     lock = self._pending[key] = threading.Lock()
                     lock.acquire()
+        if single is not None:
+            run = [single]
         if run:
-            self._download(run, reader=True)
+            if workers and self.workers is not None and self.workers.submit(run, self._finished, urgent=True):
+                self._await(lock, max(timeout, WORKER_WAIT))  # its worker takes it next
+                return
+            self._download(run, reader=True)  # releases the lock made above, if any
             return
+        self._await(lock, timeout)
+
+    @staticmethod
+    def _await(lock: threading.Lock | None, timeout: float) -> None:
         no_wakeup_preemption()
         if lock is not None and lock.acquire(timeout=timeout):
             lock.release()  # pass it on: another reader may wait for the same object
+
+    def _finished(self, items: list[Wanted], ok: bool) -> None:
+        """A worker's report (on its receiving thread): ``items`` in the cache, or not brought."""
+        if ok:
+            self._done(items, len(items))
+            return
+        with self._cv:
+            self.failed += len(items)
+            self._trouble_until = time.monotonic() + TROUBLE_SECONDS
+        self._done(items)
 
     def _take_run(self, key: Key) -> list[Wanted]:
         """Under the lock: ``key`` and the queued objects planned after it, off the queue."""
@@ -229,11 +295,18 @@ class Prefetcher:
                     return
                 batch: list[Wanted] = []
                 size = 0
-                while self._queued and len(batch) < BATCH_OBJECTS and size < BATCH_BYTES:
+                most, most_bytes = (
+                    (WORKER_BATCH_OBJECTS, WORKER_BATCH_BYTES)
+                    if self.workers
+                    else (BATCH_OBJECTS, BATCH_BYTES)
+                )
+                while self._queued and len(batch) < most and size < most_bytes:
                     _, q = self._queued.popitem(last=False)
                     self._queued_bytes -= q.wanted.size
                     batch.append(q.wanted)
                     size += q.wanted.size
+                if self._queued:
+                    self._cv.notify()
             self._download(batch)
 
     def _download(self, batch: list[Wanted], reader: bool = False) -> None:
@@ -243,7 +316,24 @@ class Prefetcher:
         to :data:`RUN_PATIENCE` seconds, and, once its object is in, leaves what is still to
         come to a finishing thread (a slow server answering one request after the other must
         not keep a reader waiting for its neighbours' objects).
+
+        A lane's batch goes to a worker process if there are any (which skips what is cached),
+        and the lane waits until every object of it is reported.
         """
+        if not reader and self.workers is not None and self._use_workers():
+            left = [len(batch)]
+            over = threading.Event()
+
+            def finished(items: list[Wanted], ok: bool) -> None:
+                self._finished(items, ok)
+                left[0] -= len(items)
+                if left[0] <= 0:
+                    over.set()
+
+            if self.workers.submit(batch, finished):
+                while not over.wait(1.0) and not self._closed:
+                    pass
+                return
         is_cached = self.source.is_cached
         todo: list[Wanted] = []
         cached: list[Wanted] = []
@@ -330,5 +420,7 @@ class Prefetcher:
             lock.release()
         if finisher is not None:
             finisher.shutdown(wait=False, cancel_futures=True)
+        if self.workers is not None:
+            self.workers.close()
         for t in threads:
             t.join(timeout)

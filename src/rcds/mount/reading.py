@@ -75,7 +75,7 @@ class Handle:
         try:
             at = self.file.piece_at(offset)
             if at is not None and not at[1]:
-                self.mount.wait_prefetched(at[0])
+                self.mount.wait_prefetched(at[0], compressed=self.file.compressed)
                 self.mount.read_ahead(self.file, at[0])
             with self.lock:
                 self.file.seek(offset)

@@ -22,6 +22,7 @@ from rcds.client.tree.files import Piece, RepoFile, pieces_of
 from rcds.client.tree.mounted import Located
 from rcds.errors import NotFoundError
 from rcds.format.hashes import ObjectKind
+from rcds.mount.fetchprocs import FetchWorkers, configured_workers
 from rcds.mount.inodes import InodeSpace, Node, entry_stat
 from rcds.mount.prefetcher import WAIT, Prefetcher
 
@@ -95,6 +96,7 @@ class RepoMount:
         owner: tuple[int, int] | None,
         auto_update: bool = True,
         notification_server: str | None = None,
+        workers: int | None = None,
     ) -> None:
         self.repo = repo
         self.notification_server = notification_server
@@ -110,8 +112,9 @@ class RepoMount:
         self.open_dirs = 0
         self.io_errors = 0
         self.last_io_error = 0.0
-        self.prefetcher = Prefetcher(repo.source)
-        """Downloads ahead of reads (:meth:`prefetch_for`, :meth:`read_ahead`)."""
+        self.prefetcher = Prefetcher(repo.source, workers=_start_workers(repo, workers))
+        """Downloads ahead of reads (:meth:`prefetch_for`, :meth:`read_ahead`) and, with worker
+        processes, every download of a file's objects (:meth:`wait_prefetched`)."""
         self._planned: set[tuple[str, int]] = set()
         self._planned_lock = threading.Lock()
         self._recipes: dict[int, tuple[int, str, int, list[Piece], bool]] = {}
@@ -273,11 +276,13 @@ class RepoMount:
                 (after if seen else before).append(w)
         return self.prefetcher.want(first + after + before)
 
-    def wait_prefetched(self, piece: Piece, timeout: float = WAIT) -> None:
+    def wait_prefetched(self, piece: Piece, timeout: float = WAIT, compressed: bool = True) -> None:
         """A thread about to fetch ``piece``'s object calls this first: if the prefetcher has
-        it queued it is taken off the queue (the caller fetches it now), if a lane is
-        downloading it the call waits until it is cached (at most ``timeout`` seconds)."""
-        self.prefetcher.wait(piece.hash, piece.kind, timeout)
+        it queued it is taken off the queue (the caller fetches it now, or, with worker
+        processes, a worker does), if a lane is downloading it the call waits until it is
+        cached (at most ``timeout`` seconds); with worker processes, an object not cached is
+        brought by a worker while the call waits."""
+        self.prefetcher.wait(piece.hash, piece.kind, timeout, piece.size, compressed)
 
     def read_ahead(self, f: RepoFile, piece: Piece) -> int:
         """``piece`` of ``f`` is about to be fetched for a read: queue the next
@@ -326,14 +331,31 @@ class RepoMount:
         pf.close()
         log.info(
             "%s: %d objects prefetched, %d taken by readers (%d runs), %d waits for one in flight, "
-            "%d failed, %d not queued (queue full); objects from: %s",
+            "%d single reads by workers, %d failed, %d not queued (queue full); objects from: %s; "
+            "sent to worker processes: %d",
             self.fqrn,
             pf.fetched,
             pf.taken,
             pf.runs,
             pf.waited,
+            pf.singles,
             pf.failed,
             pf.refused,
             self.repo.source.stats,
+            pf.workers.sent if pf.workers is not None else 0,
         )
         self.repo.close()
+
+
+def _start_workers(repo: Repository, count: int | None) -> FetchWorkers | None:
+    """The download worker processes of ``repo`` (``count``, else the configured number; see
+    :mod:`rcds.mount.fetchprocs`), or None (none wanted, or they cannot be started: every
+    download then runs in the daemon)."""
+    count = configured_workers() if count is None else count
+    if count <= 0:
+        return None
+    try:
+        return FetchWorkers(repo.source, count)
+    except OSError as exc:
+        log.warning("%s: no download worker processes (%s); downloading in the daemon", repo.fqrn, exc)
+        return None
