@@ -32,6 +32,7 @@ LINKS = {
 
 
 def template_entries() -> list[Entry]:
+    """The entries of the template tree: files, a script, links (one leaving the tree), a hard link."""
     return [
         Entry("a", kind="dir", mode=0o755),
         Entry("a/hello.txt", TEXT),

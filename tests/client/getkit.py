@@ -21,6 +21,7 @@ N = 300
 
 
 def content(i: int) -> bytes:
+    """The data of file ``i`` of :func:`many` (250 distinct contents, of different sizes)."""
     return (f"file {i % 250}\n" * (1 + i % 50)).encode()  # 250 distinct contents for 300 files
 
 
@@ -39,6 +40,7 @@ def many(site: Site) -> dict[str, bytes]:
 
 
 def regular_files(dest: Path) -> dict[str, bytes]:
+    """Every regular file below ``dest`` but the catalog copy: relative path -> data."""
     out = {}
     for d, _, names in os.walk(dest):
         for n in names:

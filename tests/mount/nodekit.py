@@ -2,9 +2,15 @@
 
 The tests run as root (the machine allows FUSE mounts as root). They create a system user,
 make rcds importable for it, and run ``rcds`` as that user with ``runuser``, the way a pilot
-job runs. rcds must be readable by the user: the default ``python3`` of these machines lives
-under ``/root`` (mode 0700), so the user runs Debian's ``/usr/bin/python3`` (the same minor
-version, so the compiled extensions of the test environment load), and the source tree and the
+job runs. Test runs at once on one machine (CI jobs, teammates) each claim a user of their own
+from a small pool, ``rcds-pilot0`` ... (:func:`claimed_user`, a lock file per user held for
+the run): the tests find the user's processes, mounts and runtime directory by its uid, and
+kill what it leaves, so a user is never shared. Changes of ``/dev/fuse``'s mode are serialised
+across runs the same way (:func:`dev_fuse_mode`).
+
+rcds must be readable by the user: the default ``python3`` of these machines lives under
+``/root`` (mode 0700), so the user runs Debian's ``/usr/bin/python3`` (the same minor version,
+so the compiled extensions of the test environment load), and the source tree and the
 environment's ``site-packages`` are bind-mounted into a world-readable directory (their own
 parents may not be). ``/dev/fuse`` is mode 0600 here: tests that need the 0666 of most
 distributions change it for their duration (:func:`dev_fuse_mode`) and put it back.
@@ -13,6 +19,7 @@ distributions change it for their duration (:func:`dev_fuse_mode`) and put it ba
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import pwd
 import shutil
@@ -35,7 +42,11 @@ from rcds.serve.http import RepositoryServer, make_server
 
 from testkit import NAME, SMALL_CHUNKS, Entry, publish
 
-USER = "rcds-pilot"
+USER_PREFIX = "rcds-pilot"
+"""Test users are named ``rcds-pilot0``, ``rcds-pilot1``, ... (:data:`MAX_USERS` of them)."""
+MAX_USERS = 8
+LOCKS = Path("/run/lock") if Path("/run/lock").is_dir() else Path("/tmp")
+"""Where the lock files shared by every test run on the machine live."""
 SYSTEM_PYTHON = Path("/usr/bin/python3")
 TREE = "/sw/g/c1"
 FILES = {"hello.txt": b"hello from the node\n", "sub/data.bin": os.urandom(300_000)}
@@ -52,28 +63,103 @@ def require_node() -> None:
         pytest.skip("needs /usr/bin/python3 and /dev/fuse")
 
 
-def ensure_user() -> pwd.struct_passwd:
-    """The unprivileged test user (created once, kept: creating users is slow and harmless)."""
-    try:
-        return pwd.getpwnam(USER)
-    except KeyError:
-        subprocess.run(
-            ["useradd", "--system", "--no-create-home", "--shell", "/bin/sh", USER],
-            check=True,
+def _lock(path: Path, timeout: float | None) -> int | None:
+    """An exclusive ``flock`` on ``path`` (its descriptor), waiting at most ``timeout`` seconds
+    (None: not at all); None if another process holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    deadline = time.monotonic() + (timeout or 0.0)
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                return None
+            time.sleep(0.05)
+
+
+def _ensure_user(name: str) -> pwd.struct_passwd:
+    """The system user ``name``, created if missing (kept: creating users is slow and harmless)."""
+    error = ""
+    for _ in range(50):  # useradd fails while another process holds /etc/passwd's lock: retry
+        try:
+            return pwd.getpwnam(name)
+        except KeyError:
+            pass
+        done = subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/bin/sh", name],
             capture_output=True,
+            text=True,
         )
-        return pwd.getpwnam(USER)
+        error = done.stderr.strip()
+        if done.returncode != 0:
+            time.sleep(0.1)
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        raise RuntimeError(f"cannot create the test user {name}: {error}") from None
+
+
+def processes_of(uid: int) -> list[tuple[int, str]]:
+    """Live (not zombie) processes of ``uid``: (pid, command line)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+        if int(fields.get("Uid", "-1").split()[0]) == uid and not fields.get("State", "").startswith("Z"):
+            out.append((int(entry.name), cmdline.strip()))
+    return out
+
+
+def _kill_processes_of(uid: int) -> None:
+    for pid, _ in processes_of(uid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def claimed_user() -> Iterator[pwd.struct_passwd]:
+    """A test user no other test run on this machine uses until the block ends.
+
+    The user of the first free lock ``<LOCKS>/rcds-pilotN.lock`` is taken; whatever it still
+    runs (left by a run that was killed) is killed first, as no one else can be using it.
+    """
+    for i in range(MAX_USERS):
+        fd = _lock(LOCKS / f"{USER_PREFIX}{i}.lock", None)
+        if fd is None:
+            continue
+        try:
+            user = _ensure_user(f"{USER_PREFIX}{i}")
+            _kill_processes_of(user.pw_uid)
+            yield user
+        finally:
+            os.close(fd)  # releases the lock
+        return
+    pytest.skip(f"all {MAX_USERS} test users are in use by other test runs")
 
 
 @contextlib.contextmanager
 def dev_fuse_mode(mode: int) -> Iterator[None]:
-    """``/dev/fuse`` with ``mode`` for the duration (restored afterwards)."""
-    before = os.stat("/dev/fuse").st_mode & 0o7777
-    os.chmod("/dev/fuse", mode)
+    """``/dev/fuse`` with ``mode`` for the duration (restored afterwards); runs at once on the
+    machine take turns (a lock file held meanwhile, waited for at most 5 minutes)."""
+    fd = _lock(LOCKS / "rcds-dev-fuse.lock", 300)
+    assert fd is not None, "another test run held /dev/fuse's mode for 5 minutes"
     try:
-        yield
+        before = os.stat("/dev/fuse").st_mode & 0o7777
+        os.chmod("/dev/fuse", mode)
+        try:
+            yield
+        finally:
+            os.chmod("/dev/fuse", before)
     finally:
-        os.chmod("/dev/fuse", before)
+        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -95,14 +181,17 @@ def readable_rcds(base: Path) -> Iterator[str]:
 
 
 class Node:
-    """A served repository, a world-readable work area, and ``rcds`` run as :data:`USER`."""
+    """A served repository, a world-readable work area, and ``rcds`` run as a user of its own
+    (:func:`claimed_user`)."""
 
-    def __init__(self, base: Path, pythonpath: str, server: RepositoryServer, key: Path) -> None:
+    def __init__(
+        self, base: Path, pythonpath: str, server: RepositoryServer, key: Path, user: pwd.struct_passwd
+    ) -> None:
         self.base = base
         self.pythonpath = pythonpath
         self.server = server
         self.key = key
-        self.user = ensure_user()
+        self.user = user
         self.home = base / "home"
         self.home.mkdir(mode=0o755)
         os.chown(self.home, self.user.pw_uid, self.user.pw_gid)
@@ -135,7 +224,7 @@ class Node:
         """
         env = [f"{k}={v}" for k, v in self.env().items()]
         python = [str(SYSTEM_PYTHON), "-m", "rcds.cli.main"]
-        argv = ["runuser", "-u", USER, "--", "env", "-i", *env, *python, *args]
+        argv = ["runuser", "-u", self.user.pw_name, "--", "env", "-i", *env, *python, *args]
         if not no_userns:
             return argv
         jail = self.base / "jail"
@@ -160,26 +249,11 @@ class Node:
 
     def processes(self) -> list[tuple[int, str]]:
         """Live (not zombie) processes of the user: (pid, command line)."""
-        out = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                status = (entry / "status").read_text()
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
-            uid = int(fields.get("Uid", "-1").split()[0])
-            if uid == self.user.pw_uid and not fields.get("State", "").startswith("Z"):
-                out.append((int(entry.name), cmdline.strip()))
-        return out
+        return processes_of(self.user.pw_uid)
 
     def kill_all(self) -> None:
         """Kill whatever the user still runs (cleanup after a failed test)."""
-        for pid, _ in self.processes():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        _kill_processes_of(self.user.pw_uid)
 
     def wait_no_processes(self, timeout: float = 10.0) -> list[tuple[int, str]]:
         """Wait (bounded) until the user runs nothing; what is left at the end."""
@@ -224,8 +298,8 @@ def node() -> Iterator[Node]:
         server.start_background()
         pp = base / "py"
         pp.mkdir(mode=0o755)
-        with readable_rcds(pp) as pythonpath:
-            n = Node(base, pythonpath, server, key)
+        with readable_rcds(pp) as pythonpath, claimed_user() as user:
+            n = Node(base, pythonpath, server, key, user)
             try:
                 yield n
             finally:

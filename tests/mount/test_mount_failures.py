@@ -126,3 +126,4 @@ def test_sixteen_readers_are_served_concurrently(site: Any, mount_site: Any) -> 
     elapsed = time.monotonic() - started
     assert not errors and results == files
     assert elapsed < 8.0, f"16 reads of 1 s each took {elapsed:.1f} s: they were serialized"
+    slow.clear_faults()  # the daemon's background fetches still under way need not take 1 s each

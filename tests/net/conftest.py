@@ -310,11 +310,13 @@ def dead() -> str:
 
 @pytest.fixture
 def clock() -> FakeClock:
+    """A fake monotonic clock (moves only when a test advances it)."""
     return FakeClock()
 
 
 @pytest.fixture
 def sleep() -> FakeSleep:
+    """A fake sleep that records back-off sleeps instead of waiting."""
     return FakeSleep()
 
 

@@ -80,7 +80,13 @@ def test_a_published_cid_reaches_a_client_behind_squid_through_notifications_alo
             follower.subscription.backoff = (0.05, 0.2)
             with follower:
                 assert follower.subscription.connected.wait(10)
-                time.sleep(0.5)  # the replica's own subscription to the service is up by now
+                # the replica's own subscription to the service is up too (else it misses the news)
+                broker = st.service.broker
+                assert broker is not None
+                deadline = time.monotonic() + 10
+                while broker.subscribers(FQRN) < 1 and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                assert broker.subscribers(FQRN) >= 1
                 before = repo.revision
                 body, cid = tarball(b"hello from the worker node\n")
                 t0 = time.monotonic()

@@ -60,7 +60,11 @@ def test_a_notification_pulls_at_once_and_the_replica_announces_what_it_pulled(
 
             threading.Thread(target=listen, daemon=True).start()
             assert sub.connected.wait(10)
-            time.sleep(0.2)  # the replica's subscription to the stratum 0's broker is up too
+            # the replica's subscription to the stratum 0's broker is up too (else it misses the news)
+            deadline = time.monotonic() + 10
+            while s0_broker.broker.subscribers(fqrn) < 1 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert s0_broker.broker.subscribers(fqrn) >= 1
             sender = NotifySender([s0_broker.url])
             announcing = Stratum0(repo.layout.root, fqrn, on_revision=sender.announce)
             t0 = time.monotonic()
@@ -75,12 +79,18 @@ def test_a_notification_pulls_at_once_and_the_replica_announces_what_it_pulled(
             assert took < 10
             status, _, _ = get(serve_port, f"/cvmfs/{fqrn}/.cvmfspublished")
             assert status == 200
+            # The server counts a request once its answer is written: the client may read the
+            # answer before the count is made, so wait (bounded) for it.
+            key = ("rcds_repo_requests_total", (("method", "GET"), ("status", "200"), ("verb", fqrn)))
             samples = scrape(metrics_url)
+            deadline = time.monotonic() + 10
+            while samples.get(key, 0) < 1 and time.monotonic() < deadline:
+                time.sleep(0.05)
+                samples = scrape(metrics_url)
+            assert samples.get(key, 0) >= 1
             assert samples[("rcds_replica_pulls_total", (("outcome", "ok"), ("repository", fqrn)))] >= 2
             assert samples[("rcds_repository_revision", (("repository", fqrn),))] == 2
             assert samples[("rcds_replica_fetched_bytes_total", (("repository", fqrn),))] > 0
-            key = ("rcds_repo_requests_total", (("method", "GET"), ("status", "200"), ("verb", fqrn)))
-            assert samples[key] >= 1
             # the upstream's fresh whitelist, passed on: 30 days left, nothing to re-sign
             assert samples[("rcds_whitelist_seconds_left", (("repository", fqrn),))] > 29 * 86400
             assert samples[("rcds_whitelist_needs_resign", (("repository", fqrn),))] == 0

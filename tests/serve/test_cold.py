@@ -282,7 +282,28 @@ def test_no_descriptor_leaks_when_clients_vanish_during_cold_jobs(tmp_path: Path
     """Clients that reset, and a server stopped, while slow jobs read their batches: every
     descriptor is closed in the end, and nothing is logged as an error."""
     repo = ColdRepo(tmp_path / "repo", small=60, large=2, sizes=(1, 30_000))
-    spy.before_read = lambda batch: time.sleep(0.3)  # a slow disk
+    started: list[str] = []  # the first request of each job, once the job runs
+    lock = threading.Lock()
+
+    def slow_disk(batch: Batch) -> None:
+        first = batch.first_request()
+        with lock:
+            started.append(first.target if first is not None else "")
+        time.sleep(0.3)
+
+    def wait_for_a_job(paths: list[str]) -> None:
+        """Until a job reading the batch of one of ``paths`` runs (bounded: a loaded machine
+        may take a while to get there; the test is about what happens meanwhile)."""
+        targets = {f"/cvmfs/{NAME}/{p}" for p in paths}
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with lock:
+                if targets.intersection(started):
+                    return
+            time.sleep(0.01)
+        raise AssertionError(f"no job read any of {len(paths)} cold objects in 30 s")
+
+    spy.before_read = slow_disk
 
     def open_fds() -> int:
         return len(os.listdir("/proc/self/fd"))
@@ -296,13 +317,13 @@ def test_no_descriptor_leaks_when_clients_vanish_during_cold_jobs(tmp_path: Path
         sock = connect(srv.port)
         mine = repo.small[i * 10 : i * 10 + 10] + repo.large
         sock.sendall(b"".join(get(p) for p in mine))
+        wait_for_a_job(mine)
         if i % 2:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             sock.close()  # reset while its batch is being read
         else:
             socks.append(sock)
-    time.sleep(0.1)
-    srv.stop()  # while jobs still sleep
+    srv.stop()  # while the last job still sleeps
     for sock in socks:
         sock.close()
     deadline = time.monotonic() + 10

@@ -108,6 +108,11 @@ def test_fast_path_agrees_with_the_general_rules(parts: list[str], prefix: str) 
         "/cvmfs/r.example.org/data/ab/" + "x" * 255,
         "/cvmfs/r.example.org/data/ab/" + "x" * 256,
         "/cvmfs/-r/data/ab/x",
+        "/cvmfs/r..x/data/ab/x",
+        "/cvmfs/r-.x/.cvmfspublished",
+        "/cvmfs/r.x./data/ab/x",
+        "/cvmfs/" + "r" * 253 + "/.cvmfspublished",
+        "/cvmfs/" + "r." * 126 + "rr/.cvmfspublished",
         "/cvmfs/" + "r" * 256 + "/.cvmfspublished",
     ],
 )

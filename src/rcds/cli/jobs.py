@@ -44,6 +44,7 @@ class ProgressBar:
         self._t0 = time.monotonic()
 
     def __call__(self, phase: str, done: int, total: int | None) -> None:
+        """Show ``done`` of ``total`` (None: unknown) for ``phase``; a new phase starts a new line."""
         if not self.enabled:
             return
         now = time.monotonic()

@@ -92,6 +92,7 @@ class Counters(_CountersFields):
     __slots__ = ()
 
     def __new__(cls, self: Tally | None = None, subtree: Tally | None = None) -> Counters:
+        """The counters of a directory itself and of its subtree (zero where not given)."""
         return tuple.__new__(
             cls, (Tally() if self is None else self, Tally() if subtree is None else subtree)
         )

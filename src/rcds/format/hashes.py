@@ -129,6 +129,7 @@ class ContentHash(_ContentHashFields):
     __slots__ = ()
 
     def __new__(cls, algorithm: Algorithm, digest: bytes) -> ContentHash:
+        """A content hash; IntegrityError if ``digest`` is not :data:`DIGEST_SIZE` bytes."""
         if len(digest) != DIGEST_SIZE:
             raise IntegrityError(f"a content digest has {DIGEST_SIZE} bytes, not {len(digest)}")
         return _TUPLE_NEW(cls, (algorithm, digest))

@@ -30,12 +30,12 @@ from typing import NamedTuple
 
 from rcds.errors import InputError, IntegrityError
 from rcds.format import manifest as manifest_fmt
+from rcds.format.names import is_repository_name
 
 VERSION = 1
 MAX_MESSAGE = 1 << 20
 """Largest message accepted (a signed manifest is ~1 KiB; its base64 a third more)."""
 MAX_SUBSCRIPTION = 4096
-_FQRN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,253}")
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _STAMP = re.compile(r"(\d{1,2}) ([A-Z][a-z]{2}) (\d{4}) (\d{2}):(\d{2}):(\d{2})")
 
@@ -63,8 +63,8 @@ def parse_timestamp(text: str) -> int | None:
 
 
 def check_repository(name: object, what: str = "repository") -> str:
-    """A repository name as notifications carry it (letters, digits, ``._-``), else InputError."""
-    if not isinstance(name, str) or not _FQRN.fullmatch(name):
+    """A repository name (:mod:`rcds.format.names`) as notifications carry it, else InputError."""
+    if not isinstance(name, str) or not is_repository_name(name, qualified=False):
         raise InputError(
             f"notification {what} must be a repository name like sw.example.org, not {name!r}", what
         )

@@ -37,6 +37,7 @@ class ProxyConfig(_ProxyConfigFields):
     __slots__ = ()
 
     def __new__(cls, groups: Groups, fallback_groups: Groups = ()) -> ProxyConfig:
+        """Proxy groups in order of preference, and fallback groups; ConfigError if none at all."""
         if not groups and not fallback_groups:
             raise ConfigError("the proxy configuration has no proxy at all; use DIRECT for no proxy")
         for group in (*groups, *fallback_groups):

@@ -33,6 +33,7 @@ class Timeouts(_TimeoutsFields):
     __slots__ = ()
 
     def __new__(cls, connect: float, stall: float) -> Timeouts:
+        """Connect and stall timeouts in seconds; ConfigError unless both are positive and finite."""
         for name, value in (("connect", connect), ("stall", stall)):
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
                 raise ConfigError(f"the {name} timeout must be a positive number of seconds, not {value!r}")
@@ -92,6 +93,7 @@ class NetSettings(_NetSettingsFields):
         pool_maxsize: int = 8,
         user_agent: str = USER_AGENT,
     ) -> NetSettings:
+        """The settings (defaults: stock's, where it has one); ConfigError for a value out of its range."""
         self = tuple.__new__(
             cls,
             (

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -23,16 +22,16 @@ from rcds.errors import ConfigError, NotFoundError
 from rcds.format.chunker import ChunkParams
 from rcds.format.deflaters import DEFAULT, Compression
 from rcds.format.hashes import Algorithm
+from rcds.format.names import is_new_repository_name
 from rcds.storage.base import Store
 from rcds.storage.locate import is_s3, open_store
 from rcds.storage.s3client import S3Location
 
-_FQRN = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,62})(?:\.[a-z0-9](?:[a-z0-9-]{0,62}))+")
-
 
 def check_fqrn(name: str) -> str:
-    """A fully qualified repository name: lowercase DNS labels with at least one dot."""
-    if not _FQRN.fullmatch(name) or len(name) > 253:
+    """A name for a new repository: lowercase DNS labels with at least one dot
+    (:func:`rcds.format.names.is_new_repository_name`)."""
+    if not is_new_repository_name(name):
         raise ConfigError(
             f"{name!r} is not a valid repository name: use a fully qualified name like user1.example.org"
         )

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from rcds.errors import ConfigError, NotFoundError
 from rcds.format.keys import load_public_key_file
+from rcds.format.names import is_repository_name
 from rcds.replica.replicator import ReplicaSpec
 from rcds.replica.snapshot import MASTER_REPLICA, init_replica
 
@@ -29,7 +30,6 @@ SETTINGS = ".rcds-replica.toml"
 KEY = ".rcds-replica.pub"
 """The copy of the master public key (inside the replica directory)."""
 
-_FQRN = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*(\.[A-Za-z0-9][A-Za-z0-9-]*)+")
 _MASTER_REPLICA_TEXT = b"This file marks the repository as replicatable to stratum 1 servers\n"
 
 
@@ -48,8 +48,8 @@ class ReplicaEntry:
 
 
 def check_fqrn(fqrn: str) -> str:
-    """Return ``fqrn`` if it is a repository name with at least one dot, else raise ConfigError."""
-    if not _FQRN.fullmatch(fqrn) or len(fqrn) > 253:
+    """Return ``fqrn`` if it is a repository name (:mod:`rcds.format.names`), else raise ConfigError."""
+    if not is_repository_name(fqrn):
         raise ConfigError(f"{fqrn!r} is not a repository name like sw.example.org (letters, digits, dots)")
     return fqrn
 

@@ -28,6 +28,7 @@ from io import FileIO
 from urllib.parse import unquote
 
 from rcds.errors import NotFoundError, StorageError
+from rcds.format import names
 from rcds.serve.openat2 import NO_SYMLINK, open_no_symlinks
 
 URL_PREFIX = "/cvmfs/"
@@ -38,13 +39,12 @@ ROOT_FILE_PREFIX = ".cvmfs"
 
 _MAX_TARGET = 4096
 _COMPONENT = re.compile(r"[A-Za-z0-9._,+=@~-]{1,255}")
-_REPOSITORY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
 _BUCKET = re.compile(r"[0-9a-f]{2}")
 # The common targets, with nothing to decode: /cvmfs/<name>/data/<xx>/<object>, /cvmfs/<name>/.cvmfs*
 _FAST_OBJECT = re.compile(
-    r"/cvmfs/([A-Za-z0-9][A-Za-z0-9._-]{0,254})/data/([0-9a-f]{2})/([A-Za-z0-9_,+=@~-][A-Za-z0-9._,+=@~-]{0,254})"
+    rf"/cvmfs/({names.PATTERN})/data/([0-9a-f]{{2}})/([A-Za-z0-9_,+=@~-][A-Za-z0-9._,+=@~-]{{0,254}})"
 )
-_FAST_ROOT_FILE = re.compile(r"/cvmfs/([A-Za-z0-9][A-Za-z0-9._-]{0,254})/(\.cvmfs[A-Za-z0-9._,+=@~-]{0,249})")
+_FAST_ROOT_FILE = re.compile(rf"/cvmfs/({names.PATTERN})/(\.cvmfs[A-Za-z0-9._,+=@~-]{{0,249}})")
 _MISSING = frozenset({errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ENAMETOOLONG})
 _OPEN_FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
 _DELETED = " (deleted)"  # how /proc/self/fd names an unlinked file; never part of a servable name
@@ -65,8 +65,8 @@ class Target:
 
 
 def is_valid_repository_name(name: str) -> bool:
-    """True if ``name`` can be served (``[A-Za-z0-9][A-Za-z0-9._-]*``, e.g. an fqrn)."""
-    return _REPOSITORY.fullmatch(name) is not None
+    """True if ``name`` can be served: a repository name (:mod:`rcds.format.names`)."""
+    return names.is_repository_name(name, qualified=False)
 
 
 def is_allowed(parts: Sequence[str]) -> bool:
@@ -103,7 +103,8 @@ def parse_target(raw: str) -> Target:
     fast = _FAST_OBJECT.fullmatch(raw) or _FAST_ROOT_FILE.fullmatch(raw)
     if fast is not None:  # plain names only: exactly what the general rules below would accept
         name, *rest = fast.groups()
-        return Target(name, ("data", *rest) if len(rest) == 2 else tuple(rest))
+        if len(name) <= names.MAX_LENGTH:
+            return Target(name, ("data", *rest) if len(rest) == 2 else tuple(rest))
     return _parse_general(raw)
 
 

@@ -107,7 +107,10 @@ class RepositoryServer:
         or a name already served from another directory.
         """
         if not is_valid_repository_name(name):
-            raise ConfigError(f"{name!r} is not a valid repository name; use letters, digits, '.', '_', '-'")
+            raise ConfigError(
+                f"{name!r} is not a valid repository name; use dot-separated labels of letters, digits, "
+                "'_' and '-', like sw.example.org"
+            )
         try:
             root = os.path.realpath(path, strict=True)
         except OSError as exc:

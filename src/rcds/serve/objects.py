@@ -32,6 +32,7 @@ import re
 import stat
 from collections.abc import Callable
 
+from rcds.format import names
 from rcds.serve.openat2 import available, open_no_symlinks
 from rcds.serve.request import next_request
 
@@ -45,7 +46,7 @@ MAX_BLOCK = 4096
 """Longer header blocks are never remembered (they always take the general way)."""
 
 _OBJECT_GET = re.compile(
-    rb"GET /cvmfs/([A-Za-z0-9][A-Za-z0-9._-]{0,254})/data/([0-9a-f]{2})/"
+    rb"GET /cvmfs/(" + names.TOKEN.encode() + rb")/data/([0-9a-f]{2})/"
     rb"([A-Za-z0-9_,+=@~-][A-Za-z0-9._,+=@~-]{0,254}) HTTP/1\.1\r\n"
 )
 _FLAGS = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK

@@ -11,6 +11,7 @@ from typing import Any
 
 from rcds.errors import ConfigError, InputError
 from rcds.format.deflaters import Compression
+from rcds.format.names import is_repository_name
 from rcds.service.cid import validate_cid
 from rcds.service.config import (
     DEFAULT_BASE_DIR,
@@ -31,7 +32,7 @@ from rcds.service.config import (
     TlsConfig,
     TokenIssuerConfig,
 )
-from rcds.service.config_values import DIRNAME_RE, FQRN_RE, parse_size
+from rcds.service.config_values import DIRNAME_RE, parse_size
 from rcds.storage.s3client import S3Location
 
 __all__ = ["ConfigBuilder"]
@@ -120,7 +121,7 @@ class ConfigBuilder:
         base = self.opt_path(top.get("base_dir"), "base_dir") or base_default or DEFAULT_BASE_DIR
         repos = self.str_list(top.get("repositories", list(DEFAULT_REPOSITORIES)), "repositories")
         for r in repos:
-            if not FQRN_RE.match(r) or len(r) > 200:
+            if not is_repository_name(r) or len(r) > 200:
                 raise self.fail("repositories", f"{r!r} is not a fully qualified repository name")
         if len(set(repos)) != len(repos):
             raise self.fail("repositories", "names must be unique")

@@ -1,11 +1,12 @@
-"""Value parsers shared by the service configuration: sizes, repository and directory names."""
+"""Value parsers shared by the service configuration: sizes and directory names (repository
+names: :mod:`rcds.format.names`)."""
 
 from __future__ import annotations
 
 import math
 import re
 
-__all__ = ["DIRNAME_RE", "FQRN_RE", "parse_size"]
+__all__ = ["DIRNAME_RE", "parse_size"]
 
 _UNITS = {
     "": 1, "b": 1,
@@ -15,8 +16,6 @@ _UNITS = {
     "t": 1024**4, "tib": 1024**4, "tb": 1000**4,
 }  # fmt: skip
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
-_FQRN_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9_-]*[A-Za-z0-9])?"
-FQRN_RE = re.compile(rf"^{_FQRN_LABEL}(?:\.{_FQRN_LABEL})+$")
 DIRNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
 
