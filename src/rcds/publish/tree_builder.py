@@ -48,7 +48,7 @@ class TreeBuilder:
         self._files: list[list[object]] = []
         self._file_paths: list[str] = []
         self._file_flags = file_flags(algorithm)
-        self._file_done_at = self._file_done
+        self._file_done_at = self._file_done  # one bound method for every file's callback
 
     def _insert(self, row: Dirent) -> None:
         """Queue a row; rows go into the catalog in batches (see :meth:`_flush`)."""
@@ -113,8 +113,25 @@ class TreeBuilder:
 
     def add(self, m: Member) -> None:
         """Add one member."""
-        if m.kind is Kind.FILE and m.path:  # the target itself as a file: refused below
-            self._add_file(m)
+        if m.kind is Kind.FILE and m.path:  # the lean path (see the class documentation)
+            full = f"{self.mount}/{m.path}"
+            cut = full.rfind("/")
+            parent = self._dirs.get(full[:cut])
+            if parent is None:
+                self._ensure_parents(full, m)
+                parent = self._dirs[full[:cut]]
+            if full in self._dirs:
+                raise InputError(f"member {m.display!r} is both a directory and a file", m.display)
+            if full in self._pending:  # other duplicates are found when their rows are inserted
+                raise InputError(f"member {m.display!r} appears more than once in the input", m.display)
+            self._pending.add(full)
+            a, b = md5_pair(full)
+            row: list[object] = [
+                a, b, parent[0], parent[1], None, m.size, stat.S_IFREG | m.mode, m.mtime, m.mtimens, 0,
+                full[cut + 1 :], m.uid, m.gid,
+            ]  # fmt: skip
+            assert m.read is not None
+            self.writer.add_stream(m.read, m.size, partial(self._file_done_at, full, row), m.display)
             return
         full = self._full(m.path)
         name = full.rsplit("/", 1)[1]
@@ -165,27 +182,6 @@ class TreeBuilder:
             )
         else:
             self._hardlink(m, full, name)
-
-    def _add_file(self, m: Member) -> None:
-        """A regular file below the target: the lean path (see the class documentation)."""
-        full = f"{self.mount}/{m.path}"
-        cut = full.rfind("/")
-        parent = self._dirs.get(full[:cut])
-        if parent is None:
-            self._ensure_parents(full, m)
-            parent = self._dirs[full[:cut]]
-        if full in self._dirs:
-            raise InputError(f"member {m.display!r} is both a directory and a file", m.display)
-        if full in self._pending:  # other duplicates are found when their rows are inserted
-            raise InputError(f"member {m.display!r} appears more than once in the input", m.display)
-        self._pending.add(full)
-        a, b = md5_pair(full)
-        row: list[object] = [
-            a, b, parent[0], parent[1], None, m.size, stat.S_IFREG | m.mode, m.mtime, m.mtimens, 0,
-            full[cut + 1 :], m.uid, m.gid,
-        ]  # fmt: skip
-        assert m.read is not None
-        self.writer.add_stream(m.read, m.size, partial(self._file_done_at, full, row), m.display)
 
     def _file_done(self, full: str, row: list[object], content: FileContent) -> None:
         """A file's content is stored: complete its row (an :data:`INSERT_FILE_ROW` row) and queue it."""
