@@ -185,16 +185,8 @@ class TreeBuilder:
 
     def _file_done(self, full: str, row: list[object], content: FileContent) -> None:
         """A file's content is stored: complete its row (an :data:`INSERT_FILE_ROW` row) and queue it."""
-        if content.chunks:
-            name, size, mode, mtime, mtimens, uid, gid = (
-                row[10],
-                row[5],
-                row[6],
-                row[7],
-                row[8],
-                row[11],
-                row[12],
-            )
+        if content.chunks:  # a full row (chunked flags, no hash of its own), then the chunk rows
+            _, _, _, _, _, size, mode, mtime, mtimens, _, name, uid, gid = row
             flags = file_flags(self.algorithm, chunked=True)
             d = Dirent(full, name, mode, size, mtime, flags, uid=uid, gid=gid, mtimens=mtimens)  # type: ignore[arg-type]
             self._insert(d)
