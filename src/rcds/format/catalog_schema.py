@@ -27,6 +27,12 @@ CREATE_STATEMENTS: tuple[str, ...] = (
     "CREATE TABLE statistics (counter TEXT, value INTEGER, CONSTRAINT pk_statistics PRIMARY KEY (counter));",
 )
 
+INDEX_STATEMENTS: tuple[str, ...] = tuple(s for s in CREATE_STATEMENTS if s.startswith("CREATE INDEX"))
+"""The statements of :data:`CREATE_STATEMENTS` that create an index (a writer may run them last)."""
+
+INDEX_NAMES: tuple[str, ...] = tuple(s.split()[2] for s in INDEX_STATEMENTS)
+"""The names of those indexes, in the same order."""
+
 SCHEMA_OBJECTS = (
     ("table", "properties"),
     ("table", "catalog"),

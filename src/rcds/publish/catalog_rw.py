@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from rcds.errors import IntegrityError
 from rcds.format.catalog_schema import (
     CREATE_STATEMENTS,
+    INDEX_NAMES,
+    INDEX_STATEMENTS,
     SCHEMA,
     SCHEMA_REVISION,
     Counters,
@@ -17,7 +19,7 @@ from rcds.format.catalog_schema import (
 )
 from rcds.format.dirent import FLAG_NESTED_MOUNTPOINT, FLAG_NESTED_ROOT, Chunk, Dirent
 from rcds.format.hashes import ContentHash
-from rcds.format.pathhash import md5_pair, parent_pair
+from rcds.format.pathhash import PathHash, md5_pair, parent_pair
 from rcds.repo.catalog import Catalog
 
 _DIR_LINKS_SQL = """
@@ -27,10 +29,45 @@ UPDATE catalog SET hardlinks = 2 + (
 WHERE (mode & 61440) = 16384 AND (flags & 2) = 0
 """
 
-_INSERT = (
+INSERT_ROW = (
     "INSERT INTO catalog (md5path_1, md5path_2, parent_1, parent_2, hardlinks, hash, size, mode, "
     "mtime, mtimens, flags, name, symlink, uid, gid, xattr) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
+"""Any row: the values of :func:`row_values`."""
+
+INSERT_FILE_ROW = (
+    "INSERT INTO catalog (md5path_1, md5path_2, parent_1, parent_2, hash, size, mode, mtime, mtimens, "
+    "flags, name, uid, gid, hardlinks, symlink, xattr) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,1,'',NULL)"
+)
+"""A regular file row with one link, no symlink target and no xattrs (what nearly every row of an
+ingest is): 13 values, in the order of :data:`FILE_ROW_FIELDS`; the other three are constants of
+the statement, so they are not bound per row."""
+
+FILE_ROW_FIELDS = (
+    "md5path_1",
+    "md5path_2",
+    "parent_1",
+    "parent_2",
+    "hash",
+    "size",
+    "mode",
+    "mtime",
+    "mtimens",
+    "flags",
+    "name",
+    "uid",
+    "gid",
+)
+"""The values of an :data:`INSERT_FILE_ROW` row, in order."""
+
+
+def row_values(d: Dirent, parent: PathHash) -> tuple[object, ...]:
+    """The 16 values of :data:`INSERT_ROW` for ``d``, whose parent's path hash is ``parent``."""
+    a, b = md5_pair(d.path)
+    return (
+        a, b, parent[0], parent[1], d.hardlinks, d.hash.digest if d.hash else None, d.size, d.mode,
+        d.mtime, d.mtimens, d.flags, d.name, d.symlink, d.uid, d.gid, d.xattr,
+    )  # fmt: skip
 
 
 class WritableCatalog(Catalog):
@@ -55,7 +92,8 @@ class WritableCatalog(Catalog):
         db.execute("PRAGMA journal_mode = DELETE")
         db.execute("BEGIN")
         for stmt in CREATE_STATEMENTS:
-            db.execute(stmt)
+            if stmt not in INDEX_STATEMENTS:  # built once the rows are in (see build_indexes)
+                db.execute(stmt)
         props = [("schema", SCHEMA), ("schema_revision", str(SCHEMA_REVISION))]
         if root.path:
             props.append(("root_prefix", root.path))
@@ -88,63 +126,27 @@ class WritableCatalog(Catalog):
     # -- rows -------------------------------------------------------------------------
     def insert(self, d: Dirent) -> None:
         """Add a row (its path hash and parent hash are derived from ``d.path``)."""
-        a, b = md5_pair(d.path)
-        p1, p2 = parent_pair(d.path)
-        self.db.execute(
-            _INSERT,
-            (
-                a,
-                b,
-                p1,
-                p2,
-                d.hardlinks,
-                d.hash.digest if d.hash else None,
-                d.size,
-                d.mode,
-                d.mtime,
-                d.mtimens,
-                d.flags,
-                d.name,
-                d.symlink,
-                d.uid,
-                d.gid,
-                d.xattr,
-            ),
-        )
+        self.db.execute(INSERT_ROW, row_values(d, parent_pair(d.path)))
 
-    def insert_many(self, rows: list[Dirent]) -> str | None:
-        """Add rows in one statement; all or nothing. Return None, or the path of a row that
-        already exists (in the catalog or earlier in ``rows``), after inserting none of them."""
-        values = []
-        parent: str | None = None
-        p1 = p2 = 0
-        for d in rows:
-            a, b = md5_pair(d.path)
-            here = d.path[: d.path.rfind("/")] if d.path else None
-            if here is None or here != parent:  # rows come grouped by directory: hash each parent once
-                parent = here
-                p1, p2 = parent_pair(d.path)
-            values.append(
-                (a, b, p1, p2, d.hardlinks, d.hash.digest if d.hash else None, d.size, d.mode, d.mtime,
-                 d.mtimens, d.flags, d.name, d.symlink, d.uid, d.gid, d.xattr)
-            )  # fmt: skip
-        self.db.execute("SAVEPOINT insert_many")
+    def insert_rows(self, sql: str, values: Sequence[Sequence[object]], paths: Sequence[str]) -> str | None:
+        """Add rows in one statement; all or nothing. ``sql`` is :data:`INSERT_ROW` (``values`` from
+        :func:`row_values`) or :data:`INSERT_FILE_ROW`; ``paths`` are the rows' paths, in order.
+        Return None, or the path of a row that already exists (in the catalog or earlier in
+        ``values``), after inserting none of them."""
+        self.db.execute("SAVEPOINT insert_rows")
         try:
-            self.db.executemany(
-                _INSERT,
-                values,
-            )
+            self.db.executemany(sql, values)
         except sqlite3.IntegrityError:
-            self.db.execute("ROLLBACK TO insert_many")
-            self.db.execute("RELEASE insert_many")
-            seen: set[tuple[int, int]] = set()
-            for d, v in zip(rows, values, strict=True):
+            self.db.execute("ROLLBACK TO insert_rows")
+            self.db.execute("RELEASE insert_rows")
+            seen: set[tuple[object, object]] = set()
+            for path, v in zip(paths, values, strict=True):
                 key = (v[0], v[1])
-                if key in seen or self.lookup(d.path) is not None:
-                    return d.path
+                if key in seen or self.lookup(path) is not None:
+                    return path
                 seen.add(key)
             raise
-        self.db.execute("RELEASE insert_many")
+        self.db.execute("RELEASE insert_rows")
         return None
 
     def update(self, d: Dirent) -> None:
@@ -220,14 +222,24 @@ class WritableCatalog(Catalog):
         self.db.execute("INSERT OR REPLACE INTO properties (key, value) VALUES (?, ?)", (key, value))
         self.properties[key] = value
 
+    def build_indexes(self) -> None:
+        """Create the schema's indexes if missing. A new catalog gets them only now: one sort of
+        the finished rows costs less than keeping the index in order through every insert."""
+        names = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        for name, stmt in zip(INDEX_NAMES, INDEX_STATEMENTS, strict=True):
+            if name not in names:
+                self.db.execute(stmt)
+
     def fix_directory_links(self) -> None:
         """Set every directory's link count to 2 + its subdirectories (mount points keep their child's)."""
+        self.build_indexes()  # the update looks up each directory's children by parent
         self.db.execute(_DIR_LINKS_SQL)
 
     def finalize(
         self, *, revision: int, previous: ContentHash | None, last_modified: int, subtree: Tally
     ) -> Counters:
         """Write counters and properties, commit and close; the file is then ready to compress."""
+        self.build_indexes()
         counters = Counters(self.recount_self(), subtree)
         self.db.executemany(
             "INSERT OR REPLACE INTO statistics (counter, value) VALUES (?, ?)", counters.rows()

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import stat
+from functools import partial
 
 from rcds.errors import InputError
 from rcds.format.dirent import FLAG_DIR, FLAG_FILE, FLAG_LINK, Dirent, file_flags, link_count_field
 from rcds.format.hashes import Algorithm
-from rcds.format.pathhash import parent_path
-from rcds.publish.catalog_rw import WritableCatalog
+from rcds.format.pathhash import PathHash, md5_pair, parent_path
+from rcds.publish.catalog_rw import INSERT_FILE_ROW, INSERT_ROW, WritableCatalog, row_values
 from rcds.publish.members import Kind, Member
 from rcds.publish.objects import ContentWriter, FileContent
 
@@ -22,6 +23,11 @@ class TreeBuilder:
 
     Refused: duplicate members, a file and a directory under one name, members below a
     symlink or a file, hard links to missing members or to directories.
+
+    Regular files (nearly every member of an ingest) take a lean path: their row is a list of
+    the values of :data:`~rcds.publish.catalog_rw.INSERT_FILE_ROW`, built once when the member
+    arrives (the parent's path hash comes from the directory it is in, hashed once), completed
+    with the content hash when the content is stored, and inserted with the next batch.
     """
 
     def __init__(
@@ -32,15 +38,27 @@ class TreeBuilder:
         self.algorithm = algorithm
         self.now = now
         self.mount = catalog.mountpoint
-        self._dirs: set[str] = {self.mount}
+        self._dirs: dict[str, PathHash] = {self.mount: md5_pair(self.mount)}
+        """Every directory of the tree, with its own path hash (its children's parent hash)."""
         self._pending: set[str] = set()
         self._group_of: dict[str, int] = {}
         self._groups: dict[int, list[str]] = {}
-        self._rows: list[Dirent] = []
+        self._rows: list[tuple[object, ...]] = []
+        self._row_paths: list[str] = []
+        self._files: list[list[object]] = []
+        self._file_paths: list[str] = []
+        self._file_flags = file_flags(algorithm)
+        self._file_done_at = self._file_done  # one bound method for every file's callback
 
     def _insert(self, row: Dirent) -> None:
         """Queue a row; rows go into the catalog in batches (see :meth:`_flush`)."""
-        self._rows.append(row)
+        path = row.path
+        parent = path[: path.rfind("/")]
+        values = row_values(row, self._dirs.get(parent) or md5_pair(parent))
+        if row.is_dir:
+            self._dirs[path] = (values[0], values[1])  # type: ignore[assignment]
+        self._rows.append(values)
+        self._row_paths.append(path)
         if len(self._rows) >= FLUSH_ROWS:
             self._flush()
 
@@ -49,10 +67,13 @@ class TreeBuilder:
 
         Called before every catalog lookup, so lookups see every row added so far.
         """
-        if not self._rows:
-            return
-        rows, self._rows = self._rows, []
-        dup = self.catalog.insert_many(rows)
+        dup = None
+        if self._rows:
+            rows, paths, self._rows, self._row_paths = self._rows, self._row_paths, [], []
+            dup = self.catalog.insert_rows(INSERT_ROW, rows, paths)
+        if self._files and dup is None:
+            files, paths, self._files, self._file_paths = self._files, self._file_paths, [], []
+            dup = self.catalog.insert_rows(INSERT_FILE_ROW, files, paths)
         if dup is not None:
             rel = self._rel(dup)
             raise InputError(f"member {rel!r} appears more than once in the input", rel)
@@ -89,10 +110,29 @@ class TreeBuilder:
                     gid=member.gid,
                 )
             )
-            self._dirs.add(d)
 
     def add(self, m: Member) -> None:
         """Add one member."""
+        if m.kind is Kind.FILE and m.path:  # the lean path (see the class documentation)
+            full = f"{self.mount}/{m.path}"
+            cut = full.rfind("/")
+            parent = self._dirs.get(full[:cut])
+            if parent is None:
+                self._ensure_parents(full, m)
+                parent = self._dirs[full[:cut]]
+            if full in self._dirs:
+                raise InputError(f"member {m.display!r} is both a directory and a file", m.display)
+            if full in self._pending:  # other duplicates are found when their rows are inserted
+                raise InputError(f"member {m.display!r} appears more than once in the input", m.display)
+            self._pending.add(full)
+            a, b = md5_pair(full)
+            row: list[object] = [
+                a, b, parent[0], parent[1], None, m.size, stat.S_IFREG | m.mode, m.mtime, m.mtimens, 0,
+                full[cut + 1 :], m.uid, m.gid,
+            ]  # fmt: skip
+            assert m.read is not None
+            self.writer.add_stream(m.read, m.size, partial(self._file_done_at, full, row), m.display)
+            return
         full = self._full(m.path)
         name = full.rsplit("/", 1)[1]
         if m.path:
@@ -112,39 +152,55 @@ class TreeBuilder:
         if full in self._pending:  # other duplicates are found when their rows are inserted
             raise InputError(f"member {m.display!r} appears more than once in the input", m.display)
         if m.kind is Kind.DIR:
-            mode, size, flags, target = stat.S_IFDIR | m.mode, DIR_SIZE, FLAG_DIR, ""
-        elif m.kind is Kind.SYMLINK:
-            mode, size, flags, target = (
-                stat.S_IFLNK | 0o777,
-                len(m.target.encode()),
-                FLAG_FILE | FLAG_LINK,
-                m.target,
+            self._insert(
+                Dirent(
+                    full,
+                    name,
+                    stat.S_IFDIR | m.mode,
+                    DIR_SIZE,
+                    m.mtime,
+                    FLAG_DIR,
+                    uid=m.uid,
+                    gid=m.gid,
+                    mtimens=m.mtimens,
+                )
             )
-        elif m.kind is Kind.FILE:
-            mode, size, flags, target = stat.S_IFREG | m.mode, m.size, 0, ""
+        elif m.kind is Kind.SYMLINK:
+            self._insert(
+                Dirent(
+                    full,
+                    name,
+                    stat.S_IFLNK | 0o777,
+                    len(m.target.encode()),
+                    m.mtime,
+                    FLAG_FILE | FLAG_LINK,
+                    symlink=m.target,
+                    uid=m.uid,
+                    gid=m.gid,
+                    mtimens=m.mtimens,
+                )
+            )
         else:
             self._hardlink(m, full, name)
-            return
-        row = Dirent(
-            full, name, mode, size, m.mtime, flags, symlink=target, uid=m.uid, gid=m.gid, mtimens=m.mtimens
-        )
-        if m.kind is Kind.FILE:
-            assert m.read is not None
-            self._pending.add(full)
-            self.writer.add_stream(m.read, m.size, lambda c: self._file_done(row, c), m.display)
-        else:
-            self._insert(row)
-            if m.kind is Kind.DIR:
-                self._dirs.add(full)
 
-    def _file_done(self, row: Dirent, content: FileContent) -> None:
-        row.flags = file_flags(self.algorithm, chunked=bool(content.chunks))
-        row.hash = content.hash
-        self._insert(row)
-        if content.chunks:
+    def _file_done(self, full: str, row: list[object], content: FileContent) -> None:
+        """A file's content is stored: complete its row (an :data:`INSERT_FILE_ROW` row) and queue it."""
+        if content.chunks:  # a full row (chunked flags, no hash of its own), then the chunk rows
+            _, _, _, _, _, size, mode, mtime, mtimens, _, name, uid, gid = row
+            flags = file_flags(self.algorithm, chunked=True)
+            d = Dirent(full, name, mode, size, mtime, flags, uid=uid, gid=gid, mtimens=mtimens)  # type: ignore[arg-type]
+            self._insert(d)
             self._flush()  # chunk rows refer to their file's row
-            self.catalog.insert_chunks(row.path, content.chunks)
-        self._pending.discard(row.path)
+            self.catalog.insert_chunks(full, content.chunks)
+        else:
+            assert content.hash is not None
+            row[4] = content.hash.digest
+            row[9] = self._file_flags
+            self._files.append(row)
+            self._file_paths.append(full)
+            if len(self._files) >= FLUSH_ROWS:
+                self._flush()
+        self._pending.discard(full)
 
     def _hardlink(self, m: Member, full: str, name: str) -> None:
         self.writer.drain(wait=True)
@@ -183,8 +239,11 @@ class TreeBuilder:
                 self.catalog.set_link_count(p, link_count_field(len(paths), group))
         marker = f"{self.mount}/{CATALOG_MARKER}"
         if self.catalog.lookup(marker) is None:
-            row = Dirent(marker, CATALOG_MARKER, stat.S_IFREG | 0o644, 0, self.now, 0)
-            self.writer.add_bytes(b"", lambda c: self._file_done(row, c))
+            row: list[object] = [
+                *md5_pair(marker), *self._dirs[self.mount], None, 0, stat.S_IFREG | 0o644, self.now, None,
+                0, CATALOG_MARKER, 0, 0,
+            ]  # fmt: skip
+            self.writer.add_bytes(b"", partial(self._file_done, marker, row))
             self.writer.drain(wait=True)
             self._flush()
         self.catalog.fix_directory_links()
