@@ -55,18 +55,19 @@ from rcds.client.get.fs import (
 )
 from rcds.client.get.pieces import write_pieced
 from rcds.client.get.procs import configured_processes
+from rcds.client.get.share import ShareTask
+from rcds.client.get.split import SplitWorkers, catalogs_below, split_task
 from rcds.client.get.state import LEGACY_STATE_FILE, GetState, state_path
 from rcds.client.repository import Repository
 from rcds.client.tree.files import Piece, pieces_of
 from rcds.client.tree.mounted import Located
-from rcds.client.tree.rows import lean_row, walk_rows
-from rcds.errors import InputError, IntegrityError, StorageError
+from rcds.client.tree.rows import lean_dirent, lean_row, walk_rows
+from rcds.errors import InputError, StorageError
 from rcds.format.dirent import (
     ALGORITHM_OF_FLAG_VALUE,
     FLAG_CHUNKED,
     FLAG_EXTERNAL,
     Dirent,
-    algorithm_of_flags,
 )
 from rcds.format.hashes import ContentHash, ObjectKind
 from rcds.repo.catalog import Catalog, LeanRow
@@ -153,10 +154,17 @@ def materialize(
         gc.disable()  # the plan holds a few objects per file: no need to scan them over and over
         try:
             plan.add_top()
+            task = None
             if top.entry.is_dir:
-                for path, cat, rows in walk_rows(m, top):
-                    plan.add_rows(path, cat, rows)
-            plan.run()
+                source = repo.source
+                task = split_task(m, top, str(target), source, keep_in_cache, plan.state.done, n, plan.copies)
+            if task is not None:
+                plan.run_split(task, catalogs_below(m, top))
+            else:
+                if top.entry.is_dir:
+                    for path, cat, rows in walk_rows(m, top):
+                        plan.add_rows(path, cat, rows)
+                plan.run()
             return plan.report(time.monotonic() - t0)
         finally:
             plan.close()
@@ -197,6 +205,12 @@ class _Plan:
         self.groups: dict[tuple[str, int], list[PlannedFile]] = {}
         self.special = 0
         self.hardlinks = 0
+        self.counted_dirs = 0
+        self.counted_links = 0
+        """Directories and symlinks made by forked workers (:meth:`run_split`)."""
+        self.split: SplitWorkers | None = None
+        self.copies: list[Path] = []
+        """Catalog files written for the forked workers (removed at the end)."""
         self._cut = len(top.entry.path) + 1
         self._top_path = top.entry.path
         self.state = GetState(
@@ -278,7 +292,7 @@ class _Plan:
 
     def _add_entry(self, rel: str, path: str, final: str, row: LeanRow, cat: Catalog) -> None:
         """Plan any entry (the top, or a row :meth:`add_rows` leaves to it)."""
-        e = _dirent(path, row)
+        e = lean_dirent(path, row)
         kind = e.mode & _S_IFMT
         if kind == _S_IFREG:
             pieces = tuple(pieces_of(e, cat))
@@ -320,9 +334,43 @@ class _Plan:
         else:
             self.singles.append(f)
 
-    def run(self) -> None:
-        """The walk is over: write everything not written yet."""
+    def run_split(self, task: ShareTask, cats: dict[str, Catalog]) -> None:
+        """Copy the tree with forked workers that plan their own shares (:mod:`rcds.client.get.split`);
+        write what they leave to this process; finish."""
+        self.downloads.processes = 0  # what is left here is little: no other worker processes
+        self.split = workers = SplitWorkers(task, self.options.processes)
+        workers.on_records = self._done_records
+        top = self.top.entry.path
+        cut = len(self.dirs)
+        for summary in workers.plans():
+            prog = self.prog
+            prog.files_total += summary.files
+            prog.bytes_total += summary.bytes
+            prog.skipped += summary.skipped
+            prog.files_done += summary.skipped
+            prog.bytes_done += summary.skipped_bytes
+            self.counted_dirs += summary.directories - len(summary.finish)
+            self.counted_links += summary.symlinks
+            self.special += summary.special
+            self.legacy_is_an_entry |= summary.legacy_is_an_entry
+            for rel, path, final, row, mountpoint in summary.extras:
+                self._add_entry(rel, path, final, row, cats[mountpoint])
+            for rel, row in summary.finish:
+                self.dirs.append((rel, lean_dirent(f"{top}/{rel}", row)))
+        self.dirs[cut:] = sorted(self.dirs[cut:], key=lambda d: d[0])  # parents first
+        self.run(workers.wait)
+        for where, n in workers.stats.items():
+            self.repo.source.count(where, n)
+
+    def run(self, during: Callable[[], None] | None = None) -> None:
+        """The walk is over: write everything not written yet (while ``during()`` runs, if given)."""
         self._progress = self.options.progress
+
+        def downloads() -> None:
+            self.downloads.finish()
+            if during is not None:
+                during()
+
         try:
             for group in self.groups.values():
                 self._add_file(group[0])
@@ -333,7 +381,7 @@ class _Plan:
                 keep=self.options.keep,
                 workers=self.options.workers,
                 done=self._done,
-                during=self.downloads.finish,
+                during=downloads,
             )
             self.hardlinks = self._link_groups()
             for rel, e in self.links:
@@ -356,6 +404,11 @@ class _Plan:
         downloads: Downloads | None = self.__dict__.pop("downloads", None)
         if downloads is not None:
             downloads.close()
+        split, self.split = self.split, None
+        if split is not None:
+            split.close()
+        for copy in self.copies:
+            copy.unlink(missing_ok=True)
         self.state.save(self.revision)
 
     def report(self, seconds: float) -> GetReport:
@@ -364,8 +417,8 @@ class _Plan:
             target=self.target,
             revision=self.revision,
             files=prog.files_total,
-            directories=len(self.dirs),
-            symlinks=len(self.links),
+            directories=len(self.dirs) + self.counted_dirs,
+            symlinks=len(self.links) + self.counted_links,
             hardlinks=self.hardlinks,
             bytes=prog.bytes_total,
             skipped=prog.skipped,
@@ -387,6 +440,19 @@ class _Plan:
                 return
             self._last_save = now
         self.state.save(self.revision)
+
+    def _done_records(self, records: list[tuple[str, str]], nbytes: int) -> None:
+        """Files a forked worker completed: ``(rel, key)`` records and their bytes."""
+        self.state.record_many(records)
+        prog = self.prog
+        prog.files_done += len(records)
+        prog.bytes_done += nbytes
+        if self._progress is not None:
+            self._progress(prog)
+        now = time.monotonic()
+        if now - self._last_save > SAVE_EVERY:
+            self._last_save = now
+            self.state.save(self.revision)
 
     def _done_many(self, files: list[PlannedFile]) -> None:
         """:meth:`_done` for a batch of files at once (fewer locks and clock reads)."""
@@ -428,14 +494,3 @@ class _Plan:
             for f in group[1:]:
                 count += hard_link(primary, self.path(f.rel))
         return count
-
-
-def _dirent(path: str, row: LeanRow) -> Dirent:
-    """The entry of a lean row found under ``path`` (its hash column checked as catalogs do)."""
-    name, mode, size, mtime, ns, flags, hardlinks, raw, symlink, _, _ = row
-    h = None
-    if raw:
-        if type(raw) is not bytes or len(raw) != 20:
-            raise IntegrityError(f"{path or '/'} has a malformed hash column", path)
-        h = ContentHash(algorithm_of_flags(flags), raw)
-    return Dirent(path, name, mode, size, mtime, flags, hardlinks, h, symlink, 0, 0, ns, None)

@@ -1,0 +1,425 @@
+"""A forked worker's share of ``rcds get``: plan its part of the tree, then fetch and write it.
+
+The main process (:mod:`rcds.client.get.split`) has fetched and verified every catalog of the
+subtree (they are files in the local cache) and forked the workers before any thread existed.
+Each worker (:func:`run_share`) opens those catalog files itself and walks the whole subtree
+with lean rows (:func:`rcds.client.tree.rows.walk_lean`: names checked), which costs ~0.1 s of
+CPU and needs nothing from the main process. Every worker then takes the same stable split of
+the directories in walk order (:func:`owners`: contiguous runs of about equal cost, a file
+counting its size plus :data:`FILE_COST`), so that the shares need no coordination.
+
+A worker creates its directories (and, first, the directories above its first one: the
+*spine*, owned by earlier workers, made with :func:`ensure_dir`, which tolerates another worker
+making it at the same moment), writes its empty files and symbolic links, and downloads its
+single-object files pipelined through a fetcher of its own (:func:`rcds.client.get.worker.run_batch`:
+same servers, proxies, fail-over, verification). What it leaves to the main process it says in
+its plan message: chunked or large files and hard-link members (written by the main process
+after the split, as before), and the directories the main process gives their mode and time
+last (the spine, and the directories of those files). A worker never follows a symlink in the
+destination and writes nothing outside it, as :mod:`rcds.client.get.materialize` does.
+
+Messages to the main process (pickled on one pipe): ``("plan", ShareSummary)``, then
+``("p", [(rel, key), ...], bytes)`` for completed files now and then, ``("done", stats)`` at
+the end, or ``("error", class name, message)``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable
+from contextlib import suppress
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import NamedTuple
+
+from rcds.client.get import worker as _worker
+from rcds.client.get.fs import copy_into, finish_dir, prepare_dir, read_umask, write_file, write_symlink
+from rcds.client.get.state import LEGACY_STATE_FILE
+from rcds.client.get.worker import FAST_MAX, Setup, Target, WireJob, read_jobs, run_batch, run_jobs
+from rcds.client.tree.mounted import Located
+from rcds.client.tree.rows import LeanDir, lean_dirent, lean_row, walk_lean
+from rcds.errors import IntegrityError, RcdsError, StorageError
+from rcds.format.dirent import ALGORITHM_OF_FLAG_VALUE, FLAG_CHUNKED, FLAG_EXTERNAL
+from rcds.format.hashes import ContentHash, ObjectKind
+from rcds.repo.catalog import Catalog, LeanRow
+
+__all__ = ["FILE_COST", "REPORT_EVERY", "ShareSummary", "ShareTask", "ensure_dir", "owners", "run_share"]
+
+FILE_COST = 32 << 10
+"""What a file costs a worker besides its size, in bytes of content (create, write, close and
+the Python per file, ~60 µs, against ~2 ns per byte to inflate and write): the split's weight."""
+REPORT_EVERY = 256
+"""Completed files per progress message."""
+
+_S_IFMT, _S_IFDIR, _S_IFREG, _S_IFLNK = 0o170000, 0o040000, 0o100000, 0o120000
+_NOT_ONE_OBJECT = FLAG_CHUNKED | FLAG_EXTERNAL
+_ALGORITHMS = ALGORITHM_OF_FLAG_VALUE
+_VALUES = tuple("" if a is None else a._value_ for a in ALGORITHM_OF_FLAG_VALUE)
+_IDENTIFIERS = tuple("" if a is None else a.identifier for a in ALGORITHM_OF_FLAG_VALUE)
+_FILE = ObjectKind.FILE._value_
+_NEW = tuple.__new__
+
+
+class ShareTask(NamedTuple):
+    """What every worker is given (inherited through ``fork``: nothing is sent)."""
+
+    top: str
+    """Repository path of the directory copied."""
+    target: str
+    """Its destination (created by the main process)."""
+    mountpoint: str
+    """The mount point of the catalog holding ``top``."""
+    catalogs: dict[str, tuple[str, str]]
+    """Every verified catalog of the subtree: mount point -> (file, description)."""
+    done: dict[str, str]
+    """The resume records of an earlier copy (relative path -> content key)."""
+    setup: Setup
+    buckets: frozenset[int]
+    """The first bytes of the hashes of the objects in the local cache (its directories not empty):
+    only objects in these can be there."""
+
+
+class ShareSummary(NamedTuple):
+    """A worker's plan: counts, and what the main process must do."""
+
+    files: int
+    bytes: int
+    skipped: int
+    skipped_bytes: int
+    directories: int
+    symlinks: int
+    special: int
+    legacy_is_an_entry: bool
+    extras: list[tuple[str, str, str, LeanRow, str]]
+    """Files left to the main process: (rel, repository path, destination, row, catalog mount point)."""
+    finish: list[tuple[str, LeanRow]]
+    """Directories the main process finishes (mode, time) at the very end: (rel, row)."""
+
+
+def owners(dirs: list[LeanDir], workers: int) -> tuple[list[int], dict[str, LeanRow]]:
+    """The worker of each directory (contiguous runs of about equal cost), and every
+    directory's own row by repository path."""
+    costs = []
+    rows_of: dict[str, LeanRow] = {}
+    total = 0
+    for path, _, rows in dirs:
+        c = FILE_COST
+        for r in rows:
+            kind = r[1] & _S_IFMT
+            if kind == _S_IFREG:
+                c += FILE_COST + r[2]
+            elif kind == _S_IFDIR:
+                rows_of[f"{path}/{r[0]}"] = r
+        costs.append(c)
+        total += c
+    out = []
+    cum = 0
+    for c in costs:
+        out.append(min(workers - 1, (cum + c // 2) * workers // max(1, total)))
+        cum += c
+    return out, rows_of
+
+
+def ensure_dir(final: str) -> None:
+    """Make ``final`` a directory, as :func:`~rcds.client.get.fs.prepare_dir` does, where another
+    worker may be doing the same at the same moment (either may win; a file or symlink there is
+    replaced, never followed)."""
+    for _ in range(8):
+        try:
+            os.mkdir(final, 0o700)
+            return
+        except FileExistsError:
+            pass
+        try:
+            prepare_dir(Path(final))
+            return
+        except (FileNotFoundError, FileExistsError):
+            continue  # the other worker replaced it meanwhile: look again
+    raise StorageError(f"cannot create the directory {final}: it keeps changing")
+
+
+def _ancestors(rel: str) -> list[str]:
+    parts = rel.split("/")
+    return ["/".join(parts[:i]) for i in range(1, len(parts))]
+
+
+class _Share:
+    """The planning and writing of one worker's share."""
+
+    def __init__(self, task: ShareTask, conn: Connection) -> None:
+        self.task = task
+        self.conn = conn
+        self.cats: dict[str, Catalog] = {}
+        self.jobs: list[WireJob] = []
+        self.recs: list[list[tuple[str, str]]] = []
+        self.pending: list[int] = []
+        self.links: list[tuple[str, LeanRow, str]] = []
+        self.mine: list[tuple[str, str]] = []
+        """Directories this worker finishes: (destination, repository path)."""
+        self.dir_rows: dict[str, LeanRow] = {}
+        self.written: list[tuple[str, str]] = []
+        """Files complete and not reported yet (empty ones)."""
+
+    def catalog(self, mountpoint: str) -> Catalog:
+        cat = self.cats.get(mountpoint)
+        if cat is None:
+            found = self.task.catalogs.get(mountpoint)
+            if found is None:
+                raise IntegrityError(f"{mountpoint}: a nested catalog of the copy was not loaded", mountpoint)
+            cat = self.cats[mountpoint] = Catalog(Path(found[0]), mountpoint, what=found[1])
+        return cat
+
+    def enter(self, child: str, cat: Catalog) -> tuple[LeanRow, Catalog]:
+        inner = self.catalog(child)
+        entry = inner.lookup(child)
+        if entry is None or not entry.is_dir:
+            raise IntegrityError(f"the nested catalog at {child} has no root directory row", child)
+        return lean_row(Located(entry, inner)), inner
+
+    def plan(self, k: int, workers: int) -> ShareSummary:
+        """Walk, split, create this share's directories and small files; list its downloads."""
+        task = self.task
+        dirs = list(walk_lean(task.top, self.catalog(task.mountpoint), self.enter))
+        owner, dir_rows = owners(dirs, workers)
+        self.dir_rows = dir_rows
+        cut = len(task.top) + 1
+        firsts: dict[int, int] = {}
+        for i, w in enumerate(owner):
+            firsts.setdefault(w, i)
+        spine: set[str] = set()
+        for i in firsts.values():
+            if i:
+                spine.update(_ancestors(dirs[i][0][cut:]))
+        finish: dict[str, LeanRow] = {}
+        files = nbytes = skipped = skipped_bytes = ndirs = special = 0
+        legacy = False
+        extras: list[tuple[str, str, str, LeanRow, str]] = []
+        done = task.done
+        target = task.target
+        index: dict[tuple[bytes, bool], int] = {}
+        jobs, recs = self.jobs, self.recs
+        first = firsts.get(k)
+        if first is not None and first:
+            for rel in _ancestors(dirs[first][0][cut:]):
+                ensure_dir(f"{target}/{rel}")
+        for i in range(first if first is not None else len(dirs), len(dirs)):
+            if owner[i] != k:
+                break
+            path, cat, rows = dirs[i]
+            rel_dir = path[cut:]
+            final_dir = f"{target}/{rel_dir}/" if rel_dir else f"{target}/"
+            prefix = f"{rel_dir}/" if rel_dir else ""
+            if rel_dir:
+                if rel_dir in spine:
+                    ensure_dir(final_dir[:-1])
+                    finish[rel_dir] = dir_rows[path]
+                else:
+                    try:
+                        try:
+                            os.mkdir(final_dir[:-1], 0o700)
+                        except FileExistsError:
+                            prepare_dir(Path(final_dir[:-1]))
+                    except OSError as exc:
+                        raise StorageError(f"cannot create the directory {final_dir[:-1]}: {exc}") from exc
+                    self.mine.append((final_dir[:-1], path))
+            elif any(r[0] == LEGACY_STATE_FILE for r in rows):
+                legacy = True
+            repo_dir = f"{path}/"
+            for row in rows:
+                name, mode, size, mtime, ns, flags, hardlinks, raw, _, _, _ = row
+                kind = mode & _S_IFMT
+                if kind == _S_IFDIR:
+                    ndirs += 1
+                    continue
+                if kind == _S_IFLNK:
+                    self.links.append((final_dir + name, row, repo_dir + name))
+                    continue
+                if kind != _S_IFREG:
+                    special += 1
+                    continue
+                v = (flags >> 8) & 7
+                if (
+                    flags & _NOT_ONE_OBJECT
+                    or hardlinks >> 32
+                    or type(raw) is not bytes
+                    or len(raw) != 20
+                    or _ALGORITHMS[v] is None
+                    or size > FAST_MAX
+                ):
+                    extras.append((prefix + name, repo_dir + name, final_dir + name, row, cat.mountpoint))
+                    if rel_dir:
+                        finish[rel_dir] = dir_rows[path]
+                    continue
+                rel = prefix + name
+                key = raw.hex() + _IDENTIFIERS[v]
+                final = final_dir + name
+                files += 1
+                nbytes += size
+                if done and done.get(rel) == key and _current(final, size, mtime, ns):
+                    skipped += 1
+                    skipped_bytes += size
+                    continue
+                t = (final, repo_dir + name, mode, size, mtime, ns)
+                if size == 0:
+                    write_file(final, _NEW(Target, t), b"")
+                    self.written.append((rel, key))
+                    continue
+                compressed = not (flags >> 11) & 7
+                ok = (raw, compressed)
+                j = index.get(ok)
+                if j is None:
+                    index[ok] = len(jobs)
+                    jobs.append((raw, _VALUES[v], _FILE, size, compressed, [t]))  # type: ignore[arg-type]
+                    recs.append([(rel, key)])
+                else:
+                    jobs[j][5].append(t)  # type: ignore[attr-defined]
+                    recs[j].append((rel, key))
+        self.mine = [(f, p) for f, p in self.mine if p[cut:] not in finish]
+        return ShareSummary(
+            files,
+            nbytes,
+            skipped,
+            skipped_bytes,
+            ndirs,
+            len(self.links),
+            special,
+            legacy,
+            extras,
+            sorted(finish.items()),
+        )
+
+    def report(self) -> None:
+        """Send the files completed since the last report."""
+        pending, self.pending = self.pending, []
+        written, self.written = self.written, []
+        if pending or written:
+            recs = self.recs
+            nbytes = sum([self.jobs[i][3] * len(recs[i]) for i in pending])
+            self.conn.send(("p", written + [r for i in pending for r in recs[i]], nbytes))
+
+    def after(self, i: int) -> None:
+        self.pending.append(i)
+        if len(self.pending) >= REPORT_EVERY:
+            self.report()
+
+    def fetch(self) -> dict[str, int]:
+        """Download, verify and write every object of the share; returns where they came from."""
+        setup = self.task.setup
+        stats = {"local": 0, "alien": 0, "network": 0}
+        fetcher = setup.fetcher()
+        fetcher.pipeline_window = _worker.WINDOW
+        buckets = self.task.buckets
+        maybe = bool(buckets) and any(j[0][0] in buckets for j in self.jobs)
+        source = setup.open(fetcher) if setup.uses_caches or maybe else None
+        try:
+            jobs = self.jobs
+            after: Callable[[int], None] = self.after
+            if source is not None and maybe:
+                left = self._from_cache(source)
+                jobs = [self.jobs[i] for i in left]
+
+                def after_left(j: int) -> None:
+                    self.after(left[j])
+
+                after = after_left
+
+            if source is not None and source.alien is not None:
+                run_jobs(source, read_jobs(jobs), setup.keep)
+                for j in range(len(jobs)):
+                    after(j)
+            elif jobs:
+                stats["network"] += run_batch(fetcher, jobs, source if setup.keep else None, after)
+            self.report()
+            if source is not None:
+                source.flush()
+                for where, n in source.stats.items():
+                    stats[where] += n
+        finally:
+            if source is not None:
+                source.close()
+            fetcher.close()
+        return stats
+
+    def _from_cache(self, source: object) -> list[int]:
+        """Copy the objects found in the local cache; the indices of the jobs left to download."""
+        from rcds.client.cache.source import CachedSource
+
+        assert isinstance(source, CachedSource)
+        has = source.presence()
+        buckets = self.task.buckets
+        left = []
+        for i, job in enumerate(self.jobs):
+            if job[0][0] not in buckets:
+                left.append(i)
+                continue
+            h = ContentHash(_worker._ALGORITHMS[job[1]], job[0])
+            obj = source.cached(h, ObjectKind.FILE, job[3]) if has(h, ObjectKind.FILE) else None
+            if obj is None:
+                left.append(i)
+                continue
+            with obj:
+                for t in job[5]:
+                    obj.seek(0)
+                    write_file(t[0], _NEW(Target, t), fill=_copier(obj, job[3]))
+            self.after(i)
+        return left
+
+    def finish(self) -> None:
+        """Write the symbolic links, then give this share's own directories their mode and time."""
+        for final, row, path in self.links:
+            write_symlink(final, lean_dirent(path, row))
+        for final, path in reversed(self.mine):
+            finish_dir(final, lean_dirent(path, self.dir_rows[path]))
+
+
+def _copier(obj: object, size: int) -> Callable[[int], int]:
+    def fill(fd: int) -> int:
+        return copy_into(obj, fd, size)  # type: ignore[arg-type]
+
+    return fill
+
+
+def _current(final: str, size: int, mtime: int, ns: int | None) -> bool:
+    try:
+        st = os.lstat(final)
+    except OSError:
+        return False
+    return (
+        st.st_mode & _S_IFMT == _S_IFREG
+        and st.st_size == size
+        and st.st_mtime_ns == mtime * 10**9 + (ns or 0)
+    )
+
+
+def run_share(task: ShareTask, k: int, workers: int, conn: Connection) -> int:
+    """Worker ``k`` of ``workers`` (forked): its share, start to end; returns the exit code."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides
+    signal.signal(signal.SIGTERM, _worker._stop)
+    read_umask()
+    share = _Share(task, conn)
+    try:
+        summary = share.plan(k, workers)
+        conn.send(("plan", summary))
+        stats = share.fetch()
+        share.finish()
+        conn.send(("done", stats))
+        return 0
+    except RcdsError as exc:
+        _tell(conn, type(exc).__name__, str(exc))
+    except SystemExit as exc:
+        return int(exc.code or 0) if isinstance(exc.code, int) else 1
+    except (BrokenPipeError, ConnectionResetError):  # the main process is gone
+        pass
+    except BaseException as exc:  # a bug: tell the main process what happened
+        import traceback
+
+        text = "".join(traceback.format_exception_only(exc)).strip()
+        _tell(conn, "", f"{text} (pid {os.getpid()})")
+        traceback.print_exc()
+    return 1
+
+
+def _tell(conn: Connection, kind: str, message: str) -> None:
+    with suppress(OSError):
+        conn.send(("error", kind, message))
