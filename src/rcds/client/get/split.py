@@ -94,13 +94,14 @@ def split_task(
     usual plan is to be used (few rows, no processes, another thread running). A catalog opened
     from a private copy (the file is gone: a catalog fetched just now) is written to a file for the
     workers (SQLite's backup of the open, verified catalog), added to ``copies`` (to delete)."""
-    if processes < 1 or not hasattr(os, "fork") or not _alone():
+    if processes < 1 or not hasattr(os, "fork"):
         return None
     cats = catalogs_below(m, top)
     if sum(c.count_rows() for c in cats.values()) < SPLIT_MIN_ROWS:
         return None
+    source.inserter.park()  # its thread (started by the manifest's objects) must not be forked
     files = {mp: (str(_file_of(c, source, copies)), c.what) for mp, c in cats.items()}
-    if not _alone():  # loading the catalogs started one (e.g. a cache insert)
+    if not _alone():  # another thread is running: the usual plan
         return None
     listing = CacheListing(str(source.cache.dir))
     used = frozenset(b for b in range(256) if not listing.bucket_is_empty(b))
