@@ -55,7 +55,7 @@ from rcds.client.get.fs import (
 )
 from rcds.client.get.pieces import write_pieced
 from rcds.client.get.procs import configured_processes
-from rcds.client.get.share import ShareTask
+from rcds.client.get.share import ShareTask, ancestors, ensure_dir
 from rcds.client.get.split import SplitWorkers, catalogs_below, split_task
 from rcds.client.get.state import LEGACY_STATE_FILE, GetState, state_path
 from rcds.client.repository import Repository
@@ -342,21 +342,22 @@ class _Plan:
         workers.on_records = self._done_records
         top = self.top.entry.path
         cut = len(self.dirs)
-        for summary in workers.plans():
-            prog = self.prog
-            prog.files_total += summary.files
-            prog.bytes_total += summary.bytes
-            prog.skipped += summary.skipped
-            prog.files_done += summary.skipped
-            prog.bytes_done += summary.skipped_bytes
-            self.counted_dirs += summary.directories - len(summary.finish)
-            self.counted_links += summary.symlinks
-            self.special += summary.special
-            self.legacy_is_an_entry |= summary.legacy_is_an_entry
-            for rel, path, final, row, mountpoint in summary.extras:
-                self._add_entry(rel, path, final, row, cats[mountpoint])
-            for rel, row in summary.finish:
-                self.dirs.append((rel, lean_dirent(f"{top}/{rel}", row)))
+        workers.on_skipped = self._skipped
+        summary = workers.plan()
+        prog = self.prog
+        prog.files_total += summary.files
+        prog.bytes_total += summary.bytes
+        self.counted_dirs += summary.directories
+        self.counted_links += summary.symlinks
+        self.special += summary.special
+        self.legacy_is_an_entry |= summary.legacy_is_an_entry
+        above = sorted({a for e in summary.extras for a in ancestors(e[0])})
+        for rel in above:  # a worker may not have made them yet: made here too, as it does
+            ensure_dir(self.path(rel))
+        for rel, path, final, row, mountpoint in summary.extras:
+            self._add_entry(rel, path, final, row, cats[mountpoint])
+        for rel, row in summary.finish:
+            self.dirs.append((rel, lean_dirent(f"{top}/{rel}", row)))
         self.dirs[cut:] = sorted(self.dirs[cut:], key=lambda d: d[0])  # parents first
         self.run(workers.wait)
         for where, n in workers.stats.items():
@@ -440,6 +441,13 @@ class _Plan:
                 return
             self._last_save = now
         self.state.save(self.revision)
+
+    def _skipped(self, files: int, nbytes: int) -> None:
+        """Files a forked worker found complete from an earlier copy."""
+        prog = self.prog
+        prog.skipped += files
+        prog.files_done += files
+        prog.bytes_done += nbytes
 
     def _done_records(self, records: list[tuple[str, str]], nbytes: int) -> None:
         """Files a forked worker completed: ``(rel, key)`` records and their bytes."""

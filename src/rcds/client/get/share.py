@@ -31,8 +31,9 @@ from collections.abc import Callable
 from contextlib import suppress
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
+from rcds.client.cache.source import CachedSource
 from rcds.client.get import worker as _worker
 from rcds.client.get.fs import copy_into, finish_dir, prepare_dir, read_umask, write_file, write_symlink
 from rcds.client.get.state import LEGACY_STATE_FILE
@@ -42,9 +43,19 @@ from rcds.client.tree.rows import LeanDir, lean_dirent, lean_row, walk_lean
 from rcds.errors import IntegrityError, RcdsError, StorageError
 from rcds.format.dirent import ALGORITHM_OF_FLAG_VALUE, FLAG_CHUNKED, FLAG_EXTERNAL
 from rcds.format.hashes import ContentHash, ObjectKind
+from rcds.net.fetcher import Fetcher
 from rcds.repo.catalog import Catalog, LeanRow
 
-__all__ = ["FILE_COST", "REPORT_EVERY", "ShareSummary", "ShareTask", "ensure_dir", "owners", "run_share"]
+__all__ = [
+    "FILE_COST",
+    "REPORT_EVERY",
+    "ShareSummary",
+    "ShareTask",
+    "ancestors",
+    "ensure_dir",
+    "owners",
+    "run_share",
+]
 
 FILE_COST = 32 << 10
 """What a file costs a worker besides its size, in bytes of content (create, write, close and
@@ -74,6 +85,11 @@ class ShareTask(NamedTuple):
     """Every verified catalog of the subtree: mount point -> (file, description)."""
     done: dict[str, str]
     """The resume records of an earlier copy (relative path -> content key)."""
+    shares: int
+    """Shares of the tree (more than workers: whoever is done first takes the next)."""
+    tokens: int
+    """Read end of a pipe holding one byte per share, the share numbers in order (closed for
+    writing): a worker takes the next share by reading one byte."""
     setup: Setup
     buckets: frozenset[int]
     """The first bytes of the hashes of the objects in the local cache (its directories not empty):
@@ -81,13 +97,13 @@ class ShareTask(NamedTuple):
 
 
 class ShareSummary(NamedTuple):
-    """A worker's plan: counts, and what the main process must do."""
+    """The split of the tree (sent by worker 0): counts, and what the main process must do."""
 
     files: int
+    """Single-object files (the workers' part), and their bytes."""
     bytes: int
-    skipped: int
-    skipped_bytes: int
     directories: int
+    """Directories the workers finish (the others are in :attr:`finish`)."""
     symlinks: int
     special: int
     legacy_is_an_entry: bool
@@ -139,7 +155,8 @@ def ensure_dir(final: str) -> None:
     raise StorageError(f"cannot create the directory {final}: it keeps changing")
 
 
-def _ancestors(rel: str) -> list[str]:
+def ancestors(rel: str) -> list[str]:
+    """The relative paths of the directories above ``rel``, top first (``a``, ``a/b`` for ``a/b/c``)."""
     parts = rel.split("/")
     return ["/".join(parts[:i]) for i in range(1, len(parts))]
 
@@ -151,12 +168,17 @@ class _Share:
         self.task = task
         self.conn = conn
         self.cats: dict[str, Catalog] = {}
+        self.dirs: list[LeanDir] = []
+        self.owner: list[int] = []
+        """The share of each directory of :attr:`dirs`."""
+        self.firsts: dict[int, int] = {}
+        """The first directory of each share."""
+        self.cut = 0
+        self.finish: dict[str, LeanRow] = {}
+        """Directories finished by the main process (by relative path)."""
         self.jobs: list[WireJob] = []
         self.recs: list[list[tuple[str, str]]] = []
         self.pending: list[int] = []
-        self.links: list[tuple[str, LeanRow, str]] = []
-        self.mine: list[tuple[str, str]] = []
-        """Directories this worker finishes: (destination, repository path)."""
         self.dir_rows: dict[str, LeanRow] = {}
         self.written: list[tuple[str, str]] = []
         """Files complete and not reported yet (empty ones)."""
@@ -177,43 +199,79 @@ class _Share:
             raise IntegrityError(f"the nested catalog at {child} has no root directory row", child)
         return lean_row(Located(entry, inner)), inner
 
-    def plan(self, k: int, workers: int) -> ShareSummary:
-        """Walk, split, create this share's directories and small files; list its downloads."""
+    def split(self, shares: int) -> ShareSummary:
+        """Walk the whole subtree and split it into ``shares``; what the main process must know."""
         task = self.task
-        dirs = list(walk_lean(task.top, self.catalog(task.mountpoint), self.enter))
-        owner, dir_rows = owners(dirs, workers)
-        self.dir_rows = dir_rows
-        cut = len(task.top) + 1
+        self.dirs = dirs = list(walk_lean(task.top, self.catalog(task.mountpoint), self.enter))
+        self.owner, self.dir_rows = owner, dir_rows = owners(dirs, shares)
+        self.cut = cut = len(task.top) + 1
         firsts: dict[int, int] = {}
         for i, w in enumerate(owner):
             firsts.setdefault(w, i)
+        self.firsts = firsts
         spine: set[str] = set()
         for i in firsts.values():
             if i:
-                spine.update(_ancestors(dirs[i][0][cut:]))
-        finish: dict[str, LeanRow] = {}
-        files = nbytes = skipped = skipped_bytes = ndirs = special = 0
+                spine.update(ancestors(dirs[i][0][cut:]))
+        finish = {rel: dir_rows[f"{task.top}/{rel}"] for rel in spine}
+        files = nbytes = ndirs = nlinks = special = 0
         legacy = False
         extras: list[tuple[str, str, str, LeanRow, str]] = []
-        done = task.done
         target = task.target
-        index: dict[tuple[bytes, bool], int] = {}
-        jobs, recs = self.jobs, self.recs
-        first = firsts.get(k)
-        if first is not None and first:
-            for rel in _ancestors(dirs[first][0][cut:]):
+        for path, cat, rows in dirs:
+            rel_dir = path[cut:]
+            prefix = f"{rel_dir}/" if rel_dir else ""
+            if not rel_dir and any(r[0] == LEGACY_STATE_FILE for r in rows):
+                legacy = True
+            for row in rows:
+                name, mode, size, _, _, flags, hardlinks, raw, _, _, _ = row
+                kind = mode & _S_IFMT
+                if kind == _S_IFDIR:
+                    ndirs += 1
+                elif kind == _S_IFLNK:
+                    nlinks += 1
+                elif kind != _S_IFREG:
+                    special += 1
+                elif _usual(size, flags, hardlinks, raw):
+                    files += 1
+                    nbytes += size
+                else:
+                    rel = prefix + name
+                    extras.append((rel, f"{path}/{name}", f"{target}/{rel}", row, cat.mountpoint))
+                    for above in ancestors(rel):  # made by the main process too (ensure_dir)
+                        finish[above] = dir_rows[f"{task.top}/{above}"]
+        self.finish = finish
+        return ShareSummary(
+            files, nbytes, ndirs - len(finish), nlinks, special, legacy, extras, sorted(finish.items())
+        )
+
+    def run(self, s: int, fetcher: Fetcher, source: CachedSource | None, stats: dict[str, int]) -> None:
+        """Copy share ``s``: its directories, files and symbolic links; then finish its directories."""
+        task = self.task
+        dirs, owner, cut, finish, target = self.dirs, self.owner, self.cut, self.finish, task.target
+        first = self.firsts.get(s)
+        if first is None:
+            return
+        if first:
+            for rel in ancestors(dirs[first][0][cut:]):
                 ensure_dir(f"{target}/{rel}")
-        for i in range(first if first is not None else len(dirs), len(dirs)):
-            if owner[i] != k:
+        done = task.done
+        index: dict[tuple[bytes, bool], int] = {}
+        self.jobs = jobs = cast(list[WireJob], [])
+        self.recs = recs = cast(list[list[tuple[str, str]]], [])
+        links: list[tuple[str, LeanRow, str]] = []
+        mine: list[tuple[str, str]] = []
+        skipped = skipped_bytes = 0
+        for i in range(first, len(dirs)):
+            if owner[i] != s:
                 break
-            path, cat, rows = dirs[i]
+            path, _, rows = dirs[i]
             rel_dir = path[cut:]
             final_dir = f"{target}/{rel_dir}/" if rel_dir else f"{target}/"
             prefix = f"{rel_dir}/" if rel_dir else ""
             if rel_dir:
-                if rel_dir in spine:
+                if rel_dir in finish:
                     ensure_dir(final_dir[:-1])
-                    finish[rel_dir] = dir_rows[path]
                 else:
                     try:
                         try:
@@ -222,40 +280,19 @@ class _Share:
                             prepare_dir(Path(final_dir[:-1]))
                     except OSError as exc:
                         raise StorageError(f"cannot create the directory {final_dir[:-1]}: {exc}") from exc
-                    self.mine.append((final_dir[:-1], path))
-            elif any(r[0] == LEGACY_STATE_FILE for r in rows):
-                legacy = True
+                    mine.append((final_dir[:-1], path))
             repo_dir = f"{path}/"
             for row in rows:
                 name, mode, size, mtime, ns, flags, hardlinks, raw, _, _, _ = row
                 kind = mode & _S_IFMT
-                if kind == _S_IFDIR:
-                    ndirs += 1
-                    continue
                 if kind == _S_IFLNK:
-                    self.links.append((final_dir + name, row, repo_dir + name))
-                    continue
-                if kind != _S_IFREG:
-                    special += 1
+                    links.append((final_dir + name, row, repo_dir + name))
+                if kind != _S_IFREG or not _usual(size, flags, hardlinks, raw):
                     continue
                 v = (flags >> 8) & 7
-                if (
-                    flags & _NOT_ONE_OBJECT
-                    or hardlinks >> 32
-                    or type(raw) is not bytes
-                    or len(raw) != 20
-                    or _ALGORITHMS[v] is None
-                    or size > FAST_MAX
-                ):
-                    extras.append((prefix + name, repo_dir + name, final_dir + name, row, cat.mountpoint))
-                    if rel_dir:
-                        finish[rel_dir] = dir_rows[path]
-                    continue
                 rel = prefix + name
-                key = raw.hex() + _IDENTIFIERS[v]
+                key = raw.hex() + _IDENTIFIERS[v]  # type: ignore[union-attr]
                 final = final_dir + name
-                files += 1
-                nbytes += size
                 if done and done.get(rel) == key and _current(final, size, mtime, ns):
                     skipped += 1
                     skipped_bytes += size
@@ -267,27 +304,21 @@ class _Share:
                     continue
                 compressed = not (flags >> 11) & 7
                 ok = (raw, compressed)
-                j = index.get(ok)
+                j = index.get(ok)  # type: ignore[arg-type]
                 if j is None:
-                    index[ok] = len(jobs)
+                    index[ok] = len(jobs)  # type: ignore[index]
                     jobs.append((raw, _VALUES[v], _FILE, size, compressed, [t]))  # type: ignore[arg-type]
                     recs.append([(rel, key)])
                 else:
                     jobs[j][5].append(t)  # type: ignore[attr-defined]
                     recs[j].append((rel, key))
-        self.mine = [(f, p) for f, p in self.mine if p[cut:] not in finish]
-        return ShareSummary(
-            files,
-            nbytes,
-            skipped,
-            skipped_bytes,
-            ndirs,
-            len(self.links),
-            special,
-            legacy,
-            extras,
-            sorted(finish.items()),
-        )
+        if skipped:
+            self.conn.send(("s", skipped, skipped_bytes))
+        self.fetch(fetcher, source, stats)
+        for final, row, path in links:
+            write_symlink(final, lean_dirent(path, row))
+        for final, path in reversed(mine):
+            finish_dir(final, lean_dirent(path, self.dir_rows[path]))
 
     def report(self) -> None:
         """Send the files completed since the last report."""
@@ -303,43 +334,27 @@ class _Share:
         if len(self.pending) >= REPORT_EVERY:
             self.report()
 
-    def fetch(self) -> dict[str, int]:
-        """Download, verify and write every object of the share; returns where they came from."""
+    def fetch(self, fetcher: Fetcher, source: CachedSource | None, stats: dict[str, int]) -> None:
+        """Download, verify and write every object of the share (cached ones copied)."""
         setup = self.task.setup
-        stats = {"local": 0, "alien": 0, "network": 0}
-        fetcher = setup.fetcher()
-        fetcher.pipeline_window = _worker.WINDOW
         buckets = self.task.buckets
-        maybe = bool(buckets) and any(j[0][0] in buckets for j in self.jobs)
-        source = setup.open(fetcher) if setup.uses_caches or maybe else None
-        try:
-            jobs = self.jobs
-            after: Callable[[int], None] = self.after
-            if source is not None and maybe:
-                left = self._from_cache(source)
-                jobs = [self.jobs[i] for i in left]
+        jobs = self.jobs
+        after: Callable[[int], None] = self.after
+        if source is not None and buckets and any(j[0][0] in buckets for j in jobs):
+            left = self._from_cache(source)
+            jobs = [self.jobs[i] for i in left]
 
-                def after_left(j: int) -> None:
-                    self.after(left[j])
+            def after_left(j: int) -> None:
+                self.after(left[j])
 
-                after = after_left
-
-            if source is not None and source.alien is not None:
-                run_jobs(source, read_jobs(jobs), setup.keep)
-                for j in range(len(jobs)):
-                    after(j)
-            elif jobs:
-                stats["network"] += run_batch(fetcher, jobs, source if setup.keep else None, after)
-            self.report()
-            if source is not None:
-                source.flush()
-                for where, n in source.stats.items():
-                    stats[where] += n
-        finally:
-            if source is not None:
-                source.close()
-            fetcher.close()
-        return stats
+            after = after_left
+        if source is not None and source.alien is not None:
+            run_jobs(source, read_jobs(jobs), setup.keep)
+            for j in range(len(jobs)):
+                after(j)
+        elif jobs:
+            stats["network"] += run_batch(fetcher, jobs, source if setup.keep else None, after)
+        self.report()
 
     def _from_cache(self, source: object) -> list[int]:
         """Copy the objects found in the local cache; the indices of the jobs left to download."""
@@ -365,12 +380,18 @@ class _Share:
             self.after(i)
         return left
 
-    def finish(self) -> None:
-        """Write the symbolic links, then give this share's own directories their mode and time."""
-        for final, row, path in self.links:
-            write_symlink(final, lean_dirent(path, row))
-        for final, path in reversed(self.mine):
-            finish_dir(final, lean_dirent(path, self.dir_rows[path]))
+
+def _usual(size: int, flags: int, hardlinks: int, raw: bytes | None) -> bool:
+    """A regular file of one object that a worker writes (not chunked, external, a hard link or
+    over :data:`FAST_MAX`; a known hash algorithm)."""
+    return not (
+        flags & _NOT_ONE_OBJECT
+        or hardlinks >> 32
+        or type(raw) is not bytes
+        or len(raw) != 20
+        or _ALGORITHMS[(flags >> 8) & 7] is None
+        or size > FAST_MAX
+    )
 
 
 def _copier(obj: object, size: int) -> Callable[[int], int]:
@@ -392,17 +413,33 @@ def _current(final: str, size: int, mtime: int, ns: int | None) -> bool:
     )
 
 
-def run_share(task: ShareTask, k: int, workers: int, conn: Connection) -> int:
-    """Worker ``k`` of ``workers`` (forked): its share, start to end; returns the exit code."""
+def run_share(task: ShareTask, k: int, conn: Connection) -> int:
+    """Worker ``k`` (forked): the split (sent by worker 0), then shares until none is left;
+    returns the exit code."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides
     signal.signal(signal.SIGTERM, _worker._stop)
     read_umask()
     share = _Share(task, conn)
+    source: CachedSource | None = None
+    fetcher: Fetcher | None = None
     try:
-        summary = share.plan(k, workers)
-        conn.send(("plan", summary))
-        stats = share.fetch()
-        share.finish()
+        summary = share.split(task.shares)
+        if k == 0:
+            conn.send(("plan", summary))
+        setup = task.setup
+        fetcher = setup.fetcher()
+        fetcher.pipeline_window = _worker.WINDOW
+        source = setup.open(fetcher) if setup.uses_caches or task.buckets else None
+        stats = {"local": 0, "alien": 0, "network": 0}
+        while True:
+            token = os.read(task.tokens, 1)
+            if not token:
+                break
+            share.run(token[0], fetcher, source, stats)
+        if source is not None:
+            source.flush()
+            for where, n in source.stats.items():
+                stats[where] += n
         conn.send(("done", stats))
         return 0
     except RcdsError as exc:
@@ -417,6 +454,12 @@ def run_share(task: ShareTask, k: int, workers: int, conn: Connection) -> int:
         text = "".join(traceback.format_exception_only(exc)).strip()
         _tell(conn, "", f"{text} (pid {os.getpid()})")
         traceback.print_exc()
+    finally:
+        if source is not None:
+            with suppress(Exception):
+                source.close()
+        if fetcher is not None:
+            fetcher.close()
     return 1
 
 

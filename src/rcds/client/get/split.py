@@ -46,6 +46,8 @@ SPLIT_MIN_ROWS = 2000
 FORK_WITH_THREADS = False
 """Fork even if other threads run (tests: their servers are threads of the test process, which
 the forked workers never touch)."""
+SHARES_PER_WORKER = 8
+"""The tree is split into this many shares per worker, taken in turn: workers finish together."""
 STOP_SECONDS = 10.0
 PIPE_BYTES = 1 << 20
 
@@ -111,13 +113,15 @@ def split_task(
         top.catalog.mountpoint,
         files,
         done,
+        0,
+        -1,
         Setup.of(source, keep),
         used,
     )
 
 
 class SplitWorkers:
-    """The forked workers of one copy. :meth:`plans`, then :meth:`wait`; :meth:`close` always."""
+    """The forked workers of one copy. :meth:`plan`, then :meth:`wait`; :meth:`close` always."""
 
     def __init__(self, task: ShareTask, count: int) -> None:
         self.kids: dict[int, Connection] = {}
@@ -125,6 +129,14 @@ class SplitWorkers:
         self.finished: set[int] = set()
         self.stats: dict[str, int] = {}
         self.on_records: Callable[[list[tuple[str, str]], int], None] = _ignore
+        self.on_skipped: Callable[[int, int], None] = _ignore
+        shares = min(255, SHARES_PER_WORKER * count)
+        tokens, w = os.pipe()
+        try:
+            os.write(w, bytes(range(shares)))
+        finally:
+            os.close(w)
+        task = task._replace(shares=shares, tokens=tokens)
         for k in range(count):
             r, w = os.pipe()
             with suppress(OSError):
@@ -136,20 +148,20 @@ class SplitWorkers:
                     os.close(r)
                     for conn in self.kids.values():
                         conn.close()
-                    code = run_share(task, k, count, Connection(w, readable=False))
+                    code = run_share(task, k, Connection(w, readable=False))
                 finally:
                     os._exit(code)
             os.close(w)
             self.kids[pid] = Connection(r, writable=False)
+        os.close(tokens)
 
-    def plans(self) -> list[ShareSummary]:
-        """Every worker's plan (records that arrive meanwhile go to :attr:`on_records`)."""
-        out: dict[int, ShareSummary] = {}
-        while len(out) < len(self.kids):
-            for pid, message in self._next():
+    def plan(self) -> ShareSummary:
+        """The split of the tree, from the first worker (records that arrive meanwhile go to
+        :attr:`on_records`, skipped files to :attr:`on_skipped`)."""
+        while True:
+            for _, message in self._next():
                 if message[0] == "plan":
-                    out[pid] = message[1]
-        return [out[pid] for pid in self.kids]
+                    return cast(ShareSummary, message[1])
 
     def wait(self) -> None:
         """Until every worker is done; then reap them."""
@@ -176,6 +188,8 @@ class SplitWorkers:
             kind = message[0]
             if kind == "p":
                 self.on_records(message[1], message[2])
+            elif kind == "s":
+                self.on_skipped(message[1], message[2])
             elif kind == "done":
                 self.finished.add(pid)
                 for where, n in message[1].items():
@@ -228,7 +242,7 @@ def _alone() -> bool:
     return FORK_WITH_THREADS or threading.active_count() == 1
 
 
-def _ignore(records: list[tuple[str, str]], nbytes: int) -> None:
+def _ignore(a: object, b: int) -> None:
     pass
 
 
