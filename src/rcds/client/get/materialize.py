@@ -55,8 +55,8 @@ from rcds.client.get.fs import (
 )
 from rcds.client.get.pieces import write_pieced
 from rcds.client.get.procs import configured_processes
-from rcds.client.get.share import ShareTask, ancestors, ensure_dir
-from rcds.client.get.split import SplitWorkers, catalogs_below, split_task
+from rcds.client.get.share import ShareSummary, ShareTask, ancestors, ensure_dir
+from rcds.client.get.split import SplitWorkers, split_task
 from rcds.client.get.state import LEGACY_STATE_FILE, GetState, state_path
 from rcds.client.repository import Repository
 from rcds.client.tree.files import Piece, pieces_of
@@ -154,16 +154,16 @@ def materialize(
         gc.disable()  # the plan holds a few objects per file: no need to scan them over and over
         try:
             plan.add_top()
-            task = None
+            split = None
             if top.entry.is_dir:
-                source = repo.source
-                task = split_task(m, top, str(target), source, keep_in_cache, plan.state.done, n, plan.copies)
-            if task is not None:
-                plan.run_split(task, catalogs_below(m, top))
+                dirs = list(walk_rows(m, top))
+                done = plan.state.done
+                split = split_task(dirs, top.entry.path, str(target), repo.source, keep_in_cache, done, n)
+            if split is not None:
+                plan.run_split(*split)
             else:
-                if top.entry.is_dir:
-                    for path, cat, rows in walk_rows(m, top):
-                        plan.add_rows(path, cat, rows)
+                for path, cat, rows in dirs if top.entry.is_dir else ():
+                    plan.add_rows(path, cat, rows)
                 plan.run()
             return plan.report(time.monotonic() - t0)
         finally:
@@ -209,8 +209,6 @@ class _Plan:
         self.counted_links = 0
         """Directories and symlinks made by forked workers (:meth:`run_split`)."""
         self.split: SplitWorkers | None = None
-        self.copies: list[Path] = []
-        """Catalog files written for the forked workers (removed at the end)."""
         self._cut = len(top.entry.path) + 1
         self._top_path = top.entry.path
         self.state = GetState(
@@ -334,16 +332,15 @@ class _Plan:
         else:
             self.singles.append(f)
 
-    def run_split(self, task: ShareTask, cats: dict[str, Catalog]) -> None:
-        """Copy the tree with forked workers that plan their own shares (:mod:`rcds.client.get.split`);
+    def run_split(self, task: ShareTask, summary: ShareSummary) -> None:
+        """Copy the tree with forked workers, each taking shares of it (:mod:`rcds.client.get.split`);
         write what they leave to this process; finish."""
         self.downloads.processes = 0  # what is left here is little: no other worker processes
         self.split = workers = SplitWorkers(task, self.options.processes)
         workers.on_records = self._done_records
+        workers.on_skipped = self._skipped
         top = self.top.entry.path
         cut = len(self.dirs)
-        workers.on_skipped = self._skipped
-        summary = workers.plan()
         prog = self.prog
         prog.files_total += summary.files
         prog.bytes_total += summary.bytes
@@ -354,8 +351,8 @@ class _Plan:
         above = sorted({a for e in summary.extras for a in ancestors(e[0])})
         for rel in above:  # a worker may not have made them yet: made here too, as it does
             ensure_dir(self.path(rel))
-        for rel, path, final, row, mountpoint in summary.extras:
-            self._add_entry(rel, path, final, row, cats[mountpoint])
+        for rel, path, final, row, cat in summary.extras:
+            self._add_entry(rel, path, final, row, cat)
         for rel, row in summary.finish:
             self.dirs.append((rel, lean_dirent(f"{top}/{rel}", row)))
         self.dirs[cut:] = sorted(self.dirs[cut:], key=lambda d: d[0])  # parents first
@@ -408,8 +405,7 @@ class _Plan:
         split, self.split = self.split, None
         if split is not None:
             split.close()
-        for copy in self.copies:
-            copy.unlink(missing_ok=True)
+
         self.state.save(self.revision)
 
     def report(self, seconds: float) -> GetReport:

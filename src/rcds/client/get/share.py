@@ -38,9 +38,8 @@ from rcds.client.get import worker as _worker
 from rcds.client.get.fs import copy_into, finish_dir, prepare_dir, read_umask, write_file, write_symlink
 from rcds.client.get.state import LEGACY_STATE_FILE
 from rcds.client.get.worker import FAST_MAX, Setup, Target, WireJob, read_jobs, run_batch, run_jobs
-from rcds.client.tree.mounted import Located
-from rcds.client.tree.rows import LeanDir, lean_dirent, lean_row, walk_lean
-from rcds.errors import IntegrityError, RcdsError, StorageError
+from rcds.client.tree.rows import LeanDir, lean_dirent
+from rcds.errors import RcdsError, StorageError
 from rcds.format.dirent import ALGORITHM_OF_FLAG_VALUE, FLAG_CHUNKED, FLAG_EXTERNAL
 from rcds.format.hashes import ContentHash, ObjectKind
 from rcds.net.fetcher import Fetcher
@@ -79,10 +78,8 @@ class ShareTask(NamedTuple):
     """Repository path of the directory copied."""
     target: str
     """Its destination (created by the main process)."""
-    mountpoint: str
-    """The mount point of the catalog holding ``top``."""
-    catalogs: dict[str, tuple[str, str]]
-    """Every verified catalog of the subtree: mount point -> (file, description)."""
+    split: Split
+    """The tree and its split (:func:`split_tree`)."""
     done: dict[str, str]
     """The resume records of an earlier copy (relative path -> content key)."""
     shares: int
@@ -97,7 +94,7 @@ class ShareTask(NamedTuple):
 
 
 class ShareSummary(NamedTuple):
-    """The split of the tree (sent by worker 0): counts, and what the main process must do."""
+    """What the split tells the main process: counts, and what it must do itself."""
 
     files: int
     """Single-object files (the workers' part), and their bytes."""
@@ -107,8 +104,8 @@ class ShareSummary(NamedTuple):
     symlinks: int
     special: int
     legacy_is_an_entry: bool
-    extras: list[tuple[str, str, str, LeanRow, str]]
-    """Files left to the main process: (rel, repository path, destination, row, catalog mount point)."""
+    extras: list[tuple[str, str, str, LeanRow, Catalog]]
+    """Files left to the main process: (rel, repository path, destination, row, catalog)."""
     finish: list[tuple[str, LeanRow]]
     """Directories the main process finishes (mode, time) at the very end: (rel, row)."""
 
@@ -161,95 +158,84 @@ def ancestors(rel: str) -> list[str]:
     return ["/".join(parts[:i]) for i in range(1, len(parts))]
 
 
+class Split(NamedTuple):
+    """The directories of the tree (walk order, rows) and which share each belongs to."""
+
+    dirs: list[LeanDir]
+    owner: list[int]
+    """The share of each directory of :attr:`dirs`."""
+    firsts: dict[int, int]
+    """The first directory of each share."""
+    finish: dict[str, LeanRow]
+    """Directories the main process makes too and finishes (by relative path): see the module."""
+    dir_rows: dict[str, LeanRow]
+    """Each directory's own row, by repository path."""
+    cut: int
+    """Length of the top's repository path plus one: ``path[cut:]`` is relative."""
+
+
+def split_tree(dirs: list[LeanDir], top: str, target: str, shares: int) -> tuple[Split, ShareSummary]:
+    """Split the walked tree ``dirs`` of ``top`` (copied to ``target``) into ``shares``, in the main
+    process before the fork (the workers inherit it); the counts and what the main process does."""
+    owner, dir_rows = owners(dirs, shares)
+    cut = len(top) + 1
+    firsts: dict[int, int] = {}
+    for i, w in enumerate(owner):
+        firsts.setdefault(w, i)
+    spine: set[str] = set()
+    for i in firsts.values():
+        if i:
+            spine.update(ancestors(dirs[i][0][cut:]))
+    finish = {rel: dir_rows[f"{top}/{rel}"] for rel in spine}
+    files = nbytes = ndirs = nlinks = special = 0
+    legacy = False
+    extras: list[tuple[str, str, str, LeanRow, Catalog]] = []
+    for path, cat, rows in dirs:
+        rel_dir = path[cut:]
+        prefix = f"{rel_dir}/" if rel_dir else ""
+        if not rel_dir and any(r[0] == LEGACY_STATE_FILE for r in rows):
+            legacy = True
+        for row in rows:
+            name, mode, size, _, _, flags, hardlinks, raw, _, _, _ = row
+            kind = mode & _S_IFMT
+            if kind == _S_IFDIR:
+                ndirs += 1
+            elif kind == _S_IFLNK:
+                nlinks += 1
+            elif kind != _S_IFREG:
+                special += 1
+            elif _usual(size, flags, hardlinks, raw):
+                files += 1
+                nbytes += size
+            else:
+                rel = prefix + name
+                extras.append((rel, f"{path}/{name}", f"{target}/{rel}", row, cat))
+                for above in ancestors(rel):  # made by the main process too (ensure_dir)
+                    finish[above] = dir_rows[f"{top}/{above}"]
+    summary = ShareSummary(
+        files, nbytes, ndirs - len(finish), nlinks, special, legacy, extras, sorted(finish.items())
+    )
+    return Split(dirs, owner, firsts, finish, dir_rows, cut), summary
+
+
 class _Share:
     """The planning and writing of one worker's share."""
 
     def __init__(self, task: ShareTask, conn: Connection) -> None:
         self.task = task
         self.conn = conn
-        self.cats: dict[str, Catalog] = {}
-        self.dirs: list[LeanDir] = []
-        self.owner: list[int] = []
-        """The share of each directory of :attr:`dirs`."""
-        self.firsts: dict[int, int] = {}
-        """The first directory of each share."""
-        self.cut = 0
-        self.finish: dict[str, LeanRow] = {}
-        """Directories finished by the main process (by relative path)."""
         self.jobs: list[WireJob] = []
         self.recs: list[list[tuple[str, str]]] = []
         self.pending: list[int] = []
-        self.dir_rows: dict[str, LeanRow] = {}
         self.written: list[tuple[str, str]] = []
         """Files complete and not reported yet (empty ones)."""
-
-    def catalog(self, mountpoint: str) -> Catalog:
-        cat = self.cats.get(mountpoint)
-        if cat is None:
-            found = self.task.catalogs.get(mountpoint)
-            if found is None:
-                raise IntegrityError(f"{mountpoint}: a nested catalog of the copy was not loaded", mountpoint)
-            cat = self.cats[mountpoint] = Catalog(Path(found[0]), mountpoint, what=found[1])
-        return cat
-
-    def enter(self, child: str, cat: Catalog) -> tuple[LeanRow, Catalog]:
-        inner = self.catalog(child)
-        entry = inner.lookup(child)
-        if entry is None or not entry.is_dir:
-            raise IntegrityError(f"the nested catalog at {child} has no root directory row", child)
-        return lean_row(Located(entry, inner)), inner
-
-    def split(self, shares: int) -> ShareSummary:
-        """Walk the whole subtree and split it into ``shares``; what the main process must know."""
-        task = self.task
-        self.dirs = dirs = list(walk_lean(task.top, self.catalog(task.mountpoint), self.enter))
-        self.owner, self.dir_rows = owner, dir_rows = owners(dirs, shares)
-        self.cut = cut = len(task.top) + 1
-        firsts: dict[int, int] = {}
-        for i, w in enumerate(owner):
-            firsts.setdefault(w, i)
-        self.firsts = firsts
-        spine: set[str] = set()
-        for i in firsts.values():
-            if i:
-                spine.update(ancestors(dirs[i][0][cut:]))
-        finish = {rel: dir_rows[f"{task.top}/{rel}"] for rel in spine}
-        files = nbytes = ndirs = nlinks = special = 0
-        legacy = False
-        extras: list[tuple[str, str, str, LeanRow, str]] = []
-        target = task.target
-        for path, cat, rows in dirs:
-            rel_dir = path[cut:]
-            prefix = f"{rel_dir}/" if rel_dir else ""
-            if not rel_dir and any(r[0] == LEGACY_STATE_FILE for r in rows):
-                legacy = True
-            for row in rows:
-                name, mode, size, _, _, flags, hardlinks, raw, _, _, _ = row
-                kind = mode & _S_IFMT
-                if kind == _S_IFDIR:
-                    ndirs += 1
-                elif kind == _S_IFLNK:
-                    nlinks += 1
-                elif kind != _S_IFREG:
-                    special += 1
-                elif _usual(size, flags, hardlinks, raw):
-                    files += 1
-                    nbytes += size
-                else:
-                    rel = prefix + name
-                    extras.append((rel, f"{path}/{name}", f"{target}/{rel}", row, cat.mountpoint))
-                    for above in ancestors(rel):  # made by the main process too (ensure_dir)
-                        finish[above] = dir_rows[f"{task.top}/{above}"]
-        self.finish = finish
-        return ShareSummary(
-            files, nbytes, ndirs - len(finish), nlinks, special, legacy, extras, sorted(finish.items())
-        )
 
     def run(self, s: int, fetcher: Fetcher, source: CachedSource | None, stats: dict[str, int]) -> None:
         """Copy share ``s``: its directories, files and symbolic links; then finish its directories."""
         task = self.task
-        dirs, owner, cut, finish, target = self.dirs, self.owner, self.cut, self.finish, task.target
-        first = self.firsts.get(s)
+        split = task.split
+        dirs, owner, cut, finish, target = split.dirs, split.owner, split.cut, split.finish, task.target
+        first = split.firsts.get(s)
         if first is None:
             return
         if first:
@@ -318,7 +304,7 @@ class _Share:
         for final, row, path in links:
             write_symlink(final, lean_dirent(path, row))
         for final, path in reversed(mine):
-            finish_dir(final, lean_dirent(path, self.dir_rows[path]))
+            finish_dir(final, lean_dirent(path, split.dir_rows[path]))
 
     def report(self) -> None:
         """Send the files completed since the last report."""
@@ -423,9 +409,6 @@ def run_share(task: ShareTask, k: int, conn: Connection) -> int:
     source: CachedSource | None = None
     fetcher: Fetcher | None = None
     try:
-        summary = share.split(task.shares)
-        if k == 0:
-            conn.send(("plan", summary))
         setup = task.setup
         fetcher = setup.fetcher()
         fetcher.pipeline_window = _worker.WINDOW

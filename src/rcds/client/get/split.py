@@ -21,25 +21,22 @@ from __future__ import annotations
 import fcntl
 import os
 import signal
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
 from contextlib import suppress
 from multiprocessing.connection import Connection, wait
-from pathlib import Path
 from typing import Any, cast
 
 from rcds import errors
 from rcds.client.cache.listing import CacheListing
 from rcds.client.cache.source import CachedSource
-from rcds.client.get.share import ShareSummary, ShareTask, run_share
+from rcds.client.get.share import ShareSummary, ShareTask, run_share, split_tree
 from rcds.client.get.worker import Setup
-from rcds.client.tree.mounted import Located, Mounted
+from rcds.client.tree.rows import LeanDir
 from rcds.errors import RcdsError, StorageError
-from rcds.repo.catalog import Catalog
 
-__all__ = ["SPLIT_MIN_ROWS", "SplitWorkers", "catalogs_below", "split_task"]
+__all__ = ["SPLIT_MIN_ROWS", "SplitWorkers", "split_task"]
 
 SPLIT_MIN_ROWS = 2000
 """Catalog rows below which the usual plan (:mod:`rcds.client.get.downloads`) is used."""
@@ -66,62 +63,34 @@ _ERRORS["FetchError"] = errors.NetworkError
 _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 
-def catalogs_below(m: Mounted, top: Located) -> dict[str, Catalog]:
-    """Every catalog of the subtree of directory ``top`` (entered), loaded and verified."""
-    prefix = f"{top.entry.path}/"
-    cats = {top.catalog.mountpoint: top.catalog}
-    todo = [top.catalog]
-    while todo:
-        cat = todo.pop()
-        for mountpoint, h, size in cat.nested():
-            if top.entry.path and not mountpoint.startswith(prefix):
-                continue
-            inner = m.view.catalog(h, mountpoint, size)
-            cats[mountpoint] = inner
-            todo.append(inner)
-    return cats
-
-
 def split_task(
-    m: Mounted,
-    top: Located,
+    dirs: list[LeanDir],
+    top: str,
     target: str,
     source: CachedSource,
     keep: bool,
     done: dict[str, str],
     processes: int,
-    copies: list[Path],
-) -> ShareTask | None:
-    """The task of the forked workers for copying directory ``top`` (entered), or None when the
-    usual plan is to be used (few rows, no processes, another thread running). A catalog opened
-    from a private copy (the file is gone: a catalog fetched just now) is written to a file for the
-    workers (SQLite's backup of the open, verified catalog), added to ``copies`` (to delete)."""
+) -> tuple[ShareTask, ShareSummary] | None:
+    """The task of the forked workers for copying the walked tree ``dirs`` of directory ``top``,
+    and what the main process must do; None when the usual plan is to be used (few rows, no
+    processes, another thread running)."""
     if processes < 1 or not hasattr(os, "fork"):
         return None
-    cats = catalogs_below(m, top)
-    if sum(c.count_rows() for c in cats.values()) < SPLIT_MIN_ROWS:
+    if sum([len(d[2]) for d in dirs]) < SPLIT_MIN_ROWS:
         return None
     source.inserter.park()  # its thread (started by the manifest's objects) must not be forked
-    files = {mp: (str(_file_of(c, source, copies)), c.what) for mp, c in cats.items()}
     if not _alone():  # another thread is running: the usual plan
         return None
     listing = CacheListing(str(source.cache.dir))
     used = frozenset(b for b in range(256) if not listing.bucket_is_empty(b))
-    return ShareTask(
-        top.entry.path,
-        target,
-        top.catalog.mountpoint,
-        files,
-        done,
-        0,
-        -1,
-        Setup.of(source, keep),
-        used,
-    )
+    shares = min(255, SHARES_PER_WORKER * processes)
+    split, summary = split_tree(dirs, top, target, shares)
+    return ShareTask(top, target, split, done, shares, -1, Setup.of(source, keep), used), summary
 
 
 class SplitWorkers:
-    """The forked workers of one copy. :meth:`plan`, then :meth:`wait`; :meth:`close` always."""
+    """The forked workers of one copy. :meth:`wait`; :meth:`close` always."""
 
     def __init__(self, task: ShareTask, count: int) -> None:
         self.kids: dict[int, Connection] = {}
@@ -130,13 +99,12 @@ class SplitWorkers:
         self.stats: dict[str, int] = {}
         self.on_records: Callable[[list[tuple[str, str]], int], None] = _ignore
         self.on_skipped: Callable[[int, int], None] = _ignore
-        shares = min(255, SHARES_PER_WORKER * count)
         tokens, w = os.pipe()
         try:
-            os.write(w, bytes(range(shares)))
+            os.write(w, bytes(range(task.shares)))
         finally:
             os.close(w)
-        task = task._replace(shares=shares, tokens=tokens)
+        task = task._replace(tokens=tokens)
         for k in range(count):
             r, w = os.pipe()
             with suppress(OSError):
@@ -154,14 +122,6 @@ class SplitWorkers:
             os.close(w)
             self.kids[pid] = Connection(r, writable=False)
         os.close(tokens)
-
-    def plan(self) -> ShareSummary:
-        """The split of the tree, from the first worker (records that arrive meanwhile go to
-        :attr:`on_records`, skipped files to :attr:`on_skipped`)."""
-        while True:
-            for _, message in self._next():
-                if message[0] == "plan":
-                    return cast(ShareSummary, message[1])
 
     def wait(self) -> None:
         """Until every worker is done; then reap them."""
@@ -219,23 +179,6 @@ class SplitWorkers:
         for pid, conn in kids.items():
             _reap(pid, STOP_SECONDS)
             conn.close()
-
-
-def _file_of(cat: Catalog, source: CachedSource, copies: list[Path]) -> Path:
-    """A file holding the catalog ``cat`` (its own, or a copy made now)."""
-    if os.path.isfile(cat.path):
-        return cat.path
-    path = Path(source.cache.txn) / f"split.{os.getpid()}.{len(copies)}.{time.monotonic_ns()}.db"
-    copies.append(path)
-    try:
-        dst = sqlite3.connect(path)
-        try:
-            cat.db.backup(dst)
-        finally:
-            dst.close()
-    except (sqlite3.Error, OSError) as exc:
-        raise StorageError(f"cannot write a copy of {cat.what} to {path}: {exc}") from exc
-    return path
 
 
 def _alone() -> bool:
