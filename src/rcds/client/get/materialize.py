@@ -1,14 +1,17 @@
 """``rcds get``: copy a repository subtree to a local directory, in parallel and resumably.
 
 The subtree is walked on one revision (kept mounted for the whole copy) by
-:func:`rcds.client.tree.rows.walk_rows` (each directory's rows as plain tuples, names checked),
-and every entry is planned as the walk reaches it: directories are created at once (parents
-come first), files already complete from an earlier run are skipped, empty files written, and
-the single-object files go to :class:`~rcds.client.get.downloads.Downloads`, which copies cached
-objects from the local cache and downloads the others in pipelined batches, one verified
-download per distinct object, in worker processes that start while the walk is still going on
-(or in two threads for a small copy). Chunked and very large files are fetched by worker
-threads (``workers``, a file each) after the walk, their pieces pipelined and written at their
+:func:`rcds.client.tree.rows.walk_rows` (each directory's rows as plain tuples, names checked).
+A large tree (:data:`rcds.client.get.split.SPLIT_MIN_ROWS` rows or more) is then split among
+forked workers that plan their own shares (:mod:`rcds.client.get.split`): this process handles
+only what they leave to it. Otherwise every entry is planned in turn: directories are created
+at once (parents come first), files already complete from an earlier run are skipped, empty
+files written, and the single-object files go to :class:`~rcds.client.get.downloads.Downloads`,
+which copies cached objects from the local cache and downloads the others in pipelined batches,
+one verified download per distinct object, in worker processes that start while the plan is
+still being made (or in two threads for a small copy). Chunked and very large files are
+fetched by worker threads (``workers``, a file each) after the plan, their pieces pipelined and
+written at their
 offsets. Files are written as :func:`rcds.client.get.fs.write_file` does (in place when the
 name is free, else through a temp file and a rename), with their mode and modification time,
 and only recorded once complete. Symbolic links are created as links and never followed;

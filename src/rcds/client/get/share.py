@@ -1,26 +1,28 @@
-"""A forked worker's share of ``rcds get``: plan its part of the tree, then fetch and write it.
+"""A forked worker's shares of ``rcds get``: plan them, fetch, verify and write them.
 
-The main process (:mod:`rcds.client.get.split`) has fetched and verified every catalog of the
-subtree (they are files in the local cache) and forked the workers before any thread existed.
-Each worker (:func:`run_share`) opens those catalog files itself and walks the whole subtree
-with lean rows (:func:`rcds.client.tree.rows.walk_lean`: names checked), which costs ~0.1 s of
-CPU and needs nothing from the main process. Every worker then takes the same stable split of
-the directories in walk order (:func:`owners`: contiguous runs of about equal cost, a file
-counting its size plus :data:`FILE_COST`), so that the shares need no coordination.
+The main process (:mod:`rcds.client.get.split`) has walked the verified catalogs of the subtree
+once (lean rows, names checked) and split the directories in walk order into shares
+(:func:`split_tree`: contiguous runs of about equal cost, a file counting its size plus
+:data:`FILE_COST`; several shares per worker) before forking the workers, which inherit the
+rows and the split: nothing is sent, and no catalog is opened again. A worker takes the next
+share by reading one byte from a pipe that holds the share numbers (whoever is done first takes
+the next, so the workers finish together), and for each (:meth:`_Share.run`): creates its
+directories (and, first, those above its first one, the *spine*, owned by earlier shares, with
+:func:`ensure_dir`, which tolerates another process making the same directory at the same
+moment), checks each file against the resume records, writes the empty files, downloads its
+single-object files pipelined through a fetcher of its own
+(:func:`rcds.client.get.worker.run_batch`: the same servers, proxies, fail-over and
+verification; objects in the local cache are copied from it), writes its symbolic links and
+gives its directories their mode and time. It never follows a symlink in the destination and
+writes nothing outside it, as :mod:`rcds.client.get.materialize` does.
 
-A worker creates its directories (and, first, the directories above its first one: the
-*spine*, owned by earlier workers, made with :func:`ensure_dir`, which tolerates another worker
-making it at the same moment), writes its empty files and symbolic links, and downloads its
-single-object files pipelined through a fetcher of its own (:func:`rcds.client.get.worker.run_batch`:
-same servers, proxies, fail-over, verification). What it leaves to the main process it says in
-its plan message: chunked or large files and hard-link members (written by the main process
-after the split, as before), and the directories the main process gives their mode and time
-last (the spine, and the directories of those files). A worker never follows a symlink in the
-destination and writes nothing outside it, as :mod:`rcds.client.get.materialize` does.
+Left to the main process (:class:`ShareSummary`): chunked and large files and hard-link members
+(written there after the fork, as before), and the directories it gives their mode and time at
+the very end (the spines, and the directories above the files it writes).
 
-Messages to the main process (pickled on one pipe): ``("plan", ShareSummary)``, then
-``("p", [(rel, key), ...], bytes)`` for completed files now and then, ``("done", stats)`` at
-the end, or ``("error", class name, message)``.
+Messages to the main process (pickled on one pipe): ``("p", [(rel, key), ...], bytes)`` for
+completed files now and then, ``("s", files, bytes)`` for files found complete from an earlier
+copy, ``("done", stats)`` at the end, or ``("error", class name, message)``.
 """
 
 from __future__ import annotations

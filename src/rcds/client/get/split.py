@@ -1,19 +1,20 @@
 """``rcds get`` of a large tree by forked workers that plan their own shares.
 
-With many files, planning each file in the main process and sending it to the workers cost
-the main process ~1 CPU-s for 13,000 files, about as much as one worker. So for a directory of
-at least :data:`SPLIT_MIN_ROWS` catalog rows the main process only fetches and verifies the
-catalogs of the subtree (the trust chain stays in one place: every catalog is checked against
-its hash from the signed manifest or its verified parent and kept in the local cache), then
-forks the workers (:func:`split_task`: only while it has no other thread, so that no lock can
-be held in a child), each of which walks the catalogs itself and copies its share of the tree
+Planning each file in the main process and sending it to the workers cost the main process
+~1 CPU-s for 13,000 files, about as much as one worker. So for a directory of at least
+:data:`SPLIT_MIN_ROWS` catalog rows the main process only fetches and verifies the catalogs (the
+trust chain stays in one place), walks them once with lean rows and splits the tree
+(:func:`split_task`, :func:`rcds.client.get.share.split_tree`), then forks the workers
+(:class:`SplitWorkers`) while it has no other thread (the cache inserter's thread is parked
+first; if another thread runs, e.g. in a library caller, the usual plan is used), so that no
+lock can be held in a child. The workers inherit the rows and plan, fetch and write their shares
 (:mod:`rcds.client.get.share`). The main process records the completed files they report
-(progress, resume state), writes what they leave to it (chunked and large files, hard links:
-:meth:`rcds.client.get.materialize` ``_Plan.run``, as before) and gives the shared directories
-their mode and time last.
+(progress, resume state), writes what they leave to it (chunked and large files, hard links)
+and gives the shared directories their mode and time last.
 
-An error in a worker stops the others (SIGTERM: each finishes the file it is writing) and
-reaches the caller as the same error class; a worker that dies is a :class:`StorageError`.
+An error in a worker stops the others (SIGTERM: each finishes the file it is writing and
+removes nothing complete) and reaches the caller as the same error class; a worker that dies is
+a :class:`StorageError` that says how to resume.
 """
 
 from __future__ import annotations
