@@ -6,13 +6,17 @@ split; the test's servers run in threads of this process, which the forked worke
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 import pytest
 
+from rcds.client.cache.inserter import BackgroundInserter
+from rcds.client.cache.local import LocalCache
 from rcds.client.get import materialize as mat
 from rcds.client.get import procs as getprocs
 from rcds.client.get import share as getshare
@@ -22,7 +26,7 @@ from rcds.client.get.share import ensure_dir, owners
 from rcds.client.get.split import SplitWorkers
 from rcds.client.tree.rows import LeanDir
 from rcds.errors import IntegrityError, NetworkError, StorageError
-from rcds.format.hashes import ObjectKind
+from rcds.format.hashes import Algorithm, ContentHash, ObjectKind
 from rcds.repo.catalog import Catalog, LeanRow
 
 from clientkit import C1
@@ -259,3 +263,22 @@ def test_ensure_dir_replaces_a_file_or_symlink_and_never_follows_it(tmp_path: Pa
         ensure_dir(str(tmp_path / name))
         assert (tmp_path / name).is_dir() and not (tmp_path / name).is_symlink()
     assert list((tmp_path / "elsewhere").iterdir()) == []
+
+
+def test_the_cache_inserter_thread_is_parked_before_a_fork_and_comes_back(tmp_path: Path) -> None:
+    cache = LocalCache(tmp_path / "cache")
+    inserter = BackgroundInserter(cache)
+    plain = b"some content"
+    h = ContentHash(Algorithm.SHA1, hashlib.sha1(plain).digest())
+    inserter.put(h, ObjectKind.FILE, plain)
+    assert any(t.name == "rcds-cache-insert" for t in threading.enumerate())
+    inserter.park()
+    assert not any(t.name == "rcds-cache-insert" for t in threading.enumerate())
+    assert cache.path_of(h, ObjectKind.FILE) is not None  # committed first
+    other = b"more content"
+    h2 = ContentHash(Algorithm.SHA1, hashlib.sha1(other).digest())
+    inserter.put(h2, ObjectKind.FILE, other)  # a new thread
+    inserter.flush()
+    assert cache.path_of(h2, ObjectKind.FILE) is not None
+    inserter.close()
+    cache.close()
