@@ -206,7 +206,14 @@ def split_tree(dirs: list[LeanDir], top: str, target: str, shares: int) -> tuple
                 nlinks += 1
             elif kind != _S_IFREG:
                 special += 1
-            elif _usual(size, flags, hardlinks, raw):
+            elif (
+                not flags & _NOT_ONE_OBJECT
+                and not hardlinks >> 32
+                and size <= FAST_MAX
+                and type(raw) is bytes
+                and len(raw) == 20
+                and _ALGORITHMS[(flags >> 8) & 7] is not None
+            ):  # the usual file (as _usual says, inline: once per row)
                 files += 1
                 nbytes += size
             else:

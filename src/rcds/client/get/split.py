@@ -30,7 +30,6 @@ from multiprocessing.connection import Connection, wait
 from typing import Any, cast
 
 from rcds import errors
-from rcds.client.cache.listing import CacheListing
 from rcds.client.cache.source import CachedSource
 from rcds.client.get.share import ShareSummary, ShareTask, run_share, split_tree
 from rcds.client.get.worker import Setup
@@ -83,8 +82,7 @@ def split_task(
     source.inserter.park()  # its thread (started by the manifest's objects) must not be forked
     if not _alone():  # another thread is running: the usual plan
         return None
-    listing = CacheListing(str(source.cache.dir))
-    used = frozenset(b for b in range(256) if not listing.bucket_is_empty(b))
+    used = _file_buckets(str(source.cache.dir))
     shares = min(255, SHARES_PER_WORKER * processes)
     split, summary = split_tree(dirs, top, target, shares)
     return ShareTask(top, target, split, done, shares, -1, Setup.of(source, keep), used), summary
@@ -180,6 +178,23 @@ class SplitWorkers:
         for pid, conn in kids.items():
             _reap(pid, STOP_SECONDS)
             conn.close()
+
+
+def _file_buckets(root: str) -> frozenset[int]:
+    """The cache directories (by first hash byte) that may hold objects other than catalogs
+    (``...C``: the copy's own catalogs are there), which a worker then asks about its objects."""
+    used = []
+    for b in range(256):
+        try:
+            names = os.listdir(f"{root}/{b:02x}")
+        except FileNotFoundError:
+            continue
+        except OSError:
+            used.append(b)
+            continue
+        if any(not n.endswith("C") for n in names):
+            used.append(b)
+    return frozenset(used)
 
 
 def _alone() -> bool:
