@@ -413,6 +413,11 @@ def run_share(task: ShareTask, k: int, conn: Connection) -> int:
     returns the exit code."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides
     signal.signal(signal.SIGTERM, _worker._stop)
+    with suppress(OSError):
+        # A session of its own, as the batch workers (rcds.workerproc) have: Ctrl-C on a terminal
+        # reaches only the main process, and where the kernel groups CPU time by session
+        # (autogroups) each worker gets its own share, not a third of the caller's.
+        os.setsid()
     read_umask()
     share = _Share(task, conn)
     source: CachedSource | None = None
