@@ -39,7 +39,6 @@ import stat
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
@@ -58,6 +57,7 @@ from rcds.client.get.fs import (
 )
 from rcds.client.get.pieces import write_pieced
 from rcds.client.get.procs import configured_processes
+from rcds.client.get.report import GetReport, Progress
 from rcds.client.get.share import ShareSummary, ShareTask, ancestors, ensure_dir
 from rcds.client.get.split import SplitWorkers, split_task
 from rcds.client.get.state import LEGACY_STATE_FILE, GetState, state_path
@@ -87,34 +87,6 @@ _S_IFMT, _S_IFDIR, _S_IFREG, _S_IFLNK = 0o170000, stat.S_IFDIR, stat.S_IFREG, st
 _ALGORITHMS = ALGORITHM_OF_FLAG_VALUE
 _IDENTIFIERS = tuple("" if a is None else a.identifier for a in ALGORITHM_OF_FLAG_VALUE)
 """The hash string suffix of each value of flag bits 8-10 (a file's content key is its hash string)."""
-
-
-@dataclass(slots=True)
-class Progress:
-    """Counters passed to the progress callback."""
-
-    files_total: int = 0
-    bytes_total: int = 0
-    files_done: int = 0
-    bytes_done: int = 0
-    skipped: int = 0
-    started: float = field(default_factory=time.monotonic)
-
-
-@dataclass(frozen=True, slots=True)
-class GetReport:
-    """What :func:`materialize` did."""
-
-    target: Path
-    revision: int
-    files: int
-    directories: int
-    symlinks: int
-    hardlinks: int
-    bytes: int
-    skipped: int
-    special_skipped: int
-    seconds: float
 
 
 def materialize(
