@@ -282,3 +282,23 @@ def test_the_cache_inserter_thread_is_parked_before_a_fork_and_comes_back(tmp_pa
     assert cache.path_of(h2, ObjectKind.FILE) is not None
     inserter.close()
     cache.close()
+
+
+def test_when_no_process_can_be_forked_the_copy_runs_in_this_process(
+    site: Site,
+    many: dict[str, bytes],
+    tmp_path: Path,
+    forked: list[SplitWorkers],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[int] = []
+
+    def refuse() -> int:
+        calls.append(1)
+        raise BlockingIOError(11, "Resource temporarily unavailable")  # what fork says at the limit
+
+    monkeypatch.setattr(getsplit.os, "fork", refuse)
+    report = materialize(site.open(cache_dir=tmp_path / "c"), MANY, tmp_path / "out", processes=2)
+    assert calls and not forked  # tried, refused, nothing left running
+    assert regular_files(tmp_path / "out") == many
+    assert report.files == len(many) + 1

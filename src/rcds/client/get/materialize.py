@@ -34,6 +34,7 @@ and, once its records are saved in the cache, removed (unless the repository has
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import stat
 import threading
@@ -76,6 +77,8 @@ from rcds.format.hashes import ContentHash, ObjectKind
 from rcds.repo.catalog import Catalog, LeanRow
 
 __all__ = ["GetReport", "Progress", "content_key", "materialize"]
+
+log = logging.getLogger("rcds.client")
 
 SAVE_EVERY = 2.0
 """Seconds between saves of the resume state during a copy."""
@@ -134,9 +137,7 @@ def materialize(
                 dirs = list(walk_rows(m, top))
                 done = plan.state.done
                 split = split_task(dirs, top.entry.path, str(target), repo.source, keep_in_cache, done, n)
-            if split is not None:
-                plan.run_split(*split)
-            else:
+            if split is None or not plan.run_split(*split):
                 for path, cat, rows in dirs if top.entry.is_dir else ():
                     plan.add_rows(path, cat, rows)
                 plan.run()
@@ -307,11 +308,16 @@ class _Plan:
         else:
             self.singles.append(f)
 
-    def run_split(self, task: ShareTask, summary: ShareSummary) -> None:
+    def run_split(self, task: ShareTask, summary: ShareSummary) -> bool:
         """Copy the tree with forked workers, each taking shares of it (:mod:`rcds.client.get.split`);
-        write what they leave to this process; finish."""
+        write what they leave to this process; finish. False if no process could be started
+        (nothing was done: the usual plan follows, in this process)."""
         self.downloads.processes = 0  # what is left here is little: no other worker processes
-        self.split = workers = SplitWorkers(task, self.options.processes)
+        try:
+            self.split = workers = SplitWorkers(task, self.options.processes)
+        except OSError as exc:  # e.g. no more processes allowed
+            log.warning("cannot start download worker processes (%s); downloading in this process", exc)
+            return False
         workers.on_records = self._done_records
         workers.on_skipped = self._skipped
         top = self.top.entry.path
@@ -334,6 +340,7 @@ class _Plan:
         self.run(workers.wait)
         for where, n in workers.stats.items():
             self.repo.source.count(where, n)
+        return True
 
     def run(self, during: Callable[[], None] | None = None) -> None:
         """The walk is over: write everything not written yet (while ``during()`` runs, if given)."""

@@ -93,7 +93,6 @@ class SplitWorkers:
 
     def __init__(self, task: ShareTask, count: int) -> None:
         self.kids: dict[int, Connection] = {}
-        self.planned: set[int] = set()
         self.finished: set[int] = set()
         self.stats: dict[str, int] = {}
         self.on_records: Callable[[list[tuple[str, str]], int], None] = _ignore
@@ -104,23 +103,36 @@ class SplitWorkers:
         finally:
             os.close(w)
         task = task._replace(tokens=tokens)
-        for k in range(count):
-            r, w = os.pipe()
-            with suppress(OSError):
-                fcntl.fcntl(w, _F_SETPIPE_SZ, PIPE_BYTES)
+        try:
+            for k in range(count):
+                self._fork(task, k)
+        except BaseException:  # e.g. no more processes allowed, or Ctrl-C: stop those started
+            self.close()
+            raise
+        finally:
+            os.close(tokens)
+
+    def _fork(self, task: ShareTask, k: int) -> None:
+        r, w = os.pipe()
+        with suppress(OSError):
+            fcntl.fcntl(w, _F_SETPIPE_SZ, PIPE_BYTES)
+        try:
             pid = os.fork()
-            if pid == 0:  # pragma: no cover - the child's coverage is not collected
-                code = 1
-                try:
-                    os.close(r)
-                    for conn in self.kids.values():
-                        conn.close()
-                    code = run_share(task, k, Connection(w, readable=False))
-                finally:
-                    os._exit(code)
+        except BaseException:
+            os.close(r)
             os.close(w)
-            self.kids[pid] = Connection(r, writable=False)
-        os.close(tokens)
+            raise
+        if pid == 0:  # pragma: no cover - the child's coverage is not collected
+            code = 1
+            try:
+                os.close(r)
+                for conn in self.kids.values():
+                    conn.close()
+                code = run_share(task, k, Connection(w, readable=False))
+            finally:
+                os._exit(code)
+        os.close(w)
+        self.kids[pid] = Connection(r, writable=False)
 
     def wait(self) -> None:
         """Until every worker is done; then reap them."""
