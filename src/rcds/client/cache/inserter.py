@@ -59,6 +59,7 @@ class BackgroundInserter:
         self._urgent = 0
         self._idle = False
         self._closed = False
+        self._parking = False
         self._thread: threading.Thread | None = None
         self.errors = 0
 
@@ -156,7 +157,7 @@ class BackgroundInserter:
                 left = first + BATCH_DELAY - time.monotonic()
                 if full or left <= 0 or self._urgent or self._closed:
                     break
-            elif self._closed:
+            elif self._closed or self._parking:
                 return None
             else:
                 first, left = None, 0.0
@@ -211,6 +212,21 @@ class BackgroundInserter:
                 self._cv.wait_for(lambda: not self._queue and not self._busy, timeout)
             finally:
                 self._urgent -= 1
+
+    def park(self, timeout: float = 60.0) -> None:
+        """Commit what is queued and stop the thread for now (the next :meth:`put` starts another):
+        e.g. before a ``fork``, which must not copy a thread holding a lock."""
+        self.flush(timeout)
+        with self._cv:
+            thread, self._thread = self._thread, None
+            self._parking = True
+            self._cv.notify_all()
+        try:
+            if thread is not None:
+                thread.join(timeout)
+        finally:
+            with self._cv:
+                self._parking = False
 
     def close(self, timeout: float = 60.0) -> None:
         """Commit what is queued, then stop the thread."""

@@ -1,14 +1,17 @@
 """``rcds get``: copy a repository subtree to a local directory, in parallel and resumably.
 
 The subtree is walked on one revision (kept mounted for the whole copy) by
-:func:`rcds.client.tree.rows.walk_rows` (each directory's rows as plain tuples, names checked),
-and every entry is planned as the walk reaches it: directories are created at once (parents
-come first), files already complete from an earlier run are skipped, empty files written, and
-the single-object files go to :class:`~rcds.client.get.downloads.Downloads`, which copies cached
-objects from the local cache and downloads the others in pipelined batches, one verified
-download per distinct object, in worker processes that start while the walk is still going on
-(or in two threads for a small copy). Chunked and very large files are fetched by worker
-threads (``workers``, a file each) after the walk, their pieces pipelined and written at their
+:func:`rcds.client.tree.rows.walk_rows` (each directory's rows as plain tuples, names checked).
+A large tree (:data:`rcds.client.get.split.SPLIT_MIN_ROWS` rows or more) is then split among
+forked workers that plan their own shares (:mod:`rcds.client.get.split`): this process handles
+only what they leave to it. Otherwise every entry is planned in turn: directories are created
+at once (parents come first), files already complete from an earlier run are skipped, empty
+files written, and the single-object files go to :class:`~rcds.client.get.downloads.Downloads`,
+which copies cached objects from the local cache and downloads the others in pipelined batches,
+one verified download per distinct object, in worker processes that start while the plan is
+still being made (or in two threads for a small copy). Chunked and very large files are
+fetched by worker threads (``workers``, a file each) after the plan, their pieces pipelined and
+written at their
 offsets. Files are written as :func:`rcds.client.get.fs.write_file` does (in place when the
 name is free, else through a temp file and a rename), with their mode and modification time,
 and only recorded once complete. Symbolic links are created as links and never followed;
@@ -31,12 +34,12 @@ and, once its records are saved in the cache, removed (unless the repository has
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import stat
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
@@ -55,23 +58,27 @@ from rcds.client.get.fs import (
 )
 from rcds.client.get.pieces import write_pieced
 from rcds.client.get.procs import configured_processes
+from rcds.client.get.report import GetReport, Progress
+from rcds.client.get.share import ShareSummary, ShareTask, ancestors, ensure_dir
+from rcds.client.get.split import SplitWorkers, split_task
 from rcds.client.get.state import LEGACY_STATE_FILE, GetState, state_path
 from rcds.client.repository import Repository
 from rcds.client.tree.files import Piece, pieces_of
 from rcds.client.tree.mounted import Located
-from rcds.client.tree.rows import lean_row, walk_rows
-from rcds.errors import InputError, IntegrityError, StorageError
+from rcds.client.tree.rows import lean_dirent, lean_row, walk_rows
+from rcds.errors import InputError, StorageError
 from rcds.format.dirent import (
     ALGORITHM_OF_FLAG_VALUE,
     FLAG_CHUNKED,
     FLAG_EXTERNAL,
     Dirent,
-    algorithm_of_flags,
 )
 from rcds.format.hashes import ContentHash, ObjectKind
 from rcds.repo.catalog import Catalog, LeanRow
 
 __all__ = ["GetReport", "Progress", "content_key", "materialize"]
+
+log = logging.getLogger("rcds.client")
 
 SAVE_EVERY = 2.0
 """Seconds between saves of the resume state during a copy."""
@@ -83,34 +90,6 @@ _S_IFMT, _S_IFDIR, _S_IFREG, _S_IFLNK = 0o170000, stat.S_IFDIR, stat.S_IFREG, st
 _ALGORITHMS = ALGORITHM_OF_FLAG_VALUE
 _IDENTIFIERS = tuple("" if a is None else a.identifier for a in ALGORITHM_OF_FLAG_VALUE)
 """The hash string suffix of each value of flag bits 8-10 (a file's content key is its hash string)."""
-
-
-@dataclass(slots=True)
-class Progress:
-    """Counters passed to the progress callback."""
-
-    files_total: int = 0
-    bytes_total: int = 0
-    files_done: int = 0
-    bytes_done: int = 0
-    skipped: int = 0
-    started: float = field(default_factory=time.monotonic)
-
-
-@dataclass(frozen=True, slots=True)
-class GetReport:
-    """What :func:`materialize` did."""
-
-    target: Path
-    revision: int
-    files: int
-    directories: int
-    symlinks: int
-    hardlinks: int
-    bytes: int
-    skipped: int
-    special_skipped: int
-    seconds: float
 
 
 def materialize(
@@ -153,10 +132,15 @@ def materialize(
         gc.disable()  # the plan holds a few objects per file: no need to scan them over and over
         try:
             plan.add_top()
+            split = None
             if top.entry.is_dir:
-                for path, cat, rows in walk_rows(m, top):
+                dirs = list(walk_rows(m, top))
+                done = plan.state.done
+                split = split_task(dirs, top.entry.path, str(target), repo.source, keep_in_cache, done, n)
+            if split is None or not plan.run_split(*split):
+                for path, cat, rows in dirs if top.entry.is_dir else ():
                     plan.add_rows(path, cat, rows)
-            plan.run()
+                plan.run()
             return plan.report(time.monotonic() - t0)
         finally:
             plan.close()
@@ -197,6 +181,10 @@ class _Plan:
         self.groups: dict[tuple[str, int], list[PlannedFile]] = {}
         self.special = 0
         self.hardlinks = 0
+        self.counted_dirs = 0
+        self.counted_links = 0
+        """Directories and symlinks made by forked workers (:meth:`run_split`)."""
+        self.split: SplitWorkers | None = None
         self._cut = len(top.entry.path) + 1
         self._top_path = top.entry.path
         self.state = GetState(
@@ -278,7 +266,7 @@ class _Plan:
 
     def _add_entry(self, rel: str, path: str, final: str, row: LeanRow, cat: Catalog) -> None:
         """Plan any entry (the top, or a row :meth:`add_rows` leaves to it)."""
-        e = _dirent(path, row)
+        e = lean_dirent(path, row)
         kind = e.mode & _S_IFMT
         if kind == _S_IFREG:
             pieces = tuple(pieces_of(e, cat))
@@ -320,9 +308,49 @@ class _Plan:
         else:
             self.singles.append(f)
 
-    def run(self) -> None:
-        """The walk is over: write everything not written yet."""
+    def run_split(self, task: ShareTask, summary: ShareSummary) -> bool:
+        """Copy the tree with forked workers, each taking shares of it (:mod:`rcds.client.get.split`);
+        write what they leave to this process; finish. False if no process could be started
+        (nothing was done: the usual plan follows, in this process)."""
+        self.downloads.processes = 0  # what is left here is little: no other worker processes
+        try:
+            self.split = workers = SplitWorkers(task, self.options.processes)
+        except OSError as exc:  # e.g. no more processes allowed
+            log.warning("cannot start download worker processes (%s); downloading in this process", exc)
+            return False
+        workers.on_records = self._done_records
+        workers.on_skipped = self._skipped
+        top = self.top.entry.path
+        cut = len(self.dirs)
+        prog = self.prog
+        prog.files_total += summary.files
+        prog.bytes_total += summary.bytes
+        self.counted_dirs += summary.directories
+        self.counted_links += summary.symlinks
+        self.special += summary.special
+        self.legacy_is_an_entry |= summary.legacy_is_an_entry
+        above = sorted({a for e in summary.extras for a in ancestors(e[0])})
+        for rel in above:  # a worker may not have made them yet: made here too, as it does
+            ensure_dir(self.path(rel))
+        for rel, path, final, row, cat in summary.extras:
+            self._add_entry(rel, path, final, row, cat)
+        for rel, row in summary.finish:
+            self.dirs.append((rel, lean_dirent(f"{top}/{rel}", row)))
+        self.dirs[cut:] = sorted(self.dirs[cut:], key=lambda d: d[0])  # parents first
+        self.run(workers.wait)
+        for where, n in workers.stats.items():
+            self.repo.source.count(where, n)
+        return True
+
+    def run(self, during: Callable[[], None] | None = None) -> None:
+        """The walk is over: write everything not written yet (while ``during()`` runs, if given)."""
         self._progress = self.options.progress
+
+        def downloads() -> None:
+            self.downloads.finish()
+            if during is not None:
+                during()
+
         try:
             for group in self.groups.values():
                 self._add_file(group[0])
@@ -333,7 +361,7 @@ class _Plan:
                 keep=self.options.keep,
                 workers=self.options.workers,
                 done=self._done,
-                during=self.downloads.finish,
+                during=downloads,
             )
             self.hardlinks = self._link_groups()
             for rel, e in self.links:
@@ -356,6 +384,10 @@ class _Plan:
         downloads: Downloads | None = self.__dict__.pop("downloads", None)
         if downloads is not None:
             downloads.close()
+        split, self.split = self.split, None
+        if split is not None:
+            split.close()
+
         self.state.save(self.revision)
 
     def report(self, seconds: float) -> GetReport:
@@ -364,8 +396,8 @@ class _Plan:
             target=self.target,
             revision=self.revision,
             files=prog.files_total,
-            directories=len(self.dirs),
-            symlinks=len(self.links),
+            directories=len(self.dirs) + self.counted_dirs,
+            symlinks=len(self.links) + self.counted_links,
             hardlinks=self.hardlinks,
             bytes=prog.bytes_total,
             skipped=prog.skipped,
@@ -387,6 +419,26 @@ class _Plan:
                 return
             self._last_save = now
         self.state.save(self.revision)
+
+    def _skipped(self, files: int, nbytes: int) -> None:
+        """Files a forked worker found complete from an earlier copy."""
+        prog = self.prog
+        prog.skipped += files
+        prog.files_done += files
+        prog.bytes_done += nbytes
+
+    def _done_records(self, records: list[tuple[str, str]], nbytes: int) -> None:
+        """Files a forked worker completed: ``(rel, key)`` records and their bytes."""
+        self.state.record_many(records)
+        prog = self.prog
+        prog.files_done += len(records)
+        prog.bytes_done += nbytes
+        if self._progress is not None:
+            self._progress(prog)
+        now = time.monotonic()
+        if now - self._last_save > SAVE_EVERY:
+            self._last_save = now
+            self.state.save(self.revision)
 
     def _done_many(self, files: list[PlannedFile]) -> None:
         """:meth:`_done` for a batch of files at once (fewer locks and clock reads)."""
@@ -428,14 +480,3 @@ class _Plan:
             for f in group[1:]:
                 count += hard_link(primary, self.path(f.rel))
         return count
-
-
-def _dirent(path: str, row: LeanRow) -> Dirent:
-    """The entry of a lean row found under ``path`` (its hash column checked as catalogs do)."""
-    name, mode, size, mtime, ns, flags, hardlinks, raw, symlink, _, _ = row
-    h = None
-    if raw:
-        if type(raw) is not bytes or len(raw) != 20:
-            raise IntegrityError(f"{path or '/'} has a malformed hash column", path)
-        h = ContentHash(algorithm_of_flags(flags), raw)
-    return Dirent(path, name, mode, size, mtime, flags, hardlinks, h, symlink, 0, 0, ns, None)

@@ -29,7 +29,7 @@ import gc
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from hashlib import sha1 as _sha1
 from types import ModuleType
@@ -219,12 +219,18 @@ def run_jobs(source: CachedSource, jobs: list[Job], keep: bool) -> None:
                 raise SystemExit(128 + signal.SIGTERM)
 
 
-def run_batch(fetcher: Fetcher, batch: Sequence[WireJob], source: CachedSource | None = None) -> int:
+def run_batch(
+    fetcher: Fetcher,
+    batch: Sequence[WireJob],
+    source: CachedSource | None = None,
+    after: Callable[[int], None] | None = None,
+) -> int:
     """Fetch, verify and write the objects of one batch as received; returns how many were downloaded.
 
     Every object at most :data:`FAST_MAX` bytes. With ``source``, each object is also queued
     for its local cache (``--fill-cache``; ``source`` must have no alien cache: see
-    :func:`run_jobs`). Raises what :func:`~rcds.client.fetch.bulk.fetch_objects` raises for an
+    :func:`run_jobs`). ``after(index)`` is called once the files of ``batch[index]`` are in
+    place, if given. Raises what :func:`~rcds.client.fetch.bulk.fetch_objects` raises for an
     object no server has intact; the files written before are complete.
     """
     global _writing
@@ -250,6 +256,8 @@ def run_batch(fetcher: Fetcher, batch: Sequence[WireJob], source: CachedSource |
                     _writing = False
                 if _stopping:
                     raise SystemExit(128 + signal.SIGTERM)
+            if after is not None:
+                after(i)
     except FetchError as exc:
         from rcds.repo.http_source import translate
 

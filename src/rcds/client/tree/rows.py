@@ -24,16 +24,17 @@ of the nested catalog (loaded as the walk reaches it), whose rows are then walke
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from operator import itemgetter
 
 from rcds.client.tree.mounted import Located, Mounted
 from rcds.errors import IntegrityError
-from rcds.format.dirent import FLAG_NESTED_MOUNTPOINT
+from rcds.format.dirent import FLAG_NESTED_MOUNTPOINT, Dirent, algorithm_of_flags
+from rcds.format.hashes import ContentHash
 from rcds.format.pathhash import PathHash, md5_pair
 from rcds.repo.catalog import Catalog, LeanRow
 
-__all__ = ["LeanDir", "lean_row", "walk_rows"]
+__all__ = ["Enter", "LeanDir", "lean_dirent", "lean_row", "walk_lean", "walk_rows"]
 
 _S_IFMT = 0o170000
 _S_IFDIR = 0o040000
@@ -53,6 +54,17 @@ def lean_row(loc: Located) -> LeanRow:
     return (e.name, e.mode, e.size, e.mtime, e.mtimens, e.flags, e.hardlinks, raw, e.symlink, 0, 0)
 
 
+def lean_dirent(path: str, row: LeanRow) -> Dirent:
+    """The entry of a lean row found under ``path`` (its hash column checked as catalogs do)."""
+    name, mode, size, mtime, ns, flags, hardlinks, raw, symlink, _, _ = row
+    h = None
+    if raw:
+        if type(raw) is not bytes or len(raw) != 20:
+            raise IntegrityError(f"{path or '/'} has a malformed hash column", path)
+        h = ContentHash(algorithm_of_flags(flags), raw)
+    return Dirent(path, name, mode, size, mtime, flags, hardlinks, h, symlink, 0, 0, ns, None)
+
+
 def walk_rows(m: Mounted, top: Located) -> Iterator[LeanDir]:
     """The directories of the subtree of directory ``top`` (already entered if a nested catalog
     mount point), parents before children, each with its visible children's rows by name.
@@ -61,9 +73,26 @@ def walk_rows(m: Mounted, top: Located) -> Iterator[LeanDir]:
     replaced by the nested catalog's root row. :class:`IntegrityError` for a name that is not a
     plain file name or appears twice in one directory.
     """
-    cat = top.catalog
-    groups = cat.lean_tree() if top.entry.path == cat.mountpoint else None
-    stack: list[tuple[str, Catalog, _Groups]] = [(top.entry.path, cat, groups)]
+
+    def enter(child: str, cat: Catalog) -> tuple[LeanRow, Catalog]:
+        entry = cat.lookup(child)
+        if entry is None:
+            raise IntegrityError(f"{child}: a row of the walk is missing from its catalog", child)
+        inner = m.enter(Located(entry, cat))
+        return lean_row(inner), inner.catalog
+
+    return walk_lean(top.entry.path, top.catalog, enter)
+
+
+Enter = Callable[[str, Catalog], tuple[LeanRow, Catalog]]
+"""How a walk enters the nested catalog mounted at a path of a catalog: its root row and catalog."""
+
+
+def walk_lean(top: str, cat: Catalog, enter: Enter) -> Iterator[LeanDir]:
+    """:func:`walk_rows` of directory ``top`` of ``cat``, nested catalogs entered by ``enter``
+    (e.g. catalogs already loaded and verified by another process: :mod:`rcds.client.get.share`)."""
+    groups = cat.lean_tree() if top == cat.mountpoint else None
+    stack: list[tuple[str, Catalog, _Groups]] = [(top, cat, groups)]
     while stack:
         path, cat, groups = stack.pop()
         rows = _children(cat, groups, path)
@@ -78,12 +107,8 @@ def walk_rows(m: Mounted, top: Located) -> Iterator[LeanDir]:
                 continue
             child = f"{path}/{row[0]}"
             if row[5] & FLAG_NESTED_MOUNTPOINT:
-                entry = cat.lookup(child)
-                if entry is None:
-                    raise IntegrityError(f"{child}: a row of the walk is missing from its catalog", child)
-                inner = m.enter(Located(entry, cat))
-                rows[i] = lean_row(inner)
-                below.append((child, inner.catalog, inner.catalog.lean_tree()))
+                rows[i], inner = enter(child, cat)
+                below.append((child, inner, inner.lean_tree()))
             else:
                 below.append((child, cat, groups))
         yield path, cat, rows

@@ -1,0 +1,234 @@
+"""``rcds get`` of a large tree by forked workers that plan their own shares.
+
+Planning each file in the main process and sending it to the workers cost the main process
+~1 CPU-s for 13,000 files, about as much as one worker. So for a directory of at least
+:data:`SPLIT_MIN_ROWS` catalog rows the main process only fetches and verifies the catalogs (the
+trust chain stays in one place), walks them once with lean rows and splits the tree
+(:func:`split_task`, :func:`rcds.client.get.share.split_tree`), then forks the workers
+(:class:`SplitWorkers`) while it has no other thread (the cache inserter's thread is parked
+first; if another thread runs, e.g. in a library caller, the usual plan is used), so that no
+lock can be held in a child. The workers inherit the rows and plan, fetch and write their shares
+(:mod:`rcds.client.get.share`). The main process records the completed files they report
+(progress, resume state), writes what they leave to it (chunked and large files, hard links)
+and gives the shared directories their mode and time last.
+
+An error in a worker stops the others (SIGTERM: each finishes the file it is writing and
+removes nothing complete) and reaches the caller as the same error class; a worker that dies is
+a :class:`StorageError` that says how to resume.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from contextlib import suppress
+from multiprocessing.connection import Connection, wait
+from typing import Any, cast
+
+from rcds import errors
+from rcds.client.cache.source import CachedSource
+from rcds.client.get.share import ShareSummary, ShareTask, run_share, split_tree
+from rcds.client.get.worker import Setup
+from rcds.client.tree.rows import LeanDir
+from rcds.errors import RcdsError, StorageError
+
+__all__ = ["SPLIT_MIN_ROWS", "SplitWorkers", "split_task"]
+
+SPLIT_MIN_ROWS = 2000
+"""Catalog rows below which the usual plan (:mod:`rcds.client.get.downloads`) is used."""
+FORK_WITH_THREADS = False
+"""Fork even if other threads run (tests: their servers are threads of the test process, which
+the forked workers never touch)."""
+SHARES_PER_WORKER = 8
+"""The tree is split into this many shares per worker, taken in turn: workers finish together."""
+STOP_SECONDS = 10.0
+PIPE_BYTES = 1 << 20
+
+_ERRORS: dict[str, type[RcdsError]] = {
+    c.__name__: c
+    for c in (
+        errors.ConfigError,
+        errors.InputError,
+        errors.IntegrityError,
+        errors.NotFoundError,
+        errors.StorageError,
+        errors.NetworkError,
+    )
+}
+_ERRORS["FetchError"] = errors.NetworkError
+_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+
+
+def split_task(
+    dirs: list[LeanDir],
+    top: str,
+    target: str,
+    source: CachedSource,
+    keep: bool,
+    done: dict[str, str],
+    processes: int,
+) -> tuple[ShareTask, ShareSummary] | None:
+    """The task of the forked workers for copying the walked tree ``dirs`` of directory ``top``,
+    and what the main process must do; None when the usual plan is to be used (few rows, no
+    processes, another thread running)."""
+    if processes < 1 or not hasattr(os, "fork"):
+        return None
+    if sum([len(d[2]) for d in dirs]) < SPLIT_MIN_ROWS:
+        return None
+    source.inserter.park()  # its thread (started by the manifest's objects) must not be forked
+    if not _alone():  # another thread is running: the usual plan
+        return None
+    used = _file_buckets(str(source.cache.dir))
+    shares = min(255, SHARES_PER_WORKER * processes)
+    split, summary = split_tree(dirs, top, target, shares)
+    return ShareTask(top, target, split, done, shares, -1, Setup.of(source, keep), used), summary
+
+
+class SplitWorkers:
+    """The forked workers of one copy. :meth:`wait`; :meth:`close` always."""
+
+    def __init__(self, task: ShareTask, count: int) -> None:
+        self.kids: dict[int, Connection] = {}
+        self.finished: set[int] = set()
+        self.stats: dict[str, int] = {}
+        self.on_records: Callable[[list[tuple[str, str]], int], None] = _ignore
+        self.on_skipped: Callable[[int, int], None] = _ignore
+        tokens, w = os.pipe()
+        try:
+            os.write(w, bytes(range(task.shares)))
+        finally:
+            os.close(w)
+        task = task._replace(tokens=tokens)
+        try:
+            for k in range(count):
+                self._fork(task, k)
+        except BaseException:  # e.g. no more processes allowed, or Ctrl-C: stop those started
+            self.close()
+            raise
+        finally:
+            os.close(tokens)
+
+    def _fork(self, task: ShareTask, k: int) -> None:
+        r, w = os.pipe()
+        with suppress(OSError):
+            fcntl.fcntl(w, _F_SETPIPE_SZ, PIPE_BYTES)
+        try:
+            pid = os.fork()
+        except BaseException:
+            os.close(r)
+            os.close(w)
+            raise
+        if pid == 0:  # pragma: no cover - the child's coverage is not collected
+            code = 1
+            try:
+                os.close(r)
+                for conn in self.kids.values():
+                    conn.close()
+                code = run_share(task, k, Connection(w, readable=False))
+            finally:
+                os._exit(code)
+        os.close(w)
+        self.kids[pid] = Connection(r, writable=False)
+
+    def wait(self) -> None:
+        """Until every worker is done; then reap them."""
+        while len(self.finished) < len(self.kids):
+            for _ in self._next():
+                pass
+        for pid in self.kids:
+            _reap(pid, STOP_SECONDS)
+        for conn in self.kids.values():
+            conn.close()
+        self.kids = {}
+
+    def _next(self) -> list[tuple[int, Any]]:
+        """The messages that are in (waiting for one at least); records and ends handled here."""
+        live = {conn: pid for pid, conn in self.kids.items() if pid not in self.finished}
+        got = []
+        for ready in wait(list(live)):
+            conn = cast(Connection, ready)
+            pid = live[conn]
+            try:
+                message: Any = conn.recv()
+            except (EOFError, OSError):
+                raise self._died(pid) from None
+            kind = message[0]
+            if kind == "p":
+                self.on_records(message[1], message[2])
+            elif kind == "s":
+                self.on_skipped(message[1], message[2])
+            elif kind == "done":
+                self.finished.add(pid)
+                for where, n in message[1].items():
+                    self.stats[where] = self.stats.get(where, 0) + n
+            elif kind == "error":
+                if message[1] in _ERRORS:
+                    raise _ERRORS[message[1]](message[2])
+                raise StorageError(
+                    f"a download worker process failed: {message[2]}; run rcds get again to resume"
+                )
+            got.append((pid, message))
+        return got
+
+    def _died(self, pid: int) -> StorageError:
+        code = _reap(pid, 1.0)
+        return StorageError(
+            f"a download worker process (pid {pid}) died (exit code {code}); run rcds get again "
+            f"to resume, or set RCDS_GET_PROCESSES=0 to download in one process"
+        )
+
+    def close(self) -> None:
+        """Stop the workers still running (SIGTERM, then SIGKILL after :data:`STOP_SECONDS`)."""
+        kids, self.kids = self.kids, {}
+        for pid in kids:
+            with suppress(OSError):
+                os.kill(pid, signal.SIGTERM)
+        for pid, conn in kids.items():
+            _reap(pid, STOP_SECONDS)
+            conn.close()
+
+
+def _file_buckets(root: str) -> frozenset[int]:
+    """The cache directories (by first hash byte) that may hold objects other than catalogs
+    (``...C``: the copy's own catalogs are there), which a worker then asks about its objects."""
+    used = []
+    for b in range(256):
+        try:
+            names = os.listdir(f"{root}/{b:02x}")
+        except FileNotFoundError:
+            continue
+        except OSError:
+            used.append(b)
+            continue
+        if any(not n.endswith("C") for n in names):
+            used.append(b)
+    return frozenset(used)
+
+
+def _alone() -> bool:
+    return FORK_WITH_THREADS or threading.active_count() == 1
+
+
+def _ignore(a: object, b: int) -> None:
+    pass
+
+
+def _reap(pid: int, timeout: float) -> int | None:
+    """Wait for child ``pid`` (kill it after ``timeout`` s); its exit code (-signal if killed)."""
+    end = time.monotonic() + timeout
+    while True:
+        try:
+            done, status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return None
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if time.monotonic() > end:
+            with suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+            end = time.monotonic() + 60.0
+        time.sleep(0.005)
