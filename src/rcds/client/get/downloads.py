@@ -97,8 +97,9 @@ class Downloads:
         self.sent = 0
         """``wanted[:sent]`` went to the worker processes already."""
         self.from_cache: dict[_Key, list[PlannedFile]] = {}
-        self._index: dict[_Key, int | list[PlannedFile]] = {}
-        """Each object met: its index in :attr:`wanted`, or its files if it is copied from the cache."""
+        self._index: dict[_Key, tuple[int, list[PlannedFile]]] = {}
+        """Each object met: its index in :attr:`wanted` (-1 if it is copied from the cache) and
+        its files (the list in :attr:`users` or :attr:`from_cache`)."""
         self._cached = source.presence()
         self._empty = CacheListing(str(source.cache.dir)).bucket_is_empty
         self._abort = threading.Event()
@@ -116,19 +117,19 @@ class Downloads:
         key = (f.key, compressed)
         found = self._index.get(key)
         if found is not None:
-            if type(found) is list:
-                found.append(f)
-                return
-            if found >= self.sent:  # type: ignore[operator]  # its download has not gone out yet: share it
-                self.users[found].append(f)  # type: ignore[index]
+            i, files = found
+            if i < 0 or i >= self.sent:  # copied from the cache, or not downloading yet: share it
+                files.append(f)
                 return
         h = p.hash
+        files = [f]
         if not self._empty(h.digest[0]) and self._cached(h, p.kind):  # copied in finish(): size checked
-            self._index[key] = self.from_cache[key] = [f]
+            self._index[key] = (-1, files)
+            self.from_cache[key] = files
             return
-        self._index[key] = len(self.wanted)
+        self._index[key] = (len(self.wanted), files)
         self.wanted.append(_NEW(Wanted, (p.hash, p.kind, p.size, compressed)))
-        self.users.append([f])
+        self.users.append(files)
         if len(self.wanted) % FEED_EVERY == 0:
             if self.procs is None and self.processes and len(self.wanted) >= MIN_OBJECTS:
                 self._start_processes()
