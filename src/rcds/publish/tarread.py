@@ -189,6 +189,17 @@ class _Position:
         self.pos += len(data)
         return data
 
+    def skip(self, n: int) -> None:
+        """Move ``n`` bytes forward without reading them (the stream must be seekable)."""
+        if self.back:
+            dropped = min(n, len(self.back))
+            self.back = self.back[dropped:]
+            self.pos += dropped
+            n -= dropped
+        if n:
+            self.stream.seek(n, 1)
+            self.pos += n
+
     def unread(self, data: bytes) -> None:
         """Give back bytes just read: the next reads return them again."""
         self.back = data + self.back
@@ -201,11 +212,13 @@ class _Position:
 class TarReader:
     """Iterate the members of a plain tar stream; read each regular file's data with :meth:`read`.
 
-    ``read`` is valid for the member last yielded; unread data is skipped before the next header.
+    ``read`` is valid for the member last yielded; unread data is skipped before the next header
+    (with ``seekable``, by seeking the stream: the data is never read here).
     """
 
-    def __init__(self, stream: IO[bytes]) -> None:
+    def __init__(self, stream: IO[bytes], *, seekable: bool = False) -> None:
         self.fileobj = _Position(stream)
+        self.seekable = seekable
         # what tarfile's TarInfo._proc_* methods use of a TarFile
         self.encoding = ENCODING
         self.errors = ERRORS
@@ -271,6 +284,9 @@ class TarReader:
     def _skip(self, n: int) -> None:
         if n < 0:
             raise tarfile.ReadError("seeking backwards is not allowed")
+        if self.seekable:
+            self.fileobj.skip(n)
+            return
         while n > 0:
             data = self.fileobj.read(min(n, 1 << 20))
             if not data:

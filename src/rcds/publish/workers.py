@@ -1,7 +1,8 @@
 """Worker processes that compress, hash and store batches of small objects outside the GIL.
 
-A batch is many small contents sent as one buffer through a pipe; the worker compresses each with
-zlib, hashes the result, writes the objects into the store itself (it opens the
+A batch is many small contents sent as one buffer through a pipe, or, for a plain tar on disk,
+their byte ranges in that file (the worker reads them itself: no data crosses the pipe); the
+worker compresses each, hashes the result, writes the objects into the store itself (it opens the
 :class:`~rcds.storage.local.LocalStore` by path) and answers with the digests. The ingest's
 process only parses the input and fills the catalog, so both cores compress.
 
@@ -57,7 +58,8 @@ class _Worker:
     def send(self, batch: Batch) -> None:
         head, blob = batch.message()
         self.requests.send(head)
-        self.requests.send_bytes(blob)
+        if blob is not None:
+            self.requests.send_bytes(blob)
         batch.items = []
         self.queue.append(batch)
         self.in_flight += batch.cost
