@@ -42,7 +42,7 @@ from rcds.publish.tarread import TarReader, TruncatedDataError
 
 ENV_RANGES = "RCDS_INGEST_RANGES"
 """Environment variable: ``0`` reads even a plain tar on disk as a stream (no byte ranges)."""
-HEADER_BUFFER = 32 << 10
+HEADER_BUFFER = 4 << 10
 """Read-ahead of the header parser on a plain tar on disk (it seeks over larger data)."""
 
 _MAGIC = (
