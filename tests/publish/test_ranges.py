@@ -51,6 +51,7 @@ def processes(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setenv(workers.ENV_PROCESSES, "2")
     monkeypatch.setattr(objects, "POOL_MIN_FILES", 0)
     monkeypatch.setattr(objects, "BATCH_FILES", 7)  # many batches in flight
+    monkeypatch.setattr(objects, "RANGE_BATCH_FILES", 7)
     yield
     workers.shutdown()
 

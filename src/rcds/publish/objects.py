@@ -40,6 +40,9 @@ small publication does not pay their start-up); a pool already running is used a
 ZLIB_6 = Compression("zlib", 6)
 BATCH_BYTES = 256 << 10
 BATCH_FILES = 256
+RANGE_BATCH_FILES = 1024
+"""Byte ranges per batch (up to the pool's ``max_range_batch`` bytes): their requests are small,
+so batches are larger than those of contents, with fewer messages and answers per object."""
 
 
 class _Result(Protocol):
@@ -132,6 +135,7 @@ class ContentWriter:
         self._pool: WorkerPool | None = None
         self._batch: Batch | None = None
         self._batch_limit = BATCH_BYTES
+        self._range_limit = BATCH_BYTES
         self._small_files = 0
         self._small_bytes = 0
         self._sent: collections.deque[Batch] = collections.deque()
@@ -152,6 +156,7 @@ class ContentWriter:
             self._use_pool = False  # busy with another ingest, disabled, or cannot start: threads
             return None
         self._batch_limit = min(BATCH_BYTES, self._pool.max_batch)
+        self._range_limit = self._pool.max_range_batch
         return self._pool
 
     def _flush_batch(self) -> None:
@@ -170,7 +175,11 @@ class ContentWriter:
         return batch
 
     def _close_if_full(self, pool: WorkerPool, batch: Batch) -> None:
-        if batch.nbytes >= self._batch_limit or batch.count >= BATCH_FILES:
+        if batch.source is None:
+            full = batch.nbytes >= self._batch_limit or batch.count >= BATCH_FILES
+        else:
+            full = batch.nbytes >= self._range_limit or batch.count >= RANGE_BATCH_FILES
+        if full:
             self._flush_batch()
             pool.collect()
 

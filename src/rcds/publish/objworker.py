@@ -70,9 +70,10 @@ class Batch:
 
     @property
     def cost(self) -> int:
-        """The batch's weight in a worker's queue: the bytes it takes in a pipe (contents, framing,
-        the pickled sizes), or for ranges the bytes the worker will read."""
-        return self.nbytes + 64 + 8 * len(self.sizes)
+        """Bytes the request takes in a pipe: contents (none for ranges), framing, the pickled
+        sizes and offsets."""
+        framing = 64 + 8 * len(self.sizes)
+        return framing + (8 * len(self.offsets) if self.source is not None else self.nbytes)
 
     def message(self) -> tuple[tuple[str, str, str, str, list[int], Source | None], bytes | None]:
         """The request header and the one buffer holding every content (None for ranges)."""
