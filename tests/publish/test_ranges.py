@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -227,3 +228,18 @@ def test_a_file_cut_during_the_ingest_fails_it_cleanly(tmp_path: Path, processes
 def _chain(head: list, rest: Iterator) -> Iterator:  # type: ignore[type-arg]
     yield from head
     yield from rest
+
+
+def test_gnu_long_names_and_their_data_by_ranges(tmp_path: Path) -> None:
+    buf = io.BytesIO()
+    contents = {("x" * 150 + f"/f{i}"): os.urandom(1000 + i) for i in range(3)}
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tf:
+        for name, data in contents.items():
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data))
+    path = tmp_path / "gnu.tar"
+    path.write_bytes(buf.getvalue())
+    with open(path, "rb") as f:
+        got = {m.path: m.read(m.size) for m in tarsource.iter_tar(f) if m.read is not None}
+    assert got == contents
