@@ -15,7 +15,7 @@ from rcds.errors import InputError
 from rcds.publish import objects, objworker, tarsource, workers
 from rcds.publish.create import create_repository
 from rcds.publish.layout import Settings
-from rcds.publish.members import FileRange, Kind
+from rcds.publish.members import FileRange, Kind, file_identity
 from rcds.publish.policy import Limits
 from rcds.publish.stratum0 import Stratum0
 from rcds.testing.hostile_tars import CASES
@@ -185,31 +185,37 @@ def test_the_byte_limit_holds_for_ranges(tmp_path: Path, processes: None) -> Non
     assert verify(repo).revision == 0
 
 
-def test_a_worker_refuses_a_replaced_or_shortened_file(tmp_path: Path) -> None:
+def test_a_worker_refuses_a_replaced_or_changed_file(tmp_path: Path) -> None:
     path = tmp_path / "in.tar"
     path.write_bytes(b"x" * 10_000)
-    st = os.stat(path)
-    source = (str(path), st.st_dev, st.st_ino, [0, 600, 5000])
-    views = objworker.read_ranges(source, [100, 200, 5000])
+    ident = file_identity(os.stat(path))
+    views = objworker.read_ranges((str(path), ident, [0, 600, 5000]), [100, 200, 5000])
     assert [bytes(v) for v in views] == [b"x" * 100, b"x" * 200, b"x" * 5000]
     with pytest.raises(InputError, match="ends before byte 10001"):
-        objworker.read_ranges((str(path), st.st_dev, st.st_ino, [0, 5000]), [100, 5001])
-    far = (str(path), st.st_dev, st.st_ino, [0, 9000])
+        objworker.read_ranges((str(path), ident, [0, 5000]), [100, 5001])
+    far = (str(path), ident, [0, 9000])
     assert [len(v) for v in objworker.read_ranges(far, [10, 1000])] == [10, 1000]
-    os.truncate(path, 9500)  # one pread per range when the span is large
-    with (
-        pytest.MonkeyPatch.context() as mp,
-        pytest.raises(InputError, match="ends before byte 10000"),
-    ):
+    with pytest.MonkeyPatch.context() as mp:  # one pread per range when the span is large
         mp.setattr(objworker, "SPAN_SLACK", 0)
+        assert [len(v) for v in objworker.read_ranges(far, [10, 1000])] == [10, 1000]
+        with pytest.raises(InputError, match="ends before byte 10001"):
+            objworker.read_ranges((str(path), ident, [0, 9001]), [10, 1000])
+    os.truncate(path, 9500)
+    with pytest.raises(InputError, match="replaced or written to during the ingest"):
         objworker.read_ranges(far, [10, 1000])
+    path.write_bytes(b"x" * 10_000)  # the same size again, a new modification time
+    os.utime(path, ns=(1, 1))
+    with pytest.raises(InputError, match="replaced or written to during the ingest"):
+        objworker.read_ranges(far, [10, 1000])
+    ident = file_identity(os.stat(path))
     with open(path, "rb"):  # held open: the new file cannot reuse its inode number
-        (tmp_path / "other").write_bytes(b"y" * 10_000)
-        os.replace(tmp_path / "other", path)  # another file under the same name
-        with pytest.raises(InputError, match="was replaced during the ingest"):
-            objworker.read_ranges(source, [100, 200, 5000])
+        (tmp_path / "other").write_bytes(b"x" * 10_000)
+        os.utime(tmp_path / "other", ns=(1, 1))
+        os.replace(tmp_path / "other", path)  # another file under the same name, same size and time
+        with pytest.raises(InputError, match="replaced or written to during the ingest"):
+            objworker.read_ranges((str(path), ident, [0]), [100])
     with pytest.raises(InputError, match="cannot open the archive"):
-        objworker.read_ranges((str(tmp_path / "nothing"), 0, 0, [0]), [1])
+        objworker.read_ranges((str(tmp_path / "nothing"), ident, [0]), [1])
 
 
 def test_a_file_cut_during_the_ingest_fails_it_cleanly(tmp_path: Path, processes: None) -> None:
@@ -220,7 +226,7 @@ def test_a_file_cut_during_the_ingest_fails_it_cleanly(tmp_path: Path, processes
         members = tarsource.iter_tar(f)
         first = next(members)
         os.truncate(path, 20_000)  # after its headers were read by the parser
-        with pytest.raises(InputError, match=r"truncated|changed during the ingest"):
+        with pytest.raises(InputError, match=r"truncated|written to during the ingest"):
             repo.ingest(_chain([first], members), "/sw/grp/cid", now=NOW)
     assert verify(repo).revision == 0
 

@@ -47,14 +47,20 @@ class Member:
 class SourceFile:
     """A regular file an input is read from by offset (a plain tarball on disk).
 
-    ``path`` opens the same file in another process (checked there against ``dev`` and ``ino``);
+    ``path`` opens the same file in another process, which checks ``identity`` (device, inode,
+    size, modification time in ns: a file replaced or changed since the ingest began is refused);
     ``fd`` is the ingest process's own descriptor, read with ``pread`` (its offset untouched).
     """
 
     path: str
-    dev: int
-    ino: int
+    identity: tuple[int, int, int, int]
     fd: int
+
+
+def file_identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    """Device, inode, size and modification time (ns) of a file: what changes if it is replaced
+    or written to."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 class FileRange:

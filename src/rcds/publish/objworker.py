@@ -3,7 +3,7 @@
 A worker is a fresh interpreter running :func:`serve` on two inherited pipe ends. It says
 ``ready``, then answers each request (a header: store root, hash algorithm, compression
 ``LIBRARY:LEVEL``, object kind, content sizes, and either None, followed by one buffer holding
-the contents, or the source file's ``(path, dev, ino, offsets)``, whose byte ranges the worker
+the contents, or the source file's ``(path, identity, offsets)``, whose byte ranges the worker
 reads itself) with ``("ok", digests, objects written, bytes written)`` or ``("error", error
 class name, message)``.
 It exits when the request pipe reaches end of file: when the parent closes it, or dies.
@@ -20,14 +20,15 @@ from rcds.errors import InputError, RcdsError
 from rcds.format.compression import make_object
 from rcds.format.deflaters import Compress, Compression
 from rcds.format.hashes import Algorithm, ContentHash, ObjectKind
-from rcds.publish.members import SourceFile
+from rcds.publish.members import SourceFile, file_identity
 from rcds.storage.local import LocalStore
 
 SPAN_SLACK = 1 << 20
 """A range batch is read with one ``pread`` of its whole span (the ranges and the tar headers
 between them) unless the span exceeds its contents by more than this (a large member between)."""
-Source = tuple[str, int, int, list[int]]
-"""What a range request names: the file's path, device, inode and each content's offset."""
+Source = tuple[str, tuple[int, int, int, int], list[int]]
+"""What a range request names: the file's path, its identity (device, inode, size, modification
+time: :func:`~rcds.publish.members.file_identity`) and each content's offset."""
 
 
 @dataclass(slots=True, eq=False)
@@ -78,41 +79,51 @@ class Batch:
     def message(self) -> tuple[tuple[str, str, str, str, list[int], Source | None], bytes | None]:
         """The request header and the one buffer holding every content (None for ranges)."""
         src = self.source
-        where = None if src is None else (src.path, src.dev, src.ino, self.offsets)
+        where = None if src is None else (src.path, src.identity, self.offsets)
         head = (self.root, self.algorithm.value, self.compression, self.kind.value, self.sizes, where)
         return head, None if src is not None else b"".join(self.items)
 
 
 def read_ranges(source: Source, sizes: list[int]) -> list[memoryview]:
-    """The contents at ``source``'s offsets, read from the file (opened here, checked to be the
-    same file the parent parsed); InputError if the file is gone, replaced or shorter."""
-    path, dev, ino, offsets = source
+    """The contents at ``source``'s offsets, read from the file (opened here, checked before and
+    after the reads to be the file the parent parsed, unchanged); InputError if the file is gone,
+    replaced, written to or shorter."""
+    path, identity, offsets = source
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
         raise InputError(f"cannot open the archive {path} in a worker process: {exc.strerror}") from None
     try:
-        st = os.fstat(fd)
-        if (st.st_dev, st.st_ino) != (dev, ino):
-            raise InputError(f"the archive {path} was replaced during the ingest; run it again")
-        if not offsets:
-            return []
-        first, end = offsets[0], offsets[-1] + sizes[-1]
-        total = sum(sizes)
-        if offsets == sorted(offsets) and end - first <= total + SPAN_SLACK:
-            span = memoryview(os.pread(fd, end - first, first))
-            if len(span) != end - first:
-                raise InputError(_SHORTER.format(path=path, end=end))
-            return [span[o - first : o - first + n] for o, n in zip(offsets, sizes, strict=True)]
-        views = []
-        for o, n in zip(offsets, sizes, strict=True):
-            data = os.pread(fd, n, o)
-            if len(data) != n:
-                raise InputError(_SHORTER.format(path=path, end=o + n))
-            views.append(memoryview(data))
+        _check(fd, identity, path)
+        views = _pread_all(fd, offsets, sizes, path)
+        _check(fd, identity, path)
         return views
     finally:
         os.close(fd)
+
+
+def _check(fd: int, identity: tuple[int, int, int, int], path: str) -> None:
+    if file_identity(os.fstat(fd)) != tuple(identity):
+        raise InputError(f"the archive {path} was replaced or written to during the ingest; run it again")
+
+
+def _pread_all(fd: int, offsets: list[int], sizes: list[int], path: str) -> list[memoryview]:
+    if not offsets:
+        return []
+    first, end = offsets[0], offsets[-1] + sizes[-1]
+    total = sum(sizes)
+    if offsets == sorted(offsets) and end - first <= total + SPAN_SLACK:
+        span = memoryview(os.pread(fd, end - first, first))
+        if len(span) != end - first:
+            raise InputError(_SHORTER.format(path=path, end=end))
+        return [span[o - first : o - first + n] for o, n in zip(offsets, sizes, strict=True)]
+    views = []
+    for o, n in zip(offsets, sizes, strict=True):
+        data = os.pread(fd, n, o)
+        if len(data) != n:
+            raise InputError(_SHORTER.format(path=path, end=o + n))
+        views.append(memoryview(data))
+    return views
 
 
 _SHORTER = "the archive {path} ends before byte {end}: it changed during the ingest; run it again"

@@ -36,7 +36,7 @@ except ImportError:  # pragma: no cover - a platform without its wheel: the gzip
     _ISAL_ERRORS = ()
 
 from rcds.errors import InputError
-from rcds.publish.members import FileRange, Kind, Member, SourceFile
+from rcds.publish.members import FileRange, Kind, Member, SourceFile, file_identity
 from rcds.publish.policy import Limits, check_symlink, normalise_name, sanitise_mode
 from rcds.publish.tarread import TarReader, TruncatedDataError
 
@@ -161,7 +161,7 @@ def seekable_source(stream: BinaryIO) -> tuple[SourceFile, int, int] | None:
     path = _reopenable(getattr(stream, "name", None), fd, st)
     if path is None:
         return None
-    return SourceFile(path, st.st_dev, st.st_ino, fd), start, st.st_size
+    return SourceFile(path, file_identity(st), fd), start, st.st_size
 
 
 def _reopenable(name: object, fd: int, st: os.stat_result) -> str | None:
@@ -237,6 +237,8 @@ def _iter_ranges(
             elif tar.fileobj.pos > limits.max_bytes:
                 raise InputError(f"the archive holds more than the limit of {limits.max_bytes} bytes")
             yield member
+        if file_identity(os.fstat(source.fd)) != source.identity:
+            raise InputError("the archive changed during the ingest (it was written to); run it again")
         if tar.fileobj.pos > limits.max_bytes:
             raise InputError(f"the archive holds more than the limit of {limits.max_bytes} bytes")
     except InputError as exc:
