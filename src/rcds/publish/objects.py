@@ -24,6 +24,7 @@ from rcds.format.deflaters import Compression
 from rcds.format.dirent import Chunk
 from rcds.format.hashes import Algorithm, ContentHash, ObjectKind
 from rcds.publish import workers as procs
+from rcds.publish.members import FileRange, SourceFile
 from rcds.publish.objworker import Batch
 from rcds.publish.workers import WorkerPool
 from rcds.storage.base import Store
@@ -39,6 +40,9 @@ small publication does not pay their start-up); a pool already running is used a
 ZLIB_6 = Compression("zlib", 6)
 BATCH_BYTES = 256 << 10
 BATCH_FILES = 256
+RANGE_BATCH_FILES = 1024
+"""Byte ranges per batch (up to the pool's ``max_range_batch`` bytes): their requests are small,
+so batches are larger than those of contents, with fewer messages and answers per object."""
 
 
 class _Result(Protocol):
@@ -131,6 +135,7 @@ class ContentWriter:
         self._pool: WorkerPool | None = None
         self._batch: Batch | None = None
         self._batch_limit = BATCH_BYTES
+        self._range_limit = BATCH_BYTES
         self._small_files = 0
         self._small_bytes = 0
         self._sent: collections.deque[Batch] = collections.deque()
@@ -151,6 +156,7 @@ class ContentWriter:
             self._use_pool = False  # busy with another ingest, disabled, or cannot start: threads
             return None
         self._batch_limit = min(BATCH_BYTES, self._pool.max_batch)
+        self._range_limit = self._pool.max_range_batch
         return self._pool
 
     def _flush_batch(self) -> None:
@@ -159,14 +165,34 @@ class ContentWriter:
             self._pool.submit(batch)
             self._sent.append(batch)
 
-    def _add_to_batch(self, pool: WorkerPool, data: bytes) -> _Slot:
+    def _open_batch(self, source: SourceFile | None) -> Batch:
         batch = self._batch
+        if batch is not None and batch.source is not source:
+            self._flush_batch()
+            batch = None
         if batch is None:
-            batch = self._batch = Batch(self._root, self.algorithm, str(self.compression))
-        slot = _Slot(batch, batch.add(data))
-        if batch.nbytes >= self._batch_limit or len(batch.items) >= BATCH_FILES:
+            batch = self._batch = Batch(self._root, self.algorithm, str(self.compression), source=source)
+        return batch
+
+    def _close_if_full(self, pool: WorkerPool, batch: Batch) -> None:
+        if batch.source is None:
+            full = batch.nbytes >= self._batch_limit or batch.count >= BATCH_FILES
+        else:
+            full = batch.nbytes >= self._range_limit or batch.count >= RANGE_BATCH_FILES
+        if full:
             self._flush_batch()
             pool.collect()
+
+    def _add_to_batch(self, pool: WorkerPool, data: bytes) -> _Slot:
+        batch = self._open_batch(None)
+        slot = _Slot(batch, batch.add(data))
+        self._close_if_full(pool, batch)
+        return slot
+
+    def _add_range(self, pool: WorkerPool, extent: FileRange) -> _Slot:
+        batch = self._open_batch(extent.source)
+        slot = _Slot(batch, batch.add_range(extent.offset, extent.size))
+        self._close_if_full(pool, batch)
         return slot
 
     def _store(self, data: bytes, kind: ObjectKind) -> ContentHash:
@@ -200,7 +226,19 @@ class ContentWriter:
     def add_stream(
         self, read: Callable[[int], bytes], size: int, done: Callable[[FileContent], None], name: str
     ) -> None:
-        """Read a file's ``size`` bytes through ``read`` and store them (chunked when large)."""
+        """Read a file's ``size`` bytes through ``read`` and store them (chunked when large).
+
+        A :class:`~rcds.publish.members.FileRange` of a small file goes to a worker process as a
+        byte range (the worker reads it); anything else is read here."""
+        if type(read) is FileRange and read.size == size:
+            pool = self._want_pool(size)
+            if pool is not None:
+                slot = self._add_range(pool, read)
+                self._files.append(_Pending([(0, size, slot)], size, False, done))
+                self.stats.files += 1
+                self.stats.bytes_in += size
+                self.drain()
+                return
         if self.chunking is None or not should_chunk(size, self.chunking):
             data = _read_exact(read, size, name)
             self.add_bytes(data, done)

@@ -15,7 +15,6 @@ end-of-archive block is an error, never a silent end of the archive.
 
 from __future__ import annotations
 
-import struct
 import tarfile
 from collections.abc import Iterator
 from typing import IO
@@ -35,8 +34,6 @@ _PAX_KEYS = {b"path": "path", b"linkpath": "linkpath"}
 _PAX_MAX = 1 << 16
 """PAX extended headers up to this size may take the fast path (long names are far smaller)."""
 _REGULAR = frozenset((tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE))
-# name mode uid gid size mtime chksum type linkname magic uname gname devmajor devminor prefix
-_HEADER = struct.Struct("100s8s8s8s12s12s8s1s100s8s32s32s8s8s155s12x")
 
 
 class TruncatedDataError(InputError):
@@ -132,30 +129,47 @@ def _pax_records(data: bytes, size: int) -> dict[str, str] | None:
     return records
 
 
+_IDS: dict[bytes, tuple[int, int, int]] = {}
+"""Mode, uid and gid by their raw header bytes (100-124), remembered like :func:`_number`."""
+_OWNERS: dict[bytes, tuple[str, str, int, int]] = {}
+"""Owner names and device numbers by their raw header bytes (265-345), remembered."""
+
+
+def _ids(field: bytes) -> tuple[int, int, int]:
+    ids = _IDS.get(field)
+    if ids is None:
+        ids = (_octal(field[:8]), _octal(field[8:16]), _octal(field[16:24]))
+        if len(_IDS) < _CACHE_MAX:
+            _IDS[field] = ids
+    return ids
+
+
+def _owners(field: bytes) -> tuple[str, str, int, int]:
+    owners = _OWNERS.get(field)
+    if owners is None:
+        owners = (_string(field[:32]), _string(field[32:64]), _octal(field[64:72]), _octal(field[72:80]))
+        if len(_OWNERS) < _CACHE_MAX:
+            _OWNERS[field] = owners
+    return owners
+
+
 def fast_header(buf: bytes, types: frozenset[bytes] = _FAST_TYPES) -> tarfile.TarInfo | None:
     """The TarInfo of a common header (of one of ``types``), exactly as ``tarfile`` builds it, or
     None to let it."""
-    (name, mode, uid, gid, size, mtime, chksum, kind, link, magic, _u, _g, _dmaj, _dmin, prefix) = (
-        _HEADER.unpack(buf)
-    )
-    if kind not in types or magic not in _MAGICS:
+    kind = buf[156:157]
+    if kind not in types or buf[257:265] not in _MAGICS:
         return None
     try:
-        check = _octal(chksum)
+        check = _octal(buf[148:156])
         if check != sum(buf) - sum(buf[148:156]) + 256:
             return None  # maybe a signed checksum, or a bad one: tarfile decides
-        ti = StrictTarInfo(_string(name))
-        ti.mode = _number(mode)
-        ti.uid = _number(uid)
-        ti.gid = _number(gid)
-        ti.size = _octal(size)
-        ti.mtime = _number(mtime)
-        ti.linkname = _text(link)
-        ti.uname = _text(_u)
-        ti.gname = _text(_g)
-        ti.devmajor = _number(_dmaj)
-        ti.devminor = _number(_dmin)
-        pre = _text(prefix)
+        ti = StrictTarInfo(_string(buf[:100]))
+        ti.mode, ti.uid, ti.gid = _ids(buf[100:124])
+        ti.size = _octal(buf[124:136])
+        ti.mtime = _number(buf[136:148])
+        ti.linkname = _text(buf[157:257])
+        ti.uname, ti.gname, ti.devmajor, ti.devminor = _owners(buf[265:345])
+        pre = _text(buf[345:500])
     except ValueError:
         return None
     ti.chksum = check
@@ -189,6 +203,17 @@ class _Position:
         self.pos += len(data)
         return data
 
+    def skip(self, n: int) -> None:
+        """Move ``n`` bytes forward without reading them (the stream must be seekable)."""
+        if self.back:
+            dropped = min(n, len(self.back))
+            self.back = self.back[dropped:]
+            self.pos += dropped
+            n -= dropped
+        if n:
+            self.stream.seek(n, 1)
+            self.pos += n
+
     def unread(self, data: bytes) -> None:
         """Give back bytes just read: the next reads return them again."""
         self.back = data + self.back
@@ -201,11 +226,13 @@ class _Position:
 class TarReader:
     """Iterate the members of a plain tar stream; read each regular file's data with :meth:`read`.
 
-    ``read`` is valid for the member last yielded; unread data is skipped before the next header.
+    ``read`` is valid for the member last yielded; unread data is skipped before the next header
+    (with ``seekable``, by seeking the stream: the data is never read here).
     """
 
-    def __init__(self, stream: IO[bytes]) -> None:
+    def __init__(self, stream: IO[bytes], *, seekable: bool = False) -> None:
         self.fileobj = _Position(stream)
+        self.seekable = seekable
         # what tarfile's TarInfo._proc_* methods use of a TarFile
         self.encoding = ENCODING
         self.errors = ERRORS
@@ -271,6 +298,9 @@ class TarReader:
     def _skip(self, n: int) -> None:
         if n < 0:
             raise tarfile.ReadError("seeking backwards is not allowed")
+        if self.seekable:
+            self.fileobj.skip(n)
+            return
         while n > 0:
             data = self.fileobj.read(min(n, 1 << 20))
             if not data:

@@ -2,6 +2,12 @@
 
 Nothing is unpacked to disk: members are handed out one at a time with a ``read`` callable
 valid until the next member is requested.
+
+A plain (uncompressed) tar in a regular file is read by offset instead: only its headers are
+parsed here (the data is seeked over) and each file member's ``read`` is a
+:class:`~rcds.publish.members.FileRange`, which the ingest's worker processes read themselves
+from their own descriptor of the same file (no file data crosses a pipe). Its ranges stay valid
+for the whole ingest. ``RCDS_INGEST_RANGES=0`` turns this off (every input streamed).
 """
 
 from __future__ import annotations
@@ -11,6 +17,8 @@ import contextlib
 import gzip
 import io
 import lzma
+import os
+import stat
 import tarfile
 import zlib
 from collections.abc import Callable, Generator
@@ -28,9 +36,14 @@ except ImportError:  # pragma: no cover - a platform without its wheel: the gzip
     _ISAL_ERRORS = ()
 
 from rcds.errors import InputError
-from rcds.publish.members import Kind, Member
+from rcds.publish.members import FileRange, Kind, Member, SourceFile, file_identity
 from rcds.publish.policy import Limits, check_symlink, normalise_name, sanitise_mode
 from rcds.publish.tarread import TarReader, TruncatedDataError
+
+ENV_RANGES = "RCDS_INGEST_RANGES"
+"""Environment variable: ``0`` reads even a plain tar on disk as a stream (no byte ranges)."""
+HEADER_BUFFER = 4 << 10
+"""Read-ahead of the header parser on a plain tar on disk (it seeks over larger data)."""
 
 _MAGIC = (
     (b"\x1f\x8b", "gzip"),
@@ -124,6 +137,123 @@ def _open_decompressed(stream: BinaryIO) -> tuple[IO[bytes], str]:
 def iter_tar(stream: BinaryIO, limits: Limits | None = None) -> Generator[Member, None, None]:
     """Yield the members of a tar stream (plain, gzip, bzip2, xz or zstd) under the input policy."""
     limits = limits or Limits()
+    source = seekable_source(stream)
+    if source is not None:
+        return _iter_ranges(*source, limits)
+    return _iter_stream(stream, limits)
+
+
+def seekable_source(stream: BinaryIO) -> tuple[SourceFile, int, int] | None:
+    """``(source, tar start offset, file size)`` if ``stream`` is a plain tar in a regular file that
+    other processes can open too; None to stream it."""
+    if os.environ.get(ENV_RANGES, "").strip() == "0":
+        return None
+    try:
+        if not stream.seekable():
+            return None
+        fd = stream.fileno()
+        start = stream.tell()
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or detect_compression(os.pread(fd, 8, start)) != "none":
+            return None
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
+        return None
+    path = _reopenable(getattr(stream, "name", None), fd, st)
+    if path is None:
+        return None
+    return SourceFile(path, file_identity(st), fd), start, st.st_size
+
+
+def _reopenable(name: object, fd: int, st: os.stat_result) -> str | None:
+    """A path naming the file open on ``fd`` (its name, else this process's /proc entry)."""
+    candidates = [os.path.abspath(name)] if isinstance(name, str) and name else []
+    candidates.append(f"/proc/{os.getpid()}/fd/{fd}")
+    for path in candidates:
+        try:
+            other = os.stat(path)
+        except (OSError, ValueError):
+            continue
+        if (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino):
+            return path
+    return None
+
+
+class _PRead(io.RawIOBase):
+    """A seekable raw reader of a descriptor with ``pread`` (the descriptor's offset untouched)."""
+
+    def __init__(self, fd: int, pos: int) -> None:
+        self.fd = fd
+        self.pos = pos
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = os.preadv(self.fd, [buffer], self.pos)
+        self.pos += n
+        return n
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_SET:
+            self.pos = offset
+        elif whence == io.SEEK_CUR:
+            self.pos += offset
+        else:
+            self.pos = os.fstat(self.fd).st_size + offset
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+
+def _iter_ranges(
+    source: SourceFile, start: int, file_size: int, limits: Limits
+) -> Generator[Member, None, None]:
+    """:func:`iter_tar` of a plain tar on disk: headers parsed, data handed out as byte ranges."""
+    current = "(archive start)"
+    count = 0
+    end = file_size - start  # the archive's bytes, from its start
+    try:
+        raw = _PRead(source.fd, start)
+        tar = TarReader(io.BufferedReader(raw, HEADER_BUFFER), seekable=True)
+        for ti in tar:
+            current = ti.name
+            count += 1
+            if count > limits.max_members:
+                raise InputError(f"the archive has more than {limits.max_members} members", ti.name)
+            member = _member(ti, limits)
+            if member.kind is Kind.FILE:
+                data_end = ti.offset_data + ti.size
+                if data_end > end:
+                    raise InputError(
+                        f"member {ti.name!r} is truncated: the archive ends inside its data", ti.name
+                    )
+                if data_end > limits.max_bytes:
+                    raise InputError(f"the archive holds more than the limit of {limits.max_bytes} bytes")
+                member.read = FileRange(source, start + ti.offset_data, ti.size, ti.name)
+            elif tar.fileobj.pos > limits.max_bytes:
+                raise InputError(f"the archive holds more than the limit of {limits.max_bytes} bytes")
+            yield member
+        if file_identity(os.fstat(source.fd)) != source.identity:
+            raise InputError("the archive changed during the ingest (it was written to); run it again")
+        if tar.fileobj.pos > limits.max_bytes:
+            raise InputError(f"the archive holds more than the limit of {limits.max_bytes} bytes")
+    except InputError as exc:
+        if exc.member is None:
+            exc.member = current
+            exc.args = (f"{exc.args[0]} (at member {current!r})",)
+        raise
+    except _STREAM_ERRORS as exc:
+        raise InputError(
+            f"the archive is corrupt or truncated at member {current!r}: {exc or type(exc).__name__}", current
+        ) from None
+
+
+def _iter_stream(stream: BinaryIO, limits: Limits) -> Generator[Member, None, None]:
+    """:func:`iter_tar` of any stream: member data read in order from the (decompressed) stream."""
     current = "(archive start)"
     count = 0
     raw: IO[bytes] | None = None

@@ -1,7 +1,8 @@
 """Worker processes that compress, hash and store batches of small objects outside the GIL.
 
-A batch is many small contents sent as one buffer through a pipe; the worker compresses each with
-zlib, hashes the result, writes the objects into the store itself (it opens the
+A batch is many small contents sent as one buffer through a pipe, or, for a plain tar on disk,
+their byte ranges in that file (the worker reads them itself: no data crosses the pipe); the
+worker compresses each, hashes the result, writes the objects into the store itself (it opens the
 :class:`~rcds.storage.local.LocalStore` by path) and answers with the digests. The ingest's
 process only parses the input and fills the catalog, so both cores compress.
 
@@ -32,6 +33,9 @@ ENV_PROCESSES = "RCDS_INGEST_PROCESSES"
 """Environment variable: number of worker processes (``0`` disables them; default: CPU count)."""
 PIPE_BYTES = 1 << 20
 """Requested capacity of each request pipe: a worker's bytes in flight."""
+QUEUE_BYTES = 3 << 20
+"""Content bytes a worker may have queued: several range batches (whose requests take little
+pipe space) keep it busy between its answers, and the ingest waits for it beyond that."""
 START_SECONDS = 30.0
 """How long a new worker may take to start before the ingest goes on without processes."""
 RETRY_SECONDS = 600.0
@@ -49,18 +53,22 @@ class _Worker:
         self.capacity = self.proc.capacity
         self.queue: deque[Batch] = deque()
         self.in_flight = 0
+        self.queued = 0
 
-    def room(self, n: int) -> bool:
+    def room(self, batch: Batch) -> bool:
         # unread requests never exceed the pipe's capacity (less a page for framing): no blocking send
-        return self.in_flight + n <= self.capacity - 4096
+        pipe_ok = self.in_flight + batch.cost <= self.capacity - 4096
+        return pipe_ok and self.queued + batch.nbytes <= QUEUE_BYTES
 
     def send(self, batch: Batch) -> None:
         head, blob = batch.message()
         self.requests.send(head)
-        self.requests.send_bytes(blob)
+        if blob is not None:
+            self.requests.send_bytes(blob)
         batch.items = []
         self.queue.append(batch)
         self.in_flight += batch.cost
+        self.queued += batch.nbytes
 
     def receive(self) -> None:
         try:
@@ -69,6 +77,7 @@ class _Worker:
             raise self.died() from None
         batch = self.queue.popleft()
         self.in_flight -= batch.cost
+        self.queued -= batch.nbytes
         if reply[0] != "ok":
             raise _ERRORS.get(reply[1], StorageError)(reply[2])
         digests, batch.written, batch.bytes_written = reply[1], reply[2], reply[3]
@@ -112,8 +121,13 @@ class WorkerPool:
 
     @property
     def max_batch(self) -> int:
-        """The largest batch (bytes) that fits a worker's pipe."""
+        """The largest batch of contents (bytes) that fits a worker's pipe."""
         return min(w.capacity for w in self.workers) // 2
+
+    @property
+    def max_range_batch(self) -> int:
+        """The largest batch of byte ranges (content bytes): a third of a worker's queue."""
+        return QUEUE_BYTES // 3
 
     @property
     def pids(self) -> list[int]:
@@ -123,8 +137,8 @@ class WorkerPool:
     def submit(self, batch: Batch) -> None:
         """Send a batch to the least loaded worker, first collecting replies until one has room."""
         while True:
-            worker = min(self.workers, key=lambda w: w.in_flight)
-            if worker.room(batch.cost) or not worker.queue:
+            worker = min(self.workers, key=lambda w: w.queued)
+            if worker.room(batch) or not worker.queue:
                 break
             self.collect(block=True)
         try:

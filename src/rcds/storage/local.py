@@ -16,6 +16,9 @@ from rcds.storage.base import Store
 from rcds.storage.names import check_name, is_object_name
 
 TXN = "data/txn"
+_access = os.access
+_F_OK = os.F_OK
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 _HEX = [f"{i:02x}" for i in range(256)]
 
 
@@ -68,6 +71,9 @@ class LocalStore(Store):
         self._root_s = str(self.root)
         self._txn_s = str(self._txn)
         self._pid = os.getpid()
+        self._objects = f"{self._root_s}/"
+        self._tmp_prefix = f"{self._txn_s}/tmp.{self._pid}.{id(self):x}."
+        """Temp names of :meth:`put_object`: unique per process and store (its counter is atomic)."""
         self.location = str(self.root)
 
     def initialise(self) -> None:
@@ -135,24 +141,24 @@ class LocalStore(Store):
 
     def put_object(self, name: str, data: bytes | memoryview) -> bool:
         """:meth:`put_if_absent` for an object name the caller built itself from a digest (not
-        checked again: the per-object path of the ingest's workers); True if written."""
-        final = f"{self._root_s}/{name}"
-        try:
-            os.stat(final)
+        checked again: the per-object path of the ingest's workers); True if written.
+
+        An object that cannot be seen (``access`` fails for any reason) is written; a store
+        that cannot be read fails at the write with a clear error."""
+        final = self._objects + name
+        if _access(final, _F_OK):  # no exception object for the common "absent" answer
             return False
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            raise StorageError(f"cannot check {final}: {exc.strerror}") from None
-        tmp = f"{self._txn_s}/tmp.{self._pid}.{threading.get_ident():x}.{next(self._counter)}"
+        tmp = self._tmp_prefix + str(next(self._counter))
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            fd = os.open(tmp, _CREATE, 0o644)
             try:
-                view = memoryview(data)
-                large = len(view) >= EARLY_WRITEBACK_MIN
-                while view:
-                    view = view[os.write(fd, view) :]
-                if large:
+                n = len(data)
+                done = os.write(fd, data)
+                if done < n:
+                    view = memoryview(data)[done:]
+                    while view:
+                        view = view[os.write(fd, view) :]
+                if n >= EARLY_WRITEBACK_MIN:
                     start_writeback(fd)
             finally:
                 os.close(fd)
