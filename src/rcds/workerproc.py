@@ -24,7 +24,13 @@ _F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 _F_GETPIPE_SZ = getattr(fcntl, "F_GETPIPE_SZ", 1032)
 _PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-__all__ = ["WorkerProcess", "configured_count"]
+__all__ = ["WorkerProcess", "configured_count", "widen_pipe"]
+
+
+def widen_pipe(fd: int, nbytes: int = PIPE_BYTES) -> None:
+    """Ask for a pipe capacity of ``nbytes`` on ``fd`` (where the system allows it; else as is)."""
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(fd, _F_SETPIPE_SZ, nbytes)
 
 
 def configured_count(variable: str, cap: int | None = None) -> int:
@@ -53,8 +59,7 @@ class WorkerProcess:
         self.requests = Connection(req_w, readable=False)
         self.replies = Connection(rep_r, writable=False)
         for fd in (req_w, rep_w):
-            with contextlib.suppress(OSError):
-                fcntl.fcntl(fd, _F_SETPIPE_SZ, pipe_bytes)
+            widen_pipe(fd, pipe_bytes)
         try:
             self.capacity = int(fcntl.fcntl(req_w, _F_GETPIPE_SZ))
         except OSError:

@@ -232,24 +232,20 @@ def _iter_ranges(
                         f"member {ti.name!r} is truncated: the archive ends inside its data", ti.name
                     )
                 if data_end > limits.max_bytes:
-                    raise InputError(f"the archive holds more than the limit of {limits.max_bytes} bytes")
+                    raise _over_limit(limits)
                 member.read = FileRange(source, start + ti.offset_data, ti.size, ti.name)
             elif tar.fileobj.pos > limits.max_bytes:
-                raise InputError(f"the archive holds more than the limit of {limits.max_bytes} bytes")
+                raise _over_limit(limits)
             yield member
         if file_identity(os.fstat(source.fd)) != source.identity:
             raise InputError("the archive changed during the ingest (it was written to); run it again")
         if tar.fileobj.pos > limits.max_bytes:
-            raise InputError(f"the archive holds more than the limit of {limits.max_bytes} bytes")
+            raise _over_limit(limits)
     except InputError as exc:
-        if exc.member is None:
-            exc.member = current
-            exc.args = (f"{exc.args[0]} (at member {current!r})",)
+        _place(exc, current)
         raise
     except _STREAM_ERRORS as exc:
-        raise InputError(
-            f"the archive is corrupt or truncated at member {current!r}: {exc or type(exc).__name__}", current
-        ) from None
+        raise _corrupt(exc, current) from None
 
 
 def _iter_stream(stream: BinaryIO, limits: Limits) -> Generator[Member, None, None]:
@@ -271,18 +267,33 @@ def _iter_stream(stream: BinaryIO, limits: Limits) -> Generator[Member, None, No
                 member.read = _reader(tar, ti.name)
             yield member
     except InputError as exc:
-        if exc.member is None:
-            exc.member = current
-            exc.args = (f"{exc.args[0]} (at member {current!r})",)
+        _place(exc, current)
         raise
     except _STREAM_ERRORS as exc:
-        raise InputError(
-            f"the archive is corrupt or truncated at member {current!r}: {exc or type(exc).__name__}", current
-        ) from None
+        raise _corrupt(exc, current) from None
     finally:
         if raw is not None:  # stops the inflating thread (the caller's stream stays open)
             with contextlib.suppress(*_STREAM_ERRORS):
                 raw.close()
+
+
+def _place(exc: InputError, current: str) -> None:
+    """Make ``exc`` name the member being read, if it does not name one already."""
+    if exc.member is None:
+        exc.member = current
+        exc.args = (f"{exc.args[0]} (at member {current!r})",)
+
+
+def _corrupt(exc: BaseException, current: str) -> InputError:
+    """The error for a stream that failed (corrupt or cut) at member ``current``."""
+    return InputError(
+        f"the archive is corrupt or truncated at member {current!r}: {exc or type(exc).__name__}", current
+    )
+
+
+def _over_limit(limits: Limits) -> InputError:
+    """The error for an archive over the byte limit."""
+    return InputError(f"the archive holds more than the limit of {limits.max_bytes} bytes")
 
 
 def _reader(tar: TarReader, name: str) -> Callable[[int], bytes]:

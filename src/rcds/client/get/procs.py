@@ -29,7 +29,7 @@ from rcds.client.get.worker import Job, Setup, WireJob
 from rcds.errors import RcdsError, StorageError
 from rcds.workerproc import WorkerProcess, configured_count
 
-__all__ = ["ENV_PROCESSES", "GetProcesses", "configured_processes"]
+__all__ = ["ENV_PROCESSES", "GetProcesses", "configured_processes", "worker_error"]
 
 ENV_PROCESSES = "RCDS_GET_PROCESSES"
 """Environment variable: worker processes of ``rcds get`` (``0``: none)."""
@@ -57,6 +57,14 @@ _ERRORS: dict[str, type[RcdsError]] = {
     )
 }
 _ERRORS["FetchError"] = errors.NetworkError
+
+
+def worker_error(kind: str, message: str) -> RcdsError:
+    """The error a worker process reported (its class name ``kind`` and ``message``) as this
+    process raises it: the same class where known, else a :class:`StorageError` saying how to resume."""
+    if kind in _ERRORS:
+        return _ERRORS[kind](message)
+    return StorageError(f"a download worker process failed: {message}; run rcds get again to resume")
 
 
 def _ignore(part: range) -> None:
@@ -221,10 +229,7 @@ class GetProcesses:
         if reply[0] == "done":
             done(queue.popleft())
         elif reply[0] == "error":
-            kind, message = reply[1], reply[2]
-            if kind in _ERRORS:
-                raise _ERRORS[kind](message)
-            raise StorageError(f"a download worker process failed: {message}; run rcds get again to resume")
+            raise worker_error(reply[1], reply[2])
 
     def _died(self, w: WorkerProcess) -> StorageError:
         code = w.exit_code()

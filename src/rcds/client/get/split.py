@@ -19,7 +19,6 @@ a :class:`StorageError` that says how to resume.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import signal
 import threading
@@ -29,12 +28,13 @@ from contextlib import suppress
 from multiprocessing.connection import Connection, wait
 from typing import Any, cast
 
-from rcds import errors
 from rcds.client.cache.source import CachedSource
+from rcds.client.get.procs import worker_error
 from rcds.client.get.share import ShareSummary, ShareTask, run_share, split_tree
 from rcds.client.get.worker import Setup
 from rcds.client.tree.rows import LeanDir
-from rcds.errors import RcdsError, StorageError
+from rcds.errors import StorageError
+from rcds.workerproc import widen_pipe
 
 __all__ = ["SPLIT_MIN_ROWS", "SplitWorkers", "split_task"]
 
@@ -47,20 +47,6 @@ SHARES_PER_WORKER = 8
 """The tree is split into this many shares per worker, taken in turn: workers finish together."""
 STOP_SECONDS = 10.0
 PIPE_BYTES = 1 << 20
-
-_ERRORS: dict[str, type[RcdsError]] = {
-    c.__name__: c
-    for c in (
-        errors.ConfigError,
-        errors.InputError,
-        errors.IntegrityError,
-        errors.NotFoundError,
-        errors.StorageError,
-        errors.NetworkError,
-    )
-}
-_ERRORS["FetchError"] = errors.NetworkError
-_F_SETPIPE_SZ = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
 
 def split_task(
@@ -114,8 +100,7 @@ class SplitWorkers:
 
     def _fork(self, task: ShareTask, k: int) -> None:
         r, w = os.pipe()
-        with suppress(OSError):
-            fcntl.fcntl(w, _F_SETPIPE_SZ, PIPE_BYTES)
+        widen_pipe(w, PIPE_BYTES)
         try:
             pid = os.fork()
         except BaseException:
@@ -166,11 +151,7 @@ class SplitWorkers:
                 for where, n in message[1].items():
                     self.stats[where] = self.stats.get(where, 0) + n
             elif kind == "error":
-                if message[1] in _ERRORS:
-                    raise _ERRORS[message[1]](message[2])
-                raise StorageError(
-                    f"a download worker process failed: {message[2]}; run rcds get again to resume"
-                )
+                raise worker_error(message[1], message[2])
             got.append((pid, message))
         return got
 
