@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import io
+import random
 import tarfile
 
 import pytest
 
 from rcds.errors import InputError
-from rcds.publish.tarread import TarReader, fast_header
+from rcds.publish.tarread import TarReader, _unsigned_sum, fast_header
 from rcds.testing.hostile_tars import CASES
 
 FIELDS = ("name", "type", "size", "mode", "uid", "gid", "mtime", "linkname", "uname", "gname", "pax_headers")
@@ -236,3 +237,12 @@ def test_long_names_in_pax_headers_take_the_fast_path(monkeypatch: pytest.Monkey
     assert [ti.name for ti in reader] == [LONG.decode()]
     offsets = [(ti.offset, ti.offset_data) for ti in TarReader(io.BytesIO(PAX_CASES["path"] + bytes(1024)))]
     assert offsets == [(0, 1024 + 512)]
+
+
+def test_unsigned_sum_is_tarfiles_header_sum() -> None:
+    """The Adler-32 shortcut equals the plain byte sum outside the checksum field, also at its
+    largest (all bytes 0xff: each piece just under the modulus)."""
+    rng = random.Random(7)
+    blocks = [bytes(512), b"\xff" * 512] + [rng.randbytes(512) for _ in range(300)]
+    for block in blocks:
+        assert _unsigned_sum(block) == sum(block) - sum(block[148:156])

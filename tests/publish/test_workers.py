@@ -277,3 +277,50 @@ def test_a_storage_error_in_a_worker_reaches_the_caller(tmp_path: Path, always_p
     txn.mkdir()
     assert s0.manifest().revision == 0
     verify(s0)
+
+
+def test_prestarted_workers_are_leased_once_ready_and_run_niced(
+    monkeypatch: pytest.MonkeyPatch, fresh_pool: None
+) -> None:
+    monkeypatch.setenv(workers.ENV_PROCESSES, "2")
+    monkeypatch.delenv(workers.ENV_NICE, raising=False)
+    workers.prestart()
+    pool = workers._shared
+    assert pool is not None and len(pool.pids) == 2
+    workers.prestart()  # a second call starts nothing more
+    assert workers._shared is pool
+    leased = workers.lease()  # waits for the workers to say "ready"
+    assert leased is pool and pool.ready() and workers.running()
+    try:
+        own = os.getpriority(os.PRIO_PROCESS, 0)
+        for pid in pool.pids:  # the main thread gets a core before its workers do
+            assert os.getpriority(os.PRIO_PROCESS, pid) == min(19, own + workers.NICE)
+    finally:
+        workers.release(pool)
+
+
+def test_worker_nice_can_be_turned_off(monkeypatch: pytest.MonkeyPatch, fresh_pool: None) -> None:
+    monkeypatch.setenv(workers.ENV_PROCESSES, "1")
+    monkeypatch.setenv(workers.ENV_NICE, "0")
+    pool = workers.lease()
+    assert pool is not None
+    try:
+        assert os.getpriority(os.PRIO_PROCESS, pool.pids[0]) == os.getpriority(os.PRIO_PROCESS, 0)
+    finally:
+        workers.release(pool)
+
+
+def test_prestarted_workers_that_cannot_start_leave_the_work_to_threads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fresh_pool: None
+) -> None:
+    monkeypatch.setenv(workers.ENV_PROCESSES, "2")
+    monkeypatch.setattr(workers, "WORKER_MODULE", "rcds.no_such_module")
+    monkeypatch.setattr(workers, "_disabled_until", 0.0)
+    monkeypatch.setattr(objects, "POOL_MIN_BYTES", 1)  # the input below is big enough to prestart
+    tar = tmp_path / "in.tar"
+    tar.write_bytes(make_tar(_entries(100), "none"))
+    s0 = _repo(tmp_path / "r")
+    with tar.open("rb") as f:
+        s0.ingest_tar(f, "/sw/grp/cid")
+    verify(s0)
+    assert workers._shared is None and workers.disabled_reason is not None

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
+import os
 import shutil
 import stat
 import time
@@ -29,6 +30,7 @@ from rcds.format.deflaters import Compress, Compression, resolve
 from rcds.format.dirent import FLAG_DIR, FLAG_NESTED_ROOT, Dirent
 from rcds.format.hashes import ContentHash, ObjectKind
 from rcds.format.pathhash import parent_path
+from rcds.publish import objects, workers
 from rcds.publish.catalog_rw import WritableCatalog
 from rcds.publish.chain import CatalogChain, read_stats
 from rcds.publish.dirsource import iter_directory
@@ -138,6 +140,8 @@ class Stratum0:
 
         ``ready``: see :meth:`ingest`.
         """
+        if _large_file(stream):
+            workers.prestart()  # they start while the first members are read
         members = iter_tar(stream, limits)
         try:
             return self.ingest(members, path, replace=replace, now=now, ready=ready)
@@ -376,6 +380,15 @@ def _signing_key(path: Path) -> rsa.RSAPrivateKey:
     key = keys.load_private_key(path.read_bytes(), str(path))
     _KEYS[path] = (ident, key)
     return key
+
+
+def _large_file(stream: BinaryIO) -> bool:
+    """True if ``stream`` is a regular file big enough for the worker processes."""
+    try:
+        st = os.fstat(stream.fileno())
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is both
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_size >= objects.POOL_MIN_BYTES
 
 
 def _monotonic_stamp(now: float | None, old: manifest_fmt.Manifest) -> int:

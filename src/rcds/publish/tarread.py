@@ -16,7 +16,8 @@ end-of-archive block is an error, never a silent end of the archive.
 from __future__ import annotations
 
 import tarfile
-from collections.abc import Iterator
+import zlib
+from collections.abc import Callable, Iterator
 from typing import IO
 
 from rcds.errors import InputError
@@ -153,6 +154,15 @@ def _owners(field: bytes) -> tuple[str, str, int, int]:
     return owners
 
 
+def _unsigned_sum(buf: bytes, adler32: Callable[[bytes], int] = zlib.adler32) -> int:
+    """The sum of a header block's bytes outside its checksum field (148-156), as tarfile sums
+    them, ~4x faster than ``sum``: the low half of an Adler-32 is 1 + the byte sum modulo 65521,
+    exact for pieces of up to 256 bytes (at most 65,280)."""
+    return (
+        (adler32(buf[:148]) & 0xFFFF) + (adler32(buf[156:412]) & 0xFFFF) + (adler32(buf[412:]) & 0xFFFF) - 3
+    )
+
+
 def fast_header(buf: bytes, types: frozenset[bytes] = _FAST_TYPES) -> tarfile.TarInfo | None:
     """The TarInfo of a common header (of one of ``types``), exactly as ``tarfile`` builds it, or
     None to let it."""
@@ -161,7 +171,7 @@ def fast_header(buf: bytes, types: frozenset[bytes] = _FAST_TYPES) -> tarfile.Ta
         return None
     try:
         check = _octal(buf[148:156])
-        if check != sum(buf) - sum(buf[148:156]) + 256:
+        if check != _unsigned_sum(buf) + 256:
             return None  # maybe a signed checksum, or a bad one: tarfile decides
         ti = StrictTarInfo(_string(buf[:100]))
         ti.mode, ti.uid, ti.gid = _ids(buf[100:124])

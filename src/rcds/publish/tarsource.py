@@ -42,8 +42,11 @@ from rcds.publish.tarread import TarReader, TruncatedDataError
 
 ENV_RANGES = "RCDS_INGEST_RANGES"
 """Environment variable: ``0`` reads even a plain tar on disk as a stream (no byte ranges)."""
-HEADER_BUFFER = 4 << 10
-"""Read-ahead of the header parser on a plain tar on disk (it seeks over larger data)."""
+HEADER_BUFFER = 64 << 10
+"""Read-ahead of the header parser on a plain tar on disk (it seeks over larger data). Most
+members of a software tree are small: a 64 KiB read holds several headers with their data, so
+a seek lands inside the buffer instead of costing a ``pread`` per header (venv.tar: -7 % of the
+header parsing's CPU against 4 KiB)."""
 
 _MAGIC = (
     (b"\x1f\x8b", "gzip"),
