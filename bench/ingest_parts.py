@@ -64,6 +64,9 @@ class NullWriter:
             left -= len(read(min(left, 1 << 20)))
         done(FileContent(size, _HASH))
 
+    def flush(self) -> None:
+        """Nothing is ever pending."""
+
     def drain(self, wait: bool = False) -> None:
         """Nothing is ever pending."""
 

@@ -278,6 +278,10 @@ class ContentWriter:
         self.stats.bytes_in += size
         self.drain()
 
+    def flush(self) -> None:
+        """Send the batch being filled to the workers now (its results are waited for later)."""
+        self._flush_batch()
+
     def drain(self, wait: bool = False) -> None:
         """Run completion callbacks of finished files, in order; with ``wait``, of all files."""
         if wait:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import stat
+from collections.abc import Callable
 from functools import partial
 
 from rcds.errors import InputError
@@ -230,8 +231,14 @@ class TreeBuilder:
             self._flush()
             self.catalog.insert_chunks(full, self.catalog.chunks(target))
 
-    def finish(self) -> Dirent:
-        """Complete pending files, link groups, the catalog marker and directory link counts."""
+    def finish(self, while_waiting: Callable[[], object] | None = None) -> Dirent:
+        """Complete pending files, link groups, the catalog marker and directory link counts.
+
+        ``while_waiting`` runs once the last contents are on their way to be stored and before
+        waiting for them: serial work of the caller's that then costs no wall time."""
+        if while_waiting is not None:
+            self.writer.flush()
+            while_waiting()
         self.writer.drain(wait=True)
         self._flush()
         for group, paths in self._groups.items():
