@@ -137,6 +137,7 @@ class WorkerPool:
         self.broken = False
         self.workers: list[_Worker] = []
         self._starting: list[_Worker] = []
+        self._start_lock = threading.Lock()  # ready() may be asked by several ingests' threads
         self._started_at = time.monotonic()
         try:
             for _ in range(processes):
@@ -150,23 +151,25 @@ class WorkerPool:
 
     def ready(self) -> bool:
         """True once every worker has said it is ready (never blocks)."""
-        while self._starting and self._starting[0].replies.poll(0):
-            self._take_ready(self._starting.pop(0))
-        return not self._starting
+        with self._start_lock:
+            while self._starting and self._starting[0].replies.poll(0):
+                self._take_ready(self._starting.pop(0))
+            return not self._starting
 
     def wait_ready(self) -> None:
         """Wait until every worker is ready (each says so once its imports are done, ~0.1 s, in
         parallel); a worker that does not within ``START_SECONDS`` of the start stops the pool."""
-        try:
-            while self._starting:
-                w = self._starting[0]
-                left = max(0.0, self._started_at + START_SECONDS - time.monotonic())
-                if not w.replies.poll(left):
-                    raise RuntimeError(f"a worker process did not start within {START_SECONDS} s")
-                self._take_ready(self._starting.pop(0))
-        except BaseException:
-            self.close()
-            raise
+        with self._start_lock:
+            try:
+                while self._starting:
+                    w = self._starting[0]
+                    left = max(0.0, self._started_at + START_SECONDS - time.monotonic())
+                    if not w.replies.poll(left):
+                        raise RuntimeError(f"a worker process did not start within {START_SECONDS} s")
+                    self._take_ready(self._starting.pop(0))
+            except BaseException:
+                self.close()
+                raise
 
     def _take_ready(self, w: _Worker) -> None:
         try:
@@ -244,6 +247,7 @@ class WorkerPool:
         for w in self.workers:
             w.stop(timeout)
         self.workers = []
+        self._starting = []
 
 
 _lock = threading.Lock()
