@@ -78,7 +78,7 @@ def child(root: str, tar: str, path: str, out: str, t_start: float) -> None:
     wrap(catalog_rw.WritableCatalog, "finalize", "finalize", "finalized")
     wrap(chain.CatalogChain, "commit", "chain commit", "chain committed")
     wrap(local.LocalStore, "sync", "syncfs", "synced")
-    wrap(stratum0, "_signing_key", "signing", None)
+    wrap(stratum0, "_signing_key", "repository key", None)
 
     send, receive = workers._Worker.send, workers._Worker.receive
 
