@@ -7,8 +7,10 @@ worker compresses each, hashes the result, writes the objects into the store its
 process only parses the input and fills the catalog, so both cores compress.
 
 Workers are fresh interpreters (:class:`rcds.workerproc.WorkerProcess`: fork+exec, never a plain
-``fork`` of the multithreaded service). They start on first use and are shared by the ingests of
-a process (one at a time; a second concurrent ingest falls back to threads). A worker exits when
+``fork`` of the multithreaded service). They start on first use, or (:func:`prestart`) as an
+ingest of a large tar file begins, and are shared by the ingests of a process (one at a time; a
+second concurrent ingest falls back to threads). They run at a lower CPU priority than the
+ingest (``RCDS_INGEST_WORKER_NICE``), whose serial main thread feeds them. A worker exits when
 its request pipe reaches end of file, so killing the parent never leaves workers behind; the pool
 is shut down at interpreter exit. Each worker's bytes in flight are capped by its pipe's capacity
 (1 MiB), so the parent never blocks on a send and memory stays bounded.
