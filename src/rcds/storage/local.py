@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import errno
 import itertools
 import os
 import threading
@@ -21,11 +20,6 @@ _access = os.access
 _F_OK = os.F_OK
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
 _HEX = [f"{i:02x}" for i in range(256)]
-_ANON = os.O_WRONLY | getattr(os, "O_TMPFILE", 0) | os.O_CLOEXEC
-_AT_FDCWD = -100
-_AT_EMPTY_PATH = 0x1000
-_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS})
-"""Failures of the anonymous route that the temp-file route would meet too: reported at once."""
 
 
 _LIBC = ctypes.CDLL(None, use_errno=True)  # the C library already loaded: no ldconfig child process
@@ -38,15 +32,6 @@ EARLY_WRITEBACK_MIN = 64 * 1024
 per-file cost of forcing the write out (block allocation and an I/O request per file, charged to
 the writing process: ~0.3-0.5 ms of system time per object here) outweighs what it saves the
 commit's ``syncfs``; the kernel's own writeback batches small files far more cheaply."""
-
-
-_LINKAT = getattr(_LIBC, "linkat", None)
-if _LINKAT is not None:
-    _LINKAT.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
-ANONYMOUS_FILES = bool(getattr(os, "O_TMPFILE", 0)) and _LINKAT is not None
-"""Whether objects may be written as unnamed files (``O_TMPFILE``) given their name by ``linkat``
-(Linux). A :class:`LocalStore` whose file system or permissions refuse it falls back to a temp
-file in ``data/txn`` and ``rename``, for good, on the first refusal."""
 
 
 def start_writeback(fd: int) -> None:
@@ -72,22 +57,6 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _write_all(fd: int, data: bytes | memoryview) -> None:
-    """Write all of ``data``; start the writeback of a large object."""
-    n = len(data)
-    done = os.write(fd, data)
-    if done < n:
-        view = memoryview(data)[done:]
-        while view:
-            view = view[os.write(fd, view) :]
-    if n >= EARLY_WRITEBACK_MIN:
-        start_writeback(fd)
-
-
-def _write_error(final: str, exc: OSError) -> StorageError:
-    return StorageError(f"cannot write {final}: {exc.strerror}; check free space and permissions")
-
-
 class LocalStore(Store):
     """Files under ``root``: ``.cvmfs*`` root files, ``data/00..ff`` objects, temp files in ``data/txn``."""
 
@@ -105,8 +74,6 @@ class LocalStore(Store):
         self._objects = f"{self._root_s}/"
         self._tmp_prefix = f"{self._txn_s}/tmp.{self._pid}.{id(self):x}."
         """Temp names of :meth:`put_object`: unique per process and store (its counter is atomic)."""
-        self.anonymous = ANONYMOUS_FILES
-        """True while :meth:`put_object` writes unnamed files and links them into place."""
         self.location = str(self.root)
 
     def initialise(self) -> None:
@@ -176,61 +143,33 @@ class LocalStore(Store):
         """:meth:`put_if_absent` for an object name the caller built itself from a digest (not
         checked again: the per-object path of the ingest's workers); True if written.
 
-        An object that cannot be seen (``access`` fails for any reason) is written. Where the
-        kernel allows it (:data:`ANONYMOUS_FILES`), as an unnamed file in its own ``data/xx``
-        directory that ``linkat`` then names: no name exists before the content is complete
-        (a crash leaves nothing, not even a temp file), no directory is shared by the writers
-        but ``data/xx`` for the link, and an object another writer stored meanwhile is kept
-        (``EEXIST``: not written). Otherwise via a temp file in ``data/txn`` and ``rename``.
-        A store that cannot be written fails with a clear error."""
+        An object that cannot be seen (``access`` fails for any reason) is written; a store
+        that cannot be read fails at the write with a clear error."""
         final = self._objects + name
         if _access(final, _F_OK):  # no exception object for the common "absent" answer
             return False
-        if self.anonymous:
-            done = self._link_new(final, name, data)
-            if done is not None:
-                return done
         tmp = self._tmp_prefix + str(next(self._counter))
         try:
             fd = os.open(tmp, _CREATE, 0o644)
             try:
-                _write_all(fd, data)
+                n = len(data)
+                done = os.write(fd, data)
+                if done < n:
+                    view = memoryview(data)[done:]
+                    while view:
+                        view = view[os.write(fd, view) :]
+                if n >= EARLY_WRITEBACK_MIN:
+                    start_writeback(fd)
             finally:
                 os.close(fd)
             os.rename(tmp, final)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
-            raise _write_error(final, exc) from None
+            raise StorageError(
+                f"cannot write {final}: {exc.strerror}; check free space and permissions"
+            ) from None
         return True
-
-    def _link_new(self, final: str, name: str, data: bytes | memoryview) -> bool | None:
-        """Write ``data`` into an unnamed file in the object's directory and link it at ``final``;
-        True if written, False if the object appeared meanwhile, None (and the route is off for
-        this store) if the file system or the permissions refuse unnamed files or their linking."""
-        try:
-            fd = os.open(self._objects + name[:7], _ANON, 0o644)
-        except OSError as exc:
-            if exc.errno in _FULL:
-                raise _write_error(final, exc) from None
-            self.anonymous = False  # no O_TMPFILE here (e.g. EOPNOTSUPP): the temp-file route
-            return None
-        try:
-            try:
-                _write_all(fd, data)
-            except OSError as exc:
-                raise _write_error(final, exc) from None
-            if _LINKAT(fd, b"", _AT_FDCWD, final.encode(), _AT_EMPTY_PATH) == 0:  # type: ignore[misc]
-                return True
-            err = ctypes.get_errno()
-        finally:
-            os.close(fd)  # an unnamed file not linked is freed here: nothing is left behind
-        if err == errno.EEXIST:
-            return False
-        if err in _FULL:
-            raise _write_error(final, OSError(err, os.strerror(err)))
-        self.anonymous = False  # linkat refused (no CAP_DAC_READ_SEARCH on an older kernel...)
-        return None
 
     def put_file(self, name: str, src: Path) -> None:
         """Rename ``src`` (which must be on the same filesystem) into place."""
