@@ -1,4 +1,4 @@
-"""getfs.write_file and write_new: in place when the name is free, else replaced atomically, no leftovers."""
+"""getfs.write_file: in place when the name is free, atomic replacement otherwise, no leftovers."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import NamedTuple
 
 import pytest
 
-from rcds.client.get.fs import read_umask, write_file, write_new
+from rcds.client.get.fs import write_file
 from rcds.errors import IntegrityError, StorageError
 
 
@@ -96,54 +96,3 @@ def test_an_interrupt_leaves_nothing_behind(tmp_path: Path) -> None:
     with pytest.raises(KeyboardInterrupt):
         write_file(str(tmp_path / "f"), _attrs(b"whole content"), fill=fill)
     assert _names(tmp_path) == []
-
-
-def _target(final: Path, data: bytes, mode: int = 0o100644) -> tuple[str, str, int, int, int, int | None]:
-    return (str(final), "/repo/f", mode, len(data), 1_600_000_000, 5)
-
-
-@pytest.mark.parametrize("mode", [0o100644, 0o100755, 0o100400, 0o100666])
-def test_write_new_gives_what_write_file_gives(tmp_path: Path, mode: int) -> None:
-    umask = os.umask(0o022)
-    try:
-        read_umask()
-        write_new(_target(tmp_path / "new", b"hello", mode), b"hello")
-        write_file(str(tmp_path / "old"), _attrs(b"hello", mode), b"hello")
-    finally:
-        os.umask(umask)
-        read_umask()
-    new, old = os.stat(tmp_path / "new"), os.stat(tmp_path / "old")
-    assert (tmp_path / "new").read_bytes() == b"hello"
-    assert (new.st_mode, new.st_size, new.st_mtime_ns) == (old.st_mode, old.st_size, old.st_mtime_ns)
-    assert new.st_mtime_ns == 1_600_000_000 * 10**9 + 5
-    assert _names(tmp_path) == ["new", "old"]
-
-
-@pytest.mark.parametrize("what", ["file", "symlink", "empty dir"])
-def test_write_new_replaces_what_is_in_the_way_never_followed(tmp_path: Path, what: str) -> None:
-    read_umask()
-    final, outside = tmp_path / "f", tmp_path / "outside"
-    outside.write_bytes(b"keep")
-    if what == "file":
-        final.write_bytes(b"older and longer")
-    elif what == "symlink":
-        final.symlink_to(outside)
-    else:
-        final.mkdir()
-    write_new(_target(final, b"new"), b"new")
-    assert final.read_bytes() == b"new" and not final.is_symlink()
-    assert outside.read_bytes() == b"keep"
-    assert _names(tmp_path) == ["f", "outside"]
-
-
-def test_write_new_with_a_wrong_size_leaves_nothing_behind(tmp_path: Path) -> None:
-    read_umask()
-    with pytest.raises(IntegrityError):
-        write_new(_target(tmp_path / "f", b"hello"), b"hell")
-    assert _names(tmp_path) == []
-
-
-def test_write_new_where_it_cannot_create_says_so(tmp_path: Path) -> None:
-    read_umask()
-    with pytest.raises(StorageError, match="cannot create"):
-        write_new(_target(tmp_path / "missing" / "f", b"x"), b"x")
