@@ -16,7 +16,7 @@ import pytest
 from rcds.client.fetch.bulk import BULK_MAX_OBJECT
 from rcds.client.get import worker as getworker
 from rcds.client.get.fs import read_umask
-from rcds.client.get.worker import WireJob, WireTarget, wire_job
+from rcds.client.get.worker import Target, WireJob, WireTarget, wire_job
 from rcds.errors import IntegrityError
 from rcds.format.hashes import Algorithm, ContentHash, ObjectKind
 
@@ -118,13 +118,13 @@ def test_a_worker_told_to_stop_while_writing_finishes_that_file_first(
 ) -> None:
     read_umask()
     batch = _jobs(site, ["d0/f007.txt"], tmp_path, copies=2)
-    real_write = getworker.write_new
+    real_write = getworker.write_file
 
-    def write(target: WireTarget, data: bytes) -> None:
+    def write(final: str, attrs: Target, data: bytes) -> None:
         os.kill(os.getpid(), signal.SIGTERM)  # the parent stops the workers: this one is writing
-        real_write(target, data)
+        real_write(final, attrs, data)
 
-    monkeypatch.setattr(getworker, "write_new", write)
+    monkeypatch.setattr(getworker, "write_file", write)
     previous = signal.signal(signal.SIGTERM, getworker._stop)  # the worker's handler, here
     fetcher = site.open(cache_dir=tmp_path / "c").source.fetcher
     try:

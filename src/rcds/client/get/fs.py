@@ -241,48 +241,6 @@ def write_file(
         raise
 
 
-def write_new(target: tuple[str, str, int, int, int, int | None], data: bytes | bytearray) -> None:
-    """:func:`write_file` of a worker's target tuple ``(final, path, mode, size, mtime, mtimens)``
-    with ``data`` of exactly ``size`` bytes, the usual case of a fresh copy in a few calls: the
-    name is free and ``open`` can set the mode itself (nothing under the umask). Anything else
-    (the name taken, another mode, an error) goes the way of :func:`write_file`, with the same
-    result: the file complete with its mode and time, or nothing left behind."""
-    final, _, mode, size, mtime, ns = target
-    perm = mode & 0o777
-    if len(data) != size or perm & _UMASK or perm & 0o600 != 0o600:
-        return write_file(final, _Attrs(target), data)
-    try:
-        fd = os.open(final, _CREATE, perm)
-    except OSError:  # taken (replace it atomically), or an error to report: the general way
-        return write_file(final, _Attrs(target), data)
-    try:
-        try:
-            if size:
-                n = os.write(fd, data)
-                if n != size:
-                    write_all(fd, memoryview(data)[n:])
-            t = mtime * 1_000_000_000 + (ns or 0)
-            os.utime(fd, ns=(t, t))
-        finally:
-            os.close(fd)
-    except BaseException as exc:
-        with suppress(OSError):
-            os.unlink(final)
-        if isinstance(exc, OSError):
-            raise StorageError(f"cannot write {final}: {exc.strerror or exc}") from exc
-        raise
-    return None
-
-
-class _Attrs:
-    """A worker's target tuple as :class:`FileAttrs` (for :func:`write_file`)."""
-
-    __slots__ = ("mode", "mtime", "mtimens", "path", "size")
-
-    def __init__(self, t: tuple[str, str, int, int, int, int | None]) -> None:
-        _, self.path, self.mode, self.size, self.mtime, self.mtimens = t
-
-
 def write_symlink(final: str, e: Dirent) -> None:
     """Create the symbolic link ``final`` -> the entry's target (atomically, never followed)."""
     with suppress(OSError):

@@ -35,7 +35,7 @@ from hashlib import sha1 as _sha1
 from types import ModuleType
 from typing import TYPE_CHECKING, NamedTuple, cast
 
-from rcds.client.get.fs import read_umask, write_file, write_new
+from rcds.client.get.fs import read_umask, write_file
 from rcds.client.get.pipes import Receiver, Sender
 from rcds.errors import RcdsError
 from rcds.format.hashes import Algorithm, ContentHash, ObjectKind
@@ -234,10 +234,7 @@ def run_batch(
     object no server has intact; the files written before are complete.
     """
     global _writing
-    sha1 = _SHA1
-    names = [
-        f"data/{d[:1].hex()}/{d[1:].hex()}{k}" if a == sha1 else _name(d, a, k) for d, a, k, _, _, _ in batch
-    ]
+    names = [_name(d, a, k) for d, a, k, _, _, _ in batch]
 
     def verify(i: int, raw: bytes) -> bytes | bytearray:
         d, a, _, size, compressed, _ = batch[i]
@@ -245,7 +242,6 @@ def run_batch(
 
     inserter = source.inserter if source is not None else None
     received = 0
-    write = write_new
     try:
         for i, plain in fetcher.fetch_many(names, verify):
             received += 1
@@ -255,7 +251,7 @@ def run_batch(
             for t in job[5]:
                 _writing = True  # SIGTERM now waits for the end of this file
                 try:
-                    write(t, plain)
+                    write_file(t[0], _NEW(Target, t), plain)
                 finally:
                     _writing = False
                 if _stopping:
