@@ -22,11 +22,9 @@ the same run. Every figure
 is the wall-clock time of a fresh process, the median of ``--repeat`` runs (min in brackets); the
 runs of a scenario take turns (rcds, baseline, rcds, baseline, ...), each after a ``sync``. The
 timed children (``client_child.py``) import only what they measure: no numpy, no generator, no
-harness. The page cache is NOT reliably warm on these machines: the kernel's DAMON ``pageout``
-scheme evicts pages a few seconds after their last use, so small files (objects on the server,
-cache files, the local copy) are often read from disk. Do not start it right after deleting many
-files: on this ext4 (online ``discard``) creating files costs 2-4x the kernel time for minutes
-afterwards; the trees it writes are deleted at the end.
+harness. The kernel's DAMON ``pageout`` evicts pages seconds after their last use, so before each
+run of scenario 1 the files its server serves are read, not timed (``bench/warm.py``; not with
+``--no-warm``). Do not start it right after deleting many files (ext4 then creates files slowly).
 
 1. ``rcds get`` of the whole tree into an empty directory with an empty cache, against
    ``curl -s URL | tar -xf -`` (the plain tar) and ``curl -s URL | tar -xzf -``.
@@ -58,6 +56,7 @@ from pathlib import Path
 from client_child import TREE
 from common import MB, format_table, machine
 from nginx_site import start_nginx
+from warm import repository_files, warm
 
 REPO = "bench.example.org"
 CHILD = Path(__file__).resolve().with_name("client_child.py")
@@ -130,6 +129,7 @@ class Bench:
         self.n = 0
         self.tmpfs: Path | None = None
         self.use_nginx = True
+        self.served: list[Path] = []
 
     def fresh(self, name: str, base: Path | None = None) -> Path:
         self.n += 1
@@ -293,6 +293,18 @@ class Bench:
         self.discard(cache)
         return seconds
 
+    def warm_served(self, run: str) -> None:
+        """Read the files the server of scenario 1's run ``run`` serves (see ``bench/warm.py``):
+        the tarball of a ``tar``/``tgz`` run, the repository's files of every ``rcds get`` run."""
+        public = self.work / "repo" / "public"
+        kind = run.removeprefix("nx-")
+        if kind in ("tar", "tgz"):
+            warm([public / ("venv.tar" if kind == "tar" else "venv.tar.gz")])
+            return
+        if not self.served:
+            self.served = repository_files(public, ("venv.tar", "venv.tar.gz"))
+        warm(self.served)
+
     def tarball(
         self,
         gz: bool,
@@ -369,16 +381,21 @@ def use_bytecode_cache(prefix: Path, *more: Path) -> None:
         compileall.compile_dir(src, quiet=1)
 
 
-def interleaved(n: int, sync: bool, **runs: Callable[[], float]) -> dict[str, list[float]]:
+def interleaved(
+    n: int, sync: bool, before: Callable[[str], object] | None = None, **runs: Callable[[], float]
+) -> dict[str, list[float]]:
     """``n`` rounds of every run in turn (A B C, A B C, ...): a drift of the machine (DAMON
     eviction, other load) falls on all of them alike, not on one block. Before each run the
     page cache is written back (``sync``, not timed), so that no run pays for the writes of the
-    one before it (a tarball run leaves ~300 MB of dirty pages); ``--no-sync`` leaves that out."""
+    one before it (a tarball run leaves ~300 MB of dirty pages); ``--no-sync`` leaves that out.
+    ``before(name)`` is called (not timed) right before run ``name``, after the ``sync``."""
     times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(n):
         for name, fn in runs.items():
             if sync:
                 os.sync()
+            if before is not None:
+                before(name)
             c0, s0 = children_cpu(), sum(process_cpu(pid) for pid in SERVER_PID)
             times[name].append(fn())
             cpu = children_cpu() - c0 + sum(process_cpu(pid) for pid in SERVER_PID) - s0
@@ -397,6 +414,9 @@ def main() -> None:
     ap.add_argument("--keep", type=Path, metavar="DIR", help="work in DIR and keep it")
     ap.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     ap.add_argument("--no-sync", action="store_true", help="no sync before each timed run")
+    ap.add_argument(
+        "--no-warm", action="store_true", help="scenario 1: do not read the served files before each run"
+    )
     ap.add_argument("--input", choices=["pip", "venv"], default="pip", help="the tree (see the docstring)")
     ap.add_argument(
         "--outputs",
@@ -465,7 +485,7 @@ def main() -> None:
                     runs["fill"] = partial(b.rcds_get, ["--fill-cache"], base=out)
                     runs["one"] = partial(b.rcds_get, env={"RCDS_GET_PROCESSES": "0"}, base=out)
                 CPU.clear()
-                t = interleaved(r, not args.no_sync, **runs)
+                t = interleaved(r, not args.no_sync, None if args.no_warm else b.warm_served, **runs)
                 b.unmount_tmpfs()
                 print(f"(1) {where}: {t}", flush=True)
                 print(f"(1) {where} CPU s: {CPU}", flush=True)

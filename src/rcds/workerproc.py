@@ -14,9 +14,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import subprocess
 import sys
-from multiprocessing.connection import Connection
 
 PIPE_BYTES = 1 << 20
 """Requested capacity of each pipe."""
@@ -54,6 +52,11 @@ class WorkerProcess:
     """
 
     def __init__(self, module: str, pipe_bytes: int = PIPE_BYTES) -> None:
+        # Imported here: a caller that only needs widen_pipe or configured_count (the forked
+        # workers of rcds get) does not pay for them at start-up (~10 ms).
+        import subprocess
+        from multiprocessing.connection import Connection
+
         req_r, req_w = os.pipe()
         rep_r, rep_w = os.pipe()
         self.requests = Connection(req_w, readable=False)
@@ -90,12 +93,16 @@ class WorkerProcess:
 
     def exit_code(self, wait: float = 1.0) -> int | None:
         """The exit code once the process ended (waits up to ``wait`` seconds), else None."""
+        import subprocess
+
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(wait)
         return self.process.returncode
 
     def stop(self, timeout: float) -> None:
         """Close the request pipe (the worker sees EOF and exits); kill it after ``timeout`` s."""
+        import subprocess
+
         with contextlib.suppress(OSError):
             self.requests.close()
         try:

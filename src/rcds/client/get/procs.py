@@ -21,7 +21,6 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import suppress
-from multiprocessing.connection import wait
 from typing import Protocol
 
 from rcds import errors
@@ -207,6 +206,8 @@ class GetProcesses:
 
         Calls ``done`` for every finished batch; raises a worker's error.
         """
+        from multiprocessing.connection import wait  # here: the forked route never needs it (start-up)
+
         busy = [w for w in self.workers if self._sent[w.pid]]
         if not busy:
             return False

@@ -31,13 +31,13 @@ import os
 import signal
 from collections.abc import Callable
 from contextlib import suppress
-from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import NamedTuple, cast
 
 from rcds.client.cache.source import CachedSource
 from rcds.client.get import worker as _worker
 from rcds.client.get.fs import copy_into, finish_dir, prepare_dir, read_umask, write_file, write_symlink
+from rcds.client.get.pipes import Sender
 from rcds.client.get.state import LEGACY_STATE_FILE
 from rcds.client.get.worker import FAST_MAX, Setup, Target, WireJob, read_jobs, run_batch, run_jobs
 from rcds.client.tree.rows import LeanDir, lean_dirent
@@ -230,7 +230,7 @@ def split_tree(dirs: list[LeanDir], top: str, target: str, shares: int) -> tuple
 class _Share:
     """The planning and writing of one worker's share."""
 
-    def __init__(self, task: ShareTask, conn: Connection) -> None:
+    def __init__(self, task: ShareTask, conn: Sender) -> None:
         self.task = task
         self.conn = conn
         self.jobs: list[WireJob] = []
@@ -408,7 +408,7 @@ def _current(final: str, size: int, mtime: int, ns: int | None) -> bool:
     )
 
 
-def run_share(task: ShareTask, k: int, conn: Connection) -> int:
+def run_share(task: ShareTask, k: int, conn: Sender) -> int:
     """Worker ``k`` (forked): the split (sent by worker 0), then shares until none is left;
     returns the exit code."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides
@@ -460,6 +460,6 @@ def run_share(task: ShareTask, k: int, conn: Connection) -> int:
     return 1
 
 
-def _tell(conn: Connection, kind: str, message: str) -> None:
+def _tell(conn: Sender, kind: str, message: str) -> None:
     with suppress(OSError):
         conn.send(("error", kind, message))
