@@ -117,13 +117,15 @@ def one(repo: Path, src: str, work: Path, warm: bool, label: str, spy: list[str]
                 timeout=600,
             )
             wall = time.perf_counter() - t0
+            # workers started during the read (bulk prefetch starts its own) count whole
+            workers = sorted(set(workers) | set(children(daemon.pid)))
             s1, d1, w1 = cpu(server.pid), cpu(daemon.pid), cpus(workers)
             if profiler is not None:
                 profiler.send_signal(signal.SIGINT)
                 profiler.wait(60)
             daemon.send_signal(signal.SIGTERM)
             daemon.wait(60)
-            tail = [ln for ln in log.read_text().splitlines() if "prefetched" in ln]
+            tail = [ln for ln in log.read_text().splitlines() if "prefetched" in ln or "bulk prefetch:" in ln]
             print(
                 f"{label:>10} {phase}: {wall:6.2f} s  daemon {d1 - d0:5.2f} CPU-s"
                 f"  workers ({len(workers)}) {w1 - w0:5.2f} CPU-s  server {s1 - s0:5.2f} CPU-s"
