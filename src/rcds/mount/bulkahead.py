@@ -19,7 +19,8 @@ next in walk order before the readers get there:
 * **The walk.** What a top-down walk (``os.walk``) reads after that directory: its
   subdirectories, then its later siblings' subtrees, then its parent's later siblings', up to
   the repository's root; small files only (:data:`~rcds.mount.repomount.PREFETCH_MAX_FILE`),
-  at most :data:`WALK_BYTES` of plain bytes per walk (a later signal starts another walk where
+  at most :data:`WALK_BYTES` of plain bytes per walk (and :data:`QUOTA_SHARE` of the cache's
+  quota, if it has one; a later signal starts another walk where
   the readers are then, skipping directories walked already).
 * **The hand-out.** Batches of :data:`BATCH_OBJECTS` objects go to worker processes
   (:class:`~rcds.mount.fetchprocs.FetchWorkers`, started at the first walk; the same download,
@@ -76,6 +77,8 @@ BATCH_BYTES = 8 << 20
 """A batch handed to a worker: at most this many objects / plain bytes."""
 OUTSTANDING = 768
 """Objects handed out and not yet reported, at most (a reader waits for at most that many)."""
+QUOTA_SHARE = 0.25
+"""With a cache quota, a walk hands out at most this share of it."""
 TROUBLE_SECONDS = 10.0
 """After a worker could not bring objects (servers failing), no walk for this long."""
 WALKED_SIZE = 65536
@@ -109,7 +112,10 @@ class BulkAhead:
         self.prefetcher = prefetcher
         self.max_file = max_file
         self.processes = configured_processes() if processes is None else processes
-        self.walk_bytes = walk_bytes
+        quota = repo.source.cache.quota_bytes
+        self.walk_bytes = walk_bytes if quota is None else min(walk_bytes, int(quota * QUOTA_SHARE))
+        """Plain bytes one walk hands out at most: never more than a share of the cache's quota,
+        so that a walk does not evict what readers brought."""
         self._lock = threading.Condition()
         self._recent: deque[tuple[str, int]] = deque(maxlen=RECENT)
         self._walked: set[str] = set()
