@@ -30,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from realtree import IMPORTS
+
 from mount import READER, REPO, TREE, drop_page_cache
 
 TICK = os.sysconf("SC_CLK_TCK")
@@ -78,7 +80,7 @@ def serve(public: Path, src: str) -> tuple[subprocess.Popen[str], str]:
     return proc, proc.stdout.readline().strip()
 
 
-def one(repo: Path, src: str, work: Path, warm: bool, label: str, spy: list[str]) -> None:
+def one(repo: Path, src: str, work: Path, warm: bool, label: str, spy: list[str], job: str = "read") -> None:
     server, url = serve(repo / "public", src)
     key = repo / "keys" / f"{REPO}.pub"
     cache = work / "cache"
@@ -110,20 +112,24 @@ def one(repo: Path, src: str, work: Path, warm: bool, label: str, spy: list[str]
             workers = children(daemon.pid)
             s0, d0, w0 = cpu(server.pid), cpu(daemon.pid), cpus(workers)
             t0 = time.perf_counter()
-            subprocess.run(
-                [sys.executable, "-c", READER, str(mnt / TREE.lstrip("/")), "16"],
-                check=True,
-                stdout=subprocess.DEVNULL,
-                timeout=600,
-            )
+            tree = str(mnt / TREE.lstrip("/"))
+            if job == "import":  # aim (1)'s job start: imports, few files of the tree
+                job_env = {**os.environ, "PYTHONPATH": tree, "MPLBACKEND": "Agg"}
+                job_env["MPLCONFIGDIR"] = str(work / "mplconfig")
+                job_cmd = [sys.executable, "-c", IMPORTS]
+            else:
+                job_env, job_cmd = None, [sys.executable, "-c", READER, tree, "16"]
+            subprocess.run(job_cmd, check=True, stdout=subprocess.DEVNULL, timeout=600, env=job_env)
             wall = time.perf_counter() - t0
+            # workers started during the read (bulk prefetch starts its own) count whole
+            workers = sorted(set(workers) | set(children(daemon.pid)))
             s1, d1, w1 = cpu(server.pid), cpu(daemon.pid), cpus(workers)
             if profiler is not None:
                 profiler.send_signal(signal.SIGINT)
                 profiler.wait(60)
             daemon.send_signal(signal.SIGTERM)
             daemon.wait(60)
-            tail = [ln for ln in log.read_text().splitlines() if "prefetched" in ln]
+            tail = [ln for ln in log.read_text().splitlines() if "prefetched" in ln or "bulk prefetch:" in ln]
             print(
                 f"{label:>10} {phase}: {wall:6.2f} s  daemon {d1 - d0:5.2f} CPU-s"
                 f"  workers ({len(workers)}) {w1 - w0:5.2f} CPU-s  server {s1 - s0:5.2f} CPU-s"
@@ -176,6 +182,12 @@ def main() -> None:
     ap.add_argument(
         "--spy", default="", help="py-spy record command for the cold read (e.g. 'py-spy record --gil')"
     )
+    ap.add_argument(
+        "--job",
+        choices=["read", "import"],
+        default="read",
+        help="read: every file, 16 threads (aim 2); import: aim (1)'s imports (laziness: objects fetched)",
+    )
     ap.add_argument("variants", nargs="+", metavar="NAME=SRC")
     args = ap.parse_args()
     variants = [v.split("=", 1) for v in args.variants]
@@ -183,7 +195,7 @@ def main() -> None:
         work = Path(tmp)
         for _ in range(args.rounds):
             for name, src in variants:
-                one(args.repo, src, work, args.warm, name, args.spy.split())
+                one(args.repo, src, work, args.warm, name, args.spy.split(), args.job)
             if args.get:
                 get(args.repo, variants[0][1].split(":")[0], work)
 

@@ -84,6 +84,9 @@ TROUBLE_SECONDS = 5.0
 """After a worker could not bring objects (servers failing), downloads run in the daemon for
 this long: reads then fail over and time out once, as without workers, not twice."""
 
+DEMAND_SIZE = 65536
+"""Tags counted in :attr:`Prefetcher.demand` at most (forgotten all at once when full)."""
+
 Key = tuple[ContentHash, ObjectKind]
 
 
@@ -161,15 +164,24 @@ class Prefetcher:
         """Waits of readers for an object being downloaded."""
         self.singles = 0
         """Objects a read sent to a worker alone (neither queued nor in flight)."""
+        self._tags: dict[Key, str] = {}
+        self.demand: dict[str, int] = {}
+        """Per tag given to :meth:`want` (a planned directory): reads that came for its
+        objects while they were queued or being downloaded (see :mod:`rcds.mount.bulkahead`)."""
 
-    def want(self, items: Iterable[Wanted]) -> int:
+    def want(self, items: Iterable[Wanted], tag: str | None = None) -> int:
         """Queue objects for download, in this order (not those queued or in flight already);
-        how many were queued."""
+        how many were queued. ``tag``: reads of these objects before they are in the cache are
+        counted in :attr:`demand` under it."""
         n = 0
         plan: list[Key] = []
         with self._cv:
             if self._closed:
                 return 0
+            if tag is not None:
+                if len(self.demand) >= DEMAND_SIZE:
+                    self.demand.clear()
+                self.demand[tag] = 0
             for w in items:
                 key = (w.hash, w.kind)
                 if key in self._pending or w.size <= 0:
@@ -181,6 +193,8 @@ class Prefetcher:
                 plan.append(key)
                 self._queued_bytes += w.size
                 self._pending[key] = None
+                if tag is not None:
+                    self._tags[key] = tag
                 n += 1
             if n:
                 while len(self._threads) < self.lanes:
@@ -189,6 +203,30 @@ class Prefetcher:
                     t.start()
                 self._cv.notify()  # one lane; it wakes the next if it leaves objects queued
         return n
+
+    def claim(self, items: Iterable[Wanted]) -> list[Wanted]:
+        """Mark those of ``items`` neither queued nor in flight as in flight (the caller has
+        them downloaded elsewhere and reports them with :meth:`finished`); returns them."""
+        out: list[Wanted] = []
+        with self._cv:
+            if self._closed:
+                return out
+            pending = self._pending
+            for w in items:
+                key = (w.hash, w.kind)
+                if key not in pending and w.size > 0:
+                    pending[key] = None
+                    out.append(w)
+        return out
+
+    def finished(self, items: list[Wanted], ok: bool) -> None:
+        """Objects claimed (:meth:`claim`) or sent to a worker are done: in the local cache if
+        ``ok``, else not brought (readers fetch them themselves); their waiters are released."""
+        self._finished(items, ok)
+
+    def queued_objects(self) -> int:
+        """Objects waiting in the queue."""
+        return len(self._queued)
 
     def pending(self, h: ContentHash, kind: ObjectKind) -> bool:
         """True if the object is queued or being downloaded."""
@@ -224,6 +262,9 @@ class Prefetcher:
         with self._cv:
             if self._closed:
                 return
+            tag = self._tags.get(key)
+            if tag is not None and tag in self.demand:
+                self.demand[tag] += 1
             if key not in self._pending:
                 if not workers or size is None:
                     return
@@ -400,6 +441,9 @@ class Prefetcher:
         with self._cv:
             self.fetched += fetched
             locks = [self._pending.pop((w.hash, w.kind), None) for w in items]
+            if self._tags:
+                for w in items:
+                    self._tags.pop((w.hash, w.kind), None)
         for lock in locks:
             if lock is not None:
                 lock.release()
@@ -413,6 +457,7 @@ class Prefetcher:
             self._queued_bytes = 0
             locks = [lock for lock in self._pending.values() if lock is not None]
             self._pending.clear()
+            self._tags.clear()
             self._cv.notify_all()
             threads = list(self._threads)
             finisher = self._finisher

@@ -22,6 +22,8 @@ from rcds.client.tree.files import Piece, RepoFile, pieces_of
 from rcds.client.tree.mounted import Located
 from rcds.errors import NotFoundError
 from rcds.format.hashes import ObjectKind
+from rcds.mount import bulkahead
+from rcds.mount.bulkahead import BulkAhead
 from rcds.mount.fetchprocs import FetchWorkers, configured_workers
 from rcds.mount.inodes import InodeSpace, Node, entry_stat
 from rcds.mount.prefetcher import WAIT, Prefetcher
@@ -115,6 +117,8 @@ class RepoMount:
         self.prefetcher = Prefetcher(repo.source, workers=_start_workers(repo, workers))
         """Downloads ahead of reads (:meth:`prefetch_for`, :meth:`read_ahead`) and, with worker
         processes, every download of a file's objects (:meth:`wait_prefetched`)."""
+        self.bulk = BulkAhead(repo, self.prefetcher, PREFETCH_MAX_FILE) if bulkahead.enabled() else None
+        """Bulk prefetch ahead of a scan (:mod:`rcds.mount.bulkahead`), None if turned off."""
         self._planned: set[tuple[str, int]] = set()
         self._planned_lock = threading.Lock()
         self._recipes: dict[int, tuple[int, str, int, list[Piece], bool]] = {}
@@ -237,7 +241,9 @@ class RepoMount:
             # meanwhile waits here for the lock instead of fetching its object a second time
             queued = self.prefetch_directory(directory, name)
             self._planned.add(key)
-            return queued
+        if self.bulk is not None and queued:
+            self.bulk.planned(directory, queued)
+        return queued
 
     def prefetch_directory(self, path: str, skip: str = "") -> int:
         """Queue the objects of the small regular files of the directory ``path`` for the
@@ -274,7 +280,7 @@ class RepoMount:
                 if total > PREFETCH_MAX_BYTES:
                     break
                 (after if seen else before).append(w)
-        return self.prefetcher.want(first + after + before)
+        return self.prefetcher.want(first + after + before, tag=path)
 
     def wait_prefetched(self, piece: Piece, timeout: float = WAIT, compressed: bool = True) -> None:
         """A thread about to fetch ``piece``'s object calls this first: if the prefetcher has
@@ -328,6 +334,16 @@ class RepoMount:
     def close(self) -> None:
         """Stop prefetching, close the repository (caches, connections)."""
         pf = self.prefetcher
+        bulk = self.bulk
+        if bulk is not None:
+            bulk.close()
+            log.info(
+                "%s: bulk prefetch: %d walks, %d objects handed out, %d not brought",
+                self.fqrn,
+                bulk.walks,
+                bulk.handed,
+                bulk.failed,
+            )
         pf.close()
         log.info(
             "%s: %d objects prefetched, %d taken by readers (%d runs), %d waits for one in flight, "
