@@ -7,8 +7,6 @@ the other routes, are in ``test_get_routes.py``; here what only this route has.
 
 from __future__ import annotations
 
-import os
-import signal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +22,7 @@ from rcds.client.get.worker import Job, Target
 from rcds.errors import StorageError
 from rcds.format.hashes import ContentHash, ObjectKind
 
-from getkit import MANY, recorded, regular_files
+from getkit import MANY, recorded, regular_files, stopped_while_writing
 
 if TYPE_CHECKING:
     from conftest import Site
@@ -131,20 +129,8 @@ def test_a_worker_told_to_stop_while_writing_finishes_that_file_first(
         for name in ("first", "second")
     )
     job = Job.of(piece.hash, ObjectKind.FILE, piece.size, True, targets)
-    real_write = getworker.write_file
-
-    def write(final: str, attrs: Target, data: bytes) -> None:
-        os.kill(os.getpid(), signal.SIGTERM)  # the parent stops the workers: this one is writing
-        real_write(final, attrs, data)
-
-    monkeypatch.setattr(getworker, "write_file", write)
-    previous = signal.signal(signal.SIGTERM, getworker._stop)  # the worker's handler, here
-    try:
-        with pytest.raises(SystemExit):
-            getworker.run_jobs(repo.source, getworker.read_jobs([job]), keep=False)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        getworker._stopping = False  # set by the handler; not through monkeypatch, which would restore it
+    with stopped_while_writing(monkeypatch):
+        getworker.run_jobs(repo.source, getworker.read_jobs([job]), keep=False)
     assert (tmp_path / "first").read_bytes() == many[rel]  # finished, then stopped
     assert not (tmp_path / "second").exists()
     assert not list(tmp_path.glob(".*.tmp"))
