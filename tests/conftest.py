@@ -51,7 +51,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if exitstatus == 0:
         shutil.rmtree(own, ignore_errors=True)
     else:
-        print(f"\ntemporary files of this session kept in {own}")
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.ensure_newline()
+            reporter.write_line(f"temporary files of this session kept in {own}")
 
 
 @pytest.fixture
