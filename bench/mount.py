@@ -183,7 +183,8 @@ class Bench:
         cmd = [sys.executable, "-m", "rcds.cli.main", "get", "--no-progress", "--server", self.url]
         cmd += ["--key", self.key, "--cache", str(cache), f"{REPO}:{TREE}", str(dest)]
         seconds = timed(cmd)
-        dest.rename(self.trash / dest.name)  # deleted at the end: no timed run right after a mass deletion
+        if dest.exists():  # deleted at the end: no timed run right after a mass deletion
+            dest.rename(self.trash / dest.name)
         return seconds
 
     def daemon_cpu(self) -> tuple[float, float]:
