@@ -79,6 +79,7 @@ from common import (
 from ingest_report import HEADERS, LEGEND, Bound, Input, Row, label, s3_versus_local, side_by_side, verdict
 from inputs import Entry, gzip_file, plan_compiled, plan_venv, write_tar
 from realtree import default_dir, pip_tree, tar_tree
+from settle import add_settle_argument, remove_tree, settle
 
 from rcds.format.deflaters import DEFAULT, Compress, Compression
 from rcds.testing.seaweedfs import SeaweedFS
@@ -391,6 +392,7 @@ def main() -> None:
         default="local",
         help="s3: also ingest into S3 (a SeaweedFS on loopback) and print those rows beside local disk",
     )
+    add_settle_argument(ap)
     ap.add_argument("--child", nargs=3, metavar=("ROOT", "TAR", "PATH"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -409,6 +411,7 @@ def main() -> None:
         print(f"inputs in {inputs_dir}{' (quick)' if args.quick else ''}", flush=True)
         inputs = generate(inputs_dir, names, args.quick, not args.no_gzip, args.cache)
         rows: dict[str, Row] = {}
+        settle(tmp, wait=not args.no_settle)  # the ingests write many files: not right after a mass deletion
         load0 = os.getloadavg()[0]
         weed = _start_seaweedfs(tmp) if args.storage == "s3" else None
         try:
@@ -431,7 +434,7 @@ def main() -> None:
         verdict(rows, inputs, compressions)
         s3_versus_local(rows)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_tree(tmp)  # recorded: the next file-creating bench waits for the disk to settle
 
 
 def _start_seaweedfs(tmp: Path) -> SeaweedFS:

@@ -4,7 +4,9 @@ Each run ingests the tarball into a fresh repository in a child process (``inges
 ``new_repository``, then ``Stratum0.ingest_tar`` as ``ingest.py --child`` does it) and reads the
 CPU of the main process (all its threads) and of each worker process, split into user and system
 time (``/proc``); the two sources alternate per compression setting and round, so both see the
-same load. On a shared machine compare the CPU seconds, not the wall::
+same load. Without ``--fresh-fs`` the repositories are kept until the end of the bench and
+the bench first waits out its own recent mass deletions (bench/settle.py). On a shared machine
+compare the CPU seconds, not the wall::
 
     git -C /work/main archive main src | tar -x -C /tmp/main-src
     python ingest_ab.py --base-src /tmp/main-src/src --tar /var/tmp/inputs/venv.tar \\
@@ -26,6 +28,7 @@ that file system (a repository deleted, a garbage collection just before a publi
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shutil
@@ -35,8 +38,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from abrun import ab_arguments, run_child, sources
+from settle import add_settle_argument, remove_tree, settle
+
 HERE = Path(__file__).resolve().parent
-NEW_SRC = HERE.parent / "src"
 KEYS = (
     "cpu_seconds",
     "main_user",
@@ -46,6 +51,7 @@ KEYS = (
     "objects_written",
 )
 FS_BYTES = 4 << 30
+CHILD = "import sys, ingest_ab; ingest_ab.child(*sys.argv[1:])"
 
 
 def child(root: str, compression: str, tar: str) -> None:
@@ -107,47 +113,39 @@ def delete_files(where: Path, count: int) -> None:
 
 
 def one(src: Path, compression: str, tar: Path, root: Path) -> dict[str, float]:
-    """One ingest with ``src`` first on the path (the child and its workers inherit it)."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(src), str(HERE)]))
-    try:
-        out = subprocess.run(
-            [sys.executable, __file__, "--child", str(root), compression, str(tar)],
-            env=env,
-            cwd=HERE,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    """One ingest into a new repository ``root`` with ``src`` first on the path (the child and
+    its workers inherit it)."""
+    out = run_child(src, CHILD, str(root), compression, str(tar))
     figures: dict[str, float] = json.loads(out.strip().splitlines()[-1])
     return figures
 
 
 def main() -> None:
     """Alternate base and new per setting and round; print one line per ingest."""
-    if len(sys.argv) == 5 and sys.argv[1] == "--child":
-        child(*sys.argv[2:])
-        return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--base-src", type=Path, required=True, help="the baseline's src directory")
-    ap.add_argument("--tar", type=Path, required=True, help="an uncompressed input tarball")
+    ab_arguments(ap, rounds_default=1)
     ap.add_argument("--compressions", default="libdeflate:5,isal:2,zlib:6")
-    ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--fresh-fs", type=Path, help="a new ext4 in this image file for every run (root)")
     ap.add_argument("--after-deletion", type=int, default=0, help="with --fresh-fs: files deleted first")
+    add_settle_argument(ap)
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="ingest-ab-"))
     mount = work / "fs"
+    numbers = itertools.count(1)
     try:
+        if args.fresh_fs is None:
+            settle(work, wait=not args.no_settle)
         for rnd in range(1, args.rounds + 1):
             for compression in args.compressions.split(","):
-                for name, src in (("base", args.base_src.resolve()), ("new", NEW_SRC)):
+                for name, src in sources(args.base_src):
                     if args.fresh_fs is not None:
                         fresh_fs(args.fresh_fs, mount)
                         if args.after_deletion:
                             delete_files(mount / "deleted", args.after_deletion)
-                    f = one(src, compression, args.tar, (mount if args.fresh_fs else work) / "repo")
+                        root = mount / "repo"
+                    else:
+                        root = work / f"repo-{next(numbers)}"  # kept: see bench/settle.py
+                    f = one(src, compression, args.tar, root)
                     figures = " ".join(f"{k}={f[k]:.2f}" for k in KEYS)
                     print(
                         f"round {rnd} {name:4} {compression:13} wall={f['seconds']:.2f} {figures}", flush=True
@@ -156,7 +154,7 @@ def main() -> None:
         if args.fresh_fs is not None:
             subprocess.run(["umount", str(mount)], capture_output=True, check=False)
             args.fresh_fs.unlink(missing_ok=True)
-        shutil.rmtree(work, ignore_errors=True)
+        remove_tree(work)
 
 
 if __name__ == "__main__":

@@ -19,13 +19,10 @@ of ``--repeat`` runs in the same interpreter::
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-NEW_SRC = HERE.parent / "src"
+from abrun import ab_arguments, rounds, run_child
+
 CHILD = """
 import sys, tempfile, shutil
 from pathlib import Path
@@ -43,34 +40,22 @@ print(f"{rt:.3f} {bt:.3f}")
 
 def one(src: Path, tar: Path, repeat: int) -> tuple[float, float]:
     """(tar, tree) CPU seconds with ``src`` first on the path."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(src), str(HERE)]))
-    out = subprocess.run(
-        [sys.executable, "-c", CHILD, str(tar), str(repeat)],
-        env=env,
-        cwd=HERE,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    tar_s, tree_s = out.split()
+    tar_s, tree_s = run_child(src, CHILD, str(tar), str(repeat)).split()
     return float(tar_s), float(tree_s)
 
 
 def main() -> None:
     """Alternate base and new per round; print one line per run."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--base-src", type=Path, required=True, help="the baseline's src directory")
-    ap.add_argument("--tar", type=Path, required=True, help="an uncompressed input tarball")
-    ap.add_argument("--rounds", type=int, default=2)
+    ab_arguments(ap, rounds_default=2)
     ap.add_argument("--repeat", type=int, default=3, help="runs per stage in one interpreter (least CPU)")
     args = ap.parse_args()
-    for rnd in range(1, args.rounds + 1):
-        for name, src in (("base", args.base_src.resolve()), ("new", NEW_SRC)):
-            tar_s, tree_s = one(src, args.tar, args.repeat)
-            print(
-                f"round {rnd} {name:4} tar={tar_s:.2f} tree={tree_s:.2f} tree-tar={tree_s - tar_s:.2f} CPU s",
-                flush=True,
-            )
+    for rnd, name, src in rounds(args.rounds, args.base_src):
+        tar_s, tree_s = one(src, args.tar, args.repeat)
+        print(
+            f"round {rnd} {name:4} tar={tar_s:.2f} tree={tree_s:.2f} tree-tar={tree_s - tar_s:.2f} CPU s",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -23,6 +25,36 @@ from testkit import NAME, SMALL_CHUNKS, source_of
 # loaded machine (DeadlineExceeded) whatever the code does; speed is measured in bench/.
 settings.register_profile("rcds", deadline=None)
 settings.load_profile("rcds")
+
+_OWN_BASETEMP = pytest.StashKey[str]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Each session its own base directory for ``tmp_path`` (unless ``--basetemp`` names one).
+
+    pytest's default, ``/tmp/pytest-of-<user>/pytest-<n>``, is shared by every session of the
+    user, and each session deletes the older ones (and the ``garbage-*`` that an interrupted
+    deletion leaves) when its first test asks for a ``tmp_path``: on a machine where several
+    people run the suite as the same user, that is minutes of deleting other sessions' trees
+    inside some test's time limit. This directory is deleted when the session passes and kept
+    (its path printed) when it fails.
+    """
+    if config.option.basetemp is None:
+        config.option.basetemp = config.stash[_OWN_BASETEMP] = tempfile.mkdtemp(prefix="rcds-pytest-")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Delete this session's own base directory if every test passed."""
+    own = session.config.stash.get(_OWN_BASETEMP, None)
+    if own is None:
+        return
+    if exitstatus == 0:
+        shutil.rmtree(own, ignore_errors=True)
+    else:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.ensure_newline()
+            reporter.write_line(f"temporary files of this session kept in {own}")
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from getroutes import route, worker_route  # noqa: F401 - the fixtures, for every test here
 
 from rcds.client.repository import Repository
 from rcds.format import keys

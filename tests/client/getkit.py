@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
+from rcds.client.get import worker as getworker
 from rcds.client.get.state import state_path
+from rcds.client.get.worker import Target
 
 from testkit import Entry
 
@@ -67,3 +72,23 @@ def recorded(cache: Path, dest: Path) -> dict[str, str]:
     head, *lines = state_path(cache, dest).read_text().splitlines()
     assert json.loads(head)["target"] == os.path.realpath(dest)
     return {rel: key for line in lines for rel, key in json.loads(line)}
+
+
+@contextmanager
+def stopped_while_writing(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Run a worker's loop in this process, told to stop (SIGTERM, with the worker's own handler)
+    as it starts writing a file; the loop must end with ``SystemExit``."""
+    real_write = getworker.write_file
+
+    def write(final: str, attrs: Target, data: bytes) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)  # the parent stops the workers: this one is writing
+        real_write(final, attrs, data)
+
+    monkeypatch.setattr(getworker, "write_file", write)
+    previous = signal.signal(signal.SIGTERM, getworker._stop)  # the worker's handler, here
+    try:
+        with pytest.raises(SystemExit):
+            yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        getworker._stopping = False  # set by the handler; not through monkeypatch, which would restore it

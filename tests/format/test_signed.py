@@ -152,12 +152,22 @@ def test_raw_signatures(key: rsa.RSAPrivateKey, other_key: rsa.RSAPrivateKey) ->
     assert not signed.verify_raw(light, b"a" * 246, keys.sign_raw(key, b"a" * 245))
 
 
+def _sign_raw_crt(key: rsa.RSAPrivateKey, message: bytes) -> bytes:
+    """What :func:`keys.sign_raw` makes, by the Chinese remainder theorem (~3x faster in Python)."""
+    nums = key.private_numbers()
+    k = (nums.public_numbers.n.bit_length() + 7) // 8
+    em = int.from_bytes(keys.type1_block(message, k) or b"", "big")
+    m1, m2 = pow(em, nums.dmp1, nums.p), pow(em, nums.dmq1, nums.q)
+    return (m2 + (nums.iqmp * (m1 - m2) % nums.p) * nums.q).to_bytes(k, "big")
+
+
 def test_raw_signature_with_leading_zero_bytes_stripped(key: rsa.RSAPrivateKey) -> None:
     """OpenSSL's RSA_public_decrypt takes signatures shorter than the modulus; so do we."""
-    for i in range(2000):
+    for i in range(2000):  # 1 in 128-256 signatures starts with a zero byte
         message = f"{HASH_STRING[:-4]}{i:04d}".encode()
-        sig = keys.sign_raw(key, message)
-        if sig[0] == 0:
+        if _sign_raw_crt(key, message)[0] == 0:
+            sig = keys.sign_raw(key, message)
+            assert sig[0] == 0 and len(sig) == 256
             assert signed.verify_raw(_light(key), message, sig.lstrip(b"\x00"))
             short = sig.lstrip(b"\x00")
             assert key.public_key().recover_data_from_signature(short, padding.PKCS1v15(), None) == message

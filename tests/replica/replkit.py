@@ -45,6 +45,19 @@ def replica_add(root: Path, fqrn: str, upstream: str, key: Path) -> None:
     rcds("replica", "add", fqrn, "--upstream", upstream, "--key", str(key), "--root", str(root))
 
 
+def replica_config(
+    path: Path, fqrn: str, upstream: str, key: Path, *, interval: float = 300, sections: str = ""
+) -> Path:
+    """Write a ``rcds replica run`` configuration for one repository to ``path`` (the replica's
+    root ``s1`` beside it), ``sections`` (e.g. ``[serve]``, ``[notify]``) before the repository's;
+    return ``path``."""
+    path.write_text(
+        f"[replica]\nroot = 's1'\ninterval = {interval:g}\n\n{sections}"
+        f"[[repository]]\nname = '{fqrn}'\nupstream = '{upstream}'\nkey = '{key}'\n"
+    )
+    return path
+
+
 def key_file(s0: Stratum0) -> Path:
     """The master public key file of a test stratum 0."""
     return s0.layout.key("pub")

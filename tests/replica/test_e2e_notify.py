@@ -26,7 +26,7 @@ from rcds.service.config import ListenConfig, ServeConfig, ServiceConfig
 from rcds.service.runner import ServiceThread
 from rcds.testing.squid import SQUID, Squid
 
-from replkit import replica_run
+from replkit import replica_config, replica_run
 
 pytestmark = [
     pytest.mark.timeout(120),
@@ -58,11 +58,13 @@ def test_a_published_cid_reaches_a_client_behind_squid_through_notifications_alo
     )
     with ServiceThread(cfg) as st, Squid.from_file(SITE_CONF) as squid:
         key = cfg.state_dir / FQRN / "keys" / f"{FQRN}.pub"
-        conf = tmp_path / "replica.toml"
-        conf.write_text(
-            "[replica]\nroot = 's1'\ninterval = 300\n\n[serve]\nport = 0\nroot_max_age = 61\n\n"
-            f"[notify]\nsubscribe = ['{st.url}']\nbroker_port = 0\n\n"
-            f"[[repository]]\nname = '{FQRN}'\nupstream = '{st.repo_url(FQRN)}'\nkey = '{key}'\n"
+        conf = replica_config(
+            tmp_path / "replica.toml",
+            FQRN,
+            st.repo_url(FQRN),
+            key,
+            sections="[serve]\nport = 0\nroot_max_age = 61\n\n"
+            f"[notify]\nsubscribe = ['{st.url}']\nbroker_port = 0\n\n",
         )
         with replica_run(conf) as lines:
             m = lines.wait_for(r"serving at (\S+)/cvmfs/; notifications at (\S+)/notifications/")

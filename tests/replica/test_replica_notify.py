@@ -21,7 +21,7 @@ from rcds.notify.server import BrokerThread
 from rcds.publish.stratum0 import Stratum0
 from rcds.serve.http import make_server
 
-from replkit import cid_entries, get, key_file, replica_run, revision_of
+from replkit import cid_entries, get, key_file, replica_config, replica_run, revision_of
 from testkit import publish, scrape
 
 pytestmark = pytest.mark.timeout(90)
@@ -34,12 +34,13 @@ def test_a_notification_pulls_at_once_and_the_replica_announces_what_it_pulled(
     fqrn = repo.name
     with make_server({fqrn: repo.layout.public}) as upstream, BrokerThread() as s0_broker:
         upstream.start_background()
-        cfg = tmp_path / "replica.toml"
-        cfg.write_text(
-            "[replica]\nroot = 's1'\ninterval = 300\n\n[serve]\nport = 0\n\n"
-            f"[notify]\nsubscribe = ['{s0_broker.url}']\nbroker_port = 0\n\n[metrics]\nport = 0\n\n"
-            f"[[repository]]\nname = '{fqrn}'\nupstream = '{upstream.url_for(fqrn)}'\n"
-            f"key = '{key_file(repo)}'\n"
+        cfg = replica_config(
+            tmp_path / "replica.toml",
+            fqrn,
+            upstream.url_for(fqrn),
+            key_file(repo),
+            sections="[serve]\nport = 0\n\n"
+            f"[notify]\nsubscribe = ['{s0_broker.url}']\nbroker_port = 0\n\n[metrics]\nport = 0\n\n",
         )
         with replica_run(cfg) as lines, contextlib.ExitStack() as cleanup:
             started = lines.wait_for(
@@ -110,11 +111,12 @@ def test_a_served_whitelist_near_expiry_is_reported_loudly(tmp_path: Path) -> No
     publish(s0, cid_entries("a"), "/sw/g/a")
     with make_server({NAME: s0.layout.public}) as upstream:
         upstream.start_background()
-        cfg = tmp_path / "replica.toml"
-        cfg.write_text(
-            "[replica]\nroot = 's1'\ninterval = 300\n\n[metrics]\nport = 0\n\n"
-            f"[[repository]]\nname = '{NAME}'\nupstream = '{upstream.url_for(NAME)}'\n"
-            f"key = '{key_file(s0)}'\n"
+        cfg = replica_config(
+            tmp_path / "replica.toml",
+            NAME,
+            upstream.url_for(NAME),
+            key_file(s0),
+            sections="[metrics]\nport = 0\n\n",
         )
         with replica_run(cfg) as lines:
             metrics_url = lines.wait_for(r"metrics at (http://127\.0\.0\.1:\d+/metrics)").group(1)

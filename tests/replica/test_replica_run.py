@@ -14,7 +14,7 @@ from rcds.publish.stratum0 import Stratum0
 from rcds.replica.runconfig import load_run_config
 from rcds.serve.http import make_server
 
-from replkit import cid_entries, get, key_file, replica_add, replica_run
+from replkit import cid_entries, get, key_file, replica_add, replica_config, replica_run
 from testkit import publish
 
 pytestmark = pytest.mark.timeout(90)
@@ -27,11 +27,13 @@ def test_run_pulls_serves_with_stock_headers_and_follows_new_revisions(
     fqrn = repo.name
     with make_server({fqrn: repo.layout.public}) as upstream:
         upstream.start_background()
-        cfg = tmp_path / "replica.toml"
-        cfg.write_text(
-            "[replica]\nroot = 's1'\ninterval = 0.5\n\n[serve]\nport = 0\n\n"
-            f"[[repository]]\nname = '{fqrn}'\nupstream = '{upstream.url_for(fqrn)}'\n"
-            f"key = '{key_file(repo)}'\n"
+        cfg = replica_config(
+            tmp_path / "replica.toml",
+            fqrn,
+            upstream.url_for(fqrn),
+            key_file(repo),
+            interval=0.5,
+            sections="[serve]\nport = 0\n\n",
         )
         with replica_run(cfg, stop_within=20) as lines:
             port = int(lines.wait_for(r"serving at http://127\.0\.0\.1:(\d+)/cvmfs/").group(1))

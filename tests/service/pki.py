@@ -179,6 +179,18 @@ def _builder(
     )
 
 
+def key_usage(*, signs_certificates: bool = False, digital_signature: bool = True) -> x509.KeyUsage:
+    """A CA's key usage (certificates and CRLs only), or an end entity's or proxy's
+    (key encipherment, and digital signature unless told otherwise)."""
+    end_entity = not signs_certificates
+    return x509.KeyUsage(
+        digital_signature=end_entity and digital_signature, content_commitment=False,
+        key_encipherment=end_entity, data_encipherment=False, key_agreement=False,
+        key_cert_sign=signs_certificates, crl_sign=signs_certificates,
+        encipher_only=False, decipher_only=False,
+    )  # fmt: skip
+
+
 def _ski(b: x509.CertificateBuilder, public_key: Any) -> x509.CertificateBuilder:
     return b.add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
 
@@ -201,14 +213,7 @@ class CA:
         issuer_name = self.parent.cert.subject if self.parent else name(self.subject)
         b = _builder(name(self.subject), issuer_name, self.key.public_key(), self.not_before, self.not_after)
         b = b.add_extension(x509.BasicConstraints(ca=True, path_length=self.path_length), critical=True)
-        b = b.add_extension(
-            x509.KeyUsage(
-                digital_signature=False, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
-                encipher_only=False, decipher_only=False,
-            ),
-            critical=True,
-        )  # fmt: skip
+        b = b.add_extension(key_usage(signs_certificates=True), critical=True)
         b = _ski(b, self.key.public_key())
         signer = self.parent.key if self.parent else self.key
         self.cert = b.sign(signer, hashes.SHA256())
@@ -244,14 +249,7 @@ class CA:
         b = _builder(subj, self.cert.subject, key.public_key(), not_before, not_after)
         if ca_flag is not None:
             b = b.add_extension(x509.BasicConstraints(ca=ca_flag, path_length=None), critical=True)
-        b = b.add_extension(
-            x509.KeyUsage(
-                digital_signature=digital_signature, content_commitment=False, key_encipherment=True,
-                data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
-                encipher_only=False, decipher_only=False,
-            ),
-            critical=True,
-        )  # fmt: skip
+        b = b.add_extension(key_usage(digital_signature=digital_signature), critical=True)
         if eku is None:
             eku = [ExtendedKeyUsageOID.SERVER_AUTH] if server else [ExtendedKeyUsageOID.CLIENT_AUTH]
         if eku:
@@ -318,14 +316,7 @@ def proxy(
             x509.UnrecognizedExtension(PROXY_CERT_INFO_OID, proxy_cert_info(path_length, pol)),
             critical=critical,
         )
-    b = b.add_extension(
-        x509.KeyUsage(
-            digital_signature=True, content_commitment=False, key_encipherment=True,
-            data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
-            encipher_only=False, decipher_only=False,
-        ),
-        critical=True,
-    )  # fmt: skip
+    b = b.add_extension(key_usage(digital_signature=True), critical=True)
     if ca_flag is not None:
         b = b.add_extension(x509.BasicConstraints(ca=ca_flag, path_length=None), critical=True)
     for ext, crit in extra_extensions:

@@ -11,6 +11,7 @@ import io
 import json
 import shutil
 import tarfile
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,8 @@ import urllib3
 
 from rcds.cli.main import main as rcds_main
 from rcds.client.repository import Repository
+from rcds.errors import LockedError
+from rcds.replica.snapshot import SnapshotResult
 from rcds.service.config import ServiceConfig
 from rcds.service.core import init_repositories
 from rcds.service.runner import ServiceThread
@@ -120,6 +123,24 @@ def read_with_client(urls: list[str], key: Path, cid: str, cache: Path) -> dict[
         return out
 
 
+def pull_now(site: Site, timeout: float = 30.0) -> None:
+    """Replicate the partner's repositories now, as the test's next step needs them.
+
+    The service pulls by itself too (every 2 s here): while that pull holds a replica, this one
+    gets ``LockedError`` for it; then pull again once that pull is through (bounded), so that
+    what follows sees every partner repository.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        results = site.st.service.partner.pull()
+        errors = {name: r for name, r in results.items() if not isinstance(r, SnapshotResult)}
+        locked = all(isinstance(e, LockedError) for e in errors.values())
+        if not errors or not locked or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert not errors, errors
+
+
 def published_repo(api: kit.Api, cid: str) -> str:
     st = api.wait_status(cid)
     assert st.text.startswith("PUBLISHED:/cvmfs/"), st.text
@@ -148,7 +169,7 @@ def test_publish_and_see_it_everywhere(sites: dict[str, Site], tls: kit.Pki, tmp
     assert read_with_client([a.repo_url(repo)], key, cid, tmp_path / "cache1") == files_of(data)
 
     # B replicates A: its exists answers for A's repositories too, and it serves the replica
-    b.st.service.partner.pull()
+    pull_now(b)
     assert alice_b.get("exists", cid).text == f"PRESENT:{path}\n"
     # ... and announces the replicated revision on its own notification broker
     broker_b = b.st.service.broker
@@ -161,7 +182,7 @@ def test_publish_and_see_it_everywhere(sites: dict[str, Site], tls: kit.Pki, tmp
 
     assert kit.wait_until(announced_by_b, 10)
     assert alice_b.get("config").text == "repos:" + ",".join(B_REPOS + A_REPOS) + "\n"
-    a.st.service.partner.pull()
+    pull_now(a)
     assert alice_a.get("config").text == "repos:" + ",".join(ALL) + "\n"
     assert read_with_client([b.repo_url(repo)], key, cid, tmp_path / "cache2") == files_of(data)
     # publishing it again through B finds it in A's repository
@@ -191,7 +212,7 @@ def test_kill_one_server_and_keep_publishing(sites: dict[str, Site], tls: kit.Pk
     api_a = kit.Api(a.st.url, ssl_context=ctx)
     assert api_a.publish(cid0, before).text == "OK\n"
     repo0 = published_repo(api_a, cid0)
-    b.st.service.partner.pull()
+    pull_now(b)
     api_a.close()
 
     a.stop()  # server A dies
@@ -222,7 +243,7 @@ def test_kill_one_server_and_keep_publishing(sites: dict[str, Site], tls: kit.Pk
 
     # A comes back on the same directories and catches up with B
     a.start()
-    a.st.service.partner.pull()
+    pull_now(a)
     api_a = kit.Api(a.st.url, ssl_context=ctx)
     for cid, repo, _ in published:
         assert api_a.get("exists", cid).text == f"PRESENT:/cvmfs/{repo}/sw/{cid}\n"

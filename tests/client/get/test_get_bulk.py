@@ -6,7 +6,6 @@ so that the batch path runs in several lanes.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import subprocess
 import sys
@@ -15,82 +14,16 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from rcds.client.get import materialize as mat
 from rcds.client.get.materialize import materialize
-from rcds.client.get.state import LEGACY_STATE_FILE, state_path
 from rcds.errors import IntegrityError
 from rcds.format.pathhash import md5_pair
 
-from getkit import MANY, N, content, object_of, recorded, regular_files
+from getkit import MANY, regular_files
 from repo_tamper import Tamper
 from testkit import NAME
 
 if TYPE_CHECKING:
     from conftest import Site
-
-
-def test_get_in_batches_gives_an_identical_tree_and_fetches_each_object_once(
-    site: Site, many: dict[str, bytes], tmp_path: Path
-) -> None:
-    repo = site.open()
-    before = site.fetched("data/")
-    report = materialize(repo, MANY, tmp_path / "out", keep_in_cache=True)
-    assert regular_files(tmp_path / "out") == many
-    assert os.readlink(tmp_path / "out/lnk") == "d0/f000.txt"
-    st = os.stat(tmp_path / "out/d0/f007.txt")
-    assert st.st_mode & 0o777 == 0o600 and st.st_mtime == 1_700_000_000
-    assert os.stat(tmp_path / "out/d1").st_mode & 0o777 == 0o750
-    assert report.files == N + 2 and report.symlinks == 1  # with the empty file and .cvmfscatalog
-    # one request per distinct content (catalogs aside), none for the empty file
-    objects = site.fetched("data/") - before - 1  # the nested catalog of MANY
-    assert objects == len(set(many.values()) - {b""})
-    assert not list((tmp_path / "out").rglob("*.tmp"))
-    assert not (tmp_path / "out" / LEGACY_STATE_FILE).exists()  # the state is in the cache directory
-    assert set(many) <= set(recorded(site.cache_dir, tmp_path / "out"))
-    # everything went into the cache: a second copy needs no data download
-    repo.source.flush()
-    before = site.fetched("data/")
-    materialize(repo, MANY, tmp_path / "again")
-    assert site.fetched("data/") == before
-    assert regular_files(tmp_path / "again") == many
-
-
-def test_a_corrupt_object_mid_batch_is_fetched_again_from_the_other_server(
-    site: Site, many: dict[str, bytes], tmp_path: Path
-) -> None:
-    bad = site.copy("bad")
-    obj = object_of(site, content(123))
-    target = bad / obj.relative_to(site.public)
-    target.write_bytes(target.read_bytes()[:-3] + b"xyz")
-    bad_url = site.serve(bad)
-    repo = site.open([bad_url, site.urls[0]], cache_dir=tmp_path / "cache")
-    materialize(repo, MANY, tmp_path / "out", keep_in_cache=False)
-    assert regular_files(tmp_path / "out") == many
-
-
-def test_a_corrupt_object_everywhere_is_reported_and_the_copy_resumes(
-    site: Site, many: dict[str, bytes], tmp_path: Path
-) -> None:
-    obj = object_of(site, content(42))
-    good = obj.read_bytes()
-    obj.write_bytes(good[:-3] + b"xyz")
-    repo = site.open(cache_dir=tmp_path / "cache")
-    dest = tmp_path / "out"
-    with pytest.raises(IntegrityError, match="corrupt"):
-        materialize(repo, MANY, dest)
-    # nothing unverified under a real name, no temp files left, the state file records what is done
-    assert state_path(tmp_path / "cache", dest).is_file()
-    assert not (dest / LEGACY_STATE_FILE).exists()
-    for rel, data in regular_files(dest).items():
-        assert data == many[rel]
-    assert "d0/f042.txt" not in regular_files(dest)
-    assert not list(dest.rglob("*.tmp"))
-    done = recorded(tmp_path / "cache", dest)
-    assert set(done) - {".cvmfscatalog"} <= set(regular_files(dest))
-    obj.write_bytes(good)
-    report = materialize(site.open(cache_dir=tmp_path / "cache"), MANY, dest)
-    assert regular_files(dest) == many
-    assert report.skipped == len(done)
 
 
 @pytest.mark.parametrize("name", ["..", "x/../../../evil"])
@@ -115,37 +48,6 @@ def test_a_name_that_would_leave_the_destination_is_refused(
     assert not (tmp_path / "evil").exists()
     for rel, data in regular_files(dest).items():  # what was written before the refusal is right
         assert data == many[rel]
-
-
-def test_an_interrupted_get_resumes_where_it_stopped(
-    site: Site, many: dict[str, bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(mat, "SAVE_EVERY", 0.0)
-    dest = tmp_path / "out"
-    seen = 0
-
-    def stop_midway(p: mat.Progress) -> None:
-        nonlocal seen
-        seen += 1
-        if p.files_done == 120:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        materialize(site.open(cache_dir=tmp_path / "c1"), MANY, dest, progress=stop_midway)
-    partial = regular_files(dest)
-    assert 0 < len(partial) < len(many)
-    assert all(many[r] == d for r, d in partial.items())
-    assert set(recorded(tmp_path / "c1", dest)) - {".cvmfscatalog"} <= set(partial)
-    before = site.fetched("data/")
-    report = materialize(site.open(cache_dir=tmp_path / "c1"), MANY, dest)
-    assert report.skipped >= 100
-    assert regular_files(dest) == many
-    assert not (dest / LEGACY_STATE_FILE).exists()
-    # only what was missing was downloaded (the copy in the cache has no objects: no fill)
-    assert site.fetched("data/") - before <= len(many) - report.skipped
-    # a copy with another cache has no state: it writes every file again, and correctly
-    report = materialize(site.open(cache_dir=tmp_path / "c2"), MANY, dest)
-    assert report.skipped == 0 and regular_files(dest) == many
 
 
 def test_get_copies_cached_objects_from_the_cache(site: Site, many: dict[str, bytes], tmp_path: Path) -> None:

@@ -3,8 +3,6 @@ against real servers: every object verified, every target written, a stop reques
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import zlib
@@ -16,11 +14,11 @@ import pytest
 from rcds.client.fetch.bulk import BULK_MAX_OBJECT
 from rcds.client.get import worker as getworker
 from rcds.client.get.fs import read_umask
-from rcds.client.get.worker import Target, WireJob, WireTarget, wire_job
+from rcds.client.get.worker import WireJob, WireTarget, wire_job
 from rcds.errors import IntegrityError
 from rcds.format.hashes import Algorithm, ContentHash, ObjectKind
 
-from getkit import MANY, content, object_of
+from getkit import MANY, content, object_of, stopped_while_writing
 
 if TYPE_CHECKING:
     from conftest import Site
@@ -118,21 +116,9 @@ def test_a_worker_told_to_stop_while_writing_finishes_that_file_first(
 ) -> None:
     read_umask()
     batch = _jobs(site, ["d0/f007.txt"], tmp_path, copies=2)
-    real_write = getworker.write_file
-
-    def write(final: str, attrs: Target, data: bytes) -> None:
-        os.kill(os.getpid(), signal.SIGTERM)  # the parent stops the workers: this one is writing
-        real_write(final, attrs, data)
-
-    monkeypatch.setattr(getworker, "write_file", write)
-    previous = signal.signal(signal.SIGTERM, getworker._stop)  # the worker's handler, here
     fetcher = site.open(cache_dir=tmp_path / "c").source.fetcher
-    try:
-        with pytest.raises(SystemExit):
-            getworker.run_batch(fetcher, batch)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        getworker._stopping = False  # set by the handler; not through monkeypatch, which would restore it
+    with stopped_while_writing(monkeypatch):
+        getworker.run_batch(fetcher, batch)
     assert (tmp_path / "0-d0-f007.txt").read_bytes() == many["d0/f007.txt"]  # finished, then stopped
     assert not (tmp_path / "1-d0-f007.txt").exists()
     assert not list(tmp_path.glob(".*.tmp"))
