@@ -56,8 +56,8 @@ from pathlib import Path
 from client_child import TREE
 from common import MB, format_table, machine
 from nginx_site import start_nginx
-from warm import repository_files, warm
 from settle import add_settle_argument, remove_tree, settle
+from warm import repository_files, warm
 
 REPO = "bench.example.org"
 CHILD = Path(__file__).resolve().with_name("client_child.py")
