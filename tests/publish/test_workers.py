@@ -283,7 +283,7 @@ def test_prestarted_workers_are_leased_once_ready_and_run_niced(
     monkeypatch: pytest.MonkeyPatch, fresh_pool: None
 ) -> None:
     monkeypatch.setenv(workers.ENV_PROCESSES, "2")
-    monkeypatch.delenv(workers.ENV_NICE, raising=False)
+    monkeypatch.setenv(workers.ENV_NICE, "3")
     workers.prestart()
     pool = workers._shared
     assert pool is not None and len(pool.pids) == 2
@@ -294,7 +294,7 @@ def test_prestarted_workers_are_leased_once_ready_and_run_niced(
     try:
         own = os.getpriority(os.PRIO_PROCESS, 0)
         for pid in pool.pids:  # the main thread gets a core before its workers do
-            assert os.getpriority(os.PRIO_PROCESS, pid) == min(19, own + workers.NICE)
+            assert os.getpriority(os.PRIO_PROCESS, pid) == min(19, own + 3)
     finally:
         workers.release(pool)
 
