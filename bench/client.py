@@ -18,13 +18,11 @@ Scenario 1 writes its outputs on a tmpfs (mounted by the bench in its work direc
 root) and on the disk (``--outputs``): file creation on this ext4 moves by +-30% after mass
 deletions, a tmpfs does not. ``--base-src DIR`` adds ``rcds get`` of another source tree (e.g.
 ``git archive main src | tar -x -C DIR``) to scenario 1, interleaved with the others: an A/B in
-the same run. Every figure
-is the wall-clock time of a fresh process, the median of ``--repeat`` runs (min in brackets); the
-runs of a scenario take turns (rcds, baseline, rcds, baseline, ...), each after a ``sync``. The
-timed children (``client_child.py``) import only what they measure: no numpy, no generator, no
-harness. The kernel's DAMON ``pageout`` evicts pages seconds after their last use, so before each
-run of scenario 1 the files its server serves are read, not timed (``bench/warm.py``; not with
-``--no-warm``). Do not start it right after deleting many files (ext4 then creates files slowly).
+the same run. Every figure is the wall-clock time of a fresh process, the median of ``--repeat``
+runs (min in brackets); the runs of a scenario take turns (rcds, baseline, ...), each after a
+``sync``. The timed children (``client_child.py``) import only what they measure. The kernel's
+DAMON ``pageout`` evicts pages seconds after their last use, so before each run of scenario 1
+the files its server serves are read, not timed (``bench/warm.py``; not with ``--no-warm``).
 
 1. ``rcds get`` of the whole tree into an empty directory with an empty cache, against
    ``curl -s URL | tar -xf -`` (the plain tar) and ``curl -s URL | tar -xzf -``.
