@@ -7,9 +7,8 @@ The input is a real software tree (``--input pip``, the default: ``pip install -
 numpy, scipy, pandas, matplotlib and sympy, ~480 MB in ~13,000 files, made once and kept in
 ``~/.cache/rcds-bench``, see ``bench/realtree.py``), or the venv-like generated tree of
 ``bench/ingest.py`` (``--input venv``: ~20k files / ~300 MB; ``--quick`` uses it at 1/10),
-published into a fresh repository (default settings: SHA-1, zlib -6, 4/8/16 MiB chunks) and served
-by the engine's HTTP server on loopback (in a process of its own), which also serves
-``venv.tar.gz`` (gzip -6) and ``venv.tar`` of the same tree from the same directory. Scenario 1
+published into a fresh repository (SHA-1, zlib -6, 4/8/16 MiB chunks) and served by the engine's
+HTTP server on loopback, which also serves ``venv.tar.gz`` (gzip -6) and ``venv.tar``. Scenario 1
 is also run against nginx (when installed; ``--no-nginx`` leaves it out), serving that same
 directory on loopback with the project's sample replica configuration (``bench/nginx_site.py``),
 as a real stratum 1 does: ``rcds get`` and both ``curl | tar`` routes from the same nginx (rows
