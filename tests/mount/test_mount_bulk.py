@@ -155,8 +155,12 @@ def test_a_scan_through_the_mount_reads_every_file(b_site: Any, mount_site: Any)
     with ThreadPoolExecutor(16) as pool:  # as bench/mount.py's reader: 16 threads in walk order
         got = dict(pool.map(_read, paths))
     assert {os.path.relpath(p, root): data for p, data in got.items()} == {p: _content(p) for p in _paths()}
-    # the bulk workers: the scan started a walk
-    assert wait_for(lambda: len(_children(m.proc.pid)) == 2, timeout=15), _children(m.proc.pid)
+    # Whether this scan starts a walk depends on timing (the lanes may fetch a small tree before
+    # any reader catches a queued object: seen on a quiet CI machine); the walk itself is pinned
+    # down deterministically above. Here: whatever bulk workers the scan started (0 or 2), a
+    # SIGKILL of the daemon leaves none of them alive.
+    wait_for(lambda: len(_children(m.proc.pid)) == 2, timeout=5)
     workers = _children(m.proc.pid)
+    assert len(workers) in (0, 2), workers
     m.proc.stop(signal.SIGKILL)
     assert wait_for(lambda: not any(_alive(pid) for pid in workers), timeout=15)
