@@ -28,7 +28,7 @@ from rcds.mount.prefetcher import Prefetcher
 from rcds.mount.repomount import PREFETCH_MAX_FILE, RepoMount
 
 from mountkit import wait_for
-from testkit import Entry
+from testkit import Entry, alive, live_children
 
 FILE = ObjectKind.FILE
 TOP = "sw/bk"
@@ -55,20 +55,6 @@ def b_site(site: Any) -> Any:
 
 def _hashes(repo: Any, paths: list[str]) -> list[ContentHash]:
     return [repo.entry(f"/{TOP}/{p}").hash for p in paths]
-
-
-def _children(pid: int) -> list[int]:
-    """Live (not zombie) child processes of ``pid``."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid and fields[0] != "Z":
-                found.append(int(entry))
-    return found
 
 
 @pytest.mark.parametrize("processes", [2, 0])
@@ -135,13 +121,6 @@ def test_reads_of_queued_objects_are_counted_per_directory(b_site: Any, tmp_path
         pf.close()
 
 
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def _read(p: str) -> tuple[str, bytes]:
     with open(p, "rb", buffering=0) as f:
         return p, f.read()
@@ -159,8 +138,8 @@ def test_a_scan_through_the_mount_reads_every_file(b_site: Any, mount_site: Any)
     # any reader catches a queued object: seen on a quiet CI machine); the walk itself is pinned
     # down deterministically above. Here: whatever bulk workers the scan started (0 or 2), a
     # SIGKILL of the daemon leaves none of them alive.
-    wait_for(lambda: len(_children(m.proc.pid)) == 2, timeout=5)
-    workers = _children(m.proc.pid)
+    wait_for(lambda: len(live_children(m.proc.pid)) == 2, timeout=5)
+    workers = live_children(m.proc.pid)
     assert len(workers) in (0, 2), workers
     m.proc.stop(signal.SIGKILL)
-    assert wait_for(lambda: not any(_alive(pid) for pid in workers), timeout=15)
+    assert wait_for(lambda: not any(alive(pid) for pid in workers), timeout=15)

@@ -23,34 +23,11 @@ from rcds.mount.inodes import InodeSpace
 from rcds.mount.repomount import RepoMount
 
 from mountkit import wait_for
-from testkit import Entry
+from testkit import Entry, alive, live_children
 
 FILE = ObjectKind.FILE
 TOP = "sw/w"
 NAMES = [f"f{i:02d}.txt" for i in range(10)]
-
-
-def _children(pid: int) -> list[int]:
-    """Live (not zombie) child processes of ``pid``."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid and fields[0] != "Z":
-            found.append(int(entry))
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 @pytest.fixture
@@ -122,23 +99,23 @@ def with_workers(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_sigkill_of_the_daemon_leaves_no_worker(w_site: Any, mount_site: Any, with_workers: None) -> None:
     m = mount_site()
-    assert wait_for(lambda: len(_children(m.proc.pid)) == 2, timeout=15), _children(m.proc.pid)
-    workers = _children(m.proc.pid)
+    assert wait_for(lambda: len(live_children(m.proc.pid)) == 2, timeout=15), live_children(m.proc.pid)
+    workers = live_children(m.proc.pid)
     assert (m.mp / TOP / "d" / NAMES[3]).read_bytes() == f"content of {NAMES[3]}\n".encode()
     m.proc.stop(signal.SIGKILL)
-    assert wait_for(lambda: not any(_alive(p) for p in workers), timeout=15)
+    assert wait_for(lambda: not any(alive(p) for p in workers), timeout=15)
 
 
 def test_sigterm_stops_the_workers_and_logs_what_they_did(
     w_site: Any, mount_site: Any, with_workers: None
 ) -> None:
     m = mount_site()
-    assert wait_for(lambda: len(_children(m.proc.pid)) == 2, timeout=15)
-    workers = _children(m.proc.pid)
+    assert wait_for(lambda: len(live_children(m.proc.pid)) == 2, timeout=15)
+    workers = live_children(m.proc.pid)
     for n in NAMES:
         assert (m.mp / TOP / "d" / n).read_bytes() == f"content of {n}\n".encode()
     assert m.proc.stop() == 0
-    assert not any(_alive(p) for p in workers)
+    assert not any(alive(p) for p in workers)
     line = next(ln for ln in m.proc.logs().splitlines() if "sent to worker processes" in ln)
     assert int(line.rsplit(": ", 1)[1]) >= len(NAMES)
 
@@ -147,7 +124,7 @@ def test_no_workers_by_default(w_site: Any, mount_site: Any, monkeypatch: pytest
     monkeypatch.delenv("RCDS_MOUNT_PROCESSES", raising=False)
     m = mount_site()
     assert (m.mp / TOP / "d" / NAMES[4]).read_bytes() == f"content of {NAMES[4]}\n".encode()
-    assert _children(m.proc.pid) == []
+    assert live_children(m.proc.pid) == []
     assert m.proc.stop() == 0
     assert "sent to worker processes: 0" in m.proc.logs()
 

@@ -320,19 +320,24 @@ _FILE_TYPES = frozenset((tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE))
 """Regular files that are not sparse (GNU sparse members have their own type or a ``sparse`` map)."""
 
 
+def _check_file(ti: tarfile.TarInfo, path: str, limits: Limits) -> None:
+    """Refuse a regular-file member named like a directory, over the size limit, or at the root."""
+    if ti.name.endswith("/"):
+        raise InputError(f"member {ti.name!r} is a regular file whose name ends in '/'", ti.name)
+    if ti.size < 0 or ti.size > limits.max_bytes:
+        raise InputError(
+            f"member {ti.name!r} claims {ti.size} bytes, over the limit of {limits.max_bytes}", ti.name
+        )
+    if not path:
+        raise InputError(f"member {ti.name!r}: a file cannot replace the target directory", ti.name)
+
+
 def _member(ti: tarfile.TarInfo, limits: Limits) -> Member:
     path = normalise_name(ti.name, limits)
     mtime = int(ti.mtime)
     mtimens = round((float(ti.mtime) - mtime) * 1e9) if isinstance(ti.mtime, float) else None
     if ti.type in _FILE_TYPES and ti.sparse is None:  # nearly every member: the checks of isreg() below
-        if ti.name.endswith("/"):
-            raise InputError(f"member {ti.name!r} is a regular file whose name ends in '/'", ti.name)
-        if ti.size < 0 or ti.size > limits.max_bytes:
-            raise InputError(
-                f"member {ti.name!r} claims {ti.size} bytes, over the limit of {limits.max_bytes}", ti.name
-            )
-        if not path:
-            raise InputError(f"member {ti.name!r}: a file cannot replace the target directory", ti.name)
+        _check_file(ti, path, limits)
         return Member(path, Kind.FILE, sanitise_mode(ti.mode), mtime, ti.size, "", ti.uid, ti.gid, mtimens)
     common = {
         "mode": sanitise_mode(ti.mode),
@@ -346,14 +351,7 @@ def _member(ti: tarfile.TarInfo, limits: Limits) -> Member:
             f"member {ti.name!r} is a sparse file; re-create the archive without --sparse", ti.name
         )
     if ti.isreg():
-        if ti.name.endswith("/"):
-            raise InputError(f"member {ti.name!r} is a regular file whose name ends in '/'", ti.name)
-        if ti.size < 0 or ti.size > limits.max_bytes:
-            raise InputError(
-                f"member {ti.name!r} claims {ti.size} bytes, over the limit of {limits.max_bytes}", ti.name
-            )
-        if not path:
-            raise InputError(f"member {ti.name!r}: a file cannot replace the target directory", ti.name)
+        _check_file(ti, path, limits)
         return Member(path, Kind.FILE, size=ti.size, **common)  # type: ignore[arg-type]
     if ti.isdir():
         return Member(path, Kind.DIR, **common)  # type: ignore[arg-type]
