@@ -12,12 +12,13 @@ import errno
 import os
 from typing import TYPE_CHECKING
 
-from rcds.errors import FuseReplyError
+from rcds.client.tree.mounted import Located
+from rcds.errors import FuseReplyError, NotFoundError
 from rcds.format.dirent import FLAG_BIND_MOUNTPOINT, FLAG_NESTED_MOUNTPOINT
 from rcds.mount.fuse import notify
 from rcds.mount.fuse import protocol as p
 from rcds.mount.fuse.session import Later, Payload, Request, Session
-from rcds.mount.inodes import FUSE_ROOT, Node
+from rcds.mount.inodes import FUSE_ROOT, Node, entry_stat
 from rcds.mount.readonly import guarded
 from rcds.mount.repomount import RepoMount
 
@@ -37,6 +38,8 @@ class Listings:
         self._cache: dict[tuple[str, str], tuple[int, list[Listed]]] = {}
         self._names: dict[tuple[str, str], dict[bytes, Node]] = {}
         """The same listings by name (for lookups)."""
+        self._records: dict[tuple[str, str, bool], tuple[list[Listed], list[bytes]]] = {}
+        """Per listing (and kind: ``READDIR`` or ``READDIRPLUS``) its packed records."""
 
     def forget_top(self) -> None:
         """The directory of repositories changed (a repository appeared): the kernel's copy of
@@ -72,7 +75,7 @@ class Listings:
         if not node.is_dir:
             raise FuseReplyError(errno.ENOTDIR)
         if self.ops.is_top(node):
-            return self._pack(node, self._top(), offset, size, plus)
+            return self._pack(node, self._top(), offset, size, plus, keep=False)
         mount = self.ops.mount_of(node)
         known = self._cache.get((mount.fqrn, node.path))
         if known is not None and known[0] == mount.repo.revision:
@@ -94,13 +97,19 @@ class Listings:
         return out
 
     def _children(self, mount: RepoMount, path: str) -> list[Listed]:
-        """The visible entries of a directory in the mounted revision (kept per revision)."""
-        here, children = guarded(mount, mount.listing, path)
+        """The visible entries of a directory in the mounted revision (kept per revision).
+
+        Made straight from the catalog rows (one inode number, one ``stat_result`` and one
+        :class:`Node` per entry: what :meth:`RepoMount.listing` gives, without its
+        intermediate objects; a listing makes thousands per second during a scan)."""
+        rows, revision = guarded(mount, _rows, mount, path)
+        space_of, owner, fqrn = mount.space.of, mount.owner, mount.fqrn
         listed: list[Listed] = []
-        for c in children:
-            if c.stat is not None and c.located is not None:
-                child = Node(c.ino, mount.fqrn, c.path, c.located.entry, c.stat, c.revision)
-                listed.append((os.fsencode(c.path.rpartition("/")[2]), child))
+        for c in rows:
+            e = c.entry
+            ino = space_of(e, c.catalog.mountpoint)
+            child = Node(ino, fqrn, e.path, e, entry_stat(e, ino, owner), revision)
+            listed.append((os.fsencode(e.name), child))
         key = (mount.fqrn, path)
         if len(self._cache) >= LISTING_CACHE_SIZE:
             oldest = next(iter(self._cache), None)
@@ -108,36 +117,25 @@ class Listings:
                 self._cache.pop(oldest, None)
                 self._names.pop(oldest, None)
         self._names[key] = dict(listed)
-        self._cache[key] = (here.revision, listed)
+        self._cache[key] = (revision, listed)
         return listed
 
-    def _pack(self, node: Node, children: list[Listed], offset: int, size: int, plus: bool) -> bytes:
-        """The records from ``offset`` on (0 and 1 are ``.`` and ``..``) that fit in ``size``."""
-        ops = self.ops
-        parent_ino = FUSE_ROOT if node.path == "" else 0
-        records: list[bytes] = []
+    def _pack(
+        self, node: Node, children: list[Listed], offset: int, size: int, plus: bool, keep: bool = True
+    ) -> bytes:
+        """The records from ``offset`` on (0 and 1 are ``.`` and ``..``) that fit in ``size``;
+        with ``plus``, each child sent counts as a lookup."""
+        records = self._records_of(node, children, plus, keep)
+        end = offset
         used = 0
-        counted: list[Listed] = []
-        no_entry = p.negative_entry(0) if plus else b""
-        sec, nsec = p.split_seconds(ops.kcache)
-        head, attr, dirent = p.ENTRY_OUT_HEAD.pack, p.pack_attr, p.dirent
-        for i in range(offset, len(children) + 2):
-            if i == 0:
-                name, ino, mode, entry = b".", node.ino, node.stat.st_mode, no_entry
-            elif i == 1:
-                name, ino, mode, entry = b"..", parent_ino or node.ino, node.stat.st_mode, no_entry
-            else:
-                name, child = children[i - 2]
-                ino, mode = child.ino, child.stat.st_mode
-                entry = head(ino, 0, sec, sec, nsec, nsec) + attr(child.stat) if plus else b""
-            record = entry + dirent(ino, i + 1, name, mode)
-            if used + len(record) > size:
+        while end < len(records):
+            used += len(records[end])
+            if used > size:
                 break
-            records.append(record)
-            used += len(record)
-            if plus and i >= 2:
-                counted.append(children[i - 2])
-        if counted:
+            end += 1
+        if plus and end > 2:
+            counted = children[max(offset, 2) - 2 : end - 2]
+            ops = self.ops
             with ops.lock:
                 table = ops.table
                 for name, child in counted:
@@ -146,7 +144,44 @@ class Listings:
                             child.ino, child.fqrn, child.path, child.entry, child.stat, child.revision
                         )
                     table.looked_up(child, node.ino, name)
-        return b"".join(records)
+        return b"".join(records[offset:end])
+
+    def _records_of(self, node: Node, children: list[Listed], plus: bool, keep: bool) -> list[bytes]:
+        """Every record of a listing, packed once (``keep``: kept with the listing, so the
+        ``READDIRPLUS`` requests that read a directory part by part pack nothing twice)."""
+        key = (node.fqrn, node.path, plus)
+        known = self._records.get(key) if keep else None
+        if known is not None and known[0] is children:
+            return known[1]
+        parent_ino = FUSE_ROOT if node.path == "" else node.ino
+        no_entry = p.negative_entry(0) if plus else b""
+        dirent = p.dirent
+        mode = node.stat.st_mode
+        records = [no_entry + dirent(node.ino, 1, b".", mode), no_entry + dirent(parent_ino, 2, b"..", mode)]
+        append = records.append
+        if plus:
+            sec, nsec = p.split_seconds(self.ops.kcache)
+            head, attr = p.ENTRY_OUT_HEAD.pack, p.pack_attr
+            for i, (name, child) in enumerate(children, 3):
+                ino, st = child.ino, child.stat
+                append(head(ino, 0, sec, sec, nsec, nsec) + attr(st) + dirent(ino, i, name, st.st_mode))
+        else:
+            for i, (name, child) in enumerate(children, 3):
+                append(dirent(child.ino, i, name, child.stat.st_mode))
+        if keep:
+            if len(self._records) >= 2 * LISTING_CACHE_SIZE:
+                self._records.clear()
+            self._records[key] = (children, records)
+        return records
+
+
+def _rows(mount: RepoMount, path: str) -> tuple[list[Located], int]:
+    """The visible entries (sorted by name) of the directory at ``path``, and the revision."""
+    with mount.repo.using() as m:
+        here = m.resolve(path or "/", follow=False)
+        if not here.entry.is_dir:
+            raise NotFoundError(f"{path or '/'} is not a directory")
+        return m.listdir(here), m.revision
 
 
 def _catalog_loaded(mount: RepoMount, node: Node) -> bool:

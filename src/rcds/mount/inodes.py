@@ -81,7 +81,7 @@ def entry_stat(entry: Dirent, ino: int, owner: tuple[int, int] | None) -> os.sta
     )
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Node:
     """An inode the kernel holds: what it is, and under which names it looked it up.
 
