@@ -129,6 +129,15 @@ def one_run(b: bm.Bench, cache: Path, src: str, probe: Path | None, drop: bool) 
     return figures
 
 
+def warm(directory: Path) -> None:
+    """Read every file under ``directory`` once (into the page cache)."""
+    for root, _, names in os.walk(directory):
+        for name in names:
+            with open(os.path.join(root, name), "rb") as f:
+                while f.read(1 << 20):
+                    pass
+
+
 def _shown(key: str, value: float) -> str:
     return f"{key} {value:.2f}" if isinstance(value, float) else f"{key} {value}"
 
@@ -151,6 +160,8 @@ def main() -> None:
     b.key = str(args.keep / "repo" / "keys" / f"{bm.REPO}.pub")
     b.server, b.url = bm.serve_in_child(args.keep / "repo" / "public")
     results: dict[str, list[dict[str, float]]] = {name: [] for name, _ in trees}
+    if args.no_drop:  # every run then reads the cache files from memory
+        warm(args.full_cache)
     with tempfile.TemporaryDirectory(prefix="mount-full-probe-") as tmp:
         probe = None if args.no_probe else Path(tmp)
         (Path(tmp) / "sitecustomize.py").write_text(PROBE)
