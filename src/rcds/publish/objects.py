@@ -189,12 +189,6 @@ class ContentWriter:
         self._close_if_full(pool, batch)
         return slot
 
-    def _add_range(self, pool: WorkerPool, extent: FileRange) -> _Slot:
-        batch = self._open_batch(extent.source)
-        slot = _Slot(batch, batch.add_range(extent.offset, extent.size))
-        self._close_if_full(pool, batch)
-        return slot
-
     def _store(self, data: bytes, kind: ObjectKind) -> ContentHash:
         obj = make_object(data, self.algorithm, self._compress)
         if self.store.put_if_absent(obj.hash.object_name(kind), obj.data):
@@ -231,13 +225,28 @@ class ContentWriter:
         A :class:`~rcds.publish.members.FileRange` of a small file goes to a worker process as a
         byte range (the worker reads it); anything else is read here."""
         if type(read) is FileRange and read.size == size:
-            pool = self._want_pool(size)
-            if pool is not None:
-                slot = self._add_range(pool, read)
-                self._files.append(_Pending([(0, size, slot)], size, False, done))
-                self.stats.files += 1
-                self.stats.bytes_in += size
-                self.drain()
+            pool = self._pool if size <= BATCH_MAX_FILE else None
+            if pool is None:
+                pool = self._want_pool(size)
+            if pool is not None:  # the lean path of nearly every file of a tar on disk
+                batch = self._batch
+                if batch is None or batch.source is not read.source:
+                    batch = self._open_batch(read.source)
+                # Batch.add_range, inlined
+                batch.offsets.append(read.offset)
+                sizes = batch.sizes
+                sizes.append(size)
+                batch.nbytes += size
+                self._files.append(_Pending([(0, size, _Slot(batch, len(sizes) - 1))], size, False, done))
+                if batch.nbytes >= self._range_limit or len(sizes) >= RANGE_BATCH_FILES:
+                    self._flush_batch()
+                    pool.collect()
+                stats = self.stats
+                stats.files += 1
+                stats.bytes_in += size
+                head = self._files[0].parts
+                if len(head) == 1 and head[0][2].done():  # else nothing can complete yet
+                    self.drain()
                 return
         if self.chunking is None or not should_chunk(size, self.chunking):
             data = _read_exact(read, size, name)
@@ -286,16 +295,32 @@ class ContentWriter:
         """Run completion callbacks of finished files, in order; with ``wait``, of all files."""
         if wait:
             self._flush_batch()
-        while self._files:
-            head = self._files[0]
+        files = self._files
+        while files:
+            head = files[0]
             parts = head.parts
+            if len(parts) == 1:
+                first = parts[0][2]
+                if type(first) is _Slot:  # one content of a batch: the common case, lean
+                    batch = first.batch
+                    if batch.hashes is None:
+                        if not wait:
+                            return
+                        if self._pool is not None:
+                            self._pool.finish(batch)
+                        assert batch.hashes is not None
+                    files.popleft()
+                    if self._sent:
+                        self._account()
+                    head.done(FileContent(head.size, batch.hashes[first.index]))
+                    continue
             if not (parts[0][2].done() if len(parts) == 1 else all(f.done() for _, _, f in parts)):
                 if not wait:
                     return
                 for _, _, f in head.parts:
                     if isinstance(f, _Slot) and self._pool is not None:
                         self._pool.finish(f.batch)
-            self._files.popleft()
+            files.popleft()
             hashes = [(o, n, f.result()) for o, n, f in head.parts]
             if self._sent:
                 self._account()
