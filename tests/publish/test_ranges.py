@@ -153,6 +153,52 @@ def test_ingest_by_ranges_stores_exactly_what_the_stream_stores(
     verify(ranged)
 
 
+@pytest.mark.parametrize("chunks", [{}, SMALL_CHUNKS], ids=["default-chunks", "small-chunks"])
+def test_ranges_up_to_the_chunker_threshold_go_to_the_workers(
+    tmp_path: Path, processes: None, view_factory, chunks: dict[str, int]
+) -> None:
+    """Files over the batch limit but not chunked (here 300 KiB, 1 MiB, 2 MiB) are byte ranges for
+    the workers too; with a chunk minimum below a file's size it is chunked as when streamed."""
+    entries = [Entry(f"pkg/s{i}.py", f"# {i}\n".encode() * (i + 1)) for i in range(20)]
+    entries += [Entry(f"lib/b{n}.so", os.urandom(n // 2) + bytes(n - n // 2)) for n in (300 << 10, 1 << 20)]
+    entries.append(Entry("lib/edge.so", os.urandom(objects.RANGE_MAX_FILE)))
+    entries.append(Entry("pkg/mid.dat", os.urandom(100 << 10)))
+    tar = make_tar(entries, "none")
+    path = tmp_path / "in.tar"
+    path.write_bytes(tar)
+
+    def repo(root: Path) -> Stratum0:
+        create_repository(root, Settings(name=NAME, **chunks))  # type: ignore[arg-type]
+        return Stratum0(root, NAME)
+
+    streamed = repo(tmp_path / "streamed")
+    streamed.ingest_tar(io.BytesIO(tar), "/sw/grp/cid", now=NOW)
+    ranged = repo(tmp_path / "ranged")
+    sizes: list[int] = []
+    real_submit = workers.WorkerPool.submit
+
+    def spy(pool: workers.WorkerPool, batch: objworker.Batch) -> None:
+        if batch.source is not None:
+            sizes.extend(batch.sizes)
+        real_submit(pool, batch)
+
+    with open(path, "rb") as f, pytest.MonkeyPatch.context() as mp:
+        mp.setattr(workers.WorkerPool, "submit", spy)
+        ranged.ingest_tar(f, "/sw/grp/cid", now=NOW)
+    large = {300 << 10, 1 << 20, objects.RANGE_MAX_FILE, 100 << 10}
+    if chunks:  # each over the chunk minimum: read and chunked in the ingest process, as when streamed
+        assert not large & set(sizes)
+    else:
+        assert large <= set(sizes)
+    want = {n: streamed.store.get(n) for n in streamed.store.list_objects() if n[-1] not in "CHXM"}
+    got = {n: ranged.store.get(n) for n in ranged.store.list_objects() if n[-1] not in "CHXM"}
+    assert got == want
+    v1, v2 = view_factory(streamed), view_factory(ranged)
+    assert list(v2.walk("/sw/grp/cid")) == list(v1.walk("/sw/grp/cid"))
+    assert v2.read("/sw/grp/cid/lib/edge.so") == entries[-2].data  # the largest range, whole
+    verify(ranged)
+
+
 @pytest.mark.parametrize("case", [c for c in CASES if c.compression == "none"], ids=lambda c: c.name)
 def test_hostile_tarballs_on_disk(tmp_path: Path, processes: None, view_factory, case) -> None:
     repo = _repo(tmp_path / "repo")

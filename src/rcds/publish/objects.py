@@ -33,6 +33,9 @@ from rcds.storage.local import LocalStore
 READ_BLOCK = 1 << 20
 BATCH_MAX_FILE = 256 << 10
 """Contents up to this size go to worker processes in batches; larger ones to threads."""
+RANGE_MAX_FILE = 2 << 20
+"""Byte ranges (of a tar on disk) up to this size go to worker processes too: the ingest process
+then neither reads nor compresses them, and its threads do not take cores from its main thread."""
 POOL_MIN_FILES = 500
 POOL_MIN_BYTES = 8 << 20
 """Worker processes are started once an input has this many small files or bytes of them (a
@@ -123,6 +126,8 @@ class ContentWriter:
         self.compression = compression
         self._compress = compression.compressor()
         self.chunking = chunking
+        # a range that goes to a worker is stored whole: never one the chunker would cut
+        self._range_max = RANGE_MAX_FILE if chunking is None else min(RANGE_MAX_FILE, chunking.min_size)
         self.max_in_flight = max_in_flight
         self.stats = WriteStats()
         self._threads = cf.ThreadPoolExecutor(
@@ -140,9 +145,10 @@ class ContentWriter:
         self._small_bytes = 0
         self._sent: collections.deque[Batch] = collections.deque()
 
-    def _want_pool(self, n: int) -> WorkerPool | None:
-        """The worker pool if a content of ``n`` bytes should go to it (leased on first need)."""
-        if n > BATCH_MAX_FILE or self._use_pool is False:
+    def _want_pool(self, n: int, limit: int = BATCH_MAX_FILE) -> WorkerPool | None:
+        """The worker pool if a content of ``n`` bytes (at most ``limit``) should go to it (leased
+        on first need)."""
+        if n > limit or self._use_pool is False:
             return None
         if self._pool is not None:
             return self._pool
@@ -224,10 +230,10 @@ class ContentWriter:
 
         A :class:`~rcds.publish.members.FileRange` of a small file goes to a worker process as a
         byte range (the worker reads it); anything else is read here."""
-        if type(read) is FileRange and read.size == size:
-            pool = self._pool if size <= BATCH_MAX_FILE else None
+        if type(read) is FileRange and read.size == size and size <= self._range_max:
+            pool = self._pool
             if pool is None:
-                pool = self._want_pool(size)
+                pool = self._want_pool(size, self._range_max)
             if pool is not None:  # the lean path of nearly every file of a tar on disk
                 batch = self._batch
                 if batch is None or batch.source is not read.source:
