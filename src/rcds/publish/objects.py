@@ -2,11 +2,12 @@
 
 Small contents (up to ``BATCH_MAX_FILE``; byte ranges of a tar on disk up to ``RANGE_MAX_FILE``)
 of a big enough input go in batches to the worker processes of :mod:`rcds.publish.workers`, which
-compress, hash and store them outside this process's GIL. Larger contents and chunks, and everything of small inputs (no process start-up
-for a few files), go to a small thread pool: zlib and hashlib release the GIL on large buffers,
-so they run on both cores while the main thread keeps parsing the input. Completion callbacks
-run on the caller's thread, in submission order, whichever way a content went. Bytes in flight
-are bounded, so memory stays flat whatever the input size.
+compress, hash and store them outside this process's GIL. Larger contents and chunks, and
+everything of small inputs (no process start-up for a few files), go to a small thread pool: zlib
+and hashlib release the GIL on large buffers, so they run on both cores while the main thread
+keeps parsing the input. Completion callbacks run on the caller's thread, in submission order,
+whichever way a content went. Bytes in flight are bounded, so memory stays flat whatever the
+input size.
 """
 
 from __future__ import annotations
