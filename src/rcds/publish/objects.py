@@ -252,7 +252,7 @@ class ContentWriter:
                 stats.files += 1
                 stats.bytes_in += size
                 head = self._files[0].parts
-                if len(head) == 1 and head[0][2].done():  # else nothing can complete yet
+                if len(head) != 1 or head[0][2].done():  # else the oldest file cannot complete yet
                     self.drain()
                 return
         if self.chunking is None or not should_chunk(size, self.chunking):
