@@ -6,18 +6,22 @@ import gzip
 import io
 import os
 import tarfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from rcds.errors import InputError
+from rcds.format.chunker import ChunkParams
+from rcds.format.hashes import ContentHash, ObjectKind
 from rcds.publish import objects, objworker, tarsource, workers
 from rcds.publish.create import create_repository
 from rcds.publish.layout import Settings
 from rcds.publish.members import FileRange, Kind, file_identity
 from rcds.publish.policy import Limits
 from rcds.publish.stratum0 import Stratum0
+from rcds.storage.local import LocalStore
 from rcds.testing.hostile_tars import CASES
 
 from testkit import NAME, SMALL_CHUNKS, Entry, make_tar, verify
@@ -153,6 +157,52 @@ def test_ingest_by_ranges_stores_exactly_what_the_stream_stores(
     verify(ranged)
 
 
+@pytest.mark.parametrize("chunks", [{}, SMALL_CHUNKS], ids=["default-chunks", "small-chunks"])
+def test_ranges_up_to_the_chunker_threshold_go_to_the_workers(
+    tmp_path: Path, processes: None, view_factory, chunks: dict[str, int]
+) -> None:
+    """Files over the batch limit but not chunked (here 300 KiB, 1 MiB, 2 MiB) are byte ranges for
+    the workers too; with a chunk minimum below a file's size it is chunked as when streamed."""
+    entries = [Entry(f"pkg/s{i}.py", f"# {i}\n".encode() * (i + 1)) for i in range(20)]
+    entries += [Entry(f"lib/b{n}.so", os.urandom(n // 2) + bytes(n - n // 2)) for n in (300 << 10, 1 << 20)]
+    entries.append(Entry("lib/edge.so", os.urandom(objects.RANGE_MAX_FILE)))
+    entries.append(Entry("pkg/mid.dat", os.urandom(100 << 10)))
+    tar = make_tar(entries, "none")
+    path = tmp_path / "in.tar"
+    path.write_bytes(tar)
+
+    def repo(root: Path) -> Stratum0:
+        create_repository(root, Settings(name=NAME, **chunks))  # type: ignore[arg-type]
+        return Stratum0(root, NAME)
+
+    streamed = repo(tmp_path / "streamed")
+    streamed.ingest_tar(io.BytesIO(tar), "/sw/grp/cid", now=NOW)
+    ranged = repo(tmp_path / "ranged")
+    sizes: list[int] = []
+    real_submit = workers.WorkerPool.submit
+
+    def spy(pool: workers.WorkerPool, batch: objworker.Batch) -> None:
+        if batch.source is not None:
+            sizes.extend(batch.sizes)
+        real_submit(pool, batch)
+
+    with open(path, "rb") as f, pytest.MonkeyPatch.context() as mp:
+        mp.setattr(workers.WorkerPool, "submit", spy)
+        ranged.ingest_tar(f, "/sw/grp/cid", now=NOW)
+    large = {300 << 10, 1 << 20, objects.RANGE_MAX_FILE, 100 << 10}
+    if chunks:  # each over the chunk minimum: read and chunked in the ingest process, as when streamed
+        assert not large & set(sizes)
+    else:
+        assert large <= set(sizes)
+    want = {n: streamed.store.get(n) for n in streamed.store.list_objects() if n[-1] not in "CHXM"}
+    got = {n: ranged.store.get(n) for n in ranged.store.list_objects() if n[-1] not in "CHXM"}
+    assert got == want
+    v1, v2 = view_factory(streamed), view_factory(ranged)
+    assert list(v2.walk("/sw/grp/cid")) == list(v1.walk("/sw/grp/cid"))
+    assert v2.read("/sw/grp/cid/lib/edge.so") == entries[-2].data  # the largest range, whole
+    verify(ranged)
+
+
 @pytest.mark.parametrize("case", [c for c in CASES if c.compression == "none"], ids=lambda c: c.name)
 def test_hostile_tarballs_on_disk(tmp_path: Path, processes: None, view_factory, case) -> None:
     repo = _repo(tmp_path / "repo")
@@ -249,3 +299,49 @@ def test_gnu_long_names_and_their_data_by_ranges(tmp_path: Path) -> None:
     with open(path, "rb") as f:
         got = {m.path: m.read(m.size) for m in tarsource.iter_tar(f) if m.read is not None}
     assert got == contents
+
+
+def test_ranges_behind_a_chunked_file_complete_as_their_batches_return(
+    tmp_path: Path, processes: None
+) -> None:
+    """Files queued behind a chunked file (stored on threads) complete once it and their batches
+    are done, at the next file added: callbacks and answered batches do not pile up to the end."""
+    small = [Entry(f"s{i}.py", f"# {i}\n".encode() * 50) for i in range(40)]
+    tar = make_tar([Entry("big.bin", os.urandom(700 << 10)), *small], "none")
+    path = tmp_path / "in.tar"
+    path.write_bytes(tar)
+    store = LocalStore(tmp_path / "store", create=True)
+    writer = objects.ContentWriter(
+        store, chunking=ChunkParams(64 << 10, 128 << 10, 256 << 10), processes=True
+    )
+    done: list[str] = []
+    release = threading.Event()
+    real_store = writer._store
+
+    def slow_store(data: bytes, kind: ObjectKind) -> ContentHash:
+        release.wait(30)  # the chunked file's pieces finish only once the small files are queued
+        return real_store(data, kind)
+
+    writer._store = slow_store  # type: ignore[method-assign]
+    try:
+        with open(path, "rb") as f:
+            members = [m for m in tarsource.iter_tar(f) if m.kind is Kind.FILE]
+            for m in members[:-1]:
+                assert m.read is not None
+                writer.add_stream(m.read, m.size, lambda c, name=m.path: done.append(name), m.path)
+            assert done == []
+            release.set()
+            for _, _, fut in writer._files[0].parts:  # the chunked file's pieces, on threads
+                fut.result()
+            writer.flush()
+            assert writer._pool is not None
+            writer._pool.settle()  # every batch answered; nothing has run the callbacks since
+            assert done == []
+            last = members[-1]
+            assert last.read is not None
+            writer.add_stream(last.read, last.size, lambda c: done.append(last.path), last.path)
+            assert done == [m.path for m in members[:-1]]  # all but the file just added
+            writer.drain(wait=True)
+            assert done == [m.path for m in members]
+    finally:
+        writer.close()
