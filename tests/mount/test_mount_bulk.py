@@ -198,3 +198,42 @@ def test_a_walk_hands_out_at_most_a_quarter_of_the_cache_quota_and_the_next_goes
 
 def _hashes_of(repo: Any, paths: list[str]) -> list[ContentHash]:
     return [repo.entry(f"/{QTOP}/{p}").hash for p in paths]
+
+
+def test_a_directory_read_whole_is_a_scan_on_its_own(b_site: Any, tmp_path: Path) -> None:
+    repo = b_site.open(cache_dir=tmp_path / "cache")
+    pf = Prefetcher(repo.source, lanes=0)  # nothing downloads but the readers
+    seen: list[str] = []
+    pf.watch_scans(seen.append, 2, 0.05)  # the second demanded read of the 24 objects (1.2: 2)
+    try:
+        entries = [repo.entry(f"/{TOP}/{p}") for p in [f"{d}/{n}" for d in DIRS[:2] for n in FILES]]
+        assert pf.want((Wanted(e.hash, FILE, e.size, e.compressed) for e in entries), tag="dd") == 24
+        pf.wait(entries[0].hash, FILE, 30)  # takes a run of 16 off the queue
+        assert seen == [] and pf.demand["dd"] == 1
+        pf.wait(entries[16].hash, FILE, 30)  # still queued: demanded too
+        assert seen == ["dd"]
+        pf.wait(entries[20].hash, FILE, 30)  # in the cache by now: no demand, no second call
+        assert seen == ["dd"] and pf.demand["dd"] == 2
+    finally:
+        pf.close()
+
+
+def test_scanning_starts_one_walk_from_the_directory(b_site: Any, tmp_path: Path) -> None:
+    repo = b_site.open(cache_dir=tmp_path / "cache")
+    rm = RepoMount(repo, InodeSpace(repo.fqrn, shared=False), owner=None, workers=0)
+    bulk = rm.bulk = BulkAhead(repo, rm.prefetcher, PREFETCH_MAX_FILE, processes=0)
+    try:
+        assert rm.prefetcher._on_scan == bulk.scanning  # the prefetcher reports scans to it
+        start = f"/{TOP}/{DIRS[1]}"
+        bulk.scanning(start)
+        bulk.scanning(start)  # walking already (or walked): nothing more
+        assert bulk.walks == 1
+        later = _hashes(repo, ["d2/sub/x1.txt"] + [f"{d}/{n}" for d in DIRS[2:] for n in FILES])
+        assert wait_for(lambda: all(repo.source.is_cached(h, FILE) for h in later), timeout=60)
+        before = _hashes(repo, [f"{DIRS[0]}/{n}" for n in FILES] + [f"{DIRS[1]}/{n}" for n in FILES])
+        assert not any(repo.source.is_cached(h, FILE) for h in before)  # what comes after, only
+        assert wait_for(lambda: not bulk._walking, timeout=30)
+        bulk.scanning(start)
+        assert bulk.walks == 1
+    finally:
+        rm.close()
