@@ -221,7 +221,8 @@ def test_a_directory_read_whole_is_a_scan_on_its_own(b_site: Any, tmp_path: Path
 def test_scanning_starts_one_walk_from_the_directory(b_site: Any, tmp_path: Path) -> None:
     repo = b_site.open(cache_dir=tmp_path / "cache")
     rm = RepoMount(repo, InodeSpace(repo.fqrn, shared=False), owner=None, workers=0)
-    bulk = rm.bulk = BulkAhead(repo, rm.prefetcher, PREFETCH_MAX_FILE, processes=0)
+    assert rm.bulk is not None and rm.prefetcher._on_scan is None  # off by default
+    bulk = rm.bulk = BulkAhead(repo, rm.prefetcher, PREFETCH_MAX_FILE, processes=0, early=True)
     try:
         assert rm.prefetcher._on_scan == bulk.scanning  # the prefetcher reports scans to it
         start = f"/{TOP}/{DIRS[1]}"

@@ -16,7 +16,8 @@ next in walk order before the readers get there:
   :data:`RECENT` planned directories were scanned, a *walk* starts from the directory planned
   last; a single directory where :data:`SCAN_ALONE` reads (and :data:`SCAN_ALONE_SHARE` of
   those queued) came that way starts one from it at once (:meth:`BulkAhead.scanning`), while the
-  readers are still in it. The worker processes start at the first scanned directory. A
+  readers are still in it, and the worker processes start at the first scanned directory
+  (both with ``RCDS_MOUNT_BULK_EARLY=1`` only: off by default, not shown faster). A
   single read, or an import that reads a few modules of a directory while the lanes bring the
   rest, gives no signal: the mount stays lazy.
 * **The walk.** What a top-down walk (``os.walk``) reads after that directory: its
@@ -27,7 +28,7 @@ next in walk order before the readers get there:
   walk where the readers are then, skipping directories walked already; readers reaching the
   directory where a walk stopped at its bound let the next walk go on from there.
 * **The hand-out.** Batches of :data:`BATCH_OBJECTS` objects go to worker processes
-  (:class:`~rcds.mount.fetchprocs.FetchWorkers`, started at the first scanned directory; the same download,
+  (:class:`~rcds.mount.fetchprocs.FetchWorkers`, started at the first walk; the same download,
   verification and cache writes as the daemon's) with at most :data:`OUTSTANDING` objects
   handed out and not yet reported, so that a reader reaching an object handed out waits
   little (:meth:`Prefetcher.claim <rcds.mount.prefetcher.Prefetcher.claim>`: it waits for the
@@ -64,6 +65,8 @@ log = logging.getLogger("rcds.mount")
 
 ENV_BULK = "RCDS_MOUNT_BULK"
 """Environment variable: ``0`` turns bulk prefetch off."""
+ENV_EARLY = "RCDS_MOUNT_BULK_EARLY"
+"""Environment variable: ``1`` turns on the early start of walks and workers (off by default)."""
 ENV_PROCESSES = "RCDS_MOUNT_BULK_PROCESSES"
 """Environment variable: worker processes for bulk prefetch (``0``: the daemon's lanes)."""
 PROCESSES = 2
@@ -105,6 +108,11 @@ def configured_processes() -> int:
     return PROCESSES
 
 
+def early_enabled() -> bool:
+    """True if ``RCDS_MOUNT_BULK_EARLY=1`` (see :attr:`BulkAhead.early`)."""
+    return os.environ.get(ENV_EARLY, "").strip() == "1"
+
+
 def enabled() -> bool:
     """False if ``RCDS_MOUNT_BULK=0``."""
     return os.environ.get(ENV_BULK, "1").strip() != "0"
@@ -120,6 +128,7 @@ class BulkAhead:
         max_file: int,
         processes: int | None = None,
         walk_bytes: int = WALK_BYTES,
+        early: bool | None = None,
     ) -> None:
         self.repo = repo
         self.prefetcher = prefetcher
@@ -142,7 +151,11 @@ class BulkAhead:
         self._outstanding = 0
         self._trouble_until = 0.0
         self._thread: threading.Thread | None = None
-        prefetcher.watch_scans(self.scanning, SCAN_ALONE, SCAN_ALONE_SHARE)
+        self.early = early_enabled() if early is None else early
+        """A directory read whole starts a walk at once, and the first scanned directory starts
+        the workers (``RCDS_MOUNT_BULK_EARLY=1``; off by default: not shown faster)."""
+        if self.early:
+            prefetcher.watch_scans(self.scanning, SCAN_ALONE, SCAN_ALONE_SHARE)
         self.walks = 0
         """Walks started."""
         self.handed = 0
@@ -170,7 +183,7 @@ class BulkAhead:
             self.plans += 1
             if self.plans == 1:
                 self._first_plan = time.monotonic()
-            if scanned:
+            if scanned and self.early:
                 self._start_workers_locked()
             if self._walking or time.monotonic() < self._trouble_until:
                 return False
