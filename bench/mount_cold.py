@@ -80,7 +80,18 @@ def serve(public: Path, src: str) -> tuple[subprocess.Popen[str], str]:
     return proc, proc.stdout.readline().strip()
 
 
-def one(repo: Path, src: str, work: Path, warm: bool, label: str, spy: list[str], job: str = "read") -> None:
+def one(
+    repo: Path,
+    src: str,
+    work: Path,
+    warm: bool,
+    label: str,
+    spy: list[str],
+    job: str = "read",
+    spy_warm: bool = False,
+    mount_args: list[str] | None = None,
+) -> None:
+    mount_args = mount_args or []
     server, url = serve(repo / "public", src)
     key = repo / "keys" / f"{REPO}.pub"
     cache = work / "cache"
@@ -94,6 +105,7 @@ def one(repo: Path, src: str, work: Path, warm: bool, label: str, spy: list[str]
             log = work / f"daemon-{phase}.log"
             cmd = [sys.executable, "-m", "rcds.cli.main", "mount", REPO, str(mnt), "--foreground"]
             cmd += ["--server", url, "--key", str(key), "--cache", str(cache), "--log-file", str(log)]
+            cmd += mount_args
             log.unlink(missing_ok=True)
             daemon = subprocess.Popen(cmd, env=env)
             deadline = time.monotonic() + 60
@@ -103,8 +115,8 @@ def one(repo: Path, src: str, work: Path, warm: bool, label: str, spy: list[str]
                 time.sleep(0.02)
             drop_page_cache()
             profiler = None
-            if spy and phase == "cold":
-                out = f"{work.parent}/spy-{label}-{time.strftime('%H%M%S')}.txt"
+            if spy and (phase == "cold" or spy_warm):
+                out = f"{work.parent}/spy-{label}-{phase}-{time.strftime('%H%M%S')}.txt"
                 profiler = subprocess.Popen(
                     [*spy, "-o", out, "--format", "raw", "-p", str(daemon.pid)], stdout=subprocess.DEVNULL
                 )
@@ -182,6 +194,8 @@ def main() -> None:
     ap.add_argument(
         "--spy", default="", help="py-spy record command for the cold read (e.g. 'py-spy record --gil')"
     )
+    ap.add_argument("--mount-args", default="", help="more rcds mount arguments (e.g. --passthrough)")
+    ap.add_argument("--spy-warm", action="store_true", help="with --warm: profile the warm read too")
     ap.add_argument(
         "--job",
         choices=["read", "import"],
@@ -195,7 +209,17 @@ def main() -> None:
         work = Path(tmp)
         for _ in range(args.rounds):
             for name, src in variants:
-                one(args.repo, src, work, args.warm, name, args.spy.split(), args.job)
+                one(
+                    args.repo,
+                    src,
+                    work,
+                    args.warm,
+                    name,
+                    args.spy.split(),
+                    args.job,
+                    args.spy_warm,
+                    args.mount_args.split(),
+                )
             if args.get:
                 get(args.repo, variants[0][1].split(":")[0], work)
 

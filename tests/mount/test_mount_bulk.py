@@ -11,6 +11,7 @@ bounded.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 from concurrent.futures import ThreadPoolExecutor
@@ -143,3 +144,97 @@ def test_a_scan_through_the_mount_reads_every_file(b_site: Any, mount_site: Any)
     assert len(workers) in (0, 2), workers
     m.proc.stop(signal.SIGKILL)
     assert wait_for(lambda: not any(alive(pid) for pid in workers), timeout=15)
+
+
+QTOP = "sw/bq"
+QDIRS = [f"q{i}" for i in range(8)]
+QSIZE = 8192
+
+
+def _qcontent(path: str) -> bytes:
+    """QSIZE bytes that do not compress away (the bound counts plain bytes anyway)."""
+    seed = hashlib.sha256(path.encode()).digest()
+    return b"".join(hashlib.sha256(seed + bytes([i, j])).digest() for i in range(8) for j in range(32))[
+        :QSIZE
+    ]
+
+
+def test_a_walk_hands_out_at_most_a_quarter_of_the_cache_quota_and_the_next_goes_on(
+    site: Any, tmp_path: Path
+) -> None:
+    paths = [f"{d}/{n}" for d in QDIRS for n in FILES]
+    site.publish([Entry(p, _qcontent(p)) for p in paths], QTOP)
+    quota = 1 << 20  # a walk may hand out 256 KiB: 32 of the 60 files ahead of it
+    repo = site.open(cache_dir=tmp_path / "cache", quota_bytes=quota)
+    rm = RepoMount(repo, InodeSpace(repo.fqrn, shared=False), owner=None, workers=0)
+    bulk = rm.bulk = BulkAhead(repo, rm.prefetcher, PREFETCH_MAX_FILE, processes=0)
+    try:
+        assert bulk.walk_bytes == quota // 4
+        pf = rm.prefetcher
+        for d in QDIRS[:3]:  # a scan, as in test_scanned_directories_start_a_walk_ahead
+            path = f"/{QTOP}/{d}"
+            queued = rm.prefetch_directory(path)
+            bulk.planned(path, queued)
+            pf.demand[path] = queued
+        assert bulk.walks == 1
+        assert wait_for(lambda: not bulk._walking, timeout=30)
+        ahead = _hashes_of(repo, [f"{d}/{n}" for d in QDIRS[3:] for n in FILES])
+        assert wait_for(lambda: not any(pf.pending(h, FILE) for h in ahead), timeout=60)
+        cached = [h for h in ahead if repo.source.is_cached(h, FILE)]
+        assert 0 < bulk.handed_bytes <= quota // 4
+        assert len(cached) * QSIZE <= quota // 4 < len(ahead) * QSIZE  # the bound stopped the walk
+        assert len(cached) == quota // 4 // QSIZE
+        # the readers reach the directory where the walk stopped: the next walk goes on from there
+        frontier = f"/{QTOP}/{QDIRS[3 + len(cached) // len(FILES)]}"
+        assert bulk._resume is not None and bulk._resume[0] == frontier
+        assert bulk.planned(frontier, rm.prefetch_directory(frontier))
+        assert bulk.walks == 2
+        assert wait_for(lambda: not bulk._walking, timeout=30)
+        assert wait_for(lambda: all(repo.source.is_cached(h, FILE) for h in ahead), timeout=60)
+        assert bulk.handed_bytes <= 2 * (quota // 4)
+    finally:
+        rm.close()
+
+
+def _hashes_of(repo: Any, paths: list[str]) -> list[ContentHash]:
+    return [repo.entry(f"/{QTOP}/{p}").hash for p in paths]
+
+
+def test_a_directory_read_whole_is_a_scan_on_its_own(b_site: Any, tmp_path: Path) -> None:
+    repo = b_site.open(cache_dir=tmp_path / "cache")
+    pf = Prefetcher(repo.source, lanes=0)  # nothing downloads but the readers
+    seen: list[str] = []
+    pf.watch_scans(seen.append, 2, 0.05)  # the second demanded read of the 24 objects (1.2: 2)
+    try:
+        entries = [repo.entry(f"/{TOP}/{p}") for p in [f"{d}/{n}" for d in DIRS[:2] for n in FILES]]
+        assert pf.want((Wanted(e.hash, FILE, e.size, e.compressed) for e in entries), tag="dd") == 24
+        pf.wait(entries[0].hash, FILE, 30)  # takes a run of 16 off the queue
+        assert seen == [] and pf.demand["dd"] == 1
+        pf.wait(entries[16].hash, FILE, 30)  # still queued: demanded too
+        assert seen == ["dd"]
+        pf.wait(entries[20].hash, FILE, 30)  # in the cache by now: no demand, no second call
+        assert seen == ["dd"] and pf.demand["dd"] == 2
+    finally:
+        pf.close()
+
+
+def test_scanning_starts_one_walk_from_the_directory(b_site: Any, tmp_path: Path) -> None:
+    repo = b_site.open(cache_dir=tmp_path / "cache")
+    rm = RepoMount(repo, InodeSpace(repo.fqrn, shared=False), owner=None, workers=0)
+    assert rm.bulk is not None and rm.prefetcher._on_scan is None  # off by default
+    bulk = rm.bulk = BulkAhead(repo, rm.prefetcher, PREFETCH_MAX_FILE, processes=0, early=True)
+    try:
+        assert rm.prefetcher._on_scan == bulk.scanning  # the prefetcher reports scans to it
+        start = f"/{TOP}/{DIRS[1]}"
+        bulk.scanning(start)
+        bulk.scanning(start)  # walking already (or walked): nothing more
+        assert bulk.walks == 1
+        later = _hashes(repo, ["d2/sub/x1.txt"] + [f"{d}/{n}" for d in DIRS[2:] for n in FILES])
+        assert wait_for(lambda: all(repo.source.is_cached(h, FILE) for h in later), timeout=60)
+        before = _hashes(repo, [f"{DIRS[0]}/{n}" for n in FILES] + [f"{DIRS[1]}/{n}" for n in FILES])
+        assert not any(repo.source.is_cached(h, FILE) for h in before)  # what comes after, only
+        assert wait_for(lambda: not bulk._walking, timeout=30)
+        bulk.scanning(start)
+        assert bulk.walks == 1
+    finally:
+        rm.close()

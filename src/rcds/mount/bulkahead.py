@@ -14,14 +14,19 @@ next in walk order before the readers get there:
   :data:`SCAN_MIN` of its files, and :data:`SCAN_SHARE` of those queued, were demanded that
   way: many readers at once, or one that reads everything. When :data:`SCAN_DIRS` of the last
   :data:`RECENT` planned directories were scanned, a *walk* starts from the directory planned
-  last. A single read, or an import that reads a few modules of a directory while the lanes
-  bring the rest, gives no signal: the mount stays lazy.
+  last; a single directory where :data:`SCAN_ALONE` reads (and :data:`SCAN_ALONE_SHARE` of
+  those queued) came that way starts one from it at once (:meth:`BulkAhead.scanning`), while the
+  readers are still in it, and the worker processes start at the first scanned directory
+  (both with ``RCDS_MOUNT_BULK_EARLY=1`` only: off by default, not shown faster). A
+  single read, or an import that reads a few modules of a directory while the lanes bring the
+  rest, gives no signal: the mount stays lazy.
 * **The walk.** What a top-down walk (``os.walk``) reads after that directory: its
   subdirectories, then its later siblings' subtrees, then its parent's later siblings', up to
   the repository's root; small files only (:data:`~rcds.mount.repomount.PREFETCH_MAX_FILE`),
   at most :data:`WALK_BYTES` of plain bytes per walk (and :data:`QUOTA_SHARE` of the cache's
-  quota, if it has one; a later signal starts another walk where
-  the readers are then, skipping directories walked already).
+  quota, if it has one; never more, even within a directory). A later signal starts another
+  walk where the readers are then, skipping directories walked already; readers reaching the
+  directory where a walk stopped at its bound let the next walk go on from there.
 * **The hand-out.** Batches of :data:`BATCH_OBJECTS` objects go to worker processes
   (:class:`~rcds.mount.fetchprocs.FetchWorkers`, started at the first walk; the same download,
   verification and cache writes as the daemon's) with at most :data:`OUTSTANDING` objects
@@ -39,6 +44,7 @@ bring objects reports them (readers fetch them themselves) and ends the walk.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
@@ -59,12 +65,18 @@ log = logging.getLogger("rcds.mount")
 
 ENV_BULK = "RCDS_MOUNT_BULK"
 """Environment variable: ``0`` turns bulk prefetch off."""
+ENV_EARLY = "RCDS_MOUNT_BULK_EARLY"
+"""Environment variable: ``1`` turns on the early start of walks and workers (off by default)."""
 ENV_PROCESSES = "RCDS_MOUNT_BULK_PROCESSES"
 """Environment variable: worker processes for bulk prefetch (``0``: the daemon's lanes)."""
 PROCESSES = 2
 """Worker processes per repository unless ``RCDS_MOUNT_BULK_PROCESSES`` says otherwise."""
 SCAN_MIN = 2
 SCAN_SHARE = 0.5
+SCAN_ALONE = 16
+SCAN_ALONE_SHARE = 0.25
+"""A directory is a scan on its own when reads demanded this many of its queued objects, and
+this share of them, while they were being downloaded (:meth:`BulkAhead.scanning`)."""
 """A planned directory is scanned when reads demanded at least this many of its queued objects,
 and at least this share of them, before they were in the cache."""
 RECENT = 3
@@ -85,11 +97,20 @@ WALKED_SIZE = 65536
 """Directories remembered as walked (forgotten all at once when full)."""
 
 
+_Resume = tuple[str, list[Wanted], Iterator[tuple[str, list[Wanted]]]]
+"""Where a walk stopped at its bound: directory, its files not handed out, the directories after."""
+
+
 def configured_processes() -> int:
     """Worker processes for bulk prefetch: ``RCDS_MOUNT_BULK_PROCESSES``, else :data:`PROCESSES`."""
     if os.environ.get(ENV_PROCESSES, "").strip():
         return configured_count(ENV_PROCESSES)
     return PROCESSES
+
+
+def early_enabled() -> bool:
+    """True if ``RCDS_MOUNT_BULK_EARLY=1`` (see :attr:`BulkAhead.early`)."""
+    return os.environ.get(ENV_EARLY, "").strip() == "1"
 
 
 def enabled() -> bool:
@@ -107,6 +128,7 @@ class BulkAhead:
         max_file: int,
         processes: int | None = None,
         walk_bytes: int = WALK_BYTES,
+        early: bool | None = None,
     ) -> None:
         self.repo = repo
         self.prefetcher = prefetcher
@@ -122,15 +144,32 @@ class BulkAhead:
         self._walking = False
         self._closed = False
         self._workers: FetchWorkers | None = None
+        self._starting = False
+        self._resume: _Resume | None = None
+        """Where the last walk stopped at its bound: the directory, the rest of its files, the
+        walk's generator (the directories after it)."""
         self._outstanding = 0
         self._trouble_until = 0.0
         self._thread: threading.Thread | None = None
+        self.early = early_enabled() if early is None else early
+        """A directory read whole starts a walk at once, and the first scanned directory starts
+        the workers (``RCDS_MOUNT_BULK_EARLY=1``; off by default: not shown faster)."""
+        if self.early:
+            prefetcher.watch_scans(self.scanning, SCAN_ALONE, SCAN_ALONE_SHARE)
         self.walks = 0
         """Walks started."""
         self.handed = 0
         """Objects handed out (to workers or lanes)."""
         self.failed = 0
         """Objects the workers could not bring."""
+        self.handed_bytes = 0
+        """Plain bytes of the objects the walks handed out (pending or cached ones included)."""
+        self.plans = 0
+        """Directories planned (cold reads that queued a directory's files)."""
+        self._first_plan = 0.0
+        self.first_walk: tuple[float, int] | None = None
+        """When the first walk started: seconds after the first planned directory, and how many
+        directories had been planned by then (what a scan costs before the walk helps)."""
 
     def planned(self, directory: str, queued: int) -> bool:
         """Directory prefetch just queued ``queued`` objects of ``directory``: start a walk from
@@ -141,23 +180,70 @@ class BulkAhead:
                 return False
             scanned = sum(1 for d, n in self._recent if demand.get(d, 0) >= max(SCAN_MIN, SCAN_SHARE * n))
             self._recent.append((directory, queued))
-            if (
-                self._walking
-                or scanned < SCAN_DIRS
-                or directory in self._walked
-                or time.monotonic() < self._trouble_until
-            ):
+            self.plans += 1
+            if self.plans == 1:
+                self._first_plan = time.monotonic()
+            if scanned and self.early:
+                self._start_workers_locked()
+            if self._walking or time.monotonic() < self._trouble_until:
                 return False
-            self._walking = True
-            self.walks += 1
-            t = threading.Thread(target=self._walk, args=(directory,), name="rcds-mount-bulk", daemon=True)
-            self._thread = t
+            if self._resume is not None and directory == self._resume[0]:
+                # the readers reached the directory where the last walk stopped at its bound
+                # (they read what it handed out): go on from there, without waiting for a signal
+                resume, self._resume = self._resume, None
+                t = self._start_walk_locked(directory, resume)
+            elif scanned < SCAN_DIRS or directory in self._walked:
+                return False
+            else:
+                t = self._start_walk_locked(directory, None)
         t.start()
         return True
 
+    def scanning(self, directory: str) -> None:
+        """Reads demanded :data:`SCAN_ALONE` (and :data:`SCAN_ALONE_SHARE`) of the objects queued for
+        ``directory`` while it is still being downloaded (:meth:`Prefetcher.watch_scans
+        <rcds.mount.prefetcher.Prefetcher.watch_scans>`): one directory read whole by many
+        readers is a scan on its own; start a walk from it now, before the readers finish it."""
+        with self._lock:
+            if self._closed or self._walking or directory in self._walked:
+                return
+            if time.monotonic() < self._trouble_until:
+                return
+            self._start_workers_locked()
+            t = self._start_walk_locked(directory, None)
+        t.start()
+
+    def _start_workers_locked(self) -> None:
+        """A directory was scanned: start the workers now (a fresh interpreter takes ~0.2 CPU-s
+        of imports), so that they are ready when a walk starts."""
+        if self._workers is None and self.processes > 0 and not self._starting:
+            self._starting = True
+            threading.Thread(target=self._started, name="rcds-mount-bulk-start", daemon=True).start()
+
+    def _start_walk_locked(self, directory: str, resume: _Resume | None) -> threading.Thread:
+        """Under the lock: a walk from ``directory`` (or going on with ``resume``), not started."""
+        if resume is None:
+            self._resume = None  # a new walk starts where the readers are now
+        self._walking = True
+        self.walks += 1
+        since = time.monotonic() - self._first_plan
+        if self.first_walk is None:
+            self.first_walk = (since, self.plans)
+        log.info(
+            "bulk prefetch: walk %d %s %s, %.2f s after the first plan, at the %dth",
+            self.walks,
+            "from" if resume is None else "goes on in",
+            directory,
+            since,
+            self.plans,
+        )
+        t = threading.Thread(target=self._walk, args=(directory, resume), name="rcds-mount-bulk", daemon=True)
+        self._thread = t
+        return t
+
     # -- the walk -------------------------------------------------------------------------------
 
-    def _directories(self, start: str) -> Iterator[list[Wanted]]:
+    def _directories(self, start: str) -> Iterator[tuple[str, list[Wanted]]]:
         """The small files' objects of each directory a top-down walk reads after ``start``'s
         own files (see the module docstring), a directory at a time."""
         with self.repo.using() as m:
@@ -195,28 +281,43 @@ class BulkAhead:
                     ):
                         files.append(Wanted(e.hash, ObjectKind.FILE, e.size, e.compressed))
             stack.extend(reversed(dirs))
-            yield files
+            yield path, files
 
-    def _walk(self, start: str) -> None:
+    def _walk(self, start: str, resume: _Resume | None = None) -> None:
+        """Hand out what a walk from ``start`` reads (see the module docstring), or, with
+        ``resume``, go on where the last walk stopped; at most :attr:`walk_bytes`."""
         sent = 0
         try:
-            with self._lock:
-                self._walked.add(start)
+            if resume is None:
+                with self._lock:
+                    self._walked.add(start)
+                rest: tuple[str, list[Wanted]] | None = None
+                directories = self._directories(start)
+            else:
+                rest = (resume[0], resume[1])
+                directories = resume[2]
             batch: list[Wanted] = []
             size = 0
-            for files in self._directories(start):
-                for w in files:
+            full = False
+            for path, files in itertools.chain([rest] if rest else [], directories):
+                for k, w in enumerate(files):
+                    if sent + size + w.size > self.walk_bytes:
+                        full = True  # the walk's bound, never exceeded; the readers' arrival
+                        with self._lock:  # in this directory lets the next walk go on
+                            self._resume = (path, files[k:], directories)
+                        break
                     batch.append(w)
                     size += w.size
                     if len(batch) >= BATCH_OBJECTS or size >= BATCH_BYTES:
                         if not self._hand_out(batch):
                             return
                         sent += size
+                        self.handed_bytes += size
                         batch, size = [], 0
-                if sent + size >= self.walk_bytes or self._closed:
+                if full or self._closed:
                     break
-            if batch:
-                self._hand_out(batch)
+            if batch and self._hand_out(batch):
+                self.handed_bytes += size
         except (RcdsError, OSError) as exc:
             log.info("bulk prefetch stopped (reads fetch on their own): %s", exc)
         except BaseException:
@@ -225,6 +326,12 @@ class BulkAhead:
         finally:
             with self._lock:
                 self._walking = False
+            log.info(
+                "bulk prefetch: walk %d over %.2f s after the first plan, %d plain bytes handed out in all",
+                self.walks,
+                time.monotonic() - self._first_plan,
+                self.handed_bytes,
+            )
 
     def _hand_out(self, batch: list[Wanted]) -> bool:
         """Hand ``batch`` out once fewer than :data:`OUTSTANDING` objects are; False: stop."""

@@ -43,7 +43,6 @@ from collections.abc import Sequence
 from contextlib import suppress
 from typing import TYPE_CHECKING, cast
 
-from rcds.client.cache.local import object_name
 from rcds.client.get.pipes import Receiver, Sender
 from rcds.client.get.worker import Setup
 from rcds.errors import RcdsError
@@ -65,17 +64,27 @@ MAX_WAITING_BYTES = 64 << 20
 STREAM_MIN = 64 << 20
 """Objects larger than this are streamed into the cache (the source's stream threshold)."""
 
-_Item = tuple[int, int, "ContentHash | None", ObjectKind, "bytes | None"]
-"""A queued commit: batch number, index (-1: a failure marker), hash, kind, plain bytes (None:
-in the cache already)."""
+_Item = tuple[int, int, str, str, "bytes | bytearray | None"]
+"""A queued commit: batch number, index (-1: a failure marker), cache name, kind value, plain
+bytes (None: in the cache already)."""
 
 _ALGORITHMS = {a.value: a for a in Algorithm}
 _KINDS = {k.value: k for k in ObjectKind}
+_SHA1 = Algorithm.SHA1.value
 
 
 def wire_object(h: ContentHash, kind: ObjectKind, size: int, compressed: bool) -> WireObject:
     """An object as sent to a worker."""
     return (h.digest, h.algorithm._value_, kind._value_, size, compressed)
+
+
+def _name(digest: bytes, algorithm: str, kind: str) -> str:
+    """The repository object name (:meth:`ContentHash.object_name`) from an object as sent;
+    its cache name (:func:`~rcds.client.cache.local.object_name`) is this without ``data/``."""
+    if algorithm != _SHA1:
+        return ContentHash(_ALGORITHMS[algorithm], digest).object_name(_KINDS[kind])
+    h = digest.hex()
+    return f"data/{h[:2]}/{h[2:]}{kind}"
 
 
 class _Committer:
@@ -88,29 +97,36 @@ class _Committer:
         self._queue: deque[_Item] = deque()
         self._failures: deque[tuple[int, list[int], str]] = deque()
         self._bytes = 0
+        self._idle = False
         self._evictions = source.cache.evictions
         threading.Thread(target=self._run, name="rcds-fetch-commit", daemon=True).start()
 
-    def put(self, number: int, index: int, h: ContentHash, kind: ObjectKind, plain: bytes | None) -> None:
-        """Queue a verified object (``plain`` None: in the cache already) of batch ``number``."""
+    def put(self, number: int, index: int, name: str, kind: str, plain: bytes | bytearray | None) -> None:
+        """Queue a verified object (cache name, kind value; ``plain`` None: in the cache already)
+        of batch ``number``. Only an idle committer is woken: one that is committing takes what
+        accumulated meanwhile when it is done, without a wake-up per object."""
         with self._cv:
             while self._bytes > MAX_WAITING_BYTES:
                 self._cv.wait(1.0)
-            self._queue.append((number, index, h, kind, plain))
-            self._bytes += len(plain) if plain is not None else 0
-            self._cv.notify_all()
+            self._queue.append((number, index, name, kind, plain))
+            if plain is not None:
+                self._bytes += len(plain)
+            if self._idle:
+                self._cv.notify_all()
 
     def fail(self, number: int, indices: list[int], message: str) -> None:
         """Report ``indices`` of batch ``number`` as not brought, after what is queued before."""
         with self._cv:
-            self._queue.append((number, -1, None, ObjectKind.FILE, None))
+            self._queue.append((number, -1, "", "", None))
             self._failures.append((number, indices, message))
             self._cv.notify_all()
 
     def _take(self) -> list[_Item]:
         with self._cv:
             while not self._queue:
+                self._idle = True
                 self._cv.wait()
+            self._idle = False
             items: list[_Item] = []
             size = 0
             while self._queue and len(items) < COMMIT_OBJECTS and size < COMMIT_BYTES:
@@ -131,14 +147,12 @@ class _Committer:
                     items.pop()
                     with self._cv:
                         failure = self._failures.popleft()
-                plain = [
-                    (h, kind, data) for _, _, h, kind, data in items if h is not None and data is not None
-                ]
+                plain = [(name, kind, data) for _, _, name, kind, data in items if data is not None]
                 ok = True
                 message = ""
                 if plain:
                     try:
-                        cache.insert_many(plain)
+                        cache.insert_named(plain)
                     except (RcdsError, OSError) as exc:
                         ok = False
                         message = f"cannot write into the cache {cache.dir}: {exc}"
@@ -203,50 +217,60 @@ class _Worker:
         source = self.source
         put = self.committer.put
         cache_dir = str(source.cache.dir)
+        exists = os.path.exists
         alien = source.alien
         todo: list[int] = []
-        objects = []
+        names: list[str] = []
+        """Of each object of ``todo``: its repository object name."""
         for i, (digest, algorithm, kind_value, size, compressed) in enumerate(batch):
-            h = ContentHash(_ALGORITHMS[algorithm], digest)
-            kind = _KINDS[kind_value]
-            objects.append((h, kind))
-            if os.path.exists(f"{cache_dir}/{object_name(h, kind)}"):
-                put(number, i, h, kind, None)
+            name = _name(digest, algorithm, kind_value)
+            if exists(cache_dir + name[4:]):
+                put(number, i, name[5:], kind_value, None)
                 continue
             if alien is not None:
-                found = alien.get_verified(h, kind, size, compressed=compressed)
+                h = ContentHash(_ALGORITHMS[algorithm], digest)
+                found = alien.get_verified(h, _KINDS[kind_value], size, compressed=compressed)
                 if found is not None:
                     source.count("alien")
-                    put(number, i, h, kind, bytes(found))
+                    put(number, i, name[5:], kind_value, bytes(found))
                     continue
             todo.append(i)
+            names.append(name)
         done: set[int] = set()
         try:
-            small = [i for i in todo if batch[i][3] <= STREAM_MIN]
-            for i in todo:
-                if batch[i][3] > STREAM_MIN:  # streamed into the cache, committed at once
-                    h, kind = objects[i]
-                    size, compressed = batch[i][3], batch[i][4]
-                    with source.open_object(h, kind, size=size, compressed=compressed, keep=True):
-                        pass
-                    source.inserter.flush()
-                    done.add(i)
-                    put(number, i, h, kind, None)
-            names = [objects[i][0].object_name(objects[i][1]) for i in small]
+            small: list[int] = []
+            small_names: list[str] = []
+            for i, name in zip(todo, names, strict=True):
+                digest, algorithm, kind_value, size, compressed = batch[i]
+                if size <= STREAM_MIN:
+                    small.append(i)
+                    small_names.append(name)
+                    continue
+                h, kind = ContentHash(_ALGORITHMS[algorithm], digest), _KINDS[kind_value]
+                with source.open_object(h, kind, size=size, compressed=compressed, keep=True):
+                    pass  # streamed into the cache, committed at once
+                source.inserter.flush()
+                done.add(i)
+                put(number, i, name[5:], kind_value, None)
 
             def verify(k: int, raw: bytes) -> tuple[bytes, bytes | bytearray]:
-                i = small[k]
-                h = objects[i][0]
-                return raw, verify_sized(raw, h, batch[i][3], compressed=batch[i][4], what=names[k])
+                digest, algorithm, _, size, compressed = batch[small[k]]
+                h = ContentHash(_ALGORITHMS[algorithm], digest)
+                return raw, verify_sized(raw, h, size, compressed=compressed, what=small_names[k])
 
-            for k, (raw, plain) in source.fetcher.fetch_many(names, verify):
+            for k, (raw, plain) in source.fetcher.fetch_many(small_names, verify):
                 i = small[k]
-                h, kind = objects[i]
+                kind_value = batch[i][2]
                 done.add(i)
                 if alien is not None:
                     with suppress(RcdsError, OSError):  # best effort: the local cache has it
-                        alien.put_raw(h, kind, raw, verify=False)
-                put(number, i, h, kind, bytes(plain))
+                        alien.put_raw(
+                            ContentHash(_ALGORITHMS[batch[i][1]], batch[i][0]),
+                            _KINDS[kind_value],
+                            raw,
+                            verify=False,
+                        )
+                put(number, i, small_names[k][5:], kind_value, plain)
             source.count("network", len(small))
         except (RcdsError, FetchError, OSError) as exc:
             self.committer.fail(number, [i for i in todo if i not in done], str(exc).splitlines()[0])

@@ -33,11 +33,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Generator, Iterable
+from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 from rcds.client.cache.source import CachedSource
@@ -165,9 +166,19 @@ class Prefetcher:
         self.singles = 0
         """Objects a read sent to a worker alone (neither queued nor in flight)."""
         self._tags: dict[Key, str] = {}
+        self._scan_at: dict[str, int] = {}
+        self._on_scan: Callable[[str], None] | None = None
+        self._scan_alone = 0
+        self._scan_share = 0.0
         self.demand: dict[str, int] = {}
         """Per tag given to :meth:`want` (a planned directory): reads that came for its
         objects while they were queued or being downloaded (see :mod:`rcds.mount.bulkahead`)."""
+
+    def watch_scans(self, on_scan: Callable[[str], None], alone: int, share: float) -> None:
+        """Call ``on_scan(tag)`` (on the reading thread, outside the lock) once the reads of a
+        tag's objects while queued or being downloaded (:attr:`demand`) reach ``alone`` and
+        ``share`` of the objects queued under it: a directory read whole by many readers."""
+        self._on_scan, self._scan_alone, self._scan_share = on_scan, alone, share
 
     def want(self, items: Iterable[Wanted], tag: str | None = None) -> int:
         """Queue objects for download, in this order (not those queued or in flight already);
@@ -181,6 +192,7 @@ class Prefetcher:
             if tag is not None:
                 if len(self.demand) >= DEMAND_SIZE:
                     self.demand.clear()
+                    self._scan_at.clear()
                 self.demand[tag] = 0
             for w in items:
                 key = (w.hash, w.kind)
@@ -196,6 +208,8 @@ class Prefetcher:
                 if tag is not None:
                     self._tags[key] = tag
                 n += 1
+            if tag is not None and self._on_scan is not None:
+                self._scan_at[tag] = max(self._scan_alone, math.ceil(self._scan_share * n))
             if n:
                 while len(self._threads) < self.lanes:
                     t = threading.Thread(target=self._lane, name="rcds-mount-prefetch", daemon=True)
@@ -259,12 +273,15 @@ class Prefetcher:
         single: Wanted | None = None
         lock: threading.Lock | None = None
         run: list[Wanted] = []
+        scanned: str | None = None
         with self._cv:
             if self._closed:
                 return
             tag = self._tags.get(key)
             if tag is not None and tag in self.demand:
-                self.demand[tag] += 1
+                self.demand[tag] = demanded = self.demand[tag] + 1
+                if demanded == self._scan_at.get(tag):
+                    scanned = tag
             if key not in self._pending:
                 if not workers or size is None:
                     return
@@ -285,6 +302,8 @@ class Prefetcher:
                 if lock is None:
                     lock = self._pending[key] = threading.Lock()
                     lock.acquire()
+        if scanned is not None and self._on_scan is not None:
+            self._on_scan(scanned)
         if single is not None:
             run = [single]
         if run:

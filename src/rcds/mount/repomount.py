@@ -337,12 +337,16 @@ class RepoMount:
         bulk = self.bulk
         if bulk is not None:
             bulk.close()
+            first = bulk.first_walk
             log.info(
-                "%s: bulk prefetch: %d walks, %d objects handed out, %d not brought",
+                "%s: bulk prefetch: %d walks, %d objects handed out, %d not brought; "
+                "%d directories planned, the first walk %s",
                 self.fqrn,
                 bulk.walks,
                 bulk.handed,
                 bulk.failed,
+                bulk.plans,
+                "never" if first is None else f"{first[0]:.2f} s after the first, at the {first[1]}th",
             )
         pf.close()
         log.info(

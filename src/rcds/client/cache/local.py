@@ -312,15 +312,19 @@ class LocalCache:
         (least recently used first, so older ones go before any of the batch) are not kept.
         Returns how many objects were stored.
         """
+        return self.insert_named((object_name(h, kind), kind._value_, plain) for h, kind, plain in items)
+
+    def insert_named(self, items: Iterable[tuple[str, str, bytes | bytearray]]) -> int:
+        """:meth:`insert_many` of objects given by cache name (:func:`object_name`), kind value
+        and verified plain bytes: for a writer that has the names already (no hash objects)."""
         staged: list[tuple[str, str, int, str]] = []
         try:
-            for h, kind, plain in items:
+            for name, kind_value, plain in items:
                 if self.quota_bytes is not None and len(plain) > self.quota_bytes:
                     continue
-                name = object_name(h, kind)
                 tmp = f"{self._txn}/{self._tmp_prefix}{next(self._serial)}.tmp"
                 fd = os.open(tmp, _CREATE, 0o600)
-                staged.append((name, tmp, len(plain), kind._value_))
+                staged.append((name, tmp, len(plain), kind_value))
                 try:
                     written = os.write(fd, plain)  # all of it, for a regular file
                     if written < len(plain):
