@@ -2,7 +2,8 @@
 
 Shared by the benches that compare this checkout's ``src`` with another's (e.g. main's) in the
 same minutes, the two alternating so that both see the same load (``ingest_ab.py``,
-``ingest_tree_ab.py``).
+``ingest_tree_ab.py``, ``service_ab.py``), and by those that run a child with a given ``src``
+(``ingest_catalog_check.py``, ``ingest_timeline.py``).
 """
 
 from __future__ import annotations
@@ -19,17 +20,22 @@ NEW_SRC = HERE.parent / "src"
 """This checkout's source tree (the directory holding ``rcds/``)."""
 
 
+def child_env(src: Path) -> dict[str, str]:
+    """The environment of a bench child: this one with ``src`` then the bench directory first on
+    the path (the child and the processes it starts inherit it)."""
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(src), str(HERE)]))
+
+
+def child_command(code: str, *args: str) -> list[str]:
+    """``python -c code args`` with this interpreter (run it in ``HERE`` with :func:`child_env`)."""
+    return [sys.executable, "-c", code, *args]
+
+
 def run_child(src: Path, code: str, *args: str) -> str:
-    """Run ``python -c code args`` with ``src`` then the bench directory first on the path (the
-    child and the processes it starts inherit it), in the bench directory; its standard output."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(src), str(HERE)]))
+    """Run ``python -c code args`` with ``src`` then the bench directory first on the path, in the
+    bench directory; its standard output."""
     return subprocess.run(
-        [sys.executable, "-c", code, *args],
-        env=env,
-        cwd=HERE,
-        check=True,
-        capture_output=True,
-        text=True,
+        child_command(code, *args), env=child_env(src), cwd=HERE, check=True, capture_output=True, text=True
     ).stdout
 
 

@@ -39,7 +39,6 @@ import argparse
 import json
 import os
 import random
-import resource
 import shutil
 import statistics
 import subprocess
@@ -51,13 +50,13 @@ from functools import partial
 from pathlib import Path
 
 from client_child import TREE
+from client_runs import CPU, CPU_COLUMNS, SERVER_PID, cell, child, interleaved, timed, use_bytecode_cache
 from common import MB, format_table, machine
 from nginx_site import start_nginx
 from settle import add_settle_argument, remove_tree, settle
 from warm import repository_files, warm
 
 REPO = "bench.example.org"
-CHILD = Path(__file__).resolve().with_name("client_child.py")
 TARGETS = {
     "get/tar": 1.5,
     "get/tgz": 0.5,
@@ -67,54 +66,6 @@ TARGETS = {
     "warm": 2.0,
 }
 """Scenario 1's targets are on tmpfs outputs (when a tmpfs could be mounted)."""
-
-# -- the parent -----------------------------------------------------------------------------------
-
-
-def children_cpu() -> float:
-    """CPU seconds of this process's finished children so far (user + system)."""
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
-
-
-def process_cpu(pid: int) -> float:
-    """CPU seconds a running process has used so far (all its threads), from ``/proc``; 0 if unknown."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-CPU_COLUMNS = ("get", "base", "tar", "tgz", "fill", "one", "nx-get", "nx-base", "nx-tar", "nx-tgz")
-SERVER_PID: list[int] = []
-"""The server processes (the engine's, nginx's): their CPU is added to every run's (an idle
-server uses next to none)."""
-CPU: dict[str, list[float]] = {}
-"""Per run label: the CPU seconds of its processes (client side + the server), filled by
-:func:`interleaved`: less sensitive to other load on the machine than wall time."""
-
-
-def timed(cmd: list[str], **kw: object) -> float:
-    """Wall-clock seconds of a command (which must succeed)."""
-    t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, **kw)  # type: ignore[call-overload]
-    return time.perf_counter() - t0
-
-
-def child(mode: str, *args: str) -> dict[str, float]:
-    """Run a mode of ``client_child.py`` in a fresh process; its JSON figures plus the wall time."""
-    t0 = time.perf_counter()
-    out = subprocess.run(
-        [sys.executable, str(CHILD), mode, *args],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    figures: dict[str, float] = json.loads(out.strip().splitlines()[-1])
-    figures["wall"] = time.perf_counter() - t0
-    return figures
 
 
 class Bench:
@@ -356,53 +307,6 @@ def serve_in_child(public: Path) -> subprocess.Popen[str]:
         "s.serve_forever()"
     )
     return subprocess.Popen([sys.executable, "-c", code, str(public)], stdout=subprocess.PIPE, text=True)
-
-
-def use_bytecode_cache(prefix: Path, *more: Path) -> None:
-    """Let every child process load compiled bytecode, as an installed package does.
-
-    These machines set ``PYTHONDONTWRITEBYTECODE`` and the source tree has no ``__pycache__``, so
-    each timed child would otherwise compile every module it imports (~50 ms for the client).
-    The cache goes to ``prefix`` (``PYTHONPYCACHEPREFIX``) and is filled before any timed run.
-    """
-    import compileall
-
-    import rcds
-
-    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
-    os.environ["PYTHONPYCACHEPREFIX"] = str(prefix)
-    sys.pycache_prefix = str(prefix)
-    sys.dont_write_bytecode = False
-    compileall.compile_dir(os.path.dirname(rcds.__file__), quiet=1)
-    compileall.compile_file(CHILD, quiet=1)
-    for src in more:  # other rcds source trees (--base-src)
-        compileall.compile_dir(src, quiet=1)
-
-
-def interleaved(
-    n: int, sync: bool, before: Callable[[str], object] | None = None, **runs: Callable[[], float]
-) -> dict[str, list[float]]:
-    """``n`` rounds of every run in turn (A B C, A B C, ...): a drift of the machine (DAMON
-    eviction, other load) falls on all of them alike, not on one block. Before each run the
-    page cache is written back (``sync``, not timed), so that no run pays for the writes of the
-    one before it (a tarball run leaves ~300 MB of dirty pages); ``--no-sync`` leaves that out.
-    ``before(name)`` is called (not timed) right before run ``name``, after the ``sync``."""
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(n):
-        for name, fn in runs.items():
-            if sync:
-                os.sync()
-            if before is not None:
-                before(name)
-            c0, s0 = children_cpu(), sum(process_cpu(pid) for pid in SERVER_PID)
-            times[name].append(fn())
-            cpu = children_cpu() - c0 + sum(process_cpu(pid) for pid in SERVER_PID) - s0
-            CPU.setdefault(name, []).append(cpu)
-    return times
-
-
-def cell(values: list[float]) -> str:
-    return f"{statistics.median(values):.2f} ({min(values):.2f})"
 
 
 def main() -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import shutil
 import sqlite3
 import subprocess
@@ -27,8 +26,8 @@ import tempfile
 import zlib
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-NEW_SRC = HERE.parent / "src"
+from abrun import HERE, NEW_SRC, child_command, child_env
+
 NOW = 2_000_000_000
 """Later than the new repository's own creation (a revision is never dated before the previous)."""
 TABLES = ("catalog", "chunks", "nested_catalogs", "properties", "statistics")
@@ -78,14 +77,9 @@ def catalogs(root: Path, work: Path) -> dict[str, list[str]]:
 def ingest(src: Path, tar: Path, compression: str, work: Path) -> dict[str, list[str]]:
     """One ingest with ``src`` first on the path; its catalogs dumped."""
     root = work / "repo"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(src), str(HERE)]))
     try:
-        subprocess.run(
-            [sys.executable, "-c", CHILD, str(root), str(tar), compression, str(NOW)],
-            env=env,
-            cwd=HERE,
-            check=True,
-        )
+        command = child_command(CHILD, str(root), str(tar), compression, str(NOW))
+        subprocess.run(command, env=child_env(src), cwd=HERE, check=True)
         return catalogs(root, work)
     finally:
         shutil.rmtree(root, ignore_errors=True)

@@ -34,6 +34,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from abrun import child_command, child_env
+from procs import children, tasks
+
 HERE = Path(__file__).resolve().parent
 CORES = 2
 
@@ -124,24 +127,6 @@ def _schedstat_ns(path: str, field: int = 0) -> int | None:
         return None
 
 
-def _tasks(pid: int) -> list[int]:
-    try:
-        return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
-    except OSError:
-        return []
-
-
-def _children(pid: int) -> list[int]:
-    kids: list[int] = []
-    for tid in _tasks(pid):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/children") as f:
-                kids += [int(x) for x in f.read().split()]
-        except OSError:
-            pass
-    return kids
-
-
 def sample(proc: subprocess.Popen[bytes], interval: float) -> dict[str, list[tuple[float, int]]]:
     """CPU ns per thread of the child ("main", "thread N") and per worker ("worker PID"), over time."""
     series: dict[str, list[tuple[float, int]]] = {}
@@ -149,7 +134,7 @@ def sample(proc: subprocess.Popen[bytes], interval: float) -> dict[str, list[tup
     pid = proc.pid
     while proc.poll() is None:
         now = time.monotonic()
-        for tid in _tasks(pid):
+        for tid in tasks(pid):
             key = names.get(tid, "main" if tid == pid else f"thread {tid}")
             names[tid] = key
             ns = _schedstat_ns(f"/proc/{pid}/task/{tid}/schedstat")
@@ -158,9 +143,9 @@ def sample(proc: subprocess.Popen[bytes], interval: float) -> dict[str, list[tup
             if tid == pid:  # time runnable but waiting for a core
                 waited = _schedstat_ns(f"/proc/{pid}/task/{tid}/schedstat", 1) or 0
                 series.setdefault("main wait", []).append((now, waited))
-        for kid in _children(pid):
+        for kid in children(pid):
             total = 0
-            for tid in _tasks(kid):
+            for tid in tasks(kid):
                 total += _schedstat_ns(f"/proc/{kid}/task/{tid}/schedstat") or 0
             series.setdefault(f"worker {kid}", []).append((now, total))
         time.sleep(interval)
@@ -237,13 +222,11 @@ def run(src: Path, compression: str, tar: Path, root_dir: Path, interval: float,
     root = root_dir / "repo"
     bench_ingest.new_repository(root, compression)
     out = root_dir / "marks.json"
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(src), str(HERE)]))
     os.sync()
     code = "import sys, time; t = time.monotonic(); import ingest_timeline as T; T.child(*sys.argv[1:5], t)"
     try:
-        proc = subprocess.Popen(
-            [sys.executable, "-c", code, str(root), str(tar), "/sw/x", str(out)], env=env, cwd=HERE
-        )
+        command = child_command(code, str(root), str(tar), "/sw/x", str(out))
+        proc = subprocess.Popen(command, env=child_env(src), cwd=HERE)
         series = sample(proc, interval)
         if proc.wait() != 0:
             raise SystemExit(f"the ingest failed (exit {proc.returncode})")

@@ -20,7 +20,6 @@ over the now full cache (page cache dropped): the floor the cold read is compare
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import shutil
 import signal
@@ -30,40 +29,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import proc_cpu_seconds as cpu
+from procs import children
+from procs import cpu_seconds as cpus
 from realtree import IMPORTS
 
 from mount import READER, REPO, TREE, drop_page_cache
-
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu(pid: int) -> float:
-    """User + system CPU seconds of a live process."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
-
-
-def children(pid: int) -> list[int]:
-    """The live child processes of ``pid`` (the daemon's download workers)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                found.append(int(entry))
-    return found
-
-
-def cpus(pids: list[int]) -> float:
-    """CPU seconds of those of ``pids`` still alive."""
-    total = 0.0
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            total += cpu(pid)
-    return total
 
 
 def serve(public: Path, src: str) -> tuple[subprocess.Popen[str], str]:

@@ -31,10 +31,12 @@ import time
 from pathlib import Path
 
 from client_child import TREE
+from client_runs import use_bytecode_cache
+from common import proc_cpu_seconds as process_cpu
 from get_cpu import COMMAND
 from nginx_site import start_nginx
 
-from client import REPO, process_cpu, use_bytecode_cache
+from client import REPO
 
 _SERVE = r"""
 import sys

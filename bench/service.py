@@ -51,6 +51,7 @@ from typing import Any
 
 import numpy as np
 from common import MB, DeflateSink, format_table, machine, proc_cpu_seconds, proc_status_kib, wait_idle
+from procs import children, cpu_seconds, tasks
 
 from rcds.serving_thread import ServingThread
 
@@ -342,6 +343,13 @@ class Latency:
     rss_upload_mb: float
     rss_publish_mb: float
     cpu: float = 0.0
+    thread_cpu: float = 0.0
+    """CPU seconds of the service's busiest thread (the publish worker's serial path)."""
+
+
+def thread_cpu_seconds() -> dict[int, float]:
+    """CPU seconds so far of each thread of this process."""
+    return {tid: proc_cpu_seconds(f"self/task/{tid}") for tid in tasks("self")}
 
 
 def service_cpu_seconds() -> float:
@@ -349,15 +357,7 @@ def service_cpu_seconds() -> float:
     live child processes (the ingest's worker processes; the upload child has exited when this is
     read after it)."""
     r = resource.getrusage(resource.RUSAGE_SELF)
-    total = r.ru_utime + r.ru_stime
-    for task in os.listdir("/proc/self/task"):
-        try:
-            with open(f"/proc/self/task/{task}/children") as f:
-                children = f.read().split()
-        except OSError:
-            continue
-        total += sum(proc_cpu_seconds(pid) for pid in children)
-    return total
+    return r.ru_utime + r.ru_stime + cpu_seconds(children(os.getpid()))
 
 
 class RssSampler:
@@ -384,50 +384,62 @@ class RssSampler:
         return max(0, peak - self.base) / 1024
 
 
+def make_tarball(work: Path, mb: int, seed: int) -> tuple[Path, int, str]:
+    """Generate the ``mb`` MB tarball of ``seed`` into ``work`` (fsynced); its path, unpacked size
+    and CID."""
+    path = work / f"code-{mb}MB.tar.gz"
+    t = time.monotonic()
+    raw = write_tarball(path, mb * MB, seed=seed)
+    with open(path, "rb+") as f:  # on disk, so the service's syncfs does not write it for us
+        os.fsync(f.fileno())
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    print(
+        f"  generated {path.stat().st_size / MB:.0f} MB ({raw / MB:.0f} MB unpacked) "
+        f"in {time.monotonic() - t:.0f} s",
+        flush=True,
+    )
+    return path, raw, "dune/" + h.hexdigest()
+
+
+def publish_one(st: Any, path: Path, raw: int, cid: str, label: str) -> Latency:
+    """Upload ``path`` to the service ``st`` from a child process and wait for PRESENT; the times
+    of the publish and the share of each stage."""
+    sampler = RssSampler()
+    cpu0, threads0 = service_cpu_seconds(), thread_cpu_seconds()
+    times = run_child("upload", st.url, cid, str(path))
+    cpu, threads = service_cpu_seconds() - cpu0, thread_cpu_seconds()
+    sampler.stop()
+    rec = next(r for r in st.service.queue.records if r.cid == cid)
+    ingest, queue_wait = rec.ingest - rec.commit, rec.queue_wait
+    live = getattr(rec, "live", False)  # (main before live publishing has no such field)
+    if live:  # began with the upload: only its part after the upload's end counts here
+        ingest, queue_wait = max(0.0, rec.finished - rec.commit - times["t1"]), 0.0
+    return Latency(
+        label + (" (live)" if live else ""),
+        path.stat().st_size,
+        raw,
+        times["t1"] - times["t0"],
+        times["t2"] - times["t1"],
+        queue_wait,
+        ingest,
+        rec.commit,
+        sampler.growth_mb(times["t0"], times["t1"]),
+        sampler.growth_mb(times["t1"], times["t2"]),
+        cpu,
+        max(t - threads0.get(tid, 0.0) for tid, t in threads.items()),
+    )
+
+
 def measure_latency(st: Any, sizes_mb: list[int], work: Path, idle: float) -> list[Latency]:
+    """Generate, publish and delete a tarball of each size in turn."""
     rows = []
     for i, mb in enumerate(sizes_mb):
-        path = work / f"code-{mb}MB.tar.gz"
-        t = time.monotonic()
-        raw = write_tarball(path, mb * MB, seed=100 + i)
-        with open(path, "rb+") as f:  # on disk, so the service's syncfs does not write it for us
-            os.fsync(f.fileno())
-        size = path.stat().st_size
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            while block := f.read(1 << 20):
-                h.update(block)
-        cid = "dune/" + h.hexdigest()
-        print(
-            f"  generated {size / MB:.0f} MB ({raw / MB:.0f} MB unpacked) in {time.monotonic() - t:.0f} s",
-            flush=True,
-        )
+        path, raw, cid = make_tarball(work, mb, seed=100 + i)
         wait_idle(idle)
-        sampler = RssSampler()
-        cpu0 = service_cpu_seconds()
-        times = run_child("upload", st.url, cid, str(path))
-        cpu = service_cpu_seconds() - cpu0
-        sampler.stop()
-        rec = next(r for r in st.service.queue.records if r.cid == cid)
-        ingest, queue_wait = rec.ingest - rec.commit, rec.queue_wait
-        live = getattr(rec, "live", False)  # (main before live publishing has no such field)
-        if live:  # began with the upload: only its part after the upload's end counts here
-            ingest, queue_wait = max(0.0, rec.finished - rec.commit - times["t1"]), 0.0
-        rows.append(
-            Latency(
-                f"{mb} MB" + (" (live)" if live else ""),
-                size,
-                raw,
-                times["t1"] - times["t0"],
-                times["t2"] - times["t1"],
-                queue_wait,
-                ingest,
-                rec.commit,
-                sampler.growth_mb(times["t0"], times["t1"]),
-                sampler.growth_mb(times["t1"], times["t2"]),
-                cpu,
-            )
-        )
+        rows.append(publish_one(st, path, raw, cid, f"{mb} MB"))
         path.unlink()
     return rows
 

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
+from keypool import pooled_key
+from rcds.format import keys
 from rcds.format.keys import load_public_key_file
 from rcds.publish.create import create_repository
 from rcds.publish.layout import Settings
@@ -27,6 +29,15 @@ settings.register_profile("rcds", deadline=None)
 settings.load_profile("rcds")
 
 _OWN_BASETEMP = pytest.StashKey[str]()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _pooled_keys() -> Iterator[None]:
+    """Repository and fixture keys from the pool of ``keypool.py`` (not generated: ~0.09 CPU-s
+    a key, two per repository); every key of the session is still a different one."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(keys, "generate_key", pooled_key)
+        yield
 
 
 def pytest_configure(config: pytest.Config) -> None:

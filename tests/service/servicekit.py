@@ -237,6 +237,15 @@ class Api:
                 return r
             time.sleep(0.02)
 
+    def publish_and_wait(self, data: bytes, where: str = "") -> Reply:
+        """Publish ``data`` under its CID, which must be accepted and then published (under
+        ``/cvmfs/<where>/`` if given); the final ``status`` reply."""
+        cid = cid_of(data)
+        assert self.publish(cid, data).text == "OK\n"
+        reply = self.wait_status(cid)
+        assert reply.text.startswith(f"PUBLISHED:/cvmfs/{where}/" if where else "PUBLISHED:"), reply.text
+        return reply
+
     def close(self) -> None:
         self.pool.clear()
 

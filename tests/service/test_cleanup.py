@@ -190,16 +190,14 @@ def test_publishing_continues_in_other_repositories_during_cleanup(tmp_path: Pat
             assert first.cleaning
             for i in range(3):
                 data = kit.tarball(seed=f"during cleanup {i}")
-                assert api.publish(kit.cid_of(data), data).text == "OK\n"
-                assert api.wait_status(kit.cid_of(data)).text.startswith(f"PUBLISHED:/cvmfs/{second.name}/")
+                api.publish_and_wait(data, second.name)
         finally:
             release.set()
             cleaner.join(30)
         assert not first.cleaning
         data = kit.tarball(seed="after cleanup")  # the cleaned repository takes work again
         svc.slots[1].cleaning = True
-        assert api.publish(kit.cid_of(data), data).text == "OK\n"
-        assert api.wait_status(kit.cid_of(data)).text.startswith(f"PUBLISHED:/cvmfs/{first.name}/")
+        api.publish_and_wait(data, first.name)
         svc.slots[1].cleaning = False
         api.close()
 
@@ -242,8 +240,7 @@ def test_stamps_in_the_partners_repository_count(
     api_a, api_b = kit.Api(a.url), kit.Api(b.url)
     used, unused = kit.tarball(seed="used through A"), kit.tarball(seed="never used again")
     for data in (used, unused):
-        assert api_b.publish(kit.cid_of(data), data).text == "OK\n"
-        assert api_b.wait_status(kit.cid_of(data)).text.startswith("PUBLISHED:/cvmfs/user3.example.org/")
+        api_b.publish_and_wait(data, "user3.example.org")
     b.service.stamps.flush()
     a.service.partner.pull()
     assert (

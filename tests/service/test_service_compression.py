@@ -37,8 +37,7 @@ def test_the_toml_compression_applies_to_new_and_existing_repositories(tmp_path:
     with ServiceThread(cfg) as st:
         assert setting(base) == "isal:2"
         api = kit.Api(st.url)
-        assert api.publish(kit.cid_of(first), first).text == "OK\n"
-        assert api.wait_status(kit.cid_of(first)).text.startswith("PUBLISHED:")
+        api.publish_and_wait(first)
         api.close()
     isal_objects = file_objects(base)
     assert TEXT in {zlib.decompress(o) for o in isal_objects}
@@ -48,8 +47,7 @@ def test_the_toml_compression_applies_to_new_and_existing_repositories(tmp_path:
     with ServiceThread(cfg) as st:
         assert setting(base) == "zlib:9"
         api = kit.Api(st.url)
-        assert api.publish(kit.cid_of(second), second).text == "OK\n"
-        assert api.wait_status(kit.cid_of(second)).text.startswith("PUBLISHED:")
+        api.publish_and_wait(second)
         assert api.get("exists", kit.cid_of(first)).text.startswith("PRESENT:")  # old objects still serve
         api.close()
     after = file_objects(base)

@@ -170,7 +170,6 @@ def test_disk_short_through_the_api(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         assert r.status == 507 and "MiB free" in r.text and r.text.count("\n") == 1
         assert api.get("status", kit.cid_of(data)).status == 404
         monkeypatch.setattr(spool_mod, "DISK_RESERVE", 0)
-        assert api.publish(kit.cid_of(data), data).text == "OK\n"
-        assert api.wait_status(kit.cid_of(data)).text.startswith("PUBLISHED:")
+        api.publish_and_wait(data)
         api.close()
     assert kit.spool_files(cfg.spool_dir) == []

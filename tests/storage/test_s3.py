@@ -190,12 +190,13 @@ def test_throttling_is_retried_with_backoff(s3_url: str, faulty: _FaultyProxy) -
 def test_a_store_that_keeps_failing_gives_up_with_a_clear_error(
     s3_url: str, faulty: _FaultyProxy, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("RCDS_S3_ATTEMPTS", "3")  # the default (6) waits up to ~30 s in all
+    # the default (6) waits up to ~30 s in all; 2: one retry (up to 1 s of backoff), then it gives up
+    monkeypatch.setenv("RCDS_S3_ATTEMPTS", "2")
     store = S3Store(_loc(s3_url, endpoint=faulty.url))
     faulty.fail_first = 1000
-    with pytest.raises(StorageError, match=r"503 SlowDown after 3 attempts"):
+    with pytest.raises(StorageError, match=r"503 SlowDown after 2 attempts"):
         store.put(".cvmfspublished", b"never")
-    assert [n for k, n in faulty.attempts.items() if k.startswith("PUT ")] == [3]
+    assert [n for k, n in faulty.attempts.items() if k.startswith("PUT ")] == [2]
     with pytest.raises(NotFoundError):
         store.get(".cvmfspublished")
 

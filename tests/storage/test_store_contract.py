@@ -337,9 +337,23 @@ def test_failed_put_leaves_no_temp(backend: Backend, store: Store) -> None:
 # -- atomicity ---------------------------------------------------------------------------------------
 
 
+VERSIONS = 201
+"""How many versions ``test_atomic_put`` writes (0 first, then 1-200 while others read)."""
+
+
+def _length(i: int) -> int:
+    return 1000 + (i * 7919) % 200_000
+
+
 def _version(i: int) -> bytes:
     # every version is one repeated byte with its own length: a mix is easy to detect
-    return bytes([i % 251 + 1]) * (1000 + (i * 7919) % 200_000)
+    return bytes([i % 251 + 1]) * _length(i)
+
+
+_LENGTHS: dict[int, set[int]] = {}
+"""The lengths of the versions starting with each byte (worked out once, not per read)."""
+for _i in range(VERSIONS):
+    _LENGTHS.setdefault(_i % 251 + 1, set()).add(_length(_i))
 
 
 def _check_version(data: bytes) -> str | None:
@@ -348,8 +362,7 @@ def _check_version(data: bytes) -> str | None:
     first = data[0]
     if data.count(first) != len(data):
         return f"mixed content (starts with {first})"
-    candidates = {len(_version(i)) for i in range(201) if _version(i)[0] == first}
-    if len(data) not in candidates:
+    if len(data) not in _LENGTHS.get(first, set()):
         return f"length {len(data)} does not match any version starting with {first}"
     return None
 
@@ -383,7 +396,7 @@ def test_atomic_put(store: Store, name: str) -> None:
     for t in threads:
         t.start()
     try:
-        for i in range(1, 201):
+        for i in range(1, VERSIONS):
             store.put(name, _version(i))
     finally:
         done.set()
@@ -391,7 +404,7 @@ def test_atomic_put(store: Store, name: str) -> None:
             t.join()
     assert problems == []
     assert reads[0] >= 50
-    assert store.get(name) == _version(200)
+    assert store.get(name) == _version(VERSIONS - 1)
 
 
 def test_open_reader_keeps_old_version(store: Store) -> None:
