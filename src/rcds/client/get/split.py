@@ -181,8 +181,10 @@ class SplitWorkers:
 
 
 def _file_buckets(root: str) -> frozenset[int]:
-    """The cache directories (by first hash byte) that may hold objects other than catalogs
-    (``...C``: the copy's own catalogs are there), which a worker then asks about its objects."""
+    """The cache directories (by first hash byte) that may hold file objects, which a worker then
+    asks about its objects. Not those holding only objects of another kind (a suffix letter:
+    ``...C``, the copy's own catalogs, ``...X``, the repository's certificate): with none, a
+    worker opens no cache at all."""
     used = []
     for b in range(256):
         try:
@@ -192,7 +194,7 @@ def _file_buckets(root: str) -> frozenset[int]:
         except OSError:
             used.append(b)
             continue
-        if any(not n.endswith("C") for n in names):
+        if any(not n[-1:].isupper() for n in names):
             used.append(b)
     return frozenset(used)
 
