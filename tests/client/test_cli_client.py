@@ -270,3 +270,28 @@ def test_get_fills_the_cache_when_asked(
     assert code == 0, err
     assert site.fetched("data/") == before  # everything from the cache
     assert (tmp_path / "o2/a/big.bin").read_bytes() == site.big
+
+
+def test_get_on_the_command_line_ends_at_once_with_everything_said_and_saved(
+    site: Site, tmp_path: Path
+) -> None:
+    """``rcds get`` run as a command ends without the interpreter's clean-up
+    (:func:`rcds.cli.main.exit_at_once`): its report still reaches a pipe, the copy and its
+    resume state are complete, and the exit status is the command's."""
+    import subprocess
+
+    cache = tmp_path / "cache"
+    dest = tmp_path / "out"
+    argv = [sys.executable, "-m", "rcds.cli.main", "get", *opts(site, cache=cache), f"{NAME}:{C1}", str(dest)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"copied {NAME}:{C1}") and done.stdout.endswith("s\n")
+    for path, data in site.files.items():
+        if path.startswith(C1):
+            assert (dest / path[len(C1) + 1 :]).read_bytes() == data
+    assert len(list((cache / "get-state").glob("*.json"))) == 1  # saved before the exit
+    again = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert again.returncode == 0 and "already up to date" in again.stdout, again.stderr
+    (tmp_path / "file").write_bytes(b"x")  # an error still ends the usual way, with its status
+    bad = subprocess.run([*argv[:-1], str(tmp_path / "file")], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "is not a directory" in bad.stderr

@@ -89,7 +89,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="also add the downloaded objects to the local cache (for later jobs on this node)",
     )
     fill.add_argument("--no-cache", action="store_true", help="do not add them (the default)")
-    p.set_defaults(func=_get)
+    p.set_defaults(func=_get, exit_at_once=True)  # nothing left to clean up: see exit_at_once
 
     p = cmd("info", "show the revision, its age, and the state of servers, proxies and cache")
     p.add_argument("target", metavar="REPO")

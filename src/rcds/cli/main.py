@@ -7,6 +7,7 @@ import importlib
 import logging
 import os
 import sys
+import threading
 from collections.abc import Callable, Sequence
 
 from rcds import __version__
@@ -97,7 +98,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into head & co.
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the flush at exit
         return 0
-    return int(result or 0)
+    code = int(result or 0)
+    if argv is None and getattr(args, "exit_at_once", False) and threading.active_count() == 1:
+        exit_at_once(code)
+    return code
+
+
+def exit_at_once(code: int) -> None:
+    """End the process now, without the interpreter's clean-up: for a command line (not a caller
+    passing ``argv``) whose command has closed everything it opened and started no thread that
+    is still running (``rcds get``). The clean-up frees every module and object one by one: ~40
+    ms of CPU after a copy of 13,000 files, with nothing else left to run."""
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # e.g. a closed pipe: nothing more can be said there
+            code = code or 1
+    os._exit(code)
 
 
 if __name__ == "__main__":

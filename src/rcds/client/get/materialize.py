@@ -338,6 +338,7 @@ class _Plan:
             self.dirs.append((rel, lean_dirent(f"{top}/{rel}", row)))
         self.dirs[cut:] = sorted(self.dirs[cut:], key=lambda d: d[0])  # parents first
         self.run(workers.wait)
+        workers.reap()  # after the directories and the state: the workers exit meanwhile
         for where, n in workers.stats.items():
             self.repo.source.count(where, n)
         return True

@@ -128,12 +128,17 @@ def owners(dirs: list[LeanDir], workers: int) -> tuple[list[int], dict[str, Lean
                 rows_of[f"{path}/{r[0]}"] = r
         costs.append(c)
         total += c
+    return _runs(costs, total, workers), rows_of
+
+
+def _runs(costs: list[int], total: int, workers: int) -> list[int]:
+    """The worker of each item of ``costs`` (summing to ``total``): contiguous runs of about equal cost."""
     out = []
     cum = 0
     for c in costs:
         out.append(min(workers - 1, (cum + c // 2) * workers // max(1, total)))
         cum += c
-    return out, rows_of
+    return out
 
 
 def ensure_dir(final: str) -> None:
@@ -179,8 +184,47 @@ class Split(NamedTuple):
 def split_tree(dirs: list[LeanDir], top: str, target: str, shares: int) -> tuple[Split, ShareSummary]:
     """Split the walked tree ``dirs`` of ``top`` (copied to ``target``) into ``shares``, in the main
     process before the fork (the workers inherit it); the counts and what the main process does."""
-    owner, dir_rows = owners(dirs, shares)
     cut = len(top) + 1
+    files = nbytes = ndirs = nlinks = special = 0
+    legacy = False
+    extras: list[tuple[str, str, str, LeanRow, Catalog]] = []
+    costs = []  # as owners() weighs them, in the same pass over the rows
+    total = 0
+    dir_rows: dict[str, LeanRow] = {}
+    for path, cat, rows in dirs:
+        rel_dir = path[cut:]
+        prefix = f"{rel_dir}/" if rel_dir else ""
+        if not rel_dir and any(r[0] == LEGACY_STATE_FILE for r in rows):
+            legacy = True
+        c = FILE_COST
+        for row in rows:
+            name, mode, size, _, _, flags, hardlinks, raw, _, _, _ = row
+            kind = mode & _S_IFMT
+            if kind == _S_IFREG:
+                c += FILE_COST + size
+                if (
+                    not flags & _NOT_ONE_OBJECT
+                    and not hardlinks >> 32
+                    and size <= FAST_MAX
+                    and type(raw) is bytes
+                    and len(raw) == 20
+                    and _ALGORITHMS[(flags >> 8) & 7] is not None
+                ):  # the usual file (as _usual says, inline: once per row)
+                    files += 1
+                    nbytes += size
+                else:
+                    rel = prefix + name
+                    extras.append((rel, f"{path}/{name}", f"{target}/{rel}", row, cat))
+            elif kind == _S_IFDIR:
+                ndirs += 1
+                dir_rows[f"{path}/{name}"] = row
+            elif kind == _S_IFLNK:
+                nlinks += 1
+            else:
+                special += 1
+        costs.append(c)
+        total += c
+    owner = _runs(costs, total, shares)
     firsts: dict[int, int] = {}
     for i, w in enumerate(owner):
         firsts.setdefault(w, i)
@@ -188,39 +232,9 @@ def split_tree(dirs: list[LeanDir], top: str, target: str, shares: int) -> tuple
     for i in firsts.values():
         if i:
             spine.update(ancestors(dirs[i][0][cut:]))
+    for e in extras:  # their directories are made by the main process too (ensure_dir)
+        spine.update(ancestors(e[0]))
     finish = {rel: dir_rows[f"{top}/{rel}"] for rel in spine}
-    files = nbytes = ndirs = nlinks = special = 0
-    legacy = False
-    extras: list[tuple[str, str, str, LeanRow, Catalog]] = []
-    for path, cat, rows in dirs:
-        rel_dir = path[cut:]
-        prefix = f"{rel_dir}/" if rel_dir else ""
-        if not rel_dir and any(r[0] == LEGACY_STATE_FILE for r in rows):
-            legacy = True
-        for row in rows:
-            name, mode, size, _, _, flags, hardlinks, raw, _, _, _ = row
-            kind = mode & _S_IFMT
-            if kind == _S_IFDIR:
-                ndirs += 1
-            elif kind == _S_IFLNK:
-                nlinks += 1
-            elif kind != _S_IFREG:
-                special += 1
-            elif (
-                not flags & _NOT_ONE_OBJECT
-                and not hardlinks >> 32
-                and size <= FAST_MAX
-                and type(raw) is bytes
-                and len(raw) == 20
-                and _ALGORITHMS[(flags >> 8) & 7] is not None
-            ):  # the usual file (as _usual says, inline: once per row)
-                files += 1
-                nbytes += size
-            else:
-                rel = prefix + name
-                extras.append((rel, f"{path}/{name}", f"{target}/{rel}", row, cat))
-                for above in ancestors(rel):  # made by the main process too (ensure_dir)
-                    finish[above] = dir_rows[f"{top}/{above}"]
     summary = ShareSummary(
         files, nbytes, ndirs - len(finish), nlinks, special, legacy, extras, sorted(finish.items())
     )
