@@ -158,14 +158,15 @@ def test_ingest_by_ranges_stores_exactly_what_the_stream_stores(
 
 
 @pytest.mark.parametrize("chunks", [{}, SMALL_CHUNKS], ids=["default-chunks", "small-chunks"])
-def test_ranges_up_to_the_chunker_threshold_go_to_the_workers(
+def test_a_file_the_chunker_cuts_is_never_a_range(
     tmp_path: Path, processes: None, view_factory, chunks: dict[str, int]
 ) -> None:
-    """Files over the batch limit but not chunked (here 300 KiB, 1 MiB, 2 MiB) are byte ranges for
-    the workers too; with a chunk minimum below a file's size it is chunked as when streamed."""
+    """Small files are byte ranges for the workers; a file over the chunk minimum is read and
+    chunked in the ingest process, as when streamed, even when it is small enough for a batch
+    (here 100 KiB with a 64 KiB chunk minimum: it was stored whole by range, chunked when
+    streamed, so the same tar gave different objects by route)."""
     entries = [Entry(f"pkg/s{i}.py", f"# {i}\n".encode() * (i + 1)) for i in range(20)]
-    entries += [Entry(f"lib/b{n}.so", os.urandom(n // 2) + bytes(n - n // 2)) for n in (300 << 10, 1 << 20)]
-    entries.append(Entry("lib/edge.so", os.urandom(objects.RANGE_MAX_FILE)))
+    entries.append(Entry("lib/big.so", os.urandom(1 << 20)))
     entries.append(Entry("pkg/mid.dat", os.urandom(100 << 10)))
     tar = make_tar(entries, "none")
     path = tmp_path / "in.tar"
@@ -189,17 +190,15 @@ def test_ranges_up_to_the_chunker_threshold_go_to_the_workers(
     with open(path, "rb") as f, pytest.MonkeyPatch.context() as mp:
         mp.setattr(workers.WorkerPool, "submit", spy)
         ranged.ingest_tar(f, "/sw/grp/cid", now=NOW)
-    large = {300 << 10, 1 << 20, objects.RANGE_MAX_FILE, 100 << 10}
-    if chunks:  # each over the chunk minimum: read and chunked in the ingest process, as when streamed
-        assert not large & set(sizes)
-    else:
-        assert large <= set(sizes)
+    assert 1 << 20 not in sizes  # over the batch limit: never a range
+    assert (100 << 10 in sizes) is not bool(chunks)  # a range unless the chunker cuts it
+    assert len(sizes) >= 20  # the small files went by range
     want = {n: streamed.store.get(n) for n in streamed.store.list_objects() if n[-1] not in "CHXM"}
     got = {n: ranged.store.get(n) for n in ranged.store.list_objects() if n[-1] not in "CHXM"}
     assert got == want
     v1, v2 = view_factory(streamed), view_factory(ranged)
     assert list(v2.walk("/sw/grp/cid")) == list(v1.walk("/sw/grp/cid"))
-    assert v2.read("/sw/grp/cid/lib/edge.so") == entries[-2].data  # the largest range, whole
+    assert v2.read("/sw/grp/cid/pkg/mid.dat") == entries[-1].data
     verify(ranged)
 
 

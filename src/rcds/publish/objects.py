@@ -1,13 +1,12 @@
 """File content into objects: chunk, compress, hash and store, on threads or worker processes.
 
-Small contents (up to ``BATCH_MAX_FILE``; byte ranges of a tar on disk up to ``RANGE_MAX_FILE``)
-of a big enough input go in batches to the worker processes of :mod:`rcds.publish.workers`, which
-compress, hash and store them outside this process's GIL. Larger contents and chunks, and
-everything of small inputs (no process start-up for a few files), go to a small thread pool: zlib
-and hashlib release the GIL on large buffers, so they run on both cores while the main thread
-keeps parsing the input. Completion callbacks run on the caller's thread, in submission order,
-whichever way a content went. Bytes in flight are bounded, so memory stays flat whatever the
-input size.
+Small contents (up to ``BATCH_MAX_FILE``) of a big enough input go in batches to the worker
+processes of :mod:`rcds.publish.workers`, which compress, hash and store them outside this
+process's GIL. Larger contents and chunks, and everything of small inputs (no process start-up
+for a few files), go to a small thread pool: zlib and hashlib release the GIL on large buffers,
+so they run on both cores while the main thread keeps parsing the input. Completion callbacks
+run on the caller's thread, in submission order, whichever way a content went. Bytes in flight
+are bounded, so memory stays flat whatever the input size.
 """
 
 from __future__ import annotations
@@ -34,9 +33,6 @@ from rcds.storage.local import LocalStore
 READ_BLOCK = 1 << 20
 BATCH_MAX_FILE = 256 << 10
 """Contents up to this size go to worker processes in batches; larger ones to threads."""
-RANGE_MAX_FILE = 2 << 20
-"""Byte ranges (of a tar on disk) up to this size go to worker processes too: the ingest process
-then neither reads nor compresses them, and its threads do not take cores from its main thread."""
 POOL_MIN_FILES = 500
 POOL_MIN_BYTES = 8 << 20
 """Worker processes are started once an input has this many small files or bytes of them (a
@@ -127,8 +123,6 @@ class ContentWriter:
         self.compression = compression
         self._compress = compression.compressor()
         self.chunking = chunking
-        # a range that goes to a worker is stored whole: never one the chunker would cut
-        self._range_max = RANGE_MAX_FILE if chunking is None else min(RANGE_MAX_FILE, chunking.min_size)
         self.max_in_flight = max_in_flight
         self.stats = WriteStats()
         self._threads = cf.ThreadPoolExecutor(
@@ -146,10 +140,9 @@ class ContentWriter:
         self._small_bytes = 0
         self._sent: collections.deque[Batch] = collections.deque()
 
-    def _want_pool(self, n: int, limit: int = BATCH_MAX_FILE) -> WorkerPool | None:
-        """The worker pool if a content of ``n`` bytes (at most ``limit``) should go to it (leased
-        on first need)."""
-        if n > limit or self._use_pool is False:
+    def _want_pool(self, n: int) -> WorkerPool | None:
+        """The worker pool if a content of ``n`` bytes should go to it (leased on first need)."""
+        if n > BATCH_MAX_FILE or self._use_pool is False:
             return None
         if self._pool is not None:
             return self._pool
@@ -196,6 +189,12 @@ class ContentWriter:
         self._close_if_full(pool, batch)
         return slot
 
+    def _add_range(self, pool: WorkerPool, extent: FileRange) -> _Slot:
+        batch = self._open_batch(extent.source)
+        slot = _Slot(batch, batch.add_range(extent.offset, extent.size))
+        self._close_if_full(pool, batch)
+        return slot
+
     def _store(self, data: bytes, kind: ObjectKind) -> ContentHash:
         obj = make_object(data, self.algorithm, self._compress)
         if self.store.put_if_absent(obj.hash.object_name(kind), obj.data):
@@ -230,32 +229,19 @@ class ContentWriter:
         """Read a file's ``size`` bytes through ``read`` and store them (chunked when large).
 
         A :class:`~rcds.publish.members.FileRange` of a small file goes to a worker process as a
-        byte range (the worker reads it); anything else is read here."""
-        if type(read) is FileRange and read.size == size and size <= self._range_max:
-            pool = self._pool
-            if pool is None:
-                pool = self._want_pool(size, self._range_max)
-            if pool is not None:  # the lean path of nearly every file of a tar on disk
-                batch = self._batch
-                if batch is None or batch.source is not read.source:
-                    batch = self._open_batch(read.source)
-                # Batch.add_range, inlined
-                batch.offsets.append(read.offset)
-                sizes = batch.sizes
-                sizes.append(size)
-                batch.nbytes += size
-                self._files.append(_Pending([(0, size, _Slot(batch, len(sizes) - 1))], size, False, done))
-                if batch.nbytes >= self._range_limit or len(sizes) >= RANGE_BATCH_FILES:
-                    self._flush_batch()
-                    pool.collect()
-                stats = self.stats
-                stats.files += 1
-                stats.bytes_in += size
-                head = self._files[0].parts
-                if len(head) != 1 or head[0][2].done():  # else the oldest file cannot complete yet
-                    self.drain()
+        byte range (the worker reads it); anything else is read here. A file the chunker would
+        cut is never a range: it is chunked as when streamed."""
+        chunked = self.chunking is not None and should_chunk(size, self.chunking)
+        if type(read) is FileRange and read.size == size and not chunked:
+            pool = self._want_pool(size)
+            if pool is not None:
+                slot = self._add_range(pool, read)
+                self._files.append(_Pending([(0, size, slot)], size, False, done))
+                self.stats.files += 1
+                self.stats.bytes_in += size
+                self.drain()
                 return
-        if self.chunking is None or not should_chunk(size, self.chunking):
+        if not chunked:
             data = _read_exact(read, size, name)
             self.add_bytes(data, done)
             return
@@ -302,32 +288,16 @@ class ContentWriter:
         """Run completion callbacks of finished files, in order; with ``wait``, of all files."""
         if wait:
             self._flush_batch()
-        files = self._files
-        while files:
-            head = files[0]
+        while self._files:
+            head = self._files[0]
             parts = head.parts
-            if len(parts) == 1:
-                first = parts[0][2]
-                if type(first) is _Slot:  # one content of a batch: the common case, lean
-                    batch = first.batch
-                    if batch.hashes is None:
-                        if not wait:
-                            return
-                        if self._pool is not None:
-                            self._pool.finish(batch)
-                        assert batch.hashes is not None
-                    files.popleft()
-                    if self._sent:
-                        self._account()
-                    head.done(FileContent(head.size, batch.hashes[first.index]))
-                    continue
             if not (parts[0][2].done() if len(parts) == 1 else all(f.done() for _, _, f in parts)):
                 if not wait:
                     return
                 for _, _, f in head.parts:
                     if isinstance(f, _Slot) and self._pool is not None:
                         self._pool.finish(f.batch)
-            files.popleft()
+            self._files.popleft()
             hashes = [(o, n, f.result()) for o, n, f in head.parts]
             if self._sent:
                 self._account()
