@@ -73,12 +73,13 @@ PROCESSES = 2
 """Worker processes per repository unless ``RCDS_MOUNT_BULK_PROCESSES`` says otherwise."""
 SCAN_MIN = 2
 SCAN_SHARE = 0.5
+"""A planned directory is scanned when reads demanded at least this many of its queued objects,
+and at least this share of them, before they were in the cache."""
 SCAN_ALONE = 16
 SCAN_ALONE_SHARE = 0.25
 """A directory is a scan on its own when reads demanded this many of its queued objects, and
-this share of them, while they were being downloaded (:meth:`BulkAhead.scanning`)."""
-"""A planned directory is scanned when reads demanded at least this many of its queued objects,
-and at least this share of them, before they were in the cache."""
+this share of them, while they were being downloaded (:meth:`BulkAhead.scanning`; only with
+``RCDS_MOUNT_BULK_EARLY=1``)."""
 RECENT = 3
 SCAN_DIRS = 2
 """A walk starts when this many of the last :data:`RECENT` planned directories were scanned."""
