@@ -14,7 +14,6 @@ wall time.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import statistics
@@ -24,9 +23,8 @@ import tempfile
 from pathlib import Path
 
 from client_child import TREE
-from client_runs import use_bytecode_cache
 from common import proc_cpu_seconds as process_cpu
-from nginx_site import start_nginx
+from get_ab import run_rounds
 
 from client import REPO
 
@@ -120,31 +118,7 @@ def tail_share(lines: list[str]) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--keep", type=Path, required=True, help="the work directory of bench/client.py --keep")
-    ap.add_argument("--base-src", type=Path, help="another rcds source tree (the directory holding rcds/)")
-    ap.add_argument("--rounds", type=int, default=4)
-    ap.add_argument("--out", type=Path, default=Path("/dev/shm"), help="where the copies go (default: tmpfs)")
-    args = ap.parse_args()
-    public = args.keep / "repo" / "public"
-    key = str(args.keep / "repo" / "keys" / f"{REPO}.pub")
-    srcs: dict[str, Path | None] = {"this tree": None}
-    if args.base_src is not None:
-        srcs["--base-src"] = args.base_src.resolve()
-    use_bytecode_cache(args.keep / "pycache", *[p for p in srcs.values() if p is not None])
-    nginx_dir = Path(tempfile.mkdtemp(prefix="rcds-get-cpu-nginx-"))
-    nginx, url = start_nginx(public, REPO, nginx_dir, [])
-    results: dict[str, list[tuple[float, ...]]] = {name: [] for name in srcs}
-    try:
-        for _ in range(args.rounds):
-            for name, src in srcs.items():
-                r = one_copy(src, url, key, args.out, nginx.pid)
-                results[name].append(r)
-                show(name, *r)
-    finally:
-        nginx.terminate()
-        nginx.wait()
-        shutil.rmtree(nginx_dir, ignore_errors=True)
+    results = run_rounds(__doc__.split("\n\n")[0], "rcds-get-cpu", one_copy, lambda name, r: show(name, *r))
     print("medians (CPU seconds):")
     for name, rows in results.items():
         show(name, *(statistics.median(c) for c in zip(*rows, strict=True)))

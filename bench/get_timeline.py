@@ -14,7 +14,6 @@ idle on a 2-core machine: half of it is wall that the workers cannot take back.
 
 from __future__ import annotations
 
-import argparse
 import os
 import resource
 import shutil
@@ -26,9 +25,9 @@ import time
 from pathlib import Path
 
 from client_child import TREE
-from nginx_site import start_nginx
+from get_ab import run_rounds
 
-from client import REPO, use_bytecode_cache
+from client import REPO
 
 _RUN = r"""
 import os, sys, time
@@ -156,31 +155,12 @@ def show(name: str, got: dict[str, float]) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--keep", type=Path, required=True, help="the work directory of bench/client.py --keep")
-    ap.add_argument("--base-src", type=Path, help="another rcds source tree (the directory holding rcds/)")
-    ap.add_argument("--rounds", type=int, default=4)
-    ap.add_argument("--out", type=Path, default=Path("/dev/shm"), help="where the copies go (default: tmpfs)")
-    args = ap.parse_args()
-    public = args.keep / "repo" / "public"
-    key = str(args.keep / "repo" / "keys" / f"{REPO}.pub")
-    srcs: dict[str, Path | None] = {"this tree": None}
-    if args.base_src is not None:
-        srcs["--base-src"] = args.base_src.resolve()
-    use_bytecode_cache(args.keep / "pycache", *[p for p in srcs.values() if p is not None])
-    nginx_dir = Path(tempfile.mkdtemp(prefix="rcds-get-tl-nginx-"))
-    nginx, url = start_nginx(public, REPO, nginx_dir, [])
-    results: dict[str, list[dict[str, float]]] = {name: [] for name in srcs}
-    try:
-        for _ in range(args.rounds):
-            for name, src in srcs.items():
-                got = one_copy(src, url, key, args.out)
-                results[name].append(got)
-                show(name, got)
-    finally:
-        nginx.terminate()
-        nginx.wait()
-        shutil.rmtree(nginx_dir, ignore_errors=True)
+    results = run_rounds(
+        __doc__.split("\n\n")[0],
+        "rcds-get-tl",
+        lambda src, url, key, out, _pid: one_copy(src, url, key, out),
+        show,
+    )
     print("medians (seconds from the harness's start of the process):")
     for name, rows in results.items():
         keys = set.intersection(*(set(r) for r in rows))
