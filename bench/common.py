@@ -42,10 +42,18 @@ def proc_stat_fields(pid: int | str) -> list[str]:
         return []
 
 
+def proc_user_system(pid: int | str) -> tuple[float, float]:
+    """User and system CPU seconds a live process has used so far (all its threads), or 0s if gone."""
+    fields = proc_stat_fields(pid)
+    if not fields:
+        return 0.0, 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
 def proc_cpu_seconds(pid: int | str) -> float:
     """User + system CPU seconds a live process has used so far (all its threads), or 0 if gone."""
-    fields = proc_stat_fields(pid)
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK") if fields else 0.0
+    return sum(proc_user_system(pid))
 
 
 def machine_busy_seconds() -> float:

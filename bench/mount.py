@@ -41,7 +41,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from common import MB, format_table, machine
+from common import MB, format_table, machine, proc_user_system
 from realtree import IMPORTS, pip_tree, tree_size
 from settle import add_settle_argument, remove_tree, settle
 
@@ -190,9 +190,7 @@ class Bench:
     def daemon_cpu(self) -> tuple[float, float]:
         """CPU seconds (user, system) the mount daemon used so far."""
         assert self.daemon is not None
-        fields = Path(f"/proc/{self.daemon.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        tick = os.sysconf("SC_CLK_TCK")
-        return int(fields[11]) / tick, int(fields[12]) / tick
+        return proc_user_system(self.daemon.pid)
 
     def full_cache_read(self, cache: Path, out: dict[str, list[float]]) -> float:
         """Scenario 5, one run: wall seconds; appends the daemon's CPU seconds and requests."""

@@ -37,6 +37,12 @@ from realtree import IMPORTS
 from mount import READER, REPO, TREE, drop_page_cache
 
 
+def variant(spec: str) -> tuple[str, dict[str, str]]:
+    """A variant's ``SRC[:VAR=VALUE...]``: the source tree, and the environment to run it in."""
+    src, *assignments = spec.split(":")
+    return src, {**os.environ, "PYTHONPATH": src, **dict(a.split("=", 1) for a in assignments)}
+
+
 def serve(public: Path, src: str) -> tuple[subprocess.Popen[str], str]:
     code = (
         "import sys; from pathlib import Path; from rcds.serve.http import make_server; "
@@ -63,12 +69,11 @@ def one(
     mount_args: list[str] | None = None,
 ) -> None:
     mount_args = mount_args or []
+    src, env = variant(src)
     server, url = serve(repo / "public", src)
     key = repo / "keys" / f"{REPO}.pub"
     cache = work / "cache"
     shutil.rmtree(cache, ignore_errors=True)
-    src, *assignments = src.split(":")
-    env = {**os.environ, "PYTHONPATH": src, **dict(a.split("=", 1) for a in assignments)}
     try:
         for phase in ["cold", "warm"] if warm else ["cold"]:
             mnt = work / "mnt"
@@ -192,7 +197,7 @@ def main() -> None:
                     args.mount_args.split(),
                 )
             if args.get:
-                get(args.repo, variants[0][1].split(":")[0], work)
+                get(args.repo, variant(variants[0][1])[0], work)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from mount_cold import TICK, cpu, cpus, serve
+from common import proc_user_system
+from mount_cold import cpu, cpus, serve, variant
 
 from mount import REPO, TREE
 
@@ -85,20 +86,15 @@ workers.close()
 
 def user_sys(pids: list[int]) -> tuple[float, float]:
     """User and system CPU seconds of ``pids`` (all alive)."""
-    user = system = 0.0
-    for pid in pids:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        user += int(fields[11]) / TICK
-        system += int(fields[12]) / TICK
-    return user, system
+    pairs = [proc_user_system(pid) for pid in pids]
+    return sum(u for u, _ in pairs), sum(s for _, s in pairs)
 
 
 def one(repo: Path, label: str, src: str, work: Path, spy: list[str]) -> None:
-    src, *assignments = src.split(":")
+    src, env = variant(src)
     server, url = serve(repo / "public", src)
     cache = work / "cache"
     shutil.rmtree(cache, ignore_errors=True)
-    env = {**os.environ, "PYTHONPATH": src, **dict(a.split("=", 1) for a in assignments)}
     key = repo / "keys" / f"{REPO}.pub"
     child = subprocess.Popen(
         [sys.executable, "-c", CHILD, url, str(key), str(cache), TREE],
