@@ -53,10 +53,10 @@ def test_a_lookup_in_a_listed_directory_asks_no_catalog(ops: RcdsOperations) -> 
     (mount,) = ops.mounts.values()
     # down to the first directory with several entries, looking each level up
     parent, path = FUSE_ROOT, ""
-    while len(children := mount.listing(path)[1]) < 2:
-        path = children[0].path
+    while len(children := mount.listing(path)[0]) < 2:
+        path = children[0].entry.path
         parent = _lookup(ops, parent, os.fsencode(path.rpartition("/")[2]))
-    names = [os.fsencode(c.path.rpartition("/")[2]) for c in children]
+    names = [os.fsencode(c.entry.name) for c in children]
     asked: list[str] = []
     real = mount.node_if_local
 
@@ -66,12 +66,12 @@ def test_a_lookup_in_a_listed_directory_asks_no_catalog(ops: RcdsOperations) -> 
 
     mount.node_if_local = counted  # type: ignore[method-assign]
     # before a listing: the catalog answers
-    assert _lookup(ops, parent, names[0]) == mount.node(children[0].path).ino
-    assert asked == [children[0].path]
+    assert _lookup(ops, parent, names[0]) == mount.node(children[0].entry.path).ino
+    assert asked == [children[0].entry.path]
     # list the directory (READDIRPLUS), then look every name up: all from the listing
     _answer(ops, Op.READDIRPLUS, parent, p.READ_IN.pack(0, 0, 1 << 16, 0, 0, 0, 0))
     for name, child in zip(names, children, strict=True):
-        assert _lookup(ops, parent, name) == mount.node(child.path).ino
+        assert _lookup(ops, parent, name) == mount.node(child.entry.path).ino
     assert len(asked) == 1
     # a name the listing lacks still goes to the catalog (and is absent)
     assert _lookup(ops, parent, b"no-such-name") == 0

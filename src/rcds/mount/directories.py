@@ -12,8 +12,7 @@ import errno
 import os
 from typing import TYPE_CHECKING
 
-from rcds.client.tree.mounted import Located
-from rcds.errors import FuseReplyError, NotFoundError
+from rcds.errors import FuseReplyError
 from rcds.format.dirent import FLAG_BIND_MOUNTPOINT, FLAG_NESTED_MOUNTPOINT
 from rcds.mount.fuse import notify
 from rcds.mount.fuse import protocol as p
@@ -99,10 +98,10 @@ class Listings:
     def _children(self, mount: RepoMount, path: str) -> list[Listed]:
         """The visible entries of a directory in the mounted revision (kept per revision).
 
-        Made straight from the catalog rows (one inode number, one ``stat_result`` and one
-        :class:`Node` per entry: what :meth:`RepoMount.listing` gives, without its
-        intermediate objects; a listing makes thousands per second during a scan)."""
-        rows, revision = guarded(mount, _rows, mount, path)
+        Made straight from the catalog rows (:meth:`RepoMount.listing`: one inode number, one
+        ``stat_result`` and one :class:`Node` per entry, no intermediate objects; a listing
+        makes thousands per second during a scan)."""
+        rows, revision = guarded(mount, mount.listing, path)
         space_of, owner, fqrn = mount.space.of, mount.owner, mount.fqrn
         listed: list[Listed] = []
         for c in rows:
@@ -173,15 +172,6 @@ class Listings:
                 self._records.clear()
             self._records[key] = (children, records)
         return records
-
-
-def _rows(mount: RepoMount, path: str) -> tuple[list[Located], int]:
-    """The visible entries (sorted by name) of the directory at ``path``, and the revision."""
-    with mount.repo.using() as m:
-        here = m.resolve(path or "/", follow=False)
-        if not here.entry.is_dir:
-            raise NotFoundError(f"{path or '/'} is not a directory")
-        return m.listdir(here), m.revision
 
 
 def _catalog_loaded(mount: RepoMount, node: Node) -> bool:

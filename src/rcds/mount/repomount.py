@@ -181,13 +181,14 @@ class RepoMount:
         """True if the object is in the local cache (reading it needs no download)."""
         return self.repo.source.is_cached(piece.hash, piece.kind)
 
-    def listing(self, path: str) -> tuple[Resolved, list[Resolved]]:
-        """The directory at ``path`` and its visible entries (sorted by name)."""
+    def listing(self, path: str) -> tuple[list[Located], int]:
+        """The visible entries (sorted by name) of the directory at ``path``, and the revision
+        they are of (catalog rows: the FUSE front end makes its nodes from them)."""
         with self.repo.using() as m:
             here = m.resolve(path or "/", follow=False)
             if not here.entry.is_dir:
                 raise NotFoundError(f"{path or '/'} is not a directory")
-            return self._resolved(here, m.revision), [self._resolved(c, m.revision) for c in m.listdir(here)]
+            return m.listdir(here), m.revision
 
     def open(self, node: Node) -> RepoFile:
         """A file object for a regular file node; :class:`StaleError` if its content is gone."""
