@@ -44,7 +44,7 @@ from contextlib import suppress
 from typing import TYPE_CHECKING, cast
 
 from rcds.client.get.pipes import Receiver, Sender
-from rcds.client.get.worker import Setup
+from rcds.client.get.worker import Setup, wire_name
 from rcds.errors import RcdsError
 from rcds.format.hashes import Algorithm, ContentHash, ObjectKind
 from rcds.format.wholeinflate import verify_sized
@@ -70,21 +70,11 @@ bytes (None: in the cache already)."""
 
 _ALGORITHMS = {a.value: a for a in Algorithm}
 _KINDS = {k.value: k for k in ObjectKind}
-_SHA1 = Algorithm.SHA1.value
 
 
 def wire_object(h: ContentHash, kind: ObjectKind, size: int, compressed: bool) -> WireObject:
     """An object as sent to a worker."""
     return (h.digest, h.algorithm._value_, kind._value_, size, compressed)
-
-
-def _name(digest: bytes, algorithm: str, kind: str) -> str:
-    """The repository object name (:meth:`ContentHash.object_name`) from an object as sent;
-    its cache name (:func:`~rcds.client.cache.local.object_name`) is this without ``data/``."""
-    if algorithm != _SHA1:
-        return ContentHash(_ALGORITHMS[algorithm], digest).object_name(_KINDS[kind])
-    h = digest.hex()
-    return f"data/{h[:2]}/{h[2:]}{kind}"
 
 
 class _Committer:
@@ -223,7 +213,7 @@ class _Worker:
         names: list[str] = []
         """Of each object of ``todo``: its repository object name."""
         for i, (digest, algorithm, kind_value, size, compressed) in enumerate(batch):
-            name = _name(digest, algorithm, kind_value)
+            name = wire_name(digest, algorithm, kind_value)
             if exists(cache_dir + name[4:]):
                 put(number, i, name[5:], kind_value, None)
                 continue

@@ -234,7 +234,7 @@ def run_batch(
     object no server has intact; the files written before are complete.
     """
     global _writing
-    names = [_name(d, a, k) for d, a, k, _, _, _ in batch]
+    names = [wire_name(d, a, k) for d, a, k, _, _, _ in batch]
 
     def verify(i: int, raw: bytes) -> bytes | bytearray:
         d, a, _, size, compressed, _ = batch[i]
@@ -265,8 +265,10 @@ def run_batch(
     return received
 
 
-def _name(digest: bytes, algorithm: str, kind: str) -> str:
-    """The object name (:meth:`ContentHash.object_name`) from a job's plain values."""
+def wire_name(digest: bytes, algorithm: str, kind: str) -> str:
+    """The repository object name (:meth:`ContentHash.object_name`) from an object's plain values
+    as they cross a pipe (digest, algorithm and kind values); its cache name is this without
+    ``data/``. SHA-1 (nearly every object) without making a hash object."""
     if algorithm != _SHA1:
         return ContentHash(_ALGORITHMS[algorithm], digest).object_name(_KINDS[kind])
     h = digest.hex()
