@@ -57,6 +57,8 @@ def _groups_for(argv: Sequence[str] | None) -> list[str]:
     for module, commands in COMMAND_GROUPS.items():
         if command in commands and not {"-h", "--help"} & set(args[: args.index(command)]):
             return [module]
+    if command is None and "--version" in args and not {"-h", "--help"} & set(args):
+        return []  # ``rcds --version`` answers before any command is needed
     return list(COMMAND_GROUPS)
 
 

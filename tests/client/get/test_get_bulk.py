@@ -96,15 +96,3 @@ def test_client_commands_import_nothing_of_the_service() -> None:
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
-
-
-def test_every_command_group_is_listed() -> None:
-    from rcds.cli import main
-
-    for module, commands in main.COMMAND_GROUPS.items():
-        for command in commands:
-            assert main._groups_for([command, "--x"]) == [module]
-    assert main._groups_for(["--help"]) == list(main.COMMAND_GROUPS)
-    parser = main.build_parser()
-    sub = next(a for a in parser._actions if a.dest == "command")
-    assert set(sub.choices) == {c for cs in main.COMMAND_GROUPS.values() for c in cs}  # type: ignore[attr-defined]
