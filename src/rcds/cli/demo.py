@@ -15,13 +15,6 @@ import time
 from pathlib import Path
 
 from rcds.cli.output import human_bytes
-from rcds.format.keys import load_public_key_file
-from rcds.jobs.submit import publish_code
-from rcds.jobs.wait import ClientAccess, wait_for_code
-from rcds.repo.http_source import HttpSource
-from rcds.repo.verify import verify_repository
-from rcds.service.config import ListenConfig, ServeConfig, ServiceConfig
-from rcds.service.runner import ServiceThread
 
 SAMPLE = {
     "README.md": b"# analysis code\n\nPublished with rcds.\n",
@@ -55,6 +48,16 @@ def write_sample(root: Path) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     """Run the demo; print what happens at each step."""
+    # Imported here, not at the top: ``rcds --help`` imports this module too, and the service
+    # (aiohttp) and the publisher (numpy) are most of a second of start-up.
+    from rcds.format.keys import load_public_key_file
+    from rcds.jobs.submit import publish_code
+    from rcds.jobs.wait import ClientAccess, wait_for_code
+    from rcds.repo.http_source import HttpSource
+    from rcds.repo.verify import verify_repository
+    from rcds.service.config import ListenConfig, ServeConfig, ServiceConfig
+    from rcds.service.runner import ServiceThread
+
     with tempfile.TemporaryDirectory(prefix="rcds-demo-") as tmp:
         root = Path(args.workdir) if args.workdir else Path(tmp)
         cfg = dataclasses.replace(
