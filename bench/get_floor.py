@@ -39,9 +39,9 @@ CPU on two cores (``python`` start-up + (work CPU + receive CPU incl. the server
 measured (``python`` start-up + the wall of ``both`` or ``then``, the faster), their ratios to
 ``tar``, and what is left of the budget for everything else ``rcds get`` does. Before the rounds,
 one ``rcds get`` and each start-up command run once, not timed: the bytecode cache
-(``PYTHONPYCACHEPREFIX``, a fresh one on ``--out``) then holds every module they import. One core's CPU per step of the work (SHA-1,
-inflate, and the Adler-32 re-check ``rcds`` does after libdeflate's own) is measured while the
-objects are loaded and checked, before the rounds.
+(``PYTHONPYCACHEPREFIX``, a fresh one on ``--out``) then holds every module they import. One
+core's CPU per step of the work (SHA-1, inflate, and the Adler-32 re-check ``rcds`` does after
+libdeflate's own) is measured while the objects are loaded and checked, before the rounds.
 """
 
 from __future__ import annotations
