@@ -319,7 +319,7 @@ def report(
         total = med(r[1] + r[2] for r in res[name])
         rows.append(
             [
-                label,
+                label.replace("|", "\\|") if args.markdown else label,
                 cell(walls),
                 f"{med(walls) / tar:.2f}",
                 f"{client:.2f} ({system:.2f})",
@@ -345,8 +345,8 @@ def report(
         "(not in the floor)"
     )
     start = m("python", 0)
-    work_cpu = m("work", 1) + m("work", 2)
-    recv_cpu = m("recv", 1) + m("recv", 2)
+    work_cpu = med(r[1] + r[2] for r in res["work"])
+    recv_cpu = med(r[1] + r[2] for r in res["recv"])
     computed = start + (work_cpu + recv_cpu) / 2
     data = min(m("both", 0), m("then", 0))  # the faster way of doing (3) and (4) together
     measured = start + data
