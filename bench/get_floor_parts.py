@@ -158,9 +158,9 @@ def receive_half(
 ) -> None:
     """Pipeline ``requests`` on one socket, ``WINDOW`` in flight; each body discarded, or, with
     ``on_body``, collected (into one buffer, reused) and handed to it. Every answer must be a 200
-    of the object's stored size."""
-    sock = socket.create_connection(address, timeout=TIMEOUT)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    of the object's stored size. A server that closes the connection between answers (nginx after
+    ``keepalive_requests``, 1,000) gets a new one and the unanswered requests again."""
+    sock = connect(address)
     rbuf = bytearray(READ)
     mv = memoryview(rbuf)
     head = bytearray()
@@ -169,10 +169,17 @@ def receive_half(
     sent = min(WINDOW, total)
     sock.sendall(b"".join(requests[:sent]))
     done = left = filled = 0
+    reconnected = -1
     while done < total:
         n = sock.recv_into(rbuf)
         if n == 0:
-            raise SystemExit(f"the server closed the connection after {done} of {total} answers")
+            if left or head or done == reconnected:
+                raise SystemExit(f"the server closed the connection after {done} of {total} answers")
+            sock.close()
+            sock = connect(address)
+            sock.sendall(b"".join(requests[done:sent]))
+            reconnected = done
+            continue
         pos = 0
         while pos < n:
             if left == 0:
@@ -203,6 +210,13 @@ def receive_half(
                     sock.sendall(b"".join(requests[sent:more]))
                     sent = more
     sock.close()
+
+
+def connect(address: tuple[str, int]) -> socket.socket:
+    """A new connection to the server (``TCP_NODELAY``, as the client's)."""
+    sock = socket.create_connection(address, timeout=TIMEOUT)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
 
 
 def forked(jobs: list[Callable[[], None]]) -> tuple[float, list[tuple[float, float]]]:
