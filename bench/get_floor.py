@@ -25,8 +25,8 @@ tmpfs ``--out`` (default ``/dev/shm``):
 4. ``recv``: the receive floor. The same objects over HTTP from the same loopback server: two
    forked processes, each one bare socket (``TCP_NODELAY``) pipelining prepared ``GET`` requests
    for its half, up to 128 in flight (as a worker of ``rcds get``), reading every response into a
-   1 MiB buffer and discarding the bodies (status and ``Content-Length`` checked, byte total
-   compared); CPU of both children plus the server's;
+   1 MiB buffer and discarding the bodies (each answer's status and ``Content-Length``, the
+   object's stored size, checked); CPU of both children plus the server's;
 5. ``both``: 3 and 4 together, the floor of the data path: each of the two processes receives its
    half as in 4 and does, per object as its body arrives, the work of 3; ``then``: each receives
    its half as in 4 into memory (every body kept), and only then does the work of 3 on it;
