@@ -238,27 +238,3 @@ def test_scanning_starts_one_walk_from_the_directory(b_site: Any, tmp_path: Path
         assert bulk.walks == 1
     finally:
         rm.close()
-
-
-def test_a_tree_being_listed_starts_the_workers_and_fetches_nothing(b_site: Any, tmp_path: Path) -> None:
-    repo = b_site.open(cache_dir=tmp_path / "cache")
-    rm = RepoMount(repo, InodeSpace(repo.fqrn, shared=False), owner=None, workers=0)
-    assert rm.bulk is not None and rm.bulk.listed_start == 128  # the default
-    bulk = rm.bulk = BulkAhead(repo, rm.prefetcher, PREFETCH_MAX_FILE, processes=2, listed_start=3)
-    try:
-        before = b_site.fetched("data/")
-        for d in DIRS[:2]:  # two listings: nothing yet
-            rm.listing(f"/{TOP}/{d}")
-        assert bulk.listed_count == 2 and bulk._workers is None and not bulk._starting
-        rm.listing(f"/{TOP}/{DIRS[2]}")  # the third: the workers start (a thread), idle
-        assert wait_for(lambda: bulk._workers is not None, timeout=30)
-        workers = bulk._workers
-        assert workers is not None and len(workers.workers) == 2
-        rm.listing(f"/{TOP}/{DIRS[3]}")
-        assert bulk._workers is workers  # started once
-        every = _hashes(repo, _paths())
-        assert not any(repo.source.is_cached(h, FILE) for h in every)  # a listing fetches no file
-        assert b_site.fetched("data/") - before <= 1  # at most the catalog
-        assert bulk.walks == 0
-    finally:
-        rm.close()

@@ -67,17 +67,10 @@ ENV_BULK = "RCDS_MOUNT_BULK"
 """Environment variable: ``0`` turns bulk prefetch off."""
 ENV_EARLY = "RCDS_MOUNT_BULK_EARLY"
 """Environment variable: ``1`` turns on the early start of walks and workers (off by default)."""
-ENV_LISTED = "RCDS_MOUNT_BULK_LISTED"
-"""Environment variable: directories listed before the workers start (``0``: not on listings)."""
 ENV_PROCESSES = "RCDS_MOUNT_BULK_PROCESSES"
 """Environment variable: worker processes for bulk prefetch (``0``: the daemon's lanes)."""
 PROCESSES = 2
 """Worker processes per repository unless ``RCDS_MOUNT_BULK_PROCESSES`` says otherwise."""
-LISTED_START = 128
-"""Directories listed (first listings through the front end) after which the worker processes
-start, before any walk: a job that lists a tree first (``os.walk``, ``find``) leaves a core idle
-meanwhile (the listing is one request at a time), and the workers' start-up (~0.2 CPU-s each of
-imports) then costs no wall when the walk comes. Nothing is fetched for a listing."""
 SCAN_MIN = 2
 SCAN_SHARE = 0.5
 """A planned directory is scanned when reads demanded at least this many of its queued objects,
@@ -116,14 +109,6 @@ def configured_processes() -> int:
     return PROCESSES
 
 
-def configured_listed() -> int:
-    """Directories listed before the workers start: ``RCDS_MOUNT_BULK_LISTED``, else
-    :data:`LISTED_START` (``0``: listings start nothing)."""
-    if os.environ.get(ENV_LISTED, "").strip():
-        return configured_count(ENV_LISTED)
-    return LISTED_START
-
-
 def early_enabled() -> bool:
     """True if ``RCDS_MOUNT_BULK_EARLY=1`` (see :attr:`BulkAhead.early`)."""
     return os.environ.get(ENV_EARLY, "").strip() == "1"
@@ -145,7 +130,6 @@ class BulkAhead:
         processes: int | None = None,
         walk_bytes: int = WALK_BYTES,
         early: bool | None = None,
-        listed_start: int | None = None,
     ) -> None:
         self.repo = repo
         self.prefetcher = prefetcher
@@ -173,10 +157,6 @@ class BulkAhead:
         the workers (``RCDS_MOUNT_BULK_EARLY=1``; off by default: not shown faster)."""
         if self.early:
             prefetcher.watch_scans(self.scanning, SCAN_ALONE, SCAN_ALONE_SHARE)
-        self.listed_start = configured_listed() if listed_start is None else listed_start
-        """Directories listed after which the workers start (:data:`LISTED_START`; 0: never)."""
-        self.listed_count = 0
-        """Directories listed so far (:meth:`listed`)."""
         self.walks = 0
         """Walks started."""
         self.handed = 0
@@ -219,15 +199,6 @@ class BulkAhead:
                 t = self._start_walk_locked(directory, None)
         t.start()
         return True
-
-    def listed(self) -> None:
-        """The front end listed a directory (its first listing in a revision): after
-        :attr:`listed_start` of them, start the worker processes (see :data:`LISTED_START`)."""
-        self.listed_count += 1  # under the GIL: a count off by one on a race starts them later
-        if self.listed_count == self.listed_start and self._workers is None:
-            with self._lock:
-                if not self._closed:
-                    self._start_workers_locked()
 
     def scanning(self, directory: str) -> None:
         """Reads demanded :data:`SCAN_ALONE` (and :data:`SCAN_ALONE_SHARE`) of the objects queued for

@@ -188,10 +188,7 @@ class RepoMount:
             here = m.resolve(path or "/", follow=False)
             if not here.entry.is_dir:
                 raise NotFoundError(f"{path or '/'} is not a directory")
-            listed = m.listdir(here), m.revision
-        if self.bulk is not None:
-            self.bulk.listed()  # a tree being listed: the bulk workers may start
-        return listed
+            return m.listdir(here), m.revision
 
     def open(self, node: Node) -> RepoFile:
         """A file object for a regular file node; :class:`StaleError` if its content is gone."""
