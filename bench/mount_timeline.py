@@ -91,6 +91,7 @@ def _machine() -> tuple[int, int, int]:
 
 
 _NAMES: dict[tuple[int, int], str] = {}
+_TRIES: dict[tuple[int, int], int] = {}
 
 
 def _thread(pid: int, tid: int) -> tuple[int, int, str] | None:
@@ -102,7 +103,9 @@ def _thread(pid: int, tid: int) -> tuple[int, int, str] | None:
         finally:
             os.close(fd)
         name = _NAMES.get((pid, tid))
-        if name is None:  # threads name themselves first thing (sitecustomize)
+        tries = _TRIES[(pid, tid)] = _TRIES.get((pid, tid), 0) + 1
+        if name is None or (name.startswith("python") and tries <= 20):  # a new thread names
+            # itself just after it starts (sitecustomize): read again for its first samples
             fd = os.open(f"/proc/{pid}/task/{tid}/comm", os.O_RDONLY)
             try:
                 name = _NAMES[(pid, tid)] = os.read(fd, 64).decode().strip()
