@@ -49,17 +49,24 @@ HERE = Path(__file__).resolve().parent
 TICK = os.sysconf("SC_CLK_TCK")
 
 # The reader of bench/mount.py, counting its files: a thread writes "<unix time> <files done>".
-TL_READER = READER.replace(
-    "def read(p):\n",
-    "import threading, time\n"
-    "done = [0]\n"
-    "def _progress():\n"
-    "    with open(sys.argv[3], 'w', buffering=1) as out:\n"
-    "        while True:\n"
-    "            out.write('%.4f %d\\n' % (time.time(), done[0]))\n"
-    "            time.sleep(0.01)\n"
-    "threading.Thread(target=_progress, daemon=True).start()\n"
-    "def read(p):\n    done[0] += 1\n",
+TL_READER = (
+    READER.replace(
+        "def read(p):\n",
+        "import threading, time\n"
+        "done = [0]\n"
+        "stop = threading.Event()\n"
+        "def _progress():\n"
+        "    with open(sys.argv[3], 'w', buffering=1) as out:\n"
+        "        while True:\n"
+        "            out.write('%.4f %d\\n' % (time.time(), done[0]))\n"
+        "            if stop.wait(0.01):\n"
+        "                out.write('%.4f %d\\n' % (time.time(), done[0]))\n"
+        "                return\n"
+        "progress = threading.Thread(target=_progress, daemon=True)\n"
+        "progress.start()\n"
+        "def read(p):\n    done[0] += 1\n",
+    )
+    + "stop.set()\nprogress.join()\n"
 )
 
 # The daemon's (and its workers') Python thread names as OS thread names (15 bytes), bench only.
