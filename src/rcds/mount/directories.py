@@ -11,10 +11,8 @@ packing for each directory are on the job's path while the other core idles. Whe
 lists a directory for the first time, a thread lists its subdirectories (and theirs, in the
 order of a top-down walk) ahead: their catalog rows, nodes and ``READDIRPLUS`` records are
 ready when the requests come. At most :data:`AHEAD` directories are listed ahead of the requests
-(and none whose catalog is not loaded: listing ahead downloads nothing), starting with one: the
-window doubles each time a request finds its directory listed ahead and halves each time a
-request lists one itself (an import lists a few directories, not their subdirectories). The
-kernel is told nothing (no lookup counts) until a request comes.
+(and none whose catalog is not loaded: listing ahead downloads nothing); the kernel is told
+nothing (no lookup counts) until a request comes.
 """
 
 from __future__ import annotations
@@ -66,10 +64,6 @@ class Listings:
         self._todo: list[tuple[RepoMount, Node]] = []
         """Directories to list ahead: a stack, top first (a top-down walk's order)."""
         self._unasked: set[tuple[str, str]] = set()
-        self._window = 1
-        """Directories listed ahead at most now (up to :attr:`ahead`): doubled each time a request
-        finds its directory listed ahead (a tree is being walked), halved each time a request
-        lists one itself (an import lists a few directories, not their subdirectories)."""
         """Listed ahead, not asked for by a request yet."""
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -142,7 +136,6 @@ class Listings:
             # a request had to list a directory itself: the requests are elsewhere now, and what
             # was listed ahead and never asked for (an `ls` of one directory) no longer counts
             self._unasked.clear()
-            self._window = max(1, self._window // 2)
             if not subdirs:
                 return
             self._todo.extend(reversed(subdirs))
@@ -160,13 +153,12 @@ class Listings:
             if key in self._unasked:
                 self._unasked.discard(key)
                 self.asked_ahead += 1
-                self._window = min(self.ahead, 2 * self._window)
                 self._wake.notify()
 
     def _run_ahead(self) -> None:
         while True:
             with self._wake:
-                while not self._closed and (not self._todo or len(self._unasked) >= self._window):
+                while not self._closed and (not self._todo or len(self._unasked) >= self.ahead):
                     self._wake.wait()
                 if self._closed:
                     return
