@@ -140,29 +140,3 @@ def test_nothing_is_listed_ahead_when_turned_off(tree_ops: RcdsOperations) -> No
     _plus(ops, la)
     time.sleep(0.2)
     assert ops.listings.listed_ahead == 0 and ops.listings._thread is None
-
-
-def test_a_directory_a_request_lists_itself_moves_the_listing_ahead_there(tree_ops: RcdsOperations) -> None:
-    ops = tree_ops
-    (mount,) = ops.mounts.values()
-    listings = ops.listings
-    listings.ahead = 2
-    listed: list[str] = []
-    real = mount.listing
-
-    def counted(path: str) -> Any:
-        listed.append(path)
-        return real(path)
-
-    mount.listing = counted  # type: ignore[method-assign]
-    la = _lookup(ops, _lookup(ops, FUSE_ROOT, b"sw"), b"la")
-    _plus(ops, la)
-    assert wait_for(lambda: listings.listed_ahead == 2, timeout=30)
-    time.sleep(0.2)
-    assert listed == ["/sw/la", "/sw/la/a", "/sw/la/a/x"]  # then stopped: 2 ahead, never asked
-    # the requests go elsewhere (sw/la/f, not listed ahead): the listing ahead follows them
-    f = _lookup(ops, la, b"f")
-    assert b"x" in _plus(ops, f)
-    assert wait_for(lambda: listings.listed_ahead == 4, timeout=30)
-    time.sleep(0.2)
-    assert listed[3:] == ["/sw/la/f", "/sw/la/f/x", "/sw/la/f/y"]

@@ -130,13 +130,10 @@ class Listings:
     def _list_ahead(self, mount: RepoMount, children: list[Listed]) -> None:
         """Queue the subdirectories of a listing to be listed ahead (the first on top)."""
         subdirs = [(mount, child) for _, child in children if child.is_dir][:AHEAD_SUBDIRS]
+        if not subdirs:
+            return
         with self._wake:
             if self._closed:
-                return
-            # a request had to list a directory itself: the requests are elsewhere now, and what
-            # was listed ahead and never asked for (an `ls` of one directory) no longer counts
-            self._unasked.clear()
-            if not subdirs:
                 return
             self._todo.extend(reversed(subdirs))
             if len(self._todo) > 16 * AHEAD_SUBDIRS:  # a wide tree listed in parts: oldest go
