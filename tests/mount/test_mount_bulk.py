@@ -238,36 +238,3 @@ def test_scanning_starts_one_walk_from_the_directory(b_site: Any, tmp_path: Path
         assert bulk.walks == 1
     finally:
         rm.close()
-
-
-def test_a_walk_lists_the_directories_the_front_end_listed_without_a_catalog_query(
-    b_site: Any, tmp_path: Path
-) -> None:
-    repo = b_site.open(cache_dir=tmp_path / "cache")
-    rm = RepoMount(repo, InodeSpace(repo.fqrn, shared=False), owner=None, workers=0)
-    asked: dict[str, bool] = {}
-
-    def listed(path: str) -> Any:
-        rows = rm.listed(path)
-        asked[path] = rows is not None
-        return rows
-
-    bulk = rm.bulk = BulkAhead(repo, rm.prefetcher, PREFETCH_MAX_FILE, processes=0, listed=listed)
-    try:
-        assert rm.listed(f"/{TOP}/d3") is None  # not listed yet
-        for d in [*DIRS[3:], "d2/sub"]:  # the front end lists these (a tree being listed)
-            rows, _ = rm.listing(f"/{TOP}/{d}")
-            assert rm.listed(f"/{TOP}/{d}") is rows
-        pf = rm.prefetcher
-        for d in DIRS[:3]:
-            path = f"/{TOP}/{d}"
-            bulk.planned(path, rm.prefetch_directory(path))
-            pf.demand[path] = len(FILES)
-        ahead = ["d2/sub/x1.txt", "d2/sub/x2.txt"] + [f"{d}/{n}" for d in DIRS[3:] for n in FILES]
-        hashes = _hashes(repo, ahead)
-        assert wait_for(lambda: all(repo.source.is_cached(h, FILE) for h in hashes), timeout=60)
-        assert bulk.walks == 1
-        walked = {f"/{TOP}/{d}" for d in [*DIRS[3:], "d2/sub"]}
-        assert walked <= set(asked) and all(asked[p] for p in walked)  # rows reused, same objects
-    finally:
-        rm.close()

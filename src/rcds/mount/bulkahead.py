@@ -55,7 +55,6 @@ from contextlib import suppress
 
 from rcds.client.fetch.bulk import Wanted
 from rcds.client.repository import Repository
-from rcds.client.tree.mounted import Located
 from rcds.errors import RcdsError
 from rcds.format.hashes import ObjectKind
 from rcds.mount.fetchprocs import FetchWorkers
@@ -131,13 +130,8 @@ class BulkAhead:
         processes: int | None = None,
         walk_bytes: int = WALK_BYTES,
         early: bool | None = None,
-        listed: Callable[[str], list[Located] | None] | None = None,
     ) -> None:
         self.repo = repo
-        self.listed = listed
-        """The rows of a directory the front end listed in the mounted revision, or None: a walk
-        lists those without a catalog query (:meth:`RepoMount.listed
-        <rcds.mount.repomount.RepoMount.listed>`)."""
         self.prefetcher = prefetcher
         self.max_file = max_file
         self.processes = configured_processes() if processes is None else processes
@@ -274,22 +268,19 @@ class BulkAhead:
             self._walked.add(path)
             files: list[Wanted] = []
             dirs: list[str] = []
-            rows = self.listed(path) if self.listed is not None else None
-            if rows is None:
-                with self.repo.using() as m:
-                    rows = m.listdir(m.resolve(path, follow=False))
-            for loc in rows:
-                e = loc.entry
-                if e.is_dir:
-                    dirs.append(e.path)
-                elif (
-                    e.is_regular
-                    and not e.is_external
-                    and not e.is_chunked
-                    and 0 < e.size <= self.max_file
-                    and e.hash is not None
-                ):
-                    files.append(Wanted(e.hash, ObjectKind.FILE, e.size, e.compressed))
+            with self.repo.using() as m:
+                for loc in m.listdir(m.resolve(path, follow=False)):
+                    e = loc.entry
+                    if e.is_dir:
+                        dirs.append(e.path)
+                    elif (
+                        e.is_regular
+                        and not e.is_external
+                        and not e.is_chunked
+                        and 0 < e.size <= self.max_file
+                        and e.hash is not None
+                    ):
+                        files.append(Wanted(e.hash, ObjectKind.FILE, e.size, e.compressed))
             stack.extend(reversed(dirs))
             yield path, files
 

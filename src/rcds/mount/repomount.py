@@ -40,8 +40,6 @@ PLANNED_SIZE = 65536
 """Directories remembered as prefetched (forgotten all at once when full)."""
 RECIPE_CACHE_SIZE = 65536
 """Files whose objects :meth:`RepoMount.open` remembers (cleared whole when full)."""
-LISTED_KEEP = 8192
-"""Directory listings :meth:`RepoMount.listing` remembers for bulk prefetch (cleared when full)."""
 
 
 class StaleError(NotFoundError):
@@ -119,13 +117,7 @@ class RepoMount:
         self.prefetcher = Prefetcher(repo.source, workers=_start_workers(repo, workers))
         """Downloads ahead of reads (:meth:`prefetch_for`, :meth:`read_ahead`) and, with worker
         processes, every download of a file's objects (:meth:`wait_prefetched`)."""
-        self._listed: dict[str, tuple[int, list[Located]]] = {}
-        """The last listings made (:meth:`listing`), by path: a walk of bulk prefetch reuses them."""
-        self.bulk = (
-            BulkAhead(repo, self.prefetcher, PREFETCH_MAX_FILE, listed=self.listed)
-            if bulkahead.enabled()
-            else None
-        )
+        self.bulk = BulkAhead(repo, self.prefetcher, PREFETCH_MAX_FILE) if bulkahead.enabled() else None
         """Bulk prefetch ahead of a scan (:mod:`rcds.mount.bulkahead`), None if turned off."""
         self._planned: set[tuple[str, int]] = set()
         self._planned_lock = threading.Lock()
@@ -196,17 +188,7 @@ class RepoMount:
             here = m.resolve(path or "/", follow=False)
             if not here.entry.is_dir:
                 raise NotFoundError(f"{path or '/'} is not a directory")
-            rows, revision = m.listdir(here), m.revision
-        if len(self._listed) >= LISTED_KEEP:
-            self._listed.clear()
-        self._listed[path] = (revision, rows)
-        return rows, revision
-
-    def listed(self, path: str) -> list[Located] | None:
-        """The rows of the directory at ``path`` if :meth:`listing` made them in the revision
-        mounted now (no catalog query), else None."""
-        known = self._listed.get(path)
-        return known[1] if known is not None and known[0] == self.repo.revision else None
+            return m.listdir(here), m.revision
 
     def open(self, node: Node) -> RepoFile:
         """A file object for a regular file node; :class:`StaleError` if its content is gone."""
