@@ -4,26 +4,15 @@ The kernel keeps what we send in its own cache (no-opendir mode), so a directory
 listed once per revision; the listings are also kept here, so a listing the kernel dropped (or
 one read in several parts) needs no catalog query. With ``READDIRPLUS`` every entry but ``.``
 and ``..`` comes with its attributes and counts as a lookup (one kernel reference).
-
-**Listing ahead.** A tree is listed one request at a time (``os.walk``, ``find``: the next
-directory is asked for when the last listing has arrived), so the daemon's catalog queries and
-packing for each directory are on the job's path while the other core idles. When a request
-lists a directory for the first time, a thread lists its subdirectories (and theirs, in the
-order of a top-down walk) ahead: their catalog rows, nodes and ``READDIRPLUS`` records are
-ready when the requests come. At most :data:`AHEAD` directories are listed ahead of the requests
-(and none whose catalog is not loaded: listing ahead downloads nothing); the kernel is told
-nothing (no lookup counts) until a request comes.
 """
 
 from __future__ import annotations
 
 import errno
-import logging
 import os
-import threading
 from typing import TYPE_CHECKING
 
-from rcds.errors import FuseReplyError, RcdsError
+from rcds.errors import FuseReplyError
 from rcds.format.dirent import FLAG_BIND_MOUNTPOINT, FLAG_NESTED_MOUNTPOINT
 from rcds.mount.fuse import notify
 from rcds.mount.fuse import protocol as p
@@ -31,21 +20,12 @@ from rcds.mount.fuse.session import Later, Payload, Request, Session
 from rcds.mount.inodes import FUSE_ROOT, Node, entry_stat
 from rcds.mount.readonly import guarded
 from rcds.mount.repomount import RepoMount
-from rcds.workerproc import configured_count
 
 if TYPE_CHECKING:
     from rcds.mount.operations import RcdsOperations
 
-log = logging.getLogger("rcds.mount")
-
 LISTING_CACHE_SIZE = 4096
 """Directory listings kept (oldest dropped first)."""
-AHEAD = 64
-"""Directories listed ahead of the requests at most (see the module docstring), unless
-``RCDS_MOUNT_LIST_AHEAD`` says otherwise (``0``: none)."""
-ENV_AHEAD = "RCDS_MOUNT_LIST_AHEAD"
-AHEAD_SUBDIRS = 256
-"""Subdirectories of one listing queued to be listed ahead at most."""
 Listed = tuple[bytes, Node]
 
 
@@ -59,19 +39,6 @@ class Listings:
         """The same listings by name (for lookups)."""
         self._records: dict[tuple[str, str, bool], tuple[list[Listed], list[bytes]]] = {}
         """Per listing (and kind: ``READDIR`` or ``READDIRPLUS``) its packed records."""
-        self.ahead = configured_count(ENV_AHEAD) if os.environ.get(ENV_AHEAD, "").strip() else AHEAD
-        """Directories listed ahead of the requests at most (0: none)."""
-        self._todo: list[tuple[RepoMount, Node]] = []
-        """Directories to list ahead: a stack, top first (a top-down walk's order)."""
-        self._unasked: set[tuple[str, str]] = set()
-        """Listed ahead, not asked for by a request yet."""
-        self._wake = threading.Condition()
-        self._thread: threading.Thread | None = None
-        self._closed = False
-        self.listed_ahead = 0
-        """Directories listed ahead so far."""
-        self.asked_ahead = 0
-        """Requests that found their directory listed ahead."""
 
     def forget_top(self) -> None:
         """The directory of repositories changed (a repository appeared): the kernel's copy of
@@ -109,88 +76,15 @@ class Listings:
         if self.ops.is_top(node):
             return self._pack(node, self._top(), offset, size, plus, keep=False)
         mount = self.ops.mount_of(node)
-        key = (mount.fqrn, node.path)
-        known = self._cache.get(key)
+        known = self._cache.get((mount.fqrn, node.path))
         if known is not None and known[0] == mount.repo.revision:
-            if key in self._unasked:
-                self._caught_up(key)
             return self._pack(node, known[1], offset, size, plus)
         if _catalog_loaded(mount, node):  # a few catalog queries: no thread hop for them
             return self._slow(node, mount, offset, size, plus)
         return Later(self._slow, node, mount, offset, size, plus)
 
     def _slow(self, node: Node, mount: RepoMount, offset: int, size: int, plus: bool) -> Payload:
-        children = self._children(mount, node.path)
-        if self.ahead > 0 and offset == 0:
-            self._list_ahead(mount, children)
-        return self._pack(node, children, offset, size, plus)
-
-    # -- listing ahead (see the module docstring) ------------------------------------------------
-
-    def _list_ahead(self, mount: RepoMount, children: list[Listed]) -> None:
-        """Queue the subdirectories of a listing to be listed ahead (the first on top)."""
-        subdirs = [(mount, child) for _, child in children if child.is_dir][:AHEAD_SUBDIRS]
-        if not subdirs:
-            return
-        with self._wake:
-            if self._closed:
-                return
-            self._todo.extend(reversed(subdirs))
-            if len(self._todo) > 16 * AHEAD_SUBDIRS:  # a wide tree listed in parts: oldest go
-                del self._todo[: len(self._todo) - 16 * AHEAD_SUBDIRS]
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._run_ahead, name="rcds-mount-list-ahead", daemon=True
-                )
-                self._thread.start()
-            self._wake.notify()
-
-    def _caught_up(self, key: tuple[str, str]) -> None:
-        with self._wake:
-            if key in self._unasked:
-                self._unasked.discard(key)
-                self.asked_ahead += 1
-                self._wake.notify()
-
-    def _run_ahead(self) -> None:
-        while True:
-            with self._wake:
-                while not self._closed and (not self._todo or len(self._unasked) >= self.ahead):
-                    self._wake.wait()
-                if self._closed:
-                    return
-                mount, node = self._todo.pop()
-            try:
-                self._list_one_ahead(mount, node)
-            except (RcdsError, OSError) as exc:  # the request that comes lists it itself
-                log.debug("listing %s ahead: %s", node.path, exc)
-
-    def _list_one_ahead(self, mount: RepoMount, node: Node) -> None:
-        key = (mount.fqrn, node.path)
-        known = self._cache.get(key)
-        if known is not None and known[0] == mount.repo.revision:
-            return  # listed already (by a request, or ahead)
-        if not _catalog_loaded(mount, node):
-            return  # would download its catalog: left to the request
-        children = self._children(mount, node.path)
-        self._records_of(node, children, plus=True, keep=True)
-        subdirs = [(mount, child) for _, child in children if child.is_dir][:AHEAD_SUBDIRS]
-        with self._wake:
-            self._unasked.add(key)
-            if len(self._unasked) > 4 * LISTING_CACHE_SIZE:
-                self._unasked.clear()
-            self.listed_ahead += 1
-            self._todo.extend(reversed(subdirs))
-
-    def close(self) -> None:
-        """Stop listing ahead."""
-        with self._wake:
-            self._closed = True
-            self._todo.clear()
-            self._wake.notify_all()
-            thread = self._thread
-        if thread is not None:
-            thread.join(2.0)
+        return self._pack(node, self._children(mount, node.path), offset, size, plus)
 
     def _top(self) -> list[Listed]:
         ops = self.ops
@@ -217,10 +111,7 @@ class Listings:
             listed.append((os.fsencode(e.name), child))
         key = (mount.fqrn, path)
         if len(self._cache) >= LISTING_CACHE_SIZE:
-            try:  # another thread (a request, the listing ahead) may add one meanwhile
-                oldest = next(iter(self._cache), None)
-            except RuntimeError:
-                oldest = None
+            oldest = next(iter(self._cache), None)
             if oldest is not None:
                 self._cache.pop(oldest, None)
                 self._names.pop(oldest, None)

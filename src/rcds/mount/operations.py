@@ -514,7 +514,6 @@ class RcdsOperations:
     def close(self) -> None:
         """Stop the revision checks and the workers, close files and every repository."""
         self.revisions.close()
-        self.listings.close()
         if self.backings is not None:
             self.backings.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
