@@ -48,7 +48,8 @@ COMMAND_GROUPS: dict[str, tuple[str, ...]] = {
 """The modules registering commands (``register(subparsers)``) and the commands each registers.
 
 Only the module of the command being run is imported (start-up time: the client commands need
-none of the service's or publisher's dependencies); help and unknown commands import all."""
+none of the service's or publisher's dependencies); ``--version`` alone imports none; help and
+unknown commands import all."""
 
 
 def _groups_for(argv: Sequence[str] | None) -> list[str]:
