@@ -57,6 +57,24 @@ def serve(public: Path, src: str) -> tuple[subprocess.Popen[str], str]:
     return proc, proc.stdout.readline().strip()
 
 
+def start_mount(
+    url: str, key: Path, cache: Path, mnt: Path, log: Path, mount_args: list[str], env: dict[str, str]
+) -> subprocess.Popen[bytes]:
+    """``rcds mount --foreground`` of the bench's repository at ``mnt``, once it is mounted (<= 60 s;
+    else the daemon is killed and the bench stops)."""
+    cmd = [sys.executable, "-m", "rcds.cli.main", "mount", REPO, str(mnt), "--foreground"]
+    cmd += ["--server", url, "--key", str(key), "--cache", str(cache), "--log-file", str(log), *mount_args]
+    daemon = subprocess.Popen(cmd, env=env)
+    deadline = time.monotonic() + 60
+    while not os.path.ismount(mnt):
+        if daemon.poll() is not None or time.monotonic() > deadline:
+            daemon.kill()
+            daemon.wait()
+            raise SystemExit(f"rcds mount did not come up: {cmd}")
+        time.sleep(0.02)
+    return daemon
+
+
 def one(
     repo: Path,
     src: str,
@@ -79,16 +97,8 @@ def one(
             mnt = work / "mnt"
             mnt.mkdir(exist_ok=True)
             log = work / f"daemon-{phase}.log"
-            cmd = [sys.executable, "-m", "rcds.cli.main", "mount", REPO, str(mnt), "--foreground"]
-            cmd += ["--server", url, "--key", str(key), "--cache", str(cache), "--log-file", str(log)]
-            cmd += mount_args
             log.unlink(missing_ok=True)
-            daemon = subprocess.Popen(cmd, env=env)
-            deadline = time.monotonic() + 60
-            while not os.path.ismount(mnt):
-                if daemon.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"rcds mount did not come up: {cmd}")
-                time.sleep(0.02)
+            daemon = start_mount(url, key, cache, mnt, log, mount_args, env)
             drop_page_cache()
             profiler = None
             if spy and (phase == "cold" or spy_warm):

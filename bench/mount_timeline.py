@@ -39,7 +39,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from mount_cold import serve, variant
+from mount_cold import serve, start_mount, variant
 from procs import children, tasks
 from settle import add_settle_argument, remove_tree, settle
 
@@ -197,15 +197,13 @@ def run(repo: Path, src: str, work: Path, every: float, mount_args: list[str]) -
     cache, mnt, log = work / "cache", work / "mnt", work / "daemon.log"
     shutil.rmtree(cache, ignore_errors=True)
     mnt.mkdir(exist_ok=True)
-    cmd = [sys.executable, "-m", "rcds.cli.main", "mount", REPO, str(mnt), "--foreground"]
-    cmd += ["--server", url, "--key", str(key), "--cache", str(cache), "--log-file", str(log), *mount_args]
-    daemon = subprocess.Popen(cmd, env=env)
     try:
-        deadline = time.monotonic() + 60
-        while not os.path.ismount(mnt):
-            if daemon.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"rcds mount did not come up: {cmd}")
-            time.sleep(0.02)
+        daemon = start_mount(url, key, cache, mnt, log, mount_args, env)
+    except BaseException:
+        server.terminate()
+        server.wait()
+        raise
+    try:
         drop_page_cache()
         sampler = Sampler(every, {"daemon": daemon.pid, "server": server.pid, "bench": os.getpid()})
         sampler.start()
