@@ -31,7 +31,7 @@ tmpfs ``--out`` (default ``/dev/shm``):
    half as in 4 and does, per object as its body arrives, the work of 3; ``then``: each receives
    its half as in 4 into memory (every body kept), and only then does the work of 3 on it;
 6. ``python``: ``python -c "import hashlib, deflate"`` (the interpreter floor); for comparison
-   ``python -m rcds.cli.main --version`` (the whole CLI's imports, the service's too) and
+   ``python -m rcds.cli.main --version`` (the CLI's start, no command module) and
    ``python -m rcds.cli.main get --help`` (the imports ``rcds get`` needs to parse its command).
 
 Then the arithmetic: the aim's budget (1.5 x the median wall of ``tar``), the floor computed from
